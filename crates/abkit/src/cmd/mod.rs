@@ -1,0 +1,3 @@
+//! One module per `abkit` subcommand.
+
+pub mod efi;

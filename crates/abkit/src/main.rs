@@ -1,0 +1,44 @@
+//! `abkit`: A/B operating-system updates for UEFI machines.
+//!
+//! This binary is thin glue: it parses the command line with clap and hands
+//! each subcommand to its module in `cmd/`, which calls the library crates
+//! and adds context to their typed errors.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// A/B operating-system updates for UEFI machines.
+///
+/// abkit writes a new OS version into the inactive slot, boots it once with
+/// the firmware's BootNext, and makes it permanent only when it is healthy.
+#[derive(Parser)]
+#[command(name = "abkit", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Read and change the firmware's boot variables (Boot####, BootOrder, BootNext).
+    #[command(subcommand)]
+    Efi(cmd::efi::EfiCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Efi(c) => cmd::efi::run(c),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("abkit: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine lacks to build and test abkit.
+# Idempotent: every step first checks whether its result is already there.
+set -euo pipefail
+
+# Debian packages, keyed by a file each one provides.
+declare -A need=(
+  [/usr/bin/qemu-system-x86_64]=qemu-system-x86
+  [/usr/share/OVMF/OVMF_CODE_4M.fd]=ovmf
+  [/usr/sbin/sgdisk]=gdisk
+  [/usr/bin/mdir]=mtools
+  [/usr/sbin/fsck.vfat]=dosfstools
+  [/usr/sbin/veritysetup]=cryptsetup-bin
+  [/usr/bin/cpio]=cpio
+  [/usr/sbin/modinfo]=kmod
+  [/usr/bin/zstd]=zstd
+  [/usr/bin/curl]=curl
+)
+missing=()
+for f in "${!need[@]}"; do
+  [ -e "$f" ] || missing+=("${need[$f]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# virt-fw-vars: an independent reader of OVMF VARS files, used to cross-check ours.
+if ! command -v virt-fw-vars >/dev/null 2>&1; then
+  echo "deps: installing virt-firmware from PyPI"
+  python3 -m pip install -q virt-firmware
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+fi
+
+# Rust: the toolchain's formatter and linter, and the UEFI target for the loader.
+installed=$(rustup component list --installed 2>/dev/null || true)
+for c in rustfmt clippy; do
+  grep -q "^$c" <<<"$installed" || rustup component add "$c"
+done
+rustup target list --installed | grep -qx x86_64-unknown-uefi || rustup target add x86_64-unknown-uefi
+
+# Further steps (the test kernel) are added by the pieces that need them.
+for step in scripts/deps.d/*.sh; do
+  [ -e "$step" ] && bash "$step"
+done
+exit 0
