@@ -67,6 +67,11 @@ impl<'a> BootManager<'a> {
         self.store
     }
 
+    /// The underlying store, read-only.
+    pub fn store_ref(&self) -> &dyn VarStore {
+        self.store
+    }
+
     fn get_global(&self, name: &str) -> Result<Option<Vec<u8>>, BootError> {
         Ok(self.store.get(&VarName::global(name))?.map(|v| v.data))
     }

@@ -16,6 +16,8 @@ mod layout {
     pub const HEADER_LEN: usize = 4;
     pub const TYPE_HARDWARE: u8 = 0x01;
     pub const TYPE_ACPI: u8 = 0x02;
+    pub const TYPE_MESSAGING: u8 = 0x03;
+    pub const SUBTYPE_SATA: u8 = 0x12;
     pub const TYPE_MEDIA: u8 = 0x04;
     pub const TYPE_END: u8 = 0x7F;
     pub const SUBTYPE_PCI: u8 = 0x01;
@@ -430,6 +432,10 @@ impl fmt::Display for DevicePathNode {
                     (TYPE_ACPI, SUBTYPE_ACPI, 8) if data[..4] == [0xD0, 0x41, 0x03, 0x0A] => {
                         let uid = u32::from_le_bytes([data[4], data[5], data[6], data[7]]);
                         write!(f, "PciRoot(0x{uid:X})")
+                    }
+                    (TYPE_MESSAGING, SUBTYPE_SATA, 6) => {
+                        let u = |i: usize| u16::from_le_bytes([data[i], data[i + 1]]);
+                        write!(f, "Sata(0x{:X},0x{:X},0x{:X})", u(0), u(2), u(4))
                     }
                     (TYPE_MEDIA, SUBTYPE_FV, 16) => write!(f, "Fv({})", guid()),
                     (TYPE_MEDIA, SUBTYPE_FV_FILE, 16) => write!(f, "FvFile({})", guid()),

@@ -1,3 +1,4 @@
-//! One module per `abkit` subcommand.
+//! One module per `abkit` subcommand, plus the options they share.
 
 pub mod efi;
+pub mod vars;
