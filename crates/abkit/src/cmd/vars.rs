@@ -64,7 +64,10 @@ fn is_efivarfs(dir: &std::path::Path) -> bool {
             let mut st: libc::statfs = std::mem::zeroed();
             (libc::statfs(c.as_ptr(), &mut st), st)
         };
-        rc == 0 && i64::from(st.f_type) == EFIVARFS_MAGIC
+        // f_type is i64 here but narrower on some targets.
+        #[allow(clippy::useless_conversion)]
+        let f_type = i64::from(st.f_type);
+        rc == 0 && f_type == EFIVARFS_MAGIC
     }
     #[cfg(not(target_os = "linux"))]
     {
