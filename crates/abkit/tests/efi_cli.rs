@@ -39,7 +39,13 @@ fn lists_a_real_firmware_store_like_efibootmgr() {
 
 #[test]
 fn json_output_carries_the_same_facts() {
-    let out = abkit(&["efi", "list", "--json", "--ovmf-vars", fixture().to_str().unwrap()]);
+    let out = abkit(&[
+        "efi",
+        "list",
+        "--json",
+        "--ovmf-vars",
+        fixture().to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["boot_order"], serde_json::json!([0, 1]));
@@ -63,7 +69,11 @@ fn efivars_directory_with_garbage_is_reported_not_fatal() {
     good.extend([0x7f, 0xff, 4, 0]);
     std::fs::write(dir.path().join(format!("Boot0003-{g}")), &good).unwrap();
     std::fs::write(dir.path().join(format!("Boot0004-{g}")), [7, 0, 0, 0, 1]).unwrap();
-    std::fs::write(dir.path().join(format!("BootOrder-{g}")), [7, 0, 0, 0, 3, 0, 4]).unwrap();
+    std::fs::write(
+        dir.path().join(format!("BootOrder-{g}")),
+        [7, 0, 0, 0, 3, 0, 4],
+    )
+    .unwrap();
     std::fs::write(dir.path().join(format!("BootNext-{g}")), [7, 0, 0, 0, 4, 0]).unwrap();
     let out = abkit(&["efi", "list", "--efivars", dir.path().to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -71,7 +81,10 @@ fn efivars_directory_with_garbage_is_reported_not_fatal() {
     assert!(text.contains("BootNext: 0004\n"), "{text}");
     assert!(text.contains("BootOrder: -\n"), "{text}");
     assert!(text.contains("Boot0003* x\t\n"), "{text}");
-    assert!(text.contains("Boot0004? (unreadable: load option is 1 bytes"), "{text}");
+    assert!(
+        text.contains("Boot0004? (unreadable: load option is 1 bytes"),
+        "{text}"
+    );
     assert!(
         stderr(&out).contains("BootOrder is 3 bytes; it must be an array of 16-bit entry numbers"),
         "{}",
@@ -84,16 +97,27 @@ fn errors_name_the_problem() {
     let out = abkit(&["efi", "list", "--ovmf-vars", "/nonexistent/vars.fd"]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("/nonexistent/vars.fd") && err.contains("No such file"), "{err}");
+    assert!(
+        err.contains("/nonexistent/vars.fd") && err.contains("No such file"),
+        "{err}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.fd");
     std::fs::write(&junk, vec![0xffu8; 8192]).unwrap();
     let out = abkit(&["efi", "list", "--ovmf-vars", junk.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("no firmware volume signature"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no firmware volume signature"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = abkit(&["efi", "list", "--efivars", "/x", "--ovmf-vars", "/y"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("cannot be used with"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot be used with"),
+        "{}",
+        stderr(&out)
+    );
 }

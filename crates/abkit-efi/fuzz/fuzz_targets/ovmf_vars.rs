@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
         }
         let _ = store.set(
             &VarName::global("BootNext"),
-            &Variable { attributes: 7, data: vec![1, 0] },
+            &Variable {
+                attributes: 7,
+                data: vec![1, 0],
+            },
         );
         let _ = store.delete(&VarName::global("BootOrder"));
     }
