@@ -542,7 +542,7 @@ mod tests {
         assert_eq!(p.encode().unwrap(), bytes);
         assert_eq!(
             p.to_string(),
-            "PciRoot(0x0)/Pci(0x1,0x1)/Path(3,18,010203040506)"
+            "PciRoot(0x0)/Pci(0x1,0x1)/Sata(0x201,0x403,0x605)"
         );
     }
 
