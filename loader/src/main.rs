@@ -73,7 +73,11 @@ impl fmt::Display for Failure {
 }
 
 fn fail(what: &'static str, status: Status) -> Failure {
-    Failure { what, status, detail: None }
+    Failure {
+        what,
+        status,
+        detail: None,
+    }
 }
 
 trait Context<T> {
@@ -121,11 +125,12 @@ fn boot_own_kernel() -> Result<core::convert::Infallible, Failure> {
         detail: Some(alloc::format!("{e}")),
     })?;
     let section = |name: &str| {
-        pe.find_section_data(name, Layout::Mapped).map_err(|e| Failure {
-            what: "a section of the loader is corrupt",
-            status: Status::LOAD_ERROR,
-            detail: Some(alloc::format!("{e}")),
-        })
+        pe.find_section_data(name, Layout::Mapped)
+            .map_err(|e| Failure {
+                what: "a section of the loader is corrupt",
+                status: Status::LOAD_ERROR,
+                detail: Some(alloc::format!("{e}")),
+            })
     };
     let kernel = section(".linux")?.ok_or(Failure {
         what: "the loader carries no kernel",
@@ -160,15 +165,25 @@ fn read_self() -> Result<SelfImage, Failure> {
     let path = match loaded.file_path() {
         Some(path) => path
             .to_string16(DisplayOnly(false), AllowShortcuts(false))
-            .map_err(|_| fail("cannot turn the loader's file path into text", Status::OUT_OF_RESOURCES))?,
+            .map_err(|_| {
+                fail(
+                    "cannot turn the loader's file path into text",
+                    Status::OUT_OF_RESOURCES,
+                )
+            })?,
         None => CString16::new(),
     };
     let (base, size) = loaded.info();
-    let size = usize::try_from(size).map_err(|_| fail("the loader's image size is too large", Status::LOAD_ERROR))?;
+    let size = usize::try_from(size)
+        .map_err(|_| fail("the loader's image size is too large", Status::LOAD_ERROR))?;
     // SAFETY: the firmware mapped our whole image (SizeOfImage bytes) at
     // `base`; it stays mapped while we run, and we only read it.
     let image = unsafe { core::slice::from_raw_parts(base.cast::<u8>(), size) };
-    Ok(SelfImage { path, device: loaded.device(), image })
+    Ok(SelfImage {
+        path,
+        device: loaded.device(),
+        image,
+    })
 }
 
 /// Sets the Boot Loader Interface variables and abkit's booted-slot variable.
@@ -182,9 +197,15 @@ fn record_boot(me: &SelfImage, slot: Slot) {
             let value: Vec<u16> = text.iter().map(|&b| u16::from(b)).chain([0]).collect();
             set_text_variable(LOADER_DEVICE_PART_UUID, &loader_vendor, &value);
         }
-        None => println!("abkit: warning: the loader's partition has no GPT GUID; {LOADER_DEVICE_PART_UUID} not set"),
+        None => println!(
+            "abkit: warning: the loader's partition has no GPT GUID; {LOADER_DEVICE_PART_UUID} not set"
+        ),
     }
-    set_text_variable(LOADER_IMAGE_IDENTIFIER, &loader_vendor, me.path.to_u16_slice_with_nul());
+    set_text_variable(
+        LOADER_IMAGE_IDENTIFIER,
+        &loader_vendor,
+        me.path.to_u16_slice_with_nul(),
+    );
     let slot_text = [u16::from(slot.letter()), 0];
     set_text_variable(ABKIT_BOOTED_SLOT, &abkit_vendor, &slot_text);
 }
@@ -209,7 +230,11 @@ fn esp_partition_guid(device: Option<Handle>) -> Option<[u8; 16]> {
     // read the path while the handle exists, which it does until we exit.
     let path = unsafe {
         boot::open_protocol::<DevicePath>(
-            OpenProtocolParams { handle: device, agent: boot::image_handle(), controller: None },
+            OpenProtocolParams {
+                handle: device,
+                agent: boot::image_handle(),
+                controller: None,
+            },
             OpenProtocolAttributes::GetProtocol,
         )
     }
@@ -291,7 +316,9 @@ unsafe extern "efiapi" fn load_initrd(
 /// do; the kernel's EFI stub asks for it and loads the initrd from us.
 fn offer_initrd(initrd: &'static [u8]) -> Result<(), Failure> {
     let loader: &'static InitrdLoadFile = Box::leak(Box::new(InitrdLoadFile {
-        protocol: LoadFile2Protocol { load_file: load_initrd },
+        protocol: LoadFile2Protocol {
+            load_file: load_initrd,
+        },
         data: initrd,
     }));
     // SAFETY: both interfaces are 'static (a static and a leaked box) and
@@ -318,7 +345,10 @@ fn offer_initrd(initrd: &'static [u8]) -> Result<(), Failure> {
 fn start_kernel(kernel: &[u8], options: Vec<u16>) -> Result<core::convert::Infallible, Failure> {
     let child = boot::load_image(
         boot::image_handle(),
-        LoadImageSource::FromBuffer { buffer: kernel, file_path: None },
+        LoadImageSource::FromBuffer {
+            buffer: kernel,
+            file_path: None,
+        },
     )
     .context("the firmware refused to load the kernel")?;
     // The kernel reads its options after StartImage: they must outlive it.
