@@ -158,4 +158,33 @@ check_boot boot-a '\EFI\abkit\boot-a.efi' A '\EFI\abkit\boot-a.efi'
 check_boot boot-b '\EFI\abkit\boot-b.efi' B '\EFI\abkit\boot-b.efi'
 check_boot fallback '\EFI\BOOT\BOOTX64.EFI' A ''
 
-say "all three boot paths ok; total $(elapsed "$started")"
+# --- A loader that cannot boot must say why and hand control back to the
+# firmware, not hang: a bare stub (no .linux) as the only loader. The firmware
+# then falls back to its EFI shell, whose startup.nsh powers the VM off.
+bare=$work/bare-disk.img
+truncate -s 24M "$bare"
+sgdisk -o -n 1:2048:0 -t 1:ef00 -c 1:ESP "$bare" >/dev/null
+truncate -s 20M "$work/bare-esp.img"
+mkfs.vfat -n ESP "$work/bare-esp.img" >/dev/null
+mmd -i "$work/bare-esp.img" ::/EFI ::/EFI/BOOT
+mcopy -i "$work/bare-esp.img" "$stub" ::/EFI/BOOT/BOOTX64.EFI
+printf 'reset -s\r\n' >"$work/startup.nsh"
+mcopy -i "$work/bare-esp.img" "$work/startup.nsh" ::/startup.nsh
+dd if="$work/bare-esp.img" of="$bare" bs=512 seek=2048 conv=notrunc status=none
+cp "$ovmf_vars" "$work/vars-bare.fd"
+log=$work/serial-bare.log
+t=$(now_ms)
+timeout "$boot_timeout" qemu-system-x86_64 -machine q35 -accel tcg -smp 1 -m 1024 \
+  -nographic -nodefaults -serial stdio -no-reboot \
+  -drive "if=pflash,format=raw,unit=0,readonly=on,file=$ovmf_code" \
+  -drive "if=pflash,format=raw,unit=1,file=$work/vars-bare.fd" \
+  -drive "if=virtio,format=raw,file=$bare" </dev/null >"$log" 2>&1 ||
+  { tail -n 30 "$log" >&2; fail "bare stub: QEMU failed or timed out after ${boot_timeout}s (log: $log)"; }
+tr -d '\r' <"$log" >"$log.txt"
+grep -qxF "abkit: error: the loader carries no kernel (NOT_FOUND): no .linux section: build a UKI with \`abkit uki build\`" "$log.txt" ||
+  { tail -n 30 "$log.txt" >&2; fail "bare stub: no error line (log: $log.txt)"; }
+grep -q "^BdsDxe: failed to start .*: Not Found" "$log.txt" ||
+  fail "bare stub: the firmware did not see the loader fail (log: $log.txt)"
+say "bare stub reports 'the loader carries no kernel' and returns to the firmware: ok in $(elapsed "$t")"
+
+say "all boot paths ok; total $(elapsed "$started")"
