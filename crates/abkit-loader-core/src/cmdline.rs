@@ -64,7 +64,7 @@ pub fn ucs2_units(cmdline: &[u8]) -> Result<impl Iterator<Item = u16> + '_, Cmdl
         if ch == '\0' {
             return Err(CmdlineError::InnerNul { offset });
         }
-        if u16::try_from(u32::from(ch)).is_err() || ch.len_utf16() != 1 {
+        if ch.len_utf16() != 1 {
             return Err(CmdlineError::OutsideUcs2 { ch, offset });
         }
     }
