@@ -1,7 +1,9 @@
 //! The layout of the test OS inside its initrd: `/init`, the kernel modules
-//! it loads (in `/lib/modules`, listed in load order in `/etc/modules`) and
-//! the empty directories init mounts on.
+//! it loads (in `/lib/modules`, listed in load order in `/etc/modules`), any
+//! extra files (the `abkit` binary, the test keyring) and the empty
+//! directories init mounts on.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 
 use crate::cpio::{CpioError, CpioWriter};
@@ -10,8 +12,35 @@ use crate::cpio::{CpioError, CpioWriter};
 pub const MODULES_DIR: &str = "lib/modules";
 pub const MODULE_LIST: &str = "etc/modules";
 
+/// Where the VM tests put the `abkit` binary and the trusted keys.
+pub const ABKIT_PATH: &str = "bin/abkit";
+pub const KEYRING_DIR: &str = "etc/abkit/keyring";
+
+/// The kernel modules the test OS needs from Debian's kernel, leaves first
+/// (dependencies from `modinfo -F depends`): virtio disks and network, the
+/// fw_cfg reader (the test's instructions), efivarfs, and FAT with the code
+/// page and character sets of the kernel's defaults (cp437, ascii, utf8).
+pub const TESTOS_MODULES: [&str; 16] = [
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "virtio_blk",
+    "failover",
+    "net_failover",
+    "virtio_net",
+    "qemu_fw_cfg",
+    "efivarfs",
+    "fat",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "nls_utf8",
+];
+
 /// Mount points and directories init expects.
-const DIRS: [&str; 9] = [
+const DIRS: [&str; 10] = [
     "dev",
     "proc",
     "sys",
@@ -19,6 +48,7 @@ const DIRS: [&str; 9] = [
     "tmp",
     "etc",
     "lib",
+    "bin",
     MODULES_DIR,
     "mnt",
 ];
@@ -29,13 +59,27 @@ pub struct Module<'a> {
     pub data: &'a [u8],
 }
 
+/// Any other file: relative `path` (parents are created), permissions, data.
+pub struct ExtraFile<'a> {
+    pub path: &'a str,
+    pub mode: u32,
+    pub data: &'a [u8],
+}
+
 /// Writes the test OS initrd: `init` as `/init`, `modules` into
 /// `/lib/modules` and their names, in the given (load) order, into
-/// `/etc/modules`.
-pub fn write_initrd<W: Write>(out: W, init: &[u8], modules: &[Module<'_>]) -> Result<W, CpioError> {
+/// `/etc/modules`, then each of `extra` with its parent directories.
+pub fn write_initrd<W: Write>(
+    out: W,
+    init: &[u8],
+    modules: &[Module<'_>],
+    extra: &[ExtraFile<'_>],
+) -> Result<W, CpioError> {
     let mut cpio = CpioWriter::new(out);
+    let mut dirs: BTreeSet<String> = BTreeSet::new();
     for dir in DIRS {
         cpio.dir(dir, 0o755)?;
+        dirs.insert(dir.to_string());
     }
     cpio.file("init", 0o755, init)?;
     let mut list = String::new();
@@ -52,12 +96,47 @@ pub fn write_initrd<W: Write>(out: W, init: &[u8], modules: &[Module<'_>]) -> Re
         list.push('\n');
     }
     cpio.file(MODULE_LIST, 0o644, list.as_bytes())?;
+    for file in extra {
+        if file
+            .path
+            .split('/')
+            .any(|part| part.is_empty() || part == "..")
+        {
+            return Err(CpioError::BadName(file.path.to_string()));
+        }
+        let mut parent = String::new();
+        let parts: Vec<&str> = file.path.split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            if !parent.is_empty() {
+                parent.push('/');
+            }
+            parent.push_str(part);
+            if dirs.insert(parent.clone()) {
+                cpio.dir(&parent, 0o755)?;
+            }
+        }
+        cpio.file(file.path, file.mode, file.data)?;
+    }
     cpio.finish()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn unpack(bytes: Vec<u8>) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("initrd");
+        std::fs::write(&path, bytes).unwrap();
+        let status = std::process::Command::new("cpio")
+            .args(["-i", "-d", "--quiet", "-F"])
+            .arg(&path)
+            .current_dir(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        dir
+    }
 
     #[test]
     fn layout_lists_modules_in_order() {
@@ -71,17 +150,7 @@ mod tests {
                 data: b"aa",
             },
         ];
-        let bytes = write_initrd(Vec::new(), b"\x7fELF", &modules).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("initrd");
-        std::fs::write(&path, bytes).unwrap();
-        let status = std::process::Command::new("cpio")
-            .args(["-i", "-d", "--quiet", "-F"])
-            .arg(&path)
-            .current_dir(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        let dir = unpack(write_initrd(Vec::new(), b"\x7fELF", &modules, &[]).unwrap());
         assert_eq!(std::fs::read(dir.path().join("init")).unwrap(), b"\x7fELF");
         assert_eq!(
             std::fs::read(dir.path().join("lib/modules/b.ko")).unwrap(),
@@ -95,11 +164,57 @@ mod tests {
     }
 
     #[test]
-    fn module_names_with_slashes_are_refused() {
+    fn extra_files_get_their_parent_directories() {
+        let extra = [
+            ExtraFile {
+                path: ABKIT_PATH,
+                mode: 0o755,
+                data: b"abkit",
+            },
+            ExtraFile {
+                path: "etc/abkit/keyring/test.pub",
+                mode: 0o644,
+                data: b"key",
+            },
+            ExtraFile {
+                path: "etc/abkit/keyring/other.pub",
+                mode: 0o644,
+                data: b"key2",
+            },
+        ];
+        let dir = unpack(write_initrd(Vec::new(), b"", &[], &extra).unwrap());
+        assert_eq!(
+            std::fs::read(dir.path().join("bin/abkit")).unwrap(),
+            b"abkit"
+        );
+        let keyring = dir.path().join(KEYRING_DIR);
+        assert_eq!(std::fs::read(keyring.join("test.pub")).unwrap(), b"key");
+        assert_eq!(std::fs::read(keyring.join("other.pub")).unwrap(), b"key2");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("bin/abkit"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
         let modules = [Module {
             file_name: "../x.ko",
             data: b"",
         }];
-        assert!(write_initrd(Vec::new(), b"", &modules).is_err());
+        assert!(write_initrd(Vec::new(), b"", &modules, &[]).is_err());
+        for path in ["../etc/x", "etc//x", "/etc/x", "etc/"] {
+            let extra = [ExtraFile {
+                path,
+                mode: 0o644,
+                data: b"",
+            }];
+            assert!(
+                write_initrd(Vec::new(), b"", &[], &extra).is_err(),
+                "{path} accepted"
+            );
+        }
     }
 }

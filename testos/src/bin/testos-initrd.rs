@@ -16,6 +16,10 @@ struct Args {
     /// A kernel module (.ko) to ship and load; repeat, leaves first.
     #[arg(long, value_name = "FILE")]
     module: Vec<PathBuf>,
+    /// Another file to ship, as SOURCE:DEST with DEST relative to the
+    /// initrd's root (e.g. `target/abkit:bin/abkit`); repeat.
+    #[arg(long, value_name = "SOURCE:DEST")]
+    file: Vec<String>,
     /// Where to write the initrd.
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
@@ -40,7 +44,30 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|(file_name, data)| testos::initrd::Module { file_name, data })
         .collect();
-    let bytes = testos::initrd::write_initrd(Vec::new(), &init, &modules)?;
+    let mut files = Vec::new();
+    for spec in &args.file {
+        let (source, dest) = spec
+            .rsplit_once(':')
+            .with_context(|| format!("--file {spec:?}: expected SOURCE:DEST"))?;
+        let data = std::fs::read(source).with_context(|| format!("cannot read {source}"))?;
+        let executable = std::fs::metadata(source)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
+            .unwrap_or(false);
+        files.push((
+            dest.to_string(),
+            if executable { 0o755 } else { 0o644 },
+            data,
+        ));
+    }
+    let extra: Vec<testos::initrd::ExtraFile<'_>> = files
+        .iter()
+        .map(|(path, mode, data)| testos::initrd::ExtraFile {
+            path,
+            mode: *mode,
+            data,
+        })
+        .collect();
+    let bytes = testos::initrd::write_initrd(Vec::new(), &init, &modules, &extra)?;
     std::fs::write(&args.output, bytes)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     Ok(())

@@ -1,0 +1,415 @@
+//! Everything the VM tests boot, built once per run into a work folder: the
+//! test OS initrd (init, static `abkit`, kernel modules, test keyring), one
+//! UKI and one system image per variant, their signed bundles (and two
+//! tampered copies), the bundle disk, and the base disk image with X on
+//! slot A and its OVMF VARS file.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use testos::initrd::{ABKIT_PATH, ExtraFile, KEYRING_DIR, Module, TESTOS_MODULES, write_initrd};
+
+use crate::qemu::OVMF_VARS;
+
+/// The product name in every test bundle.
+pub const COMPATIBLE: &str = "abkit-testos";
+/// Size of each variant's system image (before its verity tree).
+pub const SYSTEM_SIZE: usize = 16 << 20;
+
+/// A build of the test OS: its name, version and health behaviour.
+#[derive(Debug, Clone, Copy)]
+pub struct Variant {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub healthy: bool,
+}
+
+impl Variant {
+    /// File stem: `x`, `y-broken`.
+    pub fn stem(&self) -> String {
+        self.name.to_ascii_lowercase().replace("broken", "-broken")
+    }
+    pub fn bundle(&self) -> String {
+        format!("{}.abb", self.stem())
+    }
+    /// The first line of its system image (the guest prints it back).
+    pub fn system_line(&self) -> String {
+        format!(
+            "ABKIT-TESTOS-SYSTEM variant={} version={}",
+            self.name, self.version
+        )
+    }
+}
+
+pub const X: Variant = Variant {
+    name: "X",
+    version: "1.0.0",
+    healthy: true,
+};
+pub const Y: Variant = Variant {
+    name: "Y",
+    version: "1.1.0",
+    healthy: true,
+};
+pub const Z: Variant = Variant {
+    name: "Z",
+    version: "1.2.0",
+    healthy: true,
+};
+/// Y that fails its health check.
+pub const Y_BROKEN: Variant = Variant {
+    name: "Ybroken",
+    version: "1.1.0",
+    healthy: false,
+};
+/// Z that fails its health check (the demo's bad update).
+pub const Z_BROKEN: Variant = Variant {
+    name: "Zbroken",
+    version: "1.2.0",
+    healthy: false,
+};
+pub const VARIANTS: [Variant; 5] = [X, Y, Z, Y_BROKEN, Z_BROKEN];
+
+/// Y's bundle with one manifest byte changed: the signature no longer matches.
+pub const BAD_SIGNATURE: &str = "y-bad-signature.abb";
+/// Y's bundle with one byte of the system payload changed: a chunk hash fails mid-stream.
+pub const BAD_CHUNK: &str = "y-bad-chunk.abb";
+
+/// Inputs found on the build machine.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// A static `abkit` (runs on the host and in the guest).
+    pub abkit: PathBuf,
+    /// The static test OS init.
+    pub init: PathBuf,
+    /// The loader stub (`make stub`).
+    pub stub: PathBuf,
+    /// Debian's kernel package unpacked (`make deps`: build/kernel).
+    pub kernel_dir: PathBuf,
+}
+
+/// What [`build`] made.
+#[derive(Debug, Clone)]
+pub struct Fixtures {
+    pub dir: PathBuf,
+    pub abkit: PathBuf,
+    /// Folder with every bundle (also what the HTTP server serves).
+    pub bundle_dir: PathBuf,
+    /// FAT image of `bundle_dir`, the guest's second disk.
+    pub bundle_disk: PathBuf,
+    /// Fresh disk with X on slot A, and its VARS file: copy before booting.
+    pub base_disk: PathBuf,
+    pub base_vars: PathBuf,
+}
+
+impl Fixtures {
+    pub fn bundle(&self, name: &str) -> PathBuf {
+        self.bundle_dir.join(name)
+    }
+
+    /// A machine's own copies of the base disk and VARS file in `dir`.
+    pub fn fresh_machine(&self, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+        std::fs::create_dir_all(dir)?;
+        let disk = dir.join("disk.img");
+        let vars = dir.join("vars.fd");
+        copy_sparse(&self.base_disk, &disk)?;
+        std::fs::copy(&self.base_vars, &vars)
+            .with_context(|| format!("copying {}", self.base_vars.display()))?;
+        Ok((disk, vars))
+    }
+}
+
+/// Builds all fixtures into `dir` (emptied first), logging each step.
+pub fn build(inputs: &Inputs, dir: &Path, log: &mut dyn FnMut(String)) -> anyhow::Result<Fixtures> {
+    for (what, path) in [
+        ("abkit", &inputs.abkit),
+        ("testos-init", &inputs.init),
+        ("loader stub (make stub)", &inputs.stub),
+        ("kernel folder (make deps)", &inputs.kernel_dir),
+    ] {
+        if !path.exists() {
+            bail!("{what} not found at {}", path.display());
+        }
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
+    }
+    let bundle_dir = dir.join("bundles");
+    std::fs::create_dir_all(&bundle_dir)?;
+    let abkit = &inputs.abkit;
+    let t = Instant::now();
+
+    // Test key; its public half is the guest's keyring.
+    let key = dir.join("testkey");
+    run(Command::new(abkit).arg("keygen").arg("--out").arg(&key))?;
+    let key_file = dir.join("testkey.key");
+    let pub_key = std::fs::read(dir.join("testkey.pub")).context("reading testkey.pub")?;
+
+    // The initrd: one for every variant (the variant is in the command line).
+    let kernel = find_kernel(&inputs.kernel_dir)?;
+    let mut modules = Vec::new();
+    for name in TESTOS_MODULES {
+        let path = find_module(&inputs.kernel_dir, name)?;
+        let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        modules.push((format!("{name}.ko"), data));
+    }
+    let modules: Vec<Module<'_>> = modules
+        .iter()
+        .map(|(file_name, data)| Module { file_name, data })
+        .collect();
+    let init = std::fs::read(&inputs.init)?;
+    let abkit_bytes = std::fs::read(abkit)?;
+    let keyring_file = format!("{KEYRING_DIR}/testkey.pub");
+    let extra = [
+        ExtraFile {
+            path: ABKIT_PATH,
+            mode: 0o755,
+            data: &abkit_bytes,
+        },
+        ExtraFile {
+            path: &keyring_file,
+            mode: 0o644,
+            data: &pub_key,
+        },
+    ];
+    let initrd = dir.join("initrd.cpio");
+    let bytes = write_initrd(Vec::new(), &init, &modules, &extra)?;
+    std::fs::write(&initrd, &bytes)?;
+    let osrel = dir.join("os-release");
+    std::fs::write(&osrel, "ID=abkit-testos\nPRETTY_NAME=\"abkit test OS\"\n")?;
+    log(format!(
+        "initrd {} MiB (init, abkit, {} modules, keyring)",
+        bytes.len() >> 20,
+        modules.len()
+    ));
+
+    // Per variant: UKI, system image, bundle.
+    for v in VARIANTS {
+        let efi = dir.join(format!("boot-{}.efi", v.stem()));
+        let cmdline = format!(
+            "console=ttyS0 root=PARTLABEL=ABKIT-SYSTEM-X ro panic=-1 quiet testos.variant={} testos.version={} testos.health={}",
+            v.name,
+            v.version,
+            if v.healthy { "good" } else { "bad" }
+        );
+        run(Command::new(abkit)
+            .args(["uki", "build", "--stub"])
+            .arg(&inputs.stub)
+            .arg("--kernel")
+            .arg(&kernel)
+            .arg("--initrd")
+            .arg(&initrd)
+            .arg("--osrel")
+            .arg(&osrel)
+            .arg("--cmdline")
+            .arg(&cmdline)
+            .arg("-o")
+            .arg(&efi))?;
+        let system = dir.join(format!("system-{}.img", v.stem()));
+        std::fs::write(&system, system_image(&v))?;
+        run(Command::new(abkit)
+            .args(["bundle", "create", "--efi"])
+            .arg(&efi)
+            .arg("--system")
+            .arg(&system)
+            .args(["--version", v.version, "--compatible", COMPATIBLE, "--key"])
+            .arg(&key_file)
+            .arg("-o")
+            .arg(bundle_dir.join(v.bundle())))?;
+    }
+    log(format!(
+        "{} UKIs, system images and bundles",
+        VARIANTS.len()
+    ));
+
+    // Tampered copies of Y's bundle.
+    let y = std::fs::read(bundle_dir.join(Y.bundle()))?;
+    let mut bad_sig = y.clone();
+    // Inside the manifest (it starts at byte 32): the signature covers it.
+    bad_sig[40] ^= 0x01;
+    std::fs::write(bundle_dir.join(BAD_SIGNATURE), &bad_sig)?;
+    let mut bad_chunk = y.clone();
+    // Halfway through the system payload, the last one in the bundle.
+    let at = y.len() - SYSTEM_SIZE / 2;
+    bad_chunk[at] ^= 0x01;
+    std::fs::write(bundle_dir.join(BAD_CHUNK), &bad_chunk)?;
+
+    // The bundle disk: a FAT volume without partition table.
+    let bundle_disk = dir.join("bundles.img");
+    let total: u64 = std::fs::read_dir(&bundle_dir)?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    let kib = (total / 1024) * 11 / 10 + 40 * 1024;
+    run(Command::new("mkfs.vfat")
+        .args(["-F", "32", "-n", "BUNDLES", "-C"])
+        .arg(&bundle_disk)
+        .arg(kib.to_string()))?;
+    let mut names: Vec<String> = std::fs::read_dir(&bundle_dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in &names {
+        run(Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(&bundle_disk)
+            .arg(bundle_dir.join(name))
+            .arg(format!("::/{name}")))?;
+    }
+    log(format!("bundle disk with {}", names.join(", ")));
+
+    // The base machine: X on slot A, boot entries for A and B in the VARS file.
+    let base_disk = dir.join("base-disk.img");
+    let base_vars = dir.join("base-vars.fd");
+    std::fs::copy(OVMF_VARS, &base_vars).with_context(|| format!("copying {OVMF_VARS}"))?;
+    run(Command::new(abkit)
+        .args(["image", "build", "--loader"])
+        .arg(dir.join(format!("boot-{}.efi", X.stem())))
+        .arg("--system")
+        .arg(dir.join(format!("system-{}.img", X.stem())))
+        .arg("-o")
+        .arg(&base_disk)
+        .arg("--ovmf-vars")
+        .arg(&base_vars)
+        .args([
+            "--esp-size",
+            "96M",
+            "--system-size",
+            "40M",
+            "--data-size",
+            "8M",
+            "--seed",
+            "1",
+        ]))?;
+    log(format!(
+        "base disk: X on slot A ({:.1} s in all)",
+        t.elapsed().as_secs_f64()
+    ));
+
+    Ok(Fixtures {
+        dir: dir.to_path_buf(),
+        abkit: abkit.clone(),
+        bundle_dir,
+        bundle_disk,
+        base_disk,
+        base_vars,
+    })
+}
+
+/// A variant's system image: its marker line, then bytes that differ per
+/// variant and do not compress (xorshift from the variant's name).
+pub fn system_image(v: &Variant) -> Vec<u8> {
+    let mut image = Vec::with_capacity(SYSTEM_SIZE);
+    image.extend_from_slice(v.system_line().as_bytes());
+    image.push(b'\n');
+    let mut state: u64 = v.name.bytes().fold(0x9e37_79b9_7f4a_7c15, |s, b| {
+        (s ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    while image.len() < SYSTEM_SIZE {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        image.extend_from_slice(&state.to_le_bytes());
+    }
+    image.truncate(SYSTEM_SIZE);
+    image
+}
+
+/// Runs a command; its stderr becomes the error.
+pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn find_kernel(kernel_dir: &Path) -> anyhow::Result<PathBuf> {
+    let boot = kernel_dir.join("boot");
+    std::fs::read_dir(&boot)
+        .with_context(|| format!("reading {}", boot.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .with_context(|| format!("no vmlinuz-* in {}", boot.display()))
+}
+
+/// `NAME.ko` anywhere under `<kernel_dir>/lib/modules` (Debian ships them
+/// uncompressed in 6.1; a compressed one is reported, not guessed at).
+fn find_module(kernel_dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    fn walk(dir: &Path, file: &str, found: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, file, found);
+            } else if entry.file_name().to_string_lossy().starts_with(file) {
+                found.push(path);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(
+        &kernel_dir.join("lib/modules"),
+        &format!("{name}.ko"),
+        &mut found,
+    );
+    found.sort();
+    match found
+        .iter()
+        .find(|p| p.extension().is_some_and(|e| e == "ko"))
+    {
+        Some(path) => Ok(path.clone()),
+        None if !found.is_empty() => bail!(
+            "module {name} is compressed ({}): unpack it first",
+            found[0].display()
+        ),
+        None => bail!(
+            "module {name} not found under {}/lib/modules",
+            kernel_dir.display()
+        ),
+    }
+}
+
+/// Copies a mostly empty disk image without filling its holes.
+fn copy_sparse(from: &Path, to: &Path) -> anyhow::Result<()> {
+    run(Command::new("cp").arg("--sparse=always").arg(from).arg(to)).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_images_differ_and_start_with_their_line() {
+        let x = system_image(&X);
+        let y = system_image(&Y);
+        assert_eq!(x.len(), SYSTEM_SIZE);
+        assert!(x.starts_with(b"ABKIT-TESTOS-SYSTEM variant=X version=1.0.0\n"));
+        assert!(y.starts_with(b"ABKIT-TESTOS-SYSTEM variant=Y version=1.1.0\n"));
+        assert_ne!(x[4096..8192], y[4096..8192]);
+    }
+
+    #[test]
+    fn variant_files() {
+        assert_eq!(Y_BROKEN.bundle(), "y-broken.abb");
+        assert_eq!(X.bundle(), "x.abb");
+    }
+}

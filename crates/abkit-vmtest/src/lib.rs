@@ -1,0 +1,11 @@
+//! abkit's end-to-end tests and `make demo`: the test OS (testos/) booted
+//! on real firmware (OVMF under QEMU) from disk images and bundles built by
+//! the `abkit` command, checked through the guest's serial console and the
+//! firmware's VARS file read offline. docs/vm-tests.md explains the setup.
+
+pub mod fixtures;
+pub mod http;
+pub mod qemu;
+pub mod scenarios;
+pub mod serial;
+pub mod vars;

@@ -1,0 +1,264 @@
+//! One boot of the test machine under QEMU with OVMF: a boot disk, its own
+//! copy of the VARS file, the bundle disk, user networking, and the test's
+//! action in fw_cfg. `-no-reboot` makes every guest reboot end QEMU, so each
+//! call is exactly one boot; the next boot reads the same VARS file, as a
+//! real reboot would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::serial::{BootReport, Ending, system_bytes_written};
+
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// TCG (always works) or KVM (where a probe boot succeeded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Tcg,
+    Kvm,
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        }
+    }
+}
+
+/// The machine's disks and firmware store.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub disk: PathBuf,
+    pub vars: PathBuf,
+    /// A whole-disk FAT image with bundles, attached read-only (always, so
+    /// the firmware sees the same devices on every boot).
+    pub bundles: Option<PathBuf>,
+    pub accel: Accel,
+}
+
+/// When the harness cuts the power.
+#[derive(Debug, Clone, Copy)]
+pub enum Cut {
+    /// Once an install reports at least this many bytes of the system image
+    /// written, or, if the install prints no progress the harness reads,
+    /// `fallback` after the install started.
+    SystemBytes { min: u64, fallback: Duration },
+}
+
+/// What this boot is asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct BootSpec {
+    /// The testos action (see `testos::guest`).
+    pub action: String,
+    /// Limit the boot disk's write rate (bytes/s), to make a power cut land
+    /// during the write.
+    pub write_limit: Option<u64>,
+    pub cut: Option<Cut>,
+    pub timeout: Option<Duration>,
+}
+
+/// The outcome of one boot.
+#[derive(Debug, Clone)]
+pub struct Boot {
+    pub report: BootReport,
+    pub log: PathBuf,
+    pub took: Duration,
+    /// For a power cut: the progress seen when QEMU was killed.
+    pub cut_at: Option<String>,
+}
+
+impl Machine {
+    /// The QEMU arguments for this machine (without the serial log and action).
+    pub fn qemu_args(&self, write_limit: Option<u64>) -> Vec<String> {
+        let mut disk = format!("if=virtio,format=raw,file={}", escape(&self.disk));
+        if let Some(limit) = write_limit {
+            disk.push_str(&format!(",throttling.bps-write={limit}"));
+        }
+        let mut args: Vec<String> = [
+            "-machine",
+            "q35",
+            "-accel",
+            self.accel.name(),
+            "-smp",
+            "1",
+            "-m",
+            "1024",
+            "-nodefaults",
+            "-no-reboot",
+            "-drive",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.push(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+        ));
+        args.push("-drive".into());
+        args.push(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            escape(&self.vars)
+        ));
+        args.push("-drive".into());
+        args.push(disk);
+        if let Some(bundles) = &self.bundles {
+            args.push("-drive".into());
+            args.push(format!(
+                "if=virtio,format=raw,readonly=on,file={}",
+                escape(bundles)
+            ));
+        }
+        args.extend(
+            [
+                "-netdev",
+                "user,id=n0",
+                "-device",
+                "virtio-net-pci,netdev=n0,romfile=",
+            ]
+            .map(String::from),
+        );
+        args
+    }
+
+    /// Boots once and waits until the guest powers off or reboots (or the
+    /// harness cuts the power, or the timeout hits).
+    pub fn boot(&self, spec: &BootSpec, log: &Path) -> anyhow::Result<Boot> {
+        let timeout = spec.timeout.unwrap_or_else(default_timeout);
+        let _ = std::fs::remove_file(log);
+        let mut args = self.qemu_args(spec.write_limit);
+        args.extend([
+            "-display".into(),
+            "none".into(),
+            "-monitor".into(),
+            "none".into(),
+        ]);
+        args.push("-serial".into());
+        args.push(format!("file:{}", log.display()));
+        args.push("-fw_cfg".into());
+        args.push(format!(
+            "name=opt/abkit/action,string={}",
+            spec.action.replace(',', ",,")
+        ));
+        let started = Instant::now();
+        let mut child = Command::new("qemu-system-x86_64")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting qemu-system-x86_64")?;
+        let mut cut_at = None;
+        let mut install_started: Option<Instant> = None;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break Some(status);
+            }
+            if started.elapsed() > timeout {
+                kill(&mut child);
+                bail!(
+                    "the boot did not end within {} s (serial log: {})",
+                    timeout.as_secs(),
+                    log.display()
+                );
+            }
+            if let Some(Cut::SystemBytes { min, fallback }) = spec.cut {
+                let text =
+                    String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
+                if install_started.is_none() && text.contains("testos: run: abkit install") {
+                    install_started = Some(Instant::now());
+                }
+                let report = BootReport::parse(&text);
+                let written = report.json.iter().filter_map(system_bytes_written).max();
+                if let Some(n) = written.filter(|&n| n >= min) {
+                    kill(&mut child);
+                    cut_at = Some(format!("{n} bytes of the system image written"));
+                    break None;
+                }
+                if let Some(t) = install_started
+                    && written.is_none()
+                    && t.elapsed() >= fallback
+                {
+                    kill(&mut child);
+                    cut_at = Some(format!(
+                        "{:.1} s into the install (no progress lines seen)",
+                        t.elapsed().as_secs_f64()
+                    ));
+                    break None;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let took = started.elapsed();
+        if let Some(status) = status
+            && !status.success()
+        {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+            }
+            bail!("qemu exited with {status}: {}", stderr.trim());
+        }
+        let text = String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
+        let mut report = BootReport::parse(&text);
+        if cut_at.is_some() {
+            report.ending = Ending::Killed;
+        }
+        Ok(Boot {
+            report,
+            log: log.to_path_buf(),
+            took,
+            cut_at,
+        })
+    }
+
+    /// The command a person runs to boot this machine by hand.
+    pub fn manual_command(&self) -> String {
+        let mut words = vec!["qemu-system-x86_64".to_string()];
+        words.extend(self.qemu_args(None));
+        words.retain(|w| w != "-no-reboot");
+        words.extend(["-nographic".into(), "-serial".into(), "mon:stdio".into()]);
+        words
+            .iter()
+            .map(|w| {
+                if w.contains([' ', '\\', '"', '\'']) {
+                    format!("'{w}'")
+                } else {
+                    w.clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// Per-boot limit: `ABKIT_VM_TIMEOUT` seconds, default 300.
+pub fn default_timeout() -> Duration {
+    let secs = std::env::var("ABKIT_VM_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    Duration::from_secs(secs)
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// QEMU option values double their commas.
+fn escape(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
+/// True if /dev/kvm can be opened for reading and writing.
+pub fn kvm_available() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}

@@ -1,0 +1,569 @@
+//! The end-to-end scenarios of issue 7, each on its own copy of the base
+//! machine (X on slot A): every boot is checked through what the guest
+//! printed and through the VARS file read offline afterwards.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use serde_json::Value;
+
+use crate::fixtures::{BAD_CHUNK, BAD_SIGNATURE, Fixtures, Variant, X, Y, Y_BROKEN, Z, run};
+use crate::http::FileServer;
+use crate::qemu::{Accel, Boot, BootSpec, Cut, Machine};
+use crate::serial::Ending;
+use crate::vars::BootVars;
+
+/// Where a bundle is, as the guest sees it on its bundle disk.
+pub fn on_disk(v: &Variant) -> String {
+    format!("/mnt/bundles/{}", v.bundle())
+}
+
+/// Shared by all scenarios of a run.
+pub struct Suite {
+    pub fx: Fixtures,
+    pub accel: Accel,
+    pub http: FileServer,
+    pub work: PathBuf,
+    /// The seed sequence's final disk and VARS (Z committed on A), for the
+    /// manual rollback test.
+    pub after_seed: RefCell<Option<(PathBuf, PathBuf)>>,
+}
+
+/// One scenario's machine and its boot counter.
+pub struct Scenario<'a> {
+    pub suite: &'a Suite,
+    pub dir: PathBuf,
+    pub machine: Machine,
+    pub boots: usize,
+    pub boot_time: Duration,
+}
+
+impl<'a> Scenario<'a> {
+    /// A fresh machine (X on A) in `<work>/<name>`.
+    pub fn new(suite: &'a Suite, name: &str) -> anyhow::Result<Scenario<'a>> {
+        let dir = suite.work.join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        let (disk, vars) = suite.fx.fresh_machine(&dir)?;
+        Ok(Scenario {
+            suite,
+            dir,
+            machine: Machine {
+                disk,
+                vars,
+                bundles: Some(suite.fx.bundle_disk.clone()),
+                accel: suite.accel,
+            },
+            boots: 0,
+            boot_time: Duration::ZERO,
+        })
+    }
+
+    /// Continues from another machine's disk and VARS file.
+    pub fn from_files(
+        suite: &'a Suite,
+        name: &str,
+        disk: &Path,
+        vars: &Path,
+    ) -> anyhow::Result<Scenario<'a>> {
+        let mut s = Scenario::new(suite, name)?;
+        run(std::process::Command::new("cp")
+            .arg("--sparse=always")
+            .arg(disk)
+            .arg(&s.machine.disk))?;
+        std::fs::copy(vars, &s.machine.vars)?;
+        s.boots = 0;
+        Ok(s)
+    }
+
+    pub fn vars(&self) -> anyhow::Result<BootVars> {
+        BootVars::read(&self.suite.fx.abkit, &self.machine.vars)
+    }
+
+    /// Boots once with `action`; checks there is exactly one TESTOS line.
+    pub fn boot(&mut self, action: &str) -> anyhow::Result<(Boot, BootVars)> {
+        self.boot_with(BootSpec {
+            action: action.to_string(),
+            ..BootSpec::default()
+        })
+    }
+
+    pub fn boot_with(&mut self, spec: BootSpec) -> anyhow::Result<(Boot, BootVars)> {
+        self.boots += 1;
+        let log = self.dir.join(format!("boot-{}.log", self.boots));
+        let boot = self.machine.boot(&spec, &log)?;
+        self.boot_time += boot.took;
+        let vars = self.vars()?;
+        let r = &boot.report;
+        let os = match r.testos.as_slice() {
+            [t] => format!("slot {} {} {}", t.slot, t.variant, t.version),
+            [] => "no TESTOS line".to_string(),
+            _ => format!("{} TESTOS lines", r.testos.len()),
+        };
+        let results: Vec<String> = r.results.iter().map(|(n, c)| format!("{n}={c}")).collect();
+        let ending = match (r.ending, &boot.cut_at) {
+            (_, Some(at)) => format!("power cut at {at}"),
+            (Ending::PowerOff, _) => "poweroff".into(),
+            (Ending::Reboot, _) => "reboot".into(),
+            (Ending::Killed, _) => "killed".into(),
+            (Ending::Unknown, _) => "no ending line".into(),
+        };
+        eprintln!(
+            "    boot {} {:>6.1} s  {os}{}  {}  [{ending}]  -> {}",
+            self.boots,
+            boot.took.as_secs_f64(),
+            if r.health_bad { " (health FAILED)" } else { "" },
+            results.join(" "),
+            vars.summary()
+        );
+        for e in &r.errors {
+            eprintln!("      testos error: {e}");
+        }
+        if r.testos.len() != 1 && boot.cut_at.is_none() {
+            bail!(
+                "expected one TESTOS line, saw {} (log {})",
+                r.testos.len(),
+                log.display()
+            );
+        }
+        Ok((boot, vars))
+    }
+}
+
+/// Checks the booted OS: TESTOS line, loader slot and the system partition's
+/// first line all name `v` on `slot`.
+pub fn expect_os(boot: &Boot, v: &Variant, slot: char) -> anyhow::Result<()> {
+    let r = &boot.report;
+    let log = boot.log.display();
+    let t = r
+        .testos
+        .first()
+        .with_context(|| format!("no TESTOS line (log {log})"))?;
+    ensure!(
+        t.variant == v.name && t.version == v.version && t.slot == slot.to_string(),
+        "expected {} {} on slot {slot}, the guest says {} {} on slot {} (log {log})",
+        v.name,
+        v.version,
+        t.variant,
+        t.version,
+        t.slot
+    );
+    ensure!(
+        r.loader_slot == Some(slot),
+        "the loader said slot {:?} (log {log})",
+        r.loader_slot
+    );
+    ensure!(
+        r.system.as_deref() == Some(v.system_line().as_str()),
+        "slot {slot}'s system partition starts with {:?}, expected {:?} (log {log})",
+        r.system,
+        v.system_line()
+    );
+    Ok(())
+}
+
+/// Checks a step's exit code: `ok` means 0, otherwise any failure.
+pub fn expect_result(boot: &Boot, name: &str, ok: bool) -> anyhow::Result<()> {
+    let log = boot.log.display();
+    let codes = boot.report.results_of(name);
+    ensure!(!codes.is_empty(), "no result of `abkit {name}` (log {log})");
+    for code in codes {
+        if ok {
+            ensure!(code == "0", "`abkit {name}` exited {code} (log {log})");
+        } else {
+            ensure!(
+                code != "0",
+                "`abkit {name}` succeeded but should have failed (log {log})"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A healthy boot of `v` on `slot` that marked itself good.
+pub fn expect_healthy(boot: &Boot, v: &Variant, slot: char) -> anyhow::Result<()> {
+    expect_os(boot, v, slot)?;
+    expect_result(boot, "mark-good", true)
+}
+
+/// The last `status --json` the guest printed.
+pub fn status(boot: &Boot) -> anyhow::Result<&Value> {
+    let s = boot
+        .report
+        .status
+        .last()
+        .with_context(|| format!("no status-json line (log {})", boot.log.display()))?;
+    ensure!(
+        !s.is_null(),
+        "status-json did not parse (log {})",
+        boot.log.display()
+    );
+    Ok(s)
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Checks `running_slot`, `committed_slot` and slot versions in a status JSON.
+pub fn expect_status(
+    s: &Value,
+    running: char,
+    committed: char,
+    versions: &[(char, &str)],
+) -> anyhow::Result<()> {
+    ensure!(
+        text(&s["running_slot"]) == running.to_string(),
+        "status running_slot: {s}"
+    );
+    ensure!(
+        text(&s["committed_slot"]) == committed.to_string(),
+        "status committed_slot: {s}"
+    );
+    for (slot, version) in versions {
+        let got = text(&s["slots"][slot.to_string()]["version"]);
+        ensure!(
+            got == *version,
+            "status slot {slot} version {got}, expected {version}: {s}"
+        );
+    }
+    Ok(())
+}
+
+/// `abkit --disk D --ovmf-vars V --booted-slot S status --json`, offline.
+pub fn offline_status(suite: &Suite, m: &Machine, booted: char) -> anyhow::Result<Value> {
+    let out = run(std::process::Command::new(&suite.fx.abkit)
+        .arg("--disk")
+        .arg(&m.disk)
+        .arg("--ovmf-vars")
+        .arg(&m.vars)
+        .args(["--booted-slot", &booted.to_string(), "status", "--json"]))?;
+    serde_json::from_str(&out).context("offline status printed no JSON")
+}
+
+pub type ScenarioFn = fn(&Suite) -> anyhow::Result<Scenario<'_>>;
+
+/// Name, what it proves, and the test.
+pub const SCENARIOS: [(&str, &str, ScenarioFn); 7] = [
+    (
+        "boot",
+        "the base image boots X on slot A and marks it good",
+        boot_base,
+    ),
+    (
+        "seed-sequence",
+        "X on A installs Y; Y on B installs Z; Z on A",
+        seed_sequence,
+    ),
+    (
+        "auto-rollback",
+        "a Y that fails health falls back to X by itself",
+        auto_rollback,
+    ),
+    (
+        "power-cut",
+        "QEMU killed during the slot write; X still boots; reinstall works",
+        power_cut,
+    ),
+    (
+        "manual-rollback",
+        "after Z is committed, rollback boots Y once, then Z again",
+        manual_rollback,
+    ),
+    (
+        "http-download",
+        "X installs Y from an HTTP server on the host",
+        http_download,
+    ),
+    (
+        "tampered-bundle",
+        "bad signature and bad chunk are refused; nothing changes",
+        tampered_bundle,
+    ),
+];
+
+fn boot_base(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
+    let mut s = Scenario::new(suite, "boot")?;
+    let before = s.vars()?;
+    before.expect('A', None).context("the built VARS file")?;
+    let (b, vars) = s.boot("status; poweroff")?;
+    expect_healthy(&b, &X, 'A')?;
+    ensure!(
+        b.report.firmware_entry == vars.slot_a,
+        "firmware started {:?}, not slot A's entry",
+        b.report.firmware_entry
+    );
+    vars.expect('A', None)?;
+    expect_status(status(&b)?, 'A', 'A', &[('A', X.version)])?;
+    ensure!(b.report.ending == Ending::PowerOff, "no clean poweroff");
+    Ok(s)
+}
+
+fn seed_steps(s: &mut Scenario<'_>) -> anyhow::Result<()> {
+    // X on A installs Y into B: trial boot requested, BootOrder untouched.
+    let (b, vars) = s.boot(&format!("install {}; status; reboot", on_disk(&Y)))?;
+    expect_healthy(&b, &X, 'A')?;
+    expect_result(&b, "install", true)?;
+    vars.expect('A', Some('B')).context("after installing Y")?;
+    let order_before = vars.boot_order.clone();
+    // Y's trial boot on B: marks good (B first), installs Z into A.
+    let (b, vars) = s.boot(&format!("install {}; status; reboot", on_disk(&Z)))?;
+    expect_healthy(&b, &Y, 'B')?;
+    ensure!(
+        b.report.firmware_entry == vars.slot_b,
+        "firmware started {:?}, not slot B's entry (BootNext)",
+        b.report.firmware_entry
+    );
+    expect_result(&b, "install", true)?;
+    vars.expect('B', Some('A'))
+        .context("after Y marked good and installed Z")?;
+    ensure!(
+        vars.boot_order.len() == order_before.len(),
+        "BootOrder lost or gained entries"
+    );
+    // Z's trial boot on A: marks good.
+    let (b, vars) = s.boot("status; poweroff")?;
+    expect_healthy(&b, &Z, 'A')?;
+    vars.expect('A', None).context("after Z marked good")?;
+    expect_status(status(&b)?, 'A', 'A', &[('A', Z.version), ('B', Y.version)])?;
+    Ok(())
+}
+
+fn seed_sequence(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
+    let mut s = Scenario::new(suite, "seed-sequence")?;
+    seed_steps(&mut s)?;
+    let offline = offline_status(suite, &s.machine, 'A')?;
+    expect_status(&offline, 'A', 'A', &[('A', Z.version), ('B', Y.version)])
+        .context("offline status")?;
+    *suite.after_seed.borrow_mut() = Some((s.machine.disk.clone(), s.machine.vars.clone()));
+    Ok(s)
+}
+
+fn auto_rollback(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
+    let mut s = Scenario::new(suite, "auto-rollback")?;
+    let (b, vars) = s.boot(&format!("install {}; reboot", on_disk(&Y_BROKEN)))?;
+    expect_healthy(&b, &X, 'A')?;
+    expect_result(&b, "install", true)?;
+    vars.expect('A', Some('B'))?;
+    let order = vars.boot_order.clone();
+    // The trial boot fails its health check: no mark-good, reboot.
+    let (b, vars) = s.boot("status; poweroff")?;
+    expect_os(&b, &Y_BROKEN, 'B')?;
+    ensure!(
+        b.report.health_bad,
+        "Ybroken did not report its failed health check"
+    );
+    ensure!(
+        b.report.result("mark-good").is_none(),
+        "Ybroken ran mark-good"
+    );
+    ensure!(b.report.ending == Ending::Reboot, "Ybroken did not reboot");
+    vars.expect('A', None).context("after the failed trial")?;
+    ensure!(
+        vars.boot_order == order,
+        "BootOrder changed: {:?} -> {:?}",
+        order,
+        vars.boot_order
+    );
+    // The firmware follows BootOrder back to X.
+    let (b, vars) = s.boot("status; poweroff")?;
+    expect_healthy(&b, &X, 'A')?;
+    vars.expect('A', None)?;
+    ensure!(
+        vars.boot_order == order,
+        "BootOrder changed: {:?} -> {:?}",
+        order,
+        vars.boot_order
+    );
+    expect_status(status(&b)?, 'A', 'A', &[('A', X.version)])?;
+    Ok(s)
+}
+
+fn power_cut(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
+    let mut s = Scenario::new(suite, "power-cut")?;
+    let order = s.vars()?.boot_order;
+    let (b, vars) = s.boot_with(BootSpec {
+        action: format!("install {}; reboot", on_disk(&Y)),
+        write_limit: Some(4 << 20),
+        cut: Some(Cut::SystemBytes {
+            min: 4 << 20,
+            fallback: Duration::from_secs(8),
+        }),
+        timeout: None,
+    })?;
+    ensure!(
+        b.cut_at.is_some(),
+        "the install ended before the power cut (log {})",
+        b.log.display()
+    );
+    expect_healthy(&b, &X, 'A')?;
+    vars.expect('A', None).context("after the power cut")?;
+    // X boots, healthy; installing again completes.
+    let (b, vars) = s.boot(&format!("install {}; status; reboot", on_disk(&Y)))?;
+    expect_healthy(&b, &X, 'A')?;
+    expect_result(&b, "install", true)?;
+    vars.expect('A', Some('B'))?;
+    ensure!(
+        vars.boot_order.len() == order.len(),
+        "BootOrder lost or gained entries"
+    );
+    let (b, vars) = s.boot("poweroff")?;
+    expect_healthy(&b, &Y, 'B')?;
+    vars.expect('B', None)?;
+    Ok(s)
+}
+
+fn manual_rollback(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
+    let seeded = suite.after_seed.borrow().clone();
+    let mut s = match seeded {
+        Some((disk, vars)) => Scenario::from_files(suite, "manual-rollback", &disk, &vars)?,
+        None => {
+            eprintln!("    (seed-sequence did not run here: running it first)");
+            let mut s = Scenario::new(suite, "manual-rollback")?;
+            seed_steps(&mut s)?;
+            s
+        }
+    };
+    let order = s.vars()?.boot_order;
+    // Z (committed on A) asks for a one-shot boot of Y.
+    let (b, vars) = s.boot("rollback; status; reboot")?;
+    expect_healthy(&b, &Z, 'A')?;
+    expect_result(&b, "rollback", true)?;
+    vars.expect('A', Some('B')).context("after rollback")?;
+    ensure!(vars.boot_order == order, "rollback changed BootOrder");
+    // Y boots once and does not mark good.
+    let (b, vars) = s.boot("skip-mark-good; status; reboot")?;
+    expect_os(&b, &Y, 'B')?;
+    ensure!(b.report.mark_good_skipped, "mark-good was not skipped");
+    vars.expect('A', None)?;
+    expect_status(status(&b)?, 'B', 'A', &[('A', Z.version), ('B', Y.version)])?;
+    // Back to Z.
+    let (b, vars) = s.boot("poweroff")?;
+    expect_healthy(&b, &Z, 'A')?;
+    vars.expect('A', None)?;
+    ensure!(vars.boot_order == order, "BootOrder changed");
+    Ok(s)
+}
+
+fn http_download(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
+    let mut s = Scenario::new(suite, "http-download")?;
+    let served_before = suite.http.served();
+    let size = std::fs::metadata(suite.fx.bundle(&Y.bundle()))?.len();
+    let (b, vars) = s.boot(&format!(
+        "install {}; reboot",
+        suite.http.guest_url(&Y.bundle())
+    ))?;
+    expect_healthy(&b, &X, 'A')?;
+    expect_result(&b, "install", true)?;
+    let served = suite.http.served() - served_before;
+    ensure!(
+        served >= size,
+        "the server sent {served} bytes of a {size}-byte bundle"
+    );
+    vars.expect('A', Some('B'))?;
+    let (b, vars) = s.boot("poweroff")?;
+    expect_healthy(&b, &Y, 'B')?;
+    vars.expect('B', None)?;
+    Ok(s)
+}
+
+fn tampered_bundle(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
+    let mut s = Scenario::new(suite, "tampered-bundle")?;
+    let before = s.vars()?;
+    let (b, vars) = s.boot(&format!(
+        "install /mnt/bundles/{BAD_SIGNATURE}; install /mnt/bundles/{BAD_CHUNK}; status; reboot"
+    ))?;
+    expect_healthy(&b, &X, 'A')?;
+    expect_result(&b, "install", false)?;
+    ensure!(
+        b.report.results_of("install").len() == 2,
+        "expected two install attempts"
+    );
+    vars.expect('A', None)
+        .context("after the refused bundles")?;
+    ensure!(
+        vars.our_order() == before.our_order(),
+        "our BootOrder changed"
+    );
+    let st = status(&b)?;
+    expect_status(st, 'A', 'A', &[('A', X.version)])?;
+    let b_state = text(&st["slots"]["B"]["state"]);
+    ensure!(
+        b_state == "empty",
+        "slot B is {b_state:?} after a refused payload, expected empty: {st}"
+    );
+    // And the machine still boots X.
+    let (b, vars) = s.boot("poweroff")?;
+    expect_healthy(&b, &X, 'A')?;
+    vars.expect('A', None)?;
+    Ok(s)
+}
+
+/// Runs the named scenarios (all if empty), printing per-test timings and a
+/// summary; returns how many failed.
+pub fn run_all(suite: &Suite, only: &[String]) -> anyhow::Result<usize> {
+    for name in only {
+        ensure!(
+            SCENARIOS.iter().any(|(n, _, _)| n == name),
+            "unknown scenario {name:?}; known: {}",
+            SCENARIOS.map(|(n, _, _)| n).join(", ")
+        );
+    }
+    let chosen: Vec<_> = SCENARIOS
+        .iter()
+        .filter(|(n, _, _)| only.is_empty() || only.iter().any(|o| o == n))
+        .collect();
+    let mut rows = Vec::new();
+    for (i, (name, what, test)) in chosen.iter().enumerate() {
+        eprintln!("vm-e2e: [{}/{}] {name}: {what}", i + 1, chosen.len());
+        let t = Instant::now();
+        let outcome = test(suite);
+        let took = t.elapsed();
+        match &outcome {
+            Ok(s) => eprintln!(
+                "vm-e2e: ok   {name} ({} boots, {:.1} s)",
+                s.boots,
+                took.as_secs_f64()
+            ),
+            Err(e) => eprintln!("vm-e2e: FAIL {name} ({:.1} s): {e:#}", took.as_secs_f64()),
+        }
+        let boots = outcome
+            .as_ref()
+            .map(|s| s.boots.to_string())
+            .unwrap_or("-".into());
+        rows.push((name.to_string(), outcome.is_ok(), boots, took));
+    }
+    eprintln!("\nvm-e2e: summary ({})", suite.accel.name());
+    eprintln!(
+        "  {:<18} {:<6} {:>5} {:>9}",
+        "scenario", "result", "boots", "time"
+    );
+    let mut failed = 0;
+    let mut total = Duration::ZERO;
+    for (name, ok, boots, took) in &rows {
+        total += *took;
+        if !ok {
+            failed += 1;
+        }
+        eprintln!(
+            "  {:<18} {:<6} {:>5} {:>7.1} s",
+            name,
+            if *ok { "ok" } else { "FAIL" },
+            boots,
+            took.as_secs_f64()
+        );
+    }
+    eprintln!(
+        "  {:<18} {:<6} {:>5} {:>7.1} s",
+        "total",
+        if failed == 0 { "ok" } else { "FAIL" },
+        "",
+        total.as_secs_f64()
+    );
+    Ok(failed)
+}
