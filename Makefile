@@ -57,3 +57,30 @@ vm-loader: stub
 
 lint: lint-loader
 test: vm-loader
+
+# --- End-to-end VM tests and the demo (crates/abkit-vmtest, testos/): one
+# static build of abkit, the test OS init and the harness, used on the host
+# and shipped inside the test OS.
+E2E_TARGET := x86_64-unknown-linux-gnu
+E2E_BIN := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),$(CURDIR)/target)/$(E2E_TARGET)/release
+E2E_RUSTFLAGS := -C target-feature=+crt-static -C strip=symbols
+RELEASE_DIR := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),$(CURDIR)/target)/release
+export E2E_BIN
+
+.PHONY: e2e-bins vm-e2e stub-next-to-abkit
+
+## e2e-bins: static abkit, testos-init and abkit-vmtest for the VM tests and the demo
+e2e-bins: deps
+	RUSTFLAGS="$(E2E_RUSTFLAGS)" $(CARGO) build --release --target $(E2E_TARGET) -p abkit -p testos -p abkit-vmtest
+
+## vm-e2e: the end-to-end scenarios on OVMF under QEMU (SCENARIOS="boot power-cut" for some)
+vm-e2e: stub e2e-bins
+	$(E2E_BIN)/abkit-vmtest --abkit $(E2E_BIN)/abkit --init $(E2E_BIN)/testos-init run $(SCENARIOS)
+
+## stub-next-to-abkit: the loader stub next to the release abkit, where `abkit uki build` finds it
+stub-next-to-abkit: stub
+	@mkdir -p $(RELEASE_DIR)
+	cp $(STUB) $(RELEASE_DIR)/abkit-stub.efi
+
+build: stub-next-to-abkit
+demo: stub e2e-bins

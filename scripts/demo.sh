@@ -1,22 +1,18 @@
 #!/usr/bin/env bash
-# make demo: abkit reading the firmware's boot variables from real OVMF files.
-# (The full A/B story on a VM arrives with the VM end-to-end work.)
+# make demo: the A/B story on real UEFI firmware (OVMF under QEMU). Builds a
+# disk image with the test OS X 1.0.0 on slot A, installs Y 1.1.0 (trial boot
+# on slot B, healthy, committed), installs a broken Z 1.2.0 (trial boot fails
+# its health check) and watches the machine come back to Y by itself. Each
+# boot prints slot, version and result; the image and VARS file stay in
+# build/demo with the QEMU command to boot them by hand.
+#
+# `make demo` builds what this needs first (static abkit, test OS init, the
+# loader stub, the Debian kernel from `make deps`): the first run takes a few
+# minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-abkit=target/release/abkit
-
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-
-step "Debian's pristine OVMF VARS file: a firmware that never booted has no boot entries"
-echo "\$ abkit efi list --ovmf-vars /usr/share/OVMF/OVMF_VARS_4M.fd"
-$abkit efi list --ovmf-vars /usr/share/OVMF/OVMF_VARS_4M.fd
-
-step "The VARS file after a real OVMF boot (test fixture): OVMF created its own entries"
-f=crates/abkit-efi/tests/fixtures/ovmf-vars-2m-after-boot.fd
-echo "\$ abkit efi list --ovmf-vars $f"
-$abkit efi list --ovmf-vars "$f"
-
-step "Debian's VARS file with Microsoft keys enrolled, as JSON for scripts (first lines)"
-echo "\$ abkit efi list --ovmf-vars /usr/share/OVMF/OVMF_VARS_4M.ms.fd --json"
-$abkit efi list --ovmf-vars /usr/share/OVMF/OVMF_VARS_4M.ms.fd --json | head -n 20
-echo "  ..."
+bin=${E2E_BIN:-${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release}
+for f in "$bin/abkit" "$bin/testos-init" "$bin/abkit-vmtest" build/abkit-stub.efi; do
+  [ -x "$f" ] || [ -f "$f" ] || { echo "demo: $f is missing: run 'make demo'" >&2; exit 1; }
+done
+exec "$bin/abkit-vmtest" --abkit "$bin/abkit" --init "$bin/testos-init" demo "$@"

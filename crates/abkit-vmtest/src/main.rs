@@ -131,7 +131,8 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// TCG unless asked for KVM, or `auto` and one probe boot under KVM works
-/// (on many hosts /dev/kvm exists but guests die in emulation).
+/// (on many hosts /dev/kvm exists but guests die in emulation; under KVM
+/// the test OS is up in a few seconds, so the probe gives up after 20 s).
 fn choose_accel(choice: AccelChoice, fx: &Fixtures, work: &Path) -> anyhow::Result<Accel> {
     match choice {
         AccelChoice::Tcg => Ok(Accel::Tcg),
@@ -152,7 +153,7 @@ fn choose_accel(choice: AccelChoice, fx: &Fixtures, work: &Path) -> anyhow::Resu
             let t = Instant::now();
             let spec = BootSpec {
                 action: "skip-mark-good; poweroff".into(),
-                timeout: Some(Duration::from_secs(60)),
+                timeout: Some(Duration::from_secs(20)),
                 ..BootSpec::default()
             };
             let works =

@@ -168,15 +168,17 @@ fn parse_testos_line(line: &str) -> Option<TestosLine> {
 }
 
 /// Bytes of the system image written so far, if `value` is an install
-/// progress report. Reads any numeric field whose name says "written" (or
-/// `done`/`bytes`) in an object that mentions the system payload.
+/// progress report (`{"event":"progress","step":"write-system","done":N,..}`).
+/// Reads any numeric field whose name says "written" (or `done`/`bytes`) in
+/// an object that mentions the system payload and is not a check pass.
 pub fn system_bytes_written(value: &Value) -> Option<u64> {
     let Value::Object(map) = value else {
         return None;
     };
-    let mentions_system = map
-        .values()
-        .any(|v| v.as_str().is_some_and(|s| s.contains("system")));
+    let mentions_system = map.values().any(|v| {
+        v.as_str()
+            .is_some_and(|s| s.contains("system") && !s.contains("check"))
+    });
     if !mentions_system {
         return None;
     }
@@ -255,5 +257,15 @@ testos: done, rebooting\r\n";
         assert_eq!(system_bytes_written(&v), None);
         let v: Value = serde_json::from_str(r#"{"payload":"system","phase":"verify"}"#).unwrap();
         assert_eq!(system_bytes_written(&v), None);
+        let v: Value = serde_json::from_str(
+            r#"{"event":"progress","step":"check-system","done":9,"total":9}"#,
+        )
+        .unwrap();
+        assert_eq!(system_bytes_written(&v), None);
+        let v: Value = serde_json::from_str(
+            r#"{"event":"progress","step":"write-system","done":8,"total":9}"#,
+        )
+        .unwrap();
+        assert_eq!(system_bytes_written(&v), Some(8));
     }
 }
