@@ -39,7 +39,11 @@ pub enum Error {
     #[error("payload `{payload}`: SHA-256 of the whole payload does not match the manifest")]
     PayloadHashMismatch { payload: String },
     #[error("payload `{payload}`: size is {actual} bytes, the manifest says {expected}")]
-    PayloadSizeMismatch { payload: String, expected: u64, actual: u64 },
+    PayloadSizeMismatch {
+        payload: String,
+        expected: u64,
+        actual: u64,
+    },
     #[error("payload `{payload}`: zstd data decompresses to more than the declared {limit} bytes")]
     DecompressedTooLarge { payload: String, limit: u64 },
     #[error("payload `{payload}`: zstd data is corrupt: {reason}")]
@@ -70,10 +74,42 @@ impl From<std::io::Error> for Error {
 }
 
 impl Error {
+    /// A stable short name for the kind of error, for scripts and logs
+    /// (`abkit bundle verify` prints it): e.g. `chunk-hash-mismatch`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Io(_) => "io",
+            Error::Truncated { .. } => "truncated",
+            Error::BadMagic { .. } => "bad-magic",
+            Error::UnsupportedFormatVersion { .. } => "unsupported-format-version",
+            Error::ReservedFieldSet { .. } => "reserved-field-set",
+            Error::ManifestSize { .. } => "manifest-size",
+            Error::TooManySignatures { .. } => "too-many-signatures",
+            Error::ManifestJson(_) => "manifest-json",
+            Error::ManifestInvalid(_) => "manifest-invalid",
+            Error::NoSignature => "no-signature",
+            Error::NoTrustedSignature { .. } => "no-trusted-signature",
+            Error::BadSignature { .. } => "bad-signature",
+            Error::ChunkHashMismatch { .. } => "chunk-hash-mismatch",
+            Error::PayloadHashMismatch { .. } => "payload-hash-mismatch",
+            Error::PayloadSizeMismatch { .. } => "payload-size-mismatch",
+            Error::DecompressedTooLarge { .. } => "decompressed-too-large",
+            Error::Decompress { .. } => "decompress",
+            Error::TrailingData => "trailing-data",
+            Error::KeyFile { .. } => "key-file",
+            Error::EmptyKeyring { .. } => "empty-keyring",
+            Error::Verity(_) => "verity",
+            Error::InvalidInput(_) => "invalid-input",
+            Error::PayloadFailed { .. } => "payload-failed",
+        }
+    }
+
     /// Maps an `UnexpectedEof` from `read_exact` to [`Error::Truncated`] naming `section`.
     pub(crate) fn from_read(err: std::io::Error, section: impl Into<String>) -> Error {
         if err.kind() == std::io::ErrorKind::UnexpectedEof {
-            Error::Truncated { section: section.into() }
+            Error::Truncated {
+                section: section.into(),
+            }
         } else {
             Error::Io(err)
         }

@@ -75,21 +75,37 @@ impl Header {
         }
         let flags = le_u32(&b[12..16]);
         if flags != 0 {
-            return Err(Error::ReservedFieldSet { field: "flags", value: flags.into() });
+            return Err(Error::ReservedFieldSet {
+                field: "flags",
+                value: flags.into(),
+            });
         }
         let manifest_len = le_u64(&b[16..24]);
         if manifest_len == 0 || manifest_len > MAX_MANIFEST_LEN {
-            return Err(Error::ManifestSize { len: manifest_len, max: MAX_MANIFEST_LEN });
+            return Err(Error::ManifestSize {
+                len: manifest_len,
+                max: MAX_MANIFEST_LEN,
+            });
         }
         let signature_count = le_u32(&b[24..28]);
         if signature_count > MAX_SIGNATURES {
-            return Err(Error::TooManySignatures { count: signature_count, max: MAX_SIGNATURES });
+            return Err(Error::TooManySignatures {
+                count: signature_count,
+                max: MAX_SIGNATURES,
+            });
         }
         let reserved = le_u32(&b[28..32]);
         if reserved != 0 {
-            return Err(Error::ReservedFieldSet { field: "reserved", value: reserved.into() });
+            return Err(Error::ReservedFieldSet {
+                field: "reserved",
+                value: reserved.into(),
+            });
         }
-        Ok(Header { format_version, manifest_len, signature_count })
+        Ok(Header {
+            format_version,
+            manifest_len,
+            signature_count,
+        })
     }
 }
 
@@ -121,7 +137,11 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_has_documented_bytes() {
-        let h = Header { format_version: 1, manifest_len: 0x0102, signature_count: 2 };
+        let h = Header {
+            format_version: 1,
+            manifest_len: 0x0102,
+            signature_count: 2,
+        };
         let b = h.encode();
         assert_eq!(&b[..8], b"ABKITBDL");
         assert_eq!(&b[8..12], &[1, 0, 0, 0]);
@@ -132,34 +152,67 @@ mod tests {
 
     #[test]
     fn header_rejects_each_bad_field() {
-        let good = Header { format_version: 1, manifest_len: 10, signature_count: 1 }.encode();
+        let good = Header {
+            format_version: 1,
+            manifest_len: 10,
+            signature_count: 1,
+        }
+        .encode();
         let mut b = good;
         b[0] = b'X';
         assert!(matches!(Header::decode(&b), Err(Error::BadMagic { .. })));
         let mut b = good;
         b[8] = 2;
-        assert!(matches!(Header::decode(&b), Err(Error::UnsupportedFormatVersion { found: 2, .. })));
+        assert!(matches!(
+            Header::decode(&b),
+            Err(Error::UnsupportedFormatVersion { found: 2, .. })
+        ));
         let mut b = good;
         b[12] = 1;
-        assert!(matches!(Header::decode(&b), Err(Error::ReservedFieldSet { field: "flags", .. })));
+        assert!(matches!(
+            Header::decode(&b),
+            Err(Error::ReservedFieldSet { field: "flags", .. })
+        ));
         let mut b = good;
         b[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(Header::decode(&b), Err(Error::ManifestSize { len: u64::MAX, .. })));
+        assert!(matches!(
+            Header::decode(&b),
+            Err(Error::ManifestSize { len: u64::MAX, .. })
+        ));
         let mut b = good;
         b[16..24].copy_from_slice(&0u64.to_le_bytes());
-        assert!(matches!(Header::decode(&b), Err(Error::ManifestSize { len: 0, .. })));
+        assert!(matches!(
+            Header::decode(&b),
+            Err(Error::ManifestSize { len: 0, .. })
+        ));
         let mut b = good;
         b[24..28].copy_from_slice(&17u32.to_le_bytes());
-        assert!(matches!(Header::decode(&b), Err(Error::TooManySignatures { count: 17, .. })));
+        assert!(matches!(
+            Header::decode(&b),
+            Err(Error::TooManySignatures { count: 17, .. })
+        ));
         let mut b = good;
         b[31] = 1;
-        assert!(matches!(Header::decode(&b), Err(Error::ReservedFieldSet { field: "reserved", .. })));
+        assert!(matches!(
+            Header::decode(&b),
+            Err(Error::ReservedFieldSet {
+                field: "reserved",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn signed_message_excludes_signature_count() {
-        let a = Header { format_version: 1, manifest_len: 3, signature_count: 1 };
-        let b = Header { signature_count: 5, ..a };
+        let a = Header {
+            format_version: 1,
+            manifest_len: 3,
+            signature_count: 1,
+        };
+        let b = Header {
+            signature_count: 5,
+            ..a
+        };
         assert_eq!(signed_message(&a, b"abc"), signed_message(&b, b"abc"));
         assert!(signed_message(&a, b"abc").ends_with(b"abc"));
     }

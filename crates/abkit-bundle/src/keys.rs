@@ -74,7 +74,10 @@ impl PublicKey {
     /// Reads a `.pub` file.
     pub fn load(path: &Path) -> Result<PublicKey> {
         let text = read_key_file(path)?;
-        PublicKey::parse(&text).map_err(|reason| Error::KeyFile { path: path.to_owned(), reason })
+        PublicKey::parse(&text).map_err(|reason| Error::KeyFile {
+            path: path.to_owned(),
+            reason,
+        })
     }
 }
 
@@ -99,7 +102,8 @@ impl SecretKey {
     /// A fresh key from the operating system's random source.
     pub fn generate() -> Result<SecretKey> {
         let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|e| Error::InvalidInput(format!("no randomness: {e}")))?;
+        getrandom::fill(&mut seed)
+            .map_err(|e| Error::InvalidInput(format!("no randomness: {e}")))?;
         Ok(SecretKey(SigningKey::from_bytes(&seed)))
     }
 
@@ -128,12 +132,20 @@ impl SecretKey {
     /// Reads a `.key` file.
     pub fn load(path: &Path) -> Result<SecretKey> {
         let text = read_key_file(path)?;
-        SecretKey::parse(&text).map_err(|reason| Error::KeyFile { path: path.to_owned(), reason })
+        SecretKey::parse(&text).map_err(|reason| Error::KeyFile {
+            path: path.to_owned(),
+            reason,
+        })
     }
 
     /// Writes `BASE.key` (mode 0600) and `BASE.pub`; refuses to overwrite
     /// either unless `overwrite`. Returns both paths.
-    pub fn write_pair(&self, base: &Path, comment: Option<&str>, overwrite: bool) -> Result<(PathBuf, PathBuf)> {
+    pub fn write_pair(
+        &self,
+        base: &Path,
+        comment: Option<&str>,
+        overwrite: bool,
+    ) -> Result<(PathBuf, PathBuf)> {
         if let Some(c) = comment {
             if c.contains(['\n', '\r']) {
                 return Err(Error::InvalidInput("a key comment must be one line".into()));
@@ -144,12 +156,19 @@ impl SecretKey {
         if !overwrite {
             for p in [&key_path, &pub_path] {
                 if p.exists() {
-                    return Err(Error::KeyFile { path: p.clone(), reason: "already exists".into() });
+                    return Err(Error::KeyFile {
+                        path: p.clone(),
+                        reason: "already exists".into(),
+                    });
                 }
             }
         }
         write_file(&key_path, self.to_text(comment).as_bytes(), 0o600)?;
-        write_file(&pub_path, self.public_key().to_text(comment).as_bytes(), 0o644)?;
+        write_file(
+            &pub_path,
+            self.public_key().to_text(comment).as_bytes(),
+            0o644,
+        )?;
         Ok((key_path, pub_path))
     }
 }
@@ -163,7 +182,12 @@ fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?;
     // An existing file keeps its old mode on open: set it explicitly.
     f.set_permissions(std::fs::Permissions::from_mode(mode))?;
     f.write_all(contents)?;
@@ -173,11 +197,17 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
 
 fn read_key_file(path: &Path) -> Result<String> {
     use std::io::Read as _;
-    let file = std::fs::File::open(path).map_err(|e| Error::KeyFile { path: path.to_owned(), reason: e.to_string() })?;
+    let file = std::fs::File::open(path).map_err(|e| Error::KeyFile {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
     let mut text = String::new();
     file.take(MAX_KEY_FILE_LEN)
         .read_to_string(&mut text)
-        .map_err(|e| Error::KeyFile { path: path.to_owned(), reason: e.to_string() })?;
+        .map_err(|e| Error::KeyFile {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
     Ok(text)
 }
 
@@ -190,19 +220,30 @@ fn key_text(tag: &str, bytes: &[u8; 32], comment: Option<&str>) -> String {
 }
 
 fn parse_key_text(text: &str, tag: &str) -> std::result::Result<[u8; 32], String> {
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
     match lines.next() {
         Some(first) if first == tag => {}
-        Some(SECRET_KEY_TAG) => return Err("this is a secret key, a public key was expected".into()),
-        Some(PUBLIC_KEY_TAG) => return Err("this is a public key, a secret key was expected".into()),
+        Some(SECRET_KEY_TAG) => {
+            return Err("this is a secret key, a public key was expected".into());
+        }
+        Some(PUBLIC_KEY_TAG) => {
+            return Err("this is a public key, a secret key was expected".into());
+        }
         _ => return Err(format!("first line must be `{tag}`")),
     }
     let b64 = lines.next().ok_or("the base64 key line is missing")?;
     if lines.next().is_some() {
         return Err("unexpected text after the key line (comments start with #)".into());
     }
-    let bytes = BASE64.decode(b64).map_err(|e| format!("key line is not base64: {e}"))?;
-    bytes.try_into().map_err(|b: Vec<u8>| format!("key is {} bytes, expected 32", b.len()))
+    let bytes = BASE64
+        .decode(b64)
+        .map_err(|e| format!("key line is not base64: {e}"))?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("key is {} bytes, expected 32", b.len()))
 }
 
 /// The public keys a device trusts: every `*.pub` file of a folder.
@@ -222,7 +263,10 @@ impl Keyring {
     /// all is an error too.
     pub fn load_dir(dir: &Path) -> Result<Keyring> {
         let mut paths = Vec::new();
-        let entries = std::fs::read_dir(dir).map_err(|e| Error::KeyFile { path: dir.to_owned(), reason: e.to_string() })?;
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::KeyFile {
+            path: dir.to_owned(),
+            reason: e.to_string(),
+        })?;
         for entry in entries {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "pub") {
@@ -231,9 +275,14 @@ impl Keyring {
         }
         paths.sort();
         if paths.is_empty() {
-            return Err(Error::EmptyKeyring { path: dir.to_owned() });
+            return Err(Error::EmptyKeyring {
+                path: dir.to_owned(),
+            });
         }
-        let keys = paths.iter().map(|p| PublicKey::load(p)).collect::<Result<Vec<_>>>()?;
+        let keys = paths
+            .iter()
+            .map(|p| PublicKey::load(p))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Keyring { keys })
     }
 
@@ -270,7 +319,10 @@ mod tests {
         let cases = [
             ("", "first line"),
             ("ssh-ed25519 AAAA", "first line"),
-            (&sk.to_text(None)[..], "secret key, a public key was expected"),
+            (
+                &sk.to_text(None)[..],
+                "secret key, a public key was expected",
+            ),
             ("abkit-ed25519-public-key\n", "missing"),
             ("abkit-ed25519-public-key\n!!!\n", "base64"),
             ("abkit-ed25519-public-key\nAAAA\n", "3 bytes"),
@@ -287,10 +339,18 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let sk = SecretKey::from_seed(&[3; 32]);
-        let (k, p) = sk.write_pair(&dir.path().join("release"), None, false).unwrap();
-        assert_eq!(std::fs::metadata(&k).unwrap().permissions().mode() & 0o777, 0o600);
+        let (k, p) = sk
+            .write_pair(&dir.path().join("release"), None, false)
+            .unwrap();
+        assert_eq!(
+            std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(k.ends_with("release.key") && p.ends_with("release.pub"));
-        assert!(matches!(sk.write_pair(&dir.path().join("release"), None, false), Err(Error::KeyFile { .. })));
+        assert!(matches!(
+            sk.write_pair(&dir.path().join("release"), None, false),
+            Err(Error::KeyFile { .. })
+        ));
         let ring = Keyring::load_dir(dir.path()).unwrap();
         assert!(ring.contains(&sk.public_key().to_bytes()));
         assert_eq!(ring.keys().len(), 1);
@@ -298,7 +358,10 @@ mod tests {
         let err = Keyring::load_dir(dir.path()).unwrap_err().to_string();
         assert!(err.contains("broken.pub"), "{err}");
         let empty = tempfile::tempdir().unwrap();
-        assert!(matches!(Keyring::load_dir(empty.path()), Err(Error::EmptyKeyring { .. })));
+        assert!(matches!(
+            Keyring::load_dir(empty.path()),
+            Err(Error::EmptyKeyring { .. })
+        ));
     }
 
     #[test]
@@ -307,6 +370,10 @@ mod tests {
         let sig = sk.sign(b"hello");
         assert!(sk.public_key().verify(b"hello", &sig));
         assert!(!sk.public_key().verify(b"hellp", &sig));
-        assert!(!SecretKey::from_seed(&[6; 32]).public_key().verify(b"hello", &sig));
+        assert!(
+            !SecretKey::from_seed(&[6; 32])
+                .public_key()
+                .verify(b"hello", &sig)
+        );
     }
 }

@@ -40,4 +40,3 @@ pub use keys::{KeyId, Keyring, PublicKey, SecretKey};
 pub use manifest::{Compression, Manifest, PayloadEntry, VerityParams};
 pub use reader::{BundleHead, BundleReader, PayloadReader, SignatureStatus};
 pub use writer::{CreateOptions, PayloadSpec, create_bundle, write_head};
-

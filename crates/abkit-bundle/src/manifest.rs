@@ -64,7 +64,9 @@ impl Serialize for HexBytes {
 impl<'de> Deserialize<'de> for HexBytes {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s: &str = Deserialize::deserialize(d)?;
-        hex::decode(s).map(HexBytes).map_err(serde::de::Error::custom)
+        hex::decode(s)
+            .map(HexBytes)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -166,17 +168,13 @@ impl Manifest {
         {
             return bad("`compatible` must be 1..=256 printable characters".into());
         }
-        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&self.chunk_size)
-            || self.chunk_size % MIN_CHUNK_SIZE != 0
-        {
-            return bad(format!(
-                "chunk_size {} must be a multiple of {MIN_CHUNK_SIZE} in {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}",
-                self.chunk_size
-            ));
-        }
+        check_chunk_size(self.chunk_size)?;
         if let Some(min) = &self.min_version {
             if min > &self.version {
-                return bad(format!("min_version {min} is newer than version {}", self.version));
+                return bad(format!(
+                    "min_version {min} is newer than version {}",
+                    self.version
+                ));
             }
         }
         if self.payloads.is_empty() {
@@ -184,7 +182,10 @@ impl Manifest {
         }
         for (i, p) in self.payloads.iter().enumerate() {
             if !valid_name(&p.name) {
-                return bad(format!("payload name {:?} must match [a-z0-9_-]{{1,64}}", p.name));
+                return bad(format!(
+                    "payload name {:?} must match [a-z0-9_-]{{1,64}}",
+                    p.name
+                ));
             }
             if self.payloads[..i].iter().any(|q| q.name == p.name) {
                 return bad(format!("payload `{}` appears twice", p.name));
@@ -214,7 +215,11 @@ impl Manifest {
 
 impl VerityParams {
     fn validate(&self, name: &str, payload_size: u64) -> Result<()> {
-        let bad = |msg: &str| Err(Error::ManifestInvalid(format!("payload `{name}` verity: {msg}")));
+        let bad = |msg: &str| {
+            Err(Error::ManifestInvalid(format!(
+                "payload `{name}` verity: {msg}"
+            )))
+        };
         if self.algorithm != "sha256" {
             return bad("algorithm must be sha256");
         }
@@ -240,9 +245,23 @@ impl VerityParams {
     }
 }
 
-fn valid_name(name: &str) -> bool {
+/// Chunk sizes are multiples of 4096 in 4 KiB..=16 MiB.
+pub fn check_chunk_size(chunk_size: u32) -> Result<()> {
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) || chunk_size % MIN_CHUNK_SIZE != 0
+    {
+        return Err(Error::ManifestInvalid(format!(
+            "chunk_size {chunk_size} must be a multiple of {MIN_CHUNK_SIZE} in {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}"
+        )));
+    }
+    Ok(())
+}
+
+/// Payload names: `[a-z0-9_-]{1,64}` (they become file names in `extract`).
+pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -281,16 +300,29 @@ mod tests {
 
     #[test]
     fn validation_names_each_problem() {
-        let cases: Vec<(Box<dyn Fn(&mut Manifest)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut Manifest)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|m| m.compatible.clear()), "compatible"),
             (Box::new(|m| m.chunk_size = 1000), "chunk_size"),
             (Box::new(|m| m.chunk_size = u32::MAX - 4095), "chunk_size"),
-            (Box::new(|m| m.min_version = Some("9.0.0".parse().unwrap())), "min_version"),
+            (
+                Box::new(|m| m.min_version = Some("9.0.0".parse().unwrap())),
+                "min_version",
+            ),
             (Box::new(|m| m.payloads.clear()), "no payloads"),
-            (Box::new(|m| m.payloads[0].name = "../etc".into()), "payload name"),
-            (Box::new(|m| m.payloads.push(m.payloads[0].clone())), "twice"),
+            (
+                Box::new(|m| m.payloads[0].name = "../etc".into()),
+                "payload name",
+            ),
+            (
+                Box::new(|m| m.payloads.push(m.payloads[0].clone())),
+                "twice",
+            ),
             (Box::new(|m| m.payloads[0].stored_size = 4), "stored_size"),
-            (Box::new(|m| m.payloads[0].chunks.push(Digest([0; 32]))), "chunk hashes"),
+            (
+                Box::new(|m| m.payloads[0].chunks.push(Digest([0; 32]))),
+                "chunk hashes",
+            ),
             (
                 Box::new(|m| {
                     m.payloads[0].size = u64::MAX;
@@ -334,8 +366,14 @@ mod tests {
     fn unknown_fields_and_bad_hex_are_refused() {
         let json = String::from_utf8(sample().to_json().unwrap()).unwrap();
         let extra = json.replacen('{', r#"{"evil":1,"#, 1);
-        assert!(matches!(Manifest::parse(extra.as_bytes()), Err(Error::ManifestJson(_))));
+        assert!(matches!(
+            Manifest::parse(extra.as_bytes()),
+            Err(Error::ManifestJson(_))
+        ));
         let badhex = json.replace("0707", "zz07");
-        assert!(matches!(Manifest::parse(badhex.as_bytes()), Err(Error::ManifestJson(_))));
+        assert!(matches!(
+            Manifest::parse(badhex.as_bytes()),
+            Err(Error::ManifestJson(_))
+        ));
     }
 }

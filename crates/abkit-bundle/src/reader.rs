@@ -64,26 +64,41 @@ impl RawHead {
     /// before any allocation), signature entries. Does not parse the manifest.
     pub fn read(source: &mut impl Read) -> Result<RawHead> {
         let mut hb = [0u8; HEADER_LEN];
-        source.read_exact(&mut hb).map_err(|e| Error::from_read(e, "header"))?;
+        source
+            .read_exact(&mut hb)
+            .map_err(|e| Error::from_read(e, "header"))?;
         let header = Header::decode(&hb)?;
         // manifest_len <= 16 MiB was checked by decode; still grow the buffer
         // only as bytes arrive, so a short stream costs only what it sent.
         let mut manifest_bytes = Vec::with_capacity(header.manifest_len.min(64 * 1024) as usize);
-        source.take(header.manifest_len).read_to_end(&mut manifest_bytes)?;
+        source
+            .take(header.manifest_len)
+            .read_to_end(&mut manifest_bytes)?;
         if (manifest_bytes.len() as u64) < header.manifest_len {
-            return Err(Error::Truncated { section: "manifest".into() });
+            return Err(Error::Truncated {
+                section: "manifest".into(),
+            });
         }
         let mut signatures = Vec::with_capacity(header.signature_count as usize);
         for i in 0..header.signature_count {
             let mut entry = [0u8; SIGNATURE_ENTRY_LEN];
-            source.read_exact(&mut entry).map_err(|e| Error::from_read(e, format!("signature {i}")))?;
+            source
+                .read_exact(&mut entry)
+                .map_err(|e| Error::from_read(e, format!("signature {i}")))?;
             let mut public_key = [0u8; 32];
             let mut signature = [0u8; 64];
             public_key.copy_from_slice(&entry[..32]);
             signature.copy_from_slice(&entry[32..]);
-            signatures.push(SignatureEntry { public_key, signature });
+            signatures.push(SignatureEntry {
+                public_key,
+                signature,
+            });
         }
-        Ok(RawHead { header, manifest_bytes, signatures })
+        Ok(RawHead {
+            header,
+            manifest_bytes,
+            signatures,
+        })
     }
 
     /// Status of every signature against `keyring` (all `Unchecked` without one).
@@ -116,10 +131,17 @@ impl RawHead {
         if let Some((id, _)) = statuses.iter().find(|(_, s)| *s == SignatureStatus::Valid) {
             return Ok(*id);
         }
-        if let Some((id, _)) = statuses.iter().find(|(_, s)| *s == SignatureStatus::Invalid) {
-            return Err(Error::BadSignature { key_id: id.to_string() });
+        if let Some((id, _)) = statuses
+            .iter()
+            .find(|(_, s)| *s == SignatureStatus::Invalid)
+        {
+            return Err(Error::BadSignature {
+                key_id: id.to_string(),
+            });
         }
-        Err(Error::NoTrustedSignature { signers: statuses.iter().map(|(id, _)| id.to_string()).collect() })
+        Err(Error::NoTrustedSignature {
+            signers: statuses.iter().map(|(id, _)| id.to_string()).collect(),
+        })
     }
 }
 
@@ -163,7 +185,15 @@ impl<R: Read> BundleReader<R> {
         let raw = RawHead::read(&mut source)?;
         let signer = raw.verify(keyring)?;
         let manifest = Manifest::parse(&raw.manifest_bytes)?;
-        Ok(BundleReader { source, manifest, signer, next_index: 0, unread: 0, end_checked: false, pool: Vec::new() })
+        Ok(BundleReader {
+            source,
+            manifest,
+            signer,
+            next_index: 0,
+            unread: 0,
+            end_checked: false,
+            pool: Vec::new(),
+        })
     }
 
     /// The signed manifest.
@@ -183,7 +213,9 @@ impl<R: Read> BundleReader<R> {
         if self.unread > 0 {
             let skipped = io::copy(&mut (&mut self.source).take(self.unread), &mut io::sink())?;
             if skipped < self.unread {
-                return Err(Error::Truncated { section: "payload data".into() });
+                return Err(Error::Truncated {
+                    section: "payload data".into(),
+                });
             }
             self.unread = 0;
         }
@@ -220,7 +252,10 @@ impl<R: Read> BundleReader<R> {
     }
 
     fn take_buffer(&mut self, len: usize) -> Arc<Vec<u8>> {
-        let reusable = self.pool.iter().position(|b| Arc::strong_count(b) == 1 && Arc::weak_count(b) == 0);
+        let reusable = self
+            .pool
+            .iter()
+            .position(|b| Arc::strong_count(b) == 1 && Arc::weak_count(b) == 0);
         let mut buf = match reusable {
             Some(i) => self.pool.swap_remove(i),
             None => Arc::new(Vec::new()),
@@ -249,20 +284,27 @@ struct HashWorker {
 impl HashWorker {
     fn start() -> Result<HashWorker> {
         let (tx, rx) = sync_channel::<Arc<Vec<u8>>>(2);
-        let handle = std::thread::Builder::new().name("abkit-payload-sha256".into()).spawn(move || {
-            let mut h = Sha256::new();
-            for block in rx {
-                h.update(&block[..]);
-            }
-            h.finalize().into()
-        })?;
-        Ok(HashWorker { tx: Some(tx), handle: Some(handle) })
+        let handle = std::thread::Builder::new()
+            .name("abkit-payload-sha256".into())
+            .spawn(move || {
+                let mut h = Sha256::new();
+                for block in rx {
+                    h.update(&block[..]);
+                }
+                h.finalize().into()
+            })?;
+        Ok(HashWorker {
+            tx: Some(tx),
+            handle: Some(handle),
+        })
     }
 
     fn send(&mut self, block: Arc<Vec<u8>>) -> Result<()> {
         match &self.tx {
             Some(tx) if tx.send(block).is_ok() => Ok(()),
-            _ => Err(Error::Io(io::Error::other("payload hashing thread stopped"))),
+            _ => Err(Error::Io(io::Error::other(
+                "payload hashing thread stopped",
+            ))),
         }
     }
 
@@ -343,7 +385,10 @@ impl<'a, R: Read> PayloadReader<'a, R> {
             match &self.state {
                 State::Done(digest) => return Ok(*digest),
                 State::Failed(reason) => {
-                    return Err(Error::PayloadFailed { payload: self.entry.name.clone(), reason: reason.clone() });
+                    return Err(Error::PayloadFailed {
+                        payload: self.entry.name.clone(),
+                        reason: reason.clone(),
+                    });
                 }
                 State::Streaming => {
                     if let Some(block) = self.out.take() {
@@ -366,7 +411,11 @@ impl<'a, R: Read> PayloadReader<'a, R> {
     }
 
     fn step(&mut self) -> Result<()> {
-        if self.decoder.is_some() { self.step_zstd() } else { self.step_plain() }
+        if self.decoder.is_some() {
+            self.step_zstd()
+        } else {
+            self.step_plain()
+        }
     }
 
     fn step_plain(&mut self) -> Result<()> {
@@ -388,23 +437,29 @@ impl<'a, R: Read> PayloadReader<'a, R> {
             return Err(Error::Io(io::Error::other("chunk buffer still shared")));
         };
         loop {
-            if self.compressed_pos == self.compressed.len() && self.next_chunk < self.entry.chunks.len() {
+            if self.compressed_pos == self.compressed.len()
+                && self.next_chunk < self.entry.chunks.len()
+            {
                 let mut buf = std::mem::take(&mut self.compressed);
                 let read = self.read_verified_chunk(&mut buf);
                 self.compressed = buf;
                 self.compressed_pos = 0;
                 read?;
             }
-            let Some(decoder) = self.decoder.as_mut() else { break };
+            let Some(decoder) = self.decoder.as_mut() else {
+                break;
+            };
             let input = &self.compressed[self.compressed_pos..];
             let status = {
                 use zstd::stream::raw::Operation as _;
                 let mut inb = zstd::stream::raw::InBuffer::around(input);
                 let mut outb = zstd::stream::raw::OutBuffer::around(&mut out[written..]);
-                let hint = decoder.run(&mut inb, &mut outb).map_err(|e| Error::Decompress {
-                    payload: self.entry.name.clone(),
-                    reason: e.to_string(),
-                })?;
+                let hint = decoder
+                    .run(&mut inb, &mut outb)
+                    .map_err(|e| Error::Decompress {
+                        payload: self.entry.name.clone(),
+                        reason: e.to_string(),
+                    })?;
                 (inb.pos(), outb.pos(), hint)
             };
             let (consumed, produced, hint) = status;
@@ -415,12 +470,16 @@ impl<'a, R: Read> PayloadReader<'a, R> {
                 self.frame_open = hint != 0;
             }
             if self.produced + written as u64 > self.entry.size {
-                return Err(Error::DecompressedTooLarge { payload: self.entry.name.clone(), limit: self.entry.size });
+                return Err(Error::DecompressedTooLarge {
+                    payload: self.entry.name.clone(),
+                    limit: self.entry.size,
+                });
             }
             if written == out.len() {
                 break;
             }
-            let input_done = self.compressed_pos == self.compressed.len() && self.next_chunk == self.entry.chunks.len();
+            let input_done = self.compressed_pos == self.compressed.len()
+                && self.next_chunk == self.entry.chunks.len();
             if consumed == 0 && produced == 0 && input_done {
                 break;
             }
@@ -445,14 +504,16 @@ impl<'a, R: Read> PayloadReader<'a, R> {
         let start = index as u64 * self.chunk_size;
         let len = self.chunk_size.min(self.entry.stored_size - start) as usize;
         buf.resize(len, 0);
-        self.bundle
-            .source
-            .read_exact(buf)
-            .map_err(|e| Error::from_read(e, format!("payload `{}` chunk {index}", self.entry.name)))?;
+        self.bundle.source.read_exact(buf).map_err(|e| {
+            Error::from_read(e, format!("payload `{}` chunk {index}", self.entry.name))
+        })?;
         self.bundle.unread -= len as u64;
         let digest: [u8; 32] = Sha256::digest(&buf[..]).into();
         if self.entry.chunks.get(index).map(|d| d.0) != Some(digest) {
-            return Err(Error::ChunkHashMismatch { payload: self.entry.name.clone(), chunk: index as u64 });
+            return Err(Error::ChunkHashMismatch {
+                payload: self.entry.name.clone(),
+                chunk: index as u64,
+            });
         }
         self.next_chunk += 1;
         Ok(())
@@ -485,7 +546,9 @@ impl<'a, R: Read> PayloadReader<'a, R> {
             });
         }
         if digest != self.entry.sha256.0 {
-            return Err(Error::PayloadHashMismatch { payload: self.entry.name.clone() });
+            return Err(Error::PayloadHashMismatch {
+                payload: self.entry.name.clone(),
+            });
         }
         self.state = State::Done(digest);
         Ok(())
@@ -509,11 +572,15 @@ impl<R: Read> Read for PayloadReader<'_, R> {
             match &self.state {
                 State::Done(_) => return Ok(0),
                 State::Failed(reason) => {
-                    let err = Error::PayloadFailed { payload: self.entry.name.clone(), reason: reason.clone() };
+                    let err = Error::PayloadFailed {
+                        payload: self.entry.name.clone(),
+                        reason: reason.clone(),
+                    };
                     return Err(io::Error::new(io::ErrorKind::InvalidData, err));
                 }
                 State::Streaming => {
-                    self.step_guarded().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    self.step_guarded()
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                 }
             }
         }

@@ -89,7 +89,10 @@ impl VerityBuilder {
     /// Starts a tree with the given salt (at most 256 bytes).
     pub fn new(salt: &[u8]) -> Result<VerityBuilder> {
         if salt.len() > MAX_SALT_LEN {
-            return Err(Error::Verity(format!("salt of {} bytes is longer than 256", salt.len())));
+            return Err(Error::Verity(format!(
+                "salt of {} bytes is longer than 256",
+                salt.len()
+            )));
         }
         let mut salted = Sha256::new();
         salted.update(salt);
@@ -135,7 +138,11 @@ impl VerityBuilder {
     /// Pads the last partial block with zeros, builds the upper levels and
     /// the superblock. Refuses empty data.
     pub fn finish(mut self) -> Result<VerityTree> {
-        let padding = if self.partial.is_empty() { 0 } else { BLOCK - self.partial.len() };
+        let padding = if self.partial.is_empty() {
+            0
+        } else {
+            BLOCK - self.partial.len()
+        };
         if padding > 0 {
             let mut block = std::mem::take(&mut self.partial);
             block.resize(BLOCK, 0);
@@ -172,7 +179,14 @@ impl VerityBuilder {
             hash_area.extend_from_slice(level);
         }
         debug_assert_eq!(hash_area.len() as u64, hash_area_size(self.data_blocks));
-        Ok(VerityTree { root_hash, salt: self.salt, uuid, data_blocks: self.data_blocks, padding, hash_area })
+        Ok(VerityTree {
+            root_hash,
+            salt: self.salt,
+            uuid,
+            data_blocks: self.data_blocks,
+            padding,
+            hash_area,
+        })
     }
 }
 
@@ -211,7 +225,9 @@ pub fn verify_image(mut image: impl Read, params: &VerityParams) -> Result<()> {
     let mut left = params.data_size;
     while left > 0 {
         let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        image.read_exact(&mut buf[..n]).map_err(|e| Error::from_read(e, "verity data"))?;
+        image
+            .read_exact(&mut buf[..n])
+            .map_err(|e| Error::from_read(e, "verity data"))?;
         builder.update(&buf[..n]);
         left -= n as u64;
     }
@@ -220,11 +236,15 @@ pub fn verify_image(mut image: impl Read, params: &VerityParams) -> Result<()> {
         return Err(Error::Verity("root hash of the data does not match".into()));
     }
     let mut stored = vec![0u8; tree.hash_area.len()];
-    image.read_exact(&mut stored).map_err(|e| Error::from_read(e, "verity hash area"))?;
+    image
+        .read_exact(&mut stored)
+        .map_err(|e| Error::from_read(e, "verity hash area"))?;
     let mut expected_sb = encode_superblock(tree.data_blocks, &params.salt.0, &[0; 16]);
     expected_sb[16..32].copy_from_slice(&stored[16..32]); // the uuid is free
     if stored[..SUPERBLOCK_LEN] != expected_sb[..] {
-        return Err(Error::Verity("superblock does not match the parameters".into()));
+        return Err(Error::Verity(
+            "superblock does not match the parameters".into(),
+        ));
     }
     if stored[BLOCK..] != tree.hash_area[BLOCK..] {
         return Err(Error::Verity("hash tree does not match the data".into()));
@@ -269,14 +289,21 @@ mod tests {
         let mut b = VerityBuilder::new(&[1, 2]).unwrap();
         b.update(&[9u8; 4096]);
         let t = b.finish().unwrap();
-        let expected: [u8; 32] = Sha256::new().chain_update([1, 2]).chain_update([9u8; 4096]).finalize().into();
+        let expected: [u8; 32] = Sha256::new()
+            .chain_update([1, 2])
+            .chain_update([9u8; 4096])
+            .finalize()
+            .into();
         assert_eq!(t.root_hash, expected);
         assert_eq!(t.hash_area.len(), 4096);
     }
 
     #[test]
     fn empty_data_and_long_salt_are_refused() {
-        assert!(matches!(VerityBuilder::new(b"").unwrap().finish(), Err(Error::Verity(_))));
+        assert!(matches!(
+            VerityBuilder::new(b"").unwrap().finish(),
+            Err(Error::Verity(_))
+        ));
         assert!(VerityBuilder::new(&[0; 257]).is_err());
     }
 
@@ -290,9 +317,19 @@ mod tests {
         image.extend_from_slice(&tree.hash_area);
         verify_image(&image[..], &tree.params()).unwrap();
         image[4096 * 200 + 4096 + 5] ^= 1;
-        assert!(verify_image(&image[..], &tree.params()).unwrap_err().to_string().contains("hash tree"));
+        assert!(
+            verify_image(&image[..], &tree.params())
+                .unwrap_err()
+                .to_string()
+                .contains("hash tree")
+        );
         image[4096 * 200 + 4096 + 5] ^= 1;
         image[0] ^= 1;
-        assert!(verify_image(&image[..], &tree.params()).unwrap_err().to_string().contains("root hash"));
+        assert!(
+            verify_image(&image[..], &tree.params())
+                .unwrap_err()
+                .to_string()
+                .contains("root hash")
+        );
     }
 }

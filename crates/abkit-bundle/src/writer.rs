@@ -51,8 +51,10 @@ pub struct CreateOptions {
 impl CreateOptions {
     /// Options with the default chunk size, no compression, created now.
     pub fn new(compatible: &str, version: semver::Version) -> CreateOptions {
-        let created =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         CreateOptions {
             compatible: compatible.into(),
             version,
@@ -70,9 +72,16 @@ impl CreateOptions {
 pub fn write_head(out: &mut impl Write, manifest_bytes: &[u8], keys: &[SecretKey]) -> Result<()> {
     let signature_count = u32::try_from(keys.len()).unwrap_or(u32::MAX);
     if signature_count > MAX_SIGNATURES {
-        return Err(Error::TooManySignatures { count: signature_count, max: MAX_SIGNATURES });
+        return Err(Error::TooManySignatures {
+            count: signature_count,
+            max: MAX_SIGNATURES,
+        });
     }
-    let header = Header { format_version: FORMAT_VERSION, manifest_len: manifest_bytes.len() as u64, signature_count };
+    let header = Header {
+        format_version: FORMAT_VERSION,
+        manifest_len: manifest_bytes.len() as u64,
+        signature_count,
+    };
     let message = format::signed_message(&header, manifest_bytes);
     out.write_all(&header.encode())?;
     out.write_all(manifest_bytes)?;
@@ -98,7 +107,19 @@ pub fn create_bundle(
         return Err(Error::NoSignature);
     }
     if !(1..=19).contains(&opts.zstd_level) {
-        return Err(Error::InvalidInput(format!("zstd level {} is outside 1..=19", opts.zstd_level)));
+        return Err(Error::InvalidInput(format!(
+            "zstd level {} is outside 1..=19",
+            opts.zstd_level
+        )));
+    }
+    crate::manifest::check_chunk_size(opts.chunk_size)?;
+    for spec in payloads {
+        if !crate::manifest::valid_name(&spec.name) {
+            return Err(Error::InvalidInput(format!(
+                "payload name {:?} must match [a-z0-9_-]{{1,64}}",
+                spec.name
+            )));
+        }
     }
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
@@ -120,7 +141,9 @@ pub fn create_bundle(
         payloads: entries,
     };
     let manifest_bytes = manifest.to_json()?;
-    let mut tmp = tempfile::Builder::new().prefix(".abkit-bundle-").tempfile_in(&dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".abkit-bundle-")
+        .tempfile_in(&dir)?;
     {
         let mut w = io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
         write_head(&mut w, &manifest_bytes, keys)?;
@@ -174,7 +197,13 @@ struct ChunkHasher {
 
 impl ChunkHasher {
     fn new(chunk_size: u32) -> ChunkHasher {
-        ChunkHasher { chunk_size: chunk_size.into(), current: Sha256::new(), filled: 0, total: 0, chunks: Vec::new() }
+        ChunkHasher {
+            chunk_size: chunk_size.into(),
+            current: Sha256::new(),
+            filled: 0,
+            total: 0,
+            chunks: Vec::new(),
+        }
     }
 
     fn update(&mut self, mut data: &[u8]) {
@@ -184,7 +213,8 @@ impl ChunkHasher {
             self.filled += take as u64;
             self.total += take as u64;
             if self.filled == self.chunk_size {
-                self.chunks.push(Digest(self.current.finalize_reset().into()));
+                self.chunks
+                    .push(Digest(self.current.finalize_reset().into()));
                 self.filled = 0;
             }
             data = &data[take..];
@@ -240,10 +270,18 @@ struct Worker<T> {
 }
 
 impl<T: Send + 'static> Worker<T> {
-    fn start(name: &str, work: impl FnOnce(Receiver<Arc<Vec<u8>>>) -> T + Send + 'static) -> Result<Worker<T>> {
+    fn start(
+        name: &str,
+        work: impl FnOnce(Receiver<Arc<Vec<u8>>>) -> T + Send + 'static,
+    ) -> Result<Worker<T>> {
         let (tx, rx) = sync_channel(3);
-        let handle = std::thread::Builder::new().name(name.into()).spawn(move || work(rx))?;
-        Ok(Worker { tx: Some(tx), handle })
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || work(rx))?;
+        Ok(Worker {
+            tx: Some(tx),
+            handle,
+        })
     }
 
     fn send(&self, block: &Arc<Vec<u8>>) -> Result<()> {
@@ -255,7 +293,9 @@ impl<T: Send + 'static> Worker<T> {
 
     fn finish(mut self) -> Result<T> {
         self.tx = None;
-        self.handle.join().map_err(|_| Error::Io(io::Error::other("worker thread panicked")))
+        self.handle
+            .join()
+            .map_err(|_| Error::Io(io::Error::other("worker thread panicked")))
     }
 }
 
@@ -265,7 +305,10 @@ struct BufferPool(Vec<Arc<Vec<u8>>>);
 
 impl BufferPool {
     fn take(&mut self) -> Arc<Vec<u8>> {
-        let free = self.0.iter().position(|b| Arc::strong_count(b) == 1 && Arc::weak_count(b) == 0);
+        let free = self
+            .0
+            .iter()
+            .position(|b| Arc::strong_count(b) == 1 && Arc::weak_count(b) == 0);
         let mut buf = match free {
             Some(i) => self.0.swap_remove(i),
             None => Arc::new(Vec::new()),
@@ -306,8 +349,13 @@ fn analyze(
     tmp_dir: &Path,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(PayloadEntry, StoredSource)> {
-    let mut input = File::open(&spec.path)
-        .map_err(|e| Error::InvalidInput(format!("payload `{}`: cannot open {}: {e}", spec.name, spec.path.display())))?;
+    let mut input = File::open(&spec.path).map_err(|e| {
+        Error::InvalidInput(format!(
+            "payload `{}`: cannot open {}: {e}",
+            spec.name,
+            spec.path.display()
+        ))
+    })?;
     let whole = Worker::start("abkit-sha256", |rx| {
         let mut h = Sha256::new();
         for block in rx {
@@ -319,13 +367,16 @@ fn analyze(
         let mut salt = [0u8; 32];
         getrandom::fill(&mut salt).map_err(|e| Error::Verity(format!("no randomness: {e}")))?;
         let builder = VerityBuilder::new(&salt)?;
-        Some(Worker::start("abkit-verity", move |rx: Receiver<Arc<Vec<u8>>>| {
-            let mut b = builder;
-            for block in rx {
-                b.update(&block[..]);
-            }
-            b.finish()
-        })?)
+        Some(Worker::start(
+            "abkit-verity",
+            move |rx: Receiver<Arc<Vec<u8>>>| {
+                let mut b = builder;
+                for block in rx {
+                    b.update(&block[..]);
+                }
+                b.finish()
+            },
+        )?)
     } else {
         None
     };
@@ -384,12 +435,22 @@ fn analyze(
     let (stored_size, chunks, source) = match sink {
         StoredSink::Plain(h) => {
             let (total, chunks) = h.finish();
-            (total, chunks, StoredSource::Input { path: spec.path.clone(), tail })
+            (
+                total,
+                chunks,
+                StoredSource::Input {
+                    path: spec.path.clone(),
+                    tail,
+                },
+            )
         }
         StoredSink::Zstd(enc) => {
             let writer = enc.finish()?;
             let (total, chunks) = writer.hasher.finish();
-            let file = writer.inner.into_inner().map_err(|e| Error::Io(e.into_error()))?;
+            let file = writer
+                .inner
+                .into_inner()
+                .map_err(|e| Error::Io(e.into_error()))?;
             (total, chunks, StoredSource::Compressed(file))
         }
     };

@@ -27,7 +27,8 @@ struct Fixture {
 impl Fixture {
     fn new(compression: Compression) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let (bytes, efi, _) = make_bundle(dir.path(), 20_000, 150_000, compression, 4096, &[key(1)]);
+        let (bytes, efi, _) =
+            make_bundle(dir.path(), 20_000, 150_000, compression, 4096, &[key(1)]);
         let outcome = consume(&bytes[..], &ring(&[&key(1)]));
         assert!(outcome.error.is_none());
         let head = BundleHead::read(&mut &bytes[..]).unwrap();
@@ -46,16 +47,26 @@ impl Fixture {
 
     /// Reads `bytes` with the trusted key and checks the safety property.
     fn run(&self, bytes: &[u8]) -> Outcome {
-        let outcome = std::panic::catch_unwind(|| consume(bytes, &ring(&[&key(1)]))).expect("reader panicked");
+        let outcome = std::panic::catch_unwind(|| consume(bytes, &ring(&[&key(1)])))
+            .expect("reader panicked");
         for (name, got) in &outcome.finished {
-            let expected = if name == "efi" { &self.efi } else { &self.system_payload };
-            assert_eq!(got, expected, "payload {name} reached EOF with unsigned bytes");
+            let expected = if name == "efi" {
+                &self.efi
+            } else {
+                &self.system_payload
+            };
+            assert_eq!(
+                got, expected,
+                "payload {name} reached EOF with unsigned bytes"
+            );
         }
         outcome
     }
 
     fn error(&self, bytes: &[u8]) -> Error {
-        self.run(bytes).error.expect("corrupted bundle was accepted")
+        self.run(bytes)
+            .error
+            .expect("corrupted bundle was accepted")
     }
 }
 
@@ -120,12 +131,16 @@ fn truncation_at_every_section_boundary_and_random_offsets() {
         ];
         let mut x = 12345u64;
         for _ in 0..60 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             cuts.push(((x >> 33) as usize % f.bytes.len(), ""));
         }
         for (cut, section) in cuts {
             match f.error(&f.bytes[..cut]) {
-                Error::Truncated { section: s } => assert!(s.contains(section), "cut {cut}: {s} vs {section}"),
+                Error::Truncated { section: s } => {
+                    assert!(s.contains(section), "cut {cut}: {s} vs {section}")
+                }
                 other => panic!("cut at {cut} ({compression:?}): expected Truncated, got {other}"),
             }
         }
@@ -145,19 +160,77 @@ fn a_flipped_bit_in_each_region_is_caught_by_name() {
         assert!(expect(&err), "{what} (byte {offset}): got {err}");
     };
     check(0, 0, &|e| matches!(e, Error::BadMagic { .. }), "magic");
-    check(8, 1, &|e| matches!(e, Error::UnsupportedFormatVersion { found: 3, .. }), "version");
-    check(13, 0, &|e| matches!(e, Error::ReservedFieldSet { field: "flags", .. }), "flags");
-    check(23, 7, &|e| matches!(e, Error::ManifestSize { .. }), "manifest length high byte");
+    check(
+        8,
+        1,
+        &|e| matches!(e, Error::UnsupportedFormatVersion { found: 3, .. }),
+        "version",
+    );
+    check(
+        13,
+        0,
+        &|e| matches!(e, Error::ReservedFieldSet { field: "flags", .. }),
+        "flags",
+    );
+    check(
+        23,
+        7,
+        &|e| matches!(e, Error::ManifestSize { .. }),
+        "manifest length high byte",
+    );
     // A shifted manifest end moves the signature entry: some signature error.
-    check(16, 0, &|e| matches!(e, Error::NoTrustedSignature { .. } | Error::BadSignature { .. }), "manifest length low bit");
-    check(24, 4, &|e| matches!(e, Error::TooManySignatures { count: 17, .. }), "signature count");
-    check(30, 2, &|e| matches!(e, Error::ReservedFieldSet { field: "reserved", .. }), "reserved");
+    check(
+        16,
+        0,
+        &|e| {
+            matches!(
+                e,
+                Error::NoTrustedSignature { .. } | Error::BadSignature { .. }
+            )
+        },
+        "manifest length low bit",
+    );
+    check(
+        24,
+        4,
+        &|e| matches!(e, Error::TooManySignatures { count: 17, .. }),
+        "signature count",
+    );
+    check(
+        30,
+        2,
+        &|e| {
+            matches!(
+                e,
+                Error::ReservedFieldSet {
+                    field: "reserved",
+                    ..
+                }
+            )
+        },
+        "reserved",
+    );
     for offset in [HEADER_LEN, HEADER_LEN + f.manifest_len / 2, sig - 1] {
-        check(offset, 0, &|e| matches!(e, Error::BadSignature { .. }), "manifest byte");
+        check(
+            offset,
+            0,
+            &|e| matches!(e, Error::BadSignature { .. }),
+            "manifest byte",
+        );
     }
-    check(sig + 3, 5, &|e| matches!(e, Error::NoTrustedSignature { .. }), "signer public key");
+    check(
+        sig + 3,
+        5,
+        &|e| matches!(e, Error::NoTrustedSignature { .. }),
+        "signer public key",
+    );
     for offset in [sig + 32, sig + 70, start - 1] {
-        check(offset, 3, &|e| matches!(e, Error::BadSignature { .. }), "signature bytes");
+        check(
+            offset,
+            3,
+            &|e| matches!(e, Error::BadSignature { .. }),
+            "signature bytes",
+        );
     }
     let payload_cases = [
         (start, "efi", 0),
@@ -165,14 +238,20 @@ fn a_flipped_bit_in_each_region_is_caught_by_name() {
         (start + efi_stored - 1, "efi", 4),
         (start + efi_stored, "system", 0),
         (start + efi_stored + 4096 * 20, "system", 20),
-        (f.bytes.len() - 1, "system", f.manifest.payloads[1].chunks.len() as u64 - 1),
+        (
+            f.bytes.len() - 1,
+            "system",
+            f.manifest.payloads[1].chunks.len() as u64 - 1,
+        ),
     ];
     for (offset, name, chunk) in payload_cases {
         let mut b = f.bytes.clone();
         b[offset] ^= 0x10;
         let outcome = f.run(&b);
         match outcome.error {
-            Some(Error::ChunkHashMismatch { payload, chunk: c }) => assert_eq!((payload.as_str(), c), (name, chunk)),
+            Some(Error::ChunkHashMismatch { payload, chunk: c }) => {
+                assert_eq!((payload.as_str(), c), (name, chunk))
+            }
             other => panic!("payload byte {offset}: {other:?}"),
         }
         // A corrupt system chunk must not stop the efi payload from having been fine.
@@ -186,7 +265,10 @@ fn zstd_payload_bit_flip_is_caught_before_decompression() {
     let start = f.payloads_start();
     let mut b = f.bytes.clone();
     b[start + 5] ^= 1;
-    assert!(matches!(f.error(&b), Error::ChunkHashMismatch { chunk: 0, .. }));
+    assert!(matches!(
+        f.error(&b),
+        Error::ChunkHashMismatch { chunk: 0, .. }
+    ));
 }
 
 #[test]
@@ -195,7 +277,9 @@ fn keys_signatures_versions_and_trailing_data() {
     // Wrong key: signed by key 1, keyring has key 2.
     let outcome = consume(&f.bytes[..], &ring(&[&key(2)]));
     match outcome.error {
-        Some(Error::NoTrustedSignature { signers }) => assert_eq!(signers, vec![key(1).public_key().key_id().to_string()]),
+        Some(Error::NoTrustedSignature { signers }) => {
+            assert_eq!(signers, vec![key(1).public_key().key_id().to_string()])
+        }
         other => panic!("{other:?}"),
     }
     // No signature: count set to zero and the entry removed.
@@ -206,15 +290,28 @@ fn keys_signatures_versions_and_trailing_data() {
     // Unknown format version.
     let mut b = f.bytes.clone();
     b[8..12].copy_from_slice(&2u32.to_le_bytes());
-    assert!(matches!(f.error(&b), Error::UnsupportedFormatVersion { found: 2, supported: 1 }));
+    assert!(matches!(
+        f.error(&b),
+        Error::UnsupportedFormatVersion {
+            found: 2,
+            supported: 1
+        }
+    ));
     // Trailing garbage after a fully valid bundle: payloads verified, then refused.
     let mut b = f.bytes.clone();
     b.extend_from_slice(b"garbage");
     let outcome = f.run(&b);
-    assert!(matches!(outcome.error, Some(Error::TrailingData)), "{:?}", outcome.error);
+    assert!(
+        matches!(outcome.error, Some(Error::TrailingData)),
+        "{:?}",
+        outcome.error
+    );
     assert_eq!(outcome.finished.len(), 2);
     // Not a bundle at all.
-    assert!(matches!(f.error(b"PK\x03\x04 this is a zip file, 32+ bytes long"), Error::BadMagic { .. }));
+    assert!(matches!(
+        f.error(b"PK\x03\x04 this is a zip file, 32+ bytes long"),
+        Error::BadMagic { .. }
+    ));
 }
 
 #[test]
@@ -234,12 +331,18 @@ fn absurd_sizes_are_refused_without_allocating_them() {
     m.payloads[0].size = u64::MAX;
     m.payloads[0].stored_size = u64::MAX;
     let err = f.error(&craft(&m, &[], &[key(1)]));
-    assert!(matches!(&err, Error::ManifestInvalid(s) if s.contains("chunk hashes")), "{err}");
+    assert!(
+        matches!(&err, Error::ManifestInvalid(s) if s.contains("chunk hashes")),
+        "{err}"
+    );
     // Signed manifest with a 4 GiB chunk size.
     let mut m = f.manifest.clone();
     m.chunk_size = u32::MAX;
     let err = f.error(&craft(&m, &[], &[key(1)]));
-    assert!(matches!(&err, Error::ManifestInvalid(s) if s.contains("chunk_size")), "{err}");
+    assert!(
+        matches!(&err, Error::ManifestInvalid(s) if s.contains("chunk_size")),
+        "{err}"
+    );
     // Signed manifest that is not JSON.
     let mut out = Vec::new();
     write_head(&mut out, b"\xff\xfe not json", &[key(1)]).unwrap();
@@ -250,7 +353,10 @@ fn absurd_sizes_are_refused_without_allocating_them() {
     let mut m = single_payload("efi", data, Compression::Zstd, &stored);
     m.payloads[0].size = 1 << 40;
     let err = f.error(&craft(&m, &[&stored], &[key(1)]));
-    assert!(matches!(err, Error::PayloadSizeMismatch { expected, actual: 10, .. } if expected == 1 << 40), "{err}");
+    assert!(
+        matches!(err, Error::PayloadSizeMismatch { expected, actual: 10, .. } if expected == 1 << 40),
+        "{err}"
+    );
 }
 
 #[test]
@@ -266,7 +372,10 @@ fn zstd_bombs_and_broken_streams() {
     assert!(bomb.len() < 64 * 1024, "bomb is {} bytes", bomb.len());
     let m = single_payload("system", &zeros, Compression::Zstd, &bomb);
     let err = f.error(&craft(&m, &[&bomb], &[key(1)]));
-    assert!(matches!(err, Error::DecompressedTooLarge { limit, .. } if limit == 1 << 20), "{err}");
+    assert!(
+        matches!(err, Error::DecompressedTooLarge { limit, .. } if limit == 1 << 20),
+        "{err}"
+    );
 
     // A frame that needs a 128 MiB window: refused, not allocated.
     let data = noise(300_000, 4);
@@ -278,19 +387,28 @@ fn zstd_bombs_and_broken_streams() {
     let wide = enc.finish().unwrap();
     let m = single_payload("efi", &data, Compression::Zstd, &wide);
     let err = f.error(&craft(&m, &[&wide], &[key(1)]));
-    assert!(matches!(&err, Error::Decompress { reason, .. } if reason.contains("Frame requires too much memory")), "{err}");
+    assert!(
+        matches!(&err, Error::Decompress { reason, .. } if reason.contains("Frame requires too much memory")),
+        "{err}"
+    );
 
     // Signed garbage that is not zstd at all.
     let junk = noise(5000, 5);
     let m = single_payload("efi", &junk, Compression::Zstd, &junk);
-    assert!(matches!(f.error(&craft(&m, &[&junk], &[key(1)])), Error::Decompress { .. }));
+    assert!(matches!(
+        f.error(&craft(&m, &[&junk], &[key(1)])),
+        Error::Decompress { .. }
+    ));
 
     // A signed zstd stream cut inside its frame.
     let full = zstd::encode_all(&data[..], 3).unwrap();
     let cut = &full[..full.len() / 2];
     let m = single_payload("efi", &data, Compression::Zstd, cut);
     let err = f.error(&craft(&m, &[cut], &[key(1)]));
-    assert!(matches!(&err, Error::Decompress { reason, .. } if reason.contains("ends inside")), "{err}");
+    assert!(
+        matches!(&err, Error::Decompress { reason, .. } if reason.contains("ends inside")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -301,11 +419,16 @@ fn whole_payload_hash_is_checked_before_end_of_file() {
     let mut m = single_payload("efi", &data, Compression::None, &data);
     m.payloads[0].sha256 = Digest([0; 32]);
     let outcome = f.run(&craft(&m, &[&data], &[key(1)]));
-    assert!(matches!(outcome.error, Some(Error::PayloadHashMismatch { ref payload }) if payload == "efi"));
+    assert!(
+        matches!(outcome.error, Some(Error::PayloadHashMismatch { ref payload }) if payload == "efi")
+    );
     assert!(outcome.finished.is_empty());
     // And finish() on a failed payload keeps failing with a named error.
     let bytes = craft(&m, &[&data], &[key(1)]);
     let mut bundle = abkit_bundle::BundleReader::open(&bytes[..], &ring(&[&key(1)])).unwrap();
     let payload = bundle.next_payload().unwrap().unwrap();
-    assert!(matches!(payload.finish(), Err(Error::PayloadHashMismatch { .. })));
+    assert!(matches!(
+        payload.finish(),
+        Err(Error::PayloadHashMismatch { .. })
+    ));
 }

@@ -10,8 +10,18 @@ use abkit_bundle::{BundleHead, BundleReader, Compression, SignatureStatus};
 use common::*;
 
 fn veritysetup(args: &[&str]) -> (bool, String) {
-    let out = Command::new("veritysetup").args(args).output().expect("veritysetup is installed (make deps)");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let out = Command::new("veritysetup")
+        .args(args)
+        .output()
+        .expect("veritysetup is installed (make deps)");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 #[test]
@@ -20,10 +30,21 @@ fn plain_and_zstd_bundles_round_trip_and_pass_veritysetup() {
         let dir = tempfile::tempdir().unwrap();
         let k = key(1);
         // 3 MiB + 1234 bytes: not a multiple of 4096, so the image is padded.
-        let (bytes, efi, system) = make_bundle(dir.path(), 100_000, 3 * 1024 * 1024 + 1234, compression, 65536, &[k]);
+        let (bytes, efi, system) = make_bundle(
+            dir.path(),
+            100_000,
+            3 * 1024 * 1024 + 1234,
+            compression,
+            65536,
+            &[k],
+        );
         let k = key(1);
         let outcome = consume(&bytes[..], &ring(&[&k]));
-        assert!(outcome.error.is_none(), "{compression:?}: {:?}", outcome.error);
+        assert!(
+            outcome.error.is_none(),
+            "{compression:?}: {:?}",
+            outcome.error
+        );
         assert_eq!(outcome.finished.len(), 2);
         assert_eq!(outcome.finished[0].0, "efi");
         assert_eq!(outcome.finished[0].1, efi);
@@ -31,12 +52,24 @@ fn plain_and_zstd_bundles_round_trip_and_pass_veritysetup() {
         assert_eq!(name, "system");
         assert_eq!(&payload[..system.len()], &system[..]);
         let padded = system.len().div_ceil(4096) * 4096;
-        assert!(payload[system.len()..padded].iter().all(|&b| b == 0), "padding is zeros");
+        assert!(
+            payload[system.len()..padded].iter().all(|&b| b == 0),
+            "padding is zeros"
+        );
 
         let head = BundleHead::read(&mut &bytes[..]).unwrap();
-        let v = head.manifest.payload("system").unwrap().verity.clone().unwrap();
+        let v = head
+            .manifest
+            .payload("system")
+            .unwrap()
+            .verity
+            .clone()
+            .unwrap();
         assert_eq!(v.data_size, padded as u64);
-        assert_eq!(head.manifest.payload("system").unwrap().compression, compression);
+        assert_eq!(
+            head.manifest.payload("system").unwrap().compression,
+            compression
+        );
         if compression == Compression::Zstd {
             assert!(head.manifest.payload("system").unwrap().stored_size < payload.len() as u64);
         }
@@ -51,7 +84,10 @@ fn plain_and_zstd_bundles_round_trip_and_pass_veritysetup() {
         assert!(ok, "veritysetup verify failed: {text}");
         let (ok, text) = veritysetup(&["dump", img, &offset]);
         assert!(ok, "{text}");
-        assert!(text.contains(&format!("Data blocks:     \t{}", padded / 4096)), "{text}");
+        assert!(
+            text.contains(&format!("Data blocks:     \t{}", padded / 4096)),
+            "{text}"
+        );
         assert!(text.contains(&hex::encode(&v.salt.0)), "{text}");
         assert!(text.contains("Hash type:       \t1"), "{text}");
         // And the negative: a flipped data byte makes veritysetup refuse.
@@ -86,35 +122,71 @@ fn root_hash_equals_veritysetup_format_for_tree_shapes() {
         ]);
         assert!(ok, "{text}");
         let root_line = text.lines().find(|l| l.starts_with("Root hash:")).unwrap();
-        assert_eq!(root_line.split_whitespace().last().unwrap(), hex::encode(tree.root_hash), "len {len}");
+        assert_eq!(
+            root_line.split_whitespace().last().unwrap(),
+            hex::encode(tree.root_hash),
+            "len {len}"
+        );
         // Same tree bytes as veritysetup's hash file (after its superblock block).
         let theirs = std::fs::read(&hash_path).unwrap();
         assert_eq!(theirs[4096..], tree.hash_area[4096..], "len {len}");
-        assert_eq!(theirs[..16], tree.hash_area[..16], "superblock head, len {len}");
-        assert_eq!(theirs[32..512], tree.hash_area[32..512], "superblock tail, len {len}");
+        assert_eq!(
+            theirs[..16],
+            tree.hash_area[..16],
+            "superblock head, len {len}"
+        );
+        assert_eq!(
+            theirs[32..512],
+            tree.hash_area[32..512],
+            "superblock tail, len {len}"
+        );
     }
 }
 
 #[test]
 fn dribbling_source_and_two_signers() {
     let dir = tempfile::tempdir().unwrap();
-    let (bytes, efi, _) = make_bundle(dir.path(), 5000, 200_000, Compression::Zstd, 4096, &[key(7), key(8)]);
+    let (bytes, efi, _) = make_bundle(
+        dir.path(),
+        5000,
+        200_000,
+        Compression::Zstd,
+        4096,
+        &[key(7), key(8)],
+    );
     // Only the second signer is trusted: one good signature is enough.
-    let mut source = Dribble { inner: &bytes[..], max: 7, calls: 0 };
+    let mut source = Dribble {
+        inner: &bytes[..],
+        max: 7,
+        calls: 0,
+    };
     let outcome = consume(&mut source, &ring(&[&key(8)]));
     assert!(outcome.error.is_none(), "{:?}", outcome.error);
     assert_eq!(outcome.finished[0].1, efi);
     assert!(source.calls > 1000, "the dribble reader was used");
     let head = BundleHead::read(&mut &bytes[..]).unwrap();
     let status = head.signature_status(Some(&ring(&[&key(8)])));
-    assert_eq!(status[0], (key(7).public_key().key_id(), SignatureStatus::UntrustedKey));
-    assert_eq!(status[1], (key(8).public_key().key_id(), SignatureStatus::Valid));
+    assert_eq!(
+        status[0],
+        (key(7).public_key().key_id(), SignatureStatus::UntrustedKey)
+    );
+    assert_eq!(
+        status[1],
+        (key(8).public_key().key_id(), SignatureStatus::Valid)
+    );
 }
 
 #[test]
 fn unfinished_payload_is_skipped_and_verify_all_reports_digests() {
     let dir = tempfile::tempdir().unwrap();
-    let (bytes, _, system) = make_bundle(dir.path(), 70_000, 100_000, Compression::None, 4096, &[key(1)]);
+    let (bytes, _, system) = make_bundle(
+        dir.path(),
+        70_000,
+        100_000,
+        Compression::None,
+        4096,
+        &[key(1)],
+    );
     let mut bundle = BundleReader::open(&bytes[..], &ring(&[&key(1)])).unwrap();
     {
         let mut efi = bundle.next_payload().unwrap().unwrap();
@@ -129,7 +201,10 @@ fn unfinished_payload_is_skipped_and_verify_all_reports_digests() {
     drop(sys);
     assert!(bundle.next_payload().unwrap().is_none());
 
-    let digests = BundleReader::open(&bytes[..], &ring(&[&key(1)])).unwrap().verify_all().unwrap();
+    let digests = BundleReader::open(&bytes[..], &ring(&[&key(1)]))
+        .unwrap()
+        .verify_all()
+        .unwrap();
     let head = BundleHead::read(&mut &bytes[..]).unwrap();
     assert_eq!(digests.len(), 2);
     for ((name, digest), entry) in digests.iter().zip(&head.manifest.payloads) {

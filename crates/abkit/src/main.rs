@@ -24,6 +24,11 @@ enum Command {
     /// Read and change the firmware's boot variables (Boot####, BootOrder, BootNext).
     #[command(subcommand)]
     Efi(cmd::efi::EfiCommand),
+    /// Create, verify, inspect and extract signed update bundles.
+    #[command(subcommand)]
+    Bundle(cmd::bundle::BundleCommand),
+    /// Make an Ed25519 key pair for signing bundles (NAME.key and NAME.pub).
+    Keygen(cmd::keygen::KeygenArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -33,6 +38,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Efi(c) => cmd::efi::run(c),
+        Command::Bundle(c) => cmd::bundle::run(c),
+        Command::Keygen(a) => cmd::keygen::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

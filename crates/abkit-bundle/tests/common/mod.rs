@@ -5,7 +5,9 @@
 use std::io::Read;
 use std::path::Path;
 
-use abkit_bundle::{BundleReader, Compression, CreateOptions, Keyring, PayloadSpec, SecretKey, create_bundle};
+use abkit_bundle::{
+    BundleReader, Compression, CreateOptions, Keyring, PayloadSpec, SecretKey, create_bundle,
+};
 
 /// Deterministic pseudo-random bytes (xorshift), different per seed.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -48,8 +50,16 @@ pub fn make_bundle(
     opts.compression = compression;
     opts.chunk_size = chunk_size;
     let specs = [
-        PayloadSpec { name: "efi".into(), path: dir.join("boot.efi"), verity: false },
-        PayloadSpec { name: "system".into(), path: dir.join("system.img"), verity: true },
+        PayloadSpec {
+            name: "efi".into(),
+            path: dir.join("boot.efi"),
+            verity: false,
+        },
+        PayloadSpec {
+            name: "system".into(),
+            path: dir.join("system.img"),
+            verity: true,
+        },
     ];
     let out = dir.join("out.abb");
     create_bundle(&out, &specs, &opts, keys, &mut |_| {}).unwrap();

@@ -1,3 +1,5 @@
 //! One module per `abkit` subcommand.
 
+pub mod bundle;
 pub mod efi;
+pub mod keygen;
