@@ -8,7 +8,7 @@ use crate::{Error, Result};
 
 /// Smallest and largest chunk size a manifest may declare.
 pub const MIN_CHUNK_SIZE: u32 = 4096;
-pub const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
+pub const MAX_CHUNK_SIZE: u32 = 4 * 1024 * 1024;
 /// Chunk size `create_bundle` uses unless told otherwise.
 pub const DEFAULT_CHUNK_SIZE: u32 = 1024 * 1024;
 /// The only dm-verity block size (data and hash) abkit writes and accepts.
@@ -245,7 +245,8 @@ impl VerityParams {
     }
 }
 
-/// Chunk sizes are multiples of 4096 in 4 KiB..=16 MiB.
+/// Chunk sizes are multiples of 4096 in 4 KiB..=4 MiB (readers keep a few
+/// chunks in memory, so this bounds their memory use).
 pub fn check_chunk_size(chunk_size: u32) -> Result<()> {
     if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) || chunk_size % MIN_CHUNK_SIZE != 0
     {

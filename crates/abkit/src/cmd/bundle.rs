@@ -63,7 +63,8 @@ pub struct CreateArgs {
     /// zstd level, 1 (fast) to 19 (small).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     zstd_level: i32,
-    /// Chunk size in KiB: the unit of verification while streaming.
+    /// Chunk size in KiB (4 to 4096, a multiple of 4): the unit of verification
+    /// while streaming; readers hold a few chunks in memory.
     #[arg(long, default_value_t = 1024, value_name = "KIB")]
     chunk_kib: u32,
     /// Creation time in seconds since the epoch (default: now; set it for reproducible bundles).
