@@ -39,7 +39,7 @@ clean:
 bench-bundle:
 	bash bench/bundle.sh
 
-## fuzz-bundle: run the bundle head fuzzer for FUZZ_SECONDS (default 300)
+## fuzz-bundle: run both bundle fuzz targets, FUZZ_SECONDS each (default 300)
 fuzz-bundle:
 	cd crates/abkit-bundle/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O head -- -max_total_time=$${FUZZ_SECONDS:-300}
 	cd crates/abkit-bundle/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O signed_bundle -- -max_total_time=$${FUZZ_SECONDS:-300}

@@ -235,8 +235,11 @@ impl VerityParams {
         if self.hash_offset != self.data_size {
             return bad("hash_offset must equal data_size");
         }
-        let expected = self.data_size + crate::verity::hash_area_size(self.data_size / 4096);
-        if payload_size != expected {
+        let expected = self
+            .data_size
+            .checked_add(crate::verity::hash_area_size(self.data_size / 4096));
+        if expected != Some(payload_size) {
+            let expected = expected.map_or("more than 2^64".to_string(), |e| e.to_string());
             return bad(&format!(
                 "payload size {payload_size} does not match data plus hash tree ({expected})"
             ));
@@ -359,6 +362,13 @@ mod tests {
         m.payloads[0].size = size;
         m.payloads[0].stored_size = size;
         m.validate().unwrap();
+        let huge = u64::MAX - 4095;
+        let v = m.payloads[0].verity.as_mut().unwrap();
+        (v.data_size, v.hash_offset) = (huge, huge);
+        let err = m.validate().unwrap_err().to_string();
+        assert!(err.contains("more than 2^64"), "{err}");
+        let v = m.payloads[0].verity.as_mut().unwrap();
+        (v.data_size, v.hash_offset) = (data_size, data_size);
         m.payloads[0].verity.as_mut().unwrap().algorithm = "md5".into();
         assert!(m.validate().unwrap_err().to_string().contains("sha256"));
     }

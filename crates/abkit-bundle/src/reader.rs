@@ -421,9 +421,10 @@ impl<'a, R: Read> PayloadReader<'a, R> {
     fn step_plain(&mut self) -> Result<()> {
         if self.next_chunk < self.entry.chunks.len() {
             let mut block = self.bundle.take_buffer(0);
-            if let Some(buf) = Arc::get_mut(&mut block) {
-                self.read_verified_chunk(buf)?;
-            }
+            let Some(buf) = Arc::get_mut(&mut block) else {
+                return Err(Error::Io(io::Error::other("chunk buffer still shared")));
+            };
+            self.read_verified_chunk(buf)?;
             self.emit(block)
         } else {
             self.end_checks()

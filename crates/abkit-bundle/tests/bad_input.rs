@@ -432,3 +432,44 @@ fn whole_payload_hash_is_checked_before_end_of_file() {
         Err(Error::PayloadHashMismatch { .. })
     ));
 }
+
+/// Counts the bytes a reader pulled from its source.
+struct Counting<'a> {
+    inner: &'a [u8],
+    taken: usize,
+}
+
+impl std::io::Read for Counting<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.taken += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn open_reads_only_the_head_and_a_bad_signature_stops_there() {
+    let f = Fixture::new(Compression::None);
+    let mut src = Counting {
+        inner: &f.bytes,
+        taken: 0,
+    };
+    let reader = abkit_bundle::BundleReader::open(&mut src, &ring(&[&key(1)])).unwrap();
+    drop(reader);
+    assert_eq!(
+        src.taken,
+        f.payloads_start(),
+        "open read past the signatures"
+    );
+    let mut bad = f.bytes.clone();
+    bad[HEADER_LEN + 3] ^= 1;
+    let mut src = Counting {
+        inner: &bad,
+        taken: 0,
+    };
+    assert!(matches!(
+        abkit_bundle::BundleReader::open(&mut src, &ring(&[&key(1)])),
+        Err(Error::BadSignature { .. })
+    ));
+    assert_eq!(src.taken, f.payloads_start());
+}
