@@ -56,6 +56,12 @@ run create_zstd "$ABKIT" bundle create --zstd --efi "$WORK/boot.efi" --system "$
   --version 1.0.0 --compatible bench --key "$WORK/rel.key" -o "$WORK/zstd.abb"
 cat "$WORK/plain.abb" "$WORK/zstd.abb" >/dev/null
 run sha256sum_bundle sha256sum "$WORK/plain.abb"
+# A stronger reference than coreutils (which has no SHA-NI code): OpenSSL.
+HAVE_OPENSSL=0
+if command -v openssl >/dev/null; then
+  HAVE_OPENSSL=1
+  run openssl_bundle openssl dgst -sha256 "$WORK/plain.abb"
+fi
 run verify "$ABKIT" bundle verify "$WORK/plain.abb" --keyring "$WORK/ring"
 run verify_zstd "$ABKIT" bundle verify "$WORK/zstd.abb" --keyring "$WORK/ring"
 run verify_stdin sh -c "cat '$WORK/plain.abb' | '$ABKIT' bundle verify - --keyring '$WORK/ring'"
@@ -79,6 +85,7 @@ row veritysetup "$IMG_MB" 0 ""
 row create "$IMG_MB" "$REF_CREATE" "(sha256sum+veritysetup)"
 row create_zstd "$IMG_MB" "$REF_CREATE" "(sha256sum+veritysetup)"
 row sha256sum_bundle "$BUNDLE_MB" 0 ""
+[ "$HAVE_OPENSSL" = 1 ] && row openssl_bundle "$BUNDLE_MB" 0 ""
 row verify "$BUNDLE_MB" "${WALL[sha256sum_bundle]}" "sha256sum of the bundle"
 row verify_zstd "$IMG_MB" "${WALL[sha256sum_bundle]}" "sha256sum of the bundle"
 row verify_stdin "$BUNDLE_MB" "${WALL[sha256sum_bundle]}" "sha256sum of the bundle"

@@ -400,6 +400,24 @@ impl<'a, R: Read> PayloadReader<'a, R> {
         }
     }
 
+    /// Writes the whole payload to `sink` in verified blocks (one `write_all`
+    /// per chunk, no extra copy), then returns its SHA-256 as [`finish`]
+    /// does. On error, `sink` may hold verified bytes of an unfinished
+    /// payload: treat them as not final.
+    ///
+    /// [`finish`]: PayloadReader::finish
+    pub fn write_to(mut self, sink: &mut impl io::Write) -> Result<[u8; 32]> {
+        loop {
+            let block = io::BufRead::fill_buf(&mut self)?;
+            if block.is_empty() {
+                return self.finish();
+            }
+            let n = block.len();
+            sink.write_all(block)?;
+            io::BufRead::consume(&mut self, n);
+        }
+    }
+
     /// Makes sure `out` has unread bytes, or the payload is done. Records a
     /// failure so later calls keep failing.
     fn step_guarded(&mut self) -> Result<()> {
@@ -561,17 +579,27 @@ impl<R: Read> Read for PayloadReader<'_, R> {
         if buf.is_empty() {
             return Ok(0);
         }
+        let block = io::BufRead::fill_buf(self)?;
+        let n = buf.len().min(block.len());
+        buf[..n].copy_from_slice(&block[..n]);
+        io::BufRead::consume(self, n);
+        Ok(n)
+    }
+}
+
+impl<R: Read> io::BufRead for PayloadReader<'_, R> {
+    /// The rest of the current verified block (empty only at the verified end).
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         loop {
-            if let Some(out) = &self.out {
-                if self.out_pos < out.len() {
-                    let n = buf.len().min(out.len() - self.out_pos);
-                    buf[..n].copy_from_slice(&out[self.out_pos..self.out_pos + n]);
-                    self.out_pos += n;
-                    return Ok(n);
-                }
+            let has_bytes = self
+                .out
+                .as_ref()
+                .is_some_and(|out| self.out_pos < out.len());
+            if has_bytes {
+                break;
             }
             match &self.state {
-                State::Done(_) => return Ok(0),
+                State::Done(_) => return Ok(&[]),
                 State::Failed(reason) => {
                     let err = Error::PayloadFailed {
                         payload: self.entry.name.clone(),
@@ -585,5 +613,14 @@ impl<R: Read> Read for PayloadReader<'_, R> {
                 }
             }
         }
+        Ok(self
+            .out
+            .as_ref()
+            .map_or(&[][..], |out| &out[self.out_pos..]))
+    }
+
+    fn consume(&mut self, amount: usize) {
+        let len = self.out.as_ref().map_or(0, |out| out.len());
+        self.out_pos = (self.out_pos + amount).min(len);
     }
 }

@@ -212,3 +212,43 @@ fn unfinished_payload_is_skipped_and_verify_all_reports_digests() {
         assert_eq!(digest, &entry.sha256.0);
     }
 }
+
+#[test]
+fn write_to_hands_over_whole_verified_chunks() {
+    struct Writes(Vec<usize>, Vec<u8>);
+    impl std::io::Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.push(buf.len());
+            self.1.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (bytes, efi, _) = make_bundle(
+        dir.path(),
+        50_000,
+        100_000,
+        Compression::None,
+        16384,
+        &[key(1)],
+    );
+    let head = BundleHead::read(&mut &bytes[..]).unwrap();
+    let mut bundle = BundleReader::open(&bytes[..], &ring(&[&key(1)])).unwrap();
+    let mut sink = Writes(Vec::new(), Vec::new());
+    let digest = bundle
+        .next_payload()
+        .unwrap()
+        .unwrap()
+        .write_to(&mut sink)
+        .unwrap();
+    assert_eq!(sink.1, efi);
+    assert_eq!(
+        sink.0,
+        vec![16384, 16384, 16384, 50_000 - 3 * 16384],
+        "one write per chunk"
+    );
+    assert_eq!(digest, head.manifest.payloads[0].sha256.0);
+}

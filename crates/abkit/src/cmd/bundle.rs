@@ -2,7 +2,7 @@
 //! (format in docs/bundle-format.md; the work is done by `abkit-bundle`).
 
 use std::fs::File;
-use std::io::{self, Read, Write as _};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use abkit_bundle::{
@@ -351,7 +351,7 @@ fn extract(a: ExtractArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     let mut perms = std::fs::metadata(&a.out)?.permissions();
-    while let Some(mut payload) = reader.next_payload().map_err(coded)? {
+    while let Some(payload) = reader.next_payload().map_err(coded)? {
         // Names are [a-z0-9_-]{1,64} (checked by the manifest parser): safe as file names.
         let name = payload.entry().name.clone();
         let final_path = a.out.join(&name);
@@ -359,11 +359,9 @@ fn extract(a: ExtractArgs) -> anyhow::Result<()> {
             .prefix(&format!(".{name}."))
             .tempfile_in(&a.out)
             .with_context(|| format!("cannot create a file in {}", a.out.display()))?;
-        let copied = copy_large(&mut payload, tmp.as_file_mut());
-        let checked = copied
-            .map_err(abkit_bundle::Error::from)
-            .and_then(|_| payload.finish());
-        checked
+        // write_to hands over whole verified chunks: one write per chunk.
+        payload
+            .write_to(tmp.as_file_mut())
             .map_err(coded)
             .with_context(|| format!("payload `{name}` failed verification; nothing written"))?;
         // Payloads are not secret: the usual file mode, not tempfile's 0600.
@@ -375,22 +373,6 @@ fn extract(a: ExtractArgs) -> anyhow::Result<()> {
         println!("{}", final_path.display());
     }
     Ok(())
-}
-
-/// `io::copy` with a 1 MiB buffer (the default 8 KiB costs many syscalls).
-fn copy_large(from: &mut impl Read, to: &mut File) -> io::Result<u64> {
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        to.write_all(&buf[..n])?;
-        total += n as u64;
-    }
 }
 
 #[cfg(test)]
