@@ -27,6 +27,11 @@ enum Command {
     /// Build the EFI loader (stub + kernel + initrd + command line) and inspect built ones.
     #[command(subcommand)]
     Uki(cmd::uki::UkiCommand),
+    /// Create, verify, inspect and extract signed update bundles.
+    #[command(subcommand)]
+    Bundle(cmd::bundle::BundleCommand),
+    /// Make an Ed25519 key pair for signing bundles (NAME.key and NAME.pub).
+    Keygen(cmd::keygen::KeygenArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +42,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Efi(c) => cmd::efi::run(c),
         Command::Uki(c) => cmd::uki::run(c),
+        Command::Bundle(c) => cmd::bundle::run(c),
+        Command::Keygen(a) => cmd::keygen::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,5 +1,7 @@
 //! One module per `abkit` subcommand, plus the options they share.
 
+pub mod bundle;
 pub mod efi;
 pub mod uki;
 pub mod vars;
+pub mod keygen;
