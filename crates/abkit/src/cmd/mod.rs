@@ -2,6 +2,6 @@
 
 pub mod bundle;
 pub mod efi;
+pub mod keygen;
 pub mod uki;
 pub mod vars;
-pub mod keygen;
