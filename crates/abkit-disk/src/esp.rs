@@ -349,7 +349,7 @@ impl Esp {
                     .filter_map(|(p, d)| d.map(|d| (p, d))),
             );
         }
-        out.sort_by(|a, b| a.path.to_lowercase().cmp(&b.path.to_lowercase()));
+        out.sort_by_key(|e| e.path.to_lowercase());
         Ok(out)
     }
 
@@ -476,6 +476,9 @@ impl Esp {
     /// Unmounts: writes the FAT's bookkeeping and flushes it to the disk.
     pub fn close(self) -> Result<()> {
         let Esp { fs, storage, .. } = self;
+        // Counting the free clusters records the count in the FSInfo
+        // sector, which fsck.fat otherwise reports as uninitialized.
+        fs.stats().map_err(DiskError::fat("count free clusters"))?;
         fs.unmount().map_err(DiskError::fat("unmount"))?;
         if let Storage::File(file) = storage {
             file.sync_data().map_err(DiskError::io("flush the disk"))?;

@@ -87,6 +87,7 @@ impl Slot {
 
 /// One GPT partition entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "PartitionJson")]
 pub struct Partition {
     /// GPT partition number (1-based; `HD(n, ...)` in device paths).
     pub number: u32,
@@ -116,6 +117,39 @@ impl Partition {
     /// The byte range on the disk.
     pub fn range(&self) -> Range<u64> {
         self.start()..self.start() + self.size()
+    }
+}
+
+/// JSON form of a partition: the entry plus its byte range.
+#[derive(Serialize)]
+struct PartitionJson {
+    number: u32,
+    name: String,
+    type_guid: Uuid,
+    #[serde(rename = "type")]
+    type_name: &'static str,
+    role: PartitionRole,
+    guid: Uuid,
+    first_lba: u64,
+    last_lba: u64,
+    start: u64,
+    size: u64,
+}
+
+impl From<Partition> for PartitionJson {
+    fn from(p: Partition) -> Self {
+        PartitionJson {
+            start: p.start(),
+            size: p.size(),
+            type_name: p.role.type_name(),
+            number: p.number,
+            name: p.name,
+            type_guid: p.type_guid,
+            role: p.role,
+            guid: p.guid,
+            first_lba: p.first_lba,
+            last_lba: p.last_lba,
+        }
     }
 }
 

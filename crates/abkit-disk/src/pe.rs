@@ -45,11 +45,11 @@ fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
 
 /// Accepts `bytes` only if it is a PE/COFF image with Subsystem 10.
 pub fn check_efi_application(bytes: &[u8]) -> Result<(), PeError> {
+    if bytes.len() >= 2 && &bytes[..2] != b"MZ" {
+        return Err(PeError::NoMzHeader);
+    }
     if bytes.len() < E_LFANEW_OFFSET + 4 {
         return Err(PeError::TooShort(bytes.len()));
-    }
-    if &bytes[..2] != b"MZ" {
-        return Err(PeError::NoMzHeader);
     }
     let pe_offset = u32_at(bytes, E_LFANEW_OFFSET).ok_or(PeError::TooShort(bytes.len()))?;
     let pe = pe_offset as usize;

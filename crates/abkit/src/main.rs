@@ -24,6 +24,9 @@ enum Command {
     /// Read and change the firmware's boot variables (Boot####, BootOrder, BootNext).
     #[command(subcommand)]
     Efi(cmd::efi::EfiCommand),
+    /// Build an A/B disk image, or inspect one.
+    #[command(subcommand)]
+    Image(cmd::image::ImageCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -33,6 +36,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Efi(c) => cmd::efi::run(c),
+        Command::Image(c) => cmd::image::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

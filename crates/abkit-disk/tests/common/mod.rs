@@ -128,3 +128,12 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub fn mtools_image(disk: &Path, offset: u64) -> String {
     format!("{}@@{offset}", disk.display())
 }
+
+/// `fsck.vfat -n` succeeds and reports nothing but its banner and summary
+/// (any finding adds lines even when the exit status is 0).
+pub fn assert_fsck_clean(fat: &Path) {
+    let out = run(Command::new("fsck.vfat").arg("-n").arg(fat));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "fsck.vfat found problems:\n{out}");
+    assert!(lines[1].contains(" files, "), "{out}");
+}

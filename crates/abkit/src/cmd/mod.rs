@@ -1,3 +1,4 @@
 //! One module per `abkit` subcommand.
 
 pub mod efi;
+pub mod image;
