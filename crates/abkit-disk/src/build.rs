@@ -25,8 +25,9 @@ use crate::layout::{Layout, LayoutOptions, PlannedPartition, SECTOR_SIZE};
 use crate::sparse::{BLOCK, Slice, SparseDisk};
 use crate::{DiskError, FALLBACK_LOADER_PATH, LOADER_PATH_A, Result, pe};
 
-/// Copy buffer for the system image.
-const CHUNK: usize = 1 << 20;
+/// Copy buffer for the system image: small enough to stay in the CPU
+/// cache between the read and the write (1 MiB measured 2-3x slower).
+const CHUNK: usize = 128 << 10;
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -395,25 +396,32 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport> {
         Target::BlockDevice => OpenOptions::new().write(true).open(out_path),
     }
     .map_err(DiskError::io(format!("open {}", out_path.display())))?;
+    // Write in ascending offsets (GPT and ESP, slot A, backup GPT) so a
+    // file output grows like a plain copy; its final length is set last.
+    let slot_a = &layout.slot_a;
+    let write_blocks = |before_slot_a: bool| -> Result<u64> {
+        let mut written = 0u64;
+        for (offset, block) in sparse.borrow().blocks() {
+            if (offset < slot_a.start()) != before_slot_a
+                || (target == Target::File && is_all_zero(block))
+            {
+                continue;
+            }
+            out.write_all_at(block, offset)
+                .map_err(DiskError::io(format!("write {}", out_path.display())))?;
+            written += block.len() as u64;
+        }
+        Ok(written)
+    };
+    let mut written = write_blocks(true)?;
+    let (copied, system_written) = copy_system(&mut system, &out, slot_a.start(), target)?;
+    written += system_written;
+    written += write_blocks(false)?;
+    drop(sparse);
     if target == Target::File {
         out.set_len(layout.disk_size)
             .map_err(DiskError::io(format!("size {}", out_path.display())))?;
     }
-
-    let mut written = 0u64;
-    for (offset, block) in sparse.borrow().blocks() {
-        if target == Target::File && is_all_zero(block) {
-            continue;
-        }
-        out.write_all_at(block, offset)
-            .map_err(DiskError::io(format!("write {}", out_path.display())))?;
-        written += block.len() as u64;
-    }
-    drop(sparse);
-
-    let slot_a = &layout.slot_a;
-    let (copied, system_written) = copy_system(&mut system, &out, slot_a.start(), target)?;
-    written += system_written;
     if target == Target::BlockDevice {
         // Old contents must not look like a system image or a GPT.
         zero_range(&out, slot_a.start() + copied, slot_a.size() - copied)?;
@@ -424,8 +432,13 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport> {
             (BLOCK as u64 * 16).min(layout.data.size()),
         )?;
     }
-    out.sync_all()
-        .map_err(DiskError::io(format!("flush {}", out_path.display())))?;
+    if target == Target::BlockDevice {
+        // A device may be unplugged right after: make it durable now. An
+        // image file is left to the page cache like `cp` does (an
+        // in-process fsync measured about twice as slow as a later `sync`).
+        out.sync_all()
+            .map_err(DiskError::io(format!("flush {}", out_path.display())))?;
+    }
 
     Ok(BuildReport {
         output: out_path.clone(),
