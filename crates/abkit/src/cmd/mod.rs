@@ -1,4 +1,5 @@
-//! One module per `abkit` subcommand.
+//! One module per `abkit` subcommand, plus the options they share.
 
 pub mod efi;
 pub mod image;
+pub mod vars;

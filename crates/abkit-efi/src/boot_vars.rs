@@ -1,0 +1,113 @@
+//! Names and values of the boot manager's global variables.
+//!
+//! `Boot####` (four hex digits, either case), `BootOrder` (an array of u16),
+//! `BootNext` and `BootCurrent` (one u16 each), all under the EFI global
+//! variable vendor GUID.
+
+use thiserror::Error;
+use uuid::Uuid;
+
+/// EFI_GLOBAL_VARIABLE: the vendor GUID of the boot manager's variables.
+pub const EFI_GLOBAL_VARIABLE: Uuid = Uuid::from_u128(0x8be4df61_93ca_11d2_aa0d_00e098032b8c);
+
+pub const BOOT_ORDER: &str = "BootOrder";
+pub const BOOT_NEXT: &str = "BootNext";
+pub const BOOT_CURRENT: &str = "BootCurrent";
+
+/// A boot variable value of the wrong shape.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BootVarError {
+    #[error("{name} is {len} bytes; it must be an array of 16-bit entry numbers (even length)")]
+    OddArray { name: &'static str, len: usize },
+    #[error("{name} is {len} bytes; it must be exactly one 16-bit entry number")]
+    NotU16 { name: &'static str, len: usize },
+}
+
+/// The variable name of boot entry `n`: `Boot0001`.
+pub fn boot_entry_name(n: u16) -> String {
+    format!("Boot{n:04X}")
+}
+
+/// Parses `Boot####` (hex, upper or lower case); any other name gives `None`.
+pub fn parse_boot_entry_name(name: &str) -> Option<u16> {
+    let hex = name.strip_prefix("Boot")?;
+    if hex.len() != 4 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u16::from_str_radix(hex, 16).ok()
+}
+
+/// Decodes `BootOrder`.
+pub fn decode_boot_order(data: &[u8]) -> Result<Vec<u16>, BootVarError> {
+    if data.len() % 2 != 0 {
+        return Err(BootVarError::OddArray {
+            name: BOOT_ORDER,
+            len: data.len(),
+        });
+    }
+    Ok(data
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect())
+}
+
+pub fn encode_boot_order(order: &[u16]) -> Vec<u8> {
+    order.iter().flat_map(|n| n.to_le_bytes()).collect()
+}
+
+/// Decodes a single-entry variable such as `BootNext` or `BootCurrent`.
+pub fn decode_u16(name: &'static str, data: &[u8]) -> Result<u16, BootVarError> {
+    match data {
+        [a, b] => Ok(u16::from_le_bytes([*a, *b])),
+        _ => Err(BootVarError::NotU16 {
+            name,
+            len: data.len(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_names_accept_both_cases() {
+        assert_eq!(boot_entry_name(0x1a), "Boot001A");
+        assert_eq!(parse_boot_entry_name("Boot001A"), Some(0x1a));
+        assert_eq!(parse_boot_entry_name("Boot001a"), Some(0x1a));
+        assert_eq!(parse_boot_entry_name("BootFFFF"), Some(0xffff));
+        for bad in [
+            "Boot",
+            "Boot01",
+            "Boot00001",
+            "BootOrder",
+            "Boot+001",
+            "boot0001",
+            "Boot00G1",
+        ] {
+            assert_eq!(parse_boot_entry_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn boot_order_bytes() {
+        assert_eq!(encode_boot_order(&[1, 0x100]), vec![1, 0, 0, 1]);
+        assert_eq!(decode_boot_order(&[1, 0, 0, 1]).unwrap(), vec![1, 0x100]);
+        assert_eq!(decode_boot_order(&[]).unwrap(), Vec::<u16>::new());
+        assert_eq!(
+            decode_boot_order(&[1, 0, 0]),
+            Err(BootVarError::OddArray {
+                name: BOOT_ORDER,
+                len: 3
+            })
+        );
+        assert_eq!(decode_u16(BOOT_NEXT, &[3, 0]).unwrap(), 3);
+        assert_eq!(
+            decode_u16(BOOT_NEXT, &[3]),
+            Err(BootVarError::NotU16 {
+                name: BOOT_NEXT,
+                len: 1
+            })
+        );
+    }
+}

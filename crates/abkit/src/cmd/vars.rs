@@ -1,0 +1,77 @@
+//! Choosing the EFI variable store a command works on.
+
+use std::path::PathBuf;
+
+use abkit_efi::store::{EfivarfsStore, OvmfVarsFile, VarStore};
+use anyhow::Context;
+use clap::Args;
+
+/// Where the firmware's variables are read and written.
+#[derive(Args, Debug, Clone, Default)]
+pub struct VarStoreArgs {
+    /// Use the variables in DIR: a mounted efivarfs, or any folder of files
+    /// in efivarfs format (`Name-vendor-guid`, 4-byte attributes + data).
+    /// Default: the running system's /sys/firmware/efi/efivars.
+    #[arg(long, value_name = "DIR", global = true, conflicts_with = "ovmf_vars")]
+    pub efivars: Option<PathBuf>,
+
+    /// Use the variable store inside an OVMF VARS firmware file (such as a
+    /// copy of /usr/share/OVMF/OVMF_VARS_4M.fd that a VM boots with).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub ovmf_vars: Option<PathBuf>,
+}
+
+impl VarStoreArgs {
+    /// Opens the chosen store.
+    pub fn open(&self) -> anyhow::Result<Box<dyn VarStore>> {
+        if let Some(file) = &self.ovmf_vars {
+            let store = OvmfVarsFile::open(file)
+                .with_context(|| format!("cannot open OVMF VARS file {}", file.display()))?;
+            return Ok(Box::new(store));
+        }
+        let dir = self
+            .efivars
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(abkit_efi::store::EFIVARFS_PATH));
+        if is_efivarfs(&dir) {
+            return Ok(Box::new(EfivarfsStore::kernel(dir)));
+        }
+        if self.efivars.is_none() {
+            anyhow::bail!(
+                "no EFI variables at {}: this system was not booted with UEFI (or efivarfs is \
+                 not mounted); use --efivars DIR or --ovmf-vars FILE to work on a copy",
+                dir.display()
+            );
+        }
+        anyhow::ensure!(dir.is_dir(), "--efivars {}: not a directory", dir.display());
+        Ok(Box::new(EfivarfsStore::directory(dir)))
+    }
+}
+
+/// Whether `dir` is a mounted efivarfs (where writes reach firmware NVRAM).
+fn is_efivarfs(dir: &std::path::Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        const EFIVARFS_MAGIC: i64 = 0xde5e81e4;
+        let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: statfs is a plain C struct for which all-zero bytes are a
+        // valid value; `c` is a NUL-terminated path and `st` a live,
+        // writable struct that the call fills in.
+        let (rc, st) = unsafe {
+            let mut st: libc::statfs = std::mem::zeroed();
+            (libc::statfs(c.as_ptr(), &mut st), st)
+        };
+        // f_type is i64 here but narrower on some targets.
+        #[allow(clippy::useless_conversion)]
+        let f_type = i64::from(st.f_type);
+        rc == 0 && f_type == EFIVARFS_MAGIC
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = dir;
+        false
+    }
+}

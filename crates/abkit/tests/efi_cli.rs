@@ -1,0 +1,123 @@
+//! `abkit efi list` as a user runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn abkit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_abkit"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../abkit-efi/tests/fixtures/ovmf-vars-2m-after-boot.fd")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn lists_a_real_firmware_store_like_efibootmgr() {
+    let out = abkit(&["efi", "list", "--ovmf-vars", fixture().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "BootCurrent: -\n\
+         BootNext: -\n\
+         BootOrder: 0000,0001\n\
+         Boot0000* UiApp [hidden,app]\tFv(7cb8bdc9-f8eb-4f34-aaea-3ee4af6516a1)/FvFile(462caa21-7614-4503-836e-8ab6f4662331)\n\
+         Boot0001* EFI Internal Shell\tFv(7cb8bdc9-f8eb-4f34-aaea-3ee4af6516a1)/FvFile(7c04a583-9e3e-4f1c-ad65-e05268d0b4d1)\n"
+    );
+}
+
+#[test]
+fn json_output_carries_the_same_facts() {
+    let out = abkit(&[
+        "efi",
+        "list",
+        "--json",
+        "--ovmf-vars",
+        fixture().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["boot_order"], serde_json::json!([0, 1]));
+    assert_eq!(v["boot_next"], serde_json::Value::Null);
+    assert_eq!(v["entries"][1]["name"], "Boot0001");
+    assert_eq!(v["entries"][1]["description"], "EFI Internal Shell");
+    assert_eq!(v["entries"][1]["active"], true);
+    assert_eq!(v["entries"][0]["hidden"], true);
+    assert_eq!(v["entries"][0]["category"], "app");
+    assert_eq!(v["skipped"], serde_json::json!([]));
+}
+
+#[test]
+fn efivars_directory_with_garbage_is_reported_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+    // A good entry, an undecodable entry, and a BootOrder of odd length.
+    let mut good = vec![7, 0, 0, 0];
+    good.extend([1, 0, 0, 0, 4, 0]);
+    good.extend("x".encode_utf16().chain([0]).flat_map(|u| u.to_le_bytes()));
+    good.extend([0x7f, 0xff, 4, 0]);
+    std::fs::write(dir.path().join(format!("Boot0003-{g}")), &good).unwrap();
+    std::fs::write(dir.path().join(format!("Boot0004-{g}")), [7, 0, 0, 0, 1]).unwrap();
+    std::fs::write(
+        dir.path().join(format!("BootOrder-{g}")),
+        [7, 0, 0, 0, 3, 0, 4],
+    )
+    .unwrap();
+    std::fs::write(dir.path().join(format!("BootNext-{g}")), [7, 0, 0, 0, 4, 0]).unwrap();
+    let out = abkit(&["efi", "list", "--efivars", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("BootNext: 0004\n"), "{text}");
+    assert!(text.contains("BootOrder: -\n"), "{text}");
+    assert!(text.contains("Boot0003* x\t\n"), "{text}");
+    assert!(
+        text.contains("Boot0004? (unreadable: load option is 1 bytes"),
+        "{text}"
+    );
+    assert!(
+        stderr(&out).contains("BootOrder is 3 bytes; it must be an array of 16-bit entry numbers"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn errors_name_the_problem() {
+    let out = abkit(&["efi", "list", "--ovmf-vars", "/nonexistent/vars.fd"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("/nonexistent/vars.fd") && err.contains("No such file"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.fd");
+    std::fs::write(&junk, vec![0xffu8; 8192]).unwrap();
+    let out = abkit(&["efi", "list", "--ovmf-vars", junk.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no firmware volume signature"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = abkit(&["efi", "list", "--efivars", "/x", "--ovmf-vars", "/y"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot be used with"),
+        "{}",
+        stderr(&out)
+    );
+}
