@@ -81,6 +81,12 @@ pub enum DiskError {
     /// A path inside the ESP is empty or has an empty or dot component.
     #[error("invalid ESP path {0:?}")]
     BadEspPath(String),
+    /// The OVMF VARS file (or another variable store) failed.
+    #[error("variable store: {0}")]
+    VarStore(#[from] abkit_efi::StoreError),
+    /// Writing the boot entries failed.
+    #[error("boot entries: {0}")]
+    BootEntries(#[from] abkit_efi::BootError),
     /// The ESP has no such file.
     #[error("ESP file {0} not found")]
     EspFileNotFound(String),

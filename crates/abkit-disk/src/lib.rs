@@ -12,11 +12,15 @@ mod layout;
 pub mod pe;
 mod sparse;
 
+mod boot_entries;
 mod build;
 mod esp;
 mod fat_time;
 mod sys;
 
+pub use boot_entries::{
+    InstalledEntries, entry_description, install_boot_entries, slot_load_option,
+};
 pub use build::{BuildOptions, BuildReport, EspFile, build};
 pub use error::DiskError;
 pub use esp::{Esp, EspEntry, TEMP_SUFFIX};

@@ -166,3 +166,47 @@ fn errors_are_reported_clearly() {
     );
     assert!(stderr.contains("no valid GPT"), "{stderr}");
 }
+
+#[test]
+fn build_with_ovmf_vars_reports_the_boot_entries() {
+    let ovmf = Path::new("/usr/share/OVMF/OVMF_VARS_4M.fd");
+    if !ovmf.exists() {
+        eprintln!("SKIPPED: {} missing", ovmf.display());
+        return;
+    }
+    let dir = setup();
+    std::fs::copy(ovmf, dir.path().join("vars.fd")).unwrap();
+    let mut args = vec![
+        "image",
+        "build",
+        "--loader",
+        "boot.efi",
+        "--system",
+        "system.img",
+        "-o",
+        "disk.img",
+        "--ovmf-vars",
+        "vars.fd",
+    ];
+    args.extend(SMALL);
+    let out = abkit(&args, dir.path());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("boot entries: Boot0000 \"abkit slot A\", Boot0001 \"abkit slot B\" (inactive); BootOrder 0000,0001"),
+        "{text}"
+    );
+    // `abkit efi` reads the same file back.
+    let out = abkit(&["efi", "list", "--ovmf-vars", "vars.fd"], dir.path());
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(listing.contains("abkit slot A"), "{listing}");
+}

@@ -77,6 +77,7 @@ impl Fixture {
             },
             seed: Some(42),
             force: false,
+            ovmf_vars: None,
         }
     }
 

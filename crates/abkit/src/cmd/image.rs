@@ -53,6 +53,12 @@ pub struct BuildArgs {
     /// Allow overwriting an existing block device (all its data is lost).
     #[arg(long)]
     force: bool,
+    /// Also write the boot entries "abkit slot A" and "abkit slot B" (HD(...)/\EFI\abkit\boot-a.efi
+    /// and boot-b.efi on this disk's ESP) into this OVMF VARS file, slot A first in BootOrder;
+    /// slot B's entry stays inactive until slot B holds a system. Use a copy of
+    /// /usr/share/OVMF/OVMF_VARS_4M.fd, then boot QEMU with it.
+    #[arg(long, value_name = "FILE")]
+    ovmf_vars: Option<PathBuf>,
     /// Print what was built as JSON.
     #[arg(long)]
     json: bool,
@@ -143,6 +149,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         },
         seed: args.seed,
         force: args.force,
+        ovmf_vars: args.ovmf_vars,
     };
     eprintln!("abkit: building {}", options.output.display());
     let report = abkit_disk::build(&options)
@@ -163,6 +170,19 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         println!("ESP {}  {} bytes", file.path, file.size);
     }
     println!("slot A: system image of {} bytes", report.system_image_size);
+    if let Some(entries) = &report.boot_entries {
+        let order: Vec<String> = entries
+            .boot_order
+            .iter()
+            .map(|n| format!("{n:04X}"))
+            .collect();
+        println!(
+            "boot entries: Boot{:04X} \"abkit slot A\", Boot{:04X} \"abkit slot B\" (inactive); BootOrder {}",
+            entries.slot_a,
+            entries.slot_b,
+            order.join(",")
+        );
+    }
     Ok(())
 }
 
