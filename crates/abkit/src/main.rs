@@ -32,6 +32,9 @@ enum Command {
     Bundle(cmd::bundle::BundleCommand),
     /// Make an Ed25519 key pair for signing bundles (NAME.key and NAME.pub).
     Keygen(cmd::keygen::KeygenArgs),
+    /// Build an A/B disk image, or inspect one.
+    #[command(subcommand)]
+    Image(cmd::image::ImageCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +47,7 @@ fn main() -> std::process::ExitCode {
         Command::Uki(c) => cmd::uki::run(c),
         Command::Bundle(c) => cmd::bundle::run(c),
         Command::Keygen(a) => cmd::keygen::run(a),
+        Command::Image(c) => cmd::image::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 
 pub mod bundle;
 pub mod efi;
+pub mod image;
 pub mod keygen;
 pub mod uki;
 pub mod vars;
