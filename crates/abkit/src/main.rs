@@ -12,15 +12,28 @@ use clap::{Parser, Subcommand};
 ///
 /// abkit writes a new OS version into the inactive slot, boots it once with
 /// the firmware's BootNext, and makes it permanent only when it is healthy.
+/// Every command works on the running system by default, or offline on a
+/// disk image with --disk IMAGE --ovmf-vars FILE --booted-slot A.
 #[derive(Parser)]
-#[command(name = "abkit", version, about, long_about = None, propagate_version = true)]
+#[command(name = "abkit", version, about, long_about, propagate_version = true)]
 struct Cli {
+    #[command(flatten)]
+    machine: cmd::machine::MachineArgs,
+
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Install a bundle into the inactive slot and boot it once (trial boot).
+    Install(cmd::install::InstallArgs),
+    /// Mark the running slot good: repair boot entries and commit it in BootOrder.
+    MarkGood(cmd::mark_good::MarkGoodArgs),
+    /// Boot the other slot once (it must have been good before).
+    Rollback(cmd::rollback::RollbackArgs),
+    /// Show the running and committed slot, a pending trial, and what each slot holds.
+    Status(cmd::status::StatusArgs),
     /// Read and change the firmware's boot variables (Boot####, BootOrder, BootNext).
     #[command(subcommand)]
     Efi(cmd::efi::EfiCommand),
@@ -42,8 +55,13 @@ fn main() -> std::process::ExitCode {
         .format_timestamp(None)
         .init();
     let cli = Cli::parse();
+    let m = &cli.machine;
     let result = match cli.command {
-        Command::Efi(c) => cmd::efi::run(c),
+        Command::Install(a) => cmd::install::run(m, a),
+        Command::MarkGood(a) => cmd::mark_good::run(m, a),
+        Command::Rollback(a) => cmd::rollback::run(m, a),
+        Command::Status(a) => cmd::status::run(m, a),
+        Command::Efi(c) => cmd::efi::run(m, c),
         Command::Uki(c) => cmd::uki::run(c),
         Command::Bundle(c) => cmd::bundle::run(c),
         Command::Keygen(a) => cmd::keygen::run(a),
