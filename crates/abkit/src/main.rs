@@ -50,7 +50,31 @@ enum Command {
     Image(cmd::image::ImageCommand),
 }
 
+/// The error and its causes on one line, each cause once: library errors
+/// often already carry their source's text in their own message.
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+/// Dies quietly on a closed pipe (`abkit ... | head`), like other Unix
+/// tools, instead of panicking in `println!`.
+fn default_sigpipe() {
+    // SAFETY: setting a signal disposition to SIG_DFL runs no handler code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    default_sigpipe();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp(None)
         .init();
@@ -70,7 +94,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("abkit: error: {err:#}");
+            eprintln!("abkit: error: {}", error_chain(&err));
             std::process::ExitCode::FAILURE
         }
     }
