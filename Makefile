@@ -57,6 +57,15 @@ vm-loader: stub
 
 lint: lint-loader
 test: vm-loader
+.PHONY: bench-bundle fuzz-bundle
+## bench-bundle: bundle create/verify against sha256sum and veritysetup (1 GiB image)
+bench-bundle:
+	bash bench/bundle.sh
+
+## fuzz-bundle: run both bundle fuzz targets, FUZZ_SECONDS each (default 300)
+fuzz-bundle:
+	cd crates/abkit-bundle/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O head -- -max_total_time=$${FUZZ_SECONDS:-300}
+	cd crates/abkit-bundle/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O signed_bundle -- -max_total_time=$${FUZZ_SECONDS:-300}
 
 # --- End-to-end VM tests and the demo (crates/abkit-vmtest, testos/): one
 # static build of abkit, the test OS init and the harness, used on the host
