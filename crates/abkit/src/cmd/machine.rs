@@ -34,7 +34,7 @@ pub struct MachineArgs {
 
     /// Work offline on this disk image (or unmounted block device) instead
     /// of the running system. Needs --ovmf-vars or --efivars for the
-    /// firmware variables and --booted-slot (or --cmdline) for the slot
+    /// firmware variables and --booted-slot (or --cmdline-file) for the slot
     /// taken to be running.
     #[arg(long, value_name = "IMAGE", global = true, help_heading = "Machine")]
     pub disk: Option<PathBuf>,
@@ -45,7 +45,15 @@ pub struct MachineArgs {
 
     /// Read the running slot from this kernel command line file instead of
     /// /proc/cmdline (looks for SYSTEM-A / SYSTEM-B).
-    #[arg(long, value_name = "FILE", global = true, help_heading = "Machine")]
+    /// (Not `--cmdline`: `abkit uki build --cmdline` takes the loader's
+    /// command line text, and global options share one namespace.)
+    #[arg(
+        long = "cmdline-file",
+        id = "cmdline_file",
+        value_name = "FILE",
+        global = true,
+        help_heading = "Machine"
+    )]
     pub cmdline: Option<PathBuf>,
 
     /// Live system: use the ESP mounted here instead of finding its mount
@@ -83,7 +91,9 @@ impl MachineArgs {
                     format!("{} names neither SYSTEM-A nor SYSTEM-B", file.display())
                 })?
             }
-            (None, None) => anyhow::bail!("--disk needs --booted-slot A|B (or --cmdline FILE)"),
+            (None, None) => {
+                anyhow::bail!("--disk needs --booted-slot A|B (or --cmdline-file FILE)")
+            }
         };
         let store = self.vars.open()?;
         let machine = OfflineMachine::open(disk, store, running)
