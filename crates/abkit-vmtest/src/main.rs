@@ -93,6 +93,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Run { scenario, work } => {
             let started = Instant::now();
             let work = absolute(&work)?;
+            let _lock = lock_work(&work)?;
             eprintln!("vm-e2e: building fixtures in {}", work.display());
             let fx = fixtures::build(&inputs, &work.join("fixtures"), &mut |m| {
                 eprintln!("vm-e2e:   {m}")
@@ -118,7 +119,35 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             );
             Ok(if failed == 0 { 0 } else { 1 })
         }
-        Cmd::Demo { work } => demo(&inputs, &absolute(&work)?, cli.accel),
+        Cmd::Demo { work } => {
+            let work = absolute(&work)?;
+            let _lock = lock_work(&work)?;
+            demo(&inputs, &work, cli.accel)
+        }
+    }
+}
+
+/// Holds an exclusive lock on `<work>.lock` so two runs never share a work
+/// folder (they would overwrite each other's disks and logs).
+fn lock_work(work: &Path) -> anyhow::Result<std::fs::File> {
+    let path = work.with_extension("lock");
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            bail!(
+                "another run is using {} (lock {})",
+                work.display(),
+                path.display()
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
     }
 }
 
@@ -276,7 +305,7 @@ fn demo(inputs: &Inputs, work: &Path, accel: AccelChoice) -> anyhow::Result<i32>
     );
 
     println!(
-        "$ abkit --disk {} --ovmf-vars {} --booted-slot B status",
+        "$ abkit --disk {} --ovmf-vars {} --booted-slot b status",
         disk.display(),
         vars.display()
     );
@@ -285,7 +314,7 @@ fn demo(inputs: &Inputs, work: &Path, accel: AccelChoice) -> anyhow::Result<i32>
         .arg(&disk)
         .arg("--ovmf-vars")
         .arg(&vars)
-        .args(["--booted-slot", "B", "status"])
+        .args(["--booted-slot", "b", "status"])
         .output()?;
     print!(
         "{}{}",

@@ -242,7 +242,12 @@ pub fn offline_status(suite: &Suite, m: &Machine, booted: char) -> anyhow::Resul
         .arg(&m.disk)
         .arg("--ovmf-vars")
         .arg(&m.vars)
-        .args(["--booted-slot", &booted.to_string(), "status", "--json"]))?;
+        .args([
+            "--booted-slot",
+            &booted.to_ascii_lowercase().to_string(),
+            "status",
+            "--json",
+        ]))?;
     serde_json::from_str(&out).context("offline status printed no JSON")
 }
 
@@ -381,13 +386,12 @@ fn auto_rollback(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
         order,
         vars.boot_order
     );
-    expect_status(status(&b)?, 'A', 'A', &[('A', X.version)])?;
+    expect_status(status(&b)?, 'A', 'A', &[])?;
     Ok(s)
 }
 
 fn power_cut(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     let mut s = Scenario::new(suite, "power-cut")?;
-    let order = s.vars()?.boot_order;
     let (b, vars) = s.boot_with(BootSpec {
         action: format!("install {}; reboot", on_disk(&Y)),
         write_limit: Some(4 << 20),
@@ -404,14 +408,24 @@ fn power_cut(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     );
     expect_healthy(&b, &X, 'A')?;
     vars.expect('A', None).context("after the power cut")?;
-    // X boots, healthy; installing again completes.
-    let (b, vars) = s.boot(&format!("install {}; status; reboot", on_disk(&Y)))?;
+    // (OVMF adds its own entries on a machine's first boot: compare from here.)
+    let order = vars.boot_order.clone();
+    // X boots, healthy, sees slot B recorded empty; installing again completes.
+    let (b, vars) = s.boot(&format!("status; install {}; status; reboot", on_disk(&Y)))?;
     expect_healthy(&b, &X, 'A')?;
+    let st = status(&b)?;
+    let first = b.report.status.first().unwrap_or(st);
+    let state = text(&first["slots"]["B"]["state"]);
+    ensure!(
+        state == "empty",
+        "slot B is {state:?} after the power cut, expected empty: {first}"
+    );
     expect_result(&b, "install", true)?;
     vars.expect('A', Some('B'))?;
     ensure!(
-        vars.boot_order.len() == order.len(),
-        "BootOrder lost or gained entries"
+        vars.boot_order == order,
+        "BootOrder changed: {order:?} -> {:?}",
+        vars.boot_order
     );
     let (b, vars) = s.boot("poweroff")?;
     expect_healthy(&b, &Y, 'B')?;
