@@ -282,7 +282,13 @@ impl EspFiles for DirEsp {
     }
     fn rename(&mut self, from: &str, to: &str) -> Result<()> {
         let (f, t) = (self.path(from), self.path(to));
+        // On vfat, rename writes the new directory entry with size 0 and no
+        // first cluster; the real ones reach the disk only when the file's
+        // inode is written back. Fsync the file under its new name too, or a
+        // power cut after the rename leaves an empty file (seen in the VM
+        // power-cut test: slot-b.json of 0 bytes).
         fs::rename(&f, &t)
+            .and_then(|()| File::open(&t)?.sync_all())
             .and_then(|()| sync_parent(&t))
             .map_err(UpdateError::io(format!(
                 "rename {} to {}",
