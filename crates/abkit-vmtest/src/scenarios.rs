@@ -410,6 +410,12 @@ fn power_cut(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     vars.expect('A', None).context("after the power cut")?;
     // (OVMF adds its own entries on a machine's first boot: compare from here.)
     let order = vars.boot_order.clone();
+    // Keep the machine as the power cut left it, for a look afterwards.
+    run(std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&s.machine.disk)
+        .arg(s.dir.join("after-cut-disk.img")))?;
+    std::fs::copy(&s.machine.vars, s.dir.join("after-cut-vars.fd"))?;
     // X boots, healthy, sees slot B recorded empty; installing again completes.
     let (b, vars) = s.boot(&format!("status; install {}; status; reboot", on_disk(&Y)))?;
     expect_healthy(&b, &X, 'A')?;
