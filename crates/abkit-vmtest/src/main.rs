@@ -31,7 +31,7 @@ struct Cli {
     #[arg(long, value_name = "DIR", default_value = "build/kernel")]
     kernel_dir: PathBuf,
     /// QEMU accelerator: auto probes KVM with one boot and falls back to TCG.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_enum, default_value = "auto", global = true)]
     accel: AccelChoice,
     #[command(subcommand)]
     command: Cmd,
@@ -261,17 +261,16 @@ fn demo(inputs: &Inputs, work: &Path, accel: AccelChoice) -> anyhow::Result<i32>
                 log.display()
             );
         };
-        let version = if t.variant.ends_with("broken") {
-            format!("{} (broken)", t.version)
-        } else {
-            t.version.clone()
+        let os = match t.variant.strip_suffix("broken") {
+            Some(name) => format!("{name} {} (broken)", t.version),
+            None => format!("{} {}", t.variant, t.version),
         };
         let health = if r.health_bad {
-            "health check FAILED: not committed, reboots".to_string()
+            "health check FAILED: not committed; reboots".to_string()
         } else {
             match r.result("mark-good") {
                 Some("0") => format!(
-                    "healthy, committed (BootOrder starts with slot {})",
+                    "healthy: committed (BootOrder starts with slot {})",
                     after.first_slot()
                 ),
                 Some(code) => format!("healthy, but mark-good failed (exit {code})"),
@@ -279,7 +278,7 @@ fn demo(inputs: &Inputs, work: &Path, accel: AccelChoice) -> anyhow::Result<i32>
             }
         };
         println!(
-            "{} boot {}: {how}: slot {}, version {version}: {health}",
+            "{} boot {}  {how:<28}  slot {}  {os:<18}  {health}",
             at(),
             i + 1,
             t.slot
@@ -287,7 +286,7 @@ fn demo(inputs: &Inputs, work: &Path, accel: AccelChoice) -> anyhow::Result<i32>
         if !what.is_empty() {
             match r.result("install") {
                 Some("0") => println!(
-                    "{}         {what}: done; BootNext -> slot {}",
+                    "{}         {what}: written and verified; BootNext -> slot {}",
                     at(),
                     after.next_slot().map_or("-".into(), |s| s.to_string())
                 ),
