@@ -38,3 +38,36 @@ bench-image: deps
 
 clean:
 	$(CARGO) clean
+
+# --- The EFI loader stub (loader/, a cargo project of its own for x86_64-unknown-uefi).
+LOADER_TARGET_DIR ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR)/uefi,$(CURDIR)/loader/target)
+STUB := build/abkit-stub.efi
+
+.PHONY: stub lint-loader vm-loader
+
+## stub: build the loader stub into build/abkit-stub.efi (`abkit uki build --stub`)
+stub: deps
+	CARGO_TARGET_DIR=$(LOADER_TARGET_DIR) $(CARGO) build --release --locked --manifest-path loader/Cargo.toml --target x86_64-unknown-uefi
+	@mkdir -p build
+	cp $(LOADER_TARGET_DIR)/x86_64-unknown-uefi/release/abkit-stub.efi $(STUB)
+
+## lint-loader: formatting and clippy for the loader project
+lint-loader: deps
+	$(CARGO) fmt --manifest-path loader/Cargo.toml -- --check
+	CARGO_TARGET_DIR=$(LOADER_TARGET_DIR) $(CARGO) clippy --release --locked --manifest-path loader/Cargo.toml --target x86_64-unknown-uefi -- -D warnings
+
+## vm-loader: boot the built loader as boot-a.efi, boot-b.efi and BOOTX64.EFI under QEMU
+vm-loader: stub
+	bash tests/vm/loader.sh
+
+lint: lint-loader
+test: vm-loader
+.PHONY: bench-bundle fuzz-bundle
+## bench-bundle: bundle create/verify against sha256sum and veritysetup (1 GiB image)
+bench-bundle:
+	bash bench/bundle.sh
+
+## fuzz-bundle: run both bundle fuzz targets, FUZZ_SECONDS each (default 300)
+fuzz-bundle:
+	cd crates/abkit-bundle/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O head -- -max_total_time=$${FUZZ_SECONDS:-300}
+	cd crates/abkit-bundle/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O signed_bundle -- -max_total_time=$${FUZZ_SECONDS:-300}

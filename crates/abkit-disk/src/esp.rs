@@ -396,6 +396,29 @@ impl Esp {
         self.sync()
     }
 
+    /// Creates or truncates the file at `path` (creating its directories),
+    /// copies `source` into it and flushes it. Not atomic: a file that must
+    /// never be seen half-written is written under a temporary name and
+    /// then [`rename`](Esp::rename)d into place.
+    pub fn write_file_from(&self, path: &str, source: &mut dyn Read) -> Result<u64> {
+        let names = components(path)?;
+        let (name, parents) = names
+            .split_last()
+            .ok_or(DiskError::BadEspPath(path.into()))?;
+        let dir = self.dir(parents, true)?;
+        let written = {
+            let mut file = dir
+                .create_file(name)
+                .map_err(DiskError::fat(format!("create {path}")))?;
+            file.truncate()
+                .and_then(|()| io::copy(source, &mut file))
+                .and_then(|n| file.flush().map(|()| n))
+                .map_err(DiskError::fat(format!("write {path}")))?
+        };
+        self.sync()?;
+        Ok(written)
+    }
+
     /// Replaces (or creates) the file at `path`, creating its directories.
     ///
     /// FAT has no atomic replace, so this writes `<path>.abkit-new`

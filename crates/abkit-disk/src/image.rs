@@ -85,6 +85,12 @@ impl Slot {
     }
 }
 
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.letter())
+    }
+}
+
 /// One GPT partition entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(into = "PartitionJson")]

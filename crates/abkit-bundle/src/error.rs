@@ -1,0 +1,117 @@
+//! The one error type of this crate: every way a bundle, a key or an image can
+//! be wrong has its own variant, so callers and tests can tell them apart.
+
+use std::path::PathBuf;
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while reading, verifying or writing bundles.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("I/O error: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("bundle is truncated: it ends inside the {section}")]
+    Truncated { section: String },
+    #[error("not an abkit bundle: bad magic bytes {found:02x?}")]
+    BadMagic { found: [u8; 8] },
+    #[error("unsupported bundle format version {found} (this abkit reads version {supported})")]
+    UnsupportedFormatVersion { found: u32, supported: u32 },
+    #[error("bundle header field `{field}` must be zero, found {value:#x}")]
+    ReservedFieldSet { field: &'static str, value: u64 },
+    #[error("manifest length {len} bytes is out of range (1..={max})")]
+    ManifestSize { len: u64, max: u64 },
+    #[error("bundle declares {count} signatures, at most {max} are allowed")]
+    TooManySignatures { count: u32, max: u32 },
+    #[error("manifest is not valid JSON for this format: {0}")]
+    ManifestJson(#[source] serde_json::Error),
+    #[error("manifest is invalid: {0}")]
+    ManifestInvalid(String),
+    #[error("bundle has no signature")]
+    NoSignature,
+    #[error("no signature from a key in the keyring (bundle signed by: {})", signers.join(", "))]
+    NoTrustedSignature { signers: Vec<String> },
+    #[error("signature by trusted key {key_id} does not match the bundle header and manifest")]
+    BadSignature { key_id: String },
+    #[error("payload `{payload}` chunk {chunk}: SHA-256 does not match the manifest")]
+    ChunkHashMismatch { payload: String, chunk: u64 },
+    #[error("payload `{payload}`: SHA-256 of the whole payload does not match the manifest")]
+    PayloadHashMismatch { payload: String },
+    #[error("payload `{payload}`: size is {actual} bytes, the manifest says {expected}")]
+    PayloadSizeMismatch {
+        payload: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("payload `{payload}`: zstd data decompresses to more than the declared {limit} bytes")]
+    DecompressedTooLarge { payload: String, limit: u64 },
+    #[error("payload `{payload}`: zstd data is corrupt: {reason}")]
+    Decompress { payload: String, reason: String },
+    #[error("bundle has trailing data after the last payload")]
+    TrailingData,
+    #[error("key file {path}: {reason}")]
+    KeyFile { path: PathBuf, reason: String },
+    #[error("keyring {path} holds no *.pub key")]
+    EmptyKeyring { path: PathBuf },
+    #[error("dm-verity: {0}")]
+    Verity(String),
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    #[error("payload `{payload}` already failed: {reason}")]
+    PayloadFailed { payload: String, reason: String },
+}
+
+impl From<std::io::Error> for Error {
+    /// Unwraps an [`Error`] that travelled through `std::io::Read` (as
+    /// [`crate::PayloadReader`] errors do), so `?` keeps the typed error.
+    fn from(err: std::io::Error) -> Error {
+        match err.downcast::<Error>() {
+            Ok(ours) => ours,
+            Err(err) => Error::Io(err),
+        }
+    }
+}
+
+impl Error {
+    /// A stable short name for the kind of error, for scripts and logs
+    /// (`abkit bundle verify` prints it): e.g. `chunk-hash-mismatch`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Io(_) => "io",
+            Error::Truncated { .. } => "truncated",
+            Error::BadMagic { .. } => "bad-magic",
+            Error::UnsupportedFormatVersion { .. } => "unsupported-format-version",
+            Error::ReservedFieldSet { .. } => "reserved-field-set",
+            Error::ManifestSize { .. } => "manifest-size",
+            Error::TooManySignatures { .. } => "too-many-signatures",
+            Error::ManifestJson(_) => "manifest-json",
+            Error::ManifestInvalid(_) => "manifest-invalid",
+            Error::NoSignature => "no-signature",
+            Error::NoTrustedSignature { .. } => "no-trusted-signature",
+            Error::BadSignature { .. } => "bad-signature",
+            Error::ChunkHashMismatch { .. } => "chunk-hash-mismatch",
+            Error::PayloadHashMismatch { .. } => "payload-hash-mismatch",
+            Error::PayloadSizeMismatch { .. } => "payload-size-mismatch",
+            Error::DecompressedTooLarge { .. } => "decompressed-too-large",
+            Error::Decompress { .. } => "decompress",
+            Error::TrailingData => "trailing-data",
+            Error::KeyFile { .. } => "key-file",
+            Error::EmptyKeyring { .. } => "empty-keyring",
+            Error::Verity(_) => "verity",
+            Error::InvalidInput(_) => "invalid-input",
+            Error::PayloadFailed { .. } => "payload-failed",
+        }
+    }
+
+    /// Maps an `UnexpectedEof` from `read_exact` to [`Error::Truncated`] naming `section`.
+    pub(crate) fn from_read(err: std::io::Error, section: impl Into<String>) -> Error {
+        if err.kind() == std::io::ErrorKind::UnexpectedEof {
+            Error::Truncated {
+                section: section.into(),
+            }
+        } else {
+            Error::Io(err)
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! Ed25519 signing keys in abkit's text format, and keyrings (a folder of
+//! public keys). A key file is:
+//!
+//! ```text
+//! abkit-ed25519-secret-key          (or abkit-ed25519-public-key)
+//! <base64 of 32 bytes: the secret seed, or the public key>
+//! # optional comment lines, e.g. who made the key
+//! ```
+//!
+//! A key's id is the first 8 bytes of SHA-256 of its public key, in hex.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
+use sha2::{Digest as _, Sha256};
+
+use crate::{Error, Result};
+
+/// First line of a secret key file.
+pub const SECRET_KEY_TAG: &str = "abkit-ed25519-secret-key";
+/// First line of a public key file.
+pub const PUBLIC_KEY_TAG: &str = "abkit-ed25519-public-key";
+/// Key files are small; anything larger is not one.
+const MAX_KEY_FILE_LEN: u64 = 64 * 1024;
+
+/// Short name of a public key: first 8 bytes of its SHA-256, hex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId(pub [u8; 8]);
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", hex::encode(self.0))
+    }
+}
+
+/// A public key that can check bundle signatures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey(VerifyingKey);
+
+impl PublicKey {
+    /// Wraps 32 raw bytes, refusing points that are not valid keys.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<PublicKey> {
+        VerifyingKey::from_bytes(bytes)
+            .map(PublicKey)
+            .map_err(|e| Error::InvalidInput(format!("not an Ed25519 public key: {e}")))
+    }
+
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    pub fn key_id(&self) -> KeyId {
+        key_id_of(&self.0.to_bytes())
+    }
+
+    /// Strict Ed25519 verification (rejects weak keys and malleable signatures).
+    pub fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
+        let sig = ed25519_dalek::Signature::from_bytes(signature);
+        self.0.verify_strict(message, &sig).is_ok()
+    }
+
+    /// Parses the text format (see the module docs).
+    pub fn parse(text: &str) -> std::result::Result<PublicKey, String> {
+        let bytes = parse_key_text(text, PUBLIC_KEY_TAG)?;
+        PublicKey::from_bytes(&bytes).map_err(|e| e.to_string())
+    }
+
+    pub fn to_text(&self, comment: Option<&str>) -> String {
+        key_text(PUBLIC_KEY_TAG, &self.to_bytes(), comment)
+    }
+
+    /// Reads a `.pub` file.
+    pub fn load(path: &Path) -> Result<PublicKey> {
+        let text = read_key_file(path)?;
+        PublicKey::parse(&text).map_err(|reason| Error::KeyFile {
+            path: path.to_owned(),
+            reason,
+        })
+    }
+}
+
+/// The first 8 bytes of SHA-256 of raw public key bytes.
+pub fn key_id_of(public_key: &[u8; 32]) -> KeyId {
+    let digest = Sha256::digest(public_key);
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest[..8]);
+    KeyId(id)
+}
+
+/// A secret key that signs bundles.
+pub struct SecretKey(SigningKey);
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretKey({})", self.public_key().key_id())
+    }
+}
+
+impl SecretKey {
+    /// A fresh key from the operating system's random source.
+    pub fn generate() -> Result<SecretKey> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed)
+            .map_err(|e| Error::InvalidInput(format!("no randomness: {e}")))?;
+        Ok(SecretKey(SigningKey::from_bytes(&seed)))
+    }
+
+    /// A key from a 32-byte seed (tests and reproducible tooling).
+    pub fn from_seed(seed: &[u8; 32]) -> SecretKey {
+        SecretKey(SigningKey::from_bytes(seed))
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey(self.0.verifying_key())
+    }
+
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.0.sign(message).to_bytes()
+    }
+
+    pub fn parse(text: &str) -> std::result::Result<SecretKey, String> {
+        let seed = parse_key_text(text, SECRET_KEY_TAG)?;
+        Ok(SecretKey::from_seed(&seed))
+    }
+
+    pub fn to_text(&self, comment: Option<&str>) -> String {
+        key_text(SECRET_KEY_TAG, &self.0.to_bytes(), comment)
+    }
+
+    /// Reads a `.key` file.
+    pub fn load(path: &Path) -> Result<SecretKey> {
+        let text = read_key_file(path)?;
+        SecretKey::parse(&text).map_err(|reason| Error::KeyFile {
+            path: path.to_owned(),
+            reason,
+        })
+    }
+
+    /// Writes `BASE.key` (mode 0600) and `BASE.pub`; refuses to overwrite
+    /// either unless `overwrite`. Returns both paths.
+    pub fn write_pair(
+        &self,
+        base: &Path,
+        comment: Option<&str>,
+        overwrite: bool,
+    ) -> Result<(PathBuf, PathBuf)> {
+        if let Some(c) = comment {
+            if c.contains(['\n', '\r']) {
+                return Err(Error::InvalidInput("a key comment must be one line".into()));
+            }
+        }
+        let key_path = with_suffix(base, ".key");
+        let pub_path = with_suffix(base, ".pub");
+        if !overwrite {
+            for p in [&key_path, &pub_path] {
+                if p.exists() {
+                    return Err(Error::KeyFile {
+                        path: p.clone(),
+                        reason: "already exists".into(),
+                    });
+                }
+            }
+        }
+        write_file(&key_path, self.to_text(comment).as_bytes(), 0o600)?;
+        write_file(
+            &pub_path,
+            self.public_key().to_text(comment).as_bytes(),
+            0o644,
+        )?;
+        Ok((key_path, pub_path))
+    }
+}
+
+fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
+    let mut s = base.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?;
+    // An existing file keeps its old mode on open: set it explicitly.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn read_key_file(path: &Path) -> Result<String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| Error::KeyFile {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let mut text = String::new();
+    file.take(MAX_KEY_FILE_LEN)
+        .read_to_string(&mut text)
+        .map_err(|e| Error::KeyFile {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    Ok(text)
+}
+
+fn key_text(tag: &str, bytes: &[u8; 32], comment: Option<&str>) -> String {
+    let mut s = format!("{tag}\n{}\n", BASE64.encode(bytes));
+    if let Some(c) = comment {
+        s.push_str(&format!("# {c}\n"));
+    }
+    s
+}
+
+fn parse_key_text(text: &str, tag: &str) -> std::result::Result<[u8; 32], String> {
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    match lines.next() {
+        Some(first) if first == tag => {}
+        Some(SECRET_KEY_TAG) => {
+            return Err("this is a secret key, a public key was expected".into());
+        }
+        Some(PUBLIC_KEY_TAG) => {
+            return Err("this is a public key, a secret key was expected".into());
+        }
+        _ => return Err(format!("first line must be `{tag}`")),
+    }
+    let b64 = lines.next().ok_or("the base64 key line is missing")?;
+    if lines.next().is_some() {
+        return Err("unexpected text after the key line (comments start with #)".into());
+    }
+    let bytes = BASE64
+        .decode(b64)
+        .map_err(|e| format!("key line is not base64: {e}"))?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("key is {} bytes, expected 32", b.len()))
+}
+
+/// The public keys a device trusts: every `*.pub` file of a folder.
+#[derive(Debug, Clone, Default)]
+pub struct Keyring {
+    keys: Vec<PublicKey>,
+}
+
+impl Keyring {
+    /// A keyring of the given keys.
+    pub fn from_keys(keys: Vec<PublicKey>) -> Keyring {
+        Keyring { keys }
+    }
+
+    /// Loads every `*.pub` file in `dir`; a file that does not parse is an
+    /// error (a broken trust store should be fixed, not skipped); no key at
+    /// all is an error too.
+    pub fn load_dir(dir: &Path) -> Result<Keyring> {
+        let mut paths = Vec::new();
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::KeyFile {
+            path: dir.to_owned(),
+            reason: e.to_string(),
+        })?;
+        for entry in entries {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "pub") {
+                paths.push(path);
+            }
+        }
+        paths.sort();
+        if paths.is_empty() {
+            return Err(Error::EmptyKeyring {
+                path: dir.to_owned(),
+            });
+        }
+        let keys = paths
+            .iter()
+            .map(|p| PublicKey::load(p))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Keyring { keys })
+    }
+
+    pub fn keys(&self) -> &[PublicKey] {
+        &self.keys
+    }
+
+    /// Whether this exact public key is trusted.
+    pub fn contains(&self, key: &[u8; 32]) -> bool {
+        self.keys.iter().any(|k| &k.to_bytes() == key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_format_round_trips_with_comment() {
+        let sk = SecretKey::from_seed(&[42; 32]);
+        let text = sk.to_text(Some("release key"));
+        assert!(text.starts_with("abkit-ed25519-secret-key\n"));
+        assert!(text.ends_with("# release key\n"));
+        let back = SecretKey::parse(&text).unwrap();
+        assert_eq!(back.public_key(), sk.public_key());
+        let pubtext = sk.public_key().to_text(None);
+        assert_eq!(PublicKey::parse(&pubtext).unwrap(), sk.public_key());
+        assert_eq!(sk.public_key().key_id().to_string().len(), 16);
+    }
+
+    #[test]
+    fn bad_key_texts_name_the_problem() {
+        let sk = SecretKey::from_seed(&[1; 32]);
+        let cases = [
+            ("", "first line"),
+            ("ssh-ed25519 AAAA", "first line"),
+            (
+                &sk.to_text(None)[..],
+                "secret key, a public key was expected",
+            ),
+            ("abkit-ed25519-public-key\n", "missing"),
+            ("abkit-ed25519-public-key\n!!!\n", "base64"),
+            ("abkit-ed25519-public-key\nAAAA\n", "3 bytes"),
+            ("abkit-ed25519-public-key\nAAAA\nextra\n", "unexpected text"),
+        ];
+        for (text, needle) in cases {
+            let err = PublicKey::parse(text).unwrap_err();
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn write_pair_sets_modes_and_keyring_loads() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let sk = SecretKey::from_seed(&[3; 32]);
+        let (k, p) = sk
+            .write_pair(&dir.path().join("release"), None, false)
+            .unwrap();
+        assert_eq!(
+            std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(k.ends_with("release.key") && p.ends_with("release.pub"));
+        assert!(matches!(
+            sk.write_pair(&dir.path().join("release"), None, false),
+            Err(Error::KeyFile { .. })
+        ));
+        let ring = Keyring::load_dir(dir.path()).unwrap();
+        assert!(ring.contains(&sk.public_key().to_bytes()));
+        assert_eq!(ring.keys().len(), 1);
+        std::fs::write(dir.path().join("broken.pub"), "nonsense").unwrap();
+        let err = Keyring::load_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("broken.pub"), "{err}");
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Keyring::load_dir(empty.path()),
+            Err(Error::EmptyKeyring { .. })
+        ));
+    }
+
+    #[test]
+    fn verify_is_strict_about_message_and_key() {
+        let sk = SecretKey::from_seed(&[5; 32]);
+        let sig = sk.sign(b"hello");
+        assert!(sk.public_key().verify(b"hello", &sig));
+        assert!(!sk.public_key().verify(b"hellp", &sig));
+        assert!(
+            !SecretKey::from_seed(&[6; 32])
+                .public_key()
+                .verify(b"hello", &sig)
+        );
+    }
+}

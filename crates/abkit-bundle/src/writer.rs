@@ -1,0 +1,488 @@
+//! Writing bundles: [`create_bundle`] reads each input once to compute the
+//! dm-verity tree, the payload SHA-256 and the chunk hashes (on separate
+//! threads), writes header, manifest and signatures, then copies the payload
+//! bytes (`copy_file_range` for uncompressed inputs) into the output.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::format::{self, FORMAT_VERSION, Header, MAX_SIGNATURES};
+use crate::keys::SecretKey;
+use crate::manifest::{Compression, DEFAULT_CHUNK_SIZE, Digest, Manifest, PayloadEntry};
+use crate::verity::{VerityBuilder, VerityTree};
+use crate::{Error, Result};
+
+/// Size of the blocks the input is read in.
+const READ_BLOCK: usize = 1 << 20;
+/// Bytes copied between two progress reports in the write pass.
+const COPY_STEP: u64 = 64 << 20;
+
+/// One payload to put in a bundle.
+#[derive(Debug, Clone)]
+pub struct PayloadSpec {
+    /// Payload name (`efi`, `system`).
+    pub name: String,
+    /// The input file.
+    pub path: PathBuf,
+    /// Append a dm-verity hash tree (with superblock) and record its parameters.
+    pub verity: bool,
+}
+
+/// Everything about a bundle except its payloads and keys.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub compatible: String,
+    pub version: semver::Version,
+    pub min_version: Option<semver::Version>,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+    pub compression: Compression,
+    /// zstd level, 1..=19 (higher levels need windows readers refuse).
+    pub zstd_level: i32,
+    pub chunk_size: u32,
+}
+
+impl CreateOptions {
+    /// Options with the default chunk size, no compression, created now.
+    pub fn new(compatible: &str, version: semver::Version) -> CreateOptions {
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        CreateOptions {
+            compatible: compatible.into(),
+            version,
+            min_version: None,
+            created,
+            compression: Compression::None,
+            zstd_level: 3,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+        }
+    }
+}
+
+/// Writes the header, manifest and one signature per key: the head of a
+/// bundle. The payloads' stored bytes must follow in manifest order.
+pub fn write_head(out: &mut impl Write, manifest_bytes: &[u8], keys: &[SecretKey]) -> Result<()> {
+    let signature_count = u32::try_from(keys.len()).unwrap_or(u32::MAX);
+    if signature_count > MAX_SIGNATURES {
+        return Err(Error::TooManySignatures {
+            count: signature_count,
+            max: MAX_SIGNATURES,
+        });
+    }
+    let header = Header {
+        format_version: FORMAT_VERSION,
+        manifest_len: manifest_bytes.len() as u64,
+        signature_count,
+    };
+    let message = format::signed_message(&header, manifest_bytes);
+    out.write_all(&header.encode())?;
+    out.write_all(manifest_bytes)?;
+    for key in keys {
+        out.write_all(&key.public_key().to_bytes())?;
+        out.write_all(&key.sign(&message))?;
+    }
+    Ok(())
+}
+
+/// Builds and signs a bundle at `out` (written to a temporary file next to
+/// it, then renamed). `progress` receives byte counts as work proceeds; the
+/// total is about twice the sum of the input sizes (one analysis pass, one
+/// copy pass). Returns the manifest written.
+pub fn create_bundle(
+    out: &Path,
+    payloads: &[PayloadSpec],
+    opts: &CreateOptions,
+    keys: &[SecretKey],
+    progress: &mut dyn FnMut(u64),
+) -> Result<Manifest> {
+    if keys.is_empty() {
+        return Err(Error::NoSignature);
+    }
+    if !(1..=19).contains(&opts.zstd_level) {
+        return Err(Error::InvalidInput(format!(
+            "zstd level {} is outside 1..=19",
+            opts.zstd_level
+        )));
+    }
+    crate::manifest::check_chunk_size(opts.chunk_size)?;
+    for spec in payloads {
+        if !crate::manifest::valid_name(&spec.name) {
+            return Err(Error::InvalidInput(format!(
+                "payload name {:?} must match [a-z0-9_-]{{1,64}}",
+                spec.name
+            )));
+        }
+    }
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let mut entries = Vec::new();
+    let mut sources = Vec::new();
+    for spec in payloads {
+        let (entry, source) = analyze(spec, opts, &dir, progress)?;
+        entries.push(entry);
+        sources.push(source);
+    }
+    let manifest = Manifest {
+        compatible: opts.compatible.clone(),
+        version: opts.version.clone(),
+        min_version: opts.min_version.clone(),
+        created: opts.created,
+        chunk_size: opts.chunk_size,
+        payloads: entries,
+    };
+    let manifest_bytes = manifest.to_json()?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".abkit-bundle-")
+        .tempfile_in(&dir)?;
+    {
+        let mut w = io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        write_head(&mut w, &manifest_bytes, keys)?;
+        w.flush()?;
+    }
+    for source in sources {
+        source.copy_into(tmp.as_file_mut(), progress)?;
+    }
+    tmp.as_file().sync_all()?;
+    tmp.persist(out).map_err(|e| Error::Io(e.error))?;
+    Ok(manifest)
+}
+
+/// Where a payload's stored bytes come from in the write pass.
+enum StoredSource {
+    /// The input file as is, then `tail` (padding and verity hash area).
+    Input { path: PathBuf, tail: Vec<u8> },
+    /// Compressed bytes in a temporary file.
+    Compressed(File),
+}
+
+impl StoredSource {
+    fn copy_into(self, out: &mut File, progress: &mut dyn FnMut(u64)) -> Result<()> {
+        let (mut file, tail) = match self {
+            StoredSource::Input { path, tail } => (File::open(&path)?, tail),
+            StoredSource::Compressed(mut f) => {
+                f.rewind()?;
+                (f, Vec::new())
+            }
+        };
+        loop {
+            let n = io::copy(&mut (&mut file).take(COPY_STEP), out)?;
+            if n == 0 {
+                break;
+            }
+            progress(n);
+        }
+        out.write_all(&tail)?;
+        Ok(())
+    }
+}
+
+/// SHA-256 of every `chunk_size` piece of a byte stream.
+struct ChunkHasher {
+    chunk_size: u64,
+    current: Sha256,
+    filled: u64,
+    total: u64,
+    chunks: Vec<Digest>,
+}
+
+impl ChunkHasher {
+    fn new(chunk_size: u32) -> ChunkHasher {
+        ChunkHasher {
+            chunk_size: chunk_size.into(),
+            current: Sha256::new(),
+            filled: 0,
+            total: 0,
+            chunks: Vec::new(),
+        }
+    }
+
+    fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let take = (self.chunk_size - self.filled).min(data.len() as u64) as usize;
+            self.current.update(&data[..take]);
+            self.filled += take as u64;
+            self.total += take as u64;
+            if self.filled == self.chunk_size {
+                self.chunks
+                    .push(Digest(self.current.finalize_reset().into()));
+                self.filled = 0;
+            }
+            data = &data[take..];
+        }
+    }
+
+    fn finish(mut self) -> (u64, Vec<Digest>) {
+        if self.filled > 0 {
+            self.chunks.push(Digest(self.current.finalize().into()));
+        }
+        (self.total, self.chunks)
+    }
+}
+
+/// A writer that hashes chunks of what passes through it.
+struct ChunkHashingWriter<W> {
+    inner: W,
+    hasher: ChunkHasher,
+}
+
+impl<W: Write> Write for ChunkHashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Where the stored bytes go during analysis.
+enum StoredSink {
+    Plain(ChunkHasher),
+    Zstd(Box<zstd::stream::write::Encoder<'static, ChunkHashingWriter<io::BufWriter<File>>>>),
+}
+
+impl StoredSink {
+    fn update(&mut self, data: &[u8]) -> Result<()> {
+        match self {
+            StoredSink::Plain(h) => h.update(data),
+            StoredSink::Zstd(enc) => enc.write_all(data)?,
+        }
+        Ok(())
+    }
+}
+
+/// A thread that consumes shared blocks (whole-payload hash, verity tree).
+struct Worker<T> {
+    tx: Option<SyncSender<Arc<Vec<u8>>>>,
+    handle: JoinHandle<T>,
+}
+
+impl<T: Send + 'static> Worker<T> {
+    fn start(
+        name: &str,
+        work: impl FnOnce(Receiver<Arc<Vec<u8>>>) -> T + Send + 'static,
+    ) -> Result<Worker<T>> {
+        let (tx, rx) = sync_channel(3);
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || work(rx))?;
+        Ok(Worker {
+            tx: Some(tx),
+            handle,
+        })
+    }
+
+    fn send(&self, block: &Arc<Vec<u8>>) -> Result<()> {
+        match &self.tx {
+            Some(tx) if tx.send(Arc::clone(block)).is_ok() => Ok(()),
+            _ => Err(Error::Io(io::Error::other("worker thread stopped"))),
+        }
+    }
+
+    fn finish(mut self) -> Result<T> {
+        self.tx = None;
+        self.handle
+            .join()
+            .map_err(|_| Error::Io(io::Error::other("worker thread panicked")))
+    }
+}
+
+/// Reuses read buffers once every worker let go of them.
+#[derive(Default)]
+struct BufferPool(Vec<Arc<Vec<u8>>>);
+
+impl BufferPool {
+    fn take(&mut self) -> Arc<Vec<u8>> {
+        let free = self
+            .0
+            .iter()
+            .position(|b| Arc::strong_count(b) == 1 && Arc::weak_count(b) == 0);
+        let mut buf = match free {
+            Some(i) => self.0.swap_remove(i),
+            None => Arc::new(Vec::new()),
+        };
+        match Arc::get_mut(&mut buf) {
+            Some(v) => v.resize(READ_BLOCK, 0),
+            None => buf = Arc::new(vec![0; READ_BLOCK]),
+        }
+        buf
+    }
+
+    fn give_back(&mut self, buf: Arc<Vec<u8>>) {
+        if self.0.len() < 12 {
+            self.0.push(buf);
+        }
+    }
+}
+
+/// Reads into `buf` until it is full or the input ends; returns the count.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The analysis pass over one input: payload hash, verity tree, stored
+/// bytes' chunk hashes (compressing into a temporary file for zstd).
+fn analyze(
+    spec: &PayloadSpec,
+    opts: &CreateOptions,
+    tmp_dir: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(PayloadEntry, StoredSource)> {
+    let mut input = File::open(&spec.path).map_err(|e| {
+        Error::InvalidInput(format!(
+            "payload `{}`: cannot open {}: {e}",
+            spec.name,
+            spec.path.display()
+        ))
+    })?;
+    let whole = Worker::start("abkit-sha256", |rx| {
+        let mut h = Sha256::new();
+        for block in rx {
+            h.update(&block[..]);
+        }
+        <[u8; 32]>::from(h.finalize())
+    })?;
+    let verity = if spec.verity {
+        let mut salt = [0u8; 32];
+        getrandom::fill(&mut salt).map_err(|e| Error::Verity(format!("no randomness: {e}")))?;
+        let builder = VerityBuilder::new(&salt)?;
+        Some(Worker::start(
+            "abkit-verity",
+            move |rx: Receiver<Arc<Vec<u8>>>| {
+                let mut b = builder;
+                for block in rx {
+                    b.update(&block[..]);
+                }
+                b.finish()
+            },
+        )?)
+    } else {
+        None
+    };
+    let mut sink = match opts.compression {
+        Compression::None => StoredSink::Plain(ChunkHasher::new(opts.chunk_size)),
+        Compression::Zstd => {
+            let file = tempfile::tempfile_in(tmp_dir)?;
+            let writer = ChunkHashingWriter {
+                inner: io::BufWriter::with_capacity(1 << 20, file),
+                hasher: ChunkHasher::new(opts.chunk_size),
+            };
+            let mut enc = zstd::stream::write::Encoder::new(writer, opts.zstd_level)?;
+            enc.multithread(std::thread::available_parallelism().map_or(1, |n| n.get() as u32))?;
+            enc.include_contentsize(false)?;
+            StoredSink::Zstd(Box::new(enc))
+        }
+    };
+    let mut pool = BufferPool::default();
+    let mut size = 0u64;
+    loop {
+        let mut block = pool.take();
+        let n = match Arc::get_mut(&mut block) {
+            Some(buf) => {
+                let n = read_full(&mut input, buf)?;
+                buf.truncate(n);
+                n
+            }
+            None => 0,
+        };
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        whole.send(&block)?;
+        if let Some(v) = &verity {
+            v.send(&block)?;
+        }
+        sink.update(&block)?;
+        pool.give_back(block);
+        progress(n as u64);
+    }
+    let mut tail = Vec::new();
+    let mut verity_params = None;
+    if let Some(v) = verity {
+        let tree: VerityTree = v.finish()??;
+        tail.resize(tree.padding, 0);
+        tail.extend_from_slice(&tree.hash_area);
+        verity_params = Some(tree.params());
+        size += tail.len() as u64;
+        let tail_block = Arc::new(tail);
+        whole.send(&tail_block)?;
+        sink.update(&tail_block)?;
+        tail = Arc::try_unwrap(tail_block).unwrap_or_else(|shared| shared.as_ref().clone());
+    }
+    let sha256 = Digest(whole.finish()?);
+    let (stored_size, chunks, source) = match sink {
+        StoredSink::Plain(h) => {
+            let (total, chunks) = h.finish();
+            (
+                total,
+                chunks,
+                StoredSource::Input {
+                    path: spec.path.clone(),
+                    tail,
+                },
+            )
+        }
+        StoredSink::Zstd(enc) => {
+            let writer = enc.finish()?;
+            let (total, chunks) = writer.hasher.finish();
+            let file = writer
+                .inner
+                .into_inner()
+                .map_err(|e| Error::Io(e.into_error()))?;
+            (total, chunks, StoredSource::Compressed(file))
+        }
+    };
+    let entry = PayloadEntry {
+        name: spec.name.clone(),
+        size,
+        sha256,
+        compression: opts.compression,
+        stored_size,
+        chunks,
+        verity: verity_params,
+    };
+    Ok((entry, source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_hasher_splits_at_chunk_size_whatever_the_pieces() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let mut a = ChunkHasher::new(4096);
+        a.update(&data);
+        let mut b = ChunkHasher::new(4096);
+        for piece in data.chunks(333) {
+            b.update(piece);
+        }
+        let (ta, ca) = a.finish();
+        let (tb, cb) = b.finish();
+        assert_eq!((ta, &ca), (tb, &cb));
+        assert_eq!(ca.len(), 3);
+        assert_eq!(ca[2].0, <[u8; 32]>::from(Sha256::digest(&data[8192..])));
+    }
+}

@@ -1,0 +1,143 @@
+//! Which slot a loader boots, decided by the loader's own file name.
+//!
+//! One loader binary serves both slots: as `boot-b.efi` it boots B, as
+//! `boot-a.efi` or under any other name (the fallback `BOOTX64.EFI`) it boots A.
+
+use core::fmt;
+
+/// One of the two system slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Slot {
+    A,
+    B,
+}
+
+/// File name ending that selects slot B (compared without regard to ASCII case).
+const SLOT_B_SUFFIX: &str = "boot-b.efi";
+
+impl Slot {
+    /// The slot letter, `b'A'` or `b'B'`.
+    pub const fn letter(self) -> u8 {
+        match self {
+            Slot::A => b'A',
+            Slot::B => b'B',
+        }
+    }
+
+    /// The slot for a loader at `path` (any form: `\EFI\abkit\boot-b.efi`,
+    /// a device-path text, a bare file name). B if the path ends in
+    /// `boot-b.efi` (any case), otherwise A: `boot-a.efi` and every other name,
+    /// the fallback `\EFI\BOOT\BOOTX64.EFI` included. Trailing NULs are ignored.
+    pub fn from_loader_path(path: &str) -> Slot {
+        let path = path.trim_end_matches('\0').as_bytes();
+        let is_b = path.len() >= SLOT_B_SUFFIX.len()
+            && path[path.len() - SLOT_B_SUFFIX.len()..]
+                .eq_ignore_ascii_case(SLOT_B_SUFFIX.as_bytes());
+        if is_b { Slot::B } else { Slot::A }
+    }
+
+    /// Same as [`Slot::from_loader_path`] for a UCS-2 path, as the firmware
+    /// hands it over (with or without its terminating NUL).
+    pub fn from_loader_path_ucs2(path: &[u16]) -> Slot {
+        let end = path.iter().rposition(|&u| u != 0).map_or(0, |i| i + 1);
+        let path = &path[..end];
+        let Some(tail) = path
+            .len()
+            .checked_sub(SLOT_B_SUFFIX.len())
+            .map(|start| &path[start..])
+        else {
+            return Slot::A;
+        };
+        let is_b = tail
+            .iter()
+            .zip(SLOT_B_SUFFIX.bytes())
+            .all(|(&unit, want)| u8::try_from(unit).is_ok_and(|b| b.eq_ignore_ascii_case(&want)));
+        if is_b { Slot::B } else { Slot::A }
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Slot::A => "A",
+            Slot::B => "B",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `s` as UCS-2 with a terminating NUL, as the firmware hands paths over.
+    fn ucs2(s: &str) -> Vec<u16> {
+        s.encode_utf16().chain([0]).collect()
+    }
+
+    #[test]
+    fn slot_b_only_for_boot_b_efi_in_any_case() {
+        for path in [
+            r"\EFI\abkit\boot-b.efi",
+            r"\EFI\ABKIT\BOOT-B.EFI",
+            "boot-B.Efi",
+            r"HD(1,GPT,0CB28C03-08A8-4002-8767-6D62B5D8E9F0,0x800,0x10000)/\EFI\abkit\boot-b.efi",
+        ] {
+            assert_eq!(Slot::from_loader_path(path), Slot::B, "{path}");
+            assert_eq!(
+                Slot::from_loader_path_ucs2(&ucs2(path)),
+                Slot::B,
+                "{path} (ucs2)"
+            );
+        }
+    }
+
+    #[test]
+    fn slot_a_for_boot_a_fallback_and_anything_else() {
+        for path in [
+            r"\EFI\abkit\boot-a.efi",
+            r"\EFI\BOOT\BOOTX64.EFI",
+            "",
+            "b.efi",
+            "oot-b.efi",
+            r"\EFI\abkit\boot-b.efi.old",
+            r"\EFI\abkit\boot-b.ef",
+            r"\EFI\abkit\boot_b.efi",
+            r"\EFI\abkit\boot-b.efi\x",
+        ] {
+            assert_eq!(Slot::from_loader_path(path), Slot::A, "{path}");
+            assert_eq!(
+                Slot::from_loader_path_ucs2(&ucs2(path)),
+                Slot::A,
+                "{path} (ucs2)"
+            );
+        }
+    }
+
+    #[test]
+    fn nuls_inside_the_name_are_not_skipped() {
+        let mut units: [u16; 12] = [0; 12];
+        for (o, u) in units.iter_mut().zip("boot-b.efi".encode_utf16()) {
+            *o = u;
+        }
+        // "boot-b.efi" NUL "x": the name does not end in boot-b.efi.
+        units[11] = u16::from(b'x');
+        assert_eq!(Slot::from_loader_path_ucs2(&units), Slot::A);
+    }
+
+    #[test]
+    fn letters_and_display() {
+        assert_eq!(Slot::A.letter(), b'A');
+        assert_eq!(Slot::B.letter(), b'B');
+        assert_eq!(std::format!("{}{}", Slot::A, Slot::B), "AB");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ucs2_and_str_agree(path in "\\PC{0,30}(boot-[abAB]\\.[eE][fF][iI])?") {
+            let units: std::vec::Vec<u16> = path.encode_utf16().collect();
+            let expect = if path.to_ascii_lowercase().ends_with("boot-b.efi") { Slot::B } else { Slot::A };
+            proptest::prop_assert_eq!(Slot::from_loader_path(&path), expect);
+            proptest::prop_assert_eq!(Slot::from_loader_path_ucs2(&units), expect);
+        }
+    }
+}

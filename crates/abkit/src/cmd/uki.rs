@@ -1,0 +1,190 @@
+//! `abkit uki`: build a loader (the abkit stub plus kernel, initrd and command
+//! line) and show what a built one holds.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+
+/// File name of the stub next to the `abkit` executable.
+const STUB_FILE_NAME: &str = "abkit-stub.efi";
+/// Environment variable naming the stub.
+const STUB_ENV: &str = "ABKIT_STUB";
+
+#[derive(Subcommand)]
+pub enum UkiCommand {
+    /// Build a loader: the abkit stub with kernel, initrd, command line and
+    /// os-release appended as the UKI sections .osrel, .cmdline, .initrd and
+    /// .linux. The same file serves as boot-a.efi, boot-b.efi and
+    /// BOOTX64.EFI: at boot it replaces SYSTEM-X in the command line with the
+    /// slot its own file name names.
+    Build {
+        /// The kernel: an EFI-stub bzImage such as /boot/vmlinuz-*.
+        #[arg(long, value_name = "FILE")]
+        kernel: PathBuf,
+        /// The initrd, handed to the kernel through the LoadFile2 protocol.
+        #[arg(long, value_name = "FILE")]
+        initrd: Option<PathBuf>,
+        /// The kernel command line; write SYSTEM-X where the slot belongs,
+        /// e.g. "console=ttyS0 root=PARTLABEL=ABKIT-SYSTEM-X ro".
+        #[arg(long, value_name = "TEXT")]
+        cmdline: Option<String>,
+        /// An os-release file to embed (shown by `abkit uki inspect`).
+        #[arg(long, value_name = "FILE")]
+        osrel: Option<PathBuf>,
+        /// The loader stub (built by `make stub`). Default: $ABKIT_STUB, else
+        /// abkit-stub.efi next to the abkit executable.
+        #[arg(long, value_name = "FILE")]
+        stub: Option<PathBuf>,
+        /// Where to write the loader.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Show the sections of a loader (or of a bare stub), its command line
+    /// and what it carries.
+    Inspect {
+        /// The loader (.efi) to read.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(cmd: UkiCommand) -> anyhow::Result<()> {
+    match cmd {
+        UkiCommand::Build {
+            kernel,
+            initrd,
+            cmdline,
+            osrel,
+            stub,
+            output,
+        } => {
+            let stub_path = find_stub(stub)?;
+            let stub = read(&stub_path, "stub")?;
+            let kernel = read(&kernel, "kernel")?;
+            let initrd = initrd.map(|p| read(&p, "initrd")).transpose()?;
+            let osrel = osrel.map(|p| read(&p, "os-release")).transpose()?;
+            let parts = abkit_uki::UkiParts {
+                linux: &kernel,
+                initrd: initrd.as_deref(),
+                cmdline: cmdline.as_deref().map(str::as_bytes),
+                osrel: osrel.as_deref(),
+            };
+            let uki = abkit_uki::build(&stub, &parts).with_context(|| {
+                format!(
+                    "cannot build a loader from the stub {}",
+                    stub_path.display()
+                )
+            })?;
+            write_new_file(&output, &uki)?;
+            eprintln!("abkit: wrote {} ({} bytes)", output.display(), uki.len());
+            Ok(())
+        }
+        UkiCommand::Inspect { file, json } => {
+            let bytes = read(&file, "loader")?;
+            let info = abkit_uki::inspect(&bytes)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                print_info(&info);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The stub to build on: `--stub`, else `$ABKIT_STUB`, else next to `abkit`.
+fn find_stub(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path);
+    }
+    if let Some(path) = std::env::var_os(STUB_ENV).filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("cannot tell where the abkit executable is")?;
+    let beside = exe.with_file_name(STUB_FILE_NAME);
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    bail!(
+        "no loader stub: pass --stub FILE or set ${STUB_ENV}, or put {STUB_FILE_NAME} next to {} \
+         (`make stub` builds it into build/abkit-stub.efi)",
+        exe.display()
+    )
+}
+
+fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
+}
+
+/// Writes `bytes` to a temporary file beside `path`, flushes it and renames it
+/// over `path`, so a reader never sees half a loader.
+fn write_new_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file name", path.display()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn print_info(info: &abkit_uki::UkiInfo) {
+    let kind = match (&info.stub, info.is_uki()) {
+        (Some(stub), true) => format!("loader built on {stub}"),
+        (Some(stub), false) => format!("bare stub ({stub}), no kernel"),
+        (None, true) => "UKI on a foreign stub".to_string(),
+        (None, false) => "PE image without UKI sections".to_string(),
+    };
+    println!("kind:      {kind}");
+    if let Some(cmdline) = &info.cmdline {
+        println!("cmdline:   {cmdline}");
+    }
+    if let Some(name) = &info.os_pretty_name {
+        println!("os:        {name}");
+    }
+    if let Some(size) = info.linux_size {
+        println!("kernel:    {size} bytes");
+    }
+    if let Some(size) = info.initrd_size {
+        println!("initrd:    {size} bytes");
+    }
+    let verdict = if info.checksum_stored == info.checksum_computed {
+        "ok"
+    } else {
+        "differs"
+    };
+    println!(
+        "checksum:  {:#010x} (computed {:#010x}: {verdict})",
+        info.checksum_stored, info.checksum_computed
+    );
+    println!("sections:");
+    println!(
+        "  {:<9} {:>10} {:>10} {:>10} {:>10}",
+        "name", "address", "size", "offset", "raw size"
+    );
+    for s in &info.sections {
+        println!(
+            "  {:<9} {:#10x} {:#10x} {:#10x} {:#10x}",
+            s.name, s.virtual_address, s.virtual_size, s.file_offset, s.raw_size
+        );
+    }
+}

@@ -1,0 +1,363 @@
+//! `abkit keygen` and `abkit bundle create|verify|inspect|extract`, run as
+//! the built binary on small generated images, with `veritysetup` checking
+//! the extracted system payload.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn abkit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_abkit"))
+        .args(args)
+        .output()
+        .expect("run abkit")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    /// Keys `rel` (in `ring/`) and `other` (in `other-ring/`), inputs boot.efi and system.img.
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Setup { dir };
+        for (name, ring) in [("rel", "ring"), ("other", "other-ring")] {
+            let o = abkit(&["keygen", "--out", s.p(name).to_str().unwrap()]);
+            assert!(o.status.success(), "{:?}", text(&o));
+            std::fs::create_dir(s.p(ring)).unwrap();
+            std::fs::copy(
+                s.p(&format!("{name}.pub")),
+                s.p(&format!("{ring}/{name}.pub")),
+            )
+            .unwrap();
+        }
+        std::fs::write(s.p("boot.efi"), noise(200_000, 1)).unwrap();
+        let mut system = noise(1_500_000, 2);
+        system.resize(3 * 1024 * 1024 + 100, 0);
+        std::fs::write(s.p("system.img"), system).unwrap();
+        s
+    }
+
+    fn p(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn s(&self, name: &str) -> String {
+        self.p(name).to_str().unwrap().to_owned()
+    }
+
+    fn create(&self, out: &str, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "bundle".to_owned(),
+            "create".into(),
+            "--efi".into(),
+            self.s("boot.efi"),
+            "--system".into(),
+            self.s("system.img"),
+            "--version".into(),
+            "1.2.0".into(),
+            "--compatible".into(),
+            "demo-os".into(),
+            "--key".into(),
+            self.s("rel.key"),
+            "-o".into(),
+            self.s(out),
+        ];
+        if !extra.contains(&"--chunk-kib") {
+            args.extend(["--chunk-kib".into(), "256".into()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        abkit(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+}
+
+#[test]
+fn keygen_writes_a_private_key_and_refuses_to_overwrite() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let s = Setup::new();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&s.p("rel.key")), 0o600);
+    let public = std::fs::read_to_string(s.p("rel.pub")).unwrap();
+    assert!(public.starts_with("abkit-ed25519-public-key\n"), "{public}");
+    let secret = std::fs::read_to_string(s.p("rel.key")).unwrap();
+    assert!(secret.starts_with("abkit-ed25519-secret-key\n"));
+    let o = abkit(&["keygen", "--out", &s.s("rel")]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("already exists"), "{:?}", text(&o));
+    assert_eq!(
+        std::fs::read_to_string(s.p("rel.key")).unwrap(),
+        secret,
+        "the old key survived"
+    );
+    let o = abkit(&[
+        "keygen",
+        "--out",
+        &s.s("rel"),
+        "--force",
+        "--comment",
+        "ci key",
+    ]);
+    assert!(o.status.success());
+    assert!(
+        std::fs::read_to_string(s.p("rel.pub"))
+            .unwrap()
+            .ends_with("# ci key\n")
+    );
+}
+
+#[test]
+fn create_verify_inspect_extract_round_trip() {
+    let s = Setup::new();
+    for (out, extra) in [
+        ("plain.abb", &[][..]),
+        ("zstd.abb", &["--zstd", "--min-version", "1.0.0"][..]),
+    ] {
+        let o = s.create(out, extra);
+        let (stdout, stderr) = text(&o);
+        assert!(o.status.success(), "{stdout}{stderr}");
+        assert!(stdout.contains("demo-os 1.2.0"), "{stdout}");
+
+        let o = abkit(&["bundle", "verify", &s.s(out), "--keyring", &s.s("ring")]);
+        let (stdout, stderr) = text(&o);
+        assert!(o.status.success(), "{stdout}{stderr}");
+        assert!(
+            stdout.starts_with("ok: demo-os 1.2.0 signed by key "),
+            "{stdout}"
+        );
+
+        let o = abkit(&[
+            "bundle",
+            "verify",
+            &s.s(out),
+            "--keyring",
+            &s.s("ring"),
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["ok"], true);
+        assert_eq!(v["payloads"][1]["name"], "system");
+
+        let o = abkit(&[
+            "bundle",
+            "inspect",
+            &s.s(out),
+            "--json",
+            "--keyring",
+            &s.s("ring"),
+        ]);
+        assert!(o.status.success(), "{:?}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["format_version"], 1);
+        assert_eq!(v["manifest"]["compatible"], "demo-os");
+        assert_eq!(v["manifest"]["version"], "1.2.0");
+        assert_eq!(v["signatures"][0]["status"], "valid");
+        assert_eq!(v["signatures"][0]["key_id"].as_str().unwrap().len(), 16);
+        let system = &v["manifest"]["payloads"][1];
+        assert_eq!(
+            system["verity"]["data_size"],
+            (3 * 1024 * 1024 + 4096) as u64
+        );
+        assert_eq!(
+            system["compression"],
+            if extra.is_empty() { "none" } else { "zstd" }
+        );
+
+        let o = abkit(&["bundle", "inspect", &s.s(out)]);
+        let (stdout, _) = text(&o);
+        assert!(stdout.contains("not checked (no keyring)"), "{stdout}");
+        assert!(stdout.contains("dm-verity: root "), "{stdout}");
+
+        let dest = s.p(&format!("{out}.d"));
+        let o = abkit(&[
+            "bundle",
+            "extract",
+            &s.s(out),
+            "--keyring",
+            &s.s("ring"),
+            "--out",
+            dest.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{:?}", text(&o));
+        assert_eq!(
+            std::fs::read(dest.join("efi")).unwrap(),
+            std::fs::read(s.p("boot.efi")).unwrap()
+        );
+        let extracted = std::fs::read(dest.join("system")).unwrap();
+        let input = std::fs::read(s.p("system.img")).unwrap();
+        assert_eq!(&extracted[..input.len()], &input[..]);
+        let root = system["verity"]["root_hash"].as_str().unwrap();
+        let offset = format!("--hash-offset={}", system["verity"]["hash_offset"]);
+        let img = dest.join("system");
+        let img = img.to_str().unwrap();
+        let vs = Command::new("veritysetup")
+            .args(["verify", img, img, root, &offset])
+            .output()
+            .unwrap();
+        assert!(vs.status.success(), "veritysetup: {:?}", text(&vs));
+    }
+}
+
+#[test]
+fn verify_failures_exit_nonzero_with_a_named_error() {
+    let s = Setup::new();
+    assert!(s.create("b.abb", &[]).status.success());
+    let o = abkit(&[
+        "bundle",
+        "verify",
+        &s.s("b.abb"),
+        "--keyring",
+        &s.s("other-ring"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).1.contains("[no-trusted-signature]"),
+        "{:?}",
+        text(&o)
+    );
+
+    let mut bytes = std::fs::read(s.p("b.abb")).unwrap();
+    let at = bytes.len() - 300_000;
+    bytes[at] ^= 1;
+    std::fs::write(s.p("bad.abb"), &bytes).unwrap();
+    let o = abkit(&[
+        "bundle",
+        "verify",
+        &s.s("bad.abb"),
+        "--keyring",
+        &s.s("ring"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let (stdout, stderr) = text(&o);
+    assert!(stderr.starts_with("abkit: error: "), "{stderr}");
+    assert!(
+        stderr.contains("[chunk-hash-mismatch] payload `system` chunk"),
+        "{stderr}"
+    );
+    assert!(stdout.is_empty(), "{stdout}");
+
+    // extract of the corrupt bundle: efi is written (it verified), system is not.
+    let dest = s.p("out");
+    let o = abkit(&[
+        "bundle",
+        "extract",
+        &s.s("bad.abb"),
+        "--keyring",
+        &s.s("ring"),
+        "--out",
+        dest.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(dest.join("efi").exists());
+    let left: Vec<_> = std::fs::read_dir(&dest)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from("efi")],
+        "no partial system file remains"
+    );
+
+    std::fs::write(s.p("short.abb"), &bytes[..100]).unwrap();
+    let o = abkit(&["bundle", "inspect", &s.s("short.abb")]);
+    assert!(text(&o).1.contains("[truncated]"), "{:?}", text(&o));
+    let o = abkit(&[
+        "bundle",
+        "verify",
+        &s.s("b.abb"),
+        "--keyring",
+        &s.s("missing"),
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("keyring"), "{:?}", text(&o));
+}
+
+#[test]
+fn verify_reads_a_bundle_from_stdin() {
+    let s = Setup::new();
+    assert!(s.create("b.abb", &["--zstd"]).status.success());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_abkit"))
+        .args(["bundle", "verify", "-", "--keyring", &s.s("ring")])
+        .stdin(std::fs::File::open(s.p("b.abb")).unwrap())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn create_refuses_bad_arguments_by_name() {
+    let s = Setup::new();
+    let o = s.create("x.abb", &["--zstd-level", "22"]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("zstd-level"), "{:?}", text(&o));
+    std::fs::write(s.p("bad.key"), "abkit-ed25519-public-key\nAAAA\n").unwrap();
+    let mut args: Vec<String> = ["bundle", "create", "--efi"].map(String::from).to_vec();
+    args.extend([
+        s.s("boot.efi"),
+        "--system".into(),
+        s.s("system.img"),
+        "--version".into(),
+        "1.0.0".into(),
+    ]);
+    args.extend([
+        "--compatible".into(),
+        "x".into(),
+        "--key".into(),
+        s.s("bad.key"),
+        "-o".into(),
+        s.s("x.abb"),
+    ]);
+    let o = abkit(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        text(&o).1.contains("a secret key was expected"),
+        "{:?}",
+        text(&o)
+    );
+    assert!(!s.p("x.abb").exists());
+    let o = s.create("x.abb", &["--chunk-kib", "6"]);
+    let err = text(&o).1;
+    assert!(
+        err.contains("[manifest-invalid]") && err.contains("chunk_size 6144"),
+        "{err}"
+    );
+    assert!(!s.p("x.abb").exists(), "no output after a failed create");
+}
+
+#[test]
+fn every_bundle_command_has_help() {
+    for sub in [
+        &["keygen"][..],
+        &["bundle"],
+        &["bundle", "create"],
+        &["bundle", "verify"],
+        &["bundle", "inspect"],
+        &["bundle", "extract"],
+    ] {
+        let mut args = sub.to_vec();
+        args.push("--help");
+        let o = abkit(&args);
+        assert!(o.status.success(), "{sub:?}: {:?}", text(&o));
+        assert!(text(&o).0.contains("Usage: abkit"), "{sub:?}");
+    }
+}

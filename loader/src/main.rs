@@ -1,0 +1,369 @@
+//! The abkit EFI loader: one UKI-style stub for both slots.
+//!
+//! It learns its slot from its own file name (`boot-b.efi` → B, anything else
+//! → A), takes kernel, initrd and command line from its own PE sections,
+//! writes the slot into the command line, records how it booted in EFI
+//! variables and starts the kernel. On failure it says what failed and returns
+//! an error status, so the firmware moves on to the next boot entry.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::ffi::c_void;
+use core::fmt;
+
+use abkit_loader_core::cmdline::{rewrite_slot_placeholder, trim_cmdline, ucs2_units};
+use abkit_loader_core::guid::{
+    ABKIT_VENDOR_GUID_EFI, LINUX_EFI_INITRD_MEDIA_GUID_EFI, LOADER_INTERFACE_GUID_EFI, format_upper,
+};
+use abkit_loader_core::pe::{Layout, PeImage};
+use abkit_loader_core::vars::{
+    ABKIT_BOOTED_SLOT, LOADER_DEVICE_PART_UUID, LOADER_IMAGE_IDENTIFIER, VOLATILE_BS_RT,
+};
+use abkit_loader_core::{STUB_MARKER_PREFIX, Slot};
+use uefi::boot::{self, LoadImageSource, OpenProtocolAttributes, OpenProtocolParams};
+use uefi::prelude::*;
+use uefi::proto::device_path::media::PartitionSignature;
+use uefi::proto::device_path::text::{AllowShortcuts, DisplayOnly};
+use uefi::proto::device_path::{DevicePath, DevicePathNodeEnum};
+use uefi::proto::loaded_image::LoadedImage;
+use uefi::runtime::{self, VariableAttributes, VariableVendor};
+use uefi::{CString16, Guid, println};
+use uefi_raw::Boolean;
+use uefi_raw::protocol::device_path::DevicePathProtocol;
+use uefi_raw::protocol::media::LoadFile2Protocol;
+
+/// `abkit-stub <version>` in the `.abkit` section: `abkit uki build` checks it.
+const MARKER_TEXT: &str = concat!("abkit-stub ", env!("CARGO_PKG_VERSION"));
+const _: () = assert!(MARKER_TEXT.len() > STUB_MARKER_PREFIX.len());
+
+#[used]
+#[unsafe(link_section = ".abkit")]
+static STUB_MARKER: [u8; MARKER_TEXT.len()] = marker_bytes();
+
+const fn marker_bytes() -> [u8; MARKER_TEXT.len()] {
+    let text = MARKER_TEXT.as_bytes();
+    let mut out = [0u8; MARKER_TEXT.len()];
+    let mut i = 0;
+    while i < text.len() {
+        out[i] = text[i];
+        i += 1;
+    }
+    out
+}
+
+/// What went wrong, and the status handed back to the firmware.
+struct Failure {
+    what: &'static str,
+    status: Status,
+    detail: Option<alloc::string::String>,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({:?})", self.what, self.status)?;
+        if let Some(detail) = &self.detail {
+            write!(f, ": {detail}")?;
+        }
+        Ok(())
+    }
+}
+
+fn fail(what: &'static str, status: Status) -> Failure {
+    Failure {
+        what,
+        status,
+        detail: None,
+    }
+}
+
+trait Context<T> {
+    fn context(self, what: &'static str) -> Result<T, Failure>;
+}
+
+impl<T, D: fmt::Debug> Context<T> for uefi::Result<T, D> {
+    fn context(self, what: &'static str) -> Result<T, Failure> {
+        self.map_err(|e| fail(what, e.status()))
+    }
+}
+
+#[entry]
+fn main() -> Status {
+    if uefi::helpers::init().is_err() {
+        return Status::LOAD_ERROR;
+    }
+    match boot_own_kernel() {
+        Ok(never) => match never {},
+        Err(failure) => {
+            println!("abkit: error: {failure}");
+            failure.status
+        }
+    }
+}
+
+/// Everything the loader learned about itself from its LoadedImage.
+struct SelfImage {
+    /// The loader's file path as UCS-2 text with NUL (`\EFI\abkit\boot-b.efi`).
+    path: CString16,
+    /// The partition it was loaded from.
+    device: Option<Handle>,
+    /// The loader's image as the firmware mapped it.
+    image: &'static [u8],
+}
+
+fn boot_own_kernel() -> Result<core::convert::Infallible, Failure> {
+    let me = read_self()?;
+    let slot = Slot::from_loader_path_ucs2(me.path.to_u16_slice());
+    println!("abkit: booting slot {slot}");
+
+    let pe = PeImage::parse(me.image).map_err(|e| Failure {
+        what: "cannot read the loader's own PE headers",
+        status: Status::LOAD_ERROR,
+        detail: Some(alloc::format!("{e}")),
+    })?;
+    let section = |name: &str| {
+        pe.find_section_data(name, Layout::Mapped)
+            .map_err(|e| Failure {
+                what: "a section of the loader is corrupt",
+                status: Status::LOAD_ERROR,
+                detail: Some(alloc::format!("{e}")),
+            })
+    };
+    let kernel = section(".linux")?.ok_or(Failure {
+        what: "the loader carries no kernel",
+        status: Status::NOT_FOUND,
+        detail: Some("no .linux section: build a UKI with `abkit uki build`".into()),
+    })?;
+    let initrd = section(".initrd")?;
+    let cmdline = section(".cmdline")?.unwrap_or_default();
+
+    let mut cmdline = trim_cmdline(cmdline).to_vec();
+    rewrite_slot_placeholder(&mut cmdline, slot);
+    let mut options: Vec<u16> = ucs2_units(&cmdline)
+        .map_err(|e| Failure {
+            what: "the .cmdline section cannot be passed on",
+            status: Status::LOAD_ERROR,
+            detail: Some(alloc::format!("{e}")),
+        })?
+        .collect();
+    options.push(0);
+
+    record_boot(&me, slot);
+
+    if let Some(initrd) = initrd {
+        offer_initrd(initrd)?;
+    }
+    start_kernel(kernel, options)
+}
+
+fn read_self() -> Result<SelfImage, Failure> {
+    let loaded = boot::open_protocol_exclusive::<LoadedImage>(boot::image_handle())
+        .context("cannot open the loader's LoadedImage")?;
+    let path = match loaded.file_path() {
+        Some(path) => path
+            .to_string16(DisplayOnly(false), AllowShortcuts(false))
+            .map_err(|_| {
+                fail(
+                    "cannot turn the loader's file path into text",
+                    Status::OUT_OF_RESOURCES,
+                )
+            })?,
+        None => CString16::new(),
+    };
+    let (base, size) = loaded.info();
+    let size = usize::try_from(size)
+        .map_err(|_| fail("the loader's image size is too large", Status::LOAD_ERROR))?;
+    // SAFETY: the firmware mapped our whole image (SizeOfImage bytes) at
+    // `base`; it stays mapped while we run, and we only read it.
+    let image = unsafe { core::slice::from_raw_parts(base.cast::<u8>(), size) };
+    Ok(SelfImage {
+        path,
+        device: loaded.device(),
+        image,
+    })
+}
+
+/// Sets the Boot Loader Interface variables and abkit's booted-slot variable.
+/// A failure here is reported but does not stop the boot.
+fn record_boot(me: &SelfImage, slot: Slot) {
+    let loader_vendor = VariableVendor(Guid::from_bytes(LOADER_INTERFACE_GUID_EFI));
+    let abkit_vendor = VariableVendor(Guid::from_bytes(ABKIT_VENDOR_GUID_EFI));
+    match esp_partition_guid(me.device) {
+        Some(guid) => {
+            let text = format_upper(guid);
+            let value: Vec<u16> = text.iter().map(|&b| u16::from(b)).chain([0]).collect();
+            set_text_variable(LOADER_DEVICE_PART_UUID, &loader_vendor, &value);
+        }
+        None => println!(
+            "abkit: warning: the loader's partition has no GPT GUID; {LOADER_DEVICE_PART_UUID} not set"
+        ),
+    }
+    set_text_variable(
+        LOADER_IMAGE_IDENTIFIER,
+        &loader_vendor,
+        me.path.to_u16_slice_with_nul(),
+    );
+    let slot_text = [u16::from(slot.letter()), 0];
+    set_text_variable(ABKIT_BOOTED_SLOT, &abkit_vendor, &slot_text);
+}
+
+fn set_text_variable(name: &str, vendor: &VariableVendor, value: &[u16]) {
+    let Ok(name16) = CString16::try_from(name) else {
+        return;
+    };
+    let bytes: Vec<u8> = value.iter().flat_map(|u| u.to_le_bytes()).collect();
+    let attributes = VariableAttributes::from_bits_truncate(VOLATILE_BS_RT);
+    if let Err(e) = runtime::set_variable(&name16, vendor, attributes, &bytes) {
+        println!("abkit: warning: cannot set {name}: {:?}", e.status());
+    }
+}
+
+/// The GPT partition GUID (EFI byte order) from the HD() node of the device
+/// the loader was loaded from.
+fn esp_partition_guid(device: Option<Handle>) -> Option<[u8; 16]> {
+    let device = device?;
+    // SAFETY: GetProtocol does not take the protocol from its drivers (an
+    // exclusive open would disconnect the FAT and partition drivers); we only
+    // read the path while the handle exists, which it does until we exit.
+    let path = unsafe {
+        boot::open_protocol::<DevicePath>(
+            OpenProtocolParams {
+                handle: device,
+                agent: boot::image_handle(),
+                controller: None,
+            },
+            OpenProtocolAttributes::GetProtocol,
+        )
+    }
+    .ok()?;
+    path.node_iter().find_map(|node| match node.as_enum() {
+        Ok(DevicePathNodeEnum::MediaHardDrive(hd)) => match hd.partition_signature() {
+            PartitionSignature::Guid(guid) => Some(guid.to_bytes()),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+/// `EFI_LOAD_FILE2_PROTOCOL` serving the initrd, with the data it serves.
+/// The protocol must be the first field: the firmware hands its address back.
+#[repr(C)]
+struct InitrdLoadFile {
+    protocol: LoadFile2Protocol,
+    data: &'static [u8],
+}
+
+/// Device path of one vendor media node with `LINUX_EFI_INITRD_MEDIA_GUID`
+/// and an end node: where Linux's EFI stub looks for its initrd.
+#[repr(C, packed)]
+struct InitrdDevicePath {
+    node_type: u8,
+    node_subtype: u8,
+    node_length: [u8; 2],
+    vendor_guid: [u8; 16],
+    end: [u8; 4],
+}
+
+static INITRD_DEVICE_PATH: InitrdDevicePath = InitrdDevicePath {
+    node_type: 4,    // media device path
+    node_subtype: 3, // vendor
+    node_length: 20u16.to_le_bytes(),
+    vendor_guid: LINUX_EFI_INITRD_MEDIA_GUID_EFI,
+    end: [0x7f, 0xff, 4, 0], // end of entire device path
+};
+
+/// `LoadFile2.LoadFile` for the initrd: report the size when the buffer is
+/// missing or short, else copy the initrd into it.
+///
+/// # Safety
+/// Called by the firmware/kernel with `this` pointing at our `InitrdLoadFile`
+/// and `buffer_size` (and `buffer`, when not null) valid for writes.
+unsafe extern "efiapi" fn load_initrd(
+    this: *mut LoadFile2Protocol,
+    _file_path: *const DevicePathProtocol,
+    boot_policy: Boolean,
+    buffer_size: *mut usize,
+    buffer: *mut c_void,
+) -> Status {
+    if this.is_null() || buffer_size.is_null() {
+        return Status::INVALID_PARAMETER;
+    }
+    if boot_policy != Boolean::FALSE {
+        // LoadFile2 never serves boot selections.
+        return Status::UNSUPPORTED;
+    }
+    // SAFETY: `this` is the first field of a leaked InitrdLoadFile (repr(C)).
+    let data = unsafe { (*this.cast::<InitrdLoadFile>()).data };
+    // SAFETY: checked non-null above; the caller owns it.
+    let available = unsafe { *buffer_size };
+    if buffer.is_null() || available < data.len() {
+        // SAFETY: as above.
+        unsafe { *buffer_size = data.len() };
+        return Status::BUFFER_TOO_SMALL;
+    }
+    // SAFETY: the caller gave a buffer of `available >= data.len()` bytes.
+    unsafe {
+        core::ptr::copy_nonoverlapping(data.as_ptr(), buffer.cast::<u8>(), data.len());
+        *buffer_size = data.len();
+    }
+    Status::SUCCESS
+}
+
+/// Installs the initrd device path and LoadFile2 on a new handle, as UKI stubs
+/// do; the kernel's EFI stub asks for it and loads the initrd from us.
+fn offer_initrd(initrd: &'static [u8]) -> Result<(), Failure> {
+    let loader: &'static InitrdLoadFile = Box::leak(Box::new(InitrdLoadFile {
+        protocol: LoadFile2Protocol {
+            load_file: load_initrd,
+        },
+        data: initrd,
+    }));
+    // SAFETY: both interfaces are 'static (a static and a leaked box) and
+    // match their GUIDs: a device path, and a LoadFile2 protocol struct.
+    unsafe {
+        let handle = boot::install_protocol_interface(
+            None,
+            &DevicePathProtocol::GUID,
+            (&raw const INITRD_DEVICE_PATH).cast::<c_void>(),
+        )
+        .context("cannot install the initrd device path")?;
+        boot::install_protocol_interface(
+            Some(handle),
+            &LoadFile2Protocol::GUID,
+            core::ptr::from_ref(loader).cast::<c_void>(),
+        )
+        .context("cannot install the initrd LoadFile2 protocol")?;
+    }
+    Ok(())
+}
+
+/// Loads the kernel from memory, gives it the command line and starts it.
+/// Returns only if the kernel could not be started or came back.
+fn start_kernel(kernel: &[u8], options: Vec<u16>) -> Result<core::convert::Infallible, Failure> {
+    let child = boot::load_image(
+        boot::image_handle(),
+        LoadImageSource::FromBuffer {
+            buffer: kernel,
+            file_path: None,
+        },
+    )
+    .context("the firmware refused to load the kernel")?;
+    // The kernel reads its options after StartImage: they must outlive it.
+    let options: &'static [u16] = options.leak();
+    let size = u32::try_from(core::mem::size_of_val(options))
+        .map_err(|_| fail("the command line is too long", Status::INVALID_PARAMETER))?;
+    {
+        let mut loaded = boot::open_protocol_exclusive::<LoadedImage>(child)
+            .context("cannot open the kernel's LoadedImage")?;
+        // SAFETY: `options` is leaked, so valid for the kernel's lifetime.
+        unsafe { loaded.set_load_options(options.as_ptr().cast::<u8>(), size) };
+    }
+    let status = match boot::start_image(child) {
+        Ok(()) => Status::LOAD_ERROR,
+        Err(e) => e.status(),
+    };
+    Err(fail("the kernel returned to the loader", status))
+}
