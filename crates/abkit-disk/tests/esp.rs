@@ -249,3 +249,28 @@ fn a_directory_loop_in_a_damaged_fat_is_an_error_not_a_hang() {
     let err = image.esp().unwrap().list().unwrap_err();
     assert!(err.to_string().contains("too deep"), "{err}");
 }
+
+#[test]
+fn write_file_from_streams_a_reader_into_a_file() {
+    let fx = Fixture::new();
+    let (disk, report) = fx.build("disk.img");
+    let payload = noise(300_000, 5);
+    {
+        let image = DiskImage::open(&disk).unwrap();
+        let esp = image.esp().unwrap();
+        let n = esp
+            .write_file_from("\\EFI\\abkit\\boot-b.efi.abkit-new", &mut &payload[..])
+            .unwrap();
+        assert_eq!(n, payload.len() as u64);
+        esp.rename("\\EFI\\abkit\\boot-b.efi.abkit-new", LOADER_PATH_B)
+            .unwrap();
+        esp.close().unwrap();
+    }
+    let esp_part = &report.partitions[0];
+    let copy = fx.path("esp.fat");
+    extract(&disk, esp_part.start(), esp_part.size(), &copy);
+    assert_fsck_clean(&copy);
+    let image_arg = mtools_image(&disk, esp_part.start());
+    let b = run_bytes(Command::new("mtype").args(["-i", &image_arg, "::/EFI/abkit/boot-b.efi"]));
+    assert!(b == payload, "mtype sees other bytes");
+}
