@@ -289,7 +289,10 @@ fn bad_inputs_are_named_and_change_nothing() {
     ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no abkit slot B partition") || err.contains("slot B"), "{err}");
+    assert!(
+        err.contains("no abkit slot B partition") || err.contains("slot B"),
+        "{err}"
+    );
     assert!(err.contains("broken.img"), "{err}");
 }
 
