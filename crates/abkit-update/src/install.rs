@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::entries::{committed_slot, deactivate_slot, ensure_slot_entry, find_slot_entries};
 use crate::machine::{Machine, SlotDevice, temp_path};
 use crate::progress::{Event, Reporter, Step};
-use crate::record::{SlotRecord, SlotState, now, read_record, write_record};
+use crate::record::{SlotRecord, SlotState, read_record, write_record};
 use crate::{Result, Slot, UpdateError};
 
 /// Size of the blocks streamed into the slot and read back.
@@ -232,18 +232,7 @@ pub fn install(
     );
 
     // Record what the slot holds before it can be booted.
-    let record = SlotRecord {
-        state: SlotState::Installed,
-        compatible: Some(manifest.compatible.clone()),
-        version: Some(manifest.version.to_string()),
-        bundle_sha256: Some(manifest_sha256(&manifest)),
-        system_size: Some(system.size),
-        system_sha256: Some(system.sha256.to_string()),
-        verity_root_hash: system.verity.as_ref().map(|v| v.root_hash.to_string()),
-        efi_sha256: Some(efi.sha256.to_string()),
-        installed_at: Some(now()),
-        good_at: None,
-    };
+    let record = SlotRecord::for_bundle(&manifest, SlotState::Installed);
     write_record(m.esp(), target, &record)?;
     step(
         rep,
@@ -273,12 +262,6 @@ pub fn install(
         boot_next: entry,
         system_sha256: system.sha256.to_string(),
     })
-}
-
-/// SHA-256 of the manifest as signed content: names the bundle.
-fn manifest_sha256(manifest: &Manifest) -> String {
-    let bytes = manifest.to_json().unwrap_or_default();
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// Reads until `buf` is full or the payload ends.
