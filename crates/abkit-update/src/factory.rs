@@ -13,13 +13,14 @@ use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use abkit_bundle::{BundleReader, Keyring, Manifest, PayloadReader};
-use abkit_disk::{BuildOptions, BuildReport, DiskError, DiskImage, Layout, LayoutOptions};
+use abkit_disk::{BuildOptions, BuildReport, DiskError, DiskImage, EspFile, Layout, LayoutOptions};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::machine::EspFiles;
 use crate::offline::ImageEsp;
 use crate::progress::{Event, Reporter, Step};
-use crate::record::{SlotRecord, SlotState, write_record};
+use crate::record::{SlotRecord, SlotState, record_path, write_record};
 use crate::{Result, Slot, UpdateError};
 
 /// Size of the blocks streamed out of the bundle and read back.
@@ -291,7 +292,7 @@ pub fn build_from_bundle(
     step(
         rep,
         Step::WriteSystem,
-        format!("building {}", options.output.display()),
+        format!("writing the disk image {}", built.display()),
     );
     let mut disk_report = abkit_disk::build(&BuildOptions {
         loader: efi_path,
@@ -320,6 +321,12 @@ pub fn build_from_bundle(
     };
     let mut esp = ImageEsp(esp);
     write_record(&mut esp, Slot::A, &record)?;
+    if let Some(bytes) = esp.read(record_path(Slot::A))? {
+        disk_report.esp_files.push(EspFile {
+            path: record_path(Slot::A).to_string(),
+            size: bytes.len() as u64,
+        });
+    }
     esp.0.close()?;
     let location = disk.esp_location();
     drop(disk);

@@ -159,6 +159,13 @@ fn slot_a_holds_what_an_install_of_the_bundle_writes_and_says_so() {
     drop(image);
     assert_eq!(report.slot_a, record);
     assert_eq!(report.disk.output, disk);
+    let listed: Vec<&str> = report
+        .disk
+        .esp_files
+        .iter()
+        .map(|f| f.path.as_str())
+        .collect();
+    assert!(listed.contains(&"\\EFI\\abkit\\slot-a.json"), "{listed:?}");
     assert_eq!(
         report.signer,
         rig.key.public_key().key_id().to_string(),
