@@ -358,3 +358,80 @@ fn bad_bundles_fail_with_a_named_error_before_the_output_exists() {
     assert!(err.to_string().contains("also an input"), "{err}");
     assert_eq!(std::fs::read(&good).unwrap(), bytes);
 }
+
+/// Detaches the loop device when the test ends, pass or fail.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_block_device_is_written_only_with_force_and_only_from_a_good_bundle() {
+    let rig = Rig::new();
+    let backing = rig.path("backing.raw");
+    std::fs::write(&backing, vec![0xa5u8; 64 << 20]).unwrap();
+    let attached = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&backing)
+        .output();
+    let device = match attached {
+        Ok(out) if out.status.success() => {
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        }
+        _ => {
+            eprintln!("SKIPPED: cannot attach a loop device (needs root)");
+            return;
+        }
+    };
+    let _guard = Loop(device.clone());
+    let good = rig.bundle("1.0.0", b'D');
+    let mut flipped = std::fs::read(&good).unwrap();
+    let at = flipped.len() - 1000;
+    flipped[at] ^= 1;
+    std::fs::write(rig.path("flipped.abb"), &flipped).unwrap();
+    let device_bytes = || {
+        let out = Command::new("cmp")
+            .arg(&device)
+            .arg(&backing)
+            .status()
+            .unwrap();
+        assert!(out.success(), "device and backing file agree");
+        std::fs::read(&backing).unwrap()
+    };
+    let untouched = device_bytes();
+
+    let mut opts = options(&rig, &good, "unused");
+    opts.output = PathBuf::from(&device);
+    let err = build_from_bundle(&opts, &rig.keyring, &mut Silent).unwrap_err();
+    assert!(err.to_string().contains("without --force"), "{err}");
+    opts.force = true;
+    opts.bundle = rig.path("flipped.abb");
+    let err = build_from_bundle(&opts, &rig.keyring, &mut Silent).unwrap_err();
+    assert!(err.to_string().contains("payload `system`"), "{err}");
+    assert!(
+        device_bytes() == untouched,
+        "a bad bundle touched the device"
+    );
+
+    opts.bundle = good.clone();
+    let report = build_from_bundle(&opts, &rig.keyring, &mut Silent).unwrap();
+    assert!(report.disk.block_device);
+    assert_eq!(report.disk.disk_size, 64 << 20);
+    sgdisk_verify(Path::new(&device));
+    let (_, all) = payloads(&good, &rig.keyring);
+    let system = payload(&all, "system");
+    let image = DiskImage::open_read_only(&device).unwrap();
+    let a = image.slot_range(Slot::A);
+    let bytes = device_bytes();
+    assert_eq!(
+        &bytes[a.start as usize..a.start as usize + system.len()],
+        system
+    );
+    let mut esp = ImageEsp(image.esp().unwrap());
+    let record = read_record(&mut esp, Slot::A).unwrap();
+    assert_eq!(record, report.slot_a);
+    assert_eq!(record.state, SlotState::Installed);
+}
