@@ -17,6 +17,10 @@ use serde::Serialize;
 use crate::sparse::{Slice, SparseDisk};
 use crate::{DiskError, Result};
 
+/// `list` refuses deeper trees and more entries (a damaged FAT can loop).
+const MAX_LIST_DEPTH: usize = 16;
+const MAX_LIST_ENTRIES: usize = 100_000;
+
 /// Suffix of the temporary file `write_file` writes before renaming it.
 pub const TEMP_SUFFIX: &str = ".abkit-new";
 
@@ -318,36 +322,35 @@ impl Esp {
     /// Every file and directory, depth first, with sizes.
     pub fn list(&self) -> Result<Vec<EspEntry>> {
         let mut out = Vec::new();
-        let mut pending = vec![(String::new(), self.fs.root_dir())];
-        while let Some((prefix, dir)) = pending.pop() {
-            let mut here = Vec::new();
+        let mut pending = vec![(String::new(), 0usize, self.fs.root_dir())];
+        while let Some((prefix, depth, dir)) = pending.pop() {
             for entry in dir.iter() {
                 let entry = entry.map_err(DiskError::fat(format!("list \\{prefix}")))?;
                 let name = entry.file_name();
                 if name == "." || name == ".." {
                     continue;
                 }
-                let path = format!("{prefix}\\{name}");
-                if entry.is_dir() {
-                    here.push((path.clone(), Some(entry.to_dir())));
-                    out.push(EspEntry {
-                        path,
-                        is_dir: true,
-                        size: 0,
-                    });
-                } else {
-                    out.push(EspEntry {
-                        path,
-                        is_dir: false,
-                        size: entry.len(),
+                // A damaged FAT can make a directory contain its ancestor.
+                if depth >= MAX_LIST_DEPTH || out.len() >= MAX_LIST_ENTRIES {
+                    return Err(DiskError::Fat {
+                        context: format!("list \\{prefix}"),
+                        source: io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "directory tree too deep or too large (damaged file system?)",
+                        ),
                     });
                 }
+                let path = format!("{prefix}\\{name}");
+                let is_dir = entry.is_dir();
+                if is_dir {
+                    pending.push((path.clone(), depth + 1, entry.to_dir()));
+                }
+                out.push(EspEntry {
+                    path,
+                    is_dir,
+                    size: if is_dir { 0 } else { entry.len() },
+                });
             }
-            pending.extend(
-                here.into_iter()
-                    .rev()
-                    .filter_map(|(p, d)| d.map(|d| (p, d))),
-            );
         }
         out.sort_by_key(|e| e.path.to_lowercase());
         Ok(out)

@@ -10,7 +10,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::esp::{Esp, Storage};
-use crate::fat_time::UTC_CLOCK;
+use crate::fat_time::{FIXED_TIME, UTC_CLOCK};
 use crate::layout::{DATA_TYPE, ESP_TYPE, SECTOR_SIZE, SLOT_A_TYPE, SLOT_B_TYPE};
 use crate::{DiskError, Result};
 
@@ -370,12 +370,23 @@ impl DiskImage {
     /// Mounts the ESP's FAT file system (writable if the disk was opened
     /// with [`DiskImage::open`]). Keep one `Esp` at a time per disk.
     pub fn esp(&self) -> Result<Esp> {
+        self.esp_with_clock(&UTC_CLOCK)
+    }
+
+    /// Like [`DiskImage::esp`], but files created or changed through it
+    /// carry the fixed time of seeded builds (2000-01-01 00:00), so that a
+    /// reproducible build stays byte-identical after later ESP writes.
+    pub fn esp_fixed_time(&self) -> Result<Esp> {
+        self.esp_with_clock(&FIXED_TIME)
+    }
+
+    fn esp_with_clock(&self, clock: &'static dyn fatfs::TimeProvider) -> Result<Esp> {
         let file = self
             .file
             .try_clone()
             .map(std::sync::Arc::new)
             .map_err(DiskError::io("duplicate the disk handle"))?;
         let esp = self.esp_partition();
-        Esp::mount(Storage::File(file), esp.start(), esp.size(), &UTC_CLOCK)
+        Esp::mount(Storage::File(file), esp.start(), esp.size(), clock)
     }
 }

@@ -220,3 +220,57 @@ fn a_crafted_gpt_entry_size_is_refused_not_a_crash() {
     let err = DiskImage::open(&disk).unwrap_err();
     assert!(err.to_string().contains("256 bytes"), "{err}");
 }
+
+#[test]
+fn a_directory_loop_in_a_damaged_fat_is_an_error_not_a_hang() {
+    let fx = Fixture::new();
+    let (disk, report) = fx.build("disk.img");
+    let esp = report.partitions[0].start() as usize;
+    let mut bytes = std::fs::read(&disk).unwrap();
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let u32_at =
+        |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]) as usize;
+    let boot = &bytes[esp..esp + 512];
+    let sector = u16_at(boot, 11);
+    let data = esp + (u16_at(boot, 14) + boot[16] as usize * u32_at(boot, 36)) * sector;
+    // Root directory = cluster 2 = start of the data area. Point its
+    // `EFI` entry back at the root itself.
+    let root = &mut bytes[data..data + 512];
+    let at = root
+        .chunks(32)
+        .position(|e| &e[..11] == b"EFI        ")
+        .expect("EFI entry in the root directory")
+        * 32;
+    root[at + 20..at + 22].copy_from_slice(&0u16.to_le_bytes());
+    root[at + 26..at + 28].copy_from_slice(&2u16.to_le_bytes());
+    std::fs::write(&disk, bytes).unwrap();
+
+    let image = DiskImage::open_read_only(&disk).unwrap();
+    let err = image.esp().unwrap().list().unwrap_err();
+    assert!(err.to_string().contains("too deep"), "{err}");
+}
+
+#[test]
+fn write_file_from_streams_a_reader_into_a_file() {
+    let fx = Fixture::new();
+    let (disk, report) = fx.build("disk.img");
+    let payload = noise(300_000, 5);
+    {
+        let image = DiskImage::open(&disk).unwrap();
+        let esp = image.esp().unwrap();
+        let n = esp
+            .write_file_from("\\EFI\\abkit\\boot-b.efi.abkit-new", &mut &payload[..])
+            .unwrap();
+        assert_eq!(n, payload.len() as u64);
+        esp.rename("\\EFI\\abkit\\boot-b.efi.abkit-new", LOADER_PATH_B)
+            .unwrap();
+        esp.close().unwrap();
+    }
+    let esp_part = &report.partitions[0];
+    let copy = fx.path("esp.fat");
+    extract(&disk, esp_part.start(), esp_part.size(), &copy);
+    assert_fsck_clean(&copy);
+    let image_arg = mtools_image(&disk, esp_part.start());
+    let b = run_bytes(Command::new("mtype").args(["-i", &image_arg, "::/EFI/abkit/boot-b.efi"]));
+    assert!(b == payload, "mtype sees other bytes");
+}

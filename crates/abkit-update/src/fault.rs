@@ -6,50 +6,51 @@
 //! if the machine lost power just before it: the first `k - 1` mutations are
 //! all that reached the disk.
 
-use std::cell::Cell;
 use std::io::{self, Read};
-use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use abkit_efi::{StoreError, VarName, VarStore, Variable};
 
 use crate::machine::{EspFiles, SlotDevice};
 use crate::{Result, UpdateError};
 
-/// Shared counter of mutations.
+/// Shared counter of mutations (shared with the slot writer thread).
 #[derive(Debug, Default)]
 pub struct PowerCut {
-    count: Cell<usize>,
-    cut_at: Cell<Option<usize>>,
+    count: AtomicUsize,
+    /// 0: never.
+    cut_at: AtomicUsize,
 }
 
 impl PowerCut {
     /// Counts only; never cuts.
-    pub fn counter() -> Rc<PowerCut> {
-        Rc::new(PowerCut::default())
+    pub fn counter() -> Arc<PowerCut> {
+        Arc::new(PowerCut::default())
     }
 
     /// Cuts the power at mutation `k` (1-based).
-    pub fn at(k: usize) -> Rc<PowerCut> {
+    pub fn at(k: usize) -> Arc<PowerCut> {
         let p = PowerCut::default();
-        p.cut_at.set(Some(k));
-        Rc::new(p)
+        p.cut_at.store(k.max(1), Ordering::SeqCst);
+        Arc::new(p)
     }
 
     /// Mutations attempted so far.
     pub fn count(&self) -> usize {
-        self.count.get()
+        self.count.load(Ordering::SeqCst)
     }
 
     /// Whether the power is off.
     pub fn is_cut(&self) -> bool {
-        self.cut_at.get().is_some_and(|k| self.count.get() >= k)
+        let k = self.cut_at.load(Ordering::SeqCst);
+        k != 0 && self.count() >= k
     }
 
     fn tick(&self) -> std::result::Result<(), usize> {
-        let n = self.count.get() + 1;
-        self.count.set(n);
-        match self.cut_at.get() {
-            Some(k) if n >= k => Err(k),
+        let n = self.count.fetch_add(1, Ordering::SeqCst) + 1;
+        match self.cut_at.load(Ordering::SeqCst) {
+            k if k != 0 && n >= k => Err(k),
             _ => Ok(()),
         }
     }
@@ -65,7 +66,7 @@ fn store_cut(k: usize) -> StoreError {
 /// A variable store that loses power on cue.
 pub struct FaultyVars {
     pub inner: Box<dyn VarStore>,
-    pub power: Rc<PowerCut>,
+    pub power: Arc<PowerCut>,
 }
 
 impl VarStore for FaultyVars {
@@ -94,7 +95,7 @@ impl VarStore for FaultyVars {
 /// ESP files that lose power on cue.
 pub struct FaultyEsp {
     pub inner: Box<dyn EspFiles>,
-    pub power: Rc<PowerCut>,
+    pub power: Arc<PowerCut>,
 }
 
 impl FaultyEsp {
@@ -130,7 +131,7 @@ impl EspFiles for FaultyEsp {
 /// A slot device that loses power on cue.
 pub struct FaultySlot<'a> {
     pub inner: Box<dyn SlotDevice + 'a>,
-    pub power: Rc<PowerCut>,
+    pub power: Arc<PowerCut>,
 }
 
 impl SlotDevice for FaultySlot<'_> {

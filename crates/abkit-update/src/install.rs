@@ -10,6 +10,7 @@
 //! (I4).
 
 use std::io::Read;
+use std::sync::mpsc;
 
 use abkit_bundle::{BundleReader, Keyring, Manifest, PayloadEntry, PayloadReader};
 use abkit_efi::boot::BootManager;
@@ -18,7 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::entries::{committed_slot, deactivate_slot, ensure_slot_entry, find_slot_entries};
 use crate::machine::{Machine, SlotDevice, temp_path};
 use crate::progress::{Event, Reporter, Step};
-use crate::record::{SlotRecord, SlotState, now, read_record, write_record};
+use crate::record::{SlotRecord, SlotState, read_record, write_record};
 use crate::{Result, Slot, UpdateError};
 
 /// Size of the blocks streamed into the slot and read back.
@@ -232,18 +233,7 @@ pub fn install(
     );
 
     // Record what the slot holds before it can be booted.
-    let record = SlotRecord {
-        state: SlotState::Installed,
-        compatible: Some(manifest.compatible.clone()),
-        version: Some(manifest.version.to_string()),
-        bundle_sha256: Some(manifest_sha256(&manifest)),
-        system_size: Some(system.size),
-        system_sha256: Some(system.sha256.to_string()),
-        verity_root_hash: system.verity.as_ref().map(|v| v.root_hash.to_string()),
-        efi_sha256: Some(efi.sha256.to_string()),
-        installed_at: Some(now()),
-        good_at: None,
-    };
+    let record = SlotRecord::for_bundle(&manifest, SlotState::Installed);
     write_record(m.esp(), target, &record)?;
     step(
         rep,
@@ -275,12 +265,6 @@ pub fn install(
     })
 }
 
-/// SHA-256 of the manifest as signed content: names the bundle.
-fn manifest_sha256(manifest: &Manifest) -> String {
-    let bytes = manifest.to_json().unwrap_or_default();
-    hex::encode(Sha256::digest(bytes))
-}
-
 /// Reads until `buf` is full or the payload ends.
 fn fill<R: Read>(p: &mut PayloadReader<'_, R>, buf: &mut [u8]) -> Result<usize> {
     let mut n = 0;
@@ -295,6 +279,12 @@ fn fill<R: Read>(p: &mut PayloadReader<'_, R>, buf: &mut [u8]) -> Result<usize> 
     Ok(n)
 }
 
+/// Blocks in flight between the verifying reader and the slot writer.
+const BLOCKS_IN_FLIGHT: usize = 3;
+
+/// Streams the verified system payload into the slot. The writing happens
+/// on a thread of its own, so that verifying block n+1 (hashing, on this
+/// thread) overlaps with writing block n.
 fn write_system<R: Read>(
     dev: &mut dyn SlotDevice,
     p: &mut PayloadReader<'_, R>,
@@ -307,53 +297,115 @@ fn write_system<R: Read>(
         Step::WriteSystem,
         format!("writing {total} bytes into slot {}", target.letter()),
     );
-    let mut buf = vec![0u8; BLOCK];
-    let mut offset = 0u64;
-    loop {
-        let n = fill(p, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        dev.write_at(offset, &buf[..n])
-            .map_err(UpdateError::io(format!(
+    let (full_tx, full_rx) = mpsc::sync_channel::<(u64, Vec<u8>)>(BLOCKS_IN_FLIGHT);
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    for _ in 0..BLOCKS_IN_FLIGHT {
+        let _ = free_tx.send(vec![0u8; BLOCK]);
+    }
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> std::result::Result<(), (u64, std::io::Error)> {
+            for (offset, buf) in full_rx {
+                dev.write_at(offset, &buf).map_err(|e| (offset, e))?;
+                if free_tx.send(buf).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        let produced = (|| -> Result<()> {
+            let mut offset = 0u64;
+            // A closed channel means the writer stopped: its error follows.
+            while let Ok(mut buf) = free_rx.recv() {
+                buf.resize(BLOCK, 0);
+                let n = fill(p, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                if full_tx.send((offset, buf)).is_err() {
+                    break;
+                }
+                offset += n as u64;
+                rep.event(Event::Progress {
+                    step: Step::WriteSystem,
+                    done: offset,
+                    total,
+                });
+            }
+            Ok(())
+        })();
+        drop(full_tx);
+        let written = writer.join();
+        produced?;
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err((offset, e))) => Err(UpdateError::io(format!(
                 "write slot {} at byte {offset}",
                 target.letter()
-            )))?;
-        offset += n as u64;
-        rep.event(Event::Progress {
-            step: Step::WriteSystem,
-            done: offset,
-            total,
-        });
-    }
-    Ok(())
+            ))(e)),
+            Err(_) => Err(UpdateError::io("slot writer")(std::io::Error::other(
+                "the slot writer thread panicked",
+            ))),
+        }
+    })
 }
 
+/// Reads the slot back and compares its SHA-256 with the manifest's; the
+/// hashing runs on a thread of its own, overlapping with the reads.
 fn check_read_back(
     dev: &mut dyn SlotDevice,
     system: &PayloadEntry,
     target: Slot,
     rep: &mut dyn Reporter,
 ) -> Result<()> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; BLOCK];
-    let mut offset = 0u64;
-    while offset < system.size {
-        let n = (system.size - offset).min(BLOCK as u64) as usize;
-        dev.read_at(offset, &mut buf[..n])
-            .map_err(UpdateError::io(format!(
-                "read back slot {} at byte {offset}",
-                target.letter()
-            )))?;
-        hasher.update(&buf[..n]);
-        offset += n as u64;
-        rep.event(Event::Progress {
-            step: Step::CheckSystem,
-            done: offset,
-            total: system.size,
-        });
+    let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(BLOCKS_IN_FLIGHT);
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    for _ in 0..BLOCKS_IN_FLIGHT {
+        let _ = free_tx.send(vec![0u8; BLOCK]);
     }
-    let found = hex::encode(hasher.finalize());
+    let found = std::thread::scope(|scope| -> Result<String> {
+        let hasher = scope.spawn(move || {
+            let mut hasher = Sha256::new();
+            for buf in full_rx {
+                hasher.update(&buf);
+                if free_tx.send(buf).is_err() {
+                    break;
+                }
+            }
+            hex::encode(hasher.finalize())
+        });
+        let mut offset = 0u64;
+        let read = (|| -> Result<()> {
+            while offset < system.size {
+                let Ok(mut buf) = free_rx.recv() else { break };
+                let n = (system.size - offset).min(BLOCK as u64) as usize;
+                buf.resize(n, 0);
+                dev.read_at(offset, &mut buf)
+                    .map_err(UpdateError::io(format!(
+                        "read back slot {} at byte {offset}",
+                        target.letter()
+                    )))?;
+                if full_tx.send(buf).is_err() {
+                    break;
+                }
+                offset += n as u64;
+                rep.event(Event::Progress {
+                    step: Step::CheckSystem,
+                    done: offset,
+                    total: system.size,
+                });
+            }
+            Ok(())
+        })();
+        drop(full_tx);
+        let digest = hasher.join();
+        read?;
+        digest.map_err(|_| {
+            UpdateError::io("read-back hashing")(std::io::Error::other(
+                "the hashing thread panicked",
+            ))
+        })
+    })?;
     let expected = system.sha256.to_string();
     if found != expected {
         return Err(UpdateError::ReadBackMismatch {

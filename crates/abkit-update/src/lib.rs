@@ -9,6 +9,7 @@
 
 pub mod entries;
 pub mod error;
+pub mod factory;
 pub mod fault;
 pub mod firmware;
 pub mod install;

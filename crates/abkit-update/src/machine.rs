@@ -29,8 +29,9 @@ pub trait EspFiles {
     fn free_bytes(&mut self) -> Result<u64>;
 }
 
-/// A slot's partition as a byte array.
-pub trait SlotDevice {
+/// A slot's partition as a byte array. `Send`: the install writes it from
+/// a thread of its own while the next block is being verified.
+pub trait SlotDevice: Send {
     /// Capacity in bytes.
     fn size(&self) -> u64;
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;

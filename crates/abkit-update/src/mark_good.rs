@@ -47,10 +47,11 @@ pub fn mark_good(m: &mut dyn Machine) -> Result<MarkGoodReport> {
     }
 
     // 2. Self-repair of our entries. The other slot's entry stays bootable
-    // only if that slot holds something verified (installed or good).
+    // unless that slot is known to be half-written (`empty`) or has no
+    // loader: a slot without a record is the factory's, which booted before.
     let other_state = read_record(m.esp(), other)?.state;
-    let other_bootable = matches!(other_state, SlotState::Installed | SlotState::Good)
-        && m.esp().read(other.loader_path())?.is_some();
+    let other_bootable =
+        other_state != SlotState::Empty && m.esp().read(other.loader_path())?.is_some();
     let mut bm = BootManager::new(m.vars());
     let (mine, changed) = ensure_slot_entry(&mut bm, &loc, running, true)?;
     if changed {

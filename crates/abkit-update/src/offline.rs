@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use abkit_disk::{DiskError, DiskImage, Esp, EspLocation, Slot};
 use abkit_efi::VarStore;
@@ -24,7 +24,7 @@ pub struct OfflineMachine {
     vars: Box<dyn VarStore>,
     esp: Box<dyn EspFiles>,
     running: Slot,
-    power: Option<Rc<PowerCut>>,
+    power: Option<Arc<PowerCut>>,
 }
 
 impl OfflineMachine {
@@ -40,7 +40,7 @@ impl OfflineMachine {
         disk: &Path,
         vars: Box<dyn VarStore>,
         running: Slot,
-        power: Option<Rc<PowerCut>>,
+        power: Option<Arc<PowerCut>>,
     ) -> Result<OfflineMachine> {
         let disk = DiskImage::open(disk)?;
         let esp: Box<dyn EspFiles> = Box::new(ImageEsp(disk.esp()?));

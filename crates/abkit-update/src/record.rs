@@ -76,10 +76,36 @@ impl SlotRecord {
         }
     }
 
+    /// The record of a slot that now holds the payloads of `manifest`.
+    pub fn for_bundle(manifest: &abkit_bundle::Manifest, state: SlotState) -> SlotRecord {
+        let system = manifest.payload("system");
+        SlotRecord {
+            state,
+            compatible: Some(manifest.compatible.clone()),
+            version: Some(manifest.version.to_string()),
+            bundle_sha256: Some(manifest_sha256(manifest)),
+            system_size: system.map(|p| p.size),
+            system_sha256: system.map(|p| p.sha256.to_string()),
+            verity_root_hash: system
+                .and_then(|p| p.verity.as_ref())
+                .map(|v| v.root_hash.to_string()),
+            efi_sha256: manifest.payload("efi").map(|p| p.sha256.to_string()),
+            installed_at: Some(now()),
+            good_at: None,
+        }
+    }
+
     /// Whether this slot holds a version that passed health at least once.
     pub fn was_good(&self) -> bool {
         self.state == SlotState::Good
     }
+}
+
+/// SHA-256 of the manifest as signed content: names the bundle.
+pub fn manifest_sha256(manifest: &abkit_bundle::Manifest) -> String {
+    use sha2::Digest;
+    let bytes = manifest.to_json().unwrap_or_default();
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// Path of a slot's record on the ESP.

@@ -30,7 +30,7 @@ fn booted_slot_was_good(rig: &Rig) -> Slot {
 fn run_install(
     rig: &Rig,
     bundle: &std::path::Path,
-    power: Option<std::rc::Rc<PowerCut>>,
+    power: Option<std::sync::Arc<PowerCut>>,
 ) -> Result<(), abkit_update::UpdateError> {
     let mut m = rig.machine_with_power(Slot::A, power);
     install(

@@ -506,3 +506,19 @@ fn a_full_esp_is_refused_before_anything_changes() {
     assert!(err.to_string().contains("bytes free"), "{err}");
     assert!(rig.snapshot() == before);
 }
+
+#[test]
+fn the_factory_slot_stays_a_fallback_after_the_first_update() {
+    // Slot A came from raw files and was never marked good (no record).
+    let rig = Rig::new();
+    install_file(&rig, Slot::A, &rig.bundle("1.1.0", b'Y')).unwrap();
+    assert_eq!(rig.boot().slot, Slot::B);
+    mark_good(&mut rig.machine(Slot::B)).unwrap();
+    let st = status(&mut rig.machine(Slot::B)).unwrap();
+    let a = st.entries.iter().find(|e| e.slot == Slot::A).unwrap();
+    assert!(
+        a.active,
+        "slot A's entry must stay bootable as the fallback"
+    );
+    assert_eq!(st.boot_order[1], a.number);
+}

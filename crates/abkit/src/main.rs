@@ -12,14 +12,11 @@ use clap::{Parser, Subcommand};
 ///
 /// abkit writes a new OS version into the inactive slot, boots it once with
 /// the firmware's BootNext, and makes it permanent only when it is healthy.
-/// Every command works on the running system by default, or offline on a
-/// disk image with --disk IMAGE --ovmf-vars FILE --booted-slot A.
+/// Every machine command works on the running system by default, or offline
+/// on a disk image with --disk IMAGE --ovmf-vars FILE --booted-slot A.
 #[derive(Parser)]
 #[command(name = "abkit", version, about, long_about, propagate_version = true)]
 struct Cli {
-    #[command(flatten)]
-    machine: cmd::machine::MachineArgs,
-
     #[command(subcommand)]
     command: Command,
 }
@@ -79,13 +76,12 @@ fn main() -> std::process::ExitCode {
         .format_timestamp(None)
         .init();
     let cli = Cli::parse();
-    let m = &cli.machine;
     let result = match cli.command {
-        Command::Install(a) => cmd::install::run(m, a),
-        Command::MarkGood(a) => cmd::mark_good::run(m, a),
-        Command::Rollback(a) => cmd::rollback::run(m, a),
-        Command::Status(a) => cmd::status::run(m, a),
-        Command::Efi(c) => cmd::efi::run(m, c),
+        Command::Install(a) => cmd::install::run(a),
+        Command::MarkGood(a) => cmd::mark_good::run(a),
+        Command::Rollback(a) => cmd::rollback::run(a),
+        Command::Status(a) => cmd::status::run(a),
+        Command::Efi(c) => cmd::efi::run(c),
         Command::Uki(c) => cmd::uki::run(c),
         Command::Bundle(c) => cmd::bundle::run(c),
         Command::Keygen(a) => cmd::keygen::run(a),

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use abkit_bundle::{CreateOptions, Keyring, PayloadSpec, SecretKey, create_bundle};
 use abkit_disk::{BuildOptions, LayoutOptions, Slot, build};
@@ -123,7 +123,11 @@ impl Rig {
         self.machine_with_power(running, None)
     }
 
-    pub fn machine_with_power(&self, running: Slot, power: Option<Rc<PowerCut>>) -> OfflineMachine {
+    pub fn machine_with_power(
+        &self,
+        running: Slot,
+        power: Option<Arc<PowerCut>>,
+    ) -> OfflineMachine {
         let vars = Box::new(OvmfVarsFile::open(&self.vars).unwrap());
         OfflineMachine::open_with_power_cut(&self.disk, vars, running, power).unwrap()
     }

@@ -6,7 +6,6 @@ use abkit_efi::{LoadOption, LoadOptionAttributes};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::machine::MachineArgs;
 use super::vars::VarStoreArgs;
 
 #[derive(Subcommand)]
@@ -23,14 +22,17 @@ pub enum EfiCommand {
 
 #[derive(Args)]
 pub struct ListArgs {
+    #[command(flatten)]
+    store: VarStoreArgs,
+
     /// Print one JSON object instead of text (for scripts).
     #[arg(long)]
     json: bool,
 }
 
-pub fn run(machine: &MachineArgs, cmd: EfiCommand) -> anyhow::Result<()> {
+pub fn run(cmd: EfiCommand) -> anyhow::Result<()> {
     match cmd {
-        EfiCommand::List(args) => list(&machine.vars, args),
+        EfiCommand::List(args) => list(args),
     }
 }
 
@@ -100,8 +102,8 @@ fn readable<T>(errors: &mut Vec<String>, r: Result<Option<T>, abkit_efi::BootErr
     })
 }
 
-fn list(vars: &VarStoreArgs, args: ListArgs) -> anyhow::Result<()> {
-    let mut store = vars.open()?;
+fn list(args: ListArgs) -> anyhow::Result<()> {
+    let mut store = args.store.open()?;
     let bm = BootManager::new(store.as_mut());
     let mut errors = Vec::new();
     let boot_current = readable(&mut errors, bm.boot_current());

@@ -1,11 +1,20 @@
-//! `abkit image`: build an A/B disk image and inspect one.
+//! `abkit image`: build an A/B disk image (from a loader and a system image,
+//! or from a verified bundle) and inspect one.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::{ArgGroup, Args, Subcommand};
 
-use abkit_disk::{BuildOptions, DiskImage, LayoutOptions};
+use abkit_bundle::Keyring;
+use abkit_disk::{BuildOptions, BuildReport, DiskImage, LayoutOptions, Slot};
+use abkit_update::factory::{BundleBuildOptions, build_from_bundle};
+use abkit_update::offline::ImageEsp;
+use abkit_update::record::{SlotRecord, read_record, record_path};
+use abkit_update::{EspFiles, Event, Reporter};
+
+use super::progress::Output;
 
 #[derive(Subcommand)]
 pub enum ImageCommand {
@@ -13,20 +22,64 @@ pub enum ImageCommand {
     /// partition; the loader goes into the ESP (as slot A's loader and as the
     /// removable-media fallback \EFI\BOOT\BOOTX64.EFI), the system image into
     /// slot A. The output is sparse: only written data takes space.
+    ///
+    /// Give either --loader and --system (raw files), or --bundle and
+    /// --keyring: the bundle is verified completely first (nothing is
+    /// written if it is not), then its efi and system payloads are used and
+    /// slot A is recorded as `installed` with the bundle's product, version
+    /// and hashes, exactly as `abkit install` would record it.
     Build(BuildArgs),
     /// Show a disk's partitions, the ESP's files, and what each slot holds
-    /// (size and SHA-256 of its used part: up to its last non-zero 4 KiB block).
+    /// (size and SHA-256 of its used part: up to its last non-zero 4 KiB
+    /// block; and the bundle that wrote it, from the slot's record on the ESP).
     Inspect(InspectArgs),
 }
 
 #[derive(Args)]
+#[command(group(
+    ArgGroup::new("source")
+        .required(true)
+        .args(["loader", "bundle"]),
+))]
 pub struct BuildArgs {
-    /// The EFI loader (a PE/COFF EFI application) to install for slot A.
-    #[arg(long, value_name = "FILE")]
-    loader: PathBuf,
+    /// The EFI loader (a PE/COFF EFI application) to install for slot A. Needs --system.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "system",
+        help_heading = "From raw files"
+    )]
+    loader: Option<PathBuf>,
     /// The system image (read-only file system, maybe with its verity tree) for slot A.
-    #[arg(long, value_name = "FILE")]
-    system: PathBuf,
+    /// Needs --loader.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "loader",
+        help_heading = "From raw files"
+    )]
+    system: Option<PathBuf>,
+    /// A signed bundle (`abkit bundle create`): its efi payload becomes the loader, its
+    /// system payload (with verity tree) goes into slot A, and slot A's record names the
+    /// bundle. Needs --keyring; replaces --loader and --system.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "keyring",
+        conflicts_with_all = ["loader", "system"],
+        help_heading = "From a bundle"
+    )]
+    bundle: Option<PathBuf>,
+    /// Folder of trusted public keys (*.pub) to verify --bundle against; the bundle
+    /// needs a valid signature by one of them.
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "bundle",
+        conflicts_with_all = ["loader", "system"],
+        help_heading = "From a bundle"
+    )]
+    keyring: Option<PathBuf>,
     /// The disk image to write (replaced if it is a file), or a block device (needs --force).
     #[arg(short, long, value_name = "PATH")]
     output: PathBuf,
@@ -135,29 +188,7 @@ fn print_partitions(partitions: &[abkit_disk::Partition]) {
     }
 }
 
-fn build(args: BuildArgs) -> anyhow::Result<()> {
-    let options = BuildOptions {
-        loader: args.loader,
-        system: args.system,
-        output: args.output,
-        layout: LayoutOptions {
-            esp_size: args.esp_size,
-            system_size: args.system_size,
-            data_size: args.data_size,
-            disk_size: args.disk_size,
-            label_prefix: args.label_prefix,
-        },
-        seed: args.seed,
-        force: args.force,
-        ovmf_vars: args.ovmf_vars,
-    };
-    eprintln!("abkit: building {}", options.output.display());
-    let report = abkit_disk::build(&options)
-        .with_context(|| format!("building {}", options.output.display()))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
-    }
+fn print_build_report(report: &BuildReport) {
     println!(
         "{}: {} disk, GUID {}, {} written",
         report.output.display(),
@@ -183,7 +214,127 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
             order.join(",")
         );
     }
+}
+
+/// Steps on stderr, one line each (a progress bar on a terminal), so that
+/// stdout carries only the report.
+enum BuildProgress {
+    Terminal(Output),
+    Lines,
+}
+
+impl Reporter for BuildProgress {
+    fn event(&mut self, event: Event) {
+        match (self, event) {
+            (BuildProgress::Terminal(out), event) => out.event(event),
+            (BuildProgress::Lines, Event::Step { message, .. }) => eprintln!("abkit: {message}"),
+            (BuildProgress::Lines, Event::Warning { message }) => {
+                eprintln!("abkit: warning: {message}")
+            }
+            (BuildProgress::Lines, Event::Progress { .. }) => {}
+        }
+    }
+}
+
+fn build(args: BuildArgs) -> anyhow::Result<()> {
+    let layout = LayoutOptions {
+        esp_size: args.esp_size,
+        system_size: args.system_size,
+        data_size: args.data_size,
+        disk_size: args.disk_size,
+        label_prefix: args.label_prefix,
+    };
+    if let (Some(bundle), Some(keyring_dir)) = (args.bundle, args.keyring) {
+        let keyring = Keyring::load_dir(&keyring_dir)
+            .with_context(|| format!("cannot load the keyring {}", keyring_dir.display()))?;
+        let options = BundleBuildOptions {
+            bundle,
+            output: args.output,
+            layout,
+            seed: args.seed,
+            force: args.force,
+            ovmf_vars: args.ovmf_vars,
+        };
+        eprintln!(
+            "abkit: building {} from {}",
+            options.output.display(),
+            options.bundle.display()
+        );
+        let mut progress = if std::io::stderr().is_terminal() {
+            BuildProgress::Terminal(Output::Terminal { bar: None })
+        } else {
+            BuildProgress::Lines
+        };
+        let result = build_from_bundle(&options, &keyring, &mut progress);
+        if let BuildProgress::Terminal(out) = &mut progress {
+            out.finish();
+        }
+        let report = result.with_context(|| {
+            format!(
+                "building {} from {}",
+                options.output.display(),
+                options.bundle.display()
+            )
+        })?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            return Ok(());
+        }
+        print_build_report(&report.disk);
+        print_record(Slot::A, Some(&report.slot_a));
+        println!("bundle signed by {}", report.signer);
+        return Ok(());
+    }
+    let (Some(loader), Some(system)) = (args.loader, args.system) else {
+        anyhow::bail!("give --loader and --system, or --bundle and --keyring");
+    };
+    let options = BuildOptions {
+        loader,
+        system,
+        output: args.output,
+        layout,
+        seed: args.seed,
+        force: args.force,
+        ovmf_vars: args.ovmf_vars,
+    };
+    eprintln!("abkit: building {}", options.output.display());
+    let report = abkit_disk::build(&options)
+        .with_context(|| format!("building {}", options.output.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    print_build_report(&report);
     Ok(())
+}
+
+/// The records of both slots: `None` where the ESP has no record file (a
+/// slot written from raw files, or never written).
+fn slot_records(disk: &DiskImage) -> anyhow::Result<[Option<SlotRecord>; 2]> {
+    let mut esp = ImageEsp(disk.esp().context("reading the ESP")?);
+    let mut records = [None, None];
+    for (i, slot) in [Slot::A, Slot::B].into_iter().enumerate() {
+        if esp.read(record_path(slot))?.is_some() {
+            records[i] = Some(read_record(&mut esp, slot)?);
+        }
+    }
+    Ok(records)
+}
+
+/// One line about what a slot's record says, if it has one.
+fn print_record(slot: Slot, record: Option<&SlotRecord>) {
+    let Some(r) = record else {
+        return;
+    };
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    println!(
+        "slot {} record: {} {} {}, bundle manifest sha256 {}",
+        slot.letter(),
+        r.state,
+        dash(&r.compatible),
+        dash(&r.version),
+        dash(&r.bundle_sha256)
+    );
 }
 
 fn inspect(args: InspectArgs) -> anyhow::Result<()> {
@@ -191,8 +342,22 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening {}", args.disk.display()))?;
     let report = abkit_disk::inspect(&disk)
         .with_context(|| format!("inspecting {}", args.disk.display()))?;
+    let records = slot_records(&disk)
+        .with_context(|| format!("reading the slot records of {}", args.disk.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        // Each slot gains `record`: what the record on the ESP says (null
+        // when the slot has none).
+        let mut value = serde_json::to_value(&report)?;
+        if let Some(slots) = value.get_mut("slots").and_then(|s| s.as_array_mut()) {
+            for slot in slots.iter_mut() {
+                let index = usize::from(slot.get("slot").and_then(|s| s.as_str()) == Some("B"));
+                let record = &records[index];
+                if let Some(object) = slot.as_object_mut() {
+                    object.insert("record".into(), serde_json::to_value(record)?);
+                }
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
     println!(
@@ -220,6 +385,8 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
                 slot.partition_number
             ),
         }
+        let index = usize::from(slot.slot == Slot::B);
+        print_record(slot.slot, records[index].as_ref());
     }
     Ok(())
 }

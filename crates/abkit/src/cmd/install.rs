@@ -15,6 +15,9 @@ pub const DEFAULT_KEYRING: &str = "/etc/abkit/keyring";
 
 #[derive(Args)]
 pub struct InstallArgs {
+    #[command(flatten)]
+    machine: MachineArgs,
+
     /// The bundle: a file path, or an http(s) URL (streamed; retried and
     /// resumed on network errors).
     source: String,
@@ -38,14 +41,14 @@ pub struct InstallArgs {
     json: bool,
 }
 
-pub fn run(machine: &MachineArgs, args: InstallArgs) -> anyhow::Result<()> {
+pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     let keyring_dir = args
         .keyring
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_KEYRING));
     let keyring = Keyring::load_dir(&keyring_dir)
         .with_context(|| format!("cannot load the keyring {}", keyring_dir.display()))?;
-    let mut m = machine.open()?;
+    let mut m = args.machine.open()?;
     let source = abkit_update::source::open_source(&args.source)
         .with_context(|| format!("cannot open {}", args.source))?;
     let mut out = Output::choose(args.json);

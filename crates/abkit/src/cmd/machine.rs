@@ -1,6 +1,7 @@
 //! The machine a command acts on: the running system (default) or a disk
-//! image offline. These options are global: they go before or after the
-//! subcommand.
+//! image offline. Every command that acts on a machine flattens these
+//! options in (they are not global: `uki build --cmdline` means something
+//! else).
 
 use std::path::PathBuf;
 
@@ -34,31 +35,23 @@ pub struct MachineArgs {
 
     /// Work offline on this disk image (or unmounted block device) instead
     /// of the running system. Needs --ovmf-vars or --efivars for the
-    /// firmware variables and --booted-slot (or --cmdline-file) for the slot
+    /// firmware variables and --booted-slot (or --cmdline) for the slot
     /// taken to be running.
-    #[arg(long, value_name = "IMAGE", global = true, help_heading = "Machine")]
+    #[arg(long, value_name = "IMAGE", help_heading = "Machine")]
     pub disk: Option<PathBuf>,
 
     /// With --disk: the slot that is running.
-    #[arg(long, value_name = "SLOT", global = true, help_heading = "Machine")]
+    #[arg(long, value_name = "SLOT", help_heading = "Machine")]
     pub booted_slot: Option<SlotArg>,
 
     /// Read the running slot from this kernel command line file instead of
     /// /proc/cmdline (looks for SYSTEM-A / SYSTEM-B).
-    /// (Not `--cmdline`: `abkit uki build --cmdline` takes the loader's
-    /// command line text, and global options share one namespace.)
-    #[arg(
-        long = "cmdline-file",
-        id = "cmdline_file",
-        value_name = "FILE",
-        global = true,
-        help_heading = "Machine"
-    )]
+    #[arg(long, value_name = "FILE", help_heading = "Machine")]
     pub cmdline: Option<PathBuf>,
 
     /// Live system: use the ESP mounted here instead of finding its mount
     /// point (or mounting it privately).
-    #[arg(long, value_name = "DIR", global = true, help_heading = "Machine")]
+    #[arg(long, value_name = "DIR", help_heading = "Machine")]
     pub esp_mount: Option<PathBuf>,
 }
 
@@ -91,9 +84,7 @@ impl MachineArgs {
                     format!("{} names neither SYSTEM-A nor SYSTEM-B", file.display())
                 })?
             }
-            (None, None) => {
-                anyhow::bail!("--disk needs --booted-slot A|B (or --cmdline-file FILE)")
-            }
+            (None, None) => anyhow::bail!("--disk needs --booted-slot A|B (or --cmdline FILE)"),
         };
         let store = self.vars.open()?;
         let machine = OfflineMachine::open(disk, store, running)

@@ -6,13 +6,16 @@ use super::machine::MachineArgs;
 
 #[derive(Args)]
 pub struct MarkGoodArgs {
+    #[command(flatten)]
+    machine: MachineArgs,
+
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
 }
 
-pub fn run(machine: &MachineArgs, args: MarkGoodArgs) -> anyhow::Result<()> {
-    let mut m = machine.open()?;
+pub fn run(args: MarkGoodArgs) -> anyhow::Result<()> {
+    let mut m = args.machine.open()?;
     let report = abkit_update::mark_good(m.as_mut())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

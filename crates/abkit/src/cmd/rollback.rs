@@ -6,13 +6,16 @@ use super::machine::MachineArgs;
 
 #[derive(Args)]
 pub struct RollbackArgs {
+    #[command(flatten)]
+    machine: MachineArgs,
+
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
 }
 
-pub fn run(machine: &MachineArgs, args: RollbackArgs) -> anyhow::Result<()> {
-    let mut m = machine.open()?;
+pub fn run(args: RollbackArgs) -> anyhow::Result<()> {
+    let mut m = args.machine.open()?;
     let report = abkit_update::rollback(m.as_mut())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

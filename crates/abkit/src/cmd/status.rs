@@ -6,13 +6,16 @@ use super::machine::MachineArgs;
 
 #[derive(Args)]
 pub struct StatusArgs {
+    #[command(flatten)]
+    machine: MachineArgs,
+
     /// Print one JSON object (for scripts).
     #[arg(long)]
     json: bool,
 }
 
-pub fn run(machine: &MachineArgs, args: StatusArgs) -> anyhow::Result<()> {
-    let mut m = machine.open()?;
+pub fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let mut m = args.machine.open()?;
     let s = abkit_update::status(m.as_mut())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);

@@ -23,7 +23,7 @@ pub struct VarStoreArgs {
 
     /// Use the variable store inside an OVMF VARS firmware file (such as a
     /// copy of /usr/share/OVMF/OVMF_VARS_4M.fd that a VM boots with).
-    #[arg(long, value_name = "FILE", global = true, help_heading = "Machine")]
+    #[arg(long, value_name = "FILE", help_heading = "Machine")]
     pub ovmf_vars: Option<PathBuf>,
 }
 

@@ -1,0 +1,363 @@
+//! Factory images: a fresh A/B disk built from a signed bundle, so that slot
+//! A holds exactly what an install of that bundle would have written and
+//! records it the same way (`installed`, with the bundle's identity).
+//!
+//! Nothing is created or changed until the whole bundle has been verified:
+//! its payloads are streamed through the verifying reader into temporary
+//! files beside the output, and only then is the disk built (into a
+//! temporary file renamed over the output when the output is a file).
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use abkit_bundle::{BundleReader, Keyring, Manifest, PayloadReader};
+use abkit_disk::{BuildOptions, BuildReport, DiskError, DiskImage, EspFile, Layout, LayoutOptions};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::machine::EspFiles;
+use crate::offline::ImageEsp;
+use crate::progress::{Event, Reporter, Step};
+use crate::record::{SlotRecord, SlotState, record_path, write_record};
+use crate::{Result, Slot, UpdateError};
+
+/// Size of the blocks streamed out of the bundle and read back.
+const BLOCK: usize = 1 << 20;
+/// Granularity of holes in the temporary system image.
+const HOLE_BLOCK: usize = 4096;
+
+/// What to build, and from which bundle.
+#[derive(Debug, Clone)]
+pub struct BundleBuildOptions {
+    /// The signed bundle whose `efi` and `system` payloads go into slot A.
+    pub bundle: PathBuf,
+    /// The disk image file or block device to write.
+    pub output: PathBuf,
+    pub layout: LayoutOptions,
+    /// Makes GUIDs, FAT times and the record's `installed_at` (then the
+    /// bundle's creation time) reproducible: the same bundle and seed give
+    /// a byte-identical image.
+    pub seed: Option<u64>,
+    /// Allows overwriting an existing block device.
+    pub force: bool,
+    /// An OVMF VARS file to receive the two slot boot entries.
+    pub ovmf_vars: Option<PathBuf>,
+}
+
+/// What [`build_from_bundle`] wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct BundleBuildReport {
+    #[serde(flatten)]
+    pub disk: BuildReport,
+    /// Key id of the trusted signature that was accepted.
+    pub signer: String,
+    /// The record written for slot A (`\EFI\abkit\slot-a.json`).
+    pub slot_a: SlotRecord,
+}
+
+fn step(rep: &mut dyn Reporter, step: Step, message: impl Into<String>) {
+    rep.event(Event::Step {
+        step,
+        message: message.into(),
+    });
+}
+
+/// Whether `path` exists and is a block device.
+fn is_block_device(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
+}
+
+/// Where temporary files go: beside the output (same file system, so the
+/// built disk can be renamed into place), or the system's temporary folder
+/// for a block device.
+fn scratch_parent(output: &Path, block_device: bool) -> PathBuf {
+    if block_device {
+        return std::env::temp_dir();
+    }
+    match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Reads until `buf` is full or the payload ends; a verification failure
+/// comes back as the bundle's typed error.
+fn fill<R: Read>(p: &mut PayloadReader<'_, R>, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match p.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(UpdateError::Bundle(abkit_bundle::Error::from(e))),
+        }
+    }
+    Ok(n)
+}
+
+/// Streams a payload's verified bytes into a new file at `path`, leaving
+/// all-zero 4 KiB blocks as holes, and checks its size and SHA-256.
+fn extract<R: Read>(
+    mut p: PayloadReader<'_, R>,
+    path: &Path,
+    rep: &mut dyn Reporter,
+    progress_step: Step,
+) -> Result<()> {
+    let name = p.entry().name.clone();
+    let total = p.entry().size;
+    let context = || format!("write the {name} payload to {}", path.display());
+    let file = File::create(path).map_err(UpdateError::io(context()))?;
+    let mut buf = vec![0u8; BLOCK];
+    let mut offset = 0u64;
+    loop {
+        let n = fill(&mut p, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        for (i, block) in buf[..n].chunks(HOLE_BLOCK).enumerate() {
+            if block.iter().fold(0u8, |a, &b| a | b) != 0 {
+                file.write_all_at(block, offset + (i * HOLE_BLOCK) as u64)
+                    .map_err(UpdateError::io(context()))?;
+            }
+        }
+        offset += n as u64;
+        rep.event(Event::Progress {
+            step: progress_step,
+            done: offset,
+            total,
+        });
+    }
+    file.set_len(offset).map_err(UpdateError::io(context()))?;
+    p.finish()?;
+    Ok(())
+}
+
+/// Checks the first `size` bytes of slot A against the expected SHA-256.
+fn check_slot_a(disk: &DiskImage, size: u64, expected: &str, rep: &mut dyn Reporter) -> Result<()> {
+    let start = disk.slot_range(Slot::A).start;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; BLOCK];
+    let mut done = 0u64;
+    while done < size {
+        let n = (size - done).min(BLOCK as u64) as usize;
+        disk.file()
+            .read_exact_at(&mut buf[..n], start + done)
+            .map_err(UpdateError::io(format!("read back slot A at byte {done}")))?;
+        hasher.update(&buf[..n]);
+        done += n as u64;
+        rep.event(Event::Progress {
+            step: Step::CheckSystem,
+            done,
+            total: size,
+        });
+    }
+    let found = hex::encode(hasher.finalize());
+    if found != expected {
+        return Err(UpdateError::ReadBackMismatch {
+            slot: Slot::A,
+            expected: expected.to_string(),
+            found,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses an output that is the bundle itself, before anything is written.
+fn check_output_is_not_bundle(bundle: &File, output: &Path) -> Result<()> {
+    if let (Ok(b), Ok(o)) = (bundle.metadata(), std::fs::metadata(output))
+        && b.dev() == o.dev()
+        && b.ino() == o.ino()
+    {
+        return Err(DiskError::OutputIsInput(output.to_path_buf()).into());
+    }
+    Ok(())
+}
+
+/// Checks what the manifest alone allows: both payloads present, the
+/// system payload fits into a slot of the planned layout.
+fn check_manifest(manifest: &Manifest, layout: Option<&Layout>) -> Result<()> {
+    let system = manifest
+        .payload("system")
+        .ok_or(UpdateError::MissingPayload("system"))?;
+    manifest
+        .payload("efi")
+        .ok_or(UpdateError::MissingPayload("efi"))?;
+    if let Some(layout) = layout
+        && system.size > layout.slot_a.size()
+    {
+        return Err(UpdateError::SlotTooSmall {
+            payload: system.name.clone(),
+            slot: Slot::A,
+            size: system.size,
+            capacity: layout.slot_a.size(),
+        });
+    }
+    Ok(())
+}
+
+/// Builds the disk of `options` from a bundle verified against `keyring`:
+/// slot A gets the `system` payload, the ESP gets the `efi` payload as
+/// `\EFI\abkit\boot-a.efi` and as the removable-media fallback, and slot A's
+/// record says `installed` with the bundle's compatible, version and hashes.
+///
+/// A bad bundle (untrusted or bad signature, a tampered or truncated
+/// payload, a missing payload, a system payload larger than the slot) fails
+/// before the output is created or touched, and leaves no temporary file.
+pub fn build_from_bundle(
+    options: &BundleBuildOptions,
+    keyring: &Keyring,
+    rep: &mut dyn Reporter,
+) -> Result<BundleBuildReport> {
+    // 1. Verify: signature, manifest, and what can be checked without data.
+    let bundle_file = File::open(&options.bundle).map_err(UpdateError::io(format!(
+        "open the bundle {}",
+        options.bundle.display()
+    )))?;
+    check_output_is_not_bundle(&bundle_file, &options.output)?;
+    let block_device = is_block_device(&options.output);
+    if block_device && !options.force {
+        return Err(DiskError::BlockDeviceWithoutForce(options.output.clone()).into());
+    }
+    // On a block device the disk size is the device's: plan only the slots.
+    let layout = if block_device {
+        Layout::plan(&LayoutOptions {
+            disk_size: None,
+            ..options.layout.clone()
+        })
+        .ok()
+    } else {
+        Some(Layout::plan(&options.layout)?)
+    };
+    let mut bundle = BundleReader::open(BufReader::new(bundle_file), keyring)?;
+    let manifest = bundle.manifest().clone();
+    let signer = bundle.signer().to_string();
+    check_manifest(&manifest, layout.as_ref())?;
+    let mut vars = match &options.ovmf_vars {
+        Some(path) => Some(abkit_efi::OvmfVarsFile::open(path)?),
+        None => None,
+    };
+    step(
+        rep,
+        Step::Verify,
+        format!(
+            "bundle {} {} signed by {signer}",
+            manifest.compatible, manifest.version
+        ),
+    );
+
+    // 2. Stream every payload through the verifying reader into scratch files.
+    let scratch = tempfile::Builder::new()
+        .prefix(".abkit-build-")
+        .tempdir_in(scratch_parent(&options.output, block_device))
+        .map_err(UpdateError::io(
+            "create a temporary folder for the payloads",
+        ))?;
+    let efi_path = scratch.path().join("efi");
+    let system_path = scratch.path().join("system");
+    let (mut efi_done, mut system_done) = (false, false);
+    while let Some(p) = bundle.next_payload()? {
+        match p.entry().name.as_str() {
+            "system" => {
+                step(rep, Step::WriteSystem, "verifying the system payload");
+                extract(p, &system_path, rep, Step::WriteSystem)?;
+                system_done = true;
+            }
+            "efi" => {
+                step(rep, Step::WriteLoader, "verifying the efi payload");
+                extract(p, &efi_path, rep, Step::WriteLoader)?;
+                efi_done = true;
+            }
+            other => {
+                log::info!("skipping payload {other:?} that this version does not use");
+                p.finish()?;
+            }
+        }
+    }
+    if !system_done {
+        return Err(UpdateError::MissingPayload("system"));
+    }
+    if !efi_done {
+        return Err(UpdateError::MissingPayload("efi"));
+    }
+
+    // 3. Build the disk: into a scratch file renamed over the output at the
+    //    end, or (a block device) in place.
+    let built = if block_device {
+        options.output.clone()
+    } else {
+        scratch.path().join("disk.img")
+    };
+    step(
+        rep,
+        Step::WriteSystem,
+        format!("writing the disk image {}", built.display()),
+    );
+    let mut disk_report = abkit_disk::build(&BuildOptions {
+        loader: efi_path,
+        system: system_path,
+        output: built.clone(),
+        layout: options.layout.clone(),
+        seed: options.seed,
+        force: options.force,
+        ovmf_vars: None,
+    })?;
+    disk_report.output = options.output.clone();
+
+    // 4. Read slot A back, then record what it holds, as an install does.
+    let system = manifest
+        .payload("system")
+        .ok_or(UpdateError::MissingPayload("system"))?;
+    let disk = DiskImage::open(&built)?;
+    step(rep, Step::CheckSystem, "reading slot A back");
+    check_slot_a(&disk, system.size, &system.sha256.to_string(), rep)?;
+    let mut record = SlotRecord::for_bundle(&manifest, SlotState::Installed);
+    let esp = if options.seed.is_some() {
+        record.installed_at = Some(manifest.created);
+        disk.esp_fixed_time()?
+    } else {
+        disk.esp()?
+    };
+    let mut esp = ImageEsp(esp);
+    write_record(&mut esp, Slot::A, &record)?;
+    if let Some(bytes) = esp.read(record_path(Slot::A))? {
+        disk_report.esp_files.push(EspFile {
+            path: record_path(Slot::A).to_string(),
+            size: bytes.len() as u64,
+        });
+    }
+    esp.0.close()?;
+    let location = disk.esp_location();
+    drop(disk);
+    step(
+        rep,
+        Step::Record,
+        format!("slot A holds {} {}", manifest.compatible, manifest.version),
+    );
+    if !block_device {
+        std::fs::rename(&built, &options.output).map_err(UpdateError::io(format!(
+            "move the built disk to {}",
+            options.output.display()
+        )))?;
+    }
+
+    // 5. Boot entries last, as an installer writes NVRAM after the disk.
+    if let Some(store) = vars.as_mut() {
+        let entries = abkit_disk::install_boot_entries(store, &location, false)?;
+        step(
+            rep,
+            Step::BootEntry,
+            format!(
+                "Boot{:04X} boots slot A, Boot{:04X} (inactive) slot B",
+                entries.slot_a, entries.slot_b
+            ),
+        );
+        disk_report.boot_entries = Some(entries);
+    }
+    Ok(BundleBuildReport {
+        disk: disk_report,
+        signer,
+        slot_a: record,
+    })
+}

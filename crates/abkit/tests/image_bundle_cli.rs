@@ -1,0 +1,295 @@
+//! `abkit image build --bundle FILE --keyring DIR` as a factory runs it:
+//! the disk holds the bundle's payloads (checked with sgdisk and mtools),
+//! `image inspect` and `status` show slot A's bundle, and the engine takes
+//! over from there. Bad bundles leave no output behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct World {
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn p(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn s(&self, name: &str) -> String {
+        self.p(name).to_string_lossy().into_owned()
+    }
+
+    fn abkit(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_abkit"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.abkit(args);
+        assert!(
+            out.status.success(),
+            "abkit {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A bundle for `compatible` whose loader and system image carry `tag`.
+    fn bundle(&self, compatible: &str, version: &str, tag: u8) -> String {
+        let sys = format!("sys-{compatible}-{version}.img");
+        let system: Vec<u8> = (0..(1usize << 20)).map(|i| (i % 251) as u8 ^ tag).collect();
+        std::fs::write(self.p(&sys), system).unwrap();
+        let efi = format!("boot-{compatible}-{version}.efi");
+        std::fs::write(
+            self.p(&efi),
+            abkit_disk::fixtures::tiny_efi_application(&[tag]),
+        )
+        .unwrap();
+        let out = format!("{compatible}-{version}.abb");
+        self.ok(&[
+            "bundle",
+            "create",
+            "--efi",
+            &efi,
+            "--system",
+            &sys,
+            "--version",
+            version,
+            "--compatible",
+            compatible,
+            "--key",
+            "release.key",
+            "--chunk-kib",
+            "64",
+            "-o",
+            &out,
+        ]);
+        out
+    }
+
+    /// `image build --bundle` with small partitions; extra args appended.
+    fn build(&self, bundle: &str, keyring: &str, output: &str, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "image",
+            "build",
+            "--bundle",
+            bundle,
+            "--keyring",
+            keyring,
+            "-o",
+            output,
+            "--esp-size",
+            "33M",
+            "--system-size",
+            "4M",
+            "--data-size",
+            "1M",
+        ];
+        args.extend_from_slice(extra);
+        self.abkit(&args)
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+fn world() -> World {
+    let w = World {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    w.ok(&["keygen", "--out", "release"]);
+    std::fs::create_dir(w.p("keyring")).unwrap();
+    std::fs::copy(w.p("release.pub"), w.p("keyring/release.pub")).unwrap();
+    w
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Byte offset of partition `number` (1-based) as sgdisk reports it.
+fn partition_offset(disk: &Path, number: u32) -> u64 {
+    let out = Command::new("sgdisk")
+        .arg("-i")
+        .arg(number.to_string())
+        .arg(disk)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("First sector:"))
+        .unwrap_or_else(|| panic!("sgdisk -i {number}: {text}"));
+    let sector: u64 = line
+        .trim_start_matches("First sector:")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    sector * 512
+}
+
+#[test]
+fn a_disk_built_from_a_bundle_is_an_installed_slot_a_the_engine_updates() {
+    let w = world();
+    let bundle = w.bundle("demo-os", "1.4.0", b'F');
+    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", w.p("vars.fd"))
+        .expect("Debian's OVMF is needed: run `make deps`");
+    let built = json(&w.build(
+        &bundle,
+        "keyring",
+        "disk.img",
+        &["--ovmf-vars", "vars.fd", "--seed", "5", "--json"],
+    ));
+    assert_eq!(built["slot_a"]["state"], "installed");
+    assert_eq!(built["slot_a"]["compatible"], "demo-os");
+    assert_eq!(built["slot_a"]["version"], "1.4.0");
+    assert_eq!(built["partitions"][1]["name"], "ABKIT-SYSTEM-A");
+    assert!(built["boot_entries"]["slot_a"].is_number());
+
+    // Independent tools: the GPT is sound, the payloads are where they belong.
+    let out = Command::new("sgdisk")
+        .arg("-v")
+        .arg(w.p("disk.img"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("No problems found"), "sgdisk -v: {text}");
+    w.ok(&[
+        "bundle",
+        "extract",
+        "--keyring",
+        "keyring",
+        "--out",
+        "payloads",
+        &bundle,
+    ]);
+    let system = std::fs::read(w.p("payloads/system")).unwrap();
+    let efi = std::fs::read(w.p("payloads/efi")).unwrap();
+    assert!(system.len() > 1 << 20, "with its verity tree");
+    let disk = std::fs::read(w.p("disk.img")).unwrap();
+    let slot_a = partition_offset(&w.p("disk.img"), 2) as usize;
+    assert_eq!(&disk[slot_a..slot_a + system.len()], &system[..]);
+    let esp = partition_offset(&w.p("disk.img"), 1);
+    let image = format!("{}@@{esp}", w.s("disk.img"));
+    for file in ["::/EFI/abkit/boot-a.efi", "::/EFI/BOOT/BOOTX64.EFI"] {
+        let out = Command::new("mtype")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-i", &image, file])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mtype {file}");
+        assert_eq!(out.stdout, efi, "{file}");
+    }
+    let out = Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-i", &image, "::/EFI/abkit/slot-a.json"])
+        .output()
+        .unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record, built["slot_a"]);
+    let out = Command::new("sha256sum")
+        .arg(w.p("payloads/system"))
+        .output()
+        .unwrap();
+    let sum = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        record["system_sha256"].as_str(),
+        sum.split_whitespace().next()
+    );
+
+    // inspect shows slot A's bundle; slot B has no record.
+    let report = json(&w.abkit(&["image", "inspect", "--json", "disk.img"]));
+    assert_eq!(report["slots"][0]["slot"], "A");
+    assert_eq!(report["slots"][0]["record"], built["slot_a"]);
+    assert_eq!(report["slots"][0]["used_bytes"], system.len());
+    assert_eq!(report["slots"][1]["record"], serde_json::Value::Null);
+    let text = w.ok(&["image", "inspect", "disk.img"]);
+    let sha = built["slot_a"]["bundle_sha256"].as_str().unwrap();
+    assert!(
+        text.contains(&format!(
+            "slot A record: installed demo-os 1.4.0, bundle manifest sha256 {sha}"
+        )),
+        "{text}"
+    );
+
+    // The engine takes over.
+    let machine = [
+        "--disk",
+        "disk.img",
+        "--ovmf-vars",
+        "vars.fd",
+        "--booted-slot",
+        "a",
+    ];
+    let st = json(&w.abkit(&[&["status", "--json"][..], &machine].concat()));
+    assert_eq!(st["committed_slot"], "A");
+    assert_eq!(st["slots"]["A"]["state"], "installed");
+    assert_eq!(st["slots"]["A"]["version"], "1.4.0");
+    let foreign = w.bundle("other-os", "2.0.0", b'Q');
+    let out = w.abkit(&[&["install", "--keyring", "keyring", &foreign][..], &machine].concat());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to install another product"), "{err}");
+    let newer = w.bundle("demo-os", "1.5.0", b'N');
+    w.ok(&[&["install", "--keyring", "keyring", &newer][..], &machine].concat());
+    let st = json(&w.abkit(&[&["status", "--json"][..], &machine].concat()));
+    assert_eq!(st["slots"]["B"]["state"], "installed");
+    assert_eq!(st["slots"]["B"]["version"], "1.5.0");
+    assert_eq!(st["trial_pending"], true);
+}
+
+#[test]
+fn bad_bundles_are_refused_by_name_and_leave_no_file() {
+    let w = world();
+    let bundle = w.bundle("demo-os", "1.0.0", b'G');
+    let bytes = std::fs::read(w.p(&bundle)).unwrap();
+    let mut flipped = bytes.clone();
+    let at = bytes.len() - 3000; // inside the system payload, the last one
+    flipped[at] ^= 0x01;
+    std::fs::write(w.p("flipped.abb"), &flipped).unwrap();
+    std::fs::write(w.p("truncated.abb"), &bytes[..bytes.len() - 3000]).unwrap();
+    w.ok(&["keygen", "--out", "stranger"]);
+    std::fs::create_dir(w.p("other-keyring")).unwrap();
+    std::fs::copy(w.p("stranger.pub"), w.p("other-keyring/stranger.pub")).unwrap();
+
+    let cases = [
+        (
+            bundle.as_str(),
+            "other-keyring",
+            "no signature from a key in the keyring",
+        ),
+        (
+            "flipped.abb",
+            "keyring",
+            "SHA-256 does not match the manifest",
+        ),
+        ("truncated.abb", "keyring", "bundle is truncated"),
+    ];
+    for (file, keyring, message) in cases {
+        let before = w.names();
+        let out = w.build(file, keyring, "disk.img", &[]);
+        assert!(!out.status.success(), "{file}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("abkit: error: building disk.img from") && err.contains(message),
+            "{file}: {err}"
+        );
+        assert!(!w.p("disk.img").exists(), "{file}: output created");
+        assert_eq!(w.names(), before, "{file}: files left behind");
+    }
+}
