@@ -267,11 +267,16 @@ pub fn build(inputs: &Inputs, dir: &Path, log: &mut dyn FnMut(String)) -> anyhow
     let base_disk = dir.join("base-disk.img");
     let base_vars = dir.join("base-vars.fd");
     std::fs::copy(OVMF_VARS, &base_vars).with_context(|| format!("copying {OVMF_VARS}"))?;
+    // The factory path: slot A from X's bundle (verified, recorded as
+    // installed with its version), like `abkit install` would.
+    let keyring = dir.join("keyring");
+    std::fs::create_dir_all(&keyring)?;
+    std::fs::write(keyring.join("testkey.pub"), &pub_key)?;
     run(Command::new(abkit)
-        .args(["image", "build", "--loader"])
-        .arg(dir.join(format!("boot-{}.efi", X.stem())))
-        .arg("--system")
-        .arg(dir.join(format!("system-{}.img", X.stem())))
+        .args(["image", "build", "--bundle"])
+        .arg(bundle_dir.join(X.bundle()))
+        .arg("--keyring")
+        .arg(&keyring)
         .arg("-o")
         .arg(&base_disk)
         .arg("--ovmf-vars")

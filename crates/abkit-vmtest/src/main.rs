@@ -106,6 +106,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 http,
                 work,
                 after_seed: Default::default(),
+                last_log: Default::default(),
             };
             eprintln!(
                 "vm-e2e: fixtures and accelerator ready in {:.1} s",
@@ -304,16 +305,16 @@ fn demo(inputs: &Inputs, work: &Path, accel: AccelChoice) -> anyhow::Result<i32>
     );
 
     println!(
-        "$ abkit --disk {} --ovmf-vars {} --booted-slot b status",
+        "$ abkit status --disk {} --ovmf-vars {} --booted-slot b",
         disk.display(),
         vars.display()
     );
     let out = std::process::Command::new(&fx.abkit)
-        .arg("--disk")
+        .args(["status", "--disk"])
         .arg(&disk)
         .arg("--ovmf-vars")
         .arg(&vars)
-        .args(["--booted-slot", "b", "status"])
+        .args(["--booted-slot", "b"])
         .output()?;
     print!(
         "{}{}",

@@ -29,6 +29,8 @@ pub struct Suite {
     /// The seed sequence's final disk and VARS (Z committed on A), for the
     /// manual rollback test.
     pub after_seed: RefCell<Option<(PathBuf, PathBuf)>>,
+    /// The serial log of the latest boot (shown when a scenario fails).
+    pub last_log: RefCell<Option<PathBuf>>,
 }
 
 /// One scenario's machine and its boot counter.
@@ -92,6 +94,7 @@ impl<'a> Scenario<'a> {
     pub fn boot_with(&mut self, spec: BootSpec) -> anyhow::Result<(Boot, BootVars)> {
         self.boots += 1;
         let log = self.dir.join(format!("boot-{}.log", self.boots));
+        *self.suite.last_log.borrow_mut() = Some(log.clone());
         let boot = self.machine.boot(&spec, &log)?;
         self.boot_time += boot.took;
         let vars = self.vars()?;
@@ -235,19 +238,14 @@ pub fn expect_status(
     Ok(())
 }
 
-/// `abkit --disk D --ovmf-vars V --booted-slot S status --json`, offline.
+/// `abkit status --json --disk D --ovmf-vars V --booted-slot S`, offline.
 pub fn offline_status(suite: &Suite, m: &Machine, booted: char) -> anyhow::Result<Value> {
     let out = run(std::process::Command::new(&suite.fx.abkit)
-        .arg("--disk")
+        .args(["status", "--json", "--disk"])
         .arg(&m.disk)
         .arg("--ovmf-vars")
         .arg(&m.vars)
-        .args([
-            "--booted-slot",
-            &booted.to_ascii_lowercase().to_string(),
-            "status",
-            "--json",
-        ]))?;
+        .args(["--booted-slot", &booted.to_ascii_lowercase().to_string()]))?;
     serde_json::from_str(&out).context("offline status printed no JSON")
 }
 
@@ -304,8 +302,10 @@ fn boot_base(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
         b.report.firmware_entry
     );
     vars.expect('A', None)?;
-    // X came from `abkit image build`, not from a bundle: no version on record.
-    expect_status(status(&b)?, 'A', 'A', &[])?;
+    let st = status(&b)?;
+    expect_status(st, 'A', 'A', &[('A', X.version)])?;
+    let state = text(&st["slots"]["A"]["state"]);
+    ensure!(state == "good", "slot A is {state:?} after mark-good: {st}");
     ensure!(b.report.ending == Ending::PowerOff, "no clean poweroff");
     Ok(s)
 }
@@ -386,7 +386,7 @@ fn auto_rollback(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
         order,
         vars.boot_order
     );
-    expect_status(status(&b)?, 'A', 'A', &[])?;
+    expect_status(status(&b)?, 'A', 'A', &[('A', X.version)])?;
     Ok(s)
 }
 
@@ -518,7 +518,7 @@ fn tampered_bundle(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     );
     // A bad signature changes nothing: slot B is as the image builder left it.
     let st = &b.report.status[0];
-    expect_status(st, 'A', 'A', &[])?;
+    expect_status(st, 'A', 'A', &[('A', X.version)])?;
     let state = text(&st["slots"]["B"]["state"]);
     ensure!(
         state == "unknown",
@@ -526,7 +526,7 @@ fn tampered_bundle(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     );
     // A payload failing mid-stream leaves slot B recorded empty.
     let st = &b.report.status[1];
-    expect_status(st, 'A', 'A', &[])?;
+    expect_status(st, 'A', 'A', &[('A', X.version)])?;
     let state = text(&st["slots"]["B"]["state"]);
     ensure!(
         state == "empty",
@@ -541,6 +541,17 @@ fn tampered_bundle(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     expect_healthy(&b, &X, 'A')?;
     vars.expect('A', None)?;
     Ok(s)
+}
+
+/// The last `lines` lines of a serial log, without escapes and CRs.
+fn print_tail(log: &Path, lines: usize) {
+    let text = String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
+    let all: Vec<&str> = text.lines().collect();
+    eprintln!("    --- last lines of {} ---", log.display());
+    for line in &all[all.len().saturating_sub(lines)..] {
+        let clean: String = line.chars().filter(|c| !c.is_control()).collect();
+        eprintln!("    | {clean}");
+    }
 }
 
 /// Runs the named scenarios (all if empty), printing per-test timings and a
@@ -569,7 +580,12 @@ pub fn run_all(suite: &Suite, only: &[String]) -> anyhow::Result<usize> {
                 s.boots,
                 took.as_secs_f64()
             ),
-            Err(e) => eprintln!("vm-e2e: FAIL {name} ({:.1} s): {e:#}", took.as_secs_f64()),
+            Err(e) => {
+                if let Some(log) = suite.last_log.borrow().as_ref() {
+                    print_tail(log, 25);
+                }
+                eprintln!("vm-e2e: FAIL {name} ({:.1} s): {e:#}", took.as_secs_f64())
+            }
         }
         let boots = outcome
             .as_ref()
