@@ -31,6 +31,11 @@ test: lint unit
 demo: build
 	@bash scripts/demo.sh
 
+## bench-image: time `abkit image build` against cp --sparse=always (not part of test)
+.PHONY: bench-image
+bench-image: deps
+	@bash bench/image.sh
+
 clean:
 	$(CARGO) clean
 

@@ -12,8 +12,10 @@ use clap::{Parser, Subcommand};
 ///
 /// abkit writes a new OS version into the inactive slot, boots it once with
 /// the firmware's BootNext, and makes it permanent only when it is healthy.
+/// Every machine command works on the running system by default, or offline
+/// on a disk image with --disk IMAGE --ovmf-vars FILE --booted-slot A.
 #[derive(Parser)]
-#[command(name = "abkit", version, about, long_about = None, propagate_version = true)]
+#[command(name = "abkit", version, about, long_about, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,6 +23,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Install a bundle into the inactive slot and boot it once (trial boot).
+    Install(cmd::install::InstallArgs),
+    /// Mark the running slot good: repair boot entries and commit it in BootOrder.
+    MarkGood(cmd::mark_good::MarkGoodArgs),
+    /// Boot the other slot once (it must have been good before).
+    Rollback(cmd::rollback::RollbackArgs),
+    /// Show the running and committed slot, a pending trial, and what each slot holds.
+    Status(cmd::status::StatusArgs),
     /// Read and change the firmware's boot variables (Boot####, BootOrder, BootNext).
     #[command(subcommand)]
     Efi(cmd::efi::EfiCommand),
@@ -32,23 +42,55 @@ enum Command {
     Bundle(cmd::bundle::BundleCommand),
     /// Make an Ed25519 key pair for signing bundles (NAME.key and NAME.pub).
     Keygen(cmd::keygen::KeygenArgs),
+    /// Build an A/B disk image, or inspect one.
+    #[command(subcommand)]
+    Image(cmd::image::ImageCommand),
+}
+
+/// The error and its causes on one line, each cause once: library errors
+/// often already carry their source's text in their own message.
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+/// Dies quietly on a closed pipe (`abkit ... | head`), like other Unix
+/// tools, instead of panicking in `println!`.
+fn default_sigpipe() {
+    // SAFETY: setting a signal disposition to SIG_DFL runs no handler code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 fn main() -> std::process::ExitCode {
+    default_sigpipe();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp(None)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Install(a) => cmd::install::run(a),
+        Command::MarkGood(a) => cmd::mark_good::run(a),
+        Command::Rollback(a) => cmd::rollback::run(a),
+        Command::Status(a) => cmd::status::run(a),
         Command::Efi(c) => cmd::efi::run(c),
         Command::Uki(c) => cmd::uki::run(c),
         Command::Bundle(c) => cmd::bundle::run(c),
         Command::Keygen(a) => cmd::keygen::run(a),
+        Command::Image(c) => cmd::image::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("abkit: error: {err:#}");
+            eprintln!("abkit: error: {}", error_chain(&err));
             std::process::ExitCode::FAILURE
         }
     }

@@ -2,6 +2,13 @@
 
 pub mod bundle;
 pub mod efi;
+pub mod image;
+pub mod install;
 pub mod keygen;
+pub mod machine;
+pub mod mark_good;
+pub mod progress;
+pub mod rollback;
+pub mod status;
 pub mod uki;
 pub mod vars;

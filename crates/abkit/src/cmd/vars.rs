@@ -12,12 +12,18 @@ pub struct VarStoreArgs {
     /// Use the variables in DIR: a mounted efivarfs, or any folder of files
     /// in efivarfs format (`Name-vendor-guid`, 4-byte attributes + data).
     /// Default: the running system's /sys/firmware/efi/efivars.
-    #[arg(long, value_name = "DIR", global = true, conflicts_with = "ovmf_vars")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        global = true,
+        conflicts_with = "ovmf_vars",
+        help_heading = "Machine"
+    )]
     pub efivars: Option<PathBuf>,
 
     /// Use the variable store inside an OVMF VARS firmware file (such as a
     /// copy of /usr/share/OVMF/OVMF_VARS_4M.fd that a VM boots with).
-    #[arg(long, value_name = "FILE", global = true)]
+    #[arg(long, value_name = "FILE", help_heading = "Machine")]
     pub ovmf_vars: Option<PathBuf>,
 }
 

@@ -1,0 +1,105 @@
+//! The one error type of this crate: every refusal names its problem.
+
+use std::path::PathBuf;
+
+use crate::pe::PeError;
+
+/// Everything that can go wrong building, opening or changing a disk image.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// An I/O call failed; `context` says on what.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The loader file is not something UEFI firmware would start.
+    #[error("the loader is not a PE/COFF EFI application: {0}")]
+    NotEfiApplication(#[from] PeError),
+    /// The system image does not fit into its slot.
+    #[error(
+        "the system image is {image} bytes but a slot holds only {slot} bytes (raise --system-size)"
+    )]
+    SystemImageTooLarge { image: u64, slot: u64 },
+    /// A requested size is below what its partition needs.
+    #[error("{what} of {size} bytes is too small: at least {min} bytes are needed")]
+    SizeTooSmall {
+        what: &'static str,
+        size: u64,
+        min: u64,
+    },
+    /// The partitions do not fit into the requested disk size.
+    #[error(
+        "the partitions need a disk of at least {needed} bytes but the disk size is {disk} bytes"
+    )]
+    DiskTooSmall { disk: u64, needed: u64 },
+    /// Sizes so large that the arithmetic overflows.
+    #[error("sizes too large: {0}")]
+    SizeOverflow(&'static str),
+    /// Partition names are UTF-16 with room for 36 units.
+    #[error("invalid label prefix {prefix:?}: {reason}")]
+    BadLabelPrefix {
+        prefix: String,
+        reason: &'static str,
+    },
+    /// The output exists and is a block device, and `force` was not given.
+    #[error("{0} is an existing block device: refusing to overwrite it without --force")]
+    BlockDeviceWithoutForce(PathBuf),
+    /// The output is one of the inputs (building would destroy it).
+    #[error("the output {0} is also an input file")]
+    OutputIsInput(PathBuf),
+    /// The output exists and is neither a regular file nor a block device.
+    #[error("{0} is neither a regular file nor a block device")]
+    NotFileOrBlockDevice(PathBuf),
+    /// The disk has no readable GPT.
+    #[error("{path}: no valid GPT partition table: {reason}")]
+    NoGpt { path: PathBuf, reason: String },
+    /// A partition with a required type GUID is absent.
+    #[error("no {role} partition (type GUID {type_guid})")]
+    MissingPartition {
+        role: &'static str,
+        type_guid: uuid::Uuid,
+    },
+    /// More than one partition carries a type GUID that must be unique.
+    #[error("partitions {first} and {second} both have the {role} type GUID")]
+    DuplicatePartition {
+        role: &'static str,
+        first: u32,
+        second: u32,
+    },
+    /// A partition entry points outside the disk.
+    #[error("partition {number} ends at byte {end}, beyond the disk's {disk} bytes")]
+    PartitionOutsideDisk { number: u32, end: u64, disk: u64 },
+    /// The ESP's FAT file system could not be formatted, read or changed.
+    #[error("ESP {context}: {source}")]
+    Fat {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A path inside the ESP is empty or has an empty or dot component.
+    #[error("invalid ESP path {0:?}")]
+    BadEspPath(String),
+    /// The OVMF VARS file (or another variable store) failed.
+    #[error("variable store: {0}")]
+    VarStore(#[from] abkit_efi::StoreError),
+    /// Writing the boot entries failed.
+    #[error("boot entries: {0}")]
+    BootEntries(#[from] abkit_efi::BootError),
+    /// The ESP has no such file.
+    #[error("ESP file {0} not found")]
+    EspFileNotFound(String),
+}
+
+impl DiskError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DiskError {
+        let context = context.into();
+        move |source| DiskError::Io { context, source }
+    }
+
+    pub(crate) fn fat(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DiskError {
+        let context = context.into();
+        move |source| DiskError::Fat { context, source }
+    }
+}

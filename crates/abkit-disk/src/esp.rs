@@ -1,0 +1,533 @@
+//! Files inside the ESP, read and written without mounting it.
+//!
+//! Paths use `\` or `/` (`\EFI\abkit\boot-a.efi`); FAT compares names
+//! without regard to case. Each change is flushed to the disk before the
+//! call returns.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use fatfs::{FileSystem, FsOptions, TimeProvider};
+use serde::Serialize;
+
+use crate::sparse::{Slice, SparseDisk};
+use crate::{DiskError, Result};
+
+/// `list` refuses deeper trees and more entries (a damaged FAT can loop).
+const MAX_LIST_DEPTH: usize = 16;
+const MAX_LIST_ENTRIES: usize = 100_000;
+
+/// Suffix of the temporary file `write_file` writes before renaming it.
+pub const TEMP_SUFFIX: &str = ".abkit-new";
+
+/// What the ESP's file system sits on: the disk file, or the builder's
+/// in-memory disk (shared, so that `Esp` can also reach raw bytes).
+#[derive(Debug, Clone)]
+pub(crate) enum Storage {
+    File(Arc<File>),
+    Memory(Rc<RefCell<SparseDisk>>),
+}
+
+impl Storage {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match self {
+            Storage::File(f) => f.read_exact_at(buf, offset),
+            Storage::Memory(m) => {
+                let mut m = m.borrow_mut();
+                m.seek(SeekFrom::Start(offset))?;
+                m.read_exact(buf)
+            }
+        }
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        match self {
+            Storage::File(f) => f.write_all_at(buf, offset),
+            Storage::Memory(m) => {
+                let mut m = m.borrow_mut();
+                m.seek(SeekFrom::Start(offset))?;
+                m.write_all(buf)
+            }
+        }
+    }
+}
+
+/// The stream the FAT library reads and writes: a position over `Storage`.
+#[derive(Debug)]
+pub(crate) struct StorageStream {
+    storage: Storage,
+    pos: u64,
+}
+
+impl Read for StorageStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match &self.storage {
+            Storage::File(f) => f.read_at(buf, self.pos)?,
+            Storage::Memory(m) => {
+                let mut m = m.borrow_mut();
+                m.seek(SeekFrom::Start(self.pos))?;
+                m.read(buf)?
+            }
+        };
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Write for StorageStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = match &self.storage {
+            Storage::File(f) => f.write_at(buf, self.pos)?,
+            Storage::Memory(m) => {
+                let mut m = m.borrow_mut();
+                m.seek(SeekFrom::Start(self.pos))?;
+                m.write(buf)?
+            }
+        };
+        self.pos += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for StorageStream {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let target = match pos {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "seek from the end of the disk",
+                ));
+            }
+        };
+        self.pos = target
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before byte 0"))?;
+        Ok(self.pos)
+    }
+}
+
+/// The FAT32 geometry fields we need for raw fix-ups (boot sector offsets:
+/// BytesPerSector u16 at 11, SectorsPerCluster u8 at 13, ReservedSectors
+/// u16 at 14, NumFATs u8 at 16, FATSize32 u32 at 36).
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    fat_offset: u64,
+    fat_bytes: u64,
+    data_offset: u64,
+    cluster_bytes: u64,
+}
+
+impl Geometry {
+    fn read(storage: &Storage, esp_start: u64) -> io::Result<Geometry> {
+        let mut boot = [0u8; 512];
+        storage.read_at(&mut boot, esp_start)?;
+        let u16_at = |at: usize| u64::from(u16::from_le_bytes([boot[at], boot[at + 1]]));
+        let u32_at =
+            |at: usize| u32::from_le_bytes([boot[at], boot[at + 1], boot[at + 2], boot[at + 3]]);
+        let sector = u16_at(11);
+        let per_cluster = u64::from(boot[13]);
+        let reserved = u16_at(14);
+        let fats = u64::from(boot[16]);
+        let fat_sectors = u64::from(u32_at(36));
+        if sector == 0 || per_cluster == 0 || fats == 0 || fat_sectors == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a FAT32 boot sector",
+            ));
+        }
+        Ok(Geometry {
+            fat_offset: esp_start + reserved * sector,
+            fat_bytes: fat_sectors * sector,
+            data_offset: esp_start + (reserved + fats * fat_sectors) * sector,
+            cluster_bytes: per_cluster * sector,
+        })
+    }
+}
+
+/// One file or directory of the ESP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EspEntry {
+    /// Full path with `\` separators, as firmware writes it.
+    pub path: String,
+    pub is_dir: bool,
+    /// Bytes (0 for directories).
+    pub size: u64,
+}
+
+/// The ESP's FAT file system, opened from a disk image or block device.
+pub struct Esp {
+    fs: FileSystem<Slice<StorageStream>>,
+    /// The same disk, for flushing and for raw fix-ups.
+    storage: Storage,
+    /// Byte offset of the ESP on the disk.
+    start: u64,
+}
+
+/// Splits an ESP path into its names, refusing empty paths and `.`/`..`.
+fn components(path: &str) -> Result<Vec<&str>> {
+    let names: Vec<&str> = path.split(['/', '\\']).filter(|c| !c.is_empty()).collect();
+    if names.is_empty() || names.iter().any(|c| *c == "." || *c == "..") {
+        return Err(DiskError::BadEspPath(path.to_string()));
+    }
+    Ok(names)
+}
+
+fn not_found_or(path: &str, context: &str) -> impl FnOnce(io::Error) -> DiskError {
+    let path = path.to_string();
+    let context = context.to_string();
+    move |err| {
+        if err.kind() == io::ErrorKind::NotFound {
+            DiskError::EspFileNotFound(path)
+        } else {
+            DiskError::Fat {
+                context: format!("{context} {path}"),
+                source: err,
+            }
+        }
+    }
+}
+
+impl Esp {
+    pub(crate) fn mount(
+        storage: Storage,
+        start: u64,
+        size: u64,
+        clock: &'static dyn TimeProvider,
+    ) -> Result<Esp> {
+        let stream = StorageStream {
+            storage: storage.clone(),
+            pos: 0,
+        };
+        let options = FsOptions::new()
+            .update_accessed_date(false)
+            .time_provider(clock);
+        let fs = FileSystem::new(Slice::new(stream, start, size), options)
+            .map_err(DiskError::fat("mount the FAT file system"))?;
+        Ok(Esp { fs, storage, start })
+    }
+
+    /// Writes everything to the disk (the FAT library writes through; this
+    /// makes it durable on a real file or device).
+    fn sync(&self) -> Result<()> {
+        if let Storage::File(file) = &self.storage {
+            file.sync_data().map_err(DiskError::io("flush the disk"))?;
+        }
+        Ok(())
+    }
+
+    /// Reads FAT #1 (raw bytes).
+    fn read_fat(&self, geometry: &Geometry) -> io::Result<Vec<u8>> {
+        let len = usize::try_from(geometry.fat_bytes)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "FAT too large"))?;
+        let mut fat = vec![0u8; len];
+        self.storage.read_at(&mut fat, geometry.fat_offset)?;
+        Ok(fat)
+    }
+
+    /// Creates directory `name` in `parent` and repairs what fatfs 0.3.6
+    /// gets wrong (rafalh/rust-fatfs#100, #99): it puts long-name entries
+    /// before `.` and `..` (fsck.fat then reports the directory broken), and
+    /// points `..` of a top-level directory at the root's cluster instead
+    /// of 0. The new directory's cluster is the one the FAT allocated.
+    fn create_dir_in<'d>(
+        &'d self,
+        parent: &fatfs::Dir<'d, Slice<StorageStream>>,
+        name: &str,
+        parent_is_root: bool,
+    ) -> io::Result<fatfs::Dir<'d, Slice<StorageStream>>> {
+        for entry in parent.iter() {
+            let entry = entry?;
+            if entry.file_name().eq_ignore_ascii_case(name) {
+                if entry.is_dir() {
+                    return Ok(entry.to_dir());
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "a file has this name",
+                ));
+            }
+        }
+        let geometry = Geometry::read(&self.storage, self.start)?;
+        let before = self.read_fat(&geometry)?;
+        let dir = parent.create_dir(name)?;
+        let after = self.read_fat(&geometry)?;
+        let new_clusters: Vec<u64> = before
+            .chunks_exact(4)
+            .zip(after.chunks_exact(4))
+            .enumerate()
+            .filter(|(_, (b, a))| b == &[0; 4] && a != &[0; 4])
+            .map(|(i, _)| i as u64)
+            .collect();
+        let [cluster] = new_clusters[..] else {
+            return Err(io::Error::other(format!(
+                "expected one new cluster for directory {name}, found {}",
+                new_clusters.len()
+            )));
+        };
+        let offset = geometry.data_offset + (cluster - 2) * geometry.cluster_bytes;
+        let mut entries = [0u8; 128];
+        self.storage.read_at(&mut entries, offset)?;
+        const LFN: u8 = 0x0f;
+        let (lfn_dot, dot, lfn_dotdot, dotdot) = (
+            &entries[..32],
+            &entries[32..64],
+            &entries[64..96],
+            &entries[96..],
+        );
+        if lfn_dot[11] == LFN
+            && &dot[..11] == b".          "
+            && lfn_dotdot[11] == LFN
+            && &dotdot[..11] == b"..         "
+        {
+            let mut fixed = [0u8; 128];
+            fixed[..32].copy_from_slice(dot);
+            fixed[32..64].copy_from_slice(dotdot);
+            if parent_is_root {
+                // `..` cluster, high word at 20, low word at 26.
+                fixed[32 + 20..32 + 22].fill(0);
+                fixed[32 + 26..32 + 28].fill(0);
+            }
+            self.storage.write_at(&fixed, offset)?;
+        } else if &entries[..11] != b".          " {
+            return Err(io::Error::other(format!(
+                "unexpected layout of new directory {name}"
+            )));
+        }
+        Ok(dir)
+    }
+
+    fn dir(&self, names: &[&str], create: bool) -> Result<fatfs::Dir<'_, Slice<StorageStream>>> {
+        let mut dir = self.fs.root_dir();
+        for (i, name) in names.iter().enumerate() {
+            let path = names[..=i].join("\\");
+            dir = if create {
+                self.create_dir_in(&dir, name, i == 0)
+                    .map_err(DiskError::fat(format!("create directory \\{path}")))?
+            } else {
+                dir.open_dir(name)
+                    .map_err(not_found_or(&format!("\\{path}"), "open directory"))?
+            };
+        }
+        Ok(dir)
+    }
+
+    /// Every file and directory, depth first, with sizes.
+    pub fn list(&self) -> Result<Vec<EspEntry>> {
+        let mut out = Vec::new();
+        let mut pending = vec![(String::new(), 0usize, self.fs.root_dir())];
+        while let Some((prefix, depth, dir)) = pending.pop() {
+            for entry in dir.iter() {
+                let entry = entry.map_err(DiskError::fat(format!("list \\{prefix}")))?;
+                let name = entry.file_name();
+                if name == "." || name == ".." {
+                    continue;
+                }
+                // A damaged FAT can make a directory contain its ancestor.
+                if depth >= MAX_LIST_DEPTH || out.len() >= MAX_LIST_ENTRIES {
+                    return Err(DiskError::Fat {
+                        context: format!("list \\{prefix}"),
+                        source: io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "directory tree too deep or too large (damaged file system?)",
+                        ),
+                    });
+                }
+                let path = format!("{prefix}\\{name}");
+                let is_dir = entry.is_dir();
+                if is_dir {
+                    pending.push((path.clone(), depth + 1, entry.to_dir()));
+                }
+                out.push(EspEntry {
+                    path,
+                    is_dir,
+                    size: if is_dir { 0 } else { entry.len() },
+                });
+            }
+        }
+        out.sort_by_key(|e| e.path.to_lowercase());
+        Ok(out)
+    }
+
+    /// Whether a file or directory exists at `path`.
+    pub fn exists(&self, path: &str) -> Result<bool> {
+        let names = components(path)?;
+        let (name, parents) = names
+            .split_last()
+            .ok_or(DiskError::BadEspPath(path.into()))?;
+        let dir = match self.dir(parents, false) {
+            Ok(dir) => dir,
+            Err(DiskError::EspFileNotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        for entry in dir.iter() {
+            let entry = entry.map_err(DiskError::fat(format!("list {path}")))?;
+            if entry.file_name().eq_ignore_ascii_case(name) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The bytes of the file at `path`.
+    pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        let names = components(path)?;
+        let mut file = self
+            .fs
+            .root_dir()
+            .open_file(&names.join("/"))
+            .map_err(not_found_or(path, "open"))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(DiskError::fat(format!("read {path}")))?;
+        Ok(bytes)
+    }
+
+    /// Creates the directory `path` and its parents where missing.
+    pub fn create_dir_all(&self, path: &str) -> Result<()> {
+        self.dir(&components(path)?, true)?;
+        self.sync()
+    }
+
+    /// Creates or truncates the file at `path` (creating its directories),
+    /// copies `source` into it and flushes it. Not atomic: a file that must
+    /// never be seen half-written is written under a temporary name and
+    /// then [`rename`](Esp::rename)d into place.
+    pub fn write_file_from(&self, path: &str, source: &mut dyn Read) -> Result<u64> {
+        let names = components(path)?;
+        let (name, parents) = names
+            .split_last()
+            .ok_or(DiskError::BadEspPath(path.into()))?;
+        let dir = self.dir(parents, true)?;
+        let written = {
+            let mut file = dir
+                .create_file(name)
+                .map_err(DiskError::fat(format!("create {path}")))?;
+            file.truncate()
+                .and_then(|()| io::copy(source, &mut file))
+                .and_then(|n| file.flush().map(|()| n))
+                .map_err(DiskError::fat(format!("write {path}")))?
+        };
+        self.sync()?;
+        Ok(written)
+    }
+
+    /// Replaces (or creates) the file at `path`, creating its directories.
+    ///
+    /// FAT has no atomic replace, so this writes `<path>.abkit-new`
+    /// completely and flushes it, then removes the old file and renames the
+    /// new one into place, flushing again. A crash leaves either the old
+    /// file, or the complete new file under the temporary name (and no file
+    /// at `path`): never a partly written file at `path`.
+    pub fn write_file(&self, path: &str, bytes: &[u8]) -> Result<()> {
+        let names = components(path)?;
+        let (name, parents) = names
+            .split_last()
+            .ok_or(DiskError::BadEspPath(path.into()))?;
+        let dir = self.dir(parents, true)?;
+        let temp = format!("{name}{TEMP_SUFFIX}");
+        match dir.remove(&temp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(not_found_or(path, "remove stale temporary of")(e)),
+        }
+        {
+            let mut file = dir
+                .create_file(&temp)
+                .map_err(DiskError::fat(format!("create {path}{TEMP_SUFFIX}")))?;
+            file.truncate()
+                .and_then(|()| file.write_all(bytes))
+                .and_then(|()| file.flush())
+                .map_err(DiskError::fat(format!("write {path}{TEMP_SUFFIX}")))?;
+        }
+        self.sync()?;
+        match dir.remove(name) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(not_found_or(path, "remove old")(e)),
+        }
+        dir.rename(&temp, &dir, name)
+            .map_err(DiskError::fat(format!(
+                "rename {path}{TEMP_SUFFIX} to {path}"
+            )))?;
+        self.sync()
+    }
+
+    /// Renames (moves) `from` to `to`, replacing a file at `to`. The parent
+    /// directory of `to` must exist.
+    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let from_names = components(from)?;
+        let to_names = components(to)?;
+        let (to_name, to_parents) = to_names
+            .split_last()
+            .ok_or(DiskError::BadEspPath(to.into()))?;
+        let root = self.fs.root_dir();
+        // Make sure the source exists before removing the destination.
+        root.open_file(&from_names.join("/"))
+            .map_err(not_found_or(from, "open"))?;
+        let to_dir = self.dir(to_parents, false)?;
+        match to_dir.remove(to_name) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(not_found_or(to, "remove")(e)),
+        }
+        root.rename(&from_names.join("/"), &to_dir, to_name)
+            .map_err(DiskError::fat(format!("rename {from} to {to}")))?;
+        self.sync()
+    }
+
+    /// Removes a file or an empty directory.
+    pub fn remove(&self, path: &str) -> Result<()> {
+        let names = components(path)?;
+        self.fs
+            .root_dir()
+            .remove(&names.join("/"))
+            .map_err(not_found_or(path, "remove"))?;
+        self.sync()
+    }
+
+    /// Free bytes left in the ESP.
+    pub fn free_bytes(&self) -> Result<u64> {
+        let stats = self.fs.stats().map_err(DiskError::fat("read usage"))?;
+        Ok(u64::from(stats.free_clusters()) * u64::from(stats.cluster_size()))
+    }
+
+    /// Unmounts: writes the FAT's bookkeeping and flushes it to the disk.
+    pub fn close(self) -> Result<()> {
+        let Esp { fs, storage, .. } = self;
+        // Counting the free clusters records the count in the FSInfo
+        // sector, which fsck.fat otherwise reports as uninitialized.
+        fs.stats().map_err(DiskError::fat("count free clusters"))?;
+        fs.unmount().map_err(DiskError::fat("unmount"))?;
+        if let Storage::File(file) = storage {
+            file.sync_data().map_err(DiskError::io("flush the disk"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_split_on_both_separators() {
+        assert_eq!(
+            components("\\EFI/abkit\\x.efi").unwrap(),
+            ["EFI", "abkit", "x.efi"]
+        );
+        for bad in ["", "\\", "/a/../b", "./x"] {
+            assert!(
+                matches!(components(bad), Err(DiskError::BadEspPath(_))),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Fixtures shared by the integration tests: a tiny EFI loader, a small
+//! system image, builds with small sizes, and runners for the real tools.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use abkit_disk::{BuildOptions, BuildReport, LayoutOptions, build, fixtures};
+use sha2::{Digest, Sha256};
+
+pub const MIB: u64 = 1 << 20;
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub loader: PathBuf,
+    pub system: PathBuf,
+    pub loader_bytes: Vec<u8>,
+    pub system_bytes: Vec<u8>,
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so images differ from zeros.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A 3 MiB system image: 1 MiB noise, 1 MiB zeros, 1 MiB noise (its last
+/// 4 KiB block is not zero, so its used part is the whole file).
+pub fn system_image() -> Vec<u8> {
+    let mut image = noise(MIB as usize, 7);
+    image.extend(std::iter::repeat_n(0u8, MIB as usize));
+    image.extend(noise(MIB as usize, 11));
+    image
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let loader = dir.path().join("boot.efi");
+        let system = dir.path().join("system.img");
+        let loader_bytes = fixtures::tiny_efi_application(b"abkit test loader v1");
+        let system_bytes = system_image();
+        std::fs::write(&loader, &loader_bytes).unwrap();
+        std::fs::write(&system, &system_bytes).unwrap();
+        Fixture {
+            dir,
+            loader,
+            system,
+            loader_bytes,
+            system_bytes,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Build options with small sizes: 64 MiB ESP, 16 MiB slots, 8 MiB data.
+    pub fn options(&self, output: &Path) -> BuildOptions {
+        BuildOptions {
+            loader: self.loader.clone(),
+            system: self.system.clone(),
+            output: output.to_path_buf(),
+            layout: LayoutOptions {
+                esp_size: 64 * MIB,
+                system_size: 16 * MIB,
+                data_size: 8 * MIB,
+                disk_size: None,
+                label_prefix: "ABKIT".into(),
+            },
+            seed: Some(42),
+            force: false,
+            ovmf_vars: None,
+        }
+    }
+
+    pub fn build(&self, name: &str) -> (PathBuf, BuildReport) {
+        let out = self.path(name);
+        let report = build(&self.options(&out)).unwrap();
+        (out, report)
+    }
+}
+
+/// Runs a tool, returning stdout; fails the test with its output on error.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Runs a tool and returns raw stdout bytes.
+pub fn run_bytes(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.env("MTOOLS_SKIP_CHECK", "1").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Copies `len` bytes at `offset` of `disk` into a new file `dest`.
+pub fn extract(disk: &Path, offset: u64, len: u64, dest: &Path) {
+    let bytes = std::fs::read(disk).unwrap();
+    std::fs::write(dest, &bytes[offset as usize..(offset + len) as usize]).unwrap();
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// `mtools` image argument for a partition at `offset`.
+pub fn mtools_image(disk: &Path, offset: u64) -> String {
+    format!("{}@@{offset}", disk.display())
+}
+
+/// `fsck.vfat -n` succeeds and reports nothing but its banner and summary
+/// (any finding adds lines even when the exit status is 0).
+pub fn assert_fsck_clean(fat: &Path) {
+    let out = run(Command::new("fsck.vfat").arg("-n").arg(fat));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "fsck.vfat found problems:\n{out}");
+    assert!(lines[1].contains(" files, "), "{out}");
+}

@@ -1,0 +1,85 @@
+//! Why an update operation stopped. Every variant names the problem; the
+//! engine's order of steps guarantees what each one leaves behind.
+
+use std::io;
+
+use thiserror::Error;
+
+use crate::Slot;
+
+#[derive(Debug, Error)]
+pub enum UpdateError {
+    #[error(transparent)]
+    Boot(#[from] abkit_efi::BootError),
+    #[error(transparent)]
+    Store(#[from] abkit_efi::StoreError),
+    #[error(transparent)]
+    Disk(#[from] abkit_disk::DiskError),
+    #[error(transparent)]
+    Bundle(#[from] abkit_bundle::Error),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "bundle is for {bundle:?} but this machine runs {machine:?}: refusing to install another product"
+    )]
+    Incompatible { bundle: String, machine: String },
+    #[error(
+        "bundle version {bundle} is older than the committed version {committed}; pass --allow-downgrade to install it anyway"
+    )]
+    Downgrade { bundle: String, committed: String },
+    #[error(
+        "bundle {bundle} updates only from version {min} or newer; this machine runs {current}"
+    )]
+    BelowMinVersion {
+        bundle: String,
+        min: String,
+        current: String,
+    },
+    #[error(
+        "the running slot {running} is on its trial boot and not yet marked good (the committed slot is {committed}): installing now would overwrite the last good version; run `abkit mark-good` once it is healthy, or reboot to go back"
+    )]
+    RunningSlotNotCommitted { running: Slot, committed: String },
+    #[error("bundle has no {0:?} payload")]
+    MissingPayload(&'static str),
+    #[error("the {payload} payload is {size} bytes but slot {slot} holds only {capacity}")]
+    SlotTooSmall {
+        payload: String,
+        slot: Slot,
+        size: u64,
+        capacity: u64,
+    },
+    #[error("the ESP has {free} bytes free but the new loader needs {needed}")]
+    EspFull { free: u64, needed: u64 },
+    #[error(
+        "slot {slot} does not read back what was written: expected SHA-256 {expected}, read {found}"
+    )]
+    ReadBackMismatch {
+        slot: Slot,
+        expected: String,
+        found: String,
+    },
+    #[error(
+        "slot {slot} holds no version that was ever marked good ({state}): nothing to roll back to"
+    )]
+    NothingToRollBack { slot: Slot, state: String },
+    #[error("cannot tell which slot is running: {0}")]
+    UnknownRunningSlot(String),
+    #[error("cannot find the boot disk: {0}")]
+    NoBootDisk(String),
+    #[error("{0}")]
+    Source(String),
+    #[error("power cut: injected fault at mutation {0}")]
+    InjectedFault(usize),
+}
+
+impl UpdateError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> UpdateError {
+        let context = context.into();
+        move |source| UpdateError::Io { context, source }
+    }
+}

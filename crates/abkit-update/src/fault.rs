@@ -1,0 +1,155 @@
+//! Power cuts on demand, for crash-consistency tests.
+//!
+//! A [`PowerCut`] counts every mutation the engine makes (a variable set or
+//! delete, an ESP file write, rename or remove, a slot write or flush).
+//! Armed at mutation `k`, it fails that mutation and every one after it, as
+//! if the machine lost power just before it: the first `k - 1` mutations are
+//! all that reached the disk.
+
+use std::cell::Cell;
+use std::io::{self, Read};
+use std::rc::Rc;
+
+use abkit_efi::{StoreError, VarName, VarStore, Variable};
+
+use crate::machine::{EspFiles, SlotDevice};
+use crate::{Result, UpdateError};
+
+/// Shared counter of mutations.
+#[derive(Debug, Default)]
+pub struct PowerCut {
+    count: Cell<usize>,
+    cut_at: Cell<Option<usize>>,
+}
+
+impl PowerCut {
+    /// Counts only; never cuts.
+    pub fn counter() -> Rc<PowerCut> {
+        Rc::new(PowerCut::default())
+    }
+
+    /// Cuts the power at mutation `k` (1-based).
+    pub fn at(k: usize) -> Rc<PowerCut> {
+        let p = PowerCut::default();
+        p.cut_at.set(Some(k));
+        Rc::new(p)
+    }
+
+    /// Mutations attempted so far.
+    pub fn count(&self) -> usize {
+        self.count.get()
+    }
+
+    /// Whether the power is off.
+    pub fn is_cut(&self) -> bool {
+        self.cut_at.get().is_some_and(|k| self.count.get() >= k)
+    }
+
+    fn tick(&self) -> std::result::Result<(), usize> {
+        let n = self.count.get() + 1;
+        self.count.set(n);
+        match self.cut_at.get() {
+            Some(k) if n >= k => Err(k),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn store_cut(k: usize) -> StoreError {
+    StoreError::Io {
+        path: "power".into(),
+        source: io::Error::other(format!("power cut at mutation {k}")),
+    }
+}
+
+/// A variable store that loses power on cue.
+pub struct FaultyVars {
+    pub inner: Box<dyn VarStore>,
+    pub power: Rc<PowerCut>,
+}
+
+impl VarStore for FaultyVars {
+    fn get(&self, name: &VarName) -> std::result::Result<Option<Variable>, StoreError> {
+        self.inner.get(name)
+    }
+    fn set(&mut self, name: &VarName, value: &Variable) -> std::result::Result<bool, StoreError> {
+        if self.inner.get(name)?.as_ref() == Some(value) {
+            return Ok(false);
+        }
+        self.power.tick().map_err(store_cut)?;
+        self.inner.set(name, value)
+    }
+    fn delete(&mut self, name: &VarName) -> std::result::Result<bool, StoreError> {
+        if self.inner.get(name)?.is_none() {
+            return Ok(false);
+        }
+        self.power.tick().map_err(store_cut)?;
+        self.inner.delete(name)
+    }
+    fn list(&self) -> std::result::Result<Vec<VarName>, StoreError> {
+        self.inner.list()
+    }
+}
+
+/// ESP files that lose power on cue.
+pub struct FaultyEsp {
+    pub inner: Box<dyn EspFiles>,
+    pub power: Rc<PowerCut>,
+}
+
+impl FaultyEsp {
+    fn tick(&self) -> Result<()> {
+        self.power.tick().map_err(UpdateError::InjectedFault)
+    }
+}
+
+impl EspFiles for FaultyEsp {
+    fn read(&mut self, path: &str) -> Result<Option<Vec<u8>>> {
+        self.inner.read(path)
+    }
+    fn write(&mut self, path: &str, source: &mut dyn Read) -> Result<u64> {
+        self.tick()?;
+        self.inner.write(path, source)
+    }
+    fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        self.tick()?;
+        self.inner.rename(from, to)
+    }
+    fn remove(&mut self, path: &str) -> Result<bool> {
+        if self.inner.read(path)?.is_none() {
+            return Ok(false);
+        }
+        self.tick()?;
+        self.inner.remove(path)
+    }
+    fn free_bytes(&mut self) -> Result<u64> {
+        self.inner.free_bytes()
+    }
+}
+
+/// A slot device that loses power on cue.
+pub struct FaultySlot<'a> {
+    pub inner: Box<dyn SlotDevice + 'a>,
+    pub power: Rc<PowerCut>,
+}
+
+impl SlotDevice for FaultySlot<'_> {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.power
+            .tick()
+            .map_err(|k| io::Error::other(format!("power cut at mutation {k}")))?;
+        self.inner.write_at(offset, buf)
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.inner.read_at(offset, buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.power
+            .tick()
+            .map_err(|k| io::Error::other(format!("power cut at mutation {k}")))?;
+        self.inner.flush()
+    }
+}

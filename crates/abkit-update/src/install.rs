@@ -1,0 +1,349 @@
+//! `install`: write a verified bundle into the slot that is not running and
+//! ask the firmware to boot it once.
+//!
+//! The steps follow DESIGN.md's update flow exactly. Nothing on the machine
+//! changes before the bundle's signature, product, version and sizes have
+//! been checked (I5); from then on the target slot is recorded `empty` and
+//! its boot entry inactive until everything of it is written, flushed and
+//! verified; BootNext is set last (I3). The running slot's partition and
+//! loader are never opened for writing (I1), and BootOrder is never touched
+//! (I4).
+
+use std::io::Read;
+
+use abkit_bundle::{BundleReader, Keyring, Manifest, PayloadEntry, PayloadReader};
+use abkit_efi::boot::BootManager;
+use sha2::{Digest, Sha256};
+
+use crate::entries::{committed_slot, deactivate_slot, ensure_slot_entry, find_slot_entries};
+use crate::machine::{Machine, SlotDevice, temp_path};
+use crate::progress::{Event, Reporter, Step};
+use crate::record::{SlotRecord, SlotState, read_record, write_record};
+use crate::{Result, Slot, UpdateError};
+
+/// Size of the blocks streamed into the slot and read back.
+const BLOCK: usize = 1 << 20;
+
+#[derive(Debug, Clone, Default)]
+pub struct InstallOptions {
+    /// Install a version older than the committed one.
+    pub allow_downgrade: bool,
+}
+
+/// What an install did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstallReport {
+    pub target_slot: Slot,
+    pub version: String,
+    pub compatible: String,
+    /// The entry BootNext now points at.
+    pub boot_next: u16,
+    pub system_sha256: String,
+}
+
+fn step(rep: &mut dyn Reporter, step: Step, message: impl Into<String>) {
+    rep.event(Event::Step {
+        step,
+        message: message.into(),
+    });
+}
+
+/// The slot the firmware boots by default: the first of our active entries
+/// in BootOrder, or slot A (the removable-media fallback loader) when
+/// BootOrder has none of ours.
+pub fn committed_or_fallback(m: &mut dyn Machine) -> Result<Slot> {
+    let loc = m.esp_location();
+    let bm = BootManager::new(m.vars());
+    Ok(committed_slot(&bm, &loc)?.unwrap_or(Slot::A))
+}
+
+/// Checks everything that can be checked before the machine is touched.
+fn check_bundle(
+    manifest: &Manifest,
+    running: &SlotRecord,
+    opts: &InstallOptions,
+    rep: &mut dyn Reporter,
+) -> Result<()> {
+    match &running.compatible {
+        Some(mine) if *mine != manifest.compatible => {
+            return Err(UpdateError::Incompatible {
+                bundle: manifest.compatible.clone(),
+                machine: mine.clone(),
+            });
+        }
+        Some(_) => {}
+        None => rep.event(Event::Warning {
+            message: format!(
+                "the running slot carries no record of its product: accepting bundle for {:?}",
+                manifest.compatible
+            ),
+        }),
+    }
+    let current = running
+        .version
+        .as_deref()
+        .and_then(|v| semver::Version::parse(v).ok());
+    if let Some(current) = &current {
+        if manifest.version < *current && !opts.allow_downgrade {
+            return Err(UpdateError::Downgrade {
+                bundle: manifest.version.to_string(),
+                committed: current.to_string(),
+            });
+        }
+        if let Some(min) = &manifest.min_version {
+            if current < min {
+                return Err(UpdateError::BelowMinVersion {
+                    bundle: manifest.version.to_string(),
+                    min: min.to_string(),
+                    current: current.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn payload<'a>(manifest: &'a Manifest, name: &'static str) -> Result<&'a PayloadEntry> {
+    manifest
+        .payload(name)
+        .ok_or(UpdateError::MissingPayload(name))
+}
+
+/// Installs the bundle read from `source` into the slot that is not running.
+pub fn install(
+    m: &mut dyn Machine,
+    source: impl Read,
+    keyring: &Keyring,
+    opts: &InstallOptions,
+    rep: &mut dyn Reporter,
+) -> Result<InstallReport> {
+    let running = m.running_slot();
+    let target = running.other();
+    let loc = m.esp_location();
+
+    // 1. Verify: nothing on the machine changes before all of this passed.
+    let committed = committed_or_fallback(m)?;
+    if committed != running {
+        return Err(UpdateError::RunningSlotNotCommitted {
+            running,
+            committed: committed.letter().to_string(),
+        });
+    }
+    let running_record = read_record(m.esp(), running)?;
+    let mut bundle = BundleReader::open(source, keyring)?;
+    let manifest = bundle.manifest().clone();
+    check_bundle(&manifest, &running_record, opts, rep)?;
+    let system = payload(&manifest, "system")?.clone();
+    let efi = payload(&manifest, "efi")?.clone();
+    let capacity = m.slot_device(target)?.size();
+    if system.size > capacity {
+        return Err(UpdateError::SlotTooSmall {
+            payload: system.name.clone(),
+            slot: target,
+            size: system.size,
+            capacity,
+        });
+    }
+    let loader_temp = temp_path(target.loader_path());
+    let free = m.esp().free_bytes()?;
+    // The new loader is written beside the old one before replacing it.
+    let needed = efi.size + 64 * 1024;
+    if free < needed {
+        return Err(UpdateError::EspFull { free, needed });
+    }
+    step(
+        rep,
+        Step::Verify,
+        format!(
+            "bundle {} {} signed by {}; installing into slot {}",
+            manifest.compatible,
+            manifest.version,
+            bundle.signer(),
+            target.letter()
+        ),
+    );
+
+    // 2. Prepare: the target can no longer be booted, by entry or BootNext.
+    {
+        let mut bm = BootManager::new(m.vars());
+        let ours = deactivate_slot(&mut bm, &loc, target)?;
+        if bm.boot_next()?.is_some_and(|n| ours.contains(&n)) {
+            bm.clear_boot_next()?;
+        }
+    }
+    write_record(m.esp(), target, &SlotRecord::bare(SlotState::Empty))?;
+    m.esp().remove(&loader_temp)?;
+    step(
+        rep,
+        Step::Prepare,
+        format!("slot {} marked empty and unbootable", target.letter()),
+    );
+
+    // 3. and 4. Stream the payloads in bundle order; only verified chunks
+    // come out of the reader.
+    let mut system_written = false;
+    let mut efi_written = false;
+    while let Some(mut p) = bundle.next_payload()? {
+        match p.entry().name.as_str() {
+            "system" => {
+                let mut dev = m.slot_device(target)?;
+                write_system(&mut *dev, &mut p, target, rep)?;
+                p.finish()?;
+                dev.flush()
+                    .map_err(UpdateError::io(format!("flush slot {}", target.letter())))?;
+                step(rep, Step::CheckSystem, "reading the slot back");
+                check_read_back(&mut *dev, &system, target, rep)?;
+                system_written = true;
+            }
+            "efi" => {
+                step(rep, Step::WriteLoader, format!("writing {loader_temp}"));
+                m.esp().write(&loader_temp, &mut p)?;
+                p.finish()?;
+                efi_written = true;
+            }
+            other => {
+                log::info!("skipping payload {other:?} that this version does not use");
+                p.finish()?;
+            }
+        }
+    }
+    if !system_written {
+        return Err(UpdateError::MissingPayload("system"));
+    }
+    if !efi_written {
+        return Err(UpdateError::MissingPayload("efi"));
+    }
+    m.esp().rename(&loader_temp, target.loader_path())?;
+    step(
+        rep,
+        Step::WriteLoader,
+        format!("loader {} in place", target.loader_path()),
+    );
+
+    // 5. The target's entry: created or repaired, and active again.
+    let entry = {
+        let mut bm = BootManager::new(m.vars());
+        ensure_slot_entry(&mut bm, &loc, target, true)?.0
+    };
+    step(
+        rep,
+        Step::BootEntry,
+        format!("Boot{entry:04X} boots slot {}", target.letter()),
+    );
+
+    // Record what the slot holds before it can be booted.
+    let record = SlotRecord::for_bundle(&manifest, SlotState::Installed);
+    write_record(m.esp(), target, &record)?;
+    step(
+        rep,
+        Step::Record,
+        format!("slot {} holds {}", target.letter(), manifest.version),
+    );
+
+    // 6. BootNext: the next boot, and only the next, is the trial boot.
+    {
+        let mut bm = BootManager::new(m.vars());
+        debug_assert!(find_slot_entries(&bm, &loc, target)?.contains(&entry));
+        bm.set_boot_next(entry)?;
+    }
+    step(
+        rep,
+        Step::BootNext,
+        format!(
+            "BootNext = Boot{entry:04X}: the next boot tries {} on slot {}",
+            manifest.version,
+            target.letter()
+        ),
+    );
+    Ok(InstallReport {
+        target_slot: target,
+        version: manifest.version.to_string(),
+        compatible: manifest.compatible,
+        boot_next: entry,
+        system_sha256: system.sha256.to_string(),
+    })
+}
+
+/// Reads until `buf` is full or the payload ends.
+fn fill<R: Read>(p: &mut PayloadReader<'_, R>, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match p.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(UpdateError::Bundle(abkit_bundle::Error::from(e))),
+        }
+    }
+    Ok(n)
+}
+
+fn write_system<R: Read>(
+    dev: &mut dyn SlotDevice,
+    p: &mut PayloadReader<'_, R>,
+    target: Slot,
+    rep: &mut dyn Reporter,
+) -> Result<()> {
+    let total = p.entry().size;
+    step(
+        rep,
+        Step::WriteSystem,
+        format!("writing {total} bytes into slot {}", target.letter()),
+    );
+    let mut buf = vec![0u8; BLOCK];
+    let mut offset = 0u64;
+    loop {
+        let n = fill(p, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        dev.write_at(offset, &buf[..n])
+            .map_err(UpdateError::io(format!(
+                "write slot {} at byte {offset}",
+                target.letter()
+            )))?;
+        offset += n as u64;
+        rep.event(Event::Progress {
+            step: Step::WriteSystem,
+            done: offset,
+            total,
+        });
+    }
+    Ok(())
+}
+
+fn check_read_back(
+    dev: &mut dyn SlotDevice,
+    system: &PayloadEntry,
+    target: Slot,
+    rep: &mut dyn Reporter,
+) -> Result<()> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; BLOCK];
+    let mut offset = 0u64;
+    while offset < system.size {
+        let n = (system.size - offset).min(BLOCK as u64) as usize;
+        dev.read_at(offset, &mut buf[..n])
+            .map_err(UpdateError::io(format!(
+                "read back slot {} at byte {offset}",
+                target.letter()
+            )))?;
+        hasher.update(&buf[..n]);
+        offset += n as u64;
+        rep.event(Event::Progress {
+            step: Step::CheckSystem,
+            done: offset,
+            total: system.size,
+        });
+    }
+    let found = hex::encode(hasher.finalize());
+    let expected = system.sha256.to_string();
+    if found != expected {
+        return Err(UpdateError::ReadBackMismatch {
+            slot: target,
+            expected,
+            found,
+        });
+    }
+    Ok(())
+}

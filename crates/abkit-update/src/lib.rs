@@ -1,0 +1,36 @@
+//! The A/B update engine: the heart of abkit.
+//!
+//! Installs a verified bundle into the slot that is not running and asks the
+//! firmware to boot it once (BootNext); `mark_good` makes the running slot
+//! permanent (BootOrder) after its health checks; `rollback` boots the other
+//! slot once; `status` reports all of it. Everything acts on a [`Machine`]:
+//! the running Linux system ([`live`]) or a disk image offline ([`offline`]).
+//! [`firmware`] models how firmware picks what to boot, for tests.
+
+pub mod entries;
+pub mod error;
+pub mod fault;
+pub mod firmware;
+pub mod install;
+pub mod live;
+pub mod machine;
+pub mod mark_good;
+pub mod offline;
+pub mod progress;
+pub mod record;
+pub mod rollback;
+pub mod source;
+pub mod status;
+
+pub use abkit_disk::Slot;
+pub use error::UpdateError;
+pub use install::{InstallOptions, InstallReport, install};
+pub use machine::{EspFiles, Machine, SlotDevice};
+pub use mark_good::{MarkGoodReport, mark_good};
+pub use progress::{Event, Reporter, Step};
+pub use record::{SlotRecord, SlotState};
+pub use rollback::rollback;
+pub use status::{Status, status};
+
+/// `Result` with this crate's error.
+pub type Result<T, E = UpdateError> = std::result::Result<T, E>;

@@ -1,0 +1,410 @@
+//! The live backend: the running Linux system abkit is installed on.
+//!
+//! Variables through efivarfs; the running slot from `/proc/cmdline`
+//! (`<PREFIX>-SYSTEM-A` / `-B`, which the loader put there); the boot disk
+//! from the ESP partition GUID the loader published in
+//! `LoaderDevicePartUUID` (else the disk that carries our slot partition
+//! types); slot partitions opened as block devices; the ESP through its
+//! mount point, or mounted by abkit in a private temporary directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use abkit_disk::{DiskImage, EspLocation, Slot};
+use abkit_efi::{EfivarfsStore, VarName, VarStore};
+use uuid::Uuid;
+
+use crate::machine::{EspFiles, Machine, SlotDevice};
+use crate::offline::FileRange;
+use crate::{Result, UpdateError};
+
+/// Boot Loader Interface vendor GUID (systemd's), where the loader puts
+/// `LoaderDevicePartUUID`.
+pub const LOADER_INTERFACE_VENDOR: Uuid = Uuid::from_u128(0x4a67b082_0a4c_41cf_b6c7_440b29bb8c4f);
+
+/// Where to find things on a live system (defaults in brackets).
+#[derive(Debug, Clone, Default)]
+pub struct LiveOptions {
+    /// Kernel command line file [/proc/cmdline].
+    pub cmdline: Option<PathBuf>,
+    /// Mounted ESP [the ESP's mount point if mounted, else a private mount].
+    pub esp_mount: Option<PathBuf>,
+    /// efivarfs [/sys/firmware/efi/efivars].
+    pub efivars: Option<PathBuf>,
+}
+
+/// The running system.
+pub struct LiveMachine {
+    vars: Box<dyn VarStore>,
+    esp: DirEsp,
+    running: Slot,
+    location: EspLocation,
+    slots: [PathBuf; 2],
+    _mount: Option<PrivateMount>,
+}
+
+/// The slot named in a kernel command line: a word containing `SYSTEM-A`
+/// or `SYSTEM-B` (as in `root=PARTLABEL=ABKIT-SYSTEM-B`).
+pub fn slot_from_cmdline(cmdline: &str) -> Option<Slot> {
+    let mut found = None;
+    for word in cmdline.split_ascii_whitespace() {
+        let a = word.contains("SYSTEM-A");
+        let b = word.contains("SYSTEM-B");
+        match (a, b) {
+            (true, false) => found = found.or(Some(Slot::A)),
+            (false, true) => found = found.or(Some(Slot::B)),
+            _ => {}
+        }
+    }
+    found
+}
+
+/// `LoaderDevicePartUUID`: a UCS-2 GUID string, upper or lower case.
+fn loader_esp_guid(vars: &dyn VarStore) -> Option<Uuid> {
+    let var = vars
+        .get(&VarName::new(
+            LOADER_INTERFACE_VENDOR,
+            "LoaderDevicePartUUID",
+        ))
+        .ok()??;
+    let units: Vec<u16> = var
+        .data
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    Uuid::try_parse(String::from_utf16(&units).ok()?.trim()).ok()
+}
+
+/// Whole disks in /sys/class/block (not partitions), as `(name, /dev path)`.
+fn whole_disks() -> Vec<(String, PathBuf)> {
+    let mut disks = Vec::new();
+    if let Ok(entries) = fs::read_dir("/sys/class/block") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.path().join("partition").exists()
+                || name.starts_with("loop")
+                || name.starts_with("ram")
+            {
+                continue;
+            }
+            disks.push((name.clone(), Path::new("/dev").join(&name)));
+        }
+    }
+    disks.sort();
+    disks
+}
+
+/// The block device of partition `number` of disk `name` (`vda2`, `nvme0n1p2`).
+fn partition_device(disk: &str, number: u32) -> Result<(PathBuf, String)> {
+    let dir = Path::new("/sys/class/block").join(disk);
+    let entries = fs::read_dir(&dir).map_err(UpdateError::io(format!("list {}", dir.display())))?;
+    for e in entries.flatten() {
+        let p = e.path().join("partition");
+        if fs::read_to_string(&p).is_ok_and(|n| n.trim() == number.to_string()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let devnum = fs::read_to_string(e.path().join("dev")).unwrap_or_default();
+            return Ok((Path::new("/dev").join(&name), devnum.trim().to_string()));
+        }
+    }
+    Err(UpdateError::NoBootDisk(format!(
+        "partition {number} of {disk} has no block device"
+    )))
+}
+
+/// The mount point of the block device `major:minor`, from mountinfo.
+fn mount_point_of(devnum: &str) -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        if fields.get(2) != Some(&devnum) {
+            return None;
+        }
+        Some(PathBuf::from(fields.get(4)?.replace("\\040", " ")))
+    })
+}
+
+impl LiveMachine {
+    pub fn open(opts: &LiveOptions) -> Result<LiveMachine> {
+        let vars: Box<dyn VarStore> = Box::new(match &opts.efivars {
+            Some(dir) => EfivarfsStore::kernel(dir),
+            None => EfivarfsStore::system(),
+        });
+        let cmdline_path = opts
+            .cmdline
+            .clone()
+            .unwrap_or_else(|| "/proc/cmdline".into());
+        let cmdline = fs::read_to_string(&cmdline_path)
+            .map_err(UpdateError::io(format!("read {}", cmdline_path.display())))?;
+        let running = slot_from_cmdline(&cmdline).ok_or_else(|| {
+            UpdateError::UnknownRunningSlot(format!(
+                "{} names neither SYSTEM-A nor SYSTEM-B: {}",
+                cmdline_path.display(),
+                cmdline.trim()
+            ))
+        })?;
+        let wanted = loader_esp_guid(vars.as_ref());
+        let mut chosen = None;
+        let mut tried = Vec::new();
+        for (name, dev) in whole_disks() {
+            match DiskImage::open_read_only(&dev) {
+                Ok(disk) if wanted.is_none_or(|g| disk.esp_partition().guid == g) => {
+                    chosen = Some((name, disk));
+                    break;
+                }
+                Ok(_) => tried.push(format!("{}: another ESP", dev.display())),
+                Err(e) => tried.push(format!("{}: {e}", dev.display())),
+            }
+        }
+        let (disk_name, disk) = chosen.ok_or_else(|| {
+            UpdateError::NoBootDisk(format!(
+                "no disk has {} ({})",
+                wanted.map_or("the abkit slot partitions".to_string(), |g| format!(
+                    "the ESP {g}"
+                )),
+                if tried.is_empty() {
+                    "no disks".to_string()
+                } else {
+                    tried.join("; ")
+                }
+            ))
+        })?;
+        let location = disk.esp_location();
+        let (esp_dev, esp_devnum) = partition_device(&disk_name, location.partition_number)?;
+        let slot_a = partition_device(&disk_name, disk.slot(Slot::A).number)?.0;
+        let slot_b = partition_device(&disk_name, disk.slot(Slot::B).number)?.0;
+        let (root, mount) = match &opts.esp_mount {
+            Some(dir) => (dir.clone(), None),
+            None => match mount_point_of(&esp_devnum) {
+                Some(dir) => (dir, None),
+                None => {
+                    let m = PrivateMount::vfat(&esp_dev)?;
+                    (m.dir.path().to_path_buf(), Some(m))
+                }
+            },
+        };
+        Ok(LiveMachine {
+            vars,
+            esp: DirEsp { root },
+            running,
+            location,
+            slots: [slot_a, slot_b],
+            _mount: mount,
+        })
+    }
+}
+
+impl Machine for LiveMachine {
+    fn running_slot(&self) -> Slot {
+        self.running
+    }
+    fn esp_location(&self) -> EspLocation {
+        self.location
+    }
+    fn vars(&mut self) -> &mut dyn VarStore {
+        self.vars.as_mut()
+    }
+    fn esp(&mut self) -> &mut dyn EspFiles {
+        &mut self.esp
+    }
+    fn slot_device(&mut self, slot: Slot) -> Result<Box<dyn SlotDevice + '_>> {
+        let path = &self.slots[if slot == Slot::A { 0 } else { 1 }];
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(UpdateError::io(format!(
+                "open slot {} ({})",
+                slot.letter(),
+                path.display()
+            )))?;
+        let size = file
+            .seek(SeekFrom::End(0))
+            .map_err(UpdateError::io(format!("size of {}", path.display())))?;
+        Ok(Box::new(FileRange {
+            file,
+            start: 0,
+            size,
+        }))
+    }
+    fn is_live(&self) -> bool {
+        true
+    }
+}
+
+/// A mounted ESP, by firmware paths mapped onto the directory tree.
+pub struct DirEsp {
+    pub root: PathBuf,
+}
+
+impl DirEsp {
+    fn path(&self, firmware_path: &str) -> PathBuf {
+        let mut p = self.root.clone();
+        for part in firmware_path
+            .split(['\\', '/'])
+            .filter(|c| !c.is_empty() && *c != "." && *c != "..")
+        {
+            p.push(part);
+        }
+        p
+    }
+}
+
+fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+impl EspFiles for DirEsp {
+    fn read(&mut self, path: &str) -> Result<Option<Vec<u8>>> {
+        let p = self.path(path);
+        match fs::read(&p) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(UpdateError::io(format!("read {}", p.display()))(e)),
+        }
+    }
+    fn write(&mut self, path: &str, source: &mut dyn Read) -> Result<u64> {
+        let p = self.path(path);
+        let ctx = || format!("write {}", p.display());
+        if let Some(dir) = p.parent() {
+            fs::create_dir_all(dir).map_err(UpdateError::io(ctx()))?;
+        }
+        let mut file = File::create(&p).map_err(UpdateError::io(ctx()))?;
+        let n = io::copy(source, &mut file).map_err(UpdateError::io(ctx()))?;
+        file.flush()
+            .and_then(|()| file.sync_all())
+            .map_err(UpdateError::io(ctx()))?;
+        Ok(n)
+    }
+    fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        let (f, t) = (self.path(from), self.path(to));
+        fs::rename(&f, &t)
+            .and_then(|()| sync_parent(&t))
+            .map_err(UpdateError::io(format!(
+                "rename {} to {}",
+                f.display(),
+                t.display()
+            )))
+    }
+    fn remove(&mut self, path: &str) -> Result<bool> {
+        let p = self.path(path);
+        match fs::remove_file(&p) {
+            Ok(()) => {
+                sync_parent(&p).map_err(UpdateError::io(format!("sync {}", p.display())))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(UpdateError::io(format!("remove {}", p.display()))(e)),
+        }
+    }
+    fn free_bytes(&mut self) -> Result<u64> {
+        statvfs_free(&self.root).map_err(UpdateError::io(format!(
+            "free space of {}",
+            self.root.display()
+        )))
+    }
+}
+
+fn statvfs_free(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: statvfs is a plain C struct for which all-zero bytes are
+    // valid; `c` is NUL-terminated and `st` is live and writable.
+    let (rc, st) = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(c.as_ptr(), &mut st), st)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_bavail * st.f_frsize)
+}
+
+/// The ESP mounted by abkit in a private temporary directory, unmounted
+/// when dropped.
+struct PrivateMount {
+    dir: tempfile::TempDir,
+}
+
+impl PrivateMount {
+    fn vfat(device: &Path) -> Result<PrivateMount> {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::Builder::new()
+            .prefix("abkit-esp-")
+            .tempdir()
+            .map_err(UpdateError::io("create a mount point for the ESP"))?;
+        let dev = std::ffi::CString::new(device.as_os_str().as_bytes())
+            .map_err(|e| UpdateError::io("ESP device path")(e.into()))?;
+        let target = std::ffi::CString::new(dir.path().as_os_str().as_bytes())
+            .map_err(|e| UpdateError::io("ESP mount point")(e.into()))?;
+        // SAFETY: all pointers are NUL-terminated strings that outlive the
+        // call; no mount data is passed.
+        let rc = unsafe {
+            libc::mount(
+                dev.as_ptr(),
+                target.as_ptr(),
+                c"vfat".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(UpdateError::io(format!(
+                "mount the ESP {} (vfat) at {}",
+                device.display(),
+                dir.path().display()
+            ))(io::Error::last_os_error()));
+        }
+        Ok(PrivateMount { dir })
+    }
+}
+
+impl Drop for PrivateMount {
+    fn drop(&mut self) {
+        use std::os::unix::ffi::OsStrExt;
+        if let Ok(target) = std::ffi::CString::new(self.dir.path().as_os_str().as_bytes()) {
+            // SAFETY: a NUL-terminated path that outlives the call.
+            unsafe { libc::umount2(target.as_ptr(), 0) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_slot_comes_from_the_command_line() {
+        assert_eq!(
+            slot_from_cmdline("console=ttyS0 root=PARTLABEL=ABKIT-SYSTEM-B ro"),
+            Some(Slot::B)
+        );
+        assert_eq!(
+            slot_from_cmdline("root=PARTLABEL=OS-SYSTEM-A quiet"),
+            Some(Slot::A)
+        );
+        assert_eq!(slot_from_cmdline("root=/dev/sda1 quiet"), None);
+        assert_eq!(slot_from_cmdline("root=PARTLABEL=ABKIT-SYSTEM-X"), None);
+    }
+
+    #[test]
+    fn dir_esp_maps_firmware_paths_and_replaces_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut esp = DirEsp {
+            root: dir.path().to_path_buf(),
+        };
+        esp.write("\\EFI\\abkit\\x.new", &mut &b"hello"[..])
+            .unwrap();
+        esp.rename("\\EFI\\abkit\\x.new", "/EFI/abkit/x").unwrap();
+        assert_eq!(fs::read(dir.path().join("EFI/abkit/x")).unwrap(), b"hello");
+        assert_eq!(esp.read("\\EFI\\abkit\\x").unwrap().unwrap(), b"hello");
+        assert_eq!(esp.read("\\EFI\\abkit\\x.new").unwrap(), None);
+        assert!(esp.remove("\\EFI\\abkit\\x").unwrap());
+        assert!(!esp.remove("\\EFI\\abkit\\x").unwrap());
+        assert!(esp.free_bytes().unwrap() > 0);
+    }
+}

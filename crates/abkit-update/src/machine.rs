@@ -1,0 +1,71 @@
+//! What the engine acts on: a machine's firmware variables, the files of its
+//! ESP, and the block devices of its two slots.
+//!
+//! Two real backends implement [`Machine`]: [`crate::live::LiveMachine`] (the
+//! running Linux system) and [`crate::offline::OfflineMachine`] (a disk image
+//! with a variable store). [`crate::fault::FaultyMachine`] wraps either to
+//! cut the power after any single write, for crash-consistency tests.
+
+use std::io::{self, Read};
+
+use abkit_disk::{EspLocation, Slot};
+use abkit_efi::VarStore;
+
+use crate::Result;
+
+/// Files on the ESP, by firmware path (`\EFI\abkit\boot-a.efi`).
+pub trait EspFiles {
+    /// The whole file, or `None` if it does not exist.
+    fn read(&mut self, path: &str) -> Result<Option<Vec<u8>>>;
+    /// Creates or truncates `path` (and its directories), copies `source`
+    /// into it and flushes it. Not atomic: callers write a temporary name
+    /// and [`rename`](EspFiles::rename) it into place.
+    fn write(&mut self, path: &str, source: &mut dyn Read) -> Result<u64>;
+    /// Moves `from` to `to`, replacing `to`; flushed when it returns.
+    fn rename(&mut self, from: &str, to: &str) -> Result<()>;
+    /// Removes a file; `false` if it did not exist.
+    fn remove(&mut self, path: &str) -> Result<bool>;
+    /// Free bytes on the ESP.
+    fn free_bytes(&mut self) -> Result<u64>;
+}
+
+/// A slot's partition as a byte array.
+pub trait SlotDevice {
+    /// Capacity in bytes.
+    fn size(&self) -> u64;
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Makes every write so far durable.
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// One machine with two slots.
+pub trait Machine {
+    /// The slot this system runs from (from the kernel command line, or
+    /// given for an offline image).
+    fn running_slot(&self) -> Slot;
+    /// Where the ESP is, for boot entries' `HD()` nodes.
+    fn esp_location(&self) -> EspLocation;
+    fn vars(&mut self) -> &mut dyn VarStore;
+    fn esp(&mut self) -> &mut dyn EspFiles;
+    /// Opens a slot's partition. The engine never asks for the running slot
+    /// during an install (invariant I1).
+    fn slot_device(&mut self, slot: Slot) -> Result<Box<dyn SlotDevice + '_>>;
+    /// Whether this is the running system (so a reboot means something).
+    fn is_live(&self) -> bool {
+        false
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file, flushed, renamed
+/// over the old one.
+pub fn write_atomically(esp: &mut dyn EspFiles, path: &str, bytes: &[u8]) -> Result<()> {
+    let temp = temp_path(path);
+    esp.write(&temp, &mut &bytes[..])?;
+    esp.rename(&temp, path)
+}
+
+/// The temporary name abkit writes before renaming into `path`.
+pub fn temp_path(path: &str) -> String {
+    format!("{path}.new")
+}

@@ -1,0 +1,175 @@
+//! The offline backend: a whole disk image (or an unmounted block device)
+//! with a variable store beside it (an OVMF VARS file or an efivarfs-format
+//! directory), and the slot that is taken to be running.
+//!
+//! The ESP is read and written inside the image without mounting it. This
+//! is how tests, factories and our own checks drive the engine.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::rc::Rc;
+
+use abkit_disk::{DiskError, DiskImage, Esp, EspLocation, Slot};
+use abkit_efi::VarStore;
+
+use crate::fault::{FaultyEsp, FaultySlot, FaultyVars, PowerCut};
+use crate::machine::{EspFiles, Machine, SlotDevice};
+use crate::{Result, UpdateError};
+
+/// A disk image taken as a machine.
+pub struct OfflineMachine {
+    disk: DiskImage,
+    vars: Box<dyn VarStore>,
+    esp: Box<dyn EspFiles>,
+    running: Slot,
+    power: Option<Rc<PowerCut>>,
+}
+
+impl OfflineMachine {
+    /// Opens `disk` read-write, with `vars` as its firmware variables and
+    /// `running` as the slot it runs.
+    pub fn open(disk: &Path, vars: Box<dyn VarStore>, running: Slot) -> Result<OfflineMachine> {
+        OfflineMachine::open_with_power_cut(disk, vars, running, None)
+    }
+
+    /// Like [`open`](OfflineMachine::open), with every mutation routed
+    /// through `power` so that a test can cut it on cue.
+    pub fn open_with_power_cut(
+        disk: &Path,
+        vars: Box<dyn VarStore>,
+        running: Slot,
+        power: Option<Rc<PowerCut>>,
+    ) -> Result<OfflineMachine> {
+        let disk = DiskImage::open(disk)?;
+        let esp: Box<dyn EspFiles> = Box::new(ImageEsp(disk.esp()?));
+        let (vars, esp): (Box<dyn VarStore>, Box<dyn EspFiles>) = match &power {
+            Some(power) => (
+                Box::new(FaultyVars {
+                    inner: vars,
+                    power: power.clone(),
+                }),
+                Box::new(FaultyEsp {
+                    inner: esp,
+                    power: power.clone(),
+                }),
+            ),
+            None => (vars, esp),
+        };
+        Ok(OfflineMachine {
+            disk,
+            vars,
+            esp,
+            running,
+            power,
+        })
+    }
+
+    pub fn disk(&self) -> &DiskImage {
+        &self.disk
+    }
+}
+
+impl Machine for OfflineMachine {
+    fn running_slot(&self) -> Slot {
+        self.running
+    }
+    fn esp_location(&self) -> EspLocation {
+        self.disk.esp_location()
+    }
+    fn vars(&mut self) -> &mut dyn VarStore {
+        self.vars.as_mut()
+    }
+    fn esp(&mut self) -> &mut dyn EspFiles {
+        self.esp.as_mut()
+    }
+    fn slot_device(&mut self, slot: Slot) -> Result<Box<dyn SlotDevice + '_>> {
+        let range = self.disk.slot_range(slot);
+        let file = self
+            .disk
+            .file()
+            .try_clone()
+            .map_err(UpdateError::io("duplicate the disk handle"))?;
+        let dev = Box::new(FileRange {
+            file,
+            start: range.start,
+            size: range.end - range.start,
+        });
+        Ok(match &self.power {
+            Some(power) => Box::new(FaultySlot {
+                inner: dev,
+                power: power.clone(),
+            }),
+            None => dev,
+        })
+    }
+}
+
+/// A byte range of a file or block device.
+pub struct FileRange {
+    pub file: File,
+    pub start: u64,
+    pub size: u64,
+}
+
+impl FileRange {
+    fn check(&self, offset: u64, len: usize) -> io::Result<u64> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.size => Ok(self.start + offset),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{len} bytes at {offset} run past the end of the {}-byte partition",
+                    self.size
+                ),
+            )),
+        }
+    }
+}
+
+impl SlotDevice for FileRange {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        let at = self.check(offset, buf.len())?;
+        self.file.write_all_at(buf, at)
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let at = self.check(offset, buf.len())?;
+        self.file.read_exact_at(buf, at)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+/// The ESP inside a disk image, through the FAT driver of abkit-disk.
+pub struct ImageEsp(pub Esp);
+
+impl EspFiles for ImageEsp {
+    fn read(&mut self, path: &str) -> Result<Option<Vec<u8>>> {
+        match self.0.read_file(path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(DiskError::EspFileNotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+    fn write(&mut self, path: &str, source: &mut dyn Read) -> Result<u64> {
+        Ok(self.0.write_file_from(path, source)?)
+    }
+    fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        Ok(self.0.rename(from, to)?)
+    }
+    fn remove(&mut self, path: &str) -> Result<bool> {
+        match self.0.remove(path) {
+            Ok(()) => Ok(true),
+            Err(DiskError::EspFileNotFound(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+    fn free_bytes(&mut self) -> Result<u64> {
+        Ok(self.0.free_bytes()?)
+    }
+}

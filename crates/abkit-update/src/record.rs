@@ -1,0 +1,158 @@
+//! What each slot holds, recorded on the ESP as `\EFI\abkit\slot-a.json`
+//! and `slot-b.json`, so the engine can read it back offline and after
+//! every boot.
+//!
+//! A record is replaced atomically (temporary file + rename). States:
+//! `empty` (being written, or a write failed: never boot or roll back to
+//! it), `installed` (written and verified, waiting for its trial boot),
+//! `good` (passed its health checks at least once). A slot without a record
+//! (an image built from raw files) is `unknown`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::machine::{EspFiles, write_atomically};
+use crate::{Result, Slot};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotState {
+    Unknown,
+    Empty,
+    Installed,
+    Good,
+}
+
+impl std::fmt::Display for SlotState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SlotState::Unknown => "unknown",
+            SlotState::Empty => "empty",
+            SlotState::Installed => "installed",
+            SlotState::Good => "good",
+        })
+    }
+}
+
+/// The identity of what a slot holds and how far it got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotRecord {
+    pub state: SlotState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compatible: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// SHA-256 of the bundle's signed manifest: names the bundle exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity_root_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub efi_sha256: Option<String>,
+    /// Seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub good_at: Option<u64>,
+}
+
+impl SlotRecord {
+    /// A record that says only the state.
+    pub fn bare(state: SlotState) -> SlotRecord {
+        SlotRecord {
+            state,
+            compatible: None,
+            version: None,
+            bundle_sha256: None,
+            system_size: None,
+            system_sha256: None,
+            verity_root_hash: None,
+            efi_sha256: None,
+            installed_at: None,
+            good_at: None,
+        }
+    }
+
+    /// The record of a slot that now holds the payloads of `manifest`.
+    pub fn for_bundle(manifest: &abkit_bundle::Manifest, state: SlotState) -> SlotRecord {
+        let system = manifest.payload("system");
+        SlotRecord {
+            state,
+            compatible: Some(manifest.compatible.clone()),
+            version: Some(manifest.version.to_string()),
+            bundle_sha256: Some(manifest_sha256(manifest)),
+            system_size: system.map(|p| p.size),
+            system_sha256: system.map(|p| p.sha256.to_string()),
+            verity_root_hash: system
+                .and_then(|p| p.verity.as_ref())
+                .map(|v| v.root_hash.to_string()),
+            efi_sha256: manifest.payload("efi").map(|p| p.sha256.to_string()),
+            installed_at: Some(now()),
+            good_at: None,
+        }
+    }
+
+    /// Whether this slot holds a version that passed health at least once.
+    pub fn was_good(&self) -> bool {
+        self.state == SlotState::Good
+    }
+}
+
+/// SHA-256 of the manifest as signed content: names the bundle.
+pub fn manifest_sha256(manifest: &abkit_bundle::Manifest) -> String {
+    use sha2::Digest;
+    let bytes = manifest.to_json().unwrap_or_default();
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Path of a slot's record on the ESP.
+pub fn record_path(slot: Slot) -> &'static str {
+    match slot {
+        Slot::A => "\\EFI\\abkit\\slot-a.json",
+        Slot::B => "\\EFI\\abkit\\slot-b.json",
+    }
+}
+
+/// Reads a slot's record. A missing record is `unknown`; an unreadable one
+/// is `unknown` too, with a warning (it must never stop a repair).
+pub fn read_record(esp: &mut dyn EspFiles, slot: Slot) -> Result<SlotRecord> {
+    let Some(bytes) = esp.read(record_path(slot))? else {
+        return Ok(SlotRecord::bare(SlotState::Unknown));
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(record) => Ok(record),
+        Err(e) => {
+            log::warn!(
+                "slot {} record {} is unreadable ({e}); treating the slot as unknown",
+                slot.letter(),
+                record_path(slot)
+            );
+            Ok(SlotRecord::bare(SlotState::Unknown))
+        }
+    }
+}
+
+/// Replaces a slot's record atomically, unless it already says exactly this.
+pub fn write_record(esp: &mut dyn EspFiles, slot: Slot, record: &SlotRecord) -> Result<bool> {
+    let mut bytes = serde_json::to_vec_pretty(record).map_err(|e| crate::UpdateError::Io {
+        context: "encode slot record".into(),
+        source: std::io::Error::other(e),
+    })?;
+    bytes.push(b'\n');
+    if esp.read(record_path(slot))?.as_deref() == Some(bytes.as_slice()) {
+        return Ok(false);
+    }
+    write_atomically(esp, record_path(slot), &bytes)?;
+    Ok(true)
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,167 @@
+//! A simulated machine for engine tests: a real A/B disk image built by
+//! abkit-disk, a copy of Debian's OVMF VARS file as its NVRAM, bundles made
+//! with a test key, and the firmware model to "boot" it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use abkit_bundle::{CreateOptions, Keyring, PayloadSpec, SecretKey, create_bundle};
+use abkit_disk::{BuildOptions, LayoutOptions, Slot, build};
+use abkit_efi::OvmfVarsFile;
+use abkit_update::fault::PowerCut;
+use abkit_update::firmware::{SimulatedBoot, simulate_boot};
+use abkit_update::offline::OfflineMachine;
+
+pub const COMPATIBLE: &str = "abkit-test";
+pub const SLOT_SIZE: u64 = 4 << 20;
+
+pub struct Rig {
+    pub dir: tempfile::TempDir,
+    pub disk: PathBuf,
+    pub vars: PathBuf,
+    pub key: SecretKey,
+    pub keyring: Keyring,
+}
+
+/// Deterministic, non-repeating bytes that identify a version.
+pub fn system_image(tag: u8, len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(tag);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub fn loader(tag: &str) -> Vec<u8> {
+    abkit_disk::fixtures::tiny_efi_application(tag.as_bytes())
+}
+
+impl Rig {
+    /// A disk with version X (raw files, no bundle) on slot A, boot entries
+    /// in NVRAM, slot A committed.
+    pub fn new() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let system = dir.path().join("x.img");
+        std::fs::write(&system, system_image(b'X', 256 << 10)).unwrap();
+        let loader_path = dir.path().join("x.efi");
+        std::fs::write(&loader_path, loader("X")).unwrap();
+        let vars = dir.path().join("vars.fd");
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
+            .expect("Debian's OVMF is needed: run `make deps`");
+        let disk = dir.path().join("disk.img");
+        build(&BuildOptions {
+            loader: loader_path,
+            system,
+            output: disk.clone(),
+            layout: LayoutOptions {
+                esp_size: abkit_disk::MIN_ESP_SIZE,
+                system_size: SLOT_SIZE,
+                data_size: 1 << 20,
+                ..LayoutOptions::default()
+            },
+            seed: Some(7),
+            force: false,
+            ovmf_vars: Some(vars.clone()),
+        })
+        .unwrap();
+        let key = SecretKey::from_seed(&[7; 32]);
+        let keyring = Keyring::from_keys(vec![key.public_key()]);
+        Rig {
+            dir,
+            disk,
+            vars,
+            key,
+            keyring,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A bundle of `version` whose system image and loader carry `tag`.
+    pub fn bundle(&self, version: &str, tag: u8) -> PathBuf {
+        self.bundle_with(version, COMPATIBLE, tag, 200 << 10)
+    }
+
+    pub fn bundle_with(&self, version: &str, compatible: &str, tag: u8, size: usize) -> PathBuf {
+        let sys = self.path(&format!("sys-{version}.img"));
+        std::fs::write(&sys, system_image(tag, size)).unwrap();
+        let efi = self.path(&format!("boot-{version}.efi"));
+        std::fs::write(&efi, loader(&format!("{}", tag as char))).unwrap();
+        let out = self.path(&format!("{compatible}-{version}.abb"));
+        let mut opts = CreateOptions::new(compatible, semver::Version::parse(version).unwrap());
+        opts.chunk_size = 16 << 10;
+        create_bundle(
+            &out,
+            &[
+                PayloadSpec {
+                    name: "efi".into(),
+                    path: efi,
+                    verity: false,
+                },
+                PayloadSpec {
+                    name: "system".into(),
+                    path: sys,
+                    verity: true,
+                },
+            ],
+            &opts,
+            std::slice::from_ref(&self.key),
+            &mut |_| {},
+        )
+        .unwrap();
+        out
+    }
+
+    pub fn machine(&self, running: Slot) -> OfflineMachine {
+        self.machine_with_power(running, None)
+    }
+
+    pub fn machine_with_power(&self, running: Slot, power: Option<Rc<PowerCut>>) -> OfflineMachine {
+        let vars = Box::new(OvmfVarsFile::open(&self.vars).unwrap());
+        OfflineMachine::open_with_power_cut(&self.disk, vars, running, power).unwrap()
+    }
+
+    /// Powers on: the firmware model picks what boots.
+    pub fn boot(&self) -> SimulatedBoot {
+        let mut m = self.machine(Slot::A);
+        simulate_boot(&mut m).unwrap().expect("nothing bootable")
+    }
+
+    /// The bytes of the disk and the VARS file: "the machine" for
+    /// nothing-changed assertions.
+    pub fn snapshot(&self) -> (Vec<u8>, Vec<u8>) {
+        (
+            std::fs::read(&self.disk).unwrap(),
+            std::fs::read(&self.vars).unwrap(),
+        )
+    }
+
+    /// Copies disk and VARS to `dir` (sparse-aware for the disk).
+    pub fn save(&self, dir: &Path) {
+        copy_sparse(&self.disk, &dir.join("disk.img"));
+        std::fs::copy(&self.vars, dir.join("vars.fd")).unwrap();
+    }
+
+    pub fn restore(&self, dir: &Path) {
+        copy_sparse(&dir.join("disk.img"), &self.disk);
+        std::fs::copy(dir.join("vars.fd"), &self.vars).unwrap();
+    }
+}
+
+fn copy_sparse(from: &Path, to: &Path) {
+    let ok = std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp {} {}", from.display(), to.display());
+}

@@ -1,0 +1,97 @@
+//! `abkit install`: write a bundle into the inactive slot and boot it once.
+
+use std::path::PathBuf;
+
+use abkit_bundle::Keyring;
+use abkit_update::InstallOptions;
+use anyhow::Context;
+use clap::Args;
+
+use super::machine::MachineArgs;
+use super::progress::Output;
+
+/// Default keyring of trusted bundle signers.
+pub const DEFAULT_KEYRING: &str = "/etc/abkit/keyring";
+
+#[derive(Args)]
+pub struct InstallArgs {
+    #[command(flatten)]
+    machine: MachineArgs,
+
+    /// The bundle: a file path, or an http(s) URL (streamed; retried and
+    /// resumed on network errors).
+    source: String,
+
+    /// Folder of trusted public keys (*.pub) [default: /etc/abkit/keyring].
+    #[arg(long, value_name = "DIR")]
+    keyring: Option<PathBuf>,
+
+    /// Do not reboot into the new version at the end (live system only;
+    /// an offline image never reboots).
+    #[arg(long)]
+    no_reboot: bool,
+
+    /// Install even if the bundle's version is older than the committed one.
+    #[arg(long)]
+    allow_downgrade: bool,
+
+    /// One JSON object per step and progress event on stdout (also the
+    /// default when stdout is not a terminal).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: InstallArgs) -> anyhow::Result<()> {
+    let keyring_dir = args
+        .keyring
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_KEYRING));
+    let keyring = Keyring::load_dir(&keyring_dir)
+        .with_context(|| format!("cannot load the keyring {}", keyring_dir.display()))?;
+    let mut m = args.machine.open()?;
+    let source = abkit_update::source::open_source(&args.source)
+        .with_context(|| format!("cannot open {}", args.source))?;
+    let mut out = Output::choose(args.json);
+    let result = abkit_update::install(
+        m.as_mut(),
+        source,
+        &keyring,
+        &InstallOptions {
+            allow_downgrade: args.allow_downgrade,
+        },
+        &mut out,
+    );
+    out.finish();
+    let report = result.with_context(|| format!("install of {} failed", args.source))?;
+    if out.is_json() {
+        Output::json_line(&serde_json::json!({"event": "done", "report": report}));
+    } else {
+        println!(
+            "Installed {} {} into slot {}. The next boot tries it once (BootNext = Boot{:04X}); \
+             run `abkit mark-good` there once it is healthy.",
+            report.compatible,
+            report.version,
+            report.target_slot.letter(),
+            report.boot_next
+        );
+    }
+    if m.is_live() && !args.no_reboot {
+        drop(m);
+        reboot()?;
+    }
+    Ok(())
+}
+
+/// Syncs filesystems and restarts the machine.
+fn reboot() -> anyhow::Result<()> {
+    eprintln!("abkit: rebooting into the new version");
+    // SAFETY: sync and reboot take no pointers; reboot only returns on error.
+    unsafe { libc::sync() };
+    let rc = unsafe { libc::reboot(libc::RB_AUTOBOOT) };
+    anyhow::ensure!(
+        rc == 0,
+        "reboot failed: {} (the update is installed; reboot by hand)",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}

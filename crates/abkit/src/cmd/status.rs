@@ -1,0 +1,61 @@
+//! `abkit status`: what runs, what is committed, what each slot holds.
+
+use clap::Args;
+
+use super::machine::MachineArgs;
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    machine: MachineArgs,
+
+    /// Print one JSON object (for scripts).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let mut m = args.machine.open()?;
+    let s = abkit_update::status(m.as_mut())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!("running slot:   {}", s.running_slot.letter());
+    println!("committed slot: {}", s.committed_slot.letter());
+    if s.trial_pending {
+        println!(
+            "trial pending:  yes, the next boot tries slot {}",
+            s.running_slot.other().letter()
+        );
+    } else {
+        println!("trial pending:  no");
+    }
+    if s.on_trial {
+        println!("on trial:       yes, this boot is not marked good yet");
+    }
+    for (name, slot) in &s.slots {
+        let r = &slot.record;
+        println!(
+            "slot {name}: {:<9} {} {}{}",
+            r.state.to_string(),
+            r.compatible.as_deref().unwrap_or("-"),
+            r.version.as_deref().unwrap_or("-"),
+            if slot.loader_present {
+                ""
+            } else {
+                " (no loader on the ESP)"
+            }
+        );
+    }
+    for e in &s.entries {
+        println!(
+            "Boot{:04X}{} {}\t{}",
+            e.number,
+            if e.active { "*" } else { " " },
+            e.description,
+            e.device_path
+        );
+    }
+    Ok(())
+}

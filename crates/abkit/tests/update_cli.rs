@@ -1,0 +1,315 @@
+//! `abkit install | mark-good | rollback | status` offline, as a user (or a
+//! factory script) runs them: image built by `abkit image build`, bundles
+//! by `abkit bundle create`, the machine given with --disk/--ovmf-vars.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+struct World {
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn p(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn s(&self, name: &str) -> String {
+        self.p(name).to_string_lossy().into_owned()
+    }
+
+    fn abkit(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_abkit"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.abkit(args);
+        assert!(
+            out.status.success(),
+            "abkit {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs an offline command on the disk, `slot` taken as running.
+    fn on(&self, slot: &str, args: &[&str]) -> Output {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend([
+            "--disk".to_string(),
+            self.s("disk.img"),
+            "--ovmf-vars".into(),
+            self.s("vars.fd"),
+            "--booted-slot".into(),
+            slot.into(),
+        ]);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        self.abkit(&all)
+    }
+
+    fn status(&self, slot: &str) -> serde_json::Value {
+        let out = self.on(slot, &["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn bundle(&self, version: &str, tag: u8) -> String {
+        let sys = self.p(&format!("sys-{version}.img"));
+        std::fs::write(&sys, vec![tag; 1 << 20]).unwrap();
+        let efi = self.p(&format!("boot-{version}.efi"));
+        std::fs::write(&efi, abkit_disk::fixtures::tiny_efi_application(&[tag])).unwrap();
+        let out = self.s(&format!("os-{version}.abb"));
+        self.ok(&[
+            "bundle",
+            "create",
+            "--efi",
+            efi.to_str().unwrap(),
+            "--system",
+            sys.to_str().unwrap(),
+            "--version",
+            version,
+            "--compatible",
+            "demo-os",
+            "--key",
+            &self.s("release.key"),
+            "--chunk-kib",
+            "64",
+            "-o",
+            &out,
+        ]);
+        out
+    }
+}
+
+fn world() -> World {
+    let w = World {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    std::fs::write(w.p("x.img"), vec![b'X'; 1 << 20]).unwrap();
+    std::fs::write(
+        w.p("x.efi"),
+        abkit_disk::fixtures::tiny_efi_application(b"X"),
+    )
+    .unwrap();
+    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", w.p("vars.fd"))
+        .expect("Debian's OVMF is needed: run `make deps`");
+    w.ok(&[
+        "image",
+        "build",
+        "--loader",
+        &w.s("x.efi"),
+        "--system",
+        &w.s("x.img"),
+        "-o",
+        &w.s("disk.img"),
+        "--esp-size",
+        "33M",
+        "--system-size",
+        "4M",
+        "--data-size",
+        "1M",
+        "--seed",
+        "3",
+        "--ovmf-vars",
+        &w.s("vars.fd"),
+    ]);
+    w.ok(&["keygen", "--out", &w.s("release")]);
+    std::fs::create_dir(w.p("keyring")).unwrap();
+    std::fs::copy(w.p("release.pub"), w.p("keyring/release.pub")).unwrap();
+    w
+}
+
+fn lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn install_then_status_then_mark_good_offline() {
+    let w = world();
+    let st = w.status("a");
+    assert_eq!(st["running_slot"], "A");
+    assert_eq!(st["committed_slot"], "A");
+    assert_eq!(
+        st["slots"]["A"]["state"], "unknown",
+        "raw image: no record yet"
+    );
+    w.on("a", &["mark-good"]);
+    assert_eq!(w.status("a")["slots"]["A"]["state"], "good");
+
+    let y = w.bundle("1.1.0", b'Y');
+    let out = w.on(
+        "a",
+        &["install", &y, "--keyring", &w.s("keyring"), "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = lines(&out);
+    let steps: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "step")
+        .map(|e| e["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps.first(), Some(&"verify"));
+    assert_eq!(steps.last(), Some(&"boot-next"));
+    let progress = events.iter().filter(|e| e["event"] == "progress").count();
+    assert!(progress >= 2, "{events:?}");
+    let done = events.last().unwrap();
+    assert_eq!(done["event"], "done");
+    assert_eq!(done["report"]["target_slot"], "B");
+    assert!(
+        events.iter().any(|e| e["event"] == "warning"
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .contains("carries no record of its product")),
+        "a raw image accepts any product and says so: {events:?}"
+    );
+
+    let st = w.status("a");
+    assert_eq!(st["trial_pending"], true);
+    assert_eq!(st["slots"]["B"]["state"], "installed");
+    assert_eq!(st["slots"]["B"]["version"], "1.1.0");
+    assert_eq!(st["slots"]["B"]["compatible"], "demo-os");
+    let efi: serde_json::Value =
+        serde_json::from_str(&w.ok(&["efi", "list", "--ovmf-vars", &w.s("vars.fd"), "--json"]))
+            .unwrap();
+    assert_eq!(efi["boot_next"], done["report"]["boot_next"]);
+
+    // Taken as the trial boot of B (no firmware ran: BootNext is still
+    // set, and mark-good clears it as stale).
+    let out = w.on("b", &["mark-good"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = w.status("b");
+    assert_eq!(st["committed_slot"], "B");
+    assert_eq!(st["slots"]["B"]["state"], "good");
+
+    // A rollback to A is now possible, one-shot.
+    let out = w.on("b", &["rollback", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["slot"], "A");
+}
+
+#[test]
+fn bad_inputs_are_named_and_change_nothing() {
+    let w = world();
+    w.on("a", &["mark-good"]);
+    let y = w.bundle("1.1.0", b'Y');
+    let snapshot = || {
+        (
+            std::fs::read(w.p("disk.img")).unwrap(),
+            std::fs::read(w.p("vars.fd")).unwrap(),
+        )
+    };
+
+    // A tampered signature region.
+    let mut bytes = std::fs::read(&y).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(w.p("tampered.abb"), &bytes).unwrap();
+    let before = snapshot();
+    let out = w.on(
+        "a",
+        &[
+            "install",
+            &w.s("tampered.abb"),
+            "--keyring",
+            &w.s("keyring"),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("install of") && err.contains("tampered.abb"),
+        "{err}"
+    );
+    assert!(
+        snapshot() == before,
+        "a rejected bundle changed the machine"
+    );
+
+    // A keyring that does not exist.
+    let out = w.on("a", &["install", &y, "--keyring", "/nonexistent/keys"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/keys"));
+
+    // Offline needs to know the running slot and the variables.
+    let out = w.abkit(&[
+        "status",
+        "--disk",
+        &w.s("disk.img"),
+        "--ovmf-vars",
+        &w.s("vars.fd"),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--booted-slot"));
+    let out = w.abkit(&["status", "--disk", &w.s("disk.img"), "--booted-slot", "a"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ovmf-vars FILE or --efivars DIR"));
+
+    // A disk that lost its slot B partition.
+    std::fs::copy(w.p("disk.img"), w.p("broken.img")).unwrap();
+    let ok = Command::new("sgdisk")
+        .args(["-d", "3"])
+        .arg(w.p("broken.img"))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let out = w.abkit(&[
+        "install",
+        &y,
+        "--keyring",
+        &w.s("keyring"),
+        "--disk",
+        &w.s("broken.img"),
+        "--ovmf-vars",
+        &w.s("vars.fd"),
+        "--booted-slot",
+        "a",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no abkit slot B partition") || err.contains("slot B"),
+        "{err}"
+    );
+    assert!(err.contains("broken.img"), "{err}");
+}
+
+#[test]
+fn help_teaches_the_offline_options() {
+    let w = World {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let help = w.ok(&["install", "--help"]);
+    for needle in [
+        "--keyring",
+        "--no-reboot",
+        "--allow-downgrade",
+        "--json",
+        "--disk",
+        "--booted-slot",
+    ] {
+        assert!(help.contains(needle), "{needle} missing from:\n{help}");
+    }
+}
