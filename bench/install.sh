@@ -32,7 +32,10 @@ PYTHON=$(python3 -c 'import sys; print(sys.executable)')
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/abkit-bench-install.XXXXXX")
 SERVER_PID=
 cleanup() {
-  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+  if [ -n "$SERVER_PID" ]; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
