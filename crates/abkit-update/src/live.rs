@@ -12,7 +12,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use abkit_disk::{DiskImage, EspLocation, Slot};
-use abkit_efi::{EfivarfsStore, VarName, VarStore};
+use abkit_efi::{VarName, VarStore};
 use uuid::Uuid;
 
 use crate::machine::{EspFiles, Machine, SlotDevice};
@@ -30,8 +30,6 @@ pub struct LiveOptions {
     pub cmdline: Option<PathBuf>,
     /// Mounted ESP [the ESP's mount point if mounted, else a private mount].
     pub esp_mount: Option<PathBuf>,
-    /// efivarfs [/sys/firmware/efi/efivars].
-    pub efivars: Option<PathBuf>,
 }
 
 /// The running system.
@@ -126,11 +124,9 @@ fn mount_point_of(devnum: &str) -> Option<PathBuf> {
 }
 
 impl LiveMachine {
-    pub fn open(opts: &LiveOptions) -> Result<LiveMachine> {
-        let vars: Box<dyn VarStore> = Box::new(match &opts.efivars {
-            Some(dir) => EfivarfsStore::kernel(dir),
-            None => EfivarfsStore::system(),
-        });
+    /// Opens the running system with `vars` as its firmware variables
+    /// (normally [`abkit_efi::EfivarfsStore::system`]).
+    pub fn open(opts: &LiveOptions, vars: Box<dyn VarStore>) -> Result<LiveMachine> {
         let cmdline_path = opts
             .cmdline
             .clone()

@@ -313,3 +313,80 @@ fn help_teaches_the_offline_options() {
         assert!(help.contains(needle), "{needle} missing from:\n{help}");
     }
 }
+
+/// `python3 -m http.server` on 127.0.0.1 serving `dir`, killed on drop.
+struct HttpServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl HttpServer {
+    fn serve(dir: &std::path::Path) -> HttpServer {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 is needed for the HTTP tests");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+        let port = line
+            .split_whitespace()
+            .skip_while(|w| *w != "port")
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        HttpServer { child, port }
+    }
+    fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn install_streams_from_an_http_server_and_a_404_changes_nothing() {
+    let w = world();
+    w.on("a", &["mark-good"]);
+    w.bundle("1.1.0", b'Y');
+    let server = HttpServer::serve(w.dir.path());
+    let snapshot = || {
+        (
+            std::fs::read(w.p("disk.img")).unwrap(),
+            std::fs::read(w.p("vars.fd")).unwrap(),
+        )
+    };
+
+    let before = snapshot();
+    let missing = server.url("missing.abb");
+    let out = w.on("a", &["install", &missing, "--keyring", &w.s("keyring")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("404") && err.contains("missing.abb"), "{err}");
+    assert!(snapshot() == before, "a 404 changed the machine");
+
+    let url = server.url("os-1.1.0.abb");
+    let out = w.on(
+        "a",
+        &["install", &url, "--keyring", &w.s("keyring"), "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = w.status("a");
+    assert_eq!(st["trial_pending"], true);
+    assert_eq!(st["slots"]["B"]["version"], "1.1.0");
+}

@@ -49,8 +49,7 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     let keyring = Keyring::load_dir(&keyring_dir)
         .with_context(|| format!("cannot load the keyring {}", keyring_dir.display()))?;
     let mut m = args.machine.open()?;
-    let source = abkit_update::source::open_source(&args.source)
-        .with_context(|| format!("cannot open {}", args.source))?;
+    let source = abkit_update::source::open_source(&args.source)?;
     let mut out = Output::choose(args.json);
     let result = abkit_update::install(
         m.as_mut(),

@@ -63,11 +63,13 @@ impl MachineArgs {
                 self.vars.ovmf_vars.is_none(),
                 "--ovmf-vars needs --disk: a live system keeps its variables in efivarfs"
             );
-            let machine = LiveMachine::open(&LiveOptions {
-                cmdline: self.cmdline.clone(),
-                esp_mount: self.esp_mount.clone(),
-                efivars: self.vars.efivars.clone(),
-            })
+            let machine = LiveMachine::open(
+                &LiveOptions {
+                    cmdline: self.cmdline.clone(),
+                    esp_mount: self.esp_mount.clone(),
+                },
+                self.vars.open()?,
+            )
             .context("cannot open the running system (use --disk IMAGE to work offline)")?;
             return Ok(Box::new(machine));
         };

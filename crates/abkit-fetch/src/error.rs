@@ -1,0 +1,89 @@
+//! Why a transfer failed. Every message starts with `GET <url>:` and names
+//! the problem, so the CLI can print it as is.
+
+use std::io;
+
+/// A failed or refused transfer.
+///
+/// [`crate::HttpSource`]'s `Read` implementation wraps these in an
+/// [`io::Error`]; [`FetchError::from_io`] gets them back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// Not an `http://` or `https://` URL with a host.
+    #[error("GET {url}: not an http(s) URL: {reason}")]
+    BadUrl { url: String, reason: String },
+
+    /// The server answered with a status that retrying will not change
+    /// (e.g. 404), or a non-retryable status after the budget ran out.
+    #[error("GET {url}: HTTP {status} {reason}{context}")]
+    Status {
+        url: String,
+        status: u16,
+        /// Canonical reason phrase, e.g. `Not Found`.
+        reason: String,
+        /// Empty, or ` (resuming at byte N)`.
+        context: String,
+    },
+
+    /// The attempt budget ran out on retryable problems; `last` is the last one.
+    #[error("GET {url}: gave up after {attempts} attempts: {last}")]
+    GaveUp {
+        url: String,
+        attempts: u32,
+        last: String,
+    },
+
+    /// A request failed in a way retrying will not fix (TLS certificate,
+    /// malformed response, too many redirects ...).
+    #[error("GET {url}: {problem}")]
+    Request { url: String, problem: String },
+
+    /// The file on the server is not the one the transfer started with
+    /// (size, ETag or Last-Modified differ), so the bytes cannot be joined.
+    #[error("GET {url}: the file changed on the server during the transfer ({detail})")]
+    Changed { url: String, detail: String },
+
+    /// The server answered a resume request with a range that does not start
+    /// where the transfer stopped, or with an unreadable `Content-Range`.
+    #[error("GET {url}: cannot resume at byte {position}: {detail}")]
+    BadResume {
+        url: String,
+        position: u64,
+        detail: String,
+    },
+
+    /// The PEM data given as HTTPS trust roots is unusable.
+    #[error("GET {url}: HTTPS trust roots: {problem}")]
+    Trust { url: String, problem: String },
+
+    /// A 2xx status this client does not handle for this request.
+    #[error("GET {url}: unexpected HTTP {status} {reason}{context}")]
+    UnexpectedStatus {
+        url: String,
+        status: u16,
+        reason: String,
+        context: String,
+    },
+}
+
+impl FetchError {
+    /// The `FetchError` inside an error returned by `HttpSource::read`, if
+    /// that is where it came from.
+    pub fn from_io(error: &io::Error) -> Option<&FetchError> {
+        error.get_ref()?.downcast_ref::<FetchError>()
+    }
+
+    /// The HTTP status that ended the transfer, if a status did.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            FetchError::Status { status, .. } | FetchError::UnexpectedStatus { status, .. } => {
+                Some(*status)
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn into_io(self) -> io::Error {
+        io::Error::other(self)
+    }
+}

@@ -1,0 +1,11 @@
+//! Stream an update bundle from an http(s) URL without storing it: [`HttpSource`]
+//! is a plain `Read` over the body of one GET that retries with backoff and resumes
+//! a broken transfer with a `Range` request, byte-exact. Rules: docs/fetch.md.
+
+mod error;
+mod policy;
+mod source;
+
+pub use error::FetchError;
+pub use policy::RetryPolicy;
+pub use source::{HttpSource, Opener, RetryEvent, TrustRoots, is_retryable_status};

@@ -1,0 +1,728 @@
+//! [`HttpSource`]: the body of one HTTP GET as a plain `Read`, which retries
+//! failed requests and resumes a body that broke off with a `Range` request,
+//! handing out every byte of the file exactly once and in order.
+
+use std::io::{self, Read};
+use std::thread;
+use std::time::Duration;
+
+use ureq::http::{HeaderMap, StatusCode, Uri, header};
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig, parse_pem};
+use ureq::{Agent, BodyReader};
+
+use crate::{FetchError, RetryPolicy};
+
+/// Statuses worth another attempt: timeouts, rate limits and server trouble.
+/// Any other non-2xx status ends the transfer at once.
+pub fn is_retryable_status(status: u16) -> bool {
+    matches!(status, 408 | 425 | 429 | 500 | 502 | 503 | 504 | 520..=599)
+}
+
+/// One retry about to happen, as told to an observer (see
+/// [`Opener::observe`]); the same text also goes to `log::warn!`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryEvent {
+    /// The attempt about to be made, 2 or more.
+    pub attempt: u32,
+    /// The attempt budget.
+    pub max_attempts: u32,
+    /// The byte the new request starts at (0: from the start).
+    pub position: u64,
+    /// The wait before the new request.
+    pub wait: Duration,
+    /// What went wrong with the previous attempt.
+    pub problem: String,
+}
+
+type RetryObserver = Box<dyn FnMut(&RetryEvent) + Send>;
+
+/// What identifies the file on the server, from the first good response;
+/// every later response must agree so that the bytes join up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct FileIdentity {
+    total: Option<u64>,
+    etag: Option<String>,
+    last_modified: Option<String>,
+}
+
+impl FileIdentity {
+    /// The `If-Range` validator: a strong ETag, else Last-Modified (RFC 9110
+    /// 13.1.5 forbids weak ETags there).
+    fn if_range(&self) -> Option<&str> {
+        match &self.etag {
+            Some(etag) if !etag.starts_with("W/") => Some(etag),
+            _ => self.last_modified.as_deref(),
+        }
+    }
+
+    /// How `other` differs from `self`, if it does where both are known.
+    fn difference(&self, other: &FileIdentity) -> Option<String> {
+        if let (Some(before), Some(now)) = (self.total, other.total)
+            && before != now
+        {
+            return Some(format!("size was {before} bytes, now {now}"));
+        }
+        if let (Some(before), Some(now)) = (&self.etag, &other.etag)
+            && before != now
+        {
+            return Some(format!("ETag was {before}, now {now}"));
+        }
+        if let (Some(before), Some(now)) = (&self.last_modified, &other.last_modified)
+            && before != now
+        {
+            return Some(format!("Last-Modified was {before}, now {now}"));
+        }
+        None
+    }
+}
+
+/// Why one attempt did not produce a body to read.
+enum Failure {
+    /// Worth another attempt after a wait (`retry_after` when the server said so).
+    Retry {
+        problem: String,
+        retry_after: Option<Duration>,
+    },
+    /// Retrying will not help.
+    Fatal(FetchError),
+}
+
+impl From<FetchError> for Failure {
+    fn from(error: FetchError) -> Self {
+        Failure::Fatal(error)
+    }
+}
+
+/// The body of `GET url`, streamed through a small buffer and never stored.
+///
+/// [`HttpSource::open`] makes the first request (retrying as the policy
+/// allows) so that a bad URL, a 404 or an unreachable server fail there.
+/// `read` then streams the body; when it breaks off (connection reset,
+/// timeout, end of stream before `Content-Length`), the next request asks for
+/// `Range: bytes=<position>-` and the stream continues where it stopped. See
+/// docs/fetch.md for the rules.
+pub struct HttpSource {
+    url: String,
+    agent: Agent,
+    policy: RetryPolicy,
+    body: Option<BodyReader<'static>>,
+    position: u64,
+    identity: Option<FileIdentity>,
+    attempts: u32,
+    /// Why the current body went away, for the next connection attempt.
+    broken: Option<String>,
+    /// A fatal error, handed out again by every later `read`.
+    failure: Option<FetchError>,
+    observer: Option<RetryObserver>,
+}
+
+impl std::fmt::Debug for HttpSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSource")
+            .field("url", &self.url)
+            .field("position", &self.position)
+            .field("identity", &self.identity)
+            .field("attempts", &self.attempts)
+            .field("failure", &self.failure)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which certificate authorities an HTTPS server must chain to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum TrustRoots {
+    /// The Mozilla roots built in (webpki-roots): for public servers.
+    #[default]
+    Builtin,
+    /// Only the certificates in this PEM text: a private update server's CA,
+    /// or a system bundle such as /etc/ssl/certs/ca-certificates.crt.
+    Pem(Vec<u8>),
+}
+
+/// Settings for opening an [`HttpSource`] beyond the retry policy.
+#[derive(Default)]
+pub struct Opener {
+    policy: RetryPolicy,
+    roots: TrustRoots,
+    observer: Option<RetryObserver>,
+}
+
+impl Opener {
+    pub fn new(policy: &RetryPolicy) -> Opener {
+        Opener {
+            policy: policy.clone(),
+            ..Opener::default()
+        }
+    }
+
+    /// Trust these roots for HTTPS instead of the built-in ones.
+    pub fn trust(mut self, roots: TrustRoots) -> Opener {
+        self.roots = roots;
+        self
+    }
+
+    /// Call `observer` before every retry (e.g. to show "retrying in 2 s").
+    pub fn observe(mut self, observer: impl FnMut(&RetryEvent) + Send + 'static) -> Opener {
+        self.observer = Some(Box::new(observer));
+        self
+    }
+
+    /// Start `GET url` and return once the server answered 200 with a body.
+    pub fn open(self, url: &str) -> Result<HttpSource, FetchError> {
+        check_url(url)?;
+        let mut tls = TlsConfig::builder();
+        if let TrustRoots::Pem(pem) = &self.roots {
+            tls = tls.root_certs(RootCerts::from(pem_certificates(url, pem)?));
+        }
+        let agent: Agent = Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(self.policy.connect_timeout))
+            .timeout_per_read(Some(self.policy.read_timeout))
+            .user_agent(concat!("abkit/", env!("CARGO_PKG_VERSION")))
+            .tls_config(tls.build())
+            .build()
+            .into();
+        let mut source = HttpSource {
+            url: url.to_owned(),
+            agent,
+            policy: self.policy,
+            body: None,
+            position: 0,
+            identity: None,
+            attempts: 0,
+            broken: None,
+            failure: None,
+            observer: self.observer,
+        };
+        source.connect()?;
+        Ok(source)
+    }
+}
+
+/// The certificates in `pem`; at least one, and nothing unreadable.
+fn pem_certificates(url: &str, pem: &[u8]) -> Result<Vec<Certificate<'static>>, FetchError> {
+    let bad = |problem: String| FetchError::Trust {
+        url: url.to_owned(),
+        problem,
+    };
+    let mut certificates = Vec::new();
+    for item in parse_pem(pem) {
+        match item.map_err(|e| bad(format!("unreadable PEM: {e}")))? {
+            PemItem::Certificate(certificate) => certificates.push(certificate),
+            _ => {
+                return Err(bad(
+                    "the PEM data holds something other than certificates".into()
+                ));
+            }
+        }
+    }
+    if certificates.is_empty() {
+        return Err(bad("no certificate in the PEM data".into()));
+    }
+    Ok(certificates)
+}
+
+impl HttpSource {
+    /// Start `GET url` with `policy` and the built-in HTTPS roots, and return
+    /// once the server answered 200 with a body. [`Opener`] sets more.
+    pub fn open(url: &str, policy: &RetryPolicy) -> Result<HttpSource, FetchError> {
+        Opener::new(policy).open(url)
+    }
+
+    /// The size of the file in bytes, when the server said (`Content-Length`
+    /// of the 200 answer or the total of a `Content-Range`).
+    pub fn content_length(&self) -> Option<u64> {
+        self.identity.as_ref().and_then(|id| id.total)
+    }
+
+    /// Bytes handed out so far.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Requests made so far (the first one included).
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The URL being fetched.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Make requests until one yields a body positioned at `self.position`,
+    /// or the budget runs out, or a failure is fatal.
+    fn connect(&mut self) -> Result<(), FetchError> {
+        let max_attempts = self.policy.max_attempts();
+        let mut last_problem = self.broken.take();
+        let mut retry_after = None;
+        loop {
+            if let Some(problem) = last_problem.take() {
+                if self.attempts >= max_attempts {
+                    return Err(FetchError::GaveUp {
+                        url: self.url.clone(),
+                        attempts: self.attempts,
+                        last: problem,
+                    });
+                }
+                let wait = self.policy.wait_before(self.attempts, retry_after.take());
+                let event = RetryEvent {
+                    attempt: self.attempts + 1,
+                    max_attempts,
+                    position: self.position,
+                    wait,
+                    problem,
+                };
+                log::warn!(
+                    "GET {}: {}; attempt {} of {} at byte {} in {:.1} s",
+                    self.url,
+                    event.problem,
+                    event.attempt,
+                    event.max_attempts,
+                    event.position,
+                    wait.as_secs_f64()
+                );
+                if let Some(observer) = self.observer.as_mut() {
+                    observer(&event);
+                }
+                thread::sleep(wait);
+            }
+            self.attempts += 1;
+            match self.attempt() {
+                Ok(body) => {
+                    self.body = Some(body);
+                    return Ok(());
+                }
+                Err(Failure::Retry {
+                    problem,
+                    retry_after: server_wait,
+                }) => {
+                    last_problem = Some(problem);
+                    retry_after = server_wait;
+                }
+                Err(Failure::Fatal(error)) => return Err(error),
+            }
+        }
+    }
+
+    /// One request for the bytes from `self.position` on.
+    fn attempt(&mut self) -> Result<BodyReader<'static>, Failure> {
+        let position = self.position;
+        let mut request = self.agent.get(&self.url);
+        if position > 0 {
+            request = request.header(header::RANGE, format!("bytes={position}-"));
+            if let Some(validator) = self.identity.as_ref().and_then(FileIdentity::if_range) {
+                request = request.header(header::IF_RANGE, validator);
+            }
+        }
+        let response = request.call().map_err(|e| self.classify(e))?;
+        let status = response.status();
+        let code = status.as_u16();
+        let context = if position > 0 {
+            format!(" (resuming at byte {position})")
+        } else {
+            String::new()
+        };
+        if is_retryable_status(code) {
+            return Err(Failure::Retry {
+                problem: format!("HTTP {}{context}", status_text(status)),
+                retry_after: retry_after(response.headers()),
+            });
+        }
+        if !status.is_success() {
+            return Err(FetchError::Status {
+                url: self.url.clone(),
+                status: code,
+                reason: reason(status),
+                context,
+            }
+            .into());
+        }
+        let headers = response.headers();
+        let etag = header_text(headers, header::ETAG);
+        let last_modified = header_text(headers, header::LAST_MODIFIED);
+        match (code, position) {
+            (200, _) => {
+                let total = match header_text(headers, header::CONTENT_LENGTH) {
+                    Some(text) => Some(text.parse::<u64>().map_err(|_| FetchError::Request {
+                        url: self.url.clone(),
+                        problem: format!("unreadable Content-Length {text:?}"),
+                    })?),
+                    None => None,
+                };
+                self.agree(FileIdentity {
+                    total,
+                    etag,
+                    last_modified,
+                })?;
+                let mut body = response.into_body().into_reader();
+                if position > 0 {
+                    // The server ignored the Range (or If-Range no longer
+                    // matched, but then `agree` failed above): read the new
+                    // body up to where the old one stopped and drop that part.
+                    skip(&mut body, position).map_err(|problem| Failure::Retry {
+                        problem: format!(
+                            "server answered the resume with 200 and the new body broke off \
+                             while skipping to byte {position}: {problem}"
+                        ),
+                        retry_after: None,
+                    })?;
+                }
+                Ok(body)
+            }
+            (206, 1..) => {
+                let text = header_text(headers, header::CONTENT_RANGE).ok_or_else(|| {
+                    FetchError::BadResume {
+                        url: self.url.clone(),
+                        position,
+                        detail: "206 without Content-Range".into(),
+                    }
+                })?;
+                let range = ContentRange::parse(&text).ok_or_else(|| FetchError::BadResume {
+                    url: self.url.clone(),
+                    position,
+                    detail: format!("unreadable Content-Range {text:?}"),
+                })?;
+                self.agree(FileIdentity {
+                    total: range.total,
+                    etag,
+                    last_modified,
+                })?;
+                if range.start != position {
+                    return Err(FetchError::BadResume {
+                        url: self.url.clone(),
+                        position,
+                        detail: format!("the server sent {text:?}"),
+                    }
+                    .into());
+                }
+                Ok(response.into_body().into_reader())
+            }
+            _ => Err(FetchError::UnexpectedStatus {
+                url: self.url.clone(),
+                status: code,
+                reason: reason(status),
+                context,
+            }
+            .into()),
+        }
+    }
+
+    /// Record the file's identity from the first good response; check every
+    /// later one against it, learning a size that was not known before.
+    fn agree(&mut self, seen: FileIdentity) -> Result<(), FetchError> {
+        match &mut self.identity {
+            None => {
+                self.identity = Some(seen);
+                Ok(())
+            }
+            Some(known) => {
+                if let Some(detail) = known.difference(&seen) {
+                    return Err(FetchError::Changed {
+                        url: self.url.clone(),
+                        detail,
+                    });
+                }
+                if known.total.is_none() {
+                    known.total = seen.total;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn classify(&self, error: ureq::Error) -> Failure {
+        let retry = |problem: String| Failure::Retry {
+            problem,
+            retry_after: None,
+        };
+        match error {
+            // TLS refusals (certificate, handshake) come as InvalidData:
+            // retrying will not change them.
+            ureq::Error::Io(e) if e.kind() == io::ErrorKind::InvalidData => {
+                Failure::Fatal(FetchError::Request {
+                    url: self.url.clone(),
+                    problem: e.to_string(),
+                })
+            }
+            ureq::Error::Io(e) => retry(describe_io(&e)),
+            ureq::Error::Timeout(_) | ureq::Error::ConnectionFailed => retry(error.to_string()),
+            ureq::Error::HostNotFound => retry("host not found".into()),
+            ureq::Error::BadUri(reason) => Failure::Fatal(FetchError::BadUrl {
+                url: self.url.clone(),
+                reason,
+            }),
+            other => Failure::Fatal(FetchError::Request {
+                url: self.url.clone(),
+                problem: other.to_string(),
+            }),
+        }
+    }
+
+    fn fail(&mut self, error: FetchError) -> io::Error {
+        self.body = None;
+        self.failure = Some(error.clone());
+        error.into_io()
+    }
+}
+
+impl Read for HttpSource {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if let Some(error) = &self.failure {
+                return Err(error.clone().into_io());
+            }
+            let remaining = self
+                .content_length()
+                .map(|total| total.saturating_sub(self.position));
+            if remaining == Some(0) {
+                self.body = None;
+                return Ok(0);
+            }
+            let Some(body) = self.body.as_mut() else {
+                if let Err(error) = self.connect() {
+                    return Err(self.fail(error));
+                }
+                continue;
+            };
+            // Never take more than the file holds, whatever the server sends.
+            let limit = remaining.map_or(buf.len(), |left| left.min(buf.len() as u64) as usize);
+            match body.read(&mut buf[..limit]) {
+                Ok(0) => match self.content_length() {
+                    // No length known: a clean end of the body is the end.
+                    None => return Ok(0),
+                    Some(total) => {
+                        self.body = None;
+                        self.broken = Some(format!(
+                            "the body ended at byte {} of {total}",
+                            self.position
+                        ));
+                    }
+                },
+                Ok(n) => {
+                    self.position += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.body = None;
+                    self.broken = Some(format!(
+                        "the body broke off at byte {}: {}",
+                        self.position,
+                        describe_io(&e)
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Refuse anything but `http://host...` and `https://host...` before any request.
+fn check_url(url: &str) -> Result<(), FetchError> {
+    let bad = |reason: &str| FetchError::BadUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: ureq::http::uri::InvalidUri| bad(&e.to_string()))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        Some(other) => return Err(bad(&format!("scheme {other:?} is not http or https"))),
+        None => return Err(bad("no scheme")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(bad("no host"));
+    }
+    Ok(())
+}
+
+/// Read and drop `count` bytes; a short body or a read error is the problem text.
+fn skip(body: &mut impl Read, count: u64) -> Result<(), String> {
+    let skipped = io::copy(&mut body.take(count), &mut io::sink()).map_err(|e| describe_io(&e))?;
+    if skipped < count {
+        return Err(format!("the body ended at byte {skipped}"));
+    }
+    Ok(())
+}
+
+/// `bytes <start>-<end>/<total or *>` (RFC 9110 14.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ContentRange {
+    start: u64,
+    end: u64,
+    total: Option<u64>,
+}
+
+impl ContentRange {
+    fn parse(text: &str) -> Option<ContentRange> {
+        let rest = text.trim().strip_prefix("bytes ")?.trim_start();
+        let (range, total) = rest.split_once('/')?;
+        let (start, end) = range.split_once('-')?;
+        let start: u64 = start.trim().parse().ok()?;
+        let end: u64 = end.trim().parse().ok()?;
+        let total = match total.trim() {
+            "*" => None,
+            digits => Some(digits.parse::<u64>().ok()?),
+        };
+        if end < start || total.is_some_and(|t| end >= t) {
+            return None;
+        }
+        Some(ContentRange { start, end, total })
+    }
+}
+
+/// `Retry-After: <seconds>`; the HTTP-date form is ignored (the backoff applies).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let seconds: u64 = header_text(headers, header::RETRY_AFTER)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds))
+}
+
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    let value = headers.get(name)?.to_str().ok()?;
+    Some(value.trim().to_owned())
+}
+
+fn reason(status: StatusCode) -> String {
+    status.canonical_reason().unwrap_or("").to_owned()
+}
+
+/// `404 Not Found`, or just `599` for codes without a reason phrase.
+fn status_text(status: StatusCode) -> String {
+    match status.canonical_reason() {
+        Some(reason) => format!("{} {reason}", status.as_u16()),
+        None => status.as_u16().to_string(),
+    }
+}
+
+/// Short words for the usual network failures, the error's own text otherwise.
+fn describe_io(error: &io::Error) -> String {
+    if let Some(inner) = error.get_ref()
+        && let Some(ureq_error) = inner.downcast_ref::<ureq::Error>()
+    {
+        return match ureq_error {
+            ureq::Error::Io(e) => describe_io(e),
+            other => other.to_string(),
+        };
+    }
+    match error.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        io::ErrorKind::ConnectionReset => "connection reset".into(),
+        io::ErrorKind::ConnectionAborted => "connection aborted".into(),
+        io::ErrorKind::UnexpectedEof => "connection closed early".into(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timed out".into(),
+        _ => error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_statuses_are_exactly_the_listed_ones() {
+        let retryable: Vec<u16> = (100..=999).filter(|&s| is_retryable_status(s)).collect();
+        let mut expected = vec![408, 425, 429, 500, 502, 503, 504];
+        expected.extend(520..=599);
+        assert_eq!(retryable, expected);
+    }
+
+    #[test]
+    fn content_range_parses_and_refuses_nonsense() {
+        assert_eq!(
+            ContentRange::parse("bytes 100-999/1000"),
+            Some(ContentRange {
+                start: 100,
+                end: 999,
+                total: Some(1000)
+            })
+        );
+        assert_eq!(
+            ContentRange::parse("bytes 5-9/*"),
+            Some(ContentRange {
+                start: 5,
+                end: 9,
+                total: None
+            })
+        );
+        for bad in [
+            "",
+            "bytes */1000",
+            "bytes 9-5/1000",
+            "bytes 0-1000/1000",
+            "items 0-1/2",
+            "bytes a-b/c",
+            "bytes 1-2",
+            "bytes -1-2/3",
+        ] {
+            assert_eq!(ContentRange::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn if_range_prefers_a_strong_etag_and_skips_weak_ones() {
+        let strong = FileIdentity {
+            total: Some(1),
+            etag: Some("\"abc\"".into()),
+            last_modified: Some("Thu, 26 Nov 2026 04:00:00 GMT".into()),
+        };
+        assert_eq!(strong.if_range(), Some("\"abc\""));
+        let weak = FileIdentity {
+            etag: Some("W/\"abc\"".into()),
+            ..strong.clone()
+        };
+        assert_eq!(weak.if_range(), Some("Thu, 26 Nov 2026 04:00:00 GMT"));
+        assert_eq!(FileIdentity::default().if_range(), None);
+    }
+
+    #[test]
+    fn identity_difference_names_what_changed_and_ignores_unknowns() {
+        let before = FileIdentity {
+            total: Some(10),
+            etag: Some("\"a\"".into()),
+            last_modified: None,
+        };
+        let bigger = FileIdentity {
+            total: Some(20),
+            ..before.clone()
+        };
+        assert_eq!(
+            before.difference(&bigger).as_deref(),
+            Some("size was 10 bytes, now 20")
+        );
+        let retagged = FileIdentity {
+            etag: Some("\"b\"".into()),
+            ..before.clone()
+        };
+        assert_eq!(
+            before.difference(&retagged).as_deref(),
+            Some("ETag was \"a\", now \"b\"")
+        );
+        assert_eq!(before.difference(&FileIdentity::default()), None);
+    }
+
+    #[test]
+    fn urls_other_than_http_and_https_are_refused_before_any_request() {
+        for (url, words) in [
+            ("ftp://example.com/x.abb", "scheme \"ftp\""),
+            ("/tmp/x.abb", "no scheme"),
+            ("http://", ""),
+            ("not a url", ""),
+        ] {
+            let error = HttpSource::open(url, &RetryPolicy::default()).unwrap_err();
+            let text = error.to_string();
+            assert!(matches!(error, FetchError::BadUrl { .. }), "{url}: {text}");
+            assert!(
+                text.starts_with(&format!("GET {url}: not an http(s) URL")),
+                "{text}"
+            );
+            assert!(text.contains(words), "{text}");
+        }
+    }
+}

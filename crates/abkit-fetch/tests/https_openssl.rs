@@ -1,0 +1,193 @@
+//! HTTPS through rustls against `openssl s_server -WWW` with a CA made for the
+//! test: trusted only when that CA is given as the roots, and a certificate
+//! refusal is not retried.
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use abkit_fetch::{FetchError, HttpSource, Opener, RetryPolicy, TrustRoots};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let status = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl must be installed");
+    assert!(status.success(), "openssl {args:?} failed");
+}
+
+/// A CA and a server certificate for IP 127.0.0.1 signed by it.
+fn make_certificates(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=abkit test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(dir, &ca);
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(dir, &csr);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+}
+
+struct TlsServer {
+    child: Child,
+    port: u16,
+}
+
+impl TlsServer {
+    fn start(dir: &Path) -> TlsServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("openssl")
+            .args([
+                "s_server",
+                "-quiet",
+                "-WWW",
+                "-cert",
+                "server.crt",
+                "-key",
+                "server.key",
+            ])
+            .arg("-accept")
+            .arg(format!("127.0.0.1:{port}"))
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        let server = TlsServer { child, port };
+        for _ in 0..200 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+        panic!("openssl s_server did not listen on {port}");
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn https_with_a_private_ca_streams_byte_exact_and_an_untrusted_one_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    let bytes: Vec<u8> = (0..2 * 1024 * 1024 + 3u32)
+        .map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8)
+        .collect();
+    std::fs::write(dir.path().join("update.abb"), &bytes).unwrap();
+    let server = TlsServer::start(dir.path());
+    let url = format!("https://127.0.0.1:{}/update.abb", server.port);
+    let policy = RetryPolicy {
+        attempts: 3,
+        initial_delay: Duration::from_millis(10),
+        ..RetryPolicy::default()
+    };
+
+    // The built-in roots do not know the test CA: refused on the first attempt.
+    let error = HttpSource::open(&url, &policy).unwrap_err();
+    assert!(matches!(error, FetchError::Request { .. }), "{error}");
+    let text = error.to_string();
+    assert!(text.starts_with(&format!("GET {url}: ")), "{text}");
+    assert!(text.contains("UnknownIssuer"), "{text}");
+
+    let ca = std::fs::read(dir.path().join("ca.crt")).unwrap();
+    let mut source = Opener::new(&policy)
+        .trust(TrustRoots::Pem(ca))
+        .open(&url)
+        .unwrap();
+    let mut got = Vec::new();
+    source.read_to_end(&mut got).unwrap();
+    assert!(got == bytes, "bytes differ from the served file");
+    assert_eq!(source.attempts(), 1);
+}
+
+#[test]
+fn unusable_trust_roots_are_refused_before_any_request() {
+    let url = "https://127.0.0.1:9/x.abb";
+    for (pem, words) in [
+        (&b""[..], "no certificate in the PEM data"),
+        (
+            b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+            "unreadable PEM",
+        ),
+    ] {
+        let error = Opener::new(&RetryPolicy::default())
+            .trust(TrustRoots::Pem(pem.to_vec()))
+            .open(url)
+            .unwrap_err();
+        let text = error.to_string();
+        assert!(matches!(error, FetchError::Trust { .. }), "{text}");
+        assert!(
+            text.starts_with(&format!("GET {url}: HTTPS trust roots: ")),
+            "{text}"
+        );
+        assert!(text.contains(words), "{text}");
+    }
+}
