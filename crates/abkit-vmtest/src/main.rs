@@ -204,7 +204,9 @@ fn demo(inputs: &Inputs, work: &Path, accel: AccelChoice) -> anyhow::Result<i32>
     let started = Instant::now();
     let at = || format!("[{:>5.1} s]", started.elapsed().as_secs_f64());
     println!("abkit demo: A/B updates of a small test OS on real UEFI firmware (OVMF under QEMU).");
-    println!("Without KVM every boot takes 15-40 s; the whole story a few minutes.\n");
+    println!(
+        "Without KVM (TCG) every boot takes 10-20 s; the story about a minute after the build.\n"
+    );
     println!(
         "{} building the test OS variants X 1.0.0, Y 1.1.0 and a broken Z 1.2.0, their signed bundles and a disk image",
         at()
