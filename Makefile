@@ -67,6 +67,14 @@ test: vm-loader
 bench-bundle:
 	bash bench/bundle.sh
 
+.PHONY: bench-install bench
+## bench-install: abkit install vs dd, and over HTTP vs curl + dd (512 MiB and 2 GiB)
+bench-install:
+	bash bench/install.sh
+
+## bench: every benchmark (prints tables; not part of make test)
+bench: bench-image bench-bundle bench-install
+
 ## fuzz-bundle: run both bundle fuzz targets, FUZZ_SECONDS each (default 300)
 fuzz-bundle:
 	cd crates/abkit-bundle/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O head -- -max_total_time=$${FUZZ_SECONDS:-300}

@@ -153,4 +153,7 @@ impl SlotDevice for FaultySlot<'_> {
             .map_err(|k| io::Error::other(format!("power cut at mutation {k}")))?;
         self.inner.flush()
     }
+    fn drop_cache(&mut self) {
+        self.inner.drop_cache()
+    }
 }

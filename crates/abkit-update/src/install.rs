@@ -192,6 +192,7 @@ pub fn install(
                 p.finish()?;
                 dev.flush()
                     .map_err(UpdateError::io(format!("flush slot {}", target.letter())))?;
+                dev.drop_cache();
                 step(rep, Step::CheckSystem, "reading the slot back");
                 check_read_back(&mut *dev, &system, target, rep)?;
                 system_written = true;

@@ -38,6 +38,10 @@ pub trait SlotDevice: Send {
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Makes every write so far durable.
     fn flush(&mut self) -> io::Result<()>;
+    /// Drops cached pages of the partition, so that the next reads come
+    /// from the device (the read-back check then checks the media, not the
+    /// page cache). Best effort.
+    fn drop_cache(&mut self) {}
 }
 
 /// One machine with two slots.

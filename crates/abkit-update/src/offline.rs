@@ -143,6 +143,17 @@ impl SlotDevice for FileRange {
     fn flush(&mut self) -> io::Result<()> {
         self.file.sync_data()
     }
+    fn drop_cache(&mut self) {
+        use std::os::fd::AsRawFd;
+        let (Ok(start), Ok(len)) = (i64::try_from(self.start), i64::try_from(self.size)) else {
+            return;
+        };
+        // SAFETY: posix_fadvise only reads its integer arguments; the fd is
+        // open for the duration of the call. Advice failing is harmless.
+        unsafe {
+            libc::posix_fadvise(self.file.as_raw_fd(), start, len, libc::POSIX_FADV_DONTNEED);
+        }
+    }
 }
 
 /// The ESP inside a disk image, through the FAT driver of abkit-disk.
