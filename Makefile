@@ -28,7 +28,7 @@ unit: deps
 test: lint unit
 
 ## demo: show abkit at work on the built-in demo OS
-demo: build
+demo: deps
 	@bash scripts/demo.sh
 
 ## bench-image: time `abkit image build` against cp --sparse=always (not part of test)
@@ -61,7 +61,7 @@ vm-loader: stub
 	bash tests/vm/loader.sh
 
 lint: lint-loader
-test: vm-loader
+test: vm-loader vm-e2e
 .PHONY: bench-bundle fuzz-bundle
 ## bench-bundle: bundle create/verify against sha256sum and veritysetup (1 GiB image)
 bench-bundle:

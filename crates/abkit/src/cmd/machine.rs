@@ -40,8 +40,13 @@ pub struct MachineArgs {
     #[arg(long, value_name = "IMAGE", help_heading = "Machine")]
     pub disk: Option<PathBuf>,
 
-    /// With --disk: the slot that is running.
-    #[arg(long, value_name = "SLOT", help_heading = "Machine")]
+    /// With --disk: the slot that is running (A or B).
+    #[arg(
+        long,
+        value_name = "SLOT",
+        ignore_case = true,
+        help_heading = "Machine"
+    )]
     pub booted_slot: Option<SlotArg>,
 
     /// Read the running slot from this kernel command line file instead of
