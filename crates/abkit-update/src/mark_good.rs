@@ -68,7 +68,11 @@ pub fn mark_good(m: &mut dyn Machine) -> Result<MarkGoodReport> {
             if other_bootable { "active" } else { "inactive" }
         ));
     }
-    if bm.boot_next()? == Some(mine) {
+    // A BootNext at our own entry is stale; one at the other slot's entry
+    // stays only while that slot is bootable (firmware would start even an
+    // inactive BootNext entry).
+    let next = bm.boot_next()?;
+    if next == Some(mine) || (next == Some(theirs) && !other_bootable) {
         bm.clear_boot_next()?;
         report.changes.push("stale BootNext cleared".into());
     }

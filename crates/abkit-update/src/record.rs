@@ -116,8 +116,10 @@ pub fn record_path(slot: Slot) -> &'static str {
     }
 }
 
-/// Reads a slot's record. A missing record is `unknown`; an unreadable one
-/// is `unknown` too, with a warning (it must never stop a repair).
+/// Reads a slot's record. A missing record is `unknown` (a factory slot);
+/// an unreadable one (say, cut short by a power loss) is taken as `empty`,
+/// with a warning: never boot or roll back to a slot whose record is
+/// damaged, but never let it stop a repair either.
 pub fn read_record(esp: &mut dyn EspFiles, slot: Slot) -> Result<SlotRecord> {
     let Some(bytes) = esp.read(record_path(slot))? else {
         return Ok(SlotRecord::bare(SlotState::Unknown));
@@ -126,11 +128,11 @@ pub fn read_record(esp: &mut dyn EspFiles, slot: Slot) -> Result<SlotRecord> {
         Ok(record) => Ok(record),
         Err(e) => {
             log::warn!(
-                "slot {} record {} is unreadable ({e}); treating the slot as unknown",
+                "slot {} record {} is unreadable ({e}); treating the slot as empty",
                 slot.letter(),
                 record_path(slot)
             );
-            Ok(SlotRecord::bare(SlotState::Unknown))
+            Ok(SlotRecord::bare(SlotState::Empty))
         }
     }
 }

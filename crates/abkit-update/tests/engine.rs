@@ -522,3 +522,27 @@ fn the_factory_slot_stays_a_fallback_after_the_first_update() {
     );
     assert_eq!(st.boot_order[1], a.number);
 }
+
+#[test]
+fn a_damaged_slot_record_makes_the_slot_unbootable_not_a_failure() {
+    let rig = Rig::new();
+    mark_good(&mut rig.machine(Slot::A)).unwrap();
+    install_file(&rig, Slot::A, &rig.bundle("1.1.0", b'Y')).unwrap();
+    {
+        // As a power cut on vfat once left it: the record renamed but empty.
+        let mut m = rig.machine(Slot::A);
+        m.esp()
+            .write(abkit_update::record::record_path(Slot::B), &mut &b""[..])
+            .unwrap();
+    }
+    let report = mark_good(&mut rig.machine(Slot::A)).unwrap();
+    assert!(
+        report.changes.iter().any(|c| c.contains("inactive")),
+        "{report:?}"
+    );
+    let st = status(&mut rig.machine(Slot::A)).unwrap();
+    assert_eq!(st.slots["B"].record.state, SlotState::Empty);
+    assert_eq!(st.boot_next, None, "no BootNext may point at it");
+    assert!(rollback(&mut rig.machine(Slot::A)).is_err());
+    assert_eq!(rig.boot().slot, Slot::A);
+}
