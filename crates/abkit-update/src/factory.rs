@@ -17,9 +17,10 @@ use abkit_disk::{BuildOptions, BuildReport, DiskError, DiskImage, EspFile, Layou
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::install::fill;
 use crate::machine::EspFiles;
 use crate::offline::ImageEsp;
-use crate::progress::{Event, Reporter, Step};
+use crate::progress::{Event, Reporter, Step, step};
 use crate::record::{SlotRecord, SlotState, record_path, write_record};
 use crate::{Result, Slot, UpdateError};
 
@@ -57,13 +58,6 @@ pub struct BundleBuildReport {
     pub slot_a: SlotRecord,
 }
 
-fn step(rep: &mut dyn Reporter, step: Step, message: impl Into<String>) {
-    rep.event(Event::Step {
-        step,
-        message: message.into(),
-    });
-}
-
 /// Whether `path` exists and is a block device.
 fn is_block_device(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
@@ -80,21 +74,6 @@ fn scratch_parent(output: &Path, block_device: bool) -> PathBuf {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     }
-}
-
-/// Reads until `buf` is full or the payload ends; a verification failure
-/// comes back as the bundle's typed error.
-fn fill<R: Read>(p: &mut PayloadReader<'_, R>, buf: &mut [u8]) -> Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match p.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(UpdateError::Bundle(abkit_bundle::Error::from(e))),
-        }
-    }
-    Ok(n)
 }
 
 /// Streams a payload's verified bytes into a new file at `path`, leaving

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::entries::{committed_slot, deactivate_slot, ensure_slot_entry, find_slot_entries};
 use crate::machine::{Machine, SlotDevice, temp_path};
-use crate::progress::{Event, Reporter, Step};
+use crate::progress::{Event, Reporter, Step, step};
 use crate::record::{SlotRecord, SlotState, read_record, write_record};
 use crate::{Result, Slot, UpdateError};
 
@@ -40,13 +40,6 @@ pub struct InstallReport {
     /// The entry BootNext now points at.
     pub boot_next: u16,
     pub system_sha256: String,
-}
-
-fn step(rep: &mut dyn Reporter, step: Step, message: impl Into<String>) {
-    rep.event(Event::Step {
-        step,
-        message: message.into(),
-    });
 }
 
 /// The slot the firmware boots by default: the first of our active entries
@@ -266,8 +259,9 @@ pub fn install(
     })
 }
 
-/// Reads until `buf` is full or the payload ends.
-fn fill<R: Read>(p: &mut PayloadReader<'_, R>, buf: &mut [u8]) -> Result<usize> {
+/// Reads until `buf` is full or the payload ends; a verification failure
+/// comes back as the bundle's typed error.
+pub(crate) fn fill<R: Read>(p: &mut PayloadReader<'_, R>, buf: &mut [u8]) -> Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match p.read(&mut buf[n..]) {

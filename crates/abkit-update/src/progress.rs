@@ -49,6 +49,14 @@ pub trait Reporter {
     fn event(&mut self, event: Event);
 }
 
+/// Reports the start of `step`.
+pub fn step(rep: &mut dyn Reporter, step: Step, message: impl Into<String>) {
+    rep.event(Event::Step {
+        step,
+        message: message.into(),
+    });
+}
+
 /// Drops every event.
 pub struct Silent;
 
