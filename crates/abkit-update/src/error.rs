@@ -72,11 +72,69 @@ pub enum UpdateError {
     NoBootDisk(String),
     #[error("{0}")]
     Source(String),
+    #[error("{0}")]
+    Policy(String),
+    #[error("refusing to commit slot {slot}: {reason}")]
+    NotCommittable { slot: Slot, reason: String },
+    #[error(
+        "another abkit operation{} holds the lock on {}: try again when it has finished",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        path.display()
+    )]
+    Locked {
+        path: std::path::PathBuf,
+        pid: Option<u32>,
+    },
+    #[error(
+        "the running slot's record does not say its {missing}, so this bundle for {bundle:?} cannot be checked against it; pass --allow-unrecorded to install anyway (a factory image built from raw files)"
+    )]
+    UnrecordedBase {
+        missing: &'static str,
+        bundle: String,
+    },
+    #[error("the {payload} payload is not usable: {reason}")]
+    BadPayload {
+        payload: &'static str,
+        reason: String,
+    },
+    #[error("size arithmetic overflows: {0}")]
+    SizeOverflow(String),
     #[error("power cut: injected fault at mutation {0}")]
     InjectedFault(usize),
 }
 
 impl UpdateError {
+    /// A stable, machine-readable name of the error (for `--json` output
+    /// and scripts); documented in docs/update.md.
+    pub fn code(&self) -> &'static str {
+        match self {
+            UpdateError::Boot(_) => "boot-variables",
+            UpdateError::Store(_) => "variable-store",
+            UpdateError::Disk(_) => "disk",
+            UpdateError::Bundle(_) => "bundle",
+            UpdateError::Io { .. } => "io",
+            UpdateError::Incompatible { .. } => "incompatible",
+            UpdateError::Downgrade { .. } => "downgrade",
+            UpdateError::BelowMinVersion { .. } => "below-min-version",
+            UpdateError::RunningSlotNotCommitted { .. } => "running-slot-on-trial",
+            UpdateError::MissingPayload(_) => "missing-payload",
+            UpdateError::SlotTooSmall { .. } => "slot-too-small",
+            UpdateError::EspFull { .. } => "esp-full",
+            UpdateError::ReadBackMismatch { .. } => "read-back-mismatch",
+            UpdateError::NothingToRollBack { .. } => "nothing-to-roll-back",
+            UpdateError::UnknownRunningSlot(_) => "unknown-running-slot",
+            UpdateError::NoBootDisk(_) => "no-boot-disk",
+            UpdateError::Source(_) => "source",
+            UpdateError::Policy(_) => "boot-policy",
+            UpdateError::NotCommittable { .. } => "not-committable",
+            UpdateError::Locked { .. } => "locked",
+            UpdateError::UnrecordedBase { .. } => "unrecorded-base",
+            UpdateError::BadPayload { .. } => "bad-payload",
+            UpdateError::SizeOverflow(_) => "size-overflow",
+            UpdateError::InjectedFault(_) => "injected-fault",
+        }
+    }
+
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> UpdateError {
         let context = context.into();

@@ -13,11 +13,11 @@ use std::io::Read;
 use std::sync::mpsc;
 
 use abkit_bundle::{BundleReader, Keyring, Manifest, PayloadEntry, PayloadReader};
-use abkit_efi::boot::BootManager;
 use sha2::{Digest, Sha256};
 
-use crate::entries::{committed_slot, deactivate_slot, ensure_slot_entry, find_slot_entries};
+use crate::boot_policy::{self, Trial};
 use crate::machine::{Machine, SlotDevice, temp_path};
+use crate::payloads::{self, Payload};
 use crate::progress::{Event, Reporter, Step, step};
 use crate::record::{SlotRecord, SlotState, read_record, write_record};
 use crate::{Result, Slot, UpdateError};
@@ -29,6 +29,10 @@ const BLOCK: usize = 1 << 20;
 pub struct InstallOptions {
     /// Install a version older than the committed one.
     pub allow_downgrade: bool,
+    /// Install although the running slot's record does not say its product
+    /// and version (a factory image built from raw files): the bundle's
+    /// product and version cannot be checked against the machine.
+    pub allow_unrecorded: bool,
 }
 
 /// What an install did.
@@ -43,21 +47,29 @@ pub struct InstallReport {
 }
 
 /// The slot the firmware boots by default: the first of our active entries
-/// in BootOrder, or slot A (the removable-media fallback loader) when
-/// BootOrder has none of ours.
+/// in BootOrder, or the removable-media fallback's slot when BootOrder has
+/// none of ours.
 pub fn committed_or_fallback(m: &mut dyn Machine) -> Result<Slot> {
-    let loc = m.esp_location();
-    let bm = BootManager::new(m.vars());
-    Ok(committed_slot(&bm, &loc)?.unwrap_or(Slot::A))
+    Ok(boot_policy::default_boot_slot(&boot_policy::read_state(m)?))
 }
 
 /// Checks everything that can be checked before the machine is touched.
-fn check_bundle(
-    manifest: &Manifest,
-    running: &SlotRecord,
-    opts: &InstallOptions,
-    rep: &mut dyn Reporter,
-) -> Result<()> {
+fn check_bundle(manifest: &Manifest, running: &SlotRecord, opts: &InstallOptions) -> Result<()> {
+    let unrecorded = |missing: &'static str| -> Result<()> {
+        if opts.allow_unrecorded {
+            log::warn!(
+                "the running slot's record does not say its {missing}: installing {} {} anyway (--allow-unrecorded)",
+                manifest.compatible,
+                manifest.version
+            );
+            Ok(())
+        } else {
+            Err(UpdateError::UnrecordedBase {
+                missing,
+                bundle: manifest.compatible.clone(),
+            })
+        }
+    };
     match &running.compatible {
         Some(mine) if *mine != manifest.compatible => {
             return Err(UpdateError::Incompatible {
@@ -66,26 +78,19 @@ fn check_bundle(
             });
         }
         Some(_) => {}
-        None => rep.event(Event::Warning {
-            message: format!(
-                "the running slot carries no record of its product: accepting bundle for {:?}",
-                manifest.compatible
-            ),
-        }),
+        None => unrecorded("product")?,
     }
-    let current = running
-        .version
-        .as_deref()
-        .and_then(|v| semver::Version::parse(v).ok());
-    if let Some(current) = &current {
-        if manifest.version < *current && !opts.allow_downgrade {
-            return Err(UpdateError::Downgrade {
-                bundle: manifest.version.to_string(),
-                committed: current.to_string(),
-            });
-        }
-        if let Some(min) = &manifest.min_version {
-            if current < min {
+    match &running.version {
+        Some(current) => {
+            if manifest.version < *current && !opts.allow_downgrade {
+                return Err(UpdateError::Downgrade {
+                    bundle: manifest.version.to_string(),
+                    committed: current.to_string(),
+                });
+            }
+            if let Some(min) = &manifest.min_version
+                && current < min
+            {
                 return Err(UpdateError::BelowMinVersion {
                     bundle: manifest.version.to_string(),
                     min: min.to_string(),
@@ -93,14 +98,17 @@ fn check_bundle(
                 });
             }
         }
+        None => unrecorded("version")?,
     }
     Ok(())
 }
 
-fn payload<'a>(manifest: &'a Manifest, name: &'static str) -> Result<&'a PayloadEntry> {
-    manifest
-        .payload(name)
-        .ok_or(UpdateError::MissingPayload(name))
+/// Room the ESP needs for a new loader of `size` bytes written beside the
+/// old one (plus directory entries and cluster rounding).
+fn esp_room_for(size: u64) -> Result<u64> {
+    size.checked_add(64 * 1024).ok_or_else(|| {
+        UpdateError::SizeOverflow(format!("an efi payload of {size} bytes cannot fit any ESP"))
+    })
 }
 
 /// Installs the bundle read from `source` into the slot that is not running.
@@ -111,9 +119,9 @@ pub fn install(
     opts: &InstallOptions,
     rep: &mut dyn Reporter,
 ) -> Result<InstallReport> {
+    m.lock()?;
     let running = m.running_slot();
     let target = running.other();
-    let loc = m.esp_location();
 
     // 1. Verify: nothing on the machine changes before all of this passed.
     let committed = committed_or_fallback(m)?;
@@ -126,9 +134,8 @@ pub fn install(
     let running_record = read_record(m.esp(), running)?;
     let mut bundle = BundleReader::open(source, keyring)?;
     let manifest = bundle.manifest().clone();
-    check_bundle(&manifest, &running_record, opts, rep)?;
-    let system = payload(&manifest, "system")?.clone();
-    let efi = payload(&manifest, "efi")?.clone();
+    check_bundle(&manifest, &running_record, opts)?;
+    let (system, efi) = payloads::check_manifest(&manifest)?;
     let capacity = m.slot_device(target)?.size();
     if system.size > capacity {
         return Err(UpdateError::SlotTooSmall {
@@ -139,9 +146,11 @@ pub fn install(
         });
     }
     let loader_temp = temp_path(target.loader_path());
-    let free = m.esp().free_bytes()?;
-    // The new loader is written beside the old one before replacing it.
-    let needed = efi.size + 64 * 1024;
+    // A temporary loader left by an interrupted install is removed in step
+    // 2: its space counts as free.
+    let stale = m.esp().size(&loader_temp)?.unwrap_or(0);
+    let free = m.esp().free_bytes()?.saturating_add(stale);
+    let needed = esp_room_for(efi.size)?;
     if free < needed {
         return Err(UpdateError::EspFull { free, needed });
     }
@@ -158,13 +167,7 @@ pub fn install(
     );
 
     // 2. Prepare: the target can no longer be booted, by entry or BootNext.
-    {
-        let mut bm = BootManager::new(m.vars());
-        let ours = deactivate_slot(&mut bm, &loc, target)?;
-        if bm.boot_next()?.is_some_and(|n| ours.contains(&n)) {
-            bm.clear_boot_next()?;
-        }
-    }
+    boot_policy::make_unbootable(m, target)?;
     write_record(m.esp(), target, &SlotRecord::bare(SlotState::Empty))?;
     m.esp().remove(&loader_temp)?;
     step(
@@ -178,8 +181,8 @@ pub fn install(
     let mut system_written = false;
     let mut efi_written = false;
     while let Some(mut p) = bundle.next_payload()? {
-        match p.entry().name.as_str() {
-            "system" => {
+        match Payload::from_name(&p.entry().name) {
+            Some(Payload::System) => {
                 let mut dev = m.slot_device(target)?;
                 write_system(&mut *dev, &mut p, target, rep)?;
                 p.finish()?;
@@ -190,14 +193,31 @@ pub fn install(
                 check_read_back(&mut *dev, &system, target, rep)?;
                 system_written = true;
             }
-            "efi" => {
+            Some(Payload::Efi) => {
                 step(rep, Step::WriteLoader, format!("writing {loader_temp}"));
-                m.esp().write(&loader_temp, &mut p)?;
-                p.finish()?;
+                let mut capture = payloads::HeadCapture {
+                    inner: &mut p,
+                    head: Vec::new(),
+                };
+                let written = m
+                    .esp()
+                    .write(&loader_temp, &mut capture)
+                    .and_then(|_| payloads::check_loader_head(&capture.head));
+                let written = written.and_then(|()| Ok(p.finish()?));
+                if let Err(e) = written {
+                    // Leave no half-written loader taking the ESP's space.
+                    if let Err(cleanup) = m.esp().remove(&loader_temp) {
+                        log::warn!("cannot remove {loader_temp}: {cleanup}");
+                    }
+                    return Err(e);
+                }
                 efi_written = true;
             }
-            other => {
-                log::info!("skipping payload {other:?} that this version does not use");
+            None => {
+                log::info!(
+                    "skipping payload {:?} that this version does not use",
+                    p.entry().name
+                );
                 p.finish()?;
             }
         }
@@ -215,18 +235,7 @@ pub fn install(
         format!("loader {} in place", target.loader_path()),
     );
 
-    // 5. The target's entry: created or repaired, and active again.
-    let entry = {
-        let mut bm = BootManager::new(m.vars());
-        ensure_slot_entry(&mut bm, &loc, target, true)?.0
-    };
-    step(
-        rep,
-        Step::BootEntry,
-        format!("Boot{entry:04X} boots slot {}", target.letter()),
-    );
-
-    // Record what the slot holds before it can be booted.
+    // 5. Record what the slot holds; only then can it be armed.
     let record = SlotRecord::for_bundle(&manifest, SlotState::Installed);
     write_record(m.esp(), target, &record)?;
     step(
@@ -235,12 +244,9 @@ pub fn install(
         format!("slot {} holds {}", target.letter(), manifest.version),
     );
 
-    // 6. BootNext: the next boot, and only the next, is the trial boot.
-    {
-        let mut bm = BootManager::new(m.vars());
-        debug_assert!(find_slot_entries(&bm, &loc, target)?.contains(&entry));
-        bm.set_boot_next(entry)?;
-    }
+    // 6. The target's entry is repaired and made active, and BootNext set:
+    // the next boot, and only the next, is the trial boot.
+    let entry = boot_policy::arm_trial(m, target, Trial::Install)?;
     step(
         rep,
         Step::BootNext,

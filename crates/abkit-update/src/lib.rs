@@ -5,18 +5,22 @@
 //! permanent (BootOrder) after its health checks; `rollback` boots the other
 //! slot once; `status` reports all of it. Everything acts on a [`Machine`]:
 //! the running Linux system ([`live`]) or a disk image offline ([`offline`]).
-//! [`firmware`] models how firmware picks what to boot, for tests.
+//! [`boot_policy`] is the only code that changes BootNext, BootOrder and
+//! the entries' ACTIVE flags. [`firmware`] models how firmware picks what
+//! to boot, for tests.
 
-pub mod entries;
+pub mod boot_policy;
 pub mod error;
 pub mod factory;
 pub mod fault;
 pub mod firmware;
 pub mod install;
 pub mod live;
+pub mod lock;
 pub mod machine;
 pub mod mark_good;
 pub mod offline;
+pub mod payloads;
 pub mod progress;
 pub mod record;
 pub mod rollback;

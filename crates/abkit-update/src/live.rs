@@ -16,12 +16,17 @@ use abkit_efi::{VarName, VarStore};
 use uuid::Uuid;
 
 use crate::machine::{EspFiles, Machine, SlotDevice};
+use crate::lock::{LIVE_LOCK_PATH, OperationLock};
 use crate::offline::FileRange;
 use crate::{Result, UpdateError};
 
 /// Boot Loader Interface vendor GUID (systemd's), where the loader puts
 /// `LoaderDevicePartUUID`.
-pub const LOADER_INTERFACE_VENDOR: Uuid = Uuid::from_u128(0x4a67b082_0a4c_41cf_b6c7_440b29bb8c4f);
+pub const LOADER_INTERFACE_VENDOR: Uuid =
+    Uuid::from_bytes(abkit_loader_core::guid::LOADER_INTERFACE_GUID);
+
+/// abkit's vendor GUID, where the loader puts `AbkitBootedSlot`.
+pub const ABKIT_VENDOR: Uuid = Uuid::from_bytes(abkit_loader_core::ABKIT_VENDOR_GUID);
 
 /// Where to find things on a live system (defaults in brackets).
 #[derive(Debug, Clone, Default)]
@@ -30,6 +35,8 @@ pub struct LiveOptions {
     pub cmdline: Option<PathBuf>,
     /// Mounted ESP [the ESP's mount point if mounted, else a private mount].
     pub esp_mount: Option<PathBuf>,
+    /// The operation lock file [/run/abkit/lock].
+    pub lock_path: Option<PathBuf>,
 }
 
 /// The running system.
@@ -39,23 +46,89 @@ pub struct LiveMachine {
     running: Slot,
     location: EspLocation,
     slots: [PathBuf; 2],
+    lock_path: PathBuf,
+    lock: Option<OperationLock>,
     _mount: Option<PrivateMount>,
 }
 
-/// The slot named in a kernel command line: a word containing `SYSTEM-A`
-/// or `SYSTEM-B` (as in `root=PARTLABEL=ABKIT-SYSTEM-B`).
-pub fn slot_from_cmdline(cmdline: &str) -> Option<Slot> {
-    let mut found = None;
+/// The slot a partition label names: `<PREFIX>-SYSTEM-A` / `-B` exactly
+/// (a non-empty prefix of letters, digits, `_` and `-`).
+fn slot_of_label(label: &str) -> Option<Slot> {
+    let (prefix, letter) = label.rsplit_once("-SYSTEM-")?;
+    if prefix.is_empty()
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return None;
+    }
+    match letter {
+        "A" => Some(Slot::A),
+        "B" => Some(Slot::B),
+        _ => None,
+    }
+}
+
+/// The slot named in a kernel command line: every `KEY=PARTLABEL=<PREFIX>-SYSTEM-A|B`
+/// (as in `root=PARTLABEL=ABKIT-SYSTEM-B`, and systemd's
+/// `systemd.verity_root_data=`) or `KEY=/dev/disk/by-partlabel/<PREFIX>-SYSTEM-A|B`
+/// word, matched exactly. `Ok(None)` when no word names a slot; an error
+/// when two words name different slots.
+pub fn slot_from_cmdline(cmdline: &str) -> Result<Option<Slot>> {
+    let mut found: Option<(Slot, &str)> = None;
     for word in cmdline.split_ascii_whitespace() {
-        let a = word.contains("SYSTEM-A");
-        let b = word.contains("SYSTEM-B");
-        match (a, b) {
-            (true, false) => found = found.or(Some(Slot::A)),
-            (false, true) => found = found.or(Some(Slot::B)),
-            _ => {}
+        let Some((_, value)) = word.split_once('=') else {
+            continue;
+        };
+        let label = value
+            .strip_prefix("PARTLABEL=")
+            .or_else(|| value.strip_prefix("/dev/disk/by-partlabel/"));
+        let Some(slot) = label.and_then(slot_of_label) else {
+            continue;
+        };
+        match found {
+            Some((s, first)) if s != slot => {
+                return Err(UpdateError::UnknownRunningSlot(format!(
+                    "the kernel command line names both slots: {first} and {word}"
+                )));
+            }
+            Some(_) => {}
+            None => found = Some((slot, word)),
         }
     }
-    found
+    Ok(found.map(|(s, _)| s))
+}
+
+/// `AbkitBootedSlot`, which abkit's loader sets: the slot it booted.
+fn loader_booted_slot(vars: &dyn VarStore) -> Option<String> {
+    let var = vars
+        .get(&VarName::new(
+            ABKIT_VENDOR,
+            abkit_loader_core::vars::ABKIT_BOOTED_SLOT,
+        ))
+        .ok()??;
+    let (text, _) = abkit_efi::ucs2::decode_nul_terminated(&var.data).ok()?;
+    Some(text)
+}
+
+/// The running slot: from the command line, cross-checked with the
+/// loader's `AbkitBootedSlot` when it is set.
+pub fn running_slot(cmdline: &str, vars: &dyn VarStore) -> Result<Slot> {
+    let slot = slot_from_cmdline(cmdline)?.ok_or_else(|| {
+        UpdateError::UnknownRunningSlot(format!(
+            "the kernel command line names no <PREFIX>-SYSTEM-A or -B partition label: {}",
+            cmdline.trim()
+        ))
+    })?;
+    match loader_booted_slot(vars) {
+        Some(loader) if loader != slot.letter().to_string() => {
+            Err(UpdateError::UnknownRunningSlot(format!(
+                "the kernel command line says slot {} but the loader says it booted slot {loader:?} (AbkitBootedSlot)",
+                slot.letter()
+            )))
+        }
+        _ => Ok(slot),
+    }
 }
 
 /// `LoaderDevicePartUUID`: a UCS-2 GUID string, upper or lower case.
@@ -66,13 +139,8 @@ fn loader_esp_guid(vars: &dyn VarStore) -> Option<Uuid> {
             "LoaderDevicePartUUID",
         ))
         .ok()??;
-    let units: Vec<u16> = var
-        .data
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .take_while(|&u| u != 0)
-        .collect();
-    Uuid::try_parse(String::from_utf16(&units).ok()?.trim()).ok()
+    let (text, _) = abkit_efi::ucs2::decode_nul_terminated(&var.data).ok()?;
+    Uuid::try_parse(text.trim()).ok()
 }
 
 /// Whole disks in /sys/class/block (not partitions), as `(name, /dev path)`.
@@ -133,13 +201,7 @@ impl LiveMachine {
             .unwrap_or_else(|| "/proc/cmdline".into());
         let cmdline = fs::read_to_string(&cmdline_path)
             .map_err(UpdateError::io(format!("read {}", cmdline_path.display())))?;
-        let running = slot_from_cmdline(&cmdline).ok_or_else(|| {
-            UpdateError::UnknownRunningSlot(format!(
-                "{} names neither SYSTEM-A nor SYSTEM-B: {}",
-                cmdline_path.display(),
-                cmdline.trim()
-            ))
-        })?;
+        let running = running_slot(&cmdline, vars.as_ref())?;
         let wanted = loader_esp_guid(vars.as_ref());
         let mut chosen = None;
         let mut tried = Vec::new();
@@ -186,6 +248,11 @@ impl LiveMachine {
             running,
             location,
             slots: [slot_a, slot_b],
+            lock_path: opts
+                .lock_path
+                .clone()
+                .unwrap_or_else(|| LIVE_LOCK_PATH.into()),
+            lock: None,
             _mount: mount,
         })
     }
@@ -226,6 +293,12 @@ impl Machine for LiveMachine {
     }
     fn is_live(&self) -> bool {
         true
+    }
+    fn lock(&mut self) -> Result<()> {
+        if self.lock.is_none() {
+            self.lock = Some(OperationLock::live(&self.lock_path)?);
+        }
+        Ok(())
     }
 }
 
@@ -381,16 +454,68 @@ mod tests {
 
     #[test]
     fn running_slot_comes_from_the_command_line() {
+        let slot = |c: &str| slot_from_cmdline(c).unwrap();
         assert_eq!(
-            slot_from_cmdline("console=ttyS0 root=PARTLABEL=ABKIT-SYSTEM-B ro"),
+            slot("console=ttyS0 root=PARTLABEL=ABKIT-SYSTEM-B ro"),
+            Some(Slot::B)
+        );
+        assert_eq!(slot("root=PARTLABEL=OS-SYSTEM-A quiet"), Some(Slot::A));
+        assert_eq!(
+            slot("root=/dev/disk/by-partlabel/ABKIT-SYSTEM-B"),
             Some(Slot::B)
         );
         assert_eq!(
-            slot_from_cmdline("root=PARTLABEL=OS-SYSTEM-A quiet"),
-            Some(Slot::A)
+            slot("systemd.verity_root_data=PARTLABEL=ABKIT-SYSTEM-B root=/dev/mapper/root"),
+            Some(Slot::B)
         );
-        assert_eq!(slot_from_cmdline("root=/dev/sda1 quiet"), None);
-        assert_eq!(slot_from_cmdline("root=PARTLABEL=ABKIT-SYSTEM-X"), None);
+        assert_eq!(slot("root=/dev/sda1 quiet"), None);
+        assert_eq!(slot("root=PARTLABEL=ABKIT-SYSTEM-X"), None);
+    }
+
+    #[test]
+    fn loose_mentions_of_a_slot_do_not_count() {
+        let slot = |c: &str| slot_from_cmdline(c).unwrap();
+        // Found by the never-brick review: the first word *containing*
+        // SYSTEM-B used to mean slot B.
+        assert_eq!(slot("rootSYSTEM-Bogus root=/dev/sda1"), None);
+        assert_eq!(slot("root=PARTLABEL=ABKIT-SYSTEM-Bogus"), None);
+        assert_eq!(slot("SYSTEM-B"), None);
+        assert_eq!(slot("root=PARTLABEL=SYSTEM-B"), None);
+        assert_eq!(slot("root=PARTLABEL=A B-SYSTEM-B"), None);
+        assert_eq!(slot("x=PARTLABEL=AB?-SYSTEM-A"), None);
+    }
+
+    #[test]
+    fn a_command_line_naming_both_slots_is_refused() {
+        let err = slot_from_cmdline(
+            "root=PARTLABEL=ABKIT-SYSTEM-A systemd.verity_root_data=PARTLABEL=ABKIT-SYSTEM-B",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("names both slots"), "{err}");
+    }
+
+    #[test]
+    fn the_loader_variable_must_agree_with_the_command_line() {
+        let mut vars = abkit_efi::MemoryStore::new();
+        let cmdline = "root=PARTLABEL=ABKIT-SYSTEM-B";
+        assert_eq!(running_slot(cmdline, &vars).unwrap(), Slot::B);
+        let name = VarName::new(ABKIT_VENDOR, abkit_loader_core::vars::ABKIT_BOOTED_SLOT);
+        let set = |vars: &mut abkit_efi::MemoryStore, text: &str| {
+            vars.set(
+                &name,
+                &abkit_efi::Variable {
+                    attributes: 6,
+                    data: abkit_efi::ucs2::encode_nul_terminated(text),
+                },
+            )
+            .unwrap();
+        };
+        set(&mut vars, "B");
+        assert_eq!(running_slot(cmdline, &vars).unwrap(), Slot::B);
+        set(&mut vars, "A");
+        let err = running_slot(cmdline, &vars).unwrap_err();
+        assert!(err.to_string().contains("AbkitBootedSlot"), "{err}");
+        assert!(running_slot("root=/dev/sda1", &vars).is_err());
     }
 
     #[test]

@@ -27,6 +27,15 @@ pub trait EspFiles {
     fn remove(&mut self, path: &str) -> Result<bool>;
     /// Free bytes on the ESP.
     fn free_bytes(&mut self) -> Result<u64>;
+    /// The size of a file, or `None` if it does not exist. Backends that can
+    /// answer without reading the file override this.
+    fn size(&mut self, path: &str) -> Result<Option<u64>> {
+        Ok(self.read(path)?.map(|b| b.len() as u64))
+    }
+    /// Whether a file exists.
+    fn exists(&mut self, path: &str) -> Result<bool> {
+        Ok(self.size(path)?.is_some())
+    }
 }
 
 /// A slot's partition as a byte array. `Send`: the install writes it from
@@ -60,6 +69,11 @@ pub trait Machine {
     fn is_live(&self) -> bool {
         false
     }
+    /// Takes the machine's exclusive operation lock (held until the machine
+    /// is dropped, released by the kernel if the process dies): two
+    /// commands that change one machine never interleave. Taking it twice
+    /// is a no-op.
+    fn lock(&mut self) -> Result<()>;
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file, flushed, renamed

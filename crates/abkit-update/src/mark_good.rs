@@ -2,20 +2,16 @@
 //! committed slot.
 //!
 //! Order (each step is safe to be interrupted, and a rerun completes it):
-//! record the slot `good` first, so that BootOrder never points at a slot
-//! that was not marked good (I2); then repair our boot entries (create
-//! missing ones, delete duplicates, fix wrong ones); then put the running
-//! slot's entry first among ours in BootOrder, foreign entries staying where
-//! they are (I6); then refresh the fallback loader when slot A is committed.
-//! Nothing is written when nothing changes.
+//! refuse a slot that holds nothing verified; record the slot `good` first,
+//! so that BootOrder never points at a slot that was not marked good (I2),
+//! keeping every field of its record; then [`boot_policy::commit`] repairs
+//! our entries and BootOrder and refreshes the fallback loader. Nothing is
+//! written when nothing changes.
 
-use abkit_disk::FALLBACK_LOADER_PATH;
-use abkit_efi::boot::BootManager;
-
-use crate::entries::ensure_slot_entry;
-use crate::machine::{Machine, write_atomically};
+use crate::boot_policy;
+use crate::machine::Machine;
 use crate::record::{SlotState, now, read_record, write_record};
-use crate::{Result, Slot};
+use crate::{Result, Slot, UpdateError};
 
 /// What mark-good changed (empty when everything already was right).
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -26,75 +22,51 @@ pub struct MarkGoodReport {
 }
 
 pub fn mark_good(m: &mut dyn Machine) -> Result<MarkGoodReport> {
+    m.lock()?;
     let running = m.running_slot();
     let other = running.other();
-    let loc = m.esp_location();
     let mut report = MarkGoodReport {
         slot: Some(running),
         ..Default::default()
     };
 
-    // 1. The running slot's record says good.
+    // 1. The running slot's record says good; a slot whose record says it
+    // holds nothing verified is never committed.
     let mut record = read_record(m.esp(), running)?;
-    report.version = record.version.clone();
+    report.version = record.version.as_ref().map(|v| v.to_string());
+    if record.state == SlotState::Empty {
+        return Err(UpdateError::NotCommittable {
+            slot: running,
+            reason: "its record says empty: it was never completely written and verified \
+                     (an interrupted or failed install)"
+                .into(),
+        });
+    }
+    // Preconditions the record cannot show (loader present, an unrecorded
+    // slot only when it already is the default) are the policy's: checked
+    // before the record changes. Every field of the record is kept.
+    let recorded = match record.state {
+        SlotState::Installed => SlotState::Good,
+        s => s,
+    };
+    boot_policy::check_committable(m, recorded)?;
     if record.state != SlotState::Good {
         record.state = SlotState::Good;
         record.good_at = Some(now());
-        write_record(m.esp(), running, &record)?;
+    }
+    if write_record(m.esp(), running, &record)? {
         report
             .changes
             .push(format!("slot {} recorded good", running.letter()));
     }
 
-    // 2. Self-repair of our entries. The other slot's entry stays bootable
-    // unless that slot is known to be half-written (`empty`) or has no
-    // loader: a slot without a record is the factory's, which booted before.
+    // 2. Commit: the other slot's entry stays bootable unless that slot is
+    // known to be half-written (`empty`) or has no loader: a slot without a
+    // record is the factory's, which booted before.
     let other_state = read_record(m.esp(), other)?.state;
-    let other_bootable =
-        other_state != SlotState::Empty && m.esp().read(other.loader_path())?.is_some();
-    let mut bm = BootManager::new(m.vars());
-    let (mine, changed) = ensure_slot_entry(&mut bm, &loc, running, true)?;
-    if changed {
-        report.changes.push(format!(
-            "boot entry Boot{mine:04X} of slot {} repaired",
-            running.letter()
-        ));
-    }
-    let (theirs, changed) = ensure_slot_entry(&mut bm, &loc, other, other_bootable)?;
-    if changed {
-        report.changes.push(format!(
-            "boot entry Boot{theirs:04X} of slot {} repaired ({})",
-            other.letter(),
-            if other_bootable { "active" } else { "inactive" }
-        ));
-    }
-    // A BootNext at our own entry is stale; one at the other slot's entry
-    // stays only while that slot is bootable (firmware would start even an
-    // inactive BootNext entry).
-    let next = bm.boot_next()?;
-    if next == Some(mine) || (next == Some(theirs) && !other_bootable) {
-        bm.clear_boot_next()?;
-        report.changes.push("stale BootNext cleared".into());
-    }
-
-    // 3. Commit: ours first among ours, foreign entries untouched.
-    if bm.arrange_boot_order(&[mine, theirs])? {
-        report.changes.push(format!(
-            "BootOrder: slot {} committed (Boot{mine:04X} first of ours)",
-            running.letter()
-        ));
-    }
-
-    // 4. The removable-media fallback boots slot A's loader.
-    if running == Slot::A {
-        if let Some(loader) = m.esp().read(running.loader_path())? {
-            if m.esp().read(FALLBACK_LOADER_PATH)?.as_deref() != Some(loader.as_slice()) {
-                write_atomically(m.esp(), FALLBACK_LOADER_PATH, &loader)?;
-                report
-                    .changes
-                    .push(format!("fallback loader {FALLBACK_LOADER_PATH} refreshed"));
-            }
-        }
-    }
+    let other_bootable = other_state != SlotState::Empty && m.esp().exists(other.loader_path())?;
+    report
+        .changes
+        .extend(boot_policy::commit(m, other_bootable)?);
     Ok(report)
 }

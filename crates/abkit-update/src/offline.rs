@@ -8,12 +8,13 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use abkit_disk::{DiskError, DiskImage, Esp, EspLocation, Slot};
 use abkit_efi::VarStore;
 
+use crate::lock::OperationLock;
 use crate::fault::{FaultyEsp, FaultySlot, FaultyVars, PowerCut};
 use crate::machine::{EspFiles, Machine, SlotDevice};
 use crate::{Result, UpdateError};
@@ -25,6 +26,8 @@ pub struct OfflineMachine {
     esp: Box<dyn EspFiles>,
     running: Slot,
     power: Option<Arc<PowerCut>>,
+    path: PathBuf,
+    lock: Option<OperationLock>,
 }
 
 impl OfflineMachine {
@@ -42,6 +45,7 @@ impl OfflineMachine {
         running: Slot,
         power: Option<Arc<PowerCut>>,
     ) -> Result<OfflineMachine> {
+        let path = disk.to_path_buf();
         let disk = DiskImage::open(disk)?;
         let esp: Box<dyn EspFiles> = Box::new(ImageEsp(disk.esp()?));
         let (vars, esp): (Box<dyn VarStore>, Box<dyn EspFiles>) = match &power {
@@ -63,6 +67,8 @@ impl OfflineMachine {
             esp,
             running,
             power,
+            path,
+            lock: None,
         })
     }
 
@@ -103,6 +109,12 @@ impl Machine for OfflineMachine {
             }),
             None => dev,
         })
+    }
+    fn lock(&mut self) -> Result<()> {
+        if self.lock.is_none() {
+            self.lock = Some(OperationLock::on_file(&self.path)?);
+        }
+        Ok(())
     }
 }
 

@@ -2,7 +2,10 @@
 //! and `slot-b.json`, so the engine can read it back offline and after
 //! every boot.
 //!
-//! A record is replaced atomically (temporary file + rename). States:
+//! A record is replaced atomically (temporary file + rename), then copied
+//! the same way to a second file (`slot-a.copy.json`), so that a damaged
+//! record never loses the slot's product and version: [`read_record`]
+//! falls back to the copy. States:
 //! `empty` (being written, or a write failed: never boot or roll back to
 //! it), `installed` (written and verified, waiting for its trial boot),
 //! `good` (passed its health checks at least once). A slot without a record
@@ -40,7 +43,7 @@ pub struct SlotRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compatible: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
+    pub version: Option<semver::Version>,
     /// SHA-256 of the bundle's signed manifest: names the bundle exactly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_sha256: Option<String>,
@@ -82,7 +85,7 @@ impl SlotRecord {
         SlotRecord {
             state,
             compatible: Some(manifest.compatible.clone()),
-            version: Some(manifest.version.to_string()),
+            version: Some(manifest.version.clone()),
             bundle_sha256: Some(manifest_sha256(manifest)),
             system_size: system.map(|p| p.size),
             system_sha256: system.map(|p| p.sha256.to_string()),
@@ -116,19 +119,53 @@ pub fn record_path(slot: Slot) -> &'static str {
     }
 }
 
-/// Reads a slot's record. A missing record is `unknown` (a factory slot);
-/// an unreadable one (say, cut short by a power loss) is taken as `empty`,
-/// with a warning: never boot or roll back to a slot whose record is
-/// damaged, but never let it stop a repair either.
+/// Path of the second copy of a slot's record.
+pub fn record_copy_path(slot: Slot) -> &'static str {
+    match slot {
+        Slot::A => "\\EFI\\abkit\\slot-a.copy.json",
+        Slot::B => "\\EFI\\abkit\\slot-b.copy.json",
+    }
+}
+
+/// Reads a slot's record. A missing record (and no copy) is `unknown` (a
+/// factory slot); an unreadable one (cut short by a power loss, edited by
+/// hand, a version that is not semver) is replaced by its copy, with a
+/// warning; when neither reads, the slot is taken as `empty`: never booted
+/// or rolled back to, and never a reason for a repair to fail.
 pub fn read_record(esp: &mut dyn EspFiles, slot: Slot) -> Result<SlotRecord> {
-    let Some(bytes) = esp.read(record_path(slot))? else {
-        return Ok(SlotRecord::bare(SlotState::Unknown));
+    let primary = esp.read(record_path(slot))?;
+    let parse = |bytes: &[u8]| serde_json::from_slice::<SlotRecord>(bytes);
+    let problem = match &primary {
+        Some(bytes) => match parse(bytes) {
+            Ok(record) => return Ok(record),
+            Err(e) => format!("is unreadable ({e})"),
+        },
+        None => "is missing".to_string(),
     };
-    match serde_json::from_slice(&bytes) {
-        Ok(record) => Ok(record),
-        Err(e) => {
+    match esp.read(record_copy_path(slot))? {
+        Some(bytes) => match parse(&bytes) {
+            Ok(record) => {
+                log::warn!(
+                    "slot {} record {} {problem}; using its copy {}",
+                    slot.letter(),
+                    record_path(slot),
+                    record_copy_path(slot)
+                );
+                Ok(record)
+            }
+            Err(e) => {
+                log::warn!(
+                    "slot {} record {} {problem} and its copy is unreadable ({e}); treating the slot as empty",
+                    slot.letter(),
+                    record_path(slot)
+                );
+                Ok(SlotRecord::bare(SlotState::Empty))
+            }
+        },
+        None if primary.is_none() => Ok(SlotRecord::bare(SlotState::Unknown)),
+        None => {
             log::warn!(
-                "slot {} record {} is unreadable ({e}); treating the slot as empty",
+                "slot {} record {} {problem}; treating the slot as empty",
                 slot.letter(),
                 record_path(slot)
             );
@@ -137,18 +174,22 @@ pub fn read_record(esp: &mut dyn EspFiles, slot: Slot) -> Result<SlotRecord> {
     }
 }
 
-/// Replaces a slot's record atomically, unless it already says exactly this.
+/// Replaces a slot's record and then its copy, each atomically, unless they
+/// already say exactly this. Returns whether anything was written.
 pub fn write_record(esp: &mut dyn EspFiles, slot: Slot, record: &SlotRecord) -> Result<bool> {
     let mut bytes = serde_json::to_vec_pretty(record).map_err(|e| crate::UpdateError::Io {
         context: "encode slot record".into(),
         source: std::io::Error::other(e),
     })?;
     bytes.push(b'\n');
-    if esp.read(record_path(slot))?.as_deref() == Some(bytes.as_slice()) {
-        return Ok(false);
+    let mut written = false;
+    for path in [record_path(slot), record_copy_path(slot)] {
+        if esp.read(path)?.as_deref() != Some(bytes.as_slice()) {
+            write_atomically(esp, path, &bytes)?;
+            written = true;
+        }
     }
-    write_atomically(esp, record_path(slot), &bytes)?;
-    Ok(true)
+    Ok(written)
 }
 
 /// Seconds since the Unix epoch.

@@ -2,11 +2,9 @@
 //! that was marked good before; it becomes permanent only if it passes its
 //! health checks again (mark-good), else the next boot returns here.
 
-use abkit_efi::boot::BootManager;
-
-use crate::entries::ensure_slot_entry;
+use crate::boot_policy::{self, Trial};
 use crate::machine::Machine;
-use crate::record::read_record;
+use crate::record::{SlotState, read_record};
 use crate::{Result, Slot, UpdateError};
 
 /// What a rollback set up.
@@ -18,21 +16,23 @@ pub struct RollbackReport {
 }
 
 pub fn rollback(m: &mut dyn Machine) -> Result<RollbackReport> {
+    m.lock()?;
     let other = m.running_slot().other();
-    let loc = m.esp_location();
     let record = read_record(m.esp(), other)?;
-    if !record.was_good() || m.esp().read(other.loader_path())?.is_none() {
+    if record.state != SlotState::Good || !m.esp().exists(other.loader_path())? {
         return Err(UpdateError::NothingToRollBack {
             slot: other,
-            state: record.state.to_string(),
+            state: if record.state == SlotState::Good {
+                "its loader is missing".to_string()
+            } else {
+                record.state.to_string()
+            },
         });
     }
-    let mut bm = BootManager::new(m.vars());
-    let (entry, _) = ensure_slot_entry(&mut bm, &loc, other, true)?;
-    bm.set_boot_next(entry)?;
+    let entry = boot_policy::arm_trial(m, other, Trial::Rollback)?;
     Ok(RollbackReport {
         slot: other,
-        version: record.version,
+        version: record.version.map(|v| v.to_string()),
         boot_next: entry,
     })
 }

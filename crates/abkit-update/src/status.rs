@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use abkit_efi::boot::BootManager;
 use serde::Serialize;
 
-use crate::entries::{committed_slot, find_slot_entries};
+use crate::boot_policy;
 use crate::machine::Machine;
 use crate::record::{SlotRecord, read_record};
 use crate::{Result, Slot};
@@ -33,26 +33,31 @@ pub struct SlotStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub running_slot: Slot,
-    /// The slot BootOrder boots (slot A by the fallback path if BootOrder
-    /// has none of ours).
+    /// The slot the firmware boots by default: BootOrder's first active
+    /// entry of ours, else the fallback loader's slot.
     pub committed_slot: Slot,
+    /// Whether BootOrder holds an active entry of ours (else the machine
+    /// boots through the removable-media fallback path).
+    pub committed_by_boot_order: bool,
     /// The next boot is a trial boot of the other slot (BootNext points at it).
     pub trial_pending: bool,
     /// This boot is a trial boot: the running slot is not (yet) committed.
     pub on_trial: bool,
     pub boot_next: Option<u16>,
     pub boot_order: Vec<u16>,
+    /// Problems with the boot variables (malformed BootOrder or BootNext,
+    /// entries that do not decode), one line each.
+    pub problems: Vec<String>,
     pub slots: BTreeMap<String, SlotStatus>,
     pub entries: Vec<EntryStatus>,
 }
 
 pub fn status(m: &mut dyn Machine) -> Result<Status> {
     let running = m.running_slot();
-    let loc = m.esp_location();
     let mut slots = BTreeMap::new();
     for slot in [Slot::A, Slot::B] {
         let record = read_record(m.esp(), slot)?;
-        let loader_present = m.esp().read(slot.loader_path())?.is_some();
+        let loader_present = m.esp().exists(slot.loader_path())?;
         slots.insert(
             slot.letter().to_string(),
             SlotStatus {
@@ -61,16 +66,12 @@ pub fn status(m: &mut dyn Machine) -> Result<Status> {
             },
         );
     }
+    let state = boot_policy::read_state(m)?;
+    let committed = boot_policy::default_boot_slot(&state);
     let bm = BootManager::new(m.vars());
-    let committed = committed_slot(&bm, &loc)?.unwrap_or(Slot::A);
-    let boot_next = bm.boot_next()?;
     let mut entries = Vec::new();
-    let mut other_entries = Vec::new();
     for slot in [Slot::A, Slot::B] {
-        for number in find_slot_entries(&bm, &loc, slot)? {
-            if slot != running {
-                other_entries.push(number);
-            }
+        for &number in state.slot_entries(slot) {
             if let Some(option) = bm.entry(number)? {
                 entries.push(EntryStatus {
                     number,
@@ -89,10 +90,12 @@ pub fn status(m: &mut dyn Machine) -> Result<Status> {
     Ok(Status {
         running_slot: running,
         committed_slot: committed,
-        trial_pending: boot_next.is_some_and(|n| other_entries.contains(&n)),
+        committed_by_boot_order: state.committed.is_some(),
+        trial_pending: state.boot_next_slot() == Some(running.other()),
         on_trial: committed != running,
-        boot_next,
-        boot_order: bm.boot_order()?,
+        boot_next: state.boot_next,
+        boot_order: state.boot_order.clone(),
+        problems: state.problems.clone(),
         slots,
         entries,
     })

@@ -9,7 +9,7 @@ use abkit_efi::boot::BootManager;
 use abkit_efi::{DevicePath, LoadOption, VarName, VarStore, Variable};
 use abkit_update::firmware::BootVia;
 use abkit_update::progress::{Collect, Event, Silent, Step};
-use abkit_update::record::{SlotState, read_record};
+use abkit_update::record::{SlotState, read_record, record_copy_path, record_path};
 use abkit_update::{InstallOptions, Machine, UpdateError, install, mark_good, rollback, status};
 use common::*;
 
@@ -87,8 +87,8 @@ fn the_seeds_sequence_x_on_a_installs_y_then_y_on_b_installs_z() {
     mark_good(&mut rig.machine(Slot::A)).unwrap();
     let st = status(&mut rig.machine(Slot::A)).unwrap();
     assert_eq!(st.committed_slot, Slot::A);
-    assert_eq!(st.slots["A"].record.version.as_deref(), Some("1.2.0"));
-    assert_eq!(st.slots["B"].record.version.as_deref(), Some("1.1.0"));
+    assert_eq!(st.slots["A"].record.version.as_ref().map(|v| v.to_string()).as_deref(), Some("1.2.0"));
+    assert_eq!(st.slots["B"].record.version.as_ref().map(|v| v.to_string()).as_deref(), Some("1.1.0"));
     assert_eq!(st.slots["B"].record.state, SlotState::Good);
     assert_eq!(rig.boot().slot, Slot::A);
     // The fallback loader follows slot A's committed loader.
@@ -117,7 +117,7 @@ fn a_trial_boot_that_never_marks_good_falls_back_by_itself() {
 
 #[test]
 fn mark_good_writes_nothing_when_nothing_changes() {
-    let rig = Rig::new();
+    let rig = Rig::unrecorded();
     let first = mark_good(&mut rig.machine(Slot::A)).unwrap();
     assert!(!first.changes.is_empty());
     let before = rig.snapshot();
@@ -135,12 +135,12 @@ fn mark_good_repairs_missing_duplicate_and_wrong_entries() {
         let mut bm = BootManager::new(m.vars());
         // Lose slot A's entry and BootOrder; duplicate slot B's entry with a
         // stale partition size.
-        let b = abkit_update::entries::slot_entry(&bm, &loc, Slot::B)
+        let b = abkit_update::boot_policy::read_vars(bm.store(), &loc)
             .unwrap()
-            .unwrap();
-        let a = abkit_update::entries::slot_entry(&bm, &loc, Slot::A)
+            .slot_entries(Slot::B)[0];
+        let a = abkit_update::boot_policy::read_vars(bm.store(), &loc)
             .unwrap()
-            .unwrap();
+            .slot_entries(Slot::A)[0];
         bm.delete_entry(a).unwrap();
         let mut stale = abkit_disk::slot_load_option(&loc, Slot::B, true);
         if let Some(abkit_efi::DevicePathNode::HardDrive(hd)) =
@@ -156,9 +156,9 @@ fn mark_good_repairs_missing_duplicate_and_wrong_entries() {
     drop(m);
     assert!(report.changes.len() >= 3, "{:?}", report.changes);
     let mut m = rig.machine(Slot::A);
+    let state = abkit_update::boot_policy::read_vars(m.vars(), &loc).unwrap();
+    let (a, b) = (state.slot_entries(Slot::A), state.slot_entries(Slot::B));
     let bm = BootManager::new(m.vars());
-    let a = abkit_update::entries::find_slot_entries(&bm, &loc, Slot::A).unwrap();
-    let b = abkit_update::entries::find_slot_entries(&bm, &loc, Slot::B).unwrap();
     assert_eq!((a.len(), b.len()), (1, 1), "one entry per slot");
     assert_eq!(bm.boot_order().unwrap(), vec![a[0], b[0]]);
     assert_eq!(
@@ -241,7 +241,6 @@ fn i1_install_never_writes_the_running_slot_or_its_loader() {
             Step::WriteSystem,
             Step::CheckSystem,
             Step::WriteLoader,
-            Step::BootEntry,
             Step::Record,
             Step::BootNext
         ]
@@ -382,6 +381,7 @@ fn i5_rejected_bundles_change_nothing() {
         &rig.keyring,
         &InstallOptions {
             allow_downgrade: true,
+            ..Default::default()
         },
         &mut Silent,
     )
@@ -529,11 +529,12 @@ fn a_damaged_slot_record_makes_the_slot_unbootable_not_a_failure() {
     mark_good(&mut rig.machine(Slot::A)).unwrap();
     install_file(&rig, Slot::A, &rig.bundle("1.1.0", b'Y')).unwrap();
     {
-        // As a power cut on vfat once left it: the record renamed but empty.
+        // As a power cut on vfat once left it: the record renamed but
+        // empty; here its copy too.
         let mut m = rig.machine(Slot::A);
-        m.esp()
-            .write(abkit_update::record::record_path(Slot::B), &mut &b""[..])
-            .unwrap();
+        for path in [record_path(Slot::B), record_copy_path(Slot::B)] {
+            m.esp().write(path, &mut &b""[..]).unwrap();
+        }
     }
     let report = mark_good(&mut rig.machine(Slot::A)).unwrap();
     assert!(
@@ -545,4 +546,18 @@ fn a_damaged_slot_record_makes_the_slot_unbootable_not_a_failure() {
     assert_eq!(st.boot_next, None, "no BootNext may point at it");
     assert!(rollback(&mut rig.machine(Slot::A)).is_err());
     assert_eq!(rig.boot().slot, Slot::A);
+}
+
+#[test]
+fn a_damaged_record_is_recovered_from_its_copy() {
+    let rig = Rig::new();
+    mark_good(&mut rig.machine(Slot::A)).unwrap();
+    install_file(&rig, Slot::A, &rig.bundle("1.1.0", b'Y')).unwrap();
+    let mut m = rig.machine(Slot::A);
+    let intact = read_record(m.esp(), Slot::B).unwrap();
+    assert_eq!(intact.state, SlotState::Installed);
+    m.esp()
+        .write(record_path(Slot::B), &mut &b"{\"state\": \"go"[..])
+        .unwrap();
+    assert_eq!(read_record(m.esp(), Slot::B).unwrap(), intact);
 }

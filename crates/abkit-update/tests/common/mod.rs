@@ -11,7 +11,11 @@ use abkit_disk::{BuildOptions, LayoutOptions, Slot, build};
 use abkit_efi::OvmfVarsFile;
 use abkit_update::fault::PowerCut;
 use abkit_update::firmware::{SimulatedBoot, simulate_boot};
+use abkit_update::Machine;
 use abkit_update::offline::OfflineMachine;
+use abkit_update::record::{
+    SlotRecord, SlotState, record_copy_path, record_path, write_record,
+};
 
 pub const COMPATIBLE: &str = "abkit-test";
 pub const SLOT_SIZE: u64 = 4 << 20;
@@ -71,13 +75,30 @@ impl Rig {
         .unwrap();
         let key = SecretKey::from_seed(&[7; 32]);
         let keyring = Keyring::from_keys(vec![key.public_key()]);
-        Rig {
+        let rig = Rig {
             dir,
             disk,
             vars,
             key,
             keyring,
+        };
+        // What a factory records for the version it put on slot A.
+        let mut record = SlotRecord::bare(SlotState::Good);
+        record.compatible = Some(COMPATIBLE.to_string());
+        record.version = Some(semver::Version::new(1, 0, 0));
+        write_record(rig.machine(Slot::A).esp(), Slot::A, &record).unwrap();
+        rig
+    }
+
+    /// A disk built from raw files: no slot records at all.
+    pub fn unrecorded() -> Rig {
+        let rig = Rig::new();
+        let mut m = rig.machine(Slot::A);
+        for path in [record_path(Slot::A), record_copy_path(Slot::A)] {
+            m.esp().remove(path).unwrap();
         }
+        drop(m);
+        rig
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

@@ -332,7 +332,7 @@ fn print_record(slot: Slot, record: Option<&SlotRecord>) {
         slot.letter(),
         r.state,
         dash(&r.compatible),
-        dash(&r.version),
+        r.version.as_ref().map_or_else(|| "-".into(), |v| v.to_string()),
         dash(&r.bundle_sha256)
     );
 }

@@ -35,6 +35,12 @@ pub struct InstallArgs {
     #[arg(long)]
     allow_downgrade: bool,
 
+    /// Install although the running slot's record does not say its product
+    /// and version (a disk built from raw files, not from a bundle): the
+    /// bundle cannot be checked against what the machine runs.
+    #[arg(long)]
+    allow_unrecorded: bool,
+
     /// One JSON object per step and progress event on stdout (also the
     /// default when stdout is not a terminal).
     #[arg(long)]
@@ -57,6 +63,7 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
         &keyring,
         &InstallOptions {
             allow_downgrade: args.allow_downgrade,
+            allow_unrecorded: args.allow_unrecorded,
         },
         &mut out,
     );

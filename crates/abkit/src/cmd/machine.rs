@@ -50,7 +50,7 @@ pub struct MachineArgs {
     pub booted_slot: Option<SlotArg>,
 
     /// Read the running slot from this kernel command line file instead of
-    /// /proc/cmdline (looks for SYSTEM-A / SYSTEM-B).
+    /// /proc/cmdline (looks for `KEY=PARTLABEL=<PREFIX>-SYSTEM-A|B`).
     #[arg(long, value_name = "FILE", help_heading = "Machine")]
     pub cmdline: Option<PathBuf>,
 
@@ -72,6 +72,7 @@ impl MachineArgs {
                 &LiveOptions {
                     cmdline: self.cmdline.clone(),
                     esp_mount: self.esp_mount.clone(),
+                    lock_path: None,
                 },
                 self.vars.open()?,
             )
@@ -87,9 +88,14 @@ impl MachineArgs {
             (None, Some(file)) => {
                 let text = std::fs::read_to_string(file)
                     .with_context(|| format!("read {}", file.display()))?;
-                slot_from_cmdline(&text).with_context(|| {
-                    format!("{} names neither SYSTEM-A nor SYSTEM-B", file.display())
-                })?
+                slot_from_cmdline(&text)
+                    .with_context(|| format!("read the running slot from {}", file.display()))?
+                    .with_context(|| {
+                        format!(
+                            "{} names no <PREFIX>-SYSTEM-A or -B partition label (as in root=PARTLABEL=ABKIT-SYSTEM-A)",
+                            file.display()
+                        )
+                    })?
             }
             (None, None) => anyhow::bail!("--disk needs --booted-slot A|B (or --cmdline FILE)"),
         };

@@ -40,7 +40,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             "slot {name}: {:<9} {} {}{}",
             r.state.to_string(),
             r.compatible.as_deref().unwrap_or("-"),
-            r.version.as_deref().unwrap_or("-"),
+            r.version
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |v| v.to_string()),
             if slot.loader_present {
                 ""
             } else {

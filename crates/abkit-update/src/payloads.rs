@@ -1,0 +1,95 @@
+//! The payloads an A/B bundle must carry, and the one check of them that
+//! `install` and the factory (`image build --bundle`) share: an `efi`
+//! payload that is a PE/COFF EFI application, and a `system` payload with
+//! dm-verity parameters.
+
+use abkit_bundle::{Manifest, PayloadEntry};
+
+use crate::{Result, UpdateError};
+
+/// A payload abkit writes, by its name in the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// The system image with its dm-verity tree: goes into the slot.
+    System,
+    /// The loader (a UKI): goes onto the ESP as the slot's loader.
+    Efi,
+}
+
+impl Payload {
+    /// The payload's name in the manifest.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Payload::System => "system",
+            Payload::Efi => "efi",
+        }
+    }
+
+    /// The payload named `name`, if abkit uses it.
+    pub fn from_name(name: &str) -> Option<Payload> {
+        [Payload::System, Payload::Efi]
+            .into_iter()
+            .find(|p| p.name() == name)
+    }
+
+    /// This payload's entry in `manifest`.
+    pub fn entry(self, manifest: &Manifest) -> Result<&PayloadEntry> {
+        manifest
+            .payload(self.name())
+            .ok_or(UpdateError::MissingPayload(self.name()))
+    }
+}
+
+/// How many leading bytes of the `efi` payload [`check_loader_head`] needs.
+pub const LOADER_HEAD: usize = 4096;
+
+/// What the manifest alone must show: both payloads, a system payload with
+/// dm-verity parameters, sizes that are not absurd. Returns the entries.
+pub fn check_manifest(manifest: &Manifest) -> Result<(PayloadEntry, PayloadEntry)> {
+    let system = Payload::System.entry(manifest)?.clone();
+    let efi = Payload::Efi.entry(manifest)?.clone();
+    if system.verity.is_none() {
+        return Err(UpdateError::BadPayload {
+            payload: "system",
+            reason: "it carries no dm-verity parameters (create the bundle with a verity tree)"
+                .into(),
+        });
+    }
+    if system.size == 0 {
+        return Err(UpdateError::BadPayload {
+            payload: "system",
+            reason: "it is empty".into(),
+        });
+    }
+    if efi.size < 64 {
+        return Err(UpdateError::BadPayload {
+            payload: "efi",
+            reason: format!("{} bytes is too small for an EFI application", efi.size),
+        });
+    }
+    Ok((system, efi))
+}
+
+/// Checks that the first bytes of the verified `efi` payload are a PE/COFF
+/// EFI application, before it can replace a loader.
+pub fn check_loader_head(head: &[u8]) -> Result<()> {
+    abkit_disk::pe::check_efi_application(head).map_err(|e| UpdateError::BadPayload {
+        payload: "efi",
+        reason: format!("not an EFI application: {e}"),
+    })
+}
+
+/// A reader that keeps the first [`LOADER_HEAD`] bytes it passes on.
+pub struct HeadCapture<R> {
+    pub inner: R,
+    pub head: Vec<u8>,
+}
+
+impl<R: std::io::Read> std::io::Read for HeadCapture<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let room = LOADER_HEAD.saturating_sub(self.head.len()).min(n);
+        self.head.extend_from_slice(&buf[..room]);
+        Ok(n)
+    }
+}
