@@ -154,15 +154,11 @@ fn check_output_is_not_bundle(bundle: &File, output: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Checks what the manifest alone allows: both payloads present, the
-/// system payload fits into a slot of the planned layout.
+/// Checks what the manifest alone allows: the payloads install would
+/// accept ([`crate::payloads::check_manifest`]), and a system payload that
+/// fits into a slot of the planned layout.
 fn check_manifest(manifest: &Manifest, layout: Option<&Layout>) -> Result<()> {
-    let system = manifest
-        .payload("system")
-        .ok_or(UpdateError::MissingPayload("system"))?;
-    manifest
-        .payload("efi")
-        .ok_or(UpdateError::MissingPayload("efi"))?;
+    let (system, _) = crate::payloads::check_manifest(manifest)?;
     if let Some(layout) = layout
         && system.size > layout.slot_a.size()
     {

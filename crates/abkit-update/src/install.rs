@@ -417,3 +417,19 @@ fn check_read_back(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn esp_room_for_a_huge_efi_payload_does_not_wrap() {
+        // Found by the never-brick review: a signed manifest declaring an
+        // efi size near 2^64 wrapped `size + 64 KiB` and passed the check.
+        assert!(matches!(
+            esp_room_for(u64::MAX - 100),
+            Err(UpdateError::SizeOverflow(_))
+        ));
+        assert_eq!(esp_room_for(1000).unwrap(), 1000 + 64 * 1024);
+    }
+}

@@ -140,6 +140,38 @@ impl Rig {
         out
     }
 
+    /// A bundle with the given payload bytes; `verity` adds a hash tree to
+    /// the system payload.
+    pub fn bundle_from(&self, name: &str, efi: &[u8], system: &[u8], verity: bool) -> PathBuf {
+        let sys = self.path(&format!("{name}.sys"));
+        std::fs::write(&sys, system).unwrap();
+        let efi_path = self.path(&format!("{name}.efi"));
+        std::fs::write(&efi_path, efi).unwrap();
+        let out = self.path(&format!("{name}.abb"));
+        let mut opts = CreateOptions::new(COMPATIBLE, semver::Version::new(1, 1, 0));
+        opts.chunk_size = 16 << 10;
+        create_bundle(
+            &out,
+            &[
+                PayloadSpec {
+                    name: "efi".into(),
+                    path: efi_path,
+                    verity: false,
+                },
+                PayloadSpec {
+                    name: "system".into(),
+                    path: sys,
+                    verity,
+                },
+            ],
+            &opts,
+            std::slice::from_ref(&self.key),
+            &mut |_| {},
+        )
+        .unwrap();
+        out
+    }
+
     pub fn machine(&self, running: Slot) -> OfflineMachine {
         self.machine_with_power(running, None)
     }
