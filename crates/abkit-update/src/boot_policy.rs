@@ -296,9 +296,7 @@ pub fn commit(m: &mut dyn Machine, other_bootable: bool) -> Result<Vec<String>> 
     // stays only while that slot is bootable (firmware would start even an
     // inactive BootNext entry). A foreign one is not ours to touch.
     let next = state.boot_next;
-    if state.boot_next_malformed
-        || next == Some(mine)
-        || (next == Some(theirs) && !other_bootable)
+    if state.boot_next_malformed || next == Some(mine) || (next == Some(theirs) && !other_bootable)
     {
         clear_boot_next(m.vars())?;
         changes.push("stale BootNext cleared".into());

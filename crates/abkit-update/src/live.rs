@@ -15,8 +15,8 @@ use abkit_disk::{DiskImage, EspLocation, Slot};
 use abkit_efi::{VarName, VarStore};
 use uuid::Uuid;
 
-use crate::machine::{EspFiles, Machine, SlotDevice};
 use crate::lock::{LIVE_LOCK_PATH, OperationLock};
+use crate::machine::{EspFiles, Machine, SlotDevice};
 use crate::offline::FileRange;
 use crate::{Result, UpdateError};
 

@@ -32,7 +32,10 @@ impl OperationLock {
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)
-            .map_err(UpdateError::io(format!("open {} to lock it", path.display())))?;
+            .map_err(UpdateError::io(format!(
+                "open {} to lock it",
+                path.display()
+            )))?;
         lock(file, path)
     }
 
@@ -51,7 +54,10 @@ impl OperationLock {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)
-            .map_err(UpdateError::io(format!("open lock file {}", path.display())))?;
+            .map_err(UpdateError::io(format!(
+                "open lock file {}",
+                path.display()
+            )))?;
         let mut held = lock(file, path)?;
         let pid = std::process::id().to_string();
         (|| -> io::Result<()> {
@@ -74,7 +80,10 @@ fn lock(file: File, path: &Path) -> Result<OperationLock> {
     if rc != 0 {
         let err = io::Error::last_os_error();
         if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            let holder = file.metadata().ok().and_then(|m| flock_holder(m.dev(), m.ino()));
+            let holder = file
+                .metadata()
+                .ok()
+                .and_then(|m| flock_holder(m.dev(), m.ino()));
             return Err(UpdateError::Locked {
                 path: path.to_path_buf(),
                 pid: holder,

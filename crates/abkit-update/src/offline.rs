@@ -14,8 +14,8 @@ use std::sync::Arc;
 use abkit_disk::{DiskError, DiskImage, Esp, EspLocation, Slot};
 use abkit_efi::VarStore;
 
-use crate::lock::OperationLock;
 use crate::fault::{FaultyEsp, FaultySlot, FaultyVars, PowerCut};
+use crate::lock::OperationLock;
 use crate::machine::{EspFiles, Machine, SlotDevice};
 use crate::{Result, UpdateError};
 

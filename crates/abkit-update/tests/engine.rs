@@ -87,8 +87,24 @@ fn the_seeds_sequence_x_on_a_installs_y_then_y_on_b_installs_z() {
     mark_good(&mut rig.machine(Slot::A)).unwrap();
     let st = status(&mut rig.machine(Slot::A)).unwrap();
     assert_eq!(st.committed_slot, Slot::A);
-    assert_eq!(st.slots["A"].record.version.as_ref().map(|v| v.to_string()).as_deref(), Some("1.2.0"));
-    assert_eq!(st.slots["B"].record.version.as_ref().map(|v| v.to_string()).as_deref(), Some("1.1.0"));
+    assert_eq!(
+        st.slots["A"]
+            .record
+            .version
+            .as_ref()
+            .map(|v| v.to_string())
+            .as_deref(),
+        Some("1.2.0")
+    );
+    assert_eq!(
+        st.slots["B"]
+            .record
+            .version
+            .as_ref()
+            .map(|v| v.to_string())
+            .as_deref(),
+        Some("1.1.0")
+    );
     assert_eq!(st.slots["B"].record.state, SlotState::Good);
     assert_eq!(rig.boot().slot, Slot::A);
     // The fallback loader follows slot A's committed loader.

@@ -138,7 +138,10 @@ fn slot_a_holds_what_an_install_of_the_bundle_writes_and_says_so() {
     let record = read_record(&mut esp, Slot::A).unwrap();
     assert_eq!(record.state, SlotState::Installed);
     assert_eq!(record.compatible.as_deref(), Some(COMPATIBLE));
-    assert_eq!(record.version.as_ref().map(|v| v.to_string()).as_deref(), Some("1.4.0"));
+    assert_eq!(
+        record.version.as_ref().map(|v| v.to_string()).as_deref(),
+        Some("1.4.0")
+    );
     assert_eq!(record.bundle_sha256, Some(manifest_sha256(&manifest)));
     assert_eq!(record.system_size, Some(system.len() as u64));
     assert_eq!(
@@ -191,7 +194,15 @@ fn slot_a_holds_what_an_install_of_the_bundle_writes_and_says_so() {
     let st = status(&mut open()).unwrap();
     assert_eq!(st.committed_slot, Slot::A);
     assert_eq!(st.slots["A"].record.state, SlotState::Installed);
-    assert_eq!(st.slots["A"].record.version.as_ref().map(|v| v.to_string()).as_deref(), Some("1.4.0"));
+    assert_eq!(
+        st.slots["A"]
+            .record
+            .version
+            .as_ref()
+            .map(|v| v.to_string())
+            .as_deref(),
+        Some("1.4.0")
+    );
     assert!(st.slots["A"].loader_present);
     let foreign = rig.bundle_with("2.0.0", "other-product", b'Q', 4096);
     let err = install(

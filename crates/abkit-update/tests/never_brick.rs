@@ -53,7 +53,10 @@ fn f1_mark_good_refuses_a_slot_left_empty_by_a_killed_install() {
     .unwrap_err();
     assert!(err.to_string().contains("power cut"), "{err}");
     let mut m = rig.machine(Slot::A);
-    assert_eq!(read_record(m.esp(), Slot::A).unwrap().state, SlotState::Empty);
+    assert_eq!(
+        read_record(m.esp(), Slot::A).unwrap().state,
+        SlotState::Empty
+    );
     drop(m);
     let before = rig.snapshot();
     let err = mark_good(&mut rig.machine(Slot::A)).unwrap_err();
@@ -62,7 +65,10 @@ fn f1_mark_good_refuses_a_slot_left_empty_by_a_killed_install() {
         "{err}"
     );
     assert!(err.to_string().contains("empty"), "{err}");
-    assert!(rig.snapshot() == before, "a refused mark-good changed bytes");
+    assert!(
+        rig.snapshot() == before,
+        "a refused mark-good changed bytes"
+    );
     assert_eq!(rig.boot().slot, Slot::B);
 }
 
@@ -93,8 +99,10 @@ fn f2_a_second_operation_on_the_same_disk_is_refused_while_one_runs() {
     ] {
         assert!(matches!(err, UpdateError::Locked { .. }), "{err}");
         assert!(
-            err.to_string()
-                .contains(&format!("another abkit operation (pid {})", std::process::id())),
+            err.to_string().contains(&format!(
+                "another abkit operation (pid {})",
+                std::process::id()
+            )),
             "{err}"
         );
     }
@@ -137,7 +145,12 @@ fn write_raw(rig: &Rig, path: &str, bytes: &[u8]) {
 #[test]
 fn f6_a_truncated_running_record_keeps_product_and_version() {
     let rig = Rig::new();
-    let intact = rig.machine(Slot::A).esp().read(record_path(Slot::A)).unwrap().unwrap();
+    let intact = rig
+        .machine(Slot::A)
+        .esp()
+        .read(record_path(Slot::A))
+        .unwrap()
+        .unwrap();
     write_raw(&rig, record_path(Slot::A), &intact[..intact.len() / 2]);
     // Another product is still refused: the copy says what runs.
     let other = rig.bundle_with("2.0.0", "other-product", b'O', 64 << 10);
@@ -166,7 +179,14 @@ fn f6_a_running_slot_without_product_or_version_needs_an_explicit_flag() {
     assert!(rig.snapshot() == before);
     // A version that is not semver counts as damage, not as "no version".
     let rig = Rig::new();
-    let text = String::from_utf8(rig.machine(Slot::A).esp().read(record_path(Slot::A)).unwrap().unwrap()).unwrap();
+    let text = String::from_utf8(
+        rig.machine(Slot::A)
+            .esp()
+            .read(record_path(Slot::A))
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
     let bad = text.replace("\"1.0.0\"", "\"v1.1\"");
     assert_ne!(bad, text);
     write_raw(&rig, record_path(Slot::A), bad.as_bytes());
@@ -200,7 +220,10 @@ fn f7_f14_an_efi_payload_that_is_not_an_efi_application_is_refused_and_removed()
     );
     let mut m = rig.machine(Slot::A);
     assert!(!m.esp().exists("\\EFI\\abkit\\boot-b.efi.new").unwrap());
-    assert_eq!(read_record(m.esp(), Slot::B).unwrap().state, SlotState::Empty);
+    assert_eq!(
+        read_record(m.esp(), Slot::B).unwrap().state,
+        SlotState::Empty
+    );
     assert_eq!(BootManager::new(m.vars()).boot_next().unwrap(), None);
     drop(m);
     assert_eq!(rig.boot().slot, Slot::A);
@@ -210,11 +233,22 @@ fn f7_f14_an_efi_payload_that_is_not_an_efi_application_is_refused_and_removed()
 fn f14_a_system_payload_without_verity_is_refused_before_anything_changes() {
     let rig = Rig::new();
     mark_good(&mut rig.machine(Slot::A)).unwrap();
-    let bundle = rig.bundle_from("no-verity", &loader("Y"), &system_image(b'Y', 64 << 10), false);
+    let bundle = rig.bundle_from(
+        "no-verity",
+        &loader("Y"),
+        &system_image(b'Y', 64 << 10),
+        false,
+    );
     let before = rig.snapshot();
     let err = install_file(&rig, Slot::A, &bundle).unwrap_err();
     assert!(
-        matches!(err, UpdateError::BadPayload { payload: "system", .. }),
+        matches!(
+            err,
+            UpdateError::BadPayload {
+                payload: "system",
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("dm-verity"), "{err}");
@@ -245,7 +279,11 @@ fn f10_a_malformed_boot_order_and_boot_next_are_repaired_by_mark_good() {
     set_raw_var(&rig, "BootOrder", &odd);
     set_raw_var(&rig, "BootNext", &[1, 2, 3]);
     let st = status(&mut rig.machine(Slot::A)).unwrap();
-    assert!(st.problems.iter().any(|p| p.contains("BootOrder")), "{:?}", st.problems);
+    assert!(
+        st.problems.iter().any(|p| p.contains("BootOrder")),
+        "{:?}",
+        st.problems
+    );
     let report = mark_good(&mut rig.machine(Slot::A)).unwrap();
     assert!(
         report.changes.iter().any(|c| c.contains("BootOrder")),

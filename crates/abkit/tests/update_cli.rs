@@ -87,25 +87,25 @@ impl World {
     }
 }
 
+/// A disk built the factory way: slot A holds X 1.0.0 from a signed bundle
+/// and is recorded as an install records it.
 fn world() -> World {
     let w = World {
         dir: tempfile::tempdir().unwrap(),
     };
-    std::fs::write(w.p("x.img"), vec![b'X'; 1 << 20]).unwrap();
-    std::fs::write(
-        w.p("x.efi"),
-        abkit_disk::fixtures::tiny_efi_application(b"X"),
-    )
-    .unwrap();
     std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", w.p("vars.fd"))
         .expect("Debian's OVMF is needed: run `make deps`");
+    w.ok(&["keygen", "--out", &w.s("release")]);
+    std::fs::create_dir(w.p("keyring")).unwrap();
+    std::fs::copy(w.p("release.pub"), w.p("keyring/release.pub")).unwrap();
+    let x = w.bundle("1.0.0", b'X');
     w.ok(&[
         "image",
         "build",
-        "--loader",
-        &w.s("x.efi"),
-        "--system",
-        &w.s("x.img"),
+        "--bundle",
+        &x,
+        "--keyring",
+        &w.s("keyring"),
         "-o",
         &w.s("disk.img"),
         "--esp-size",
@@ -119,9 +119,6 @@ fn world() -> World {
         "--ovmf-vars",
         &w.s("vars.fd"),
     ]);
-    w.ok(&["keygen", "--out", &w.s("release")]);
-    std::fs::create_dir(w.p("keyring")).unwrap();
-    std::fs::copy(w.p("release.pub"), w.p("keyring/release.pub")).unwrap();
     w
 }
 
@@ -139,9 +136,10 @@ fn install_then_status_then_mark_good_offline() {
     assert_eq!(st["running_slot"], "A");
     assert_eq!(st["committed_slot"], "A");
     assert_eq!(
-        st["slots"]["A"]["state"], "unknown",
-        "raw image: no record yet"
+        st["slots"]["A"]["state"], "installed",
+        "a factory image records slot A as an install does"
     );
+    assert_eq!(st["slots"]["A"]["version"], "1.0.0");
     w.on("a", &["mark-good"]);
     assert_eq!(w.status("a")["slots"]["A"]["state"], "good");
 
@@ -168,14 +166,6 @@ fn install_then_status_then_mark_good_offline() {
     let done = events.last().unwrap();
     assert_eq!(done["event"], "done");
     assert_eq!(done["report"]["target_slot"], "B");
-    assert!(
-        events.iter().any(|e| e["event"] == "warning"
-            && e["message"]
-                .as_str()
-                .unwrap()
-                .contains("carries no record of its product")),
-        "a raw image accepts any product and says so: {events:?}"
-    );
 
     let st = w.status("a");
     assert_eq!(st["trial_pending"], true);
@@ -389,4 +379,60 @@ fn install_streams_from_an_http_server_and_a_404_changes_nothing() {
     let st = w.status("a");
     assert_eq!(st["trial_pending"], true);
     assert_eq!(st["slots"]["B"]["version"], "1.1.0");
+}
+
+#[test]
+fn a_disk_built_from_raw_files_installs_only_with_allow_unrecorded() {
+    let w = world();
+    // The same machine, but slot A built from raw files: no record.
+    std::fs::write(w.p("x.img"), vec![b'X'; 1 << 20]).unwrap();
+    std::fs::write(
+        w.p("x.efi"),
+        abkit_disk::fixtures::tiny_efi_application(b"X"),
+    )
+    .unwrap();
+    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", w.p("vars.fd")).unwrap();
+    w.ok(&[
+        "image",
+        "build",
+        "--loader",
+        &w.s("x.efi"),
+        "--system",
+        &w.s("x.img"),
+        "-o",
+        &w.s("raw.img"),
+        "--esp-size",
+        "33M",
+        "--system-size",
+        "4M",
+        "--data-size",
+        "1M",
+        "--ovmf-vars",
+        &w.s("vars.fd"),
+    ]);
+    std::fs::rename(w.p("raw.img"), w.p("disk.img")).unwrap();
+    assert_eq!(w.status("a")["slots"]["A"]["state"], "unknown");
+    let y = w.bundle("1.1.0", b'Y');
+    let before = std::fs::read(w.p("disk.img")).unwrap();
+    let out = w.on("a", &["install", &y, "--keyring", &w.s("keyring")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--allow-unrecorded"), "{err}");
+    assert!(std::fs::read(w.p("disk.img")).unwrap() == before);
+    let out = w.on(
+        "a",
+        &[
+            "install",
+            &y,
+            "--keyring",
+            &w.s("keyring"),
+            "--allow-unrecorded",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(w.status("a")["slots"]["B"]["state"], "installed");
 }

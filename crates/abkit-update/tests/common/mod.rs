@@ -9,13 +9,11 @@ use std::sync::Arc;
 use abkit_bundle::{CreateOptions, Keyring, PayloadSpec, SecretKey, create_bundle};
 use abkit_disk::{BuildOptions, LayoutOptions, Slot, build};
 use abkit_efi::OvmfVarsFile;
+use abkit_update::Machine;
 use abkit_update::fault::PowerCut;
 use abkit_update::firmware::{SimulatedBoot, simulate_boot};
-use abkit_update::Machine;
 use abkit_update::offline::OfflineMachine;
-use abkit_update::record::{
-    SlotRecord, SlotState, record_copy_path, record_path, write_record,
-};
+use abkit_update::record::{SlotRecord, SlotState, record_copy_path, record_path, write_record};
 
 pub const COMPATIBLE: &str = "abkit-test";
 pub const SLOT_SIZE: u64 = 4 << 20;

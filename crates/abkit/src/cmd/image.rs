@@ -332,7 +332,9 @@ fn print_record(slot: Slot, record: Option<&SlotRecord>) {
         slot.letter(),
         r.state,
         dash(&r.compatible),
-        r.version.as_ref().map_or_else(|| "-".into(), |v| v.to_string()),
+        r.version
+            .as_ref()
+            .map_or_else(|| "-".into(), |v| v.to_string()),
         dash(&r.bundle_sha256)
     );
 }
