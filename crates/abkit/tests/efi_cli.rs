@@ -56,6 +56,7 @@ fn json_output_carries_the_same_facts() {
     assert_eq!(v["entries"][0]["hidden"], true);
     assert_eq!(v["entries"][0]["category"], "app");
     assert_eq!(v["skipped"], serde_json::json!([]));
+    assert_eq!(v["noncompliant"], serde_json::json!([]));
 }
 
 #[test]
@@ -89,6 +90,64 @@ fn efivars_directory_with_garbage_is_reported_not_fatal() {
         stderr(&out).contains("BootOrder is 3 bytes; it must be an array of 16-bit entry numbers"),
         "{}",
         stderr(&out)
+    );
+}
+
+/// The bytes of a minimal active entry booting an empty path.
+fn entry_bytes(description: &str) -> Vec<u8> {
+    let mut data = vec![1, 0, 0, 0, 4, 0];
+    data.extend(
+        description
+            .encode_utf16()
+            .chain([0])
+            .flat_map(|u| u.to_le_bytes()),
+    );
+    data.extend([0x7f, 0xff, 4, 0]);
+    data
+}
+
+/// Writes `name` into an efivars directory (4 attribute bytes + data).
+fn write_var(dir: &Path, name: &str, data: &[u8]) {
+    let g = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+    let mut bytes = vec![7, 0, 0, 0];
+    bytes.extend_from_slice(data);
+    std::fs::write(dir.join(format!("{name}-{g}")), bytes).unwrap();
+}
+
+#[test]
+fn lower_case_entry_names_are_listed_as_non_compliant() {
+    let dir = tempfile::tempdir().unwrap();
+    write_var(dir.path(), "Boot0003", &entry_bytes("good"));
+    write_var(dir.path(), "Boot001a", &entry_bytes("look-alike"));
+    let out = abkit(&["efi", "list", "--efivars", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("Boot0003* good\t\n"), "{text}");
+    assert!(
+        text.contains("Boot001a? (non-compliant, not an entry: lower-case hex digits"),
+        "{text}"
+    );
+    assert!(!text.contains("Boot001A"), "{text}");
+    assert!(!text.contains("look-alike"), "{text}");
+
+    let out = abkit(&[
+        "efi",
+        "list",
+        "--json",
+        "--efivars",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(v["entries"][0]["name"], "Boot0003");
+    assert_eq!(v["noncompliant"][0]["name"], "Boot001a");
+    assert!(
+        v["noncompliant"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("upper-case"),
+        "{v}"
     );
 }
 

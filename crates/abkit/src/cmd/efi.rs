@@ -16,7 +16,8 @@ pub enum EfiCommand {
     /// the device path in UEFI text form, e.g.
     /// `HD(1,GPT,<guid>,0x800,0x40000)/\EFI\abkit\boot-a.efi`.
     /// Entries that cannot be decoded are listed as unreadable; they never
-    /// stop the listing.
+    /// stop the listing. Look-alike names firmware does not boot (such as
+    /// `Boot001a`, lower-case hex) are listed as non-compliant.
     List(ListArgs),
 }
 
@@ -59,12 +60,20 @@ struct SkippedJson {
 }
 
 #[derive(Serialize)]
+struct NonCompliantJson {
+    name: String,
+    reason: String,
+}
+
+#[derive(Serialize)]
 struct ListJson {
     boot_current: Option<u16>,
     boot_next: Option<u16>,
     boot_order: Option<Vec<u16>>,
     entries: Vec<EntryJson>,
     skipped: Vec<SkippedJson>,
+    /// Look-alikes of `Boot####` that are not entries (e.g. `Boot001a`).
+    noncompliant: Vec<NonCompliantJson>,
     /// Variables that exist but could not be read (e.g. a BootOrder of odd length).
     errors: Vec<String>,
 }
@@ -125,7 +134,11 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let BootEntries { entries, skipped } = bm.entries()?;
+    let BootEntries {
+        entries,
+        skipped,
+        noncompliant,
+    } = bm.entries()?;
 
     if args.json {
         let out = ListJson {
@@ -142,6 +155,13 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
                     number: s.number,
                     name: boot_entry_name(s.number),
                     reason: s.reason.clone(),
+                })
+                .collect(),
+            noncompliant: noncompliant
+                .iter()
+                .map(|n| NonCompliantJson {
+                    name: n.name.clone(),
+                    reason: n.reason.clone(),
                 })
                 .collect(),
             errors,
@@ -198,6 +218,9 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
     }
     for s in &skipped {
         println!("Boot{:04X}? (unreadable: {})", s.number, s.reason);
+    }
+    for n in &noncompliant {
+        println!("{}? (non-compliant, not an entry: {})", n.name, n.reason);
     }
     for e in &errors {
         eprintln!("abkit: warning: {e}");
