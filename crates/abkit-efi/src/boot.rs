@@ -108,7 +108,8 @@ impl<'a> BootManager<'a> {
         Ok(self.store.set(&VarName::global(name), &value)?)
     }
 
-    /// `BootOrder`; an absent variable is an empty order.
+    /// `BootOrder`; an absent variable is an empty order, an odd length is
+    /// an error (see [`Self::boot_order_repairable`]).
     pub fn boot_order(&self) -> Result<Vec<u16>, BootError> {
         match self.get_global(BOOT_ORDER)? {
             Some(data) => Ok(boot_vars::decode_boot_order(&data)?),
@@ -116,16 +117,42 @@ impl<'a> BootManager<'a> {
         }
     }
 
+    /// `BootOrder` as far as it is readable, for self-repair: every whole
+    /// entry number (an odd-length value's trailing byte is dropped, as
+    /// firmware does) and the problem, if any. An absent variable is an
+    /// empty order. Only store errors fail; [`Self::boot_order`] is strict.
+    pub fn boot_order_repairable(&self) -> Result<(Vec<u16>, Option<BootVarError>), BootError> {
+        Ok(match self.get_global(BOOT_ORDER)? {
+            Some(data) => boot_vars::decode_boot_order_lenient(&data),
+            None => (Vec::new(), None),
+        })
+    }
+
     /// Writes `BootOrder` (nothing is written when it is unchanged).
     pub fn set_boot_order(&mut self, order: &[u16]) -> Result<bool, BootError> {
         self.set_global(BOOT_ORDER, boot_vars::encode_boot_order(order))
     }
 
+    /// `BootNext`; a value that is not exactly 2 bytes is an error (see
+    /// [`Self::boot_next_lenient`]).
     pub fn boot_next(&self) -> Result<Option<u16>, BootError> {
         self.get_global(BOOT_NEXT)?
             .map(|d| boot_vars::decode_u16(BOOT_NEXT, &d))
             .transpose()
             .map_err(Into::into)
+    }
+
+    /// `BootNext` for self-repair: a malformed value (not 2 bytes) is `None`
+    /// with the problem, to be cleared. Only store errors fail;
+    /// [`Self::boot_next`] is strict.
+    pub fn boot_next_lenient(&self) -> Result<(Option<u16>, Option<BootVarError>), BootError> {
+        Ok(match self.get_global(BOOT_NEXT)? {
+            None => (None, None),
+            Some(data) => match boot_vars::decode_u16(BOOT_NEXT, &data) {
+                Ok(n) => (Some(n), None),
+                Err(e) => (None, Some(e)),
+            },
+        })
     }
 
     /// Asks the firmware to boot entry `number` once, on the next boot.
@@ -537,6 +564,72 @@ mod tests {
             bm.boot_next(),
             Err(BootError::Var(BootVarError::NotU16 { len: 3, .. }))
         ));
+    }
+
+    #[test]
+    fn malformed_boot_order_and_boot_next_are_readable_for_repair() {
+        let mut store = MemoryStore::new();
+        let bm = BootManager::new(&mut store);
+        assert_eq!(bm.boot_order_repairable().unwrap(), (vec![], None));
+        assert_eq!(bm.boot_next_lenient().unwrap(), (None, None));
+        for (name, data) in [
+            ("BootOrder", vec![3, 0, 1, 0, 4]),
+            ("BootNext", vec![1, 2, 3]),
+        ] {
+            let value = Variable {
+                attributes: 7,
+                data,
+            };
+            store.set(&VarName::global(name), &value).unwrap();
+        }
+        let mut bm = BootManager::new(&mut store);
+        // The strict readers still refuse.
+        assert!(matches!(
+            bm.boot_order(),
+            Err(BootError::Var(BootVarError::OddArray { len: 5, .. }))
+        ));
+        assert!(matches!(
+            bm.boot_next(),
+            Err(BootError::Var(BootVarError::NotU16 { len: 3, .. }))
+        ));
+        // The lenient ones give what is readable and the problem.
+        assert_eq!(
+            bm.boot_order_repairable().unwrap(),
+            (
+                vec![3, 1],
+                Some(BootVarError::OddArray {
+                    name: BOOT_ORDER,
+                    len: 5
+                })
+            )
+        );
+        assert_eq!(
+            bm.boot_next_lenient().unwrap(),
+            (
+                None,
+                Some(BootVarError::NotU16 {
+                    name: BOOT_NEXT,
+                    len: 3
+                })
+            )
+        );
+        // Repair as self-repair does: rewrite the order, drop BootNext.
+        let (order, _) = bm.boot_order_repairable().unwrap();
+        assert!(bm.set_boot_order(&order).unwrap());
+        assert!(bm.clear_boot_next().unwrap());
+        assert_eq!(bm.boot_order().unwrap(), vec![3, 1]);
+        assert_eq!(bm.boot_order_repairable().unwrap(), (vec![3, 1], None));
+        assert_eq!(bm.boot_next().unwrap(), None);
+        bm.set_boot_next(7).unwrap();
+        assert_eq!(bm.boot_next_lenient().unwrap(), (Some(7), None));
+        assert_eq!(
+            store
+                .get(&VarName::global("BootOrder"))
+                .unwrap()
+                .unwrap()
+                .data,
+            [3, 0, 1, 0]
+        );
     }
 
     #[test]

@@ -83,6 +83,21 @@ pub fn decode_boot_order(data: &[u8]) -> Result<Vec<u16>, BootVarError> {
         .collect())
 }
 
+/// Decodes what is readable of a `BootOrder`: every whole 16-bit number,
+/// and the problem when the length is odd (the trailing byte is dropped).
+/// For self-repair, which rewrites the order; [`decode_boot_order`] is strict.
+pub fn decode_boot_order_lenient(data: &[u8]) -> (Vec<u16>, Option<BootVarError>) {
+    let order = data
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    let problem = (data.len() % 2 != 0).then_some(BootVarError::OddArray {
+        name: BOOT_ORDER,
+        len: data.len(),
+    });
+    (order, problem)
+}
+
 pub fn encode_boot_order(order: &[u16]) -> Vec<u8> {
     order.iter().flat_map(|n| n.to_le_bytes()).collect()
 }
@@ -146,6 +161,31 @@ mod tests {
                 name: BOOT_ORDER,
                 len: 3
             })
+        );
+        // The lenient reader keeps every whole number and names the problem.
+        assert_eq!(
+            decode_boot_order_lenient(&[1, 0, 0, 1]),
+            (vec![1, 0x100], None)
+        );
+        assert_eq!(
+            decode_boot_order_lenient(&[1, 0, 0, 1, 7]),
+            (
+                vec![1, 0x100],
+                Some(BootVarError::OddArray {
+                    name: BOOT_ORDER,
+                    len: 5
+                })
+            )
+        );
+        assert_eq!(
+            decode_boot_order_lenient(&[9]),
+            (
+                vec![],
+                Some(BootVarError::OddArray {
+                    name: BOOT_ORDER,
+                    len: 1
+                })
+            )
         );
         assert_eq!(decode_u16(BOOT_NEXT, &[3, 0]).unwrap(), 3);
         assert_eq!(
