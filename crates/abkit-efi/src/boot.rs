@@ -9,6 +9,9 @@
 //! [`BootEntries::noncompliant`] and otherwise left alone: it is never
 //! returned as an entry, never changed or deleted, and its number is never
 //! given to a new entry.
+//!
+//! Nothing here logs: callers report [`BootEntries::skipped`] and
+//! [`BootEntries::noncompliant`] once, however often they list entries.
 
 use thiserror::Error;
 use uuid::Uuid;
@@ -228,8 +231,9 @@ impl<'a> BootManager<'a> {
             .map_err(|source| BootError::Entry { number, source })
     }
 
-    /// Every entry; those that fail to decode are skipped with a warning,
-    /// and look-alike names are listed in `noncompliant`.
+    /// Every entry. Those that fail to decode are listed in `skipped`, and
+    /// look-alike names in `noncompliant`; neither is logged here (this is
+    /// called many times per command), so callers report them once.
     pub fn entries(&self) -> Result<BootEntries, BootError> {
         let mut all = BootEntries {
             noncompliant: self.noncompliant()?,
@@ -240,7 +244,6 @@ impl<'a> BootManager<'a> {
                 Ok(Some(option)) => all.entries.push(BootEntry { number, option }),
                 Ok(None) => {}
                 Err(BootError::Entry { number, source }) => {
-                    log::warn!("skipping Boot{number:04X}: {source}");
                     all.skipped.push(SkippedEntry {
                         number,
                         reason: source.to_string(),
@@ -526,6 +529,68 @@ mod tests {
         );
         // A broken entry's number is still taken.
         assert_eq!(bm.entry_numbers().unwrap(), vec![0, 5]);
+    }
+
+    /// Records log messages with the thread that logged them, so that a
+    /// test sees only its own (tests run in parallel in one process).
+    struct Recorder;
+    static RECORDER: Recorder = Recorder;
+    static RECORDS: std::sync::Mutex<Vec<(std::thread::ThreadId, String)>> =
+        std::sync::Mutex::new(Vec::new());
+
+    impl log::Log for Recorder {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            let line = format!("{} {}", record.level(), record.args());
+            if let Ok(mut records) = RECORDS.lock() {
+                records.push((std::thread::current().id(), line));
+            }
+        }
+        fn flush(&self) {}
+    }
+
+    /// Starts recording (once per process).
+    fn record_logs() {
+        if log::set_logger(&RECORDER).is_ok() {
+            log::set_max_level(log::LevelFilter::Trace);
+        }
+    }
+
+    /// What this thread logged.
+    fn logged_here() -> Vec<String> {
+        let me = std::thread::current().id();
+        RECORDS
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| *t == me)
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
+    #[test]
+    fn listing_entries_does_not_log_callers_report_once() {
+        record_logs();
+        let mut store = MemoryStore::new();
+        for name in ["Boot0005", "Boot000a"] {
+            let value = Variable {
+                attributes: 7,
+                data: vec![1, 0, 0],
+            };
+            store.set(&VarName::global(name), &value).unwrap();
+        }
+        let mut bm = BootManager::new(&mut store);
+        bm.add_entry(&abkit_option('A')).unwrap();
+        // What one engine command does: list several times.
+        for _ in 0..4 {
+            let all = bm.entries().unwrap();
+            assert_eq!(all.skipped.len(), 1);
+            assert_eq!(all.noncompliant.len(), 1);
+            bm.find_entries(ESP, "\\EFI\\abkit\\boot-a.efi").unwrap();
+        }
+        assert_eq!(logged_here(), Vec::<String>::new());
     }
 
     #[test]

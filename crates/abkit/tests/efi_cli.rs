@@ -86,6 +86,9 @@ fn efivars_directory_with_garbage_is_reported_not_fatal() {
         text.contains("Boot0004? (unreadable: load option is 1 bytes"),
         "{text}"
     );
+    // Reported once, not once more per internal listing as a log warning.
+    let both = format!("{text}{}", stderr(&out));
+    assert_eq!(both.matches("Boot0004").count(), 1, "{both}");
     assert!(
         stderr(&out).contains("BootOrder is 3 bytes; it must be an array of 16-bit entry numbers"),
         "{}",
