@@ -155,6 +155,58 @@ fn lower_case_entry_names_are_listed_as_non_compliant() {
 }
 
 #[test]
+fn control_characters_are_escaped_in_text_and_exact_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let evil = "evil\x1b[2J\nBoot0000* fake\tHD()";
+    write_var(dir.path(), "Boot0001", &entry_bytes(evil));
+    // An entry whose file path carries an OSC sequence (ESC ] ... BEL).
+    let path = "\\EFI\x1b]0;pwned\x07.efi";
+    let units: Vec<u8> = path
+        .encode_utf16()
+        .chain([0])
+        .flat_map(|u| u.to_le_bytes())
+        .collect();
+    let mut node = vec![4, 4];
+    node.extend(u16::try_from(4 + units.len()).unwrap().to_le_bytes());
+    node.extend(&units);
+    node.extend([0x7f, 0xff, 4, 0]);
+    let mut data = vec![1, 0, 0, 0];
+    data.extend(u16::try_from(node.len()).unwrap().to_le_bytes());
+    data.extend("p".encode_utf16().chain([0]).flat_map(|u| u.to_le_bytes()));
+    data.extend(&node);
+    write_var(dir.path(), "Boot0002", &data);
+
+    let out = abkit(&["efi", "list", "--efivars", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !out.stdout.iter().any(|&b| b == 0x1b || b == 0x07),
+        "raw control bytes in {:?}",
+        stdout(&out)
+    );
+    assert_eq!(
+        stdout(&out),
+        "BootCurrent: -\n\
+         BootNext: -\n\
+         BootOrder: -\n\
+         Boot0001* evil\\u{1b}[2J\\nBoot0000* fake\\tHD()\t\n\
+         Boot0002* p\t\\EFI\\u{1b}]0;pwned\\u{7}.efi\n"
+    );
+
+    let out = abkit(&[
+        "efi",
+        "list",
+        "--json",
+        "--efivars",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!out.stdout.iter().any(|&b| b == 0x1b || b == 0x07));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["entries"][0]["description"], evil);
+    assert_eq!(v["entries"][1]["device_path"], path);
+}
+
+#[test]
 fn errors_name_the_problem() {
     let out = abkit(&["efi", "list", "--ovmf-vars", "/nonexistent/vars.fd"]);
     assert!(!out.status.success());

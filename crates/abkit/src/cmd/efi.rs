@@ -18,6 +18,8 @@ pub enum EfiCommand {
     /// Entries that cannot be decoded are listed as unreadable; they never
     /// stop the listing. Look-alike names firmware does not boot (such as
     /// `Boot001a`, lower-case hex) are listed as non-compliant.
+    /// In the text output, control characters in descriptions and paths are
+    /// escaped (`\n`, `\u{1b}`); `--json` gives them exactly.
     List(ListArgs),
 }
 
@@ -100,6 +102,32 @@ fn entry_json(number: u16, o: &LoadOption) -> EntryJson {
         extra_paths: o.file_paths.iter().skip(1).map(|p| p.to_string()).collect(),
         optional_data: hex::encode(&o.optional_data),
     }
+}
+
+/// `s` for a terminal: characters that could move the cursor, fake a line or
+/// reorder the text (C0/C1 controls, DEL, bidi controls, line/paragraph
+/// separators) are escaped the way Rust writes them (`\n`, `\u{1b}`);
+/// everything else, backslashes included (`\EFI\...`), is kept.
+fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let unsafe_char = c.is_control()
+            || matches!(
+                c,
+                '\u{200E}'
+                    | '\u{200F}'
+                    | '\u{202A}'..='\u{202E}'
+                    | '\u{2066}'..='\u{2069}'
+                    | '\u{2028}'
+                    | '\u{2029}'
+            );
+        if unsafe_char {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The value of a variable, or `None` with its error noted (a garbage
@@ -208,8 +236,8 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
         let mut line = format!(
             "Boot{:04X}{mark} {}{flags}\t{}",
             e.number,
-            o.description,
-            paths.join(" + ")
+            printable(&o.description),
+            printable(&paths.join(" + "))
         );
         if !o.optional_data.is_empty() {
             line.push_str(&format!(" data:{}", hex::encode(&o.optional_data)));
@@ -217,13 +245,36 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
         println!("{line}");
     }
     for s in &skipped {
-        println!("Boot{:04X}? (unreadable: {})", s.number, s.reason);
+        println!(
+            "Boot{:04X}? (unreadable: {})",
+            s.number,
+            printable(&s.reason)
+        );
     }
     for n in &noncompliant {
-        println!("{}? (non-compliant, not an entry: {})", n.name, n.reason);
+        println!(
+            "{}? (non-compliant, not an entry: {})",
+            printable(&n.name),
+            printable(&n.reason)
+        );
     }
     for e in &errors {
         eprintln!("abkit: warning: {e}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn printable_escapes_what_a_terminal_would_act_on() {
+        assert_eq!(printable("\\EFI\\a b-é.efi"), "\\EFI\\a b-é.efi");
+        assert_eq!(
+            printable("a\x1b[2J\n\r\t\x7f\u{9b}b"),
+            "a\\u{1b}[2J\\n\\r\\t\\u{7f}\\u{9b}b"
+        );
+        assert_eq!(printable("x\u{202E}y\u{2028}"), "x\\u{202e}y\\u{2028}");
+    }
 }
