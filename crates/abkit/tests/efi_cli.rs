@@ -207,6 +207,27 @@ fn control_characters_are_escaped_in_text_and_exact_in_json() {
 }
 
 #[test]
+fn entry_with_bytes_after_its_file_path_nul_is_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    // FilePath "\a", its NUL, then two stray bytes.
+    let node = [
+        4, 4, 12, 0, 0x5C, 0, 0x61, 0, 0, 0, 0xAA, 0xBB, 0x7f, 0xff, 4, 0,
+    ];
+    let mut data = vec![1, 0, 0, 0, 16, 0];
+    data.extend("x".encode_utf16().chain([0]).flat_map(|u| u.to_le_bytes()));
+    data.extend(node);
+    write_var(dir.path(), "Boot0001", &data);
+    let out = abkit(&["efi", "list", "--efivars", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).ends_with("Boot0001* x\tPath(4,4,5C0061000000AABB)\n"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!stdout(&out).contains("unreadable"), "{}", stdout(&out));
+}
+
+#[test]
 fn errors_name_the_problem() {
     let out = abkit(&["efi", "list", "--ovmf-vars", "/nonexistent/vars.fd"]);
     assert!(!out.status.success());
