@@ -3,6 +3,15 @@
 //! Lists, adds and finds `Boot####` entries, reads and writes `BootOrder`,
 //! `BootNext` and `BootCurrent`, and rearranges abkit's entries within
 //! BootOrder while every foreign entry keeps its place (invariant I6).
+//!
+//! Only compliant names (`Boot` + four upper-case hex digits) are entries.
+//! A look-alike such as `Boot001a` is reported in
+//! [`BootEntries::noncompliant`] and otherwise left alone: it is never
+//! returned as an entry, never changed or deleted, and its number is never
+//! given to a new entry.
+//!
+//! Nothing here logs: callers report [`BootEntries::skipped`] and
+//! [`BootEntries::noncompliant`] once, however often they list entries.
 
 use thiserror::Error;
 use uuid::Uuid;
@@ -27,6 +36,12 @@ pub enum BootError {
     },
     #[error("all 65536 Boot#### numbers are in use")]
     NoFreeNumber,
+    /// Creating `Boot{number:04X}` would clash with a non-compliant variable
+    /// of the same name in another case, which is left untouched.
+    #[error(
+        "not creating Boot{number:04X}: the store has {existing}, which a case-insensitive store would overwrite"
+    )]
+    NameClash { number: u16, existing: String },
 }
 
 /// A decoded `Boot####` entry.
@@ -43,6 +58,16 @@ pub struct SkippedEntry {
     pub reason: String,
 }
 
+/// A variable that looks like a boot entry but whose name firmware does not
+/// boot, e.g. `Boot001a` (lower-case hex). Never used, changed or deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NonCompliantEntry {
+    /// The variable name as stored.
+    pub name: String,
+    /// Why it is not an entry.
+    pub reason: String,
+}
+
 /// All boot entries of a store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BootEntries {
@@ -50,6 +75,8 @@ pub struct BootEntries {
     pub entries: Vec<BootEntry>,
     /// Entries that failed to decode, with the reason.
     pub skipped: Vec<SkippedEntry>,
+    /// Look-alike names that are not entries (see [`NonCompliantEntry`]), by name.
+    pub noncompliant: Vec<NonCompliantEntry>,
 }
 
 /// The boot manager's variables in one store.
@@ -84,7 +111,8 @@ impl<'a> BootManager<'a> {
         Ok(self.store.set(&VarName::global(name), &value)?)
     }
 
-    /// `BootOrder`; an absent variable is an empty order.
+    /// `BootOrder`; an absent variable is an empty order, an odd length is
+    /// an error (see [`Self::boot_order_repairable`]).
     pub fn boot_order(&self) -> Result<Vec<u16>, BootError> {
         match self.get_global(BOOT_ORDER)? {
             Some(data) => Ok(boot_vars::decode_boot_order(&data)?),
@@ -92,16 +120,42 @@ impl<'a> BootManager<'a> {
         }
     }
 
+    /// `BootOrder` as far as it is readable, for self-repair: every whole
+    /// entry number (an odd-length value's trailing byte is dropped, as
+    /// firmware does) and the problem, if any. An absent variable is an
+    /// empty order. Only store errors fail; [`Self::boot_order`] is strict.
+    pub fn boot_order_repairable(&self) -> Result<(Vec<u16>, Option<BootVarError>), BootError> {
+        Ok(match self.get_global(BOOT_ORDER)? {
+            Some(data) => boot_vars::decode_boot_order_lenient(&data),
+            None => (Vec::new(), None),
+        })
+    }
+
     /// Writes `BootOrder` (nothing is written when it is unchanged).
     pub fn set_boot_order(&mut self, order: &[u16]) -> Result<bool, BootError> {
         self.set_global(BOOT_ORDER, boot_vars::encode_boot_order(order))
     }
 
+    /// `BootNext`; a value that is not exactly 2 bytes is an error (see
+    /// [`Self::boot_next_lenient`]).
     pub fn boot_next(&self) -> Result<Option<u16>, BootError> {
         self.get_global(BOOT_NEXT)?
             .map(|d| boot_vars::decode_u16(BOOT_NEXT, &d))
             .transpose()
             .map_err(Into::into)
+    }
+
+    /// `BootNext` for self-repair: a malformed value (not 2 bytes) is `None`
+    /// with the problem, to be cleared. Only store errors fail;
+    /// [`Self::boot_next`] is strict.
+    pub fn boot_next_lenient(&self) -> Result<(Option<u16>, Option<BootVarError>), BootError> {
+        Ok(match self.get_global(BOOT_NEXT)? {
+            None => (None, None),
+            Some(data) => match boot_vars::decode_u16(BOOT_NEXT, &data) {
+                Ok(n) => (Some(n), None),
+                Err(e) => (None, Some(e)),
+            },
+        })
     }
 
     /// Asks the firmware to boot entry `number` once, on the next boot.
@@ -121,21 +175,36 @@ impl<'a> BootManager<'a> {
             .map_err(Into::into)
     }
 
-    /// The store's names of entry `number` (normally one; firmware writes
-    /// upper case, but lower case is accepted too).
-    fn names_of(&self, number: u16) -> Result<Vec<VarName>, BootError> {
-        Ok(self
+    /// The store's name of entry `number` (`Boot####`, upper-case hex),
+    /// if it exists.
+    fn name_of(&self, number: u16) -> Result<Option<VarName>, BootError> {
+        let wanted = VarName::global(boot_vars::boot_entry_name(number));
+        Ok(self.store.list()?.into_iter().find(|n| *n == wanted))
+    }
+
+    /// Non-compliant look-alike names (`Boot001a`), by name.
+    fn noncompliant(&self) -> Result<Vec<NonCompliantEntry>, BootError> {
+        let mut found: Vec<NonCompliantEntry> = self
             .store
             .list()?
             .into_iter()
             .filter(|n| {
                 n.vendor == boot_vars::EFI_GLOBAL_VARIABLE
-                    && boot_vars::parse_boot_entry_name(&n.name) == Some(number)
+                    && boot_vars::is_noncompliant_boot_entry_name(&n.name)
             })
-            .collect())
+            .map(|n| NonCompliantEntry {
+                name: n.name,
+                reason: "lower-case hex digits: firmware only boots Boot#### with upper-case hex"
+                    .to_string(),
+            })
+            .collect();
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        found.dedup();
+        Ok(found)
     }
 
-    /// Numbers of every `Boot####` variable, decodable or not, ascending.
+    /// Numbers of every compliant `Boot####` variable, decodable or not,
+    /// ascending. Non-compliant names such as `Boot001a` are not included.
     pub fn entry_numbers(&self) -> Result<Vec<u16>, BootError> {
         let mut numbers: Vec<u16> = self
             .store
@@ -151,7 +220,7 @@ impl<'a> BootManager<'a> {
 
     /// Entry `number`, or `None` if it does not exist.
     pub fn entry(&self, number: u16) -> Result<Option<LoadOption>, BootError> {
-        let Some(name) = self.names_of(number)?.into_iter().next() else {
+        let Some(name) = self.name_of(number)? else {
             return Ok(None);
         };
         let Some(var) = self.store.get(&name)? else {
@@ -162,15 +231,19 @@ impl<'a> BootManager<'a> {
             .map_err(|source| BootError::Entry { number, source })
     }
 
-    /// Every entry; those that fail to decode are skipped with a warning.
+    /// Every entry. Those that fail to decode are listed in `skipped`, and
+    /// look-alike names in `noncompliant`; neither is logged here (this is
+    /// called many times per command), so callers report them once.
     pub fn entries(&self) -> Result<BootEntries, BootError> {
-        let mut all = BootEntries::default();
+        let mut all = BootEntries {
+            noncompliant: self.noncompliant()?,
+            ..BootEntries::default()
+        };
         for number in self.entry_numbers()? {
             match self.entry(number) {
                 Ok(Some(option)) => all.entries.push(BootEntry { number, option }),
                 Ok(None) => {}
                 Err(BootError::Entry { number, source }) => {
-                    log::warn!("skipping Boot{number:04X}: {source}");
                     all.skipped.push(SkippedEntry {
                         number,
                         reason: source.to_string(),
@@ -183,15 +256,22 @@ impl<'a> BootManager<'a> {
     }
 
     /// Writes `option` as entry `number` (creating or replacing it).
+    ///
+    /// Refuses ([`BootError::NameClash`]) to create `Boot####` when a
+    /// non-compliant variable of that name in another case exists.
     pub fn set_entry(&mut self, number: u16, option: &LoadOption) -> Result<bool, BootError> {
         let data = option
             .encode()
             .map_err(|source| BootError::Entry { number, source })?;
-        let name = self
-            .names_of(number)?
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| VarName::global(boot_vars::boot_entry_name(number)));
+        let name = match self.name_of(number)? {
+            Some(name) => name,
+            None => {
+                if let Some(existing) = self.clashing_name(number)? {
+                    return Err(BootError::NameClash { number, existing });
+                }
+                VarName::global(boot_vars::boot_entry_name(number))
+            }
+        };
         let value = Variable {
             attributes: attributes::BOOT_VARIABLE,
             data,
@@ -199,10 +279,29 @@ impl<'a> BootManager<'a> {
         Ok(self.store.set(&name, &value)?)
     }
 
-    /// Adds `option` under the lowest unused `Boot####` number and returns it.
-    /// BootOrder is not changed.
+    /// A non-compliant name that `Boot{number:04X}` would clash with.
+    fn clashing_name(&self, number: u16) -> Result<Option<String>, BootError> {
+        Ok(self.store.list()?.into_iter().find_map(|n| {
+            (n.vendor == boot_vars::EFI_GLOBAL_VARIABLE
+                && boot_vars::is_noncompliant_boot_entry_name(&n.name)
+                && boot_vars::boot_entry_number_any_case(&n.name) == Some(number))
+            .then_some(n.name)
+        }))
+    }
+
+    /// Adds `option` under the lowest `Boot####` number not used by any
+    /// entry, even an undecodable one, nor by a non-compliant name in
+    /// another case (`Boot001a` keeps 0x1A taken). BootOrder is not changed.
     pub fn add_entry(&mut self, option: &LoadOption) -> Result<u16, BootError> {
-        let used = self.entry_numbers()?;
+        let mut used: Vec<u16> = self
+            .store
+            .list()?
+            .iter()
+            .filter(|n| n.vendor == boot_vars::EFI_GLOBAL_VARIABLE)
+            .filter_map(|n| boot_vars::boot_entry_number_any_case(&n.name))
+            .collect();
+        used.sort_unstable();
+        used.dedup();
         let number = (0..=u16::MAX)
             .find(|n| used.binary_search(n).is_err())
             .ok_or(BootError::NoFreeNumber)?;
@@ -210,13 +309,13 @@ impl<'a> BootManager<'a> {
         Ok(number)
     }
 
-    /// Deletes entry `number`. BootOrder is not changed.
+    /// Deletes entry `number` (`Boot####` exactly; a non-compliant name in
+    /// another case is never deleted). BootOrder is not changed.
     pub fn delete_entry(&mut self, number: u16) -> Result<bool, BootError> {
-        let mut deleted = false;
-        for name in self.names_of(number)? {
-            deleted |= self.store.delete(&name)?;
+        match self.name_of(number)? {
+            Some(name) => Ok(self.store.delete(&name)?),
+            None => Ok(false),
         }
-        Ok(deleted)
     }
 
     /// Sets or clears the ACTIVE attribute of entry `number`, keeping
@@ -355,27 +454,54 @@ mod tests {
     }
 
     #[test]
-    fn lower_case_entry_names_are_found_and_numbers_not_reused() {
+    fn lower_case_entry_names_are_not_entries_and_numbers_not_reused() {
         let mut store = MemoryStore::new();
         let data = abkit_option('B').encode().unwrap();
-        store
-            .set(
-                &VarName::global("Boot000a"),
-                &Variable {
-                    attributes: 7,
-                    data,
-                },
-            )
-            .unwrap();
+        let foreign = Variable {
+            attributes: 7,
+            data,
+        };
+        store.set(&VarName::global("Boot000a"), &foreign).unwrap();
         let mut bm = BootManager::new(&mut store);
-        assert_eq!(bm.entry_numbers().unwrap(), vec![10]);
-        assert_eq!(bm.entry(10).unwrap(), Some(abkit_option('B')));
-        assert!(bm.set_entry_active(10, false).unwrap());
-        assert!(!bm.entry(10).unwrap().unwrap().attributes.is_active());
-        // Rewritten under its existing name, not a second one.
-        assert_eq!(bm.entry_numbers().unwrap(), vec![10]);
-        assert!(bm.delete_entry(10).unwrap());
+        // Firmware never boots Boot000a: it is not entry 10, nor any entry.
         assert_eq!(bm.entry(10).unwrap(), None);
+        assert!(bm.entries().unwrap().entries.is_empty());
+        assert!(bm.entries().unwrap().skipped.is_empty());
+        let noncompliant = bm.entries().unwrap().noncompliant;
+        assert_eq!(noncompliant.len(), 1);
+        assert_eq!(noncompliant[0].name, "Boot000a");
+        assert!(
+            noncompliant[0].reason.contains("upper-case"),
+            "{noncompliant:?}"
+        );
+        assert!(
+            bm.find_entries(ESP, "\\EFI\\abkit\\boot-b.efi")
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(bm.entry_numbers().unwrap(), Vec::<u16>::new());
+        // Never changed or deleted through its number.
+        assert!(!bm.set_entry_active(10, false).unwrap());
+        assert!(!bm.delete_entry(10).unwrap());
+        assert!(matches!(
+            bm.set_entry(10, &abkit_option('A')),
+            Err(BootError::NameClash { number: 10, existing }) if existing == "Boot000a"
+        ));
+        // New entries skip 10: Boot000A would clash on a case-insensitive store.
+        let added: Vec<u16> = (0..11)
+            .map(|_| bm.add_entry(&abkit_option('A')).unwrap())
+            .collect();
+        assert_eq!(added, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11]);
+        assert_eq!(
+            bm.find_entries(ESP, "\\EFI\\abkit\\boot-a.efi").unwrap(),
+            added
+        );
+        let names: Vec<String> = store.list().unwrap().into_iter().map(|n| n.name).collect();
+        assert!(!names.iter().any(|n| n == "Boot000A"), "{names:?}");
+        assert_eq!(
+            store.get(&VarName::global("Boot000a")).unwrap(),
+            Some(foreign)
+        );
     }
 
     #[test]
@@ -403,6 +529,68 @@ mod tests {
         );
         // A broken entry's number is still taken.
         assert_eq!(bm.entry_numbers().unwrap(), vec![0, 5]);
+    }
+
+    /// Records log messages with the thread that logged them, so that a
+    /// test sees only its own (tests run in parallel in one process).
+    struct Recorder;
+    static RECORDER: Recorder = Recorder;
+    static RECORDS: std::sync::Mutex<Vec<(std::thread::ThreadId, String)>> =
+        std::sync::Mutex::new(Vec::new());
+
+    impl log::Log for Recorder {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            let line = format!("{} {}", record.level(), record.args());
+            if let Ok(mut records) = RECORDS.lock() {
+                records.push((std::thread::current().id(), line));
+            }
+        }
+        fn flush(&self) {}
+    }
+
+    /// Starts recording (once per process).
+    fn record_logs() {
+        if log::set_logger(&RECORDER).is_ok() {
+            log::set_max_level(log::LevelFilter::Trace);
+        }
+    }
+
+    /// What this thread logged.
+    fn logged_here() -> Vec<String> {
+        let me = std::thread::current().id();
+        RECORDS
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| *t == me)
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
+    #[test]
+    fn listing_entries_does_not_log_callers_report_once() {
+        record_logs();
+        let mut store = MemoryStore::new();
+        for name in ["Boot0005", "Boot000a"] {
+            let value = Variable {
+                attributes: 7,
+                data: vec![1, 0, 0],
+            };
+            store.set(&VarName::global(name), &value).unwrap();
+        }
+        let mut bm = BootManager::new(&mut store);
+        bm.add_entry(&abkit_option('A')).unwrap();
+        // What one engine command does: list several times.
+        for _ in 0..4 {
+            let all = bm.entries().unwrap();
+            assert_eq!(all.skipped.len(), 1);
+            assert_eq!(all.noncompliant.len(), 1);
+            bm.find_entries(ESP, "\\EFI\\abkit\\boot-a.efi").unwrap();
+        }
+        assert_eq!(logged_here(), Vec::<String>::new());
     }
 
     #[test]
@@ -441,6 +629,72 @@ mod tests {
             bm.boot_next(),
             Err(BootError::Var(BootVarError::NotU16 { len: 3, .. }))
         ));
+    }
+
+    #[test]
+    fn malformed_boot_order_and_boot_next_are_readable_for_repair() {
+        let mut store = MemoryStore::new();
+        let bm = BootManager::new(&mut store);
+        assert_eq!(bm.boot_order_repairable().unwrap(), (vec![], None));
+        assert_eq!(bm.boot_next_lenient().unwrap(), (None, None));
+        for (name, data) in [
+            ("BootOrder", vec![3, 0, 1, 0, 4]),
+            ("BootNext", vec![1, 2, 3]),
+        ] {
+            let value = Variable {
+                attributes: 7,
+                data,
+            };
+            store.set(&VarName::global(name), &value).unwrap();
+        }
+        let mut bm = BootManager::new(&mut store);
+        // The strict readers still refuse.
+        assert!(matches!(
+            bm.boot_order(),
+            Err(BootError::Var(BootVarError::OddArray { len: 5, .. }))
+        ));
+        assert!(matches!(
+            bm.boot_next(),
+            Err(BootError::Var(BootVarError::NotU16 { len: 3, .. }))
+        ));
+        // The lenient ones give what is readable and the problem.
+        assert_eq!(
+            bm.boot_order_repairable().unwrap(),
+            (
+                vec![3, 1],
+                Some(BootVarError::OddArray {
+                    name: BOOT_ORDER,
+                    len: 5
+                })
+            )
+        );
+        assert_eq!(
+            bm.boot_next_lenient().unwrap(),
+            (
+                None,
+                Some(BootVarError::NotU16 {
+                    name: BOOT_NEXT,
+                    len: 3
+                })
+            )
+        );
+        // Repair as self-repair does: rewrite the order, drop BootNext.
+        let (order, _) = bm.boot_order_repairable().unwrap();
+        assert!(bm.set_boot_order(&order).unwrap());
+        assert!(bm.clear_boot_next().unwrap());
+        assert_eq!(bm.boot_order().unwrap(), vec![3, 1]);
+        assert_eq!(bm.boot_order_repairable().unwrap(), (vec![3, 1], None));
+        assert_eq!(bm.boot_next().unwrap(), None);
+        bm.set_boot_next(7).unwrap();
+        assert_eq!(bm.boot_next_lenient().unwrap(), (Some(7), None));
+        assert_eq!(
+            store
+                .get(&VarName::global("BootOrder"))
+                .unwrap()
+                .unwrap()
+                .data,
+            [3, 0, 1, 0]
+        );
     }
 
     #[test]

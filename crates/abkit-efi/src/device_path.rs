@@ -1,15 +1,19 @@
 //! UEFI device paths: the byte layout of nodes and their text form.
 //!
 //! `HardDrive` and `FilePath` nodes, which abkit creates and matches, are
-//! typed; every other node is kept as raw (type, subtype, bytes) so that a
-//! decoded path encodes back to exactly the bytes it came from.
+//! typed when their bytes are canonical; every other node, and any such node
+//! whose bytes are not canonical (garbage in an MBR signature's padding,
+//! bytes after a file path's NUL, an unpaired surrogate), is kept as raw
+//! (type, subtype, bytes). A decoded path therefore encodes back to exactly
+//! the bytes it came from, a damaged node never makes its entry unreadable,
+//! and a raw node is never taken for one of abkit's files.
 
 use std::fmt;
 
 use thiserror::Error;
 use uuid::Uuid;
 
-use crate::ucs2::{self, Ucs2Error};
+use crate::ucs2;
 
 /// Byte layout constants of device path nodes (UEFI spec, "Device Path Protocol").
 mod layout {
@@ -59,8 +63,6 @@ pub enum DevicePathError {
     BadEndNode { offset: usize, length: u16 },
     #[error("device path has no end node within its {0} bytes")]
     Unterminated(usize),
-    #[error("file path node at byte {offset}: {source}")]
-    FilePath { offset: usize, source: Ucs2Error },
     #[error("device path node of {0} bytes does not fit the 16-bit node length")]
     NodeTooLong(usize),
 }
@@ -165,26 +167,21 @@ impl HardDrive {
 }
 
 impl DevicePathNode {
-    fn decode(kind: u8, subtype: u8, data: &[u8], offset: usize) -> Result<Self, DevicePathError> {
+    /// The typed node when its bytes are canonical, else a raw node (never
+    /// an error: the node's length has already been checked).
+    fn decode(kind: u8, subtype: u8, data: &[u8]) -> Self {
         use layout::*;
-        Ok(match (kind, subtype) {
-            (TYPE_MEDIA, SUBTYPE_HARD_DRIVE) => match HardDrive::decode(data) {
-                Some(hd) => DevicePathNode::HardDrive(hd),
-                None => DevicePathNode::Raw {
-                    kind,
-                    subtype,
-                    data: data.to_vec(),
-                },
-            },
-            (TYPE_MEDIA, SUBTYPE_FILE_PATH) => DevicePathNode::FilePath(
-                ucs2::decode_exact(data)
-                    .map_err(|source| DevicePathError::FilePath { offset, source })?,
-            ),
-            _ => DevicePathNode::Raw {
-                kind,
-                subtype,
-                data: data.to_vec(),
-            },
+        let typed = match (kind, subtype) {
+            (TYPE_MEDIA, SUBTYPE_HARD_DRIVE) => HardDrive::decode(data).map(Self::HardDrive),
+            // Exactly one string and its NUL; anything after the NUL (or an
+            // odd length, or an unpaired surrogate) has no string form.
+            (TYPE_MEDIA, SUBTYPE_FILE_PATH) => ucs2::decode_exact(data).ok().map(Self::FilePath),
+            _ => None,
+        };
+        typed.unwrap_or_else(|| DevicePathNode::Raw {
+            kind,
+            subtype,
+            data: data.to_vec(),
         })
     }
 
@@ -278,8 +275,7 @@ impl DevicePath {
                     kind,
                     subtype,
                     &rest[HEADER_LEN..len],
-                    offset,
-                )?);
+                ));
             }
             offset += len;
         }
@@ -375,10 +371,6 @@ impl DevicePathError {
                 length,
             },
             Unterminated(n) => Unterminated(n + base),
-            FilePath { offset, source } => FilePath {
-                offset: offset + base,
-                source,
-            },
             NodeTooLong(n) => NodeTooLong(n),
         }
     }
@@ -600,14 +592,6 @@ mod tests {
             DevicePath::decode_prefix(&[0x01, 0x01, 6, 0, 1, 1]),
             Err(DevicePathError::Unterminated(6))
         );
-        let bad_name = [0x04, 0x04, 8, 0, 0x00, 0xD8, 0, 0, 0x7F, 0xFF, 4, 0];
-        assert!(matches!(
-            DevicePath::decode_prefix(&bad_name),
-            Err(DevicePathError::FilePath {
-                offset: 0,
-                source: Ucs2Error::UnpairedSurrogate { .. }
-            })
-        ));
         // Errors in the second path of a list report absolute offsets.
         let mut list = abkit_path().encode().unwrap();
         let second = list.len();
@@ -619,6 +603,73 @@ mod tests {
                 length: 3
             })
         );
+    }
+
+    /// A FilePath node's bytes with `after` appended after its NUL.
+    fn file_path_node(path: &str, after: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let mut data = crate::ucs2::encode_nul_terminated(path);
+        data.extend_from_slice(after);
+        let mut node = vec![0x04, 0x04];
+        node.extend_from_slice(&u16::try_from(4 + data.len()).unwrap().to_le_bytes());
+        node.extend_from_slice(&data);
+        (node, data)
+    }
+
+    #[test]
+    fn noncanonical_file_paths_are_kept_raw() {
+        let hd = abkit_path().encode().unwrap();
+        let hd_node = &hd[..42];
+        // Bytes after the NUL (seen from firmware that pads or reuses buffers),
+        // an unpaired surrogate, an odd length, no NUL at all.
+        let cases: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            file_path_node("\\EFI\\x.efi", &[0xAA, 0xBB, 0, 0]),
+            file_path_node("\\EFI\\x.efi", &[0, 0]),
+            file_path_node("", &[0x41]),
+            {
+                let data = vec![0x00, 0xD8, 0, 0];
+                ([&[0x04, 0x04, 8, 0][..], &data].concat(), data)
+            },
+            {
+                let data = vec![b'a', 0];
+                ([&[0x04, 0x04, 6, 0][..], &data].concat(), data)
+            },
+        ];
+        for (node, data) in cases {
+            let bytes = [hd_node, &node, &[0x7F, 0xFF, 4, 0]].concat();
+            let (p, used) = DevicePath::decode_prefix(&bytes).unwrap();
+            assert_eq!(used, bytes.len());
+            assert_eq!(
+                p.nodes[1],
+                DevicePathNode::Raw {
+                    kind: 4,
+                    subtype: 4,
+                    data: data.clone()
+                }
+            );
+            assert_eq!(p.encode().unwrap(), bytes, "{data:02x?}");
+            // Shown in the generic form, never matched as a file of ours.
+            assert!(p.to_string().contains("/Path(4,4,"), "{p}");
+            assert_eq!(p.file_path(), None);
+        }
+        // The canonical form is still typed.
+        let (node, _) = file_path_node("\\EFI\\x.efi", &[]);
+        let bytes = [&node[..], &[0x7F, 0xFF, 4, 0]].concat();
+        let (p, _) = DevicePath::decode_prefix(&bytes).unwrap();
+        assert_eq!(p.nodes, [DevicePathNode::FilePath("\\EFI\\x.efi".into())]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_file_path_node_decodes_and_round_trips(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..60)
+        ) {
+            let mut bytes = vec![0x04, 0x04];
+            bytes.extend_from_slice(&u16::try_from(4 + data.len()).unwrap().to_le_bytes());
+            bytes.extend_from_slice(&data);
+            bytes.extend_from_slice(&[0x7F, 0xFF, 4, 0]);
+            let (p, _) = DevicePath::decode_prefix(&bytes).unwrap();
+            proptest::prop_assert_eq!(p.encode().unwrap(), bytes);
+        }
     }
 
     #[test]

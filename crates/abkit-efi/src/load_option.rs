@@ -253,6 +253,34 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn entry_with_bytes_after_its_file_path_nul_decodes_and_round_trips() {
+        let mut bytes = sample().encode().unwrap();
+        // Append two bytes inside the FilePath node (after its NUL) and
+        // grow the node and list lengths to match.
+        let desc_len = ("abkit slot A".len() + 1) * 2;
+        let fp = 6 + desc_len + 42;
+        assert_eq!(bytes[fp..fp + 2], [0x04, 0x04]);
+        let node_len = u16::from_le_bytes([bytes[fp + 2], bytes[fp + 3]]);
+        let end = fp + usize::from(node_len);
+        bytes.splice(end..end, [0x5A, 0xA5]);
+        bytes[fp + 2..fp + 4].copy_from_slice(&(node_len + 2).to_le_bytes());
+        let list_len = u16::from_le_bytes([bytes[4], bytes[5]]);
+        bytes[4..6].copy_from_slice(&(list_len + 2).to_le_bytes());
+
+        let opt = LoadOption::decode(&bytes).unwrap();
+        assert_eq!(opt.description, "abkit slot A");
+        let path = opt.boot_path().unwrap();
+        assert!(matches!(
+            &path.nodes[1],
+            DevicePathNode::Raw { kind: 4, subtype: 4, data } if data.ends_with(&[0, 0, 0x5A, 0xA5])
+        ));
+        assert_eq!(opt.encode().unwrap(), bytes);
+        assert!(path.to_string().starts_with("HD(1,GPT,"), "{path}");
+        // A damaged path is never taken for ours.
+        assert_eq!(path.file_path(), None);
+    }
+
     fn arb_node() -> impl Strategy<Value = DevicePathNode> {
         prop_oneof![
             (any::<u32>(), any::<u64>(), any::<u64>(), any::<u128>()).prop_map(|(n, s, z, g)| {
@@ -272,6 +300,20 @@ mod tests {
                 })
             }),
             "[^\u{0}]{0,40}".prop_map(DevicePathNode::FilePath),
+            // A FilePath node with bytes after its NUL stays raw.
+            (
+                "[^\u{0}]{0,20}",
+                proptest::collection::vec(any::<u8>(), 1..10)
+            )
+                .prop_map(|(path, after)| {
+                    let mut data = ucs2::encode_nul_terminated(&path);
+                    data.extend(after);
+                    DevicePathNode::Raw {
+                        kind: 4,
+                        subtype: 4,
+                        data,
+                    }
+                }),
             Just(DevicePathNode::EndInstance),
             (
                 any::<u8>().prop_filter("not an end node", |k| *k != 0x7F),

@@ -16,7 +16,10 @@ pub enum EfiCommand {
     /// the device path in UEFI text form, e.g.
     /// `HD(1,GPT,<guid>,0x800,0x40000)/\EFI\abkit\boot-a.efi`.
     /// Entries that cannot be decoded are listed as unreadable; they never
-    /// stop the listing.
+    /// stop the listing. Look-alike names firmware does not boot (such as
+    /// `Boot001a`, lower-case hex) are listed as non-compliant.
+    /// In the text output, control characters in descriptions and paths are
+    /// escaped (`\n`, `\u{1b}`); `--json` gives them exactly.
     List(ListArgs),
 }
 
@@ -59,12 +62,20 @@ struct SkippedJson {
 }
 
 #[derive(Serialize)]
+struct NonCompliantJson {
+    name: String,
+    reason: String,
+}
+
+#[derive(Serialize)]
 struct ListJson {
     boot_current: Option<u16>,
     boot_next: Option<u16>,
     boot_order: Option<Vec<u16>>,
     entries: Vec<EntryJson>,
     skipped: Vec<SkippedJson>,
+    /// Look-alikes of `Boot####` that are not entries (e.g. `Boot001a`).
+    noncompliant: Vec<NonCompliantJson>,
     /// Variables that exist but could not be read (e.g. a BootOrder of odd length).
     errors: Vec<String>,
 }
@@ -91,6 +102,32 @@ fn entry_json(number: u16, o: &LoadOption) -> EntryJson {
         extra_paths: o.file_paths.iter().skip(1).map(|p| p.to_string()).collect(),
         optional_data: hex::encode(&o.optional_data),
     }
+}
+
+/// `s` for a terminal: characters that could move the cursor, fake a line or
+/// reorder the text (C0/C1 controls, DEL, bidi controls, line/paragraph
+/// separators) are escaped the way Rust writes them (`\n`, `\u{1b}`);
+/// everything else, backslashes included (`\EFI\...`), is kept.
+fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let unsafe_char = c.is_control()
+            || matches!(
+                c,
+                '\u{200E}'
+                    | '\u{200F}'
+                    | '\u{202A}'..='\u{202E}'
+                    | '\u{2066}'..='\u{2069}'
+                    | '\u{2028}'
+                    | '\u{2029}'
+            );
+        if unsafe_char {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The value of a variable, or `None` with its error noted (a garbage
@@ -125,7 +162,11 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let BootEntries { entries, skipped } = bm.entries()?;
+    let BootEntries {
+        entries,
+        skipped,
+        noncompliant,
+    } = bm.entries()?;
 
     if args.json {
         let out = ListJson {
@@ -142,6 +183,13 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
                     number: s.number,
                     name: boot_entry_name(s.number),
                     reason: s.reason.clone(),
+                })
+                .collect(),
+            noncompliant: noncompliant
+                .iter()
+                .map(|n| NonCompliantJson {
+                    name: n.name.clone(),
+                    reason: n.reason.clone(),
                 })
                 .collect(),
             errors,
@@ -188,8 +236,8 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
         let mut line = format!(
             "Boot{:04X}{mark} {}{flags}\t{}",
             e.number,
-            o.description,
-            paths.join(" + ")
+            printable(&o.description),
+            printable(&paths.join(" + "))
         );
         if !o.optional_data.is_empty() {
             line.push_str(&format!(" data:{}", hex::encode(&o.optional_data)));
@@ -197,10 +245,36 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
         println!("{line}");
     }
     for s in &skipped {
-        println!("Boot{:04X}? (unreadable: {})", s.number, s.reason);
+        println!(
+            "Boot{:04X}? (unreadable: {})",
+            s.number,
+            printable(&s.reason)
+        );
+    }
+    for n in &noncompliant {
+        println!(
+            "{}? (non-compliant, not an entry: {})",
+            printable(&n.name),
+            printable(&n.reason)
+        );
     }
     for e in &errors {
         eprintln!("abkit: warning: {e}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn printable_escapes_what_a_terminal_would_act_on() {
+        assert_eq!(printable("\\EFI\\a b-é.efi"), "\\EFI\\a b-é.efi");
+        assert_eq!(
+            printable("a\x1b[2J\n\r\t\x7f\u{9b}b"),
+            "a\\u{1b}[2J\\n\\r\\t\\u{7f}\\u{9b}b"
+        );
+        assert_eq!(printable("x\u{202E}y\u{2028}"), "x\\u{202e}y\\u{2028}");
+    }
 }
