@@ -28,6 +28,8 @@ pub enum Error {
     ManifestJson(#[source] serde_json::Error),
     #[error("manifest is invalid: {0}")]
     ManifestInvalid(String),
+    #[error("manifest lists {count} payloads, at most {max} are allowed")]
+    TooManyPayloads { count: usize, max: usize },
     #[error("bundle has no signature")]
     NoSignature,
     #[error("no signature from a key in the keyring (bundle signed by: {})", signers.join(", "))]
@@ -87,6 +89,7 @@ impl Error {
             Error::TooManySignatures { .. } => "too-many-signatures",
             Error::ManifestJson(_) => "manifest-json",
             Error::ManifestInvalid(_) => "manifest-invalid",
+            Error::TooManyPayloads { .. } => "too-many-payloads",
             Error::NoSignature => "no-signature",
             Error::NoTrustedSignature { .. } => "no-trusted-signature",
             Error::BadSignature { .. } => "bad-signature",

@@ -68,7 +68,7 @@ impl RawHead {
             .read_exact(&mut hb)
             .map_err(|e| Error::from_read(e, "header"))?;
         let header = Header::decode(&hb)?;
-        // manifest_len <= 16 MiB was checked by decode; still grow the buffer
+        // manifest_len <= MAX_MANIFEST_LEN was checked by decode; still grow the buffer
         // only as bytes arrive, so a short stream costs only what it sent.
         let mut manifest_bytes = Vec::with_capacity(header.manifest_len.min(64 * 1024) as usize);
         source

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::format::{self, FORMAT_VERSION, Header, MAX_SIGNATURES};
+use crate::format::{self, FORMAT_VERSION, Header, MAX_MANIFEST_LEN, MAX_SIGNATURES};
 use crate::keys::SecretKey;
 use crate::manifest::{Compression, DEFAULT_CHUNK_SIZE, Digest, Manifest, PayloadEntry};
 use crate::verity::{VerityBuilder, VerityTree};
@@ -69,7 +69,16 @@ impl CreateOptions {
 
 /// Writes the header, manifest and one signature per key: the head of a
 /// bundle. The payloads' stored bytes must follow in manifest order.
+/// Refuses a manifest readers would refuse for its length
+/// ([`Error::ManifestSize`]): a larger chunk size makes it shorter.
 pub fn write_head(out: &mut impl Write, manifest_bytes: &[u8], keys: &[SecretKey]) -> Result<()> {
+    let manifest_len = manifest_bytes.len() as u64;
+    if manifest_len == 0 || manifest_len > MAX_MANIFEST_LEN {
+        return Err(Error::ManifestSize {
+            len: manifest_len,
+            max: MAX_MANIFEST_LEN,
+        });
+    }
     let signature_count = u32::try_from(keys.len()).unwrap_or(u32::MAX);
     if signature_count > MAX_SIGNATURES {
         return Err(Error::TooManySignatures {
