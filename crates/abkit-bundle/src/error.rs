@@ -56,6 +56,12 @@ pub enum Error {
     KeyFile { path: PathBuf, reason: String },
     #[error("keyring {path} holds no *.pub key")]
     EmptyKeyring { path: PathBuf },
+    #[error("keyring directory {path} does not exist")]
+    KeyringMissing { path: PathBuf },
+    #[error("keyring directory {path}: {reason}")]
+    KeyringDir { path: PathBuf, reason: String },
+    #[error("key file {path} is not trusted: {reason}")]
+    UnsafeKeyFile { path: PathBuf, reason: String },
     #[error("dm-verity: {0}")]
     Verity(String),
     #[error("invalid input: {0}")]
@@ -101,6 +107,9 @@ impl Error {
             Error::TrailingData => "trailing-data",
             Error::KeyFile { .. } => "key-file",
             Error::EmptyKeyring { .. } => "empty-keyring",
+            Error::KeyringMissing { .. } => "keyring-missing",
+            Error::KeyringDir { .. } => "keyring-dir",
+            Error::UnsafeKeyFile { .. } => "unsafe-key-file",
             Error::Verity(_) => "verity",
             Error::InvalidInput(_) => "invalid-input",
             Error::PayloadFailed { .. } => "payload-failed",
