@@ -66,6 +66,8 @@ pub enum Error {
     Verity(String),
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    #[error("output {output} is the input file {input}; refusing to overwrite it")]
+    OutputIsInput { output: PathBuf, input: PathBuf },
     #[error("payload `{payload}` already failed: {reason}")]
     PayloadFailed { payload: String, reason: String },
 }
@@ -112,6 +114,7 @@ impl Error {
             Error::UnsafeKeyFile { .. } => "unsafe-key-file",
             Error::Verity(_) => "verity",
             Error::InvalidInput(_) => "invalid-input",
+            Error::OutputIsInput { .. } => "output-is-input",
             Error::PayloadFailed { .. } => "payload-failed",
         }
     }

@@ -101,10 +101,47 @@ pub fn write_head(out: &mut impl Write, manifest_bytes: &[u8], keys: &[SecretKey
     Ok(())
 }
 
-/// Builds and signs a bundle at `out` (written to a temporary file next to
-/// it, then renamed). `progress` receives byte counts as work proceeds; the
-/// total is about twice the sum of the input sizes (one analysis pass, one
-/// copy pass). Returns the manifest written.
+/// Mode of a written bundle: it is signed, not secret.
+pub const BUNDLE_MODE: u32 = 0o644;
+
+/// Refuses an output that is one of the inputs: the same device and inode,
+/// whatever the path (a symbolic link at either, a hard link, `..`).
+/// An output that does not exist yet is fine; an input that cannot be
+/// inspected is left to the code that opens it.
+pub fn check_output_not_input(output: &Path, inputs: &[&Path]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let out = match std::fs::metadata(output) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Error::InvalidInput(format!(
+                "cannot inspect output {}: {e}",
+                output.display()
+            )));
+        }
+    };
+    for input in inputs {
+        if let Ok(meta) = std::fs::metadata(input)
+            && meta.dev() == out.dev()
+            && meta.ino() == out.ino()
+        {
+            return Err(Error::OutputIsInput {
+                output: output.to_owned(),
+                input: input.to_path_buf(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Builds and signs a bundle at `out`: written to a temporary file in the
+/// same folder, given mode [`BUNDLE_MODE`], synced and renamed into place at
+/// the end, so a failure leaves no partial file and never touches an
+/// existing `out`. Refuses an `out` that is one of the payload inputs
+/// ([`Error::OutputIsInput`]; callers should check their key files with
+/// [`check_output_not_input`] too). `progress` receives byte counts as work
+/// proceeds; the total is about twice the sum of the input sizes (one
+/// analysis pass, one copy pass). Returns the manifest written.
 pub fn create_bundle(
     out: &Path,
     payloads: &[PayloadSpec],
@@ -122,6 +159,8 @@ pub fn create_bundle(
         )));
     }
     crate::manifest::check_chunk_size(opts.chunk_size)?;
+    let inputs: Vec<&Path> = payloads.iter().map(|p| p.path.as_path()).collect();
+    check_output_not_input(out, &inputs)?;
     for spec in payloads {
         if !crate::manifest::valid_name(&spec.name) {
             return Err(Error::InvalidInput(format!(
@@ -160,6 +199,11 @@ pub fn create_bundle(
     }
     for source in sources {
         source.copy_into(tmp.as_file_mut(), progress)?;
+    }
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(BUNDLE_MODE))?;
     }
     tmp.as_file().sync_all()?;
     tmp.persist(out).map_err(|e| Error::Io(e.error))?;

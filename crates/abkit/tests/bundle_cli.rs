@@ -361,3 +361,73 @@ fn every_bundle_command_has_help() {
         assert!(text(&o).0.contains("Usage: abkit"), "{sub:?}");
     }
 }
+
+/// Every file in `dir`, sorted, for "nothing else was left behind" checks.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn create_refuses_an_output_that_is_an_input_and_leaves_it_intact() {
+    let s = Setup::new();
+    std::os::unix::fs::symlink(s.p("system.img"), s.p("link.abb")).unwrap();
+    std::fs::hard_link(s.p("boot.efi"), s.p("hard.abb")).unwrap();
+    let before = listing(s.dir.path());
+    let originals: Vec<_> = ["rel.key", "system.img", "boot.efi"]
+        .iter()
+        .map(|n| std::fs::read(s.p(n)).unwrap())
+        .collect();
+    for (out, input) in [
+        ("rel.key", "rel.key"),
+        ("system.img", "system.img"),
+        ("boot.efi", "boot.efi"),
+        ("link.abb", "system.img"),
+        ("hard.abb", "boot.efi"),
+        ("ring/../rel.key", "rel.key"),
+    ] {
+        let o = s.create(out, &[]);
+        let (stdout, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{out}: {stdout}{stderr}");
+        assert!(stderr.contains("[output-is-input]"), "{out}: {stderr}");
+        assert!(
+            stderr.contains(&format!("is the input file {}", s.s(input))),
+            "{out}: {stderr}"
+        );
+    }
+    for (name, bytes) in ["rel.key", "system.img", "boot.efi"].iter().zip(&originals) {
+        assert_eq!(&std::fs::read(s.p(name)).unwrap(), bytes, "{name} changed");
+    }
+    assert!(std::fs::symlink_metadata(s.p("link.abb")).unwrap().is_symlink());
+    assert_eq!(listing(s.dir.path()), before, "no file added or removed");
+}
+
+#[test]
+fn a_bundle_is_written_0644_and_a_failed_create_keeps_the_old_one() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let s = Setup::new();
+    let o = s.create("b.abb", &[]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let mode = std::fs::metadata(s.p("b.abb")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "bundles are public");
+    assert_eq!(
+        std::fs::metadata(s.p("rel.key")).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the secret key stays private"
+    );
+    let old = std::fs::read(s.p("b.abb")).unwrap();
+    let before = listing(s.dir.path());
+    // Fails after the EFI payload was analysed: the system image is a folder.
+    std::fs::rename(s.p("system.img"), s.p("system.bak")).unwrap();
+    std::fs::create_dir(s.p("system.img")).unwrap();
+    let o = s.create("b.abb", &["--version", "2.0.0"]);
+    assert!(!o.status.success(), "{:?}", text(&o));
+    assert_eq!(std::fs::read(s.p("b.abb")).unwrap(), old, "old bundle intact");
+    std::fs::remove_dir(s.p("system.img")).unwrap();
+    std::fs::rename(s.p("system.bak"), s.p("system.img")).unwrap();
+    assert_eq!(listing(s.dir.path()), before, "no temporary file left");
+}

@@ -70,7 +70,8 @@ pub struct CreateArgs {
     /// Creation time in seconds since the epoch (default: now; set it for reproducible bundles).
     #[arg(long, value_name = "SECONDS")]
     created: Option<u64>,
-    /// Output bundle file.
+    /// Output bundle file (mode 0644; written to a temporary file in the same
+    /// folder and renamed at the end). Must not be one of the inputs.
     #[arg(short, long, value_name = "FILE.abb")]
     out: PathBuf,
 }
@@ -144,6 +145,10 @@ fn load_keyring(dir: &Path) -> anyhow::Result<Keyring> {
 }
 
 fn create(a: CreateArgs) -> anyhow::Result<()> {
+    // The output must not be an input: not the release key, not an image.
+    let mut inputs = vec![a.efi.as_path(), a.system.as_path()];
+    inputs.extend(a.keys.iter().map(PathBuf::as_path));
+    abkit_bundle::writer::check_output_not_input(&a.out, &inputs).map_err(coded)?;
     let keys = a
         .keys
         .iter()
