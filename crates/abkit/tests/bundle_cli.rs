@@ -254,7 +254,8 @@ fn verify_failures_exit_nonzero_with_a_named_error() {
     );
     assert!(stdout.is_empty(), "{stdout}");
 
-    // extract of the corrupt bundle: efi is written (it verified), system is not.
+    // extract of the corrupt bundle: efi verified, system did not, so
+    // nothing at all is written (extract_leaves_nothing_... has more).
     let dest = s.p("out");
     let o = abkit(&[
         "bundle",
@@ -266,16 +267,7 @@ fn verify_failures_exit_nonzero_with_a_named_error() {
         dest.to_str().unwrap(),
     ]);
     assert!(!o.status.success());
-    assert!(dest.join("efi").exists());
-    let left: Vec<_> = std::fs::read_dir(&dest)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(
-        left,
-        vec![std::ffi::OsString::from("efi")],
-        "no partial system file remains"
-    );
+    assert!(!dest.exists(), "no output folder after a failed extract");
 
     std::fs::write(s.p("short.abb"), &bytes[..100]).unwrap();
     let o = abkit(&["bundle", "inspect", &s.s("short.abb")]);
@@ -430,4 +422,82 @@ fn a_bundle_is_written_0644_and_a_failed_create_keeps_the_old_one() {
     std::fs::remove_dir(s.p("system.img")).unwrap();
     std::fs::rename(s.p("system.bak"), s.p("system.img")).unwrap();
     assert_eq!(listing(s.dir.path()), before, "no temporary file left");
+}
+
+#[test]
+fn extract_leaves_nothing_behind_when_the_bundle_fails_verification() {
+    let s = Setup::new();
+    assert!(s.create("b.abb", &[]).status.success());
+    let good = std::fs::read(s.p("b.abb")).unwrap();
+    // Three ways to fail after efi (or every payload) verified.
+    let mut chunk = good.clone();
+    let at = chunk.len() - 300_000;
+    chunk[at] ^= 1;
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(b"junk");
+    let short = good[..good.len() - 10].to_vec();
+    let extract = |bundle: &str, out: &Path| {
+        abkit(&[
+            "bundle",
+            "extract",
+            &s.s(bundle),
+            "--keyring",
+            &s.s("ring"),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    for (name, bytes, code) in [
+        ("chunk.abb", &chunk, "[chunk-hash-mismatch]"),
+        ("trailing.abb", &trailing, "[trailing-data]"),
+        ("short.abb", &short, "[truncated]"),
+    ] {
+        std::fs::write(s.p(name), bytes).unwrap();
+        let before = listing(s.dir.path());
+
+        // --out does not exist yet: it must still not exist.
+        let fresh = s.p("fresh");
+        let o = extract(name, &fresh);
+        let (_, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.contains(code), "{name}: {stderr}");
+        assert!(!fresh.exists(), "{name}: {fresh:?} was created");
+        assert_eq!(listing(s.dir.path()), before, "{name}: temporary files left");
+
+        // --out exists with a file of its own: exactly that file remains.
+        let existing = s.p("existing");
+        std::fs::create_dir_all(&existing).unwrap();
+        std::fs::write(existing.join("mine"), b"keep me").unwrap();
+        let o = extract(name, &existing);
+        assert_eq!(o.status.code(), Some(1), "{name}: {:?}", text(&o));
+        assert_eq!(listing(&existing), vec!["mine".to_string()], "{name}");
+        assert_eq!(std::fs::read(existing.join("mine")).unwrap(), b"keep me");
+    }
+
+    // The good bundle into the existing folder: payloads join the old file.
+    let existing = s.p("existing");
+    let o = extract("b.abb", &existing);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(listing(&existing), vec!["efi", "mine", "system"]);
+    assert_eq!(
+        std::fs::read(existing.join("efi")).unwrap(),
+        std::fs::read(s.p("boot.efi")).unwrap()
+    );
+    let (stdout, _) = text(&o);
+    assert_eq!(
+        stdout,
+        format!(
+            "{}\n{}\n",
+            existing.join("efi").display(),
+            existing.join("system").display()
+        )
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&existing.join("system")), 0o644);
+    // And into a new folder, which appears only complete.
+    let fresh = s.p("fresh");
+    assert!(extract("b.abb", &fresh).status.success());
+    assert_eq!(listing(&fresh), vec!["efi", "system"]);
+    assert_eq!(mode(&fresh), 0o755);
 }

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use abkit_bundle::{
@@ -32,8 +33,9 @@ pub enum BundleCommand {
     Inspect(InspectArgs),
     /// Verify the bundle and write each payload to DIR/<payload name>.
     ///
-    /// Each payload is written to a hidden temporary file and renamed only
-    /// after its hash matched, so DIR never holds an unverified payload.
+    /// Payloads are written into a hidden temporary folder and moved to DIR
+    /// only after every payload and the end of the bundle verified: if
+    /// anything fails, DIR gets nothing (and is not created).
     Extract(ExtractArgs),
 }
 
@@ -353,31 +355,106 @@ fn extract(a: ExtractArgs) -> anyhow::Result<()> {
     let mut reader = BundleReader::open(source, &keyring)
         .map_err(coded)
         .with_context(|| format!("bundle {} failed verification", a.bundle.display()))?;
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let mut perms = std::fs::metadata(&a.out)?.permissions();
-    while let Some(payload) = reader.next_payload().map_err(coded)? {
+    let staging = Staging::new(&a.out)?;
+    let mut names = Vec::new();
+    while let Some(payload) = reader
+        .next_payload()
+        .map_err(coded)
+        .with_context(|| format!("bundle {} failed verification", a.bundle.display()))?
+    {
         // Names are [a-z0-9_-]{1,64} (checked by the manifest parser): safe as file names.
         let name = payload.entry().name.clone();
-        let final_path = a.out.join(&name);
-        let mut tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .tempfile_in(&a.out)
-            .with_context(|| format!("cannot create a file in {}", a.out.display()))?;
+        let path = staging.dir.path().join(&name);
+        // Payloads are not secret: the usual file mode.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
         // write_to hands over whole verified chunks: one write per chunk.
         payload
-            .write_to(tmp.as_file_mut())
+            .write_to(&mut file)
             .map_err(coded)
             .with_context(|| format!("payload `{name}` failed verification; nothing written"))?;
-        // Payloads are not secret: the usual file mode, not tempfile's 0600.
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
-        tmp.as_file().set_permissions(perms.clone())?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(&final_path)
-            .with_context(|| format!("cannot write {}", final_path.display()))?;
-        println!("{}", final_path.display());
+        file.sync_all()?;
+        names.push(name);
+    }
+    // next_payload returned None: every payload and the end of the bundle
+    // checked out. Only now does anything appear under --out.
+    for path in staging.publish(&names)? {
+        println!("{}", path.display());
     }
     Ok(())
+}
+
+/// A hidden folder that payloads are extracted into, on the same file
+/// system as the output folder; removed with its contents when dropped, so
+/// a bundle that fails verification leaves nothing behind.
+struct Staging {
+    dir: tempfile::TempDir,
+    out: PathBuf,
+    /// `out` exists: the staging folder is inside it and its files are
+    /// renamed into it; otherwise the staging folder is renamed to `out`.
+    out_exists: bool,
+}
+
+impl Staging {
+    fn new(out: &Path) -> anyhow::Result<Staging> {
+        let out_exists = match std::fs::metadata(out) {
+            Ok(meta) if meta.is_dir() => true,
+            Ok(_) => anyhow::bail!("--out {} exists and is not a folder", out.display()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot inspect {}", out.display()));
+            }
+        };
+        let parent = if out_exists {
+            out.to_owned()
+        } else {
+            let parent = match out.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+                _ => PathBuf::from("."),
+            };
+            std::fs::create_dir_all(&parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+            parent
+        };
+        let dir = tempfile::Builder::new()
+            .prefix(".abkit-extract-")
+            .tempdir_in(&parent)
+            .with_context(|| format!("cannot create a folder in {}", parent.display()))?;
+        Ok(Staging {
+            dir,
+            out: out.to_owned(),
+            out_exists,
+        })
+    }
+
+    /// Moves the verified payloads to `out`; returns their final paths.
+    fn publish(self, names: &[String]) -> anyhow::Result<Vec<PathBuf>> {
+        let finals: Vec<PathBuf> = names.iter().map(|n| self.out.join(n)).collect();
+        if self.out_exists {
+            for (name, target) in names.iter().zip(&finals) {
+                std::fs::rename(self.dir.path().join(name), target)
+                    .with_context(|| format!("cannot write {}", target.display()))?;
+            }
+            // self.dir (now empty) is removed on drop.
+        } else {
+            std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755))?;
+            let dir = self.dir.keep();
+            if let Err(e) = std::fs::rename(&dir, &self.out) {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e).with_context(|| format!("cannot create {}", self.out.display()));
+            }
+        }
+        if let Ok(dir) = File::open(&self.out) {
+            // Make the renames durable; a failure here changes nothing verified.
+            let _ = dir.sync_all();
+        }
+        Ok(finals)
+    }
 }
 
 #[cfg(test)]
