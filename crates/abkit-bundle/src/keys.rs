@@ -141,8 +141,13 @@ impl SecretKey {
         })
     }
 
-    /// Writes `BASE.key` (mode 0600) and `BASE.pub`; refuses to overwrite
-    /// either unless `overwrite`. Returns both paths.
+    /// Writes `BASE.key` (mode 0600) and `BASE.pub` (0644). Without
+    /// `overwrite`, refuses if either name exists, even as a dangling
+    /// symbolic link: both are created with `O_CREAT | O_EXCL | O_NOFOLLOW`,
+    /// and a `.key` made before a failing `.pub` is removed again. With
+    /// `overwrite`, each file is written to a temporary file in the same
+    /// folder and renamed over the old name, so a symbolic link there is
+    /// replaced, never written through. Returns both paths.
     pub fn write_pair(
         &self,
         base: &Path,
@@ -156,46 +161,88 @@ impl SecretKey {
         }
         let key_path = with_suffix(base, ".key");
         let pub_path = with_suffix(base, ".pub");
-        if !overwrite {
-            for p in [&key_path, &pub_path] {
-                if p.exists() {
-                    return Err(Error::KeyFile {
-                        path: p.clone(),
-                        reason: "already exists".into(),
-                    });
-                }
+        let secret = self.to_text(comment);
+        let public = self.public_key().to_text(comment);
+        if overwrite {
+            replace_file(&key_path, secret.as_bytes(), 0o600)?;
+            replace_file(&pub_path, public.as_bytes(), 0o644)?;
+            return Ok((key_path, pub_path));
+        }
+        for p in [&key_path, &pub_path] {
+            // symlink_metadata: a dangling link exists too.
+            if std::fs::symlink_metadata(p).is_ok() {
+                return Err(already_exists(p));
             }
         }
-        write_file(&key_path, self.to_text(comment).as_bytes(), 0o600)?;
-        write_file(
-            &pub_path,
-            self.public_key().to_text(comment).as_bytes(),
-            0o644,
-        )?;
+        create_new_file(&key_path, secret.as_bytes(), 0o600)?;
+        if let Err(e) = create_new_file(&pub_path, public.as_bytes(), 0o644) {
+            let _ = std::fs::remove_file(&key_path);
+            return Err(e);
+        }
         Ok((key_path, pub_path))
     }
+}
+
+fn already_exists(path: &Path) -> Error {
+    Error::KeyFile {
+        path: path.to_owned(),
+        reason: "already exists (use --force to replace it)".into(),
+    }
+}
+
+/// Creates a new file: never opens an existing one, never follows a link.
+fn create_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => already_exists(path),
+            _ => Error::KeyFile {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            },
+        })?;
+    // The umask may have taken bits off: set the mode explicitly.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Replaces `path` with a new file by renaming a complete temporary file
+/// from the same folder over it (a link at `path` is replaced, not followed).
+fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let key_error = |e: std::io::Error| Error::KeyFile {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".abkit-key-")
+        .tempfile_in(dir)
+        .map_err(key_error)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    tmp.write_all(contents)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| key_error(e.error))?;
+    Ok(())
 }
 
 fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
     let mut s = base.as_os_str().to_owned();
     s.push(suffix);
     PathBuf::from(s)
-}
-
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)?;
-    // An existing file keeps its old mode on open: set it explicitly.
-    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    f.write_all(contents)?;
-    f.sync_all()?;
-    Ok(())
 }
 
 /// Opens a key file for reading without ever blocking or following a

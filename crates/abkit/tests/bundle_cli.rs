@@ -501,3 +501,39 @@ fn extract_leaves_nothing_behind_when_the_bundle_fails_verification() {
     assert_eq!(listing(&fresh), vec!["efi", "system"]);
     assert_eq!(mode(&fresh), 0o755);
 }
+
+#[test]
+fn keygen_never_writes_through_a_symlink() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let s = Setup::new();
+    // A dangling link where the secret key would go: refused, by name.
+    std::os::unix::fs::symlink(s.p("stolen"), s.p("new.key")).unwrap();
+    let o = abkit(&["keygen", "--out", &s.s("new")]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}: already exists", s.s("new.key"))),
+        "{stderr}"
+    );
+    assert!(!s.p("stolen").exists(), "the secret key went through the link");
+    assert!(!s.p("new.pub").exists(), "no half pair");
+    // Same for the public key: the secret key made first is removed again.
+    std::fs::remove_file(s.p("new.key")).unwrap();
+    std::os::unix::fs::symlink(s.p("stolen.pub"), s.p("new.pub")).unwrap();
+    let o = abkit(&["keygen", "--out", &s.s("new")]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("new.pub: already exists"), "{:?}", text(&o));
+    assert!(!s.p("new.key").exists() && !s.p("stolen.pub").exists());
+    // --force replaces the link itself; the file it points to is untouched.
+    std::fs::write(s.p("victim"), "precious").unwrap();
+    std::fs::remove_file(s.p("new.pub")).unwrap();
+    std::os::unix::fs::symlink(s.p("victim"), s.p("new.key")).unwrap();
+    let o = abkit(&["keygen", "--out", &s.s("new"), "--force"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(std::fs::read_to_string(s.p("victim")).unwrap(), "precious");
+    let meta = std::fs::symlink_metadata(s.p("new.key")).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let secret = std::fs::read_to_string(s.p("new.key")).unwrap();
+    assert!(secret.starts_with("abkit-ed25519-secret-key\n"));
+}
