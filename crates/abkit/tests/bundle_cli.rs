@@ -537,3 +537,66 @@ fn keygen_never_writes_through_a_symlink() {
     let secret = std::fs::read_to_string(s.p("new.key")).unwrap();
     assert!(secret.starts_with("abkit-ed25519-secret-key\n"));
 }
+
+#[test]
+fn json_failures_are_a_json_error_object_with_a_stable_code() {
+    let s = Setup::new();
+    assert!(s.create("b.abb", &[]).status.success());
+    let mut bad = std::fs::read(s.p("b.abb")).unwrap();
+    let at = bad.len() - 300_000;
+    bad[at] ^= 1;
+    std::fs::write(s.p("bad.abb"), &bad).unwrap();
+    // A 16 MB manifest in an unsigned head: refused from the header alone.
+    let mut huge = b"ABKITBDL".to_vec();
+    huge.extend_from_slice(&1u32.to_le_bytes());
+    huge.extend_from_slice(&0u32.to_le_bytes());
+    huge.extend_from_slice(&(16_000_000u64).to_le_bytes());
+    huge.extend_from_slice(&[0; 8]);
+    huge.resize(32 + 16_000_000, b' ');
+    std::fs::write(s.p("huge.abb"), &huge).unwrap();
+
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["verify", "bad.abb", "--keyring", "ring"],
+            "chunk-hash-mismatch",
+        ),
+        (
+            &["verify", "b.abb", "--keyring", "other-ring"],
+            "no-trusted-signature",
+        ),
+        (&["verify", "b.abb", "--keyring", "nope"], "keyring-missing"),
+        (&["verify", "missing.abb", "--keyring", "ring"], "io"),
+        (&["inspect", "huge.abb"], "manifest-size"),
+        (&["inspect", "b.abb", "--keyring", "nope"], "keyring-missing"),
+    ];
+    for (args, code) in cases {
+        let mut full = vec!["bundle".to_string(), args[0].to_string()];
+        full.extend(args[1..].iter().map(|a| {
+            if a.starts_with("--") {
+                a.to_string()
+            } else {
+                s.s(a)
+            }
+        }));
+        full.push("--json".into());
+        let start = std::time::Instant::now();
+        let o = abkit(&full.iter().map(String::as_str).collect::<Vec<_>>());
+        let (stdout, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {stdout}{stderr}");
+        let v: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: stdout is not JSON ({e}): {stdout}"));
+        assert_eq!(v["ok"], false, "{args:?}");
+        assert_eq!(v["error"]["code"], code, "{args:?}: {stdout}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(!message.is_empty());
+        assert!(stderr.starts_with("abkit: error: "), "{stderr}");
+        if code == "manifest-size" {
+            assert!(message.contains("1048576"), "{message}");
+            assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        }
+    }
+    // Success still says ok, for both.
+    let o = abkit(&["bundle", "inspect", &s.s("b.abb"), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+}

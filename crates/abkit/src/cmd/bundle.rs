@@ -85,7 +85,8 @@ pub struct VerifyArgs {
     /// Folder of trusted public keys (*.pub).
     #[arg(long, value_name = "DIR")]
     keyring: PathBuf,
-    /// Print the result as JSON on standard output.
+    /// Print the result as JSON on standard output; a failure too, as
+    /// `{"ok": false, "error": {"code": ..., "message": ...}}` (exit status 1).
     #[arg(long)]
     json: bool,
 }
@@ -97,7 +98,8 @@ pub struct InspectArgs {
     /// Also check each signature against this folder of public keys.
     #[arg(long, value_name = "DIR")]
     keyring: Option<PathBuf>,
-    /// Print manifest and signatures as JSON.
+    /// Print manifest and signatures as JSON; a failure too, as
+    /// `{"ok": false, "error": {"code": ..., "message": ...}}` (exit status 1).
     #[arg(long)]
     json: bool,
 }
@@ -115,17 +117,72 @@ pub struct ExtractArgs {
 }
 
 pub fn run(cmd: BundleCommand) -> anyhow::Result<()> {
-    match cmd {
+    let json = match &cmd {
+        BundleCommand::Verify(a) => a.json,
+        BundleCommand::Inspect(a) => a.json,
+        BundleCommand::Create(_) | BundleCommand::Extract(_) => false,
+    };
+    let result = match cmd {
         BundleCommand::Create(a) => create(a),
         BundleCommand::Verify(a) => verify(a),
         BundleCommand::Inspect(a) => inspect(a),
         BundleCommand::Extract(a) => extract(a),
+    };
+    if json && let Err(err) = &result {
+        // Scripts asked for JSON: they get the failure as JSON on stdout too
+        // (the message still goes to stderr and the exit status is 1).
+        println!("{}", serde_json::to_string_pretty(&json_error(err))?);
+    }
+    result
+}
+
+/// A bundle library error with its stable code in front, e.g.
+/// `[chunk-hash-mismatch] payload ...`; kept typed so `--json` can report
+/// the code.
+#[derive(Debug)]
+struct Coded(abkit_bundle::Error);
+
+impl std::fmt::Display for Coded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}] {}", self.0.code(), self.0)
     }
 }
 
+// No source(): the message already carries the library error's text.
+impl std::error::Error for Coded {}
+
 /// Adds the error's stable code, e.g. `[chunk-hash-mismatch] payload ...`.
 fn coded(err: abkit_bundle::Error) -> anyhow::Error {
-    anyhow::anyhow!("[{}] {err}", err.code())
+    anyhow::Error::new(Coded(err))
+}
+
+/// The stable code of a failure: the bundle library's code (see
+/// docs/bundle-format.md), `io` for a file that cannot be read, `error`
+/// for anything else.
+fn error_code(err: &anyhow::Error) -> &'static str {
+    if let Some(Coded(e)) = err.chain().find_map(|c| c.downcast_ref::<Coded>()) {
+        return e.code();
+    }
+    if err.chain().any(|c| c.is::<io::Error>()) {
+        return "io";
+    }
+    "error"
+}
+
+/// `{"ok": false, "error": {"code": ..., "message": ...}}`.
+fn json_error(err: &anyhow::Error) -> serde_json::Value {
+    let mut message = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message.push_str(": ");
+            message.push_str(&cause);
+        }
+    }
+    serde_json::json!({
+        "ok": false,
+        "error": {"code": error_code(err), "message": message},
+    })
 }
 
 fn open_source(path: &Path) -> anyhow::Result<Box<dyn Read>> {
@@ -293,6 +350,7 @@ fn inspect(a: InspectArgs) -> anyhow::Result<()> {
             })
             .collect();
         let doc = serde_json::json!({
+            "ok": true,
             "format_version": head.raw.header.format_version,
             "manifest_len": head.raw.header.manifest_len,
             "created_rfc3339": created_text(head.manifest.created),
