@@ -353,6 +353,7 @@ fn inspect(a: InspectArgs) -> anyhow::Result<()> {
             "ok": true,
             "format_version": head.raw.header.format_version,
             "manifest_len": head.raw.header.manifest_len,
+            "signed_sha256": hex::encode(head.raw.signed_sha256()),
             "created_rfc3339": created_text(head.manifest.created),
             "manifest": head.manifest,
             "signatures": sigs,
