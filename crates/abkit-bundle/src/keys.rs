@@ -274,7 +274,10 @@ fn open_key_file(path: &Path, follow_symlink: bool) -> Result<(std::fs::File, st
     if !meta.is_file() {
         return Err(Error::UnsafeKeyFile {
             path: path.to_owned(),
-            reason: format!("is not a regular file (it is {})", kind_of(&meta.file_type())),
+            reason: format!(
+                "is not a regular file (it is {})",
+                kind_of(&meta.file_type())
+            ),
         });
     }
     Ok((file, meta))

@@ -26,7 +26,14 @@ fn expected(manifest: &[u8]) -> [u8; 32] {
 #[test]
 fn signed_sha256_hashes_the_manifest_bytes_as_signed() {
     let dir = tempfile::tempdir().unwrap();
-    let (bytes, _, _) = make_bundle(dir.path(), 5_000, 40_000, Compression::None, 4096, &[key(1)]);
+    let (bytes, _, _) = make_bundle(
+        dir.path(),
+        5_000,
+        40_000,
+        Compression::None,
+        4096,
+        &[key(1)],
+    );
     let head = BundleHead::read(&mut &bytes[..]).unwrap();
     let payloads = &bytes[HEADER_LEN + head.raw.manifest_bytes.len() + SIGNATURE_ENTRY_LEN..];
 
@@ -54,9 +61,16 @@ fn signed_sha256_hashes_the_manifest_bytes_as_signed() {
     assert_eq!(reader.signed_sha256(), expected(&other), "its own bytes");
     assert_ne!(reader.signed_sha256(), original.signed_sha256());
     let canonical = reader.manifest().to_json().unwrap();
-    assert_ne!(reader.signed_sha256(), expected(&canonical), "not a re-serialisation");
+    assert_ne!(
+        reader.signed_sha256(),
+        expected(&canonical),
+        "not a re-serialisation"
+    );
     assert_eq!(
-        BundleHead::read(&mut &rewritten[..]).unwrap().raw.signed_sha256(),
+        BundleHead::read(&mut &rewritten[..])
+            .unwrap()
+            .raw
+            .signed_sha256(),
         reader.signed_sha256()
     );
     // Another signature set over the same bytes: the same value.

@@ -394,7 +394,11 @@ fn create_refuses_an_output_that_is_an_input_and_leaves_it_intact() {
     for (name, bytes) in ["rel.key", "system.img", "boot.efi"].iter().zip(&originals) {
         assert_eq!(&std::fs::read(s.p(name)).unwrap(), bytes, "{name} changed");
     }
-    assert!(std::fs::symlink_metadata(s.p("link.abb")).unwrap().is_symlink());
+    assert!(
+        std::fs::symlink_metadata(s.p("link.abb"))
+            .unwrap()
+            .is_symlink()
+    );
     assert_eq!(listing(s.dir.path()), before, "no file added or removed");
 }
 
@@ -404,10 +408,18 @@ fn a_bundle_is_written_0644_and_a_failed_create_keeps_the_old_one() {
     let s = Setup::new();
     let o = s.create("b.abb", &[]);
     assert!(o.status.success(), "{:?}", text(&o));
-    let mode = std::fs::metadata(s.p("b.abb")).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(s.p("b.abb"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o644, "bundles are public");
     assert_eq!(
-        std::fs::metadata(s.p("rel.key")).unwrap().permissions().mode() & 0o777,
+        std::fs::metadata(s.p("rel.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
         0o600,
         "the secret key stays private"
     );
@@ -418,7 +430,11 @@ fn a_bundle_is_written_0644_and_a_failed_create_keeps_the_old_one() {
     std::fs::create_dir(s.p("system.img")).unwrap();
     let o = s.create("b.abb", &["--version", "2.0.0"]);
     assert!(!o.status.success(), "{:?}", text(&o));
-    assert_eq!(std::fs::read(s.p("b.abb")).unwrap(), old, "old bundle intact");
+    assert_eq!(
+        std::fs::read(s.p("b.abb")).unwrap(),
+        old,
+        "old bundle intact"
+    );
     std::fs::remove_dir(s.p("system.img")).unwrap();
     std::fs::rename(s.p("system.bak"), s.p("system.img")).unwrap();
     assert_eq!(listing(s.dir.path()), before, "no temporary file left");
@@ -462,7 +478,11 @@ fn extract_leaves_nothing_behind_when_the_bundle_fails_verification() {
         assert_eq!(o.status.code(), Some(1), "{name}: {stderr}");
         assert!(stderr.contains(code), "{name}: {stderr}");
         assert!(!fresh.exists(), "{name}: {fresh:?} was created");
-        assert_eq!(listing(s.dir.path()), before, "{name}: temporary files left");
+        assert_eq!(
+            listing(s.dir.path()),
+            before,
+            "{name}: temporary files left"
+        );
 
         // --out exists with a file of its own: exactly that file remains.
         let existing = s.p("existing");
@@ -515,14 +535,21 @@ fn keygen_never_writes_through_a_symlink() {
         stderr.contains(&format!("{}: already exists", s.s("new.key"))),
         "{stderr}"
     );
-    assert!(!s.p("stolen").exists(), "the secret key went through the link");
+    assert!(
+        !s.p("stolen").exists(),
+        "the secret key went through the link"
+    );
     assert!(!s.p("new.pub").exists(), "no half pair");
     // Same for the public key: the secret key made first is removed again.
     std::fs::remove_file(s.p("new.key")).unwrap();
     std::os::unix::fs::symlink(s.p("stolen.pub"), s.p("new.pub")).unwrap();
     let o = abkit(&["keygen", "--out", &s.s("new")]);
     assert!(!o.status.success());
-    assert!(text(&o).1.contains("new.pub: already exists"), "{:?}", text(&o));
+    assert!(
+        text(&o).1.contains("new.pub: already exists"),
+        "{:?}",
+        text(&o)
+    );
     assert!(!s.p("new.key").exists() && !s.p("stolen.pub").exists());
     // --force replaces the link itself; the file it points to is untouched.
     std::fs::write(s.p("victim"), "precious").unwrap();
@@ -567,7 +594,10 @@ fn json_failures_are_a_json_error_object_with_a_stable_code() {
         (&["verify", "b.abb", "--keyring", "nope"], "keyring-missing"),
         (&["verify", "missing.abb", "--keyring", "ring"], "io"),
         (&["inspect", "huge.abb"], "manifest-size"),
-        (&["inspect", "b.abb", "--keyring", "nope"], "keyring-missing"),
+        (
+            &["inspect", "b.abb", "--keyring", "nope"],
+            "keyring-missing",
+        ),
     ];
     for (args, code) in cases {
         let mut full = vec!["bundle".to_string(), args[0].to_string()];
