@@ -28,6 +28,8 @@ pub enum Error {
     ManifestJson(#[source] serde_json::Error),
     #[error("manifest is invalid: {0}")]
     ManifestInvalid(String),
+    #[error("manifest lists {count} payloads, at most {max} are allowed")]
+    TooManyPayloads { count: usize, max: usize },
     #[error("bundle has no signature")]
     NoSignature,
     #[error("no signature from a key in the keyring (bundle signed by: {})", signers.join(", "))]
@@ -54,10 +56,18 @@ pub enum Error {
     KeyFile { path: PathBuf, reason: String },
     #[error("keyring {path} holds no *.pub key")]
     EmptyKeyring { path: PathBuf },
+    #[error("keyring directory {path} does not exist")]
+    KeyringMissing { path: PathBuf },
+    #[error("keyring directory {path}: {reason}")]
+    KeyringDir { path: PathBuf, reason: String },
+    #[error("key file {path} is not trusted: {reason}")]
+    UnsafeKeyFile { path: PathBuf, reason: String },
     #[error("dm-verity: {0}")]
     Verity(String),
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    #[error("output {output} is the input file {input}; refusing to overwrite it")]
+    OutputIsInput { output: PathBuf, input: PathBuf },
     #[error("payload `{payload}` already failed: {reason}")]
     PayloadFailed { payload: String, reason: String },
 }
@@ -87,6 +97,7 @@ impl Error {
             Error::TooManySignatures { .. } => "too-many-signatures",
             Error::ManifestJson(_) => "manifest-json",
             Error::ManifestInvalid(_) => "manifest-invalid",
+            Error::TooManyPayloads { .. } => "too-many-payloads",
             Error::NoSignature => "no-signature",
             Error::NoTrustedSignature { .. } => "no-trusted-signature",
             Error::BadSignature { .. } => "bad-signature",
@@ -98,8 +109,12 @@ impl Error {
             Error::TrailingData => "trailing-data",
             Error::KeyFile { .. } => "key-file",
             Error::EmptyKeyring { .. } => "empty-keyring",
+            Error::KeyringMissing { .. } => "keyring-missing",
+            Error::KeyringDir { .. } => "keyring-dir",
+            Error::UnsafeKeyFile { .. } => "unsafe-key-file",
             Error::Verity(_) => "verity",
             Error::InvalidInput(_) => "invalid-input",
+            Error::OutputIsInput { .. } => "output-is-input",
             Error::PayloadFailed { .. } => "payload-failed",
         }
     }

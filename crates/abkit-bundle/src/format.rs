@@ -6,7 +6,7 @@
 //! 0       8     magic "ABKITBDL"
 //! 8       4     format version, u32 LE (= 1)
 //! 12      4     flags, u32 LE (must be 0)
-//! 16      8     manifest length in bytes, u64 LE (1..=16 MiB)
+//! 16      8     manifest length in bytes, u64 LE (1..=1 MiB)
 //! 24      4     signature count, u32 LE (0..=16; 0 is refused by readers)
 //! 28      4     reserved, u32 LE (must be 0)
 //! 32      M     manifest (UTF-8 JSON)
@@ -25,8 +25,12 @@ pub const MAGIC: [u8; 8] = *b"ABKITBDL";
 pub const FORMAT_VERSION: u32 = 1;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 32;
-/// Largest manifest a reader accepts (checked before allocating).
-pub const MAX_MANIFEST_LEN: u64 = 16 * 1024 * 1024;
+/// Largest manifest a reader accepts (checked before allocating) and a
+/// writer produces. A 4 GiB image at the default 1 MiB chunk size needs
+/// about 275 KiB (67 bytes of JSON per chunk hash), so 1 MiB leaves room for
+/// about 15 000 chunks (15 GiB at 1 MiB chunks, 60 GiB at 4 MiB) while
+/// keeping what an unsigned head can make `inspect` parse small.
+pub const MAX_MANIFEST_LEN: u64 = 1024 * 1024;
 /// Most signatures a bundle may carry.
 pub const MAX_SIGNATURES: u32 = 16;
 /// Size of one signature entry: public key then signature.

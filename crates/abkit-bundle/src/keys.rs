@@ -8,6 +8,9 @@
 //! ```
 //!
 //! A key's id is the first 8 bytes of SHA-256 of its public key, in hex.
+//!
+//! A keyring folder is a trust store, so [`Keyring::load_dir`] applies
+//! ssh-like strict modes: see its documentation and docs/bundle-format.md.
 
 use std::path::{Path, PathBuf};
 
@@ -138,8 +141,13 @@ impl SecretKey {
         })
     }
 
-    /// Writes `BASE.key` (mode 0600) and `BASE.pub`; refuses to overwrite
-    /// either unless `overwrite`. Returns both paths.
+    /// Writes `BASE.key` (mode 0600) and `BASE.pub` (0644). Without
+    /// `overwrite`, refuses if either name exists, even as a dangling
+    /// symbolic link: both are created with `O_CREAT | O_EXCL | O_NOFOLLOW`,
+    /// and a `.key` made before a failing `.pub` is removed again. With
+    /// `overwrite`, each file is written to a temporary file in the same
+    /// folder and renamed over the old name, so a symbolic link there is
+    /// replaced, never written through. Returns both paths.
     pub fn write_pair(
         &self,
         base: &Path,
@@ -153,24 +161,82 @@ impl SecretKey {
         }
         let key_path = with_suffix(base, ".key");
         let pub_path = with_suffix(base, ".pub");
-        if !overwrite {
-            for p in [&key_path, &pub_path] {
-                if p.exists() {
-                    return Err(Error::KeyFile {
-                        path: p.clone(),
-                        reason: "already exists".into(),
-                    });
-                }
+        let secret = self.to_text(comment);
+        let public = self.public_key().to_text(comment);
+        if overwrite {
+            replace_file(&key_path, secret.as_bytes(), 0o600)?;
+            replace_file(&pub_path, public.as_bytes(), 0o644)?;
+            return Ok((key_path, pub_path));
+        }
+        for p in [&key_path, &pub_path] {
+            // symlink_metadata: a dangling link exists too.
+            if std::fs::symlink_metadata(p).is_ok() {
+                return Err(already_exists(p));
             }
         }
-        write_file(&key_path, self.to_text(comment).as_bytes(), 0o600)?;
-        write_file(
-            &pub_path,
-            self.public_key().to_text(comment).as_bytes(),
-            0o644,
-        )?;
+        create_new_file(&key_path, secret.as_bytes(), 0o600)?;
+        if let Err(e) = create_new_file(&pub_path, public.as_bytes(), 0o644) {
+            let _ = std::fs::remove_file(&key_path);
+            return Err(e);
+        }
         Ok((key_path, pub_path))
     }
+}
+
+fn already_exists(path: &Path) -> Error {
+    Error::KeyFile {
+        path: path.to_owned(),
+        reason: "already exists (use --force to replace it)".into(),
+    }
+}
+
+/// Creates a new file: never opens an existing one, never follows a link.
+fn create_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => already_exists(path),
+            _ => Error::KeyFile {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            },
+        })?;
+    // The umask may have taken bits off: set the mode explicitly.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Replaces `path` with a new file by renaming a complete temporary file
+/// from the same folder over it (a link at `path` is replaced, not followed).
+fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let key_error = |e: std::io::Error| Error::KeyFile {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".abkit-key-")
+        .tempfile_in(dir)
+        .map_err(key_error)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    tmp.write_all(contents)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| key_error(e.error))?;
+    Ok(())
 }
 
 fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
@@ -179,36 +245,119 @@ fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)?;
-    // An existing file keeps its old mode on open: set it explicitly.
-    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    f.write_all(contents)?;
-    f.sync_all()?;
-    Ok(())
+/// Opens a key file for reading without ever blocking or following a
+/// symbolic link in its last component: `O_NOFOLLOW` refuses a link,
+/// `O_NONBLOCK` keeps a FIFO from hanging the open (it is then refused as
+/// not a regular file by `fstat`, before any read).
+fn open_key_file(path: &Path, follow_symlink: bool) -> Result<(std::fs::File, std::fs::Metadata)> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let key_error = |reason: String| Error::KeyFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
+    if !follow_symlink {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) if !follow_symlink => Error::UnsafeKeyFile {
+                path: path.to_owned(),
+                reason: "is a symbolic link".into(),
+            },
+            _ => key_error(e.to_string()),
+        })?;
+    let meta = file.metadata().map_err(|e| key_error(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(Error::UnsafeKeyFile {
+            path: path.to_owned(),
+            reason: format!(
+                "is not a regular file (it is {})",
+                kind_of(&meta.file_type())
+            ),
+        });
+    }
+    Ok((file, meta))
 }
 
-fn read_key_file(path: &Path) -> Result<String> {
+/// Reads at most [`MAX_KEY_FILE_LEN`] bytes of an opened key file as text.
+fn read_key_text(path: &Path, file: std::fs::File) -> Result<String> {
     use std::io::Read as _;
-    let file = std::fs::File::open(path).map_err(|e| Error::KeyFile {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
     let mut text = String::new();
-    file.take(MAX_KEY_FILE_LEN)
+    file.take(MAX_KEY_FILE_LEN + 1)
         .read_to_string(&mut text)
         .map_err(|e| Error::KeyFile {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
+    if text.len() as u64 > MAX_KEY_FILE_LEN {
+        return Err(Error::KeyFile {
+            path: path.to_owned(),
+            reason: format!("larger than {MAX_KEY_FILE_LEN} bytes: not a key file"),
+        });
+    }
     Ok(text)
+}
+
+/// Reads a key file named on the command line: a symbolic link is followed,
+/// but only a regular file is read (a FIFO or device never blocks us).
+fn read_key_file(path: &Path) -> Result<String> {
+    let (file, _) = open_key_file(path, true)?;
+    read_key_text(path, file)
+}
+
+/// What kind of file this is, for error messages.
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// The effective user id of this process.
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes no arguments, touches no memory of ours and
+    // cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// ssh's StrictModes for keyring entries: a file or folder that someone
+/// other than root or us can change is not a trust anchor. Returns why not.
+fn unsafe_permissions(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mode = meta.mode() & 0o7777;
+    let writers = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+        (true, true) => Some("group and others"),
+        (true, false) => Some("its group"),
+        (false, true) => Some("others"),
+        (false, false) => None,
+    };
+    if let Some(who) = writers {
+        return Some(format!(
+            "is writable by {who} (mode {mode:04o}); run `chmod go-w` on it"
+        ));
+    }
+    let uid = meta.uid();
+    let euid = effective_uid();
+    if uid != 0 && uid != euid {
+        return Some(format!(
+            "is owned by uid {uid}, not by root or the user running abkit (uid {euid})"
+        ));
+    }
+    None
 }
 
 fn key_text(tag: &str, bytes: &[u8; 32], comment: Option<&str>) -> String {
@@ -246,34 +395,95 @@ fn parse_key_text(text: &str, tag: &str) -> std::result::Result<[u8; 32], String
         .map_err(|b: Vec<u8>| format!("key is {} bytes, expected 32", b.len()))
 }
 
-/// The public keys a device trusts: every `*.pub` file of a folder.
+/// A `*.pub` file in a keyring folder that was not loaded, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedKeyFile {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// The public keys a device trusts: the regular `*.pub` files of a folder
+/// that only root or the current user can change (see [`Keyring::load_dir`]).
 #[derive(Debug, Clone, Default)]
 pub struct Keyring {
     keys: Vec<PublicKey>,
+    skipped: Vec<SkippedKeyFile>,
 }
 
 impl Keyring {
     /// A keyring of the given keys.
     pub fn from_keys(keys: Vec<PublicKey>) -> Keyring {
-        Keyring { keys }
+        Keyring {
+            keys,
+            skipped: Vec::new(),
+        }
     }
 
-    /// Loads every `*.pub` file in `dir`; a file that does not parse is an
-    /// error (a broken trust store should be fixed, not skipped); no key at
-    /// all is an error too.
+    /// Loads the keys of a keyring folder. Trusted: every regular file whose
+    /// name ends in `.pub`, does not start with `.`, and that neither the
+    /// folder's nor the file's group or others can write, owned (like the
+    /// folder) by root or the current user. Other names are ignored.
+    ///
+    /// - The folder missing ([`Error::KeyringMissing`]), not a folder, or
+    ///   writable by group/others or owned by someone else
+    ///   ([`Error::KeyringDir`]): error.
+    /// - A hidden `.*.pub` (editor lock files, half-copied files): skipped,
+    ///   with a `log` warning and an entry in [`Keyring::skipped`].
+    /// - A `*.pub` that is a symbolic link, a FIFO, a folder or a device, or
+    ///   that group/others can write or someone else owns:
+    ///   [`Error::UnsafeKeyFile`]. A FIFO is never opened, a symbolic link
+    ///   never followed.
+    /// - A `*.pub` that does not parse ([`Error::KeyFile`]), or no key at
+    ///   all ([`Error::EmptyKeyring`]): error.
+    ///
+    /// A key it refuses is never trusted; the errors make the operator fix
+    /// the trust store instead of silently running with a different one.
     pub fn load_dir(dir: &Path) -> Result<Keyring> {
-        let mut paths = Vec::new();
-        let entries = std::fs::read_dir(dir).map_err(|e| Error::KeyFile {
+        let dir_error = |reason: String| Error::KeyringDir {
             path: dir.to_owned(),
-            reason: e.to_string(),
-        })?;
-        for entry in entries {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "pub") {
-                paths.push(path);
+            reason,
+        };
+        let meta = match std::fs::metadata(dir) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::KeyringMissing {
+                    path: dir.to_owned(),
+                });
             }
+            Err(e) => return Err(dir_error(e.to_string())),
+        };
+        if !meta.is_dir() {
+            return Err(dir_error(format!(
+                "is not a directory (it is {})",
+                kind_of(&meta.file_type())
+            )));
+        }
+        if let Some(reason) = unsafe_permissions(&meta) {
+            return Err(dir_error(reason));
+        }
+        let mut paths = Vec::new();
+        let mut skipped = Vec::new();
+        let entries = std::fs::read_dir(dir).map_err(|e| dir_error(e.to_string()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| dir_error(e.to_string()))?;
+            let name = entry.file_name();
+            let name = name.as_encoded_bytes();
+            if !name.ends_with(b".pub") {
+                continue;
+            }
+            let path = entry.path();
+            if name.starts_with(b".") {
+                log::warn!("keyring: skipping hidden file {}", path.display());
+                skipped.push(SkippedKeyFile {
+                    path,
+                    reason: "hidden file".into(),
+                });
+                continue;
+            }
+            paths.push(path);
         }
         paths.sort();
+        skipped.sort_by(|a, b| a.path.cmp(&b.path));
         if paths.is_empty() {
             return Err(Error::EmptyKeyring {
                 path: dir.to_owned(),
@@ -281,19 +491,53 @@ impl Keyring {
         }
         let keys = paths
             .iter()
-            .map(|p| PublicKey::load(p))
+            .map(|p| load_trusted_key(p))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Keyring { keys })
+        Ok(Keyring { keys, skipped })
     }
 
     pub fn keys(&self) -> &[PublicKey] {
         &self.keys
     }
 
+    /// The `*.pub` files [`Keyring::load_dir`] skipped (hidden files).
+    pub fn skipped(&self) -> &[SkippedKeyFile] {
+        &self.skipped
+    }
+
     /// Whether this exact public key is trusted.
     pub fn contains(&self, key: &[u8; 32]) -> bool {
         self.keys.iter().any(|k| &k.to_bytes() == key)
     }
+}
+
+/// Loads one keyring entry: checked without following a link or opening a
+/// FIFO (`lstat` first), then opened with `O_NOFOLLOW | O_NONBLOCK` and
+/// checked again on the open file, so what is read is what was checked.
+fn load_trusted_key(path: &Path) -> Result<PublicKey> {
+    let unsafe_file = |reason: String| Error::UnsafeKeyFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let lmeta = std::fs::symlink_metadata(path).map_err(|e| Error::KeyFile {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if !lmeta.is_file() {
+        return Err(unsafe_file(format!(
+            "is {}, only regular files are trusted",
+            kind_of(&lmeta.file_type())
+        )));
+    }
+    let (file, meta) = open_key_file(path, false)?;
+    if let Some(reason) = unsafe_permissions(&meta) {
+        return Err(unsafe_file(reason));
+    }
+    let text = read_key_text(path, file)?;
+    PublicKey::parse(&text).map_err(|reason| Error::KeyFile {
+        path: path.to_owned(),
+        reason,
+    })
 }
 
 #[cfg(test)]

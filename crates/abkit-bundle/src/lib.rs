@@ -36,7 +36,7 @@ pub mod writer;
 mod error;
 
 pub use error::{Error, Result};
-pub use keys::{KeyId, Keyring, PublicKey, SecretKey};
+pub use keys::{KeyId, Keyring, PublicKey, SecretKey, SkippedKeyFile};
 pub use manifest::{Compression, Manifest, PayloadEntry, VerityParams};
 pub use reader::{BundleHead, BundleReader, PayloadReader, SignatureStatus};
 pub use writer::{CreateOptions, PayloadSpec, create_bundle, write_head};

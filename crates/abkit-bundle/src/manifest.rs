@@ -2,6 +2,8 @@
 //! sizes, hashes, chunk hashes and dm-verity parameters). It is JSON, covered
 //! by the signatures, and checked by [`Manifest::parse`] before any use.
 
+use std::collections::HashSet;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -11,6 +13,10 @@ pub const MIN_CHUNK_SIZE: u32 = 4096;
 pub const MAX_CHUNK_SIZE: u32 = 4 * 1024 * 1024;
 /// Chunk size `create_bundle` uses unless told otherwise.
 pub const DEFAULT_CHUNK_SIZE: u32 = 1024 * 1024;
+/// Most payloads a manifest may list. abkit writes two (`efi`, `system`);
+/// the cap leaves room for format growth and keeps every per-payload check
+/// (threads, temporary files, lookups) small whatever a bundle declares.
+pub const MAX_PAYLOADS: usize = 64;
 /// The only dm-verity block size (data and hash) abkit writes and accepts.
 pub const VERITY_BLOCK_SIZE: u32 = 4096;
 
@@ -158,8 +164,9 @@ impl Manifest {
         self.payloads.iter().find(|p| p.name == name)
     }
 
-    /// Checks the rules the JSON schema cannot express: names, chunk counts,
-    /// sizes and verity parameters that agree with each other.
+    /// Checks the rules the JSON schema cannot express: payload count, names,
+    /// chunk counts, sizes and verity parameters that agree with each other.
+    /// Linear in the size of the manifest.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::ManifestInvalid(msg));
         if self.compatible.is_empty()
@@ -180,14 +187,21 @@ impl Manifest {
         if self.payloads.is_empty() {
             return bad("no payloads".into());
         }
-        for (i, p) in self.payloads.iter().enumerate() {
+        if self.payloads.len() > MAX_PAYLOADS {
+            return Err(Error::TooManyPayloads {
+                count: self.payloads.len(),
+                max: MAX_PAYLOADS,
+            });
+        }
+        let mut names = HashSet::with_capacity(self.payloads.len());
+        for p in &self.payloads {
             if !valid_name(&p.name) {
                 return bad(format!(
                     "payload name {:?} must match [a-z0-9_-]{{1,64}}",
                     p.name
                 ));
             }
-            if self.payloads[..i].iter().any(|q| q.name == p.name) {
+            if !names.insert(p.name.as_str()) {
                 return bad(format!("payload `{}` appears twice", p.name));
             }
             if p.compression == Compression::None && p.stored_size != p.size {

@@ -68,7 +68,7 @@ impl RawHead {
             .read_exact(&mut hb)
             .map_err(|e| Error::from_read(e, "header"))?;
         let header = Header::decode(&hb)?;
-        // manifest_len <= 16 MiB was checked by decode; still grow the buffer
+        // manifest_len <= MAX_MANIFEST_LEN was checked by decode; still grow the buffer
         // only as bytes arrive, so a short stream costs only what it sent.
         let mut manifest_bytes = Vec::with_capacity(header.manifest_len.min(64 * 1024) as usize);
         source
@@ -99,6 +99,19 @@ impl RawHead {
             manifest_bytes,
             signatures,
         })
+    }
+
+    /// SHA-256 of exactly the bytes every signature covers, as read:
+    /// `SIGNATURE_CONTEXT || header bytes 0..24 || manifest bytes` (see
+    /// [`format::signed_message`]). It identifies the signed content of a
+    /// bundle (not its signature set) without re-serialising the manifest.
+    pub fn signed_sha256(&self) -> [u8; 32] {
+        let header = self.header.encode();
+        let mut h = Sha256::new();
+        h.update(format::SIGNATURE_CONTEXT);
+        h.update(&header[..format::SIGNED_HEADER_LEN]);
+        h.update(&self.manifest_bytes);
+        h.finalize().into()
     }
 
     /// Status of every signature against `keyring` (all `Unchecked` without one).
@@ -171,6 +184,7 @@ pub struct BundleReader<R: Read> {
     source: R,
     manifest: Manifest,
     signer: KeyId,
+    signed_sha256: [u8; 32],
     next_index: usize,
     /// Stored bytes of the current payload not yet read from `source`.
     unread: u64,
@@ -189,6 +203,7 @@ impl<R: Read> BundleReader<R> {
             source,
             manifest,
             signer,
+            signed_sha256: raw.signed_sha256(),
             next_index: 0,
             unread: 0,
             end_checked: false,
@@ -204,6 +219,18 @@ impl<R: Read> BundleReader<R> {
     /// The key id of the trusted signature that was accepted.
     pub fn signer(&self) -> KeyId {
         self.signer
+    }
+
+    /// SHA-256 of the exact bytes the accepted signature covers, as they
+    /// came from the source: `SIGNATURE_CONTEXT` (`abkit-bundle-signature-v1\0`)
+    /// `|| header bytes 0..24 || manifest bytes`. Two bundles have the same
+    /// value exactly when their signed content is byte for byte the same
+    /// (signatures, which are not covered, may differ). This is what to
+    /// record about an installed bundle: unlike hashing
+    /// `manifest().to_json()`, it does not depend on how this version of
+    /// abkit would serialise the manifest.
+    pub fn signed_sha256(&self) -> [u8; 32] {
+        self.signed_sha256
     }
 
     /// The next payload in manifest order, or `None` after the last one (then

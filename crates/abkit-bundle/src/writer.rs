@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::format::{self, FORMAT_VERSION, Header, MAX_SIGNATURES};
+use crate::format::{self, FORMAT_VERSION, Header, MAX_MANIFEST_LEN, MAX_SIGNATURES};
 use crate::keys::SecretKey;
 use crate::manifest::{Compression, DEFAULT_CHUNK_SIZE, Digest, Manifest, PayloadEntry};
 use crate::verity::{VerityBuilder, VerityTree};
@@ -69,7 +69,16 @@ impl CreateOptions {
 
 /// Writes the header, manifest and one signature per key: the head of a
 /// bundle. The payloads' stored bytes must follow in manifest order.
+/// Refuses a manifest readers would refuse for its length
+/// ([`Error::ManifestSize`]): a larger chunk size makes it shorter.
 pub fn write_head(out: &mut impl Write, manifest_bytes: &[u8], keys: &[SecretKey]) -> Result<()> {
+    let manifest_len = manifest_bytes.len() as u64;
+    if manifest_len == 0 || manifest_len > MAX_MANIFEST_LEN {
+        return Err(Error::ManifestSize {
+            len: manifest_len,
+            max: MAX_MANIFEST_LEN,
+        });
+    }
     let signature_count = u32::try_from(keys.len()).unwrap_or(u32::MAX);
     if signature_count > MAX_SIGNATURES {
         return Err(Error::TooManySignatures {
@@ -92,10 +101,47 @@ pub fn write_head(out: &mut impl Write, manifest_bytes: &[u8], keys: &[SecretKey
     Ok(())
 }
 
-/// Builds and signs a bundle at `out` (written to a temporary file next to
-/// it, then renamed). `progress` receives byte counts as work proceeds; the
-/// total is about twice the sum of the input sizes (one analysis pass, one
-/// copy pass). Returns the manifest written.
+/// Mode of a written bundle: it is signed, not secret.
+pub const BUNDLE_MODE: u32 = 0o644;
+
+/// Refuses an output that is one of the inputs: the same device and inode,
+/// whatever the path (a symbolic link at either, a hard link, `..`).
+/// An output that does not exist yet is fine; an input that cannot be
+/// inspected is left to the code that opens it.
+pub fn check_output_not_input(output: &Path, inputs: &[&Path]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let out = match std::fs::metadata(output) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Error::InvalidInput(format!(
+                "cannot inspect output {}: {e}",
+                output.display()
+            )));
+        }
+    };
+    for input in inputs {
+        if let Ok(meta) = std::fs::metadata(input)
+            && meta.dev() == out.dev()
+            && meta.ino() == out.ino()
+        {
+            return Err(Error::OutputIsInput {
+                output: output.to_owned(),
+                input: input.to_path_buf(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Builds and signs a bundle at `out`: written to a temporary file in the
+/// same folder, given mode [`BUNDLE_MODE`], synced and renamed into place at
+/// the end, so a failure leaves no partial file and never touches an
+/// existing `out`. Refuses an `out` that is one of the payload inputs
+/// ([`Error::OutputIsInput`]; callers should check their key files with
+/// [`check_output_not_input`] too). `progress` receives byte counts as work
+/// proceeds; the total is about twice the sum of the input sizes (one
+/// analysis pass, one copy pass). Returns the manifest written.
 pub fn create_bundle(
     out: &Path,
     payloads: &[PayloadSpec],
@@ -113,6 +159,8 @@ pub fn create_bundle(
         )));
     }
     crate::manifest::check_chunk_size(opts.chunk_size)?;
+    let inputs: Vec<&Path> = payloads.iter().map(|p| p.path.as_path()).collect();
+    check_output_not_input(out, &inputs)?;
     for spec in payloads {
         if !crate::manifest::valid_name(&spec.name) {
             return Err(Error::InvalidInput(format!(
@@ -151,6 +199,11 @@ pub fn create_bundle(
     }
     for source in sources {
         source.copy_into(tmp.as_file_mut(), progress)?;
+    }
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(BUNDLE_MODE))?;
     }
     tmp.as_file().sync_all()?;
     tmp.persist(out).map_err(|e| Error::Io(e.error))?;

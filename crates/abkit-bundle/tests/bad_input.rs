@@ -323,7 +323,7 @@ fn absurd_sizes_are_refused_without_allocating_them() {
     assert!(matches!(f.error(&b), Error::ManifestSize { .. }));
     // Header claims exactly the largest allowed manifest, but the stream is short.
     let mut b = f.bytes[..HEADER_LEN].to_vec();
-    b[16..24].copy_from_slice(&(16u64 << 20).to_le_bytes());
+    b[16..24].copy_from_slice(&abkit_bundle::format::MAX_MANIFEST_LEN.to_le_bytes());
     b.extend_from_slice(&[b'{'; 100]);
     assert!(matches!(f.error(&b), Error::Truncated { section } if section == "manifest"));
     // Signed manifest with a payload size of u64::MAX and no chunks.

@@ -254,7 +254,8 @@ fn verify_failures_exit_nonzero_with_a_named_error() {
     );
     assert!(stdout.is_empty(), "{stdout}");
 
-    // extract of the corrupt bundle: efi is written (it verified), system is not.
+    // extract of the corrupt bundle: efi verified, system did not, so
+    // nothing at all is written (extract_leaves_nothing_... has more).
     let dest = s.p("out");
     let o = abkit(&[
         "bundle",
@@ -266,16 +267,7 @@ fn verify_failures_exit_nonzero_with_a_named_error() {
         dest.to_str().unwrap(),
     ]);
     assert!(!o.status.success());
-    assert!(dest.join("efi").exists());
-    let left: Vec<_> = std::fs::read_dir(&dest)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(
-        left,
-        vec![std::ffi::OsString::from("efi")],
-        "no partial system file remains"
-    );
+    assert!(!dest.exists(), "no output folder after a failed extract");
 
     std::fs::write(s.p("short.abb"), &bytes[..100]).unwrap();
     let o = abkit(&["bundle", "inspect", &s.s("short.abb")]);
@@ -360,4 +352,281 @@ fn every_bundle_command_has_help() {
         assert!(o.status.success(), "{sub:?}: {:?}", text(&o));
         assert!(text(&o).0.contains("Usage: abkit"), "{sub:?}");
     }
+}
+
+/// Every file in `dir`, sorted, for "nothing else was left behind" checks.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn create_refuses_an_output_that_is_an_input_and_leaves_it_intact() {
+    let s = Setup::new();
+    std::os::unix::fs::symlink(s.p("system.img"), s.p("link.abb")).unwrap();
+    std::fs::hard_link(s.p("boot.efi"), s.p("hard.abb")).unwrap();
+    let before = listing(s.dir.path());
+    let originals: Vec<_> = ["rel.key", "system.img", "boot.efi"]
+        .iter()
+        .map(|n| std::fs::read(s.p(n)).unwrap())
+        .collect();
+    for (out, input) in [
+        ("rel.key", "rel.key"),
+        ("system.img", "system.img"),
+        ("boot.efi", "boot.efi"),
+        ("link.abb", "system.img"),
+        ("hard.abb", "boot.efi"),
+        ("ring/../rel.key", "rel.key"),
+    ] {
+        let o = s.create(out, &[]);
+        let (stdout, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{out}: {stdout}{stderr}");
+        assert!(stderr.contains("[output-is-input]"), "{out}: {stderr}");
+        assert!(
+            stderr.contains(&format!("is the input file {}", s.s(input))),
+            "{out}: {stderr}"
+        );
+    }
+    for (name, bytes) in ["rel.key", "system.img", "boot.efi"].iter().zip(&originals) {
+        assert_eq!(&std::fs::read(s.p(name)).unwrap(), bytes, "{name} changed");
+    }
+    assert!(
+        std::fs::symlink_metadata(s.p("link.abb"))
+            .unwrap()
+            .is_symlink()
+    );
+    assert_eq!(listing(s.dir.path()), before, "no file added or removed");
+}
+
+#[test]
+fn a_bundle_is_written_0644_and_a_failed_create_keeps_the_old_one() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let s = Setup::new();
+    let o = s.create("b.abb", &[]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let mode = std::fs::metadata(s.p("b.abb"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o644, "bundles are public");
+    assert_eq!(
+        std::fs::metadata(s.p("rel.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600,
+        "the secret key stays private"
+    );
+    let old = std::fs::read(s.p("b.abb")).unwrap();
+    let before = listing(s.dir.path());
+    // Fails after the EFI payload was analysed: the system image is a folder.
+    std::fs::rename(s.p("system.img"), s.p("system.bak")).unwrap();
+    std::fs::create_dir(s.p("system.img")).unwrap();
+    let o = s.create("b.abb", &["--version", "2.0.0"]);
+    assert!(!o.status.success(), "{:?}", text(&o));
+    assert_eq!(
+        std::fs::read(s.p("b.abb")).unwrap(),
+        old,
+        "old bundle intact"
+    );
+    std::fs::remove_dir(s.p("system.img")).unwrap();
+    std::fs::rename(s.p("system.bak"), s.p("system.img")).unwrap();
+    assert_eq!(listing(s.dir.path()), before, "no temporary file left");
+}
+
+#[test]
+fn extract_leaves_nothing_behind_when_the_bundle_fails_verification() {
+    let s = Setup::new();
+    assert!(s.create("b.abb", &[]).status.success());
+    let good = std::fs::read(s.p("b.abb")).unwrap();
+    // Three ways to fail after efi (or every payload) verified.
+    let mut chunk = good.clone();
+    let at = chunk.len() - 300_000;
+    chunk[at] ^= 1;
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(b"junk");
+    let short = good[..good.len() - 10].to_vec();
+    let extract = |bundle: &str, out: &Path| {
+        abkit(&[
+            "bundle",
+            "extract",
+            &s.s(bundle),
+            "--keyring",
+            &s.s("ring"),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    for (name, bytes, code) in [
+        ("chunk.abb", &chunk, "[chunk-hash-mismatch]"),
+        ("trailing.abb", &trailing, "[trailing-data]"),
+        ("short.abb", &short, "[truncated]"),
+    ] {
+        std::fs::write(s.p(name), bytes).unwrap();
+        let before = listing(s.dir.path());
+
+        // --out does not exist yet: it must still not exist.
+        let fresh = s.p("fresh");
+        let o = extract(name, &fresh);
+        let (_, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.contains(code), "{name}: {stderr}");
+        assert!(!fresh.exists(), "{name}: {fresh:?} was created");
+        assert_eq!(
+            listing(s.dir.path()),
+            before,
+            "{name}: temporary files left"
+        );
+
+        // --out exists with a file of its own: exactly that file remains.
+        let existing = s.p("existing");
+        std::fs::create_dir_all(&existing).unwrap();
+        std::fs::write(existing.join("mine"), b"keep me").unwrap();
+        let o = extract(name, &existing);
+        assert_eq!(o.status.code(), Some(1), "{name}: {:?}", text(&o));
+        assert_eq!(listing(&existing), vec!["mine".to_string()], "{name}");
+        assert_eq!(std::fs::read(existing.join("mine")).unwrap(), b"keep me");
+    }
+
+    // The good bundle into the existing folder: payloads join the old file.
+    let existing = s.p("existing");
+    let o = extract("b.abb", &existing);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(listing(&existing), vec!["efi", "mine", "system"]);
+    assert_eq!(
+        std::fs::read(existing.join("efi")).unwrap(),
+        std::fs::read(s.p("boot.efi")).unwrap()
+    );
+    let (stdout, _) = text(&o);
+    assert_eq!(
+        stdout,
+        format!(
+            "{}\n{}\n",
+            existing.join("efi").display(),
+            existing.join("system").display()
+        )
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&existing.join("system")), 0o644);
+    // And into a new folder, which appears only complete.
+    let fresh = s.p("fresh");
+    assert!(extract("b.abb", &fresh).status.success());
+    assert_eq!(listing(&fresh), vec!["efi", "system"]);
+    assert_eq!(mode(&fresh), 0o755);
+}
+
+#[test]
+fn keygen_never_writes_through_a_symlink() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let s = Setup::new();
+    // A dangling link where the secret key would go: refused, by name.
+    std::os::unix::fs::symlink(s.p("stolen"), s.p("new.key")).unwrap();
+    let o = abkit(&["keygen", "--out", &s.s("new")]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}: already exists", s.s("new.key"))),
+        "{stderr}"
+    );
+    assert!(
+        !s.p("stolen").exists(),
+        "the secret key went through the link"
+    );
+    assert!(!s.p("new.pub").exists(), "no half pair");
+    // Same for the public key: the secret key made first is removed again.
+    std::fs::remove_file(s.p("new.key")).unwrap();
+    std::os::unix::fs::symlink(s.p("stolen.pub"), s.p("new.pub")).unwrap();
+    let o = abkit(&["keygen", "--out", &s.s("new")]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).1.contains("new.pub: already exists"),
+        "{:?}",
+        text(&o)
+    );
+    assert!(!s.p("new.key").exists() && !s.p("stolen.pub").exists());
+    // --force replaces the link itself; the file it points to is untouched.
+    std::fs::write(s.p("victim"), "precious").unwrap();
+    std::fs::remove_file(s.p("new.pub")).unwrap();
+    std::os::unix::fs::symlink(s.p("victim"), s.p("new.key")).unwrap();
+    let o = abkit(&["keygen", "--out", &s.s("new"), "--force"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(std::fs::read_to_string(s.p("victim")).unwrap(), "precious");
+    let meta = std::fs::symlink_metadata(s.p("new.key")).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let secret = std::fs::read_to_string(s.p("new.key")).unwrap();
+    assert!(secret.starts_with("abkit-ed25519-secret-key\n"));
+}
+
+#[test]
+fn json_failures_are_a_json_error_object_with_a_stable_code() {
+    let s = Setup::new();
+    assert!(s.create("b.abb", &[]).status.success());
+    let mut bad = std::fs::read(s.p("b.abb")).unwrap();
+    let at = bad.len() - 300_000;
+    bad[at] ^= 1;
+    std::fs::write(s.p("bad.abb"), &bad).unwrap();
+    // A 16 MB manifest in an unsigned head: refused from the header alone.
+    let mut huge = b"ABKITBDL".to_vec();
+    huge.extend_from_slice(&1u32.to_le_bytes());
+    huge.extend_from_slice(&0u32.to_le_bytes());
+    huge.extend_from_slice(&(16_000_000u64).to_le_bytes());
+    huge.extend_from_slice(&[0; 8]);
+    huge.resize(32 + 16_000_000, b' ');
+    std::fs::write(s.p("huge.abb"), &huge).unwrap();
+
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["verify", "bad.abb", "--keyring", "ring"],
+            "chunk-hash-mismatch",
+        ),
+        (
+            &["verify", "b.abb", "--keyring", "other-ring"],
+            "no-trusted-signature",
+        ),
+        (&["verify", "b.abb", "--keyring", "nope"], "keyring-missing"),
+        (&["verify", "missing.abb", "--keyring", "ring"], "io"),
+        (&["inspect", "huge.abb"], "manifest-size"),
+        (
+            &["inspect", "b.abb", "--keyring", "nope"],
+            "keyring-missing",
+        ),
+    ];
+    for (args, code) in cases {
+        let mut full = vec!["bundle".to_string(), args[0].to_string()];
+        full.extend(args[1..].iter().map(|a| {
+            if a.starts_with("--") {
+                a.to_string()
+            } else {
+                s.s(a)
+            }
+        }));
+        full.push("--json".into());
+        let start = std::time::Instant::now();
+        let o = abkit(&full.iter().map(String::as_str).collect::<Vec<_>>());
+        let (stdout, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {stdout}{stderr}");
+        let v: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: stdout is not JSON ({e}): {stdout}"));
+        assert_eq!(v["ok"], false, "{args:?}");
+        assert_eq!(v["error"]["code"], code, "{args:?}: {stdout}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(!message.is_empty());
+        assert!(stderr.starts_with("abkit: error: "), "{stderr}");
+        if code == "manifest-size" {
+            assert!(message.contains("1048576"), "{message}");
+            assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        }
+    }
+    // Success still says ok, for both.
+    let o = abkit(&["bundle", "inspect", &s.s("b.abb"), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], true);
 }

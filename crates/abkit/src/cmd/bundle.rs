@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use abkit_bundle::{
@@ -32,8 +33,9 @@ pub enum BundleCommand {
     Inspect(InspectArgs),
     /// Verify the bundle and write each payload to DIR/<payload name>.
     ///
-    /// Each payload is written to a hidden temporary file and renamed only
-    /// after its hash matched, so DIR never holds an unverified payload.
+    /// Payloads are written into a hidden temporary folder and moved to DIR
+    /// only after every payload and the end of the bundle verified: if
+    /// anything fails, DIR gets nothing (and is not created).
     Extract(ExtractArgs),
 }
 
@@ -70,7 +72,8 @@ pub struct CreateArgs {
     /// Creation time in seconds since the epoch (default: now; set it for reproducible bundles).
     #[arg(long, value_name = "SECONDS")]
     created: Option<u64>,
-    /// Output bundle file.
+    /// Output bundle file (mode 0644; written to a temporary file in the same
+    /// folder and renamed at the end). Must not be one of the inputs.
     #[arg(short, long, value_name = "FILE.abb")]
     out: PathBuf,
 }
@@ -82,7 +85,8 @@ pub struct VerifyArgs {
     /// Folder of trusted public keys (*.pub).
     #[arg(long, value_name = "DIR")]
     keyring: PathBuf,
-    /// Print the result as JSON on standard output.
+    /// Print the result as JSON on standard output; a failure too, as
+    /// `{"ok": false, "error": {"code": ..., "message": ...}}` (exit status 1).
     #[arg(long)]
     json: bool,
 }
@@ -94,7 +98,8 @@ pub struct InspectArgs {
     /// Also check each signature against this folder of public keys.
     #[arg(long, value_name = "DIR")]
     keyring: Option<PathBuf>,
-    /// Print manifest and signatures as JSON.
+    /// Print manifest and signatures as JSON; a failure too, as
+    /// `{"ok": false, "error": {"code": ..., "message": ...}}` (exit status 1).
     #[arg(long)]
     json: bool,
 }
@@ -112,17 +117,72 @@ pub struct ExtractArgs {
 }
 
 pub fn run(cmd: BundleCommand) -> anyhow::Result<()> {
-    match cmd {
+    let json = match &cmd {
+        BundleCommand::Verify(a) => a.json,
+        BundleCommand::Inspect(a) => a.json,
+        BundleCommand::Create(_) | BundleCommand::Extract(_) => false,
+    };
+    let result = match cmd {
         BundleCommand::Create(a) => create(a),
         BundleCommand::Verify(a) => verify(a),
         BundleCommand::Inspect(a) => inspect(a),
         BundleCommand::Extract(a) => extract(a),
+    };
+    if json && let Err(err) = &result {
+        // Scripts asked for JSON: they get the failure as JSON on stdout too
+        // (the message still goes to stderr and the exit status is 1).
+        println!("{}", serde_json::to_string_pretty(&json_error(err))?);
+    }
+    result
+}
+
+/// A bundle library error with its stable code in front, e.g.
+/// `[chunk-hash-mismatch] payload ...`; kept typed so `--json` can report
+/// the code.
+#[derive(Debug)]
+struct Coded(abkit_bundle::Error);
+
+impl std::fmt::Display for Coded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}] {}", self.0.code(), self.0)
     }
 }
 
+// No source(): the message already carries the library error's text.
+impl std::error::Error for Coded {}
+
 /// Adds the error's stable code, e.g. `[chunk-hash-mismatch] payload ...`.
 fn coded(err: abkit_bundle::Error) -> anyhow::Error {
-    anyhow::anyhow!("[{}] {err}", err.code())
+    anyhow::Error::new(Coded(err))
+}
+
+/// The stable code of a failure: the bundle library's code (see
+/// docs/bundle-format.md), `io` for a file that cannot be read, `error`
+/// for anything else.
+fn error_code(err: &anyhow::Error) -> &'static str {
+    if let Some(Coded(e)) = err.chain().find_map(|c| c.downcast_ref::<Coded>()) {
+        return e.code();
+    }
+    if err.chain().any(|c| c.is::<io::Error>()) {
+        return "io";
+    }
+    "error"
+}
+
+/// `{"ok": false, "error": {"code": ..., "message": ...}}`.
+fn json_error(err: &anyhow::Error) -> serde_json::Value {
+    let mut message = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message.push_str(": ");
+            message.push_str(&cause);
+        }
+    }
+    serde_json::json!({
+        "ok": false,
+        "error": {"code": error_code(err), "message": message},
+    })
 }
 
 fn open_source(path: &Path) -> anyhow::Result<Box<dyn Read>> {
@@ -144,6 +204,10 @@ fn load_keyring(dir: &Path) -> anyhow::Result<Keyring> {
 }
 
 fn create(a: CreateArgs) -> anyhow::Result<()> {
+    // The output must not be an input: not the release key, not an image.
+    let mut inputs = vec![a.efi.as_path(), a.system.as_path()];
+    inputs.extend(a.keys.iter().map(PathBuf::as_path));
+    abkit_bundle::writer::check_output_not_input(&a.out, &inputs).map_err(coded)?;
     let keys = a
         .keys
         .iter()
@@ -286,8 +350,10 @@ fn inspect(a: InspectArgs) -> anyhow::Result<()> {
             })
             .collect();
         let doc = serde_json::json!({
+            "ok": true,
             "format_version": head.raw.header.format_version,
             "manifest_len": head.raw.header.manifest_len,
+            "signed_sha256": hex::encode(head.raw.signed_sha256()),
             "created_rfc3339": created_text(head.manifest.created),
             "manifest": head.manifest,
             "signatures": sigs,
@@ -348,31 +414,106 @@ fn extract(a: ExtractArgs) -> anyhow::Result<()> {
     let mut reader = BundleReader::open(source, &keyring)
         .map_err(coded)
         .with_context(|| format!("bundle {} failed verification", a.bundle.display()))?;
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let mut perms = std::fs::metadata(&a.out)?.permissions();
-    while let Some(payload) = reader.next_payload().map_err(coded)? {
+    let staging = Staging::new(&a.out)?;
+    let mut names = Vec::new();
+    while let Some(payload) = reader
+        .next_payload()
+        .map_err(coded)
+        .with_context(|| format!("bundle {} failed verification", a.bundle.display()))?
+    {
         // Names are [a-z0-9_-]{1,64} (checked by the manifest parser): safe as file names.
         let name = payload.entry().name.clone();
-        let final_path = a.out.join(&name);
-        let mut tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .tempfile_in(&a.out)
-            .with_context(|| format!("cannot create a file in {}", a.out.display()))?;
+        let path = staging.dir.path().join(&name);
+        // Payloads are not secret: the usual file mode.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
         // write_to hands over whole verified chunks: one write per chunk.
         payload
-            .write_to(tmp.as_file_mut())
+            .write_to(&mut file)
             .map_err(coded)
             .with_context(|| format!("payload `{name}` failed verification; nothing written"))?;
-        // Payloads are not secret: the usual file mode, not tempfile's 0600.
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
-        tmp.as_file().set_permissions(perms.clone())?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(&final_path)
-            .with_context(|| format!("cannot write {}", final_path.display()))?;
-        println!("{}", final_path.display());
+        file.sync_all()?;
+        names.push(name);
+    }
+    // next_payload returned None: every payload and the end of the bundle
+    // checked out. Only now does anything appear under --out.
+    for path in staging.publish(&names)? {
+        println!("{}", path.display());
     }
     Ok(())
+}
+
+/// A hidden folder that payloads are extracted into, on the same file
+/// system as the output folder; removed with its contents when dropped, so
+/// a bundle that fails verification leaves nothing behind.
+struct Staging {
+    dir: tempfile::TempDir,
+    out: PathBuf,
+    /// `out` exists: the staging folder is inside it and its files are
+    /// renamed into it; otherwise the staging folder is renamed to `out`.
+    out_exists: bool,
+}
+
+impl Staging {
+    fn new(out: &Path) -> anyhow::Result<Staging> {
+        let out_exists = match std::fs::metadata(out) {
+            Ok(meta) if meta.is_dir() => true,
+            Ok(_) => anyhow::bail!("--out {} exists and is not a folder", out.display()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot inspect {}", out.display()));
+            }
+        };
+        let parent = if out_exists {
+            out.to_owned()
+        } else {
+            let parent = match out.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+                _ => PathBuf::from("."),
+            };
+            std::fs::create_dir_all(&parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+            parent
+        };
+        let dir = tempfile::Builder::new()
+            .prefix(".abkit-extract-")
+            .tempdir_in(&parent)
+            .with_context(|| format!("cannot create a folder in {}", parent.display()))?;
+        Ok(Staging {
+            dir,
+            out: out.to_owned(),
+            out_exists,
+        })
+    }
+
+    /// Moves the verified payloads to `out`; returns their final paths.
+    fn publish(self, names: &[String]) -> anyhow::Result<Vec<PathBuf>> {
+        let finals: Vec<PathBuf> = names.iter().map(|n| self.out.join(n)).collect();
+        if self.out_exists {
+            for (name, target) in names.iter().zip(&finals) {
+                std::fs::rename(self.dir.path().join(name), target)
+                    .with_context(|| format!("cannot write {}", target.display()))?;
+            }
+            // self.dir (now empty) is removed on drop.
+        } else {
+            std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755))?;
+            let dir = self.dir.keep();
+            if let Err(e) = std::fs::rename(&dir, &self.out) {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e).with_context(|| format!("cannot create {}", self.out.display()));
+            }
+        }
+        if let Ok(dir) = File::open(&self.out) {
+            // Make the renames durable; a failure here changes nothing verified.
+            let _ = dir.sync_all();
+        }
+        Ok(finals)
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@ pub struct KeygenArgs {
     /// One line of text stored as a `#` comment in both files (e.g. who owns the key).
     #[arg(long)]
     comment: Option<String>,
-    /// Replace existing files instead of refusing.
+    /// Replace existing files instead of refusing (a symbolic link at either
+    /// name is replaced by the new file, never written through).
     #[arg(long)]
     force: bool,
 }
