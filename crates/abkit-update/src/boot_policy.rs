@@ -11,7 +11,7 @@
 
 use abkit_disk::{EspLocation, FALLBACK_LOADER_PATH, Slot, slot_load_option};
 use abkit_efi::boot::{BootManager, entry_boots};
-use abkit_efi::boot_vars::{self, BOOT_NEXT, BOOT_ORDER};
+use abkit_efi::boot_vars::{BOOT_NEXT, BOOT_ORDER};
 use abkit_efi::{VarName, VarStore};
 
 use crate::machine::{Machine, write_atomically};
@@ -65,32 +65,29 @@ fn slot_index(slot: Slot) -> usize {
 /// Reads the boot variables of `vars` as the policy sees them.
 pub fn read_vars(vars: &mut dyn VarStore, esp: &EspLocation) -> Result<BootState> {
     let mut state = BootState::default();
-    let raw_order = vars.get(&VarName::global(BOOT_ORDER))?.map(|v| v.data);
-    if let Some(data) = raw_order {
-        if data.len() % 2 != 0 {
-            state.boot_order_malformed = true;
-            state.problems.push(format!(
-                "BootOrder is {} bytes (an odd length): keeping its {} readable entries",
-                data.len(),
-                data.len() / 2
-            ));
-        }
-        state.boot_order = data
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
-    }
-    if let Some(data) = vars.get(&VarName::global(BOOT_NEXT))?.map(|v| v.data) {
-        match boot_vars::decode_u16(BOOT_NEXT, &data) {
-            Ok(n) => state.boot_next = Some(n),
-            Err(e) => {
-                state.boot_next_malformed = true;
-                state.problems.push(format!("{e}: ignoring it"));
-            }
-        }
-    }
     let bm = BootManager::new(vars);
+    let (order, problem) = bm.boot_order_repairable()?;
+    state.boot_order = order;
+    if let Some(problem) = problem {
+        state.boot_order_malformed = true;
+        state.problems.push(format!(
+            "{problem}: keeping its {} readable entries",
+            state.boot_order.len()
+        ));
+    }
+    let (next, problem) = bm.boot_next_lenient()?;
+    state.boot_next = next;
+    if let Some(problem) = problem {
+        state.boot_next_malformed = true;
+        state.problems.push(format!("{problem}: ignoring it"));
+    }
     let all = bm.entries()?;
+    for odd in &all.noncompliant {
+        state.problems.push(format!(
+            "{} is not a valid boot entry name ({}): never used",
+            odd.name, odd.reason
+        ));
+    }
     for skipped in &all.skipped {
         state.problems.push(format!(
             "Boot{:04X} does not decode ({}): skipped",

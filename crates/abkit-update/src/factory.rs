@@ -207,6 +207,7 @@ pub fn build_from_bundle(
     };
     let mut bundle = BundleReader::open(BufReader::new(bundle_file), keyring)?;
     let manifest = bundle.manifest().clone();
+    let signed_sha256 = bundle.signed_sha256();
     let signer = bundle.signer().to_string();
     check_manifest(&manifest, layout.as_ref())?;
     let mut vars = match &options.ovmf_vars {
@@ -287,7 +288,7 @@ pub fn build_from_bundle(
     let disk = DiskImage::open(&built)?;
     step(rep, Step::CheckSystem, "reading slot A back");
     check_slot_a(&disk, system.size, &system.sha256.to_string(), rep)?;
-    let mut record = SlotRecord::for_bundle(&manifest, SlotState::Installed);
+    let mut record = SlotRecord::for_bundle(&manifest, signed_sha256, SlotState::Installed);
     let esp = if options.seed.is_some() {
         record.installed_at = Some(manifest.created);
         disk.esp_fixed_time()?

@@ -134,6 +134,7 @@ pub fn install(
     let running_record = read_record(m.esp(), running)?;
     let mut bundle = BundleReader::open(source, keyring)?;
     let manifest = bundle.manifest().clone();
+    let signed_sha256 = bundle.signed_sha256();
     check_bundle(&manifest, &running_record, opts)?;
     let (system, efi) = payloads::check_manifest(&manifest)?;
     let capacity = m.slot_device(target)?.size();
@@ -236,7 +237,7 @@ pub fn install(
     );
 
     // 5. Record what the slot holds; only then can it be armed.
-    let record = SlotRecord::for_bundle(&manifest, SlotState::Installed);
+    let record = SlotRecord::for_bundle(&manifest, signed_sha256, SlotState::Installed);
     write_record(m.esp(), target, &record)?;
     step(
         rep,

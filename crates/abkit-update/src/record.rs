@@ -44,7 +44,8 @@ pub struct SlotRecord {
     pub compatible: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<semver::Version>,
-    /// SHA-256 of the bundle's signed manifest: names the bundle exactly.
+    /// SHA-256 of the bundle's signed bytes (header and manifest, exactly
+    /// as the signatures cover them): names the bundle exactly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,14 +80,20 @@ impl SlotRecord {
         }
     }
 
-    /// The record of a slot that now holds the payloads of `manifest`.
-    pub fn for_bundle(manifest: &abkit_bundle::Manifest, state: SlotState) -> SlotRecord {
+    /// The record of a slot that now holds the payloads of `manifest`;
+    /// `signed_sha256` is [`abkit_bundle::BundleReader::signed_sha256`]:
+    /// the hash of the bytes the signatures covered, as read.
+    pub fn for_bundle(
+        manifest: &abkit_bundle::Manifest,
+        signed_sha256: [u8; 32],
+        state: SlotState,
+    ) -> SlotRecord {
         let system = manifest.payload("system");
         SlotRecord {
             state,
             compatible: Some(manifest.compatible.clone()),
             version: Some(manifest.version.clone()),
-            bundle_sha256: Some(manifest_sha256(manifest)),
+            bundle_sha256: Some(hex::encode(signed_sha256)),
             system_size: system.map(|p| p.size),
             system_sha256: system.map(|p| p.sha256.to_string()),
             verity_root_hash: system
@@ -102,13 +109,6 @@ impl SlotRecord {
     pub fn was_good(&self) -> bool {
         self.state == SlotState::Good
     }
-}
-
-/// SHA-256 of the manifest as signed content: names the bundle.
-pub fn manifest_sha256(manifest: &abkit_bundle::Manifest) -> String {
-    use sha2::Digest;
-    let bytes = manifest.to_json().unwrap_or_default();
-    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// Path of a slot's record on the ESP.

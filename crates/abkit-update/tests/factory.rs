@@ -14,7 +14,7 @@ use abkit_efi::OvmfVarsFile;
 use abkit_update::factory::{BundleBuildOptions, build_from_bundle};
 use abkit_update::offline::{ImageEsp, OfflineMachine};
 use abkit_update::progress::{Collect, Event, Silent, Step};
-use abkit_update::record::{SlotState, manifest_sha256, read_record};
+use abkit_update::record::{SlotState, read_record};
 use abkit_update::{InstallOptions, UpdateError, install, status};
 use common::*;
 
@@ -142,7 +142,10 @@ fn slot_a_holds_what_an_install_of_the_bundle_writes_and_says_so() {
         record.version.as_ref().map(|v| v.to_string()).as_deref(),
         Some("1.4.0")
     );
-    assert_eq!(record.bundle_sha256, Some(manifest_sha256(&manifest)));
+    let signed = BundleReader::open(std::fs::File::open(&bundle).unwrap(), &rig.keyring)
+        .unwrap()
+        .signed_sha256();
+    assert_eq!(record.bundle_sha256, Some(hex::encode(signed)));
     assert_eq!(record.system_size, Some(system.len() as u64));
     assert_eq!(
         record.system_sha256,

@@ -5,7 +5,7 @@ mod common;
 
 use abkit_disk::Slot;
 use abkit_efi::boot::BootManager;
-use abkit_efi::{VarName, VarStore, Variable};
+use abkit_efi::{VarName, Variable};
 use abkit_update::fault::PowerCut;
 use abkit_update::progress::Silent;
 use abkit_update::record::{SlotState, read_record, record_copy_path, record_path};
