@@ -49,6 +49,14 @@ pub enum DiskError {
     /// The output is one of the inputs (building would destroy it).
     #[error("the output {0} is also an input file")]
     OutputIsInput(PathBuf),
+    /// An input (the loader or the system image) is neither a regular file
+    /// nor a block device: a FIFO would block the build forever, a
+    /// character device such as `/dev/null` reads as nothing.
+    #[error("the {what} {path} is neither a regular file nor a block device")]
+    InputNotFileOrBlockDevice { what: &'static str, path: PathBuf },
+    /// The system image has no bytes: slot A would be empty yet active.
+    #[error("the system image {0} is empty (0 bytes)")]
+    EmptySystemImage(PathBuf),
     /// The output exists and is neither a regular file nor a block device.
     #[error("{0} is neither a regular file nor a block device")]
     NotFileOrBlockDevice(PathBuf),

@@ -210,3 +210,57 @@ fn build_with_ovmf_vars_reports_the_boot_entries() {
     );
     assert!(listing.contains("abkit slot A"), "{listing}");
 }
+
+/// Runs abkit, killing it (and failing) if it has not finished in 20 s.
+fn abkit_within_seconds(args: &[&str], dir: &Path) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_abkit"))
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(20) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("abkit {args:?} did not finish within 20 s (hangs)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn an_empty_or_special_system_image_is_refused() {
+    let dir = setup();
+    std::fs::write(dir.path().join("empty.img"), b"").unwrap();
+    let made = Command::new("mkfifo")
+        .arg(dir.path().join("system.fifo"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let cases = [
+        ("empty.img", "the system image empty.img is empty (0 bytes)"),
+        (
+            "/dev/null",
+            "the system image /dev/null is neither a regular file nor a block device",
+        ),
+        (
+            "system.fifo",
+            "the system image system.fifo is neither a regular file nor a block device",
+        ),
+    ];
+    for (system, expected) in cases {
+        let mut args = vec![
+            "image", "build", "--loader", "boot.efi", "--system", system, "-o", "disk.img",
+        ];
+        args.extend(SMALL);
+        let out = abkit_within_seconds(&args, dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{system}: succeeded");
+        assert!(stderr.contains(expected), "{system}: {stderr}");
+        assert!(!dir.path().join("disk.img").exists(), "{system}: output");
+    }
+}
