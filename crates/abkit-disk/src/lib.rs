@@ -15,6 +15,7 @@ mod sparse;
 mod boot_entries;
 mod build;
 mod esp;
+mod fat_guard;
 mod fat_time;
 mod sys;
 
@@ -22,7 +23,7 @@ pub use boot_entries::{
     InstalledEntries, entry_description, install_boot_entries, slot_load_option,
 };
 pub use build::{BuildOptions, BuildReport, EspFile, build};
-pub use error::DiskError;
+pub use error::{ChainProblem, DiskError};
 pub use esp::{Esp, EspEntry, TEMP_SUFFIX};
 pub use image::{DiskImage, EspLocation, Partition, PartitionRole, Slot};
 pub use inspect::USED_PART_BLOCK;
