@@ -341,6 +341,20 @@ impl Esp {
         Ok(self.check(&components(path)?)?.is_some())
     }
 
+    /// The size of the file at `path`, `None` if there is none, without
+    /// reading its contents (its cluster chain is checked, so a `Some`
+    /// file reads back whole). A directory at `path` is an error.
+    pub fn file_size(&self, path: &str) -> Result<Option<u64>> {
+        match self.check(&components(path)?)? {
+            None => Ok(None),
+            Some(entry) if entry.is_dir => Err(DiskError::Fat {
+                context: format!("size of {path}"),
+                source: io::Error::new(io::ErrorKind::IsADirectory, "it is a directory"),
+            }),
+            Some(entry) => Ok(Some(entry.size)),
+        }
+    }
+
     /// The bytes of the file at `path`.
     pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {
         let names = components(path)?;

@@ -163,6 +163,11 @@ fn a_looping_directory_chain_is_an_error_naming_it_for_every_operation() {
         "exists",
     );
     assert_chain_error(
+        esp_op(&disk, "file_size", |esp| esp.file_size(LOADER_PATH_B)),
+        dir,
+        "file_size",
+    );
+    assert_chain_error(
         esp_op(&disk, "write_file", |esp| {
             esp.write_file(LOADER_PATH_B, b"new loader")
         }),
