@@ -63,6 +63,9 @@ pub enum DiskError {
     /// The disk has no readable GPT.
     #[error("{path}: no valid GPT partition table: {reason}")]
     NoGpt { path: PathBuf, reason: String },
+    /// A damaged GPT copy could not be rewritten from the good one.
+    #[error("{path}: cannot repair the GPT: {reason}")]
+    GptRepair { path: PathBuf, reason: String },
     /// A partition with a required type GUID is absent.
     #[error("no {role} partition (type GUID {type_guid})")]
     MissingPartition {

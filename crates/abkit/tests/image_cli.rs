@@ -264,3 +264,68 @@ fn an_empty_or_special_system_image_is_refused() {
         assert!(!dir.path().join("disk.img").exists(), "{system}: output");
     }
 }
+
+#[test]
+fn inspect_shows_a_damaged_gpt_copy() {
+    let dir = setup();
+    let mut args = vec![
+        "image",
+        "build",
+        "--loader",
+        "boot.efi",
+        "--system",
+        "system.img",
+        "-o",
+        "disk.img",
+    ];
+    args.extend(SMALL);
+    assert!(abkit(&args, dir.path()).status.success());
+    // Flip a byte of the backup GPT header (the disk's last sector).
+    let disk = dir.path().join("disk.img");
+    let mut bytes = std::fs::read(&disk).unwrap();
+    let at = bytes.len() - 512 + 40;
+    bytes[at] ^= 0x55;
+    std::fs::write(&disk, &bytes).unwrap();
+
+    let out = abkit(&["image", "inspect", "disk.img"], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let warning = stdout
+        .lines()
+        .find(|l| l.starts_with("warning: "))
+        .unwrap_or_else(|| panic!("no warning line:\n{stdout}"));
+    assert!(
+        warning.starts_with("warning: the backup GPT is damaged (header CRC32 ")
+            && warning.ends_with("); using the primary GPT"),
+        "{warning}"
+    );
+
+    let out = abkit(&["image", "inspect", "--json", "disk.img"], dir.path());
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warnings = report["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{report}");
+    assert_eq!(warnings[0]["kind"], "gpt-copy-damaged");
+    assert_eq!(warnings[0]["copy"], "backup");
+    assert_eq!(warnings[0]["used"], "primary");
+    assert_eq!(warnings[0]["damage"]["kind"], "header-crc");
+    assert_eq!(
+        warnings[0]["message"].as_str().unwrap(),
+        &warning["warning: ".len()..]
+    );
+    assert_eq!(report["partitions"].as_array().unwrap().len(), 4);
+
+    // The untouched disk has none.
+    std::fs::write(&disk, {
+        bytes[at] ^= 0x55;
+        &bytes
+    })
+    .unwrap();
+    let out = abkit(&["image", "inspect", "--json", "disk.img"], dir.path());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["warnings"], serde_json::json!([]));
+}
