@@ -344,12 +344,13 @@ pub(crate) fn repair(file: &File, path: &Path, size: u64) -> Result<Option<GptCo
             } else {
                 sectors - 1
             };
-            (at, 1, at - entry_sectors)
+            // 0 (never valid: LBA 0 is the MBR) when it does not fit.
+            (at, 1, at.saturating_sub(entry_sectors))
         }
     };
     let fits = match copy {
         GptCopy::Primary => entries_lba + entry_sectors <= h.first_usable,
-        GptCopy::Backup => entries_lba > h.last_usable,
+        GptCopy::Backup => entries_lba > h.last_usable && entries_lba >= 2,
     };
     if !fits {
         return Err(DiskError::GptRepair {
