@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -121,6 +121,35 @@ fn size_of(file: &mut File, path: &Path) -> Result<u64> {
 fn is_all_zero(bytes: &[u8]) -> bool {
     // OR-fold without early exit: the compiler vectorizes it.
     bytes.iter().fold(0u8, |acc, &b| acc | b) == 0
+}
+
+/// Opens an input that must be a regular file or a block device. The type
+/// is checked on the path before opening (opening a FIFO for reading blocks
+/// until a writer comes), and again on the open file (O_NONBLOCK, so that a
+/// FIFO swapped in between cannot block either).
+fn open_input(path: &Path, what: &'static str) -> Result<File> {
+    let refuse = || DiskError::InputNotFileOrBlockDevice {
+        what,
+        path: path.to_path_buf(),
+    };
+    let is_file_or_block = |kind: std::fs::FileType| kind.is_file() || kind.is_block_device();
+    let meta = std::fs::metadata(path)
+        .map_err(DiskError::io(format!("open the {what} {}", path.display())))?;
+    if !is_file_or_block(meta.file_type()) {
+        return Err(refuse());
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(crate::sys::O_NONBLOCK)
+        .open(path)
+        .map_err(DiskError::io(format!("open the {what} {}", path.display())))?;
+    let meta = file
+        .metadata()
+        .map_err(DiskError::io(format!("open the {what} {}", path.display())))?;
+    if !is_file_or_block(meta.file_type()) {
+        return Err(refuse());
+    }
+    Ok(file)
 }
 
 /// Checks the output path: returns the target kind and, for a block
@@ -336,20 +365,20 @@ fn copy_system(system: &mut File, out: &File, offset: u64, target: Target) -> Re
 /// Builds the disk described by `options`. Nothing is written to the
 /// output before every input has been checked.
 pub fn build(options: &BuildOptions) -> Result<BuildReport> {
-    let loader_bytes = std::fs::read(&options.loader).map_err(DiskError::io(format!(
-        "read the loader {}",
-        options.loader.display()
-    )))?;
+    let mut loader_file = open_input(&options.loader, "loader")?;
+    let mut loader_bytes = Vec::new();
+    loader_file
+        .read_to_end(&mut loader_bytes)
+        .map_err(DiskError::io(format!(
+            "read the loader {}",
+            options.loader.display()
+        )))?;
     pe::check_efi_application(&loader_bytes)?;
-    let loader_file = File::open(&options.loader).map_err(DiskError::io(format!(
-        "open the loader {}",
-        options.loader.display()
-    )))?;
-    let mut system = File::open(&options.system).map_err(DiskError::io(format!(
-        "open the system image {}",
-        options.system.display()
-    )))?;
+    let mut system = open_input(&options.system, "system image")?;
     let system_size = size_of(&mut system, &options.system)?;
+    if system_size == 0 {
+        return Err(DiskError::EmptySystemImage(options.system.clone()));
+    }
 
     let (target, device_size) = check_output(options, &[&loader_file, &system])?;
     let mut vars = match &options.ovmf_vars {

@@ -49,12 +49,23 @@ pub enum DiskError {
     /// The output is one of the inputs (building would destroy it).
     #[error("the output {0} is also an input file")]
     OutputIsInput(PathBuf),
+    /// An input (the loader or the system image) is neither a regular file
+    /// nor a block device: a FIFO would block the build forever, a
+    /// character device such as `/dev/null` reads as nothing.
+    #[error("the {what} {path} is neither a regular file nor a block device")]
+    InputNotFileOrBlockDevice { what: &'static str, path: PathBuf },
+    /// The system image has no bytes: slot A would be empty yet active.
+    #[error("the system image {0} is empty (0 bytes)")]
+    EmptySystemImage(PathBuf),
     /// The output exists and is neither a regular file nor a block device.
     #[error("{0} is neither a regular file nor a block device")]
     NotFileOrBlockDevice(PathBuf),
     /// The disk has no readable GPT.
     #[error("{path}: no valid GPT partition table: {reason}")]
     NoGpt { path: PathBuf, reason: String },
+    /// A damaged GPT copy could not be rewritten from the good one.
+    #[error("{path}: cannot repair the GPT: {reason}")]
+    GptRepair { path: PathBuf, reason: String },
     /// A partition with a required type GUID is absent.
     #[error("no {role} partition (type GUID {type_guid})")]
     MissingPartition {
@@ -90,6 +101,33 @@ pub enum DiskError {
     /// The ESP has no such file.
     #[error("ESP file {0} not found")]
     EspFileNotFound(String),
+    /// The cluster chain of an ESP file or directory is damaged (`path` is
+    /// `\` for the root directory). Nothing was changed.
+    #[error("ESP: cluster chain of {path} {problem}")]
+    BadClusterChain { path: String, problem: ChainProblem },
+}
+
+/// What is wrong with a cluster chain in the ESP's FAT.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainProblem {
+    /// The chain comes back to a cluster it already passed.
+    #[error("loops (back to cluster {cluster})")]
+    Loops { cluster: u32 },
+    /// A link names a cluster number outside the volume (or a reserved one).
+    #[error("points to cluster {cluster}, outside the volume")]
+    OutOfRange { cluster: u32 },
+    /// A link leads to a cluster the FAT marks free.
+    #[error("runs into a free cluster after cluster {after}")]
+    Free { after: u32 },
+    /// A link leads to a cluster the FAT marks bad.
+    #[error("runs into a bad cluster after cluster {after}")]
+    Bad { after: u32 },
+    /// A directory longer than FAT's limit of 65,536 entries.
+    #[error("is {clusters} clusters long, more than a directory may be")]
+    DirectoryTooLong { clusters: u64 },
+    /// A file's chain has fewer clusters than its size needs.
+    #[error("has {clusters} clusters, too few for its {size} bytes")]
+    TooShort { clusters: u64, size: u64 },
 }
 
 impl DiskError {

@@ -3,6 +3,12 @@
 //! Paths use `\` or `/` (`\EFI\abkit\boot-a.efi`); FAT compares names
 //! without regard to case. Each change is flushed to the disk before the
 //! call returns.
+//!
+//! The FAT library (`fatfs`) follows cluster chains without a bound, so
+//! every operation first checks the chains of the paths it touches with a
+//! bounded walk (`fat_guard`): a damaged FAT gives
+//! [`DiskError::BadClusterChain`] naming the file or directory, never a
+//! hang, and nothing is written.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -14,6 +20,7 @@ use std::sync::Arc;
 use fatfs::{FileSystem, FsOptions, TimeProvider};
 use serde::Serialize;
 
+use crate::fat_guard::{FatGuard, Geometry, RawEntry};
 use crate::sparse::{Slice, SparseDisk};
 use crate::{DiskError, Result};
 
@@ -33,7 +40,7 @@ pub(crate) enum Storage {
 }
 
 impl Storage {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         match self {
             Storage::File(f) => f.read_exact_at(buf, offset),
             Storage::Memory(m) => {
@@ -114,44 +121,6 @@ impl Seek for StorageStream {
     }
 }
 
-/// The FAT32 geometry fields we need for raw fix-ups (boot sector offsets:
-/// BytesPerSector u16 at 11, SectorsPerCluster u8 at 13, ReservedSectors
-/// u16 at 14, NumFATs u8 at 16, FATSize32 u32 at 36).
-#[derive(Debug, Clone, Copy)]
-struct Geometry {
-    fat_offset: u64,
-    fat_bytes: u64,
-    data_offset: u64,
-    cluster_bytes: u64,
-}
-
-impl Geometry {
-    fn read(storage: &Storage, esp_start: u64) -> io::Result<Geometry> {
-        let mut boot = [0u8; 512];
-        storage.read_at(&mut boot, esp_start)?;
-        let u16_at = |at: usize| u64::from(u16::from_le_bytes([boot[at], boot[at + 1]]));
-        let u32_at =
-            |at: usize| u32::from_le_bytes([boot[at], boot[at + 1], boot[at + 2], boot[at + 3]]);
-        let sector = u16_at(11);
-        let per_cluster = u64::from(boot[13]);
-        let reserved = u16_at(14);
-        let fats = u64::from(boot[16]);
-        let fat_sectors = u64::from(u32_at(36));
-        if sector == 0 || per_cluster == 0 || fats == 0 || fat_sectors == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "not a FAT32 boot sector",
-            ));
-        }
-        Ok(Geometry {
-            fat_offset: esp_start + reserved * sector,
-            fat_bytes: fat_sectors * sector,
-            data_offset: esp_start + (reserved + fats * fat_sectors) * sector,
-            cluster_bytes: per_cluster * sector,
-        })
-    }
-}
-
 /// One file or directory of the ESP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EspEntry {
@@ -223,12 +192,19 @@ impl Esp {
         Ok(())
     }
 
-    /// Reads FAT #1 (raw bytes).
+    /// Checks the cluster chains along `names`, from the root directory to
+    /// the final entry, before `fatfs` may follow them (see `fat_guard`).
+    /// Returns the final entry if it exists.
+    fn check(&self, names: &[&str]) -> Result<Option<RawEntry>> {
+        FatGuard::new(&self.storage, self.start)?.check(names)
+    }
+
+    /// Reads the active FAT (raw bytes).
     fn read_fat(&self, geometry: &Geometry) -> io::Result<Vec<u8>> {
         let len = usize::try_from(geometry.fat_bytes)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "FAT too large"))?;
         let mut fat = vec![0u8; len];
-        self.storage.read_at(&mut fat, geometry.fat_offset)?;
+        self.storage.read_at(&mut fat, geometry.active_fat_offset)?;
         Ok(fat)
     }
 
@@ -321,6 +297,8 @@ impl Esp {
 
     /// Every file and directory, depth first, with sizes.
     pub fn list(&self) -> Result<Vec<EspEntry>> {
+        let guard = FatGuard::new(&self.storage, self.start)?;
+        guard.check(&[])?;
         let mut out = Vec::new();
         let mut pending = vec![(String::new(), 0usize, self.fs.root_dir())];
         while let Some((prefix, depth, dir)) = pending.pop() {
@@ -343,6 +321,8 @@ impl Esp {
                 let path = format!("{prefix}\\{name}");
                 let is_dir = entry.is_dir();
                 if is_dir {
+                    let names: Vec<&str> = path.split('\\').skip(1).collect();
+                    guard.check(&names)?;
                     pending.push((path.clone(), depth + 1, entry.to_dir()));
                 }
                 out.push(EspEntry {
@@ -358,27 +338,27 @@ impl Esp {
 
     /// Whether a file or directory exists at `path`.
     pub fn exists(&self, path: &str) -> Result<bool> {
-        let names = components(path)?;
-        let (name, parents) = names
-            .split_last()
-            .ok_or(DiskError::BadEspPath(path.into()))?;
-        let dir = match self.dir(parents, false) {
-            Ok(dir) => dir,
-            Err(DiskError::EspFileNotFound(_)) => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        for entry in dir.iter() {
-            let entry = entry.map_err(DiskError::fat(format!("list {path}")))?;
-            if entry.file_name().eq_ignore_ascii_case(name) {
-                return Ok(true);
-            }
+        Ok(self.check(&components(path)?)?.is_some())
+    }
+
+    /// The size of the file at `path`, `None` if there is none, without
+    /// reading its contents (its cluster chain is checked, so a `Some`
+    /// file reads back whole). A directory at `path` is an error.
+    pub fn file_size(&self, path: &str) -> Result<Option<u64>> {
+        match self.check(&components(path)?)? {
+            None => Ok(None),
+            Some(entry) if entry.is_dir => Err(DiskError::Fat {
+                context: format!("size of {path}"),
+                source: io::Error::new(io::ErrorKind::IsADirectory, "it is a directory"),
+            }),
+            Some(entry) => Ok(Some(entry.size)),
         }
-        Ok(false)
     }
 
     /// The bytes of the file at `path`.
     pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {
         let names = components(path)?;
+        self.check(&names)?;
         let mut file = self
             .fs
             .root_dir()
@@ -392,7 +372,9 @@ impl Esp {
 
     /// Creates the directory `path` and its parents where missing.
     pub fn create_dir_all(&self, path: &str) -> Result<()> {
-        self.dir(&components(path)?, true)?;
+        let names = components(path)?;
+        self.check(&names)?;
+        self.dir(&names, true)?;
         self.sync()
     }
 
@@ -402,6 +384,7 @@ impl Esp {
     /// then [`rename`](Esp::rename)d into place.
     pub fn write_file_from(&self, path: &str, source: &mut dyn Read) -> Result<u64> {
         let names = components(path)?;
+        self.check(&names)?;
         let (name, parents) = names
             .split_last()
             .ok_or(DiskError::BadEspPath(path.into()))?;
@@ -431,8 +414,10 @@ impl Esp {
         let (name, parents) = names
             .split_last()
             .ok_or(DiskError::BadEspPath(path.into()))?;
-        let dir = self.dir(parents, true)?;
         let temp = format!("{name}{TEMP_SUFFIX}");
+        self.check(&names)?;
+        self.check(&[parents, &[temp.as_str()]].concat())?;
+        let dir = self.dir(parents, true)?;
         match dir.remove(&temp) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -468,6 +453,8 @@ impl Esp {
         let (to_name, to_parents) = to_names
             .split_last()
             .ok_or(DiskError::BadEspPath(to.into()))?;
+        self.check(&from_names)?;
+        self.check(&to_names)?;
         let root = self.fs.root_dir();
         // Make sure the source exists before removing the destination.
         root.open_file(&from_names.join("/"))
@@ -486,6 +473,7 @@ impl Esp {
     /// Removes a file or an empty directory.
     pub fn remove(&self, path: &str) -> Result<()> {
         let names = components(path)?;
+        self.check(&names)?;
         self.fs
             .root_dir()
             .remove(&names.join("/"))
@@ -493,7 +481,8 @@ impl Esp {
         self.sync()
     }
 
-    /// Free bytes left in the ESP.
+    /// Free bytes left in the ESP. Counting reads the FAT once from start
+    /// to end (no chain is followed), so a damaged chain cannot stall it.
     pub fn free_bytes(&self) -> Result<u64> {
         let stats = self.fs.stats().map_err(DiskError::fat("read usage"))?;
         Ok(u64::from(stats.free_clusters()) * u64::from(stats.cluster_size()))

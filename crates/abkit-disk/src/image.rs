@@ -2,7 +2,7 @@
 //! the slots as byte ranges, and the ESP.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::esp::{Esp, Storage};
 use crate::fat_time::{FIXED_TIME, UTC_CLOCK};
+use crate::gpt_read::{self, DiskWarning, GptCopy};
 use crate::layout::{DATA_TYPE, ESP_TYPE, SECTOR_SIZE, SLOT_A_TYPE, SLOT_B_TYPE};
 use crate::{DiskError, Result};
 
@@ -182,25 +183,8 @@ pub struct DiskImage {
     esp: usize,
     slot_a: usize,
     slot_b: usize,
-}
-
-/// Refuses GPT headers whose partition entries are not 128 bytes: the GPT
-/// library assumes that size and would stop the program otherwise.
-fn check_entry_size(file: &mut File, size: u64, path: &Path) -> Result<()> {
-    for offset in [SECTOR_SIZE, size.saturating_sub(SECTOR_SIZE)] {
-        let mut header = [0u8; 92];
-        file.seek(SeekFrom::Start(offset))
-            .and_then(|_| file.read_exact(&mut header))
-            .map_err(DiskError::io(format!("read {}", path.display())))?;
-        let entry_size = u32::from_le_bytes([header[84], header[85], header[86], header[87]]);
-        if &header[..8] == b"EFI PART" && entry_size != 128 {
-            return Err(DiskError::NoGpt {
-                path: path.to_path_buf(),
-                reason: format!("partition entries of {entry_size} bytes (only 128 is supported)"),
-            });
-        }
-    }
-    Ok(())
+    /// What was wrong but could be worked around (a damaged GPT copy).
+    warnings: Vec<DiskWarning>,
 }
 
 impl DiskImage {
@@ -230,32 +214,9 @@ impl DiskImage {
                 reason: format!("the disk is only {size} bytes"),
             });
         }
-        check_entry_size(&mut file, size, path)?;
-        let reader = file
-            .try_clone()
-            .map_err(DiskError::io("duplicate the disk handle"))?;
-        let gpt = gpt::GptConfig::new()
-            .writable(false)
-            .open_from_device(reader)
-            .map_err(|e| DiskError::NoGpt {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+        let gpt = gpt_read::read(&file, path, size)?;
         let mut partitions = Vec::new();
-        for (&number, p) in gpt.partitions() {
-            if !p.is_used() {
-                continue;
-            }
-            let type_guid = p.part_type_guid.guid;
-            let partition = Partition {
-                number,
-                name: p.name.clone(),
-                type_guid,
-                role: PartitionRole::from_type(type_guid),
-                guid: p.part_guid,
-                first_lba: p.first_lba,
-                last_lba: p.last_lba.max(p.first_lba),
-            };
+        for partition in gpt.partitions {
             let end = partition
                 .last_lba
                 .checked_add(1)
@@ -263,7 +224,7 @@ impl DiskImage {
                 .unwrap_or(u64::MAX);
             if end > size {
                 return Err(DiskError::PartitionOutsideDisk {
-                    number,
+                    number: partition.number,
                     end,
                     disk: size,
                 });
@@ -275,7 +236,8 @@ impl DiskImage {
             path: path.to_path_buf(),
             file,
             size,
-            disk_guid: *gpt.guid(),
+            disk_guid: gpt.disk_guid,
+            warnings: gpt.warnings,
             esp: find_unique(&partitions, PartitionRole::Esp)?,
             slot_a: find_unique(&partitions, PartitionRole::SlotA)?,
             slot_b: find_unique(&partitions, PartitionRole::SlotB)?,
@@ -318,6 +280,21 @@ impl DiskImage {
     pub fn size(&self) -> u64 {
         self.size
     }
+    /// What was wrong with the disk but could be worked around, e.g. a
+    /// damaged primary or backup GPT (the other copy is used). Each was
+    /// also logged with `log::warn!` when the disk was opened.
+    pub fn warnings(&self) -> &[DiskWarning] {
+        &self.warnings
+    }
+
+    /// Rewrites a damaged copy of the GPT from the good one (needs a disk
+    /// opened with [`DiskImage::open`]); returns the copy it rewrote, or
+    /// `None` when both were good. Partitions and their contents are not
+    /// touched; [`DiskImage::warnings`] still tells what was found on open.
+    pub fn repair_gpt(&self) -> Result<Option<GptCopy>> {
+        gpt_read::repair(&self.file, &self.path, self.size)
+    }
+
     /// The GPT disk GUID.
     pub fn disk_guid(&self) -> Uuid {
         self.disk_guid

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::esp::EspEntry;
+use crate::gpt_read::DiskWarning;
 use crate::image::{DiskImage, Partition, Slot};
 use crate::{DiskError, Result, sys};
 
@@ -47,6 +48,9 @@ pub struct DiskReport {
     pub partitions: Vec<Partition>,
     pub esp_files: Vec<EspEntry>,
     pub slots: Vec<SlotContent>,
+    /// What was wrong but worked around (a damaged GPT copy), from
+    /// [`DiskImage::warnings`].
+    pub warnings: Vec<DiskWarning>,
 }
 
 /// Hashes the used part of `range` in one pass: zero blocks are held back
@@ -165,5 +169,6 @@ pub fn inspect(disk: &DiskImage) -> Result<DiskReport> {
         partitions: disk.partitions().to_vec(),
         esp_files,
         slots,
+        warnings: disk.warnings().to_vec(),
     })
 }

@@ -15,15 +15,18 @@ mod sparse;
 mod boot_entries;
 mod build;
 mod esp;
+mod fat_guard;
 mod fat_time;
+mod gpt_read;
 mod sys;
 
 pub use boot_entries::{
     InstalledEntries, entry_description, install_boot_entries, slot_load_option,
 };
 pub use build::{BuildOptions, BuildReport, EspFile, build};
-pub use error::DiskError;
+pub use error::{ChainProblem, DiskError};
 pub use esp::{Esp, EspEntry, TEMP_SUFFIX};
+pub use gpt_read::{DiskWarning, GptCopy, GptDamage};
 pub use image::{DiskImage, EspLocation, Partition, PartitionRole, Slot};
 pub use inspect::USED_PART_BLOCK;
 pub use inspect::{DiskReport, SlotContent, inspect, slot_content};

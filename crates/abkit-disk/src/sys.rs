@@ -1,5 +1,6 @@
-//! The one platform call we need beyond std: zeroing a range of a block
-//! device without sending zeros.
+//! The platform calls we need beyond std: zeroing a range of a block
+//! device without sending zeros, finding data and holes, and opening an
+//! input without blocking on a FIFO.
 
 use std::fs::File;
 use std::io;
@@ -73,3 +74,10 @@ pub(crate) fn next_data(_file: &File, _offset: u64) -> io::Result<Option<u64>> {
 pub(crate) fn next_hole(_file: &File, _offset: u64) -> io::Result<u64> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
+
+/// `open(2)` flag that keeps opening a FIFO from blocking until a writer
+/// comes (no effect on regular files and block devices).
+#[cfg(target_os = "linux")]
+pub(crate) const O_NONBLOCK: i32 = libc::O_NONBLOCK;
+#[cfg(not(target_os = "linux"))]
+pub(crate) const O_NONBLOCK: i32 = 0;

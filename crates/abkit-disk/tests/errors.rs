@@ -113,3 +113,66 @@ fn missing_inputs_are_named() {
     let err = build(&options).unwrap_err();
     assert!(err.to_string().contains("nope.img"), "{err}");
 }
+
+/// Runs `build` in a thread and fails the test if it does not return within
+/// a few seconds (opening a FIFO for reading blocks until a writer comes).
+fn build_within_seconds(options: abkit_disk::BuildOptions) -> abkit_disk::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(build(&options).map(|_| ()));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("build did not return within 10 s (hangs)")
+}
+
+#[test]
+fn an_empty_system_image_is_refused() {
+    let fx = Fixture::new();
+    let out = fx.path("disk.img");
+    let empty = fx.path("empty.img");
+    std::fs::write(&empty, b"").unwrap();
+    let mut options = fx.options(&out);
+    options.system = empty.clone();
+    let err = build_within_seconds(options).unwrap_err();
+    assert!(
+        matches!(err, DiskError::EmptySystemImage(ref p) if *p == empty),
+        "{err}"
+    );
+    assert!(err.to_string().contains("is empty"), "{err}");
+    assert!(!out.exists(), "output written");
+}
+
+#[test]
+fn a_system_image_that_is_not_a_file_or_block_device_is_refused() {
+    let fx = Fixture::new();
+    let out = fx.path("disk.img");
+    // /dev/null: a character device that reads as 0 bytes.
+    let mut options = fx.options(&out);
+    options.system = "/dev/null".into();
+    let err = build_within_seconds(options).unwrap_err();
+    assert!(
+        matches!(err, DiskError::InputNotFileOrBlockDevice { what: "system image", ref path } if path.as_os_str() == "/dev/null"),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("the system image /dev/null is neither a regular file nor a block device"),
+        "{err}"
+    );
+    // A FIFO with no writer: opening it for reading would block forever.
+    let fifo = fx.path("system.fifo");
+    run(Command::new("mkfifo").arg(&fifo));
+    for field in ["system", "loader"] {
+        let mut options = fx.options(&out);
+        match field {
+            "system" => options.system = fifo.clone(),
+            _ => options.loader = fifo.clone(),
+        }
+        let err = build_within_seconds(options).unwrap_err();
+        assert!(
+            matches!(err, DiskError::InputNotFileOrBlockDevice { ref path, .. } if *path == fifo),
+            "{field}: {err}"
+        );
+    }
+    assert!(!out.exists(), "output written");
+}

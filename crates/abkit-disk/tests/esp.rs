@@ -216,7 +216,14 @@ fn a_crafted_gpt_entry_size_is_refused_not_a_crash() {
     let (disk, _) = fx.build("disk.img");
     let mut bytes = std::fs::read(&disk).unwrap();
     bytes[512 + 84..512 + 88].copy_from_slice(&256u32.to_le_bytes());
-    std::fs::write(&disk, bytes).unwrap();
+    // With its CRC left stale the header is just damaged: the backup is
+    // used, with a warning.
+    std::fs::write(&disk, &bytes).unwrap();
+    let image = DiskImage::open(&disk).unwrap();
+    assert_eq!(image.warnings().len(), 1, "{:?}", image.warnings());
+    // A valid header claiming 256-byte entries is refused.
+    fix_header_crc(&mut bytes, 512);
+    std::fs::write(&disk, &bytes).unwrap();
     let err = DiskImage::open(&disk).unwrap_err();
     assert!(err.to_string().contains("256 bytes"), "{err}");
 }
@@ -273,4 +280,39 @@ fn write_file_from_streams_a_reader_into_a_file() {
     let image_arg = mtools_image(&disk, esp_part.start());
     let b = run_bytes(Command::new("mtype").args(["-i", &image_arg, "::/EFI/abkit/boot-b.efi"]));
     assert!(b == payload, "mtype sees other bytes");
+}
+
+#[test]
+fn file_size_gives_sizes_and_none_for_missing_files() {
+    let fx = Fixture::new();
+    let (disk, _) = fx.build("disk.img");
+    let image = DiskImage::open(&disk).unwrap();
+    let esp = image.esp().unwrap();
+    let big = noise(300_000, 6);
+    esp.write_file(LOADER_PATH_B, &big).unwrap();
+    esp.write_file("\\empty.txt", b"").unwrap();
+    assert_eq!(
+        esp.file_size(LOADER_PATH_A).unwrap(),
+        Some(fx.loader_bytes.len() as u64)
+    );
+    assert_eq!(
+        esp.file_size("/efi/ABKIT/BOOT-B.EFI").unwrap(),
+        Some(300_000),
+        "case-insensitive"
+    );
+    assert_eq!(esp.file_size("\\empty.txt").unwrap(), Some(0));
+    assert_eq!(esp.file_size("\\EFI\\abkit\\nope.efi").unwrap(), None);
+    assert_eq!(esp.file_size("\\no\\such\\dir.efi").unwrap(), None);
+    assert_eq!(
+        esp.file_size("\\EFI\\abkit\\boot-a.efi\\x").unwrap(),
+        None,
+        "a file in the way"
+    );
+    let err = esp.file_size("\\EFI\\abkit").unwrap_err();
+    assert!(err.to_string().contains("is a directory"), "{err}");
+    assert!(matches!(
+        esp.file_size("\\..\\x"),
+        Err(DiskError::BadEspPath(_))
+    ));
+    esp.close().unwrap();
 }

@@ -210,3 +210,122 @@ fn build_with_ovmf_vars_reports_the_boot_entries() {
     );
     assert!(listing.contains("abkit slot A"), "{listing}");
 }
+
+/// Runs abkit, killing it (and failing) if it has not finished in 20 s.
+fn abkit_within_seconds(args: &[&str], dir: &Path) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_abkit"))
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(20) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("abkit {args:?} did not finish within 20 s (hangs)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn an_empty_or_special_system_image_is_refused() {
+    let dir = setup();
+    std::fs::write(dir.path().join("empty.img"), b"").unwrap();
+    let made = Command::new("mkfifo")
+        .arg(dir.path().join("system.fifo"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let cases = [
+        ("empty.img", "the system image empty.img is empty (0 bytes)"),
+        (
+            "/dev/null",
+            "the system image /dev/null is neither a regular file nor a block device",
+        ),
+        (
+            "system.fifo",
+            "the system image system.fifo is neither a regular file nor a block device",
+        ),
+    ];
+    for (system, expected) in cases {
+        let mut args = vec![
+            "image", "build", "--loader", "boot.efi", "--system", system, "-o", "disk.img",
+        ];
+        args.extend(SMALL);
+        let out = abkit_within_seconds(&args, dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{system}: succeeded");
+        assert!(stderr.contains(expected), "{system}: {stderr}");
+        assert!(!dir.path().join("disk.img").exists(), "{system}: output");
+    }
+}
+
+#[test]
+fn inspect_shows_a_damaged_gpt_copy() {
+    let dir = setup();
+    let mut args = vec![
+        "image",
+        "build",
+        "--loader",
+        "boot.efi",
+        "--system",
+        "system.img",
+        "-o",
+        "disk.img",
+    ];
+    args.extend(SMALL);
+    assert!(abkit(&args, dir.path()).status.success());
+    // Flip a byte of the backup GPT header (the disk's last sector).
+    let disk = dir.path().join("disk.img");
+    let mut bytes = std::fs::read(&disk).unwrap();
+    let at = bytes.len() - 512 + 40;
+    bytes[at] ^= 0x55;
+    std::fs::write(&disk, &bytes).unwrap();
+
+    let out = abkit(&["image", "inspect", "disk.img"], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let warning = stdout
+        .lines()
+        .find(|l| l.starts_with("warning: "))
+        .unwrap_or_else(|| panic!("no warning line:\n{stdout}"));
+    assert!(
+        warning.starts_with("warning: the backup GPT is damaged (header CRC32 ")
+            && warning.ends_with("); using the primary GPT"),
+        "{warning}"
+    );
+
+    let out = abkit(&["image", "inspect", "--json", "disk.img"], dir.path());
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warnings = report["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{report}");
+    assert_eq!(warnings[0]["kind"], "gpt-copy-damaged");
+    assert_eq!(warnings[0]["copy"], "backup");
+    assert_eq!(warnings[0]["used"], "primary");
+    assert_eq!(warnings[0]["damage"]["kind"], "header-crc");
+    assert_eq!(
+        warnings[0]["message"].as_str().unwrap(),
+        &warning["warning: ".len()..]
+    );
+    assert_eq!(report["partitions"].as_array().unwrap().len(), 4);
+
+    // The untouched disk has none.
+    std::fs::write(&disk, {
+        bytes[at] ^= 0x55;
+        &bytes
+    })
+    .unwrap();
+    let out = abkit(&["image", "inspect", "--json", "disk.img"], dir.path());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["warnings"], serde_json::json!([]));
+}

@@ -138,3 +138,39 @@ pub fn assert_fsck_clean(fat: &Path) {
     assert_eq!(lines.len(), 2, "fsck.vfat found problems:\n{out}");
     assert!(lines[1].contains(" files, "), "{out}");
 }
+
+/// CRC-32 as GPT uses it (IEEE, reflected), for crafting headers.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xedb8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
+/// Recomputes the CRC32 of the GPT header at byte `at` of `disk`.
+pub fn fix_header_crc(disk: &mut [u8], at: usize) {
+    let size = u32::from_le_bytes(disk[at + 12..at + 16].try_into().unwrap()) as usize;
+    disk[at + 16..at + 20].fill(0);
+    let crc = crc32(&disk[at..at + size]);
+    disk[at + 16..at + 20].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// `sgdisk -v` finds nothing wrong: exit 0, "No problems found", and no
+/// caution or warning on either stream (sgdisk exits 0 even then).
+pub fn assert_sgdisk_clean(disk: &Path) {
+    let out = Command::new("sgdisk").arg("-v").arg(disk).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "sgdisk -v failed:\n{text}");
+    assert!(text.contains("No problems found"), "sgdisk -v:\n{text}");
+    for bad in ["Caution", "Warning", "Problem", "corrupt", "ERROR"] {
+        assert!(!text.contains(bad), "sgdisk -v:\n{text}");
+    }
+}

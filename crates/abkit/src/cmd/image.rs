@@ -368,6 +368,9 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         human(report.size),
         report.disk_guid
     );
+    for warning in &report.warnings {
+        println!("warning: {warning}");
+    }
     print_partitions(&report.partitions);
     println!("ESP files:");
     for entry in report.esp_files.iter().filter(|e| !e.is_dir) {
