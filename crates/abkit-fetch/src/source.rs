@@ -452,6 +452,11 @@ impl HttpSource {
                 url: self.url.clone(),
                 reason,
             }),
+            ureq::Error::Protocol(problem) => Failure::Fatal(FetchError::Malformed {
+                url: self.url.clone(),
+                at: String::new(),
+                problem: problem.to_string(),
+            }),
             other => Failure::Fatal(FetchError::Request {
                 url: self.url.clone(),
                 problem: other.to_string(),
@@ -508,6 +513,14 @@ impl Read for HttpSource {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
+                    if let Some(problem) = protocol_error(&e) {
+                        let error = FetchError::Malformed {
+                            url: self.url.clone(),
+                            at: format!(" body at byte {}", self.position),
+                            problem,
+                        };
+                        return Err(self.fail(error));
+                    }
                     self.body = None;
                     self.broken = Some(format!(
                         "the body broke off at byte {}: {}",
@@ -598,6 +611,17 @@ fn status_text(status: StatusCode) -> String {
     match status.canonical_reason() {
         Some(reason) => format!("{} {reason}", status.as_u16()),
         None => status.as_u16().to_string(),
+    }
+}
+
+/// The HTTP framing problem behind a body read error (bad chunk size,
+/// missing CRLF ...), if that is what it is: such an answer is broken, not
+/// cut off, and a new connection would get the same.
+fn protocol_error(error: &io::Error) -> Option<String> {
+    match error.get_ref()?.downcast_ref::<ureq::Error>()? {
+        ureq::Error::Protocol(problem) => Some(problem.to_string()),
+        ureq::Error::Io(inner) => protocol_error(inner),
+        _ => None,
     }
 }
 

@@ -431,3 +431,34 @@ fn the_source_can_move_to_another_thread() {
     .unwrap();
     assert_same_bytes(&got, &served.bytes);
 }
+
+#[test]
+fn a_malformed_chunked_body_fails_at_once_and_is_not_retried() {
+    let served = file();
+    let server = TestServer::start(served.clone(), vec![], Step::BadChunked(100_000));
+    let url = server.url("/x.abb");
+    let mut source = HttpSource::open(&url, &fast_policy(6)).unwrap();
+    let (got, error) = read_all(&mut source);
+    let error = error.expect("a broken chunked body must fail");
+    let fetch = FetchError::from_io(&error).expect("a FetchError inside");
+    assert_eq!(
+        fetch,
+        &FetchError::Malformed {
+            url: url.clone(),
+            at: format!(" body at byte {}", got.len()),
+            problem: "chunk length cannot be read as a number".into(),
+        },
+        "{fetch}"
+    );
+    assert!(
+        fetch
+            .to_string()
+            .starts_with(&format!("GET {url}: malformed response body at byte ")),
+        "{fetch}"
+    );
+    assert_same_bytes(&got, &served.bytes[..got.len()]);
+    assert_eq!(server.requests(), 1);
+    // The failure sticks: no more requests.
+    assert!(source.read(&mut [0u8; 64]).is_err());
+    assert_eq!(server.requests(), 1);
+}

@@ -3,7 +3,7 @@
 //! It serves one file (honouring `Range: bytes=N-` and `If-Range`), records
 //! every request it sees, and can be told to misbehave request by request:
 //! answer a status, cut the connection after some body bytes, stall, ignore
-//! the Range, serve a different file. It answers `Connection: close`, handles
+//! the Range, serve a different file, break the chunked framing. It answers `Connection: close`, handles
 //! each connection on its own thread, and stops when dropped or after a
 //! minute, whichever comes first.
 
@@ -50,6 +50,9 @@ pub enum Step {
     Status(u16, Vec<(String, String)>),
     /// Answer 200 in chunked transfer coding (no Content-Length).
     Chunked,
+    /// Like `Chunked`, but after this many body bytes send a chunk whose
+    /// size line is not hexadecimal, then close.
+    BadChunked(u64),
 }
 
 /// One request as the server saw it.
@@ -245,6 +248,21 @@ fn respond(mut stream: TcpStream, seen: &Seen, step: &Step, file: &File) -> std:
             stream.write_all(b"\r\n")?;
         }
         return stream.write_all(b"0\r\n\r\n");
+    }
+    if let Step::BadChunked(good) = step {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nETag: {}\r\nConnection: close\r\n\r\n",
+            file.etag
+        );
+        stream.write_all(head.as_bytes())?;
+        let good = &file.bytes[..(*good as usize).min(file.bytes.len())];
+        for chunk in good.chunks(50_000) {
+            stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())?;
+            stream.write_all(chunk)?;
+            stream.write_all(b"\r\n")?;
+        }
+        stream.write_all(b"zz\r\nnot a chunk\r\n")?;
+        return stream.flush();
     }
     let head = match start {
         Some(s) if s >= len => {
