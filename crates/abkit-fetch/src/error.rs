@@ -52,6 +52,15 @@ pub enum FetchError {
         problem: String,
     },
 
+    /// An `https://` transfer was redirected to plain `http://`; following
+    /// it would drop the encryption and the server authentication.
+    #[error("GET {url}: refused a redirect from https to plain http: {to}")]
+    InsecureRedirect {
+        url: String,
+        /// The `http://` URL the redirect pointed to.
+        to: String,
+    },
+
     /// The file on the server is not the one the transfer started with
     /// (size, ETag or Last-Modified differ), so the bytes cannot be joined.
     #[error("GET {url}: the file changed on the server during the transfer ({detail})")]

@@ -176,6 +176,9 @@ impl Opener {
         }
         let agent: Agent = Agent::config_builder()
             .http_status_as_error(false)
+            // An https transfer never continues over plain http: a redirect
+            // there fails with RequireHttpsOnly (see `classify`).
+            .https_only(url.starts_with("https://"))
             .timeout_connect(Some(self.policy.connect_timeout))
             .timeout_per_read(Some(self.policy.read_timeout))
             .user_agent(concat!("abkit/", env!("CARGO_PKG_VERSION")))
@@ -451,6 +454,11 @@ impl HttpSource {
             ureq::Error::BadUri(reason) => Failure::Fatal(FetchError::BadUrl {
                 url: self.url.clone(),
                 reason,
+            }),
+            // Only set for https URLs: a redirect pointed to plain http.
+            ureq::Error::RequireHttpsOnly(to) => Failure::Fatal(FetchError::InsecureRedirect {
+                url: self.url.clone(),
+                to,
             }),
             ureq::Error::Protocol(problem) => Failure::Fatal(FetchError::Malformed {
                 url: self.url.clone(),
