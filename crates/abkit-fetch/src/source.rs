@@ -10,6 +10,7 @@ use ureq::http::{HeaderMap, StatusCode, Uri, header};
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig, parse_pem};
 use ureq::{Agent, BodyReader};
 
+use crate::speed::{Metered, Stalled};
 use crate::{FetchError, RetryPolicy};
 
 /// Statuses worth another attempt: timeouts, rate limits and server trouble.
@@ -105,7 +106,7 @@ pub struct HttpSource {
     url: String,
     agent: Agent,
     policy: RetryPolicy,
-    body: Option<BodyReader<'static>>,
+    body: Option<Metered<BodyReader<'static>>>,
     position: u64,
     identity: Option<FileIdentity>,
     attempts: u32,
@@ -180,7 +181,9 @@ impl Opener {
             // there fails with RequireHttpsOnly (see `classify`).
             .https_only(url.starts_with("https://"))
             .timeout_connect(Some(self.policy.connect_timeout))
-            .timeout_per_read(Some(self.policy.read_timeout))
+            .timeout_per_read(Some(self.policy.read_wait()))
+            .timeout_per_write(Some(self.policy.read_timeout))
+            .timeout_recv_response(Some(self.policy.read_timeout))
             .user_agent(concat!("abkit/", env!("CARGO_PKG_VERSION")))
             .tls_config(tls.build())
             .build()
@@ -309,7 +312,7 @@ impl HttpSource {
     }
 
     /// One request for the bytes from `self.position` on.
-    fn attempt(&mut self) -> Result<BodyReader<'static>, Failure> {
+    fn attempt(&mut self) -> Result<Metered<BodyReader<'static>>, Failure> {
         let position = self.position;
         let mut request = self.agent.get(&self.url);
         if position > 0 {
@@ -358,7 +361,8 @@ impl HttpSource {
                     etag,
                     last_modified,
                 })?;
-                let mut body = response.into_body().into_reader();
+                let mut body =
+                    Metered::new(response.into_body().into_reader(), self.policy.min_speed());
                 if position > 0 {
                     // The server ignored the Range (or If-Range no longer
                     // matched, but then `agree` failed above): read the new
@@ -399,7 +403,10 @@ impl HttpSource {
                     }
                     .into());
                 }
-                Ok(response.into_body().into_reader())
+                Ok(Metered::new(
+                    response.into_body().into_reader(),
+                    self.policy.min_speed(),
+                ))
             }
             _ => Err(FetchError::UnexpectedStatus {
                 url: self.url.clone(),
@@ -530,11 +537,16 @@ impl Read for HttpSource {
                         return Err(self.fail(error));
                     }
                     self.body = None;
-                    self.broken = Some(format!(
-                        "the body broke off at byte {}: {}",
-                        self.position,
-                        describe_io(&e)
-                    ));
+                    self.broken = Some(match Stalled::from_io(&e) {
+                        Some(stalled) => {
+                            format!("download stalled at byte {}: {stalled}", self.position)
+                        }
+                        None => format!(
+                            "the body broke off at byte {}: {}",
+                            self.position,
+                            describe_io(&e)
+                        ),
+                    });
                 }
             }
         }
@@ -635,6 +647,9 @@ fn protocol_error(error: &io::Error) -> Option<String> {
 
 /// Short words for the usual network failures, the error's own text otherwise.
 fn describe_io(error: &io::Error) -> String {
+    if let Some(stalled) = Stalled::from_io(error) {
+        return format!("download stalled: {stalled}");
+    }
     if let Some(inner) = error.get_ref()
         && let Some(ureq_error) = inner.downcast_ref::<ureq::Error>()
     {

@@ -2,8 +2,9 @@
 //!
 //! It serves one file (honouring `Range: bytes=N-` and `If-Range`), records
 //! every request it sees, and can be told to misbehave request by request:
-//! answer a status, cut the connection after some body bytes, stall, ignore
-//! the Range, serve a different file, break the chunked framing. It answers `Connection: close`, handles
+//! answer a status, cut the connection after some body bytes, stall, drip
+//! bytes slowly, say nothing, ignore the Range, serve a different file, break
+//! the chunked framing. It answers `Connection: close`, handles
 //! each connection on its own thread, and stops when dropped or after a
 //! minute, whichever comes first.
 
@@ -53,6 +54,17 @@ pub enum Step {
     /// Like `Chunked`, but after this many body bytes send a chunk whose
     /// size line is not hexadecimal, then close.
     BadChunked(u64),
+    /// Like `Serve`, but after `after` body bytes send one byte every
+    /// `every`, at most `ticks` of them, then close the connection.
+    Drip {
+        after: u64,
+        every: Duration,
+        ticks: u32,
+    },
+    /// Like `Serve`, but send the response head one byte every this long.
+    DripHead(Duration),
+    /// Read the request, answer nothing for this long, then close.
+    Silent(Duration),
 }
 
 /// One request as the server saw it.
@@ -233,6 +245,10 @@ fn respond(mut stream: TcpStream, seen: &Seen, step: &Step, file: &File) -> std:
         stream.write_all(head.as_bytes())?;
         return stream.write_all(body.as_bytes());
     }
+    if let Step::Silent(hold) = step {
+        thread::sleep(*hold);
+        return Ok(());
+    }
     if let Step::WrongRange(shift) = step {
         start = Some(start.unwrap_or(0) + shift);
     }
@@ -286,7 +302,15 @@ fn respond(mut stream: TcpStream, seen: &Seen, step: &Step, file: &File) -> std:
         ),
     };
     let body = &file.bytes[start.unwrap_or(0) as usize..];
-    stream.write_all(head.as_bytes())?;
+    if let Step::DripHead(every) = step {
+        for byte in head.as_bytes() {
+            stream.write_all(std::slice::from_ref(byte))?;
+            stream.flush()?;
+            thread::sleep(*every);
+        }
+    } else {
+        stream.write_all(head.as_bytes())?;
+    }
     match step {
         Step::CutAfter(n) => {
             let n = (*n as usize).min(body.len());
@@ -299,6 +323,22 @@ fn respond(mut stream: TcpStream, seen: &Seen, step: &Step, file: &File) -> std:
             stream.write_all(&body[..n])?;
             stream.flush()?;
             thread::sleep(*hold);
+            Ok(())
+        }
+        Step::Drip {
+            after,
+            every,
+            ticks,
+        } => {
+            let n = (*after as usize).min(body.len());
+            stream.write_all(&body[..n])?;
+            stream.flush()?;
+            for byte in body[n..].iter().take(*ticks as usize) {
+                thread::sleep(*every);
+                // Fails soon after the client hung up: the drip ends there.
+                stream.write_all(std::slice::from_ref(byte))?;
+                stream.flush()?;
+            }
             Ok(())
         }
         _ => {
