@@ -1,4 +1,5 @@
-//! Why a transfer failed. Every message starts with `GET <url>:` and names
+//! Why a transfer failed: [`FetchError`], a typed error that callers can wrap
+//! (`#[from]`) or match on. Every message starts with `GET <url>:` and names
 //! the problem, so the CLI can print it as is.
 
 use std::io;
@@ -8,6 +9,7 @@ use std::io;
 /// [`crate::HttpSource`]'s `Read` implementation wraps these in an
 /// [`io::Error`]; [`FetchError::from_io`] gets them back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FetchError {
     /// Not an `http://` or `https://` URL with a host.
     #[error("GET {url}: not an http(s) URL: {reason}")]
@@ -34,9 +36,30 @@ pub enum FetchError {
     },
 
     /// A request failed in a way retrying will not fix (TLS certificate,
-    /// malformed response, too many redirects ...).
+    /// too many redirects ...).
     #[error("GET {url}: {problem}")]
     Request { url: String, problem: String },
+
+    /// The answer breaks HTTP/1.1 framing (unreadable headers, a bad chunk
+    /// size or missing CRLF in a chunked body): a broken server or
+    /// middlebox, which a new connection would only repeat, so not retried.
+    /// A body that merely ends early is a connection problem and is resumed.
+    #[error("GET {url}: malformed response{at}: {problem}")]
+    Malformed {
+        url: String,
+        /// Empty, or ` body at byte N` when the body was being read.
+        at: String,
+        problem: String,
+    },
+
+    /// An `https://` transfer was redirected to plain `http://`; following
+    /// it would drop the encryption and the server authentication.
+    #[error("GET {url}: refused a redirect from https to plain http: {to}")]
+    InsecureRedirect {
+        url: String,
+        /// The `http://` URL the redirect pointed to.
+        to: String,
+    },
 
     /// The file on the server is not the one the transfer started with
     /// (size, ETag or Last-Modified differ), so the bytes cannot be joined.

@@ -1,10 +1,12 @@
 //! Stream an update bundle from an http(s) URL without storing it: [`HttpSource`]
 //! is a plain `Read` over the body of one GET that retries with backoff and resumes
-//! a broken transfer with a `Range` request, byte-exact. Rules: docs/fetch.md.
+//! a broken transfer with a `Range` request, byte-exact, and gives up on a
+//! server that stalls or drips (minimum speed). Rules: docs/fetch.md.
 
 mod error;
 mod policy;
 mod source;
+mod speed;
 
 pub use error::FetchError;
 pub use policy::RetryPolicy;

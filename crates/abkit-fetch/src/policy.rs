@@ -1,5 +1,6 @@
 //! How hard [`crate::HttpSource`] tries: the attempt budget, the backoff between
-//! attempts, how far a server's `Retry-After` is honoured, and the socket timeouts.
+//! attempts, how far a server's `Retry-After` is honoured, the socket timeouts
+//! and the lowest speed a body may fall to before the attempt counts as stalled.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -28,14 +29,25 @@ pub struct RetryPolicy {
     pub jitter: bool,
     /// Limit for setting up a connection (DNS, TCP and TLS).
     pub connect_timeout: Duration,
-    /// Limit for one read from the socket (response headers or body) to
-    /// deliver anything: a stalled server counts as a failed attempt.
+    /// Limit for one read from the socket to deliver anything, and for the
+    /// whole wait for the response headers (so a server that accepts and
+    /// never answers, or drips its headers, fails the attempt).
     pub read_timeout: Duration,
+    /// The lowest average speed, in bytes per second, a body may fall to for
+    /// `speed_time` (curl's `--speed-limit`): a slower body fails the attempt
+    /// as stalled and the transfer resumes on a new connection, within the
+    /// attempt budget. Only time spent waiting for the network counts, not
+    /// time the reader spends elsewhere between reads. 0 turns the check off.
+    pub speed_limit: u64,
+    /// How long the body may stay below `speed_limit` (curl's `--speed-time`).
+    /// Zero turns the check off.
+    pub speed_time: Duration,
 }
 
 impl Default for RetryPolicy {
     /// 6 attempts, waits of 0.5 s doubling to 8 s (0.5, 1, 2, 4, 8),
-    /// `Retry-After` honoured up to 60 s, 15 s to connect, 30 s per read.
+    /// `Retry-After` honoured up to 60 s, 15 s to connect, 30 s per read,
+    /// at least 1 KiB/s over any 30 s of waiting for the body.
     fn default() -> Self {
         RetryPolicy {
             attempts: 6,
@@ -45,6 +57,8 @@ impl Default for RetryPolicy {
             jitter: true,
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs(30),
+            speed_limit: 1024,
+            speed_time: Duration::from_secs(30),
         }
     }
 }
@@ -53,6 +67,22 @@ impl RetryPolicy {
     /// The attempt budget, at least 1.
     pub fn max_attempts(&self) -> u32 {
         self.attempts.max(1)
+    }
+
+    /// The speed check, when it is on: (bytes per second, window).
+    pub(crate) fn min_speed(&self) -> Option<(u64, Duration)> {
+        (self.speed_limit > 0 && !self.speed_time.is_zero())
+            .then_some((self.speed_limit, self.speed_time))
+    }
+
+    /// The longest a single socket read may wait: `read_timeout`, or
+    /// `speed_time` when the speed check is on and that is shorter, so a
+    /// silent server is noticed within one speed window.
+    pub(crate) fn read_wait(&self) -> Duration {
+        match self.min_speed() {
+            Some((_, window)) => self.read_timeout.min(window),
+            None => self.read_timeout,
+        }
     }
 
     /// The computed wait before retry number `retry` (1 for the first retry):
@@ -130,6 +160,31 @@ mod tests {
         assert_eq!(wait, Duration::from_secs(3));
         let wait = policy.wait_before(1, Some(Duration::from_secs(3600)));
         assert_eq!(wait, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_speed_check_is_off_when_either_half_is_zero_and_bounds_each_read() {
+        let policy = RetryPolicy::default();
+        assert_eq!(policy.min_speed(), Some((1024, Duration::from_secs(30))));
+        assert_eq!(policy.read_wait(), Duration::from_secs(30));
+        let short = RetryPolicy {
+            speed_time: Duration::from_secs(2),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(short.read_wait(), Duration::from_secs(2));
+        for off in [
+            RetryPolicy {
+                speed_limit: 0,
+                ..short.clone()
+            },
+            RetryPolicy {
+                speed_time: Duration::ZERO,
+                ..short.clone()
+            },
+        ] {
+            assert_eq!(off.min_speed(), None);
+            assert_eq!(off.read_wait(), Duration::from_secs(30));
+        }
     }
 
     #[test]

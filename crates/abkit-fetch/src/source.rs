@@ -10,6 +10,7 @@ use ureq::http::{HeaderMap, StatusCode, Uri, header};
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig, parse_pem};
 use ureq::{Agent, BodyReader};
 
+use crate::speed::{Metered, Stalled};
 use crate::{FetchError, RetryPolicy};
 
 /// Statuses worth another attempt: timeouts, rate limits and server trouble.
@@ -105,7 +106,7 @@ pub struct HttpSource {
     url: String,
     agent: Agent,
     policy: RetryPolicy,
-    body: Option<BodyReader<'static>>,
+    body: Option<Metered<BodyReader<'static>>>,
     position: u64,
     identity: Option<FileIdentity>,
     attempts: u32,
@@ -176,8 +177,13 @@ impl Opener {
         }
         let agent: Agent = Agent::config_builder()
             .http_status_as_error(false)
+            // An https transfer never continues over plain http: a redirect
+            // there fails with RequireHttpsOnly (see `classify`).
+            .https_only(url.starts_with("https://"))
             .timeout_connect(Some(self.policy.connect_timeout))
-            .timeout_per_read(Some(self.policy.read_timeout))
+            .timeout_per_read(Some(self.policy.read_wait()))
+            .timeout_per_write(Some(self.policy.read_timeout))
+            .timeout_recv_response(Some(self.policy.read_timeout))
             .user_agent(concat!("abkit/", env!("CARGO_PKG_VERSION")))
             .tls_config(tls.build())
             .build()
@@ -306,7 +312,7 @@ impl HttpSource {
     }
 
     /// One request for the bytes from `self.position` on.
-    fn attempt(&mut self) -> Result<BodyReader<'static>, Failure> {
+    fn attempt(&mut self) -> Result<Metered<BodyReader<'static>>, Failure> {
         let position = self.position;
         let mut request = self.agent.get(&self.url);
         if position > 0 {
@@ -355,7 +361,8 @@ impl HttpSource {
                     etag,
                     last_modified,
                 })?;
-                let mut body = response.into_body().into_reader();
+                let mut body =
+                    Metered::new(response.into_body().into_reader(), self.policy.min_speed());
                 if position > 0 {
                     // The server ignored the Range (or If-Range no longer
                     // matched, but then `agree` failed above): read the new
@@ -396,7 +403,10 @@ impl HttpSource {
                     }
                     .into());
                 }
-                Ok(response.into_body().into_reader())
+                Ok(Metered::new(
+                    response.into_body().into_reader(),
+                    self.policy.min_speed(),
+                ))
             }
             _ => Err(FetchError::UnexpectedStatus {
                 url: self.url.clone(),
@@ -451,6 +461,16 @@ impl HttpSource {
             ureq::Error::BadUri(reason) => Failure::Fatal(FetchError::BadUrl {
                 url: self.url.clone(),
                 reason,
+            }),
+            // Only set for https URLs: a redirect pointed to plain http.
+            ureq::Error::RequireHttpsOnly(to) => Failure::Fatal(FetchError::InsecureRedirect {
+                url: self.url.clone(),
+                to,
+            }),
+            ureq::Error::Protocol(problem) => Failure::Fatal(FetchError::Malformed {
+                url: self.url.clone(),
+                at: String::new(),
+                problem: problem.to_string(),
             }),
             other => Failure::Fatal(FetchError::Request {
                 url: self.url.clone(),
@@ -508,12 +528,25 @@ impl Read for HttpSource {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
+                    if let Some(problem) = protocol_error(&e) {
+                        let error = FetchError::Malformed {
+                            url: self.url.clone(),
+                            at: format!(" body at byte {}", self.position),
+                            problem,
+                        };
+                        return Err(self.fail(error));
+                    }
                     self.body = None;
-                    self.broken = Some(format!(
-                        "the body broke off at byte {}: {}",
-                        self.position,
-                        describe_io(&e)
-                    ));
+                    self.broken = Some(match Stalled::from_io(&e) {
+                        Some(stalled) => {
+                            format!("download stalled at byte {}: {stalled}", self.position)
+                        }
+                        None => format!(
+                            "the body broke off at byte {}: {}",
+                            self.position,
+                            describe_io(&e)
+                        ),
+                    });
                 }
             }
         }
@@ -601,8 +634,22 @@ fn status_text(status: StatusCode) -> String {
     }
 }
 
+/// The HTTP framing problem behind a body read error (bad chunk size,
+/// missing CRLF ...), if that is what it is: such an answer is broken, not
+/// cut off, and a new connection would get the same.
+fn protocol_error(error: &io::Error) -> Option<String> {
+    match error.get_ref()?.downcast_ref::<ureq::Error>()? {
+        ureq::Error::Protocol(problem) => Some(problem.to_string()),
+        ureq::Error::Io(inner) => protocol_error(inner),
+        _ => None,
+    }
+}
+
 /// Short words for the usual network failures, the error's own text otherwise.
 fn describe_io(error: &io::Error) -> String {
+    if let Some(stalled) = Stalled::from_io(error) {
+        return format!("download stalled: {stalled}");
+    }
     if let Some(inner) = error.get_ref()
         && let Some(ureq_error) = inner.downcast_ref::<ureq::Error>()
     {

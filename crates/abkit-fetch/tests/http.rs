@@ -29,6 +29,7 @@ fn fast_policy(attempts: u32) -> RetryPolicy {
         jitter: false,
         connect_timeout: Duration::from_secs(5),
         read_timeout: Duration::from_secs(5),
+        ..RetryPolicy::default()
     }
 }
 
@@ -430,4 +431,150 @@ fn the_source_can_move_to_another_thread() {
     .unwrap()
     .unwrap();
     assert_same_bytes(&got, &served.bytes);
+}
+
+/// A policy whose speed check trips fast: 1000 bytes/s over 1 s.
+fn speed_policy(attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        speed_limit: 1000,
+        speed_time: Duration::from_secs(1),
+        ..fast_policy(attempts)
+    }
+}
+
+/// 500 bytes at once, then a byte every 50 ms (20 bytes/s) for 5 s.
+const DRIP: Step = Step::Drip {
+    after: 500,
+    every: Duration::from_millis(50),
+    ticks: 100,
+};
+
+#[test]
+fn a_dripping_server_is_given_up_as_stalled_within_the_budget() {
+    let served = file();
+    let server = TestServer::start(served.clone(), vec![], DRIP);
+    let url = server.url("/x.abb");
+    let started = Instant::now();
+    let mut source = HttpSource::open(&url, &speed_policy(2)).unwrap();
+    let (got, error) = read_all(&mut source);
+    let elapsed = started.elapsed();
+    // Two windows of 1 s, not the 10 s the drips would last.
+    assert!(elapsed < Duration::from_secs(4), "took {elapsed:?}");
+    let error = error.expect("a stall must end the transfer");
+    let fetch = FetchError::from_io(&error).expect("a FetchError inside");
+    let FetchError::GaveUp { attempts, last, .. } = fetch else {
+        panic!("{fetch}");
+    };
+    assert_eq!(*attempts, 2, "{fetch}");
+    let prefix = format!("download stalled at byte {}: ", got.len());
+    assert!(last.starts_with(&prefix), "{fetch}");
+    assert!(
+        last.ends_with("bytes/s (--speed-limit)") && last.contains("below the minimum of 1000"),
+        "{fetch}"
+    );
+    assert!(
+        fetch
+            .to_string()
+            .starts_with(&format!("GET {url}: gave up after 2 attempts: ")),
+        "{fetch}"
+    );
+    // Only good bytes were handed out, and the second attempt resumed.
+    assert!(got.len() >= 500);
+    assert_same_bytes(&got, &served.bytes[..got.len()]);
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2);
+    let resumed_at: u64 = seen[1].range.as_deref().unwrap()[6..]
+        .trim_end_matches('-')
+        .parse()
+        .unwrap();
+    assert!(resumed_at >= 500 && resumed_at <= got.len() as u64);
+}
+
+#[test]
+fn a_stall_is_resumed_byte_exact_on_a_new_connection() {
+    let served = file();
+    let server = TestServer::start(served.clone(), vec![DRIP], Step::Serve);
+    let started = Instant::now();
+    let mut source = HttpSource::open(&server.url("/x.abb"), &speed_policy(2)).unwrap();
+    let (got, error) = read_all(&mut source);
+    assert!(error.is_none(), "{error:?}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert_same_bytes(&got, &served.bytes);
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[1].range.is_some());
+}
+
+#[test]
+fn a_server_that_never_answers_times_out_and_is_retried() {
+    let server = TestServer::start(file(), vec![], Step::Silent(Duration::from_millis(1500)));
+    let url = server.url("/x.abb");
+    let policy = RetryPolicy {
+        read_timeout: Duration::from_millis(300),
+        ..fast_policy(2)
+    };
+    let started = Instant::now();
+    let error = HttpSource::open(&url, &policy).unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_millis(1400), "took {elapsed:?}");
+    let FetchError::GaveUp {
+        attempts: 2, last, ..
+    } = &error
+    else {
+        panic!("{error}");
+    };
+    assert!(last.contains("timeout"), "{error}");
+    assert_eq!(server.requests(), 2);
+}
+
+#[test]
+fn response_headers_dripped_slowly_time_out() {
+    // About 150 header bytes at one per 50 ms: 7 s for the whole head.
+    let server = TestServer::start(file(), vec![], Step::DripHead(Duration::from_millis(50)));
+    let policy = RetryPolicy {
+        read_timeout: Duration::from_millis(500),
+        ..fast_policy(1)
+    };
+    let started = Instant::now();
+    let error = HttpSource::open(&server.url("/x.abb"), &policy).unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+    let FetchError::GaveUp {
+        attempts: 1, last, ..
+    } = &error
+    else {
+        panic!("{error}");
+    };
+    assert!(last.contains("timeout"), "{error}");
+}
+
+#[test]
+fn a_malformed_chunked_body_fails_at_once_and_is_not_retried() {
+    let served = file();
+    let server = TestServer::start(served.clone(), vec![], Step::BadChunked(100_000));
+    let url = server.url("/x.abb");
+    let mut source = HttpSource::open(&url, &fast_policy(6)).unwrap();
+    let (got, error) = read_all(&mut source);
+    let error = error.expect("a broken chunked body must fail");
+    let fetch = FetchError::from_io(&error).expect("a FetchError inside");
+    assert_eq!(
+        fetch,
+        &FetchError::Malformed {
+            url: url.clone(),
+            at: format!(" body at byte {}", got.len()),
+            problem: "chunk length cannot be read as a number".into(),
+        },
+        "{fetch}"
+    );
+    assert!(
+        fetch
+            .to_string()
+            .starts_with(&format!("GET {url}: malformed response body at byte ")),
+        "{fetch}"
+    );
+    assert_same_bytes(&got, &served.bytes[..got.len()]);
+    assert_eq!(server.requests(), 1);
+    // The failure sticks: no more requests.
+    assert!(source.read(&mut [0u8; 64]).is_err());
+    assert_eq!(server.requests(), 1);
 }

@@ -1,6 +1,7 @@
 //! HTTPS through rustls against `openssl s_server -WWW` with a CA made for the
 //! test: trusted only when that CA is given as the roots, and a certificate
-//! refusal is not retried.
+//! refusal is not retried; `openssl s_server -HTTP` serving a canned redirect
+//! to plain http, which is refused.
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
@@ -92,7 +93,9 @@ struct TlsServer {
 }
 
 impl TlsServer {
-    fn start(dir: &Path) -> TlsServer {
+    /// `mode`: `-WWW` serves files, `-HTTP` sends a file as the whole
+    /// response (status line and headers included).
+    fn start(dir: &Path, mode: &str) -> TlsServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -102,7 +105,7 @@ impl TlsServer {
             .args([
                 "s_server",
                 "-quiet",
-                "-WWW",
+                mode,
                 "-cert",
                 "server.crt",
                 "-key",
@@ -142,7 +145,7 @@ fn https_with_a_private_ca_streams_byte_exact_and_an_untrusted_one_fails_at_once
         .map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8)
         .collect();
     std::fs::write(dir.path().join("update.abb"), &bytes).unwrap();
-    let server = TlsServer::start(dir.path());
+    let server = TlsServer::start(dir.path(), "-WWW");
     let url = format!("https://127.0.0.1:{}/update.abb", server.port);
     let policy = RetryPolicy {
         attempts: 3,
@@ -190,4 +193,50 @@ fn unusable_trust_roots_are_refused_before_any_request() {
         );
         assert!(text.contains(words), "{text}");
     }
+}
+
+#[test]
+fn a_redirect_from_https_to_plain_http_is_refused_naming_both_urls() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    // Where the redirect points: a listener that must never see a connection.
+    let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+    plain.set_nonblocking(true).unwrap();
+    let to = format!(
+        "http://127.0.0.1:{}/update.abb",
+        plain.local_addr().unwrap().port()
+    );
+    std::fs::write(
+        dir.path().join("moved"),
+        format!("HTTP/1.0 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\n\r\n"),
+    )
+    .unwrap();
+    let server = TlsServer::start(dir.path(), "-HTTP");
+    let url = format!("https://127.0.0.1:{}/moved", server.port);
+    let policy = RetryPolicy {
+        attempts: 3,
+        initial_delay: Duration::from_millis(10),
+        read_timeout: Duration::from_secs(1),
+        ..RetryPolicy::default()
+    };
+    let ca = std::fs::read(dir.path().join("ca.crt")).unwrap();
+    let error = Opener::new(&policy)
+        .trust(TrustRoots::Pem(ca))
+        .open(&url)
+        .unwrap_err();
+    assert_eq!(
+        error,
+        FetchError::InsecureRedirect {
+            url: url.clone(),
+            to: to.clone()
+        },
+        "{error}"
+    );
+    assert_eq!(
+        error.to_string(),
+        format!("GET {url}: refused a redirect from https to plain http: {to}")
+    );
+    // Refused before connecting, and not retried.
+    let pending = plain.accept().map(|_| ()).map_err(|e| e.kind());
+    assert_eq!(pending, Err(std::io::ErrorKind::WouldBlock));
 }

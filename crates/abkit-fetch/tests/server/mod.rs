@@ -2,8 +2,9 @@
 //!
 //! It serves one file (honouring `Range: bytes=N-` and `If-Range`), records
 //! every request it sees, and can be told to misbehave request by request:
-//! answer a status, cut the connection after some body bytes, stall, ignore
-//! the Range, serve a different file. It answers `Connection: close`, handles
+//! answer a status, cut the connection after some body bytes, stall, drip
+//! bytes slowly, say nothing, ignore the Range, serve a different file, break
+//! the chunked framing. It answers `Connection: close`, handles
 //! each connection on its own thread, and stops when dropped or after a
 //! minute, whichever comes first.
 
@@ -50,6 +51,20 @@ pub enum Step {
     Status(u16, Vec<(String, String)>),
     /// Answer 200 in chunked transfer coding (no Content-Length).
     Chunked,
+    /// Like `Chunked`, but after this many body bytes send a chunk whose
+    /// size line is not hexadecimal, then close.
+    BadChunked(u64),
+    /// Like `Serve`, but after `after` body bytes send one byte every
+    /// `every`, at most `ticks` of them, then close the connection.
+    Drip {
+        after: u64,
+        every: Duration,
+        ticks: u32,
+    },
+    /// Like `Serve`, but send the response head one byte every this long.
+    DripHead(Duration),
+    /// Read the request, answer nothing for this long, then close.
+    Silent(Duration),
 }
 
 /// One request as the server saw it.
@@ -230,6 +245,10 @@ fn respond(mut stream: TcpStream, seen: &Seen, step: &Step, file: &File) -> std:
         stream.write_all(head.as_bytes())?;
         return stream.write_all(body.as_bytes());
     }
+    if let Step::Silent(hold) = step {
+        thread::sleep(*hold);
+        return Ok(());
+    }
     if let Step::WrongRange(shift) = step {
         start = Some(start.unwrap_or(0) + shift);
     }
@@ -245,6 +264,21 @@ fn respond(mut stream: TcpStream, seen: &Seen, step: &Step, file: &File) -> std:
             stream.write_all(b"\r\n")?;
         }
         return stream.write_all(b"0\r\n\r\n");
+    }
+    if let Step::BadChunked(good) = step {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nETag: {}\r\nConnection: close\r\n\r\n",
+            file.etag
+        );
+        stream.write_all(head.as_bytes())?;
+        let good = &file.bytes[..(*good as usize).min(file.bytes.len())];
+        for chunk in good.chunks(50_000) {
+            stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())?;
+            stream.write_all(chunk)?;
+            stream.write_all(b"\r\n")?;
+        }
+        stream.write_all(b"zz\r\nnot a chunk\r\n")?;
+        return stream.flush();
     }
     let head = match start {
         Some(s) if s >= len => {
@@ -268,7 +302,15 @@ fn respond(mut stream: TcpStream, seen: &Seen, step: &Step, file: &File) -> std:
         ),
     };
     let body = &file.bytes[start.unwrap_or(0) as usize..];
-    stream.write_all(head.as_bytes())?;
+    if let Step::DripHead(every) = step {
+        for byte in head.as_bytes() {
+            stream.write_all(std::slice::from_ref(byte))?;
+            stream.flush()?;
+            thread::sleep(*every);
+        }
+    } else {
+        stream.write_all(head.as_bytes())?;
+    }
     match step {
         Step::CutAfter(n) => {
             let n = (*n as usize).min(body.len());
@@ -281,6 +323,22 @@ fn respond(mut stream: TcpStream, seen: &Seen, step: &Step, file: &File) -> std:
             stream.write_all(&body[..n])?;
             stream.flush()?;
             thread::sleep(*hold);
+            Ok(())
+        }
+        Step::Drip {
+            after,
+            every,
+            ticks,
+        } => {
+            let n = (*after as usize).min(body.len());
+            stream.write_all(&body[..n])?;
+            stream.flush()?;
+            for byte in body[n..].iter().take(*ticks as usize) {
+                thread::sleep(*every);
+                // Fails soon after the client hung up: the drip ends there.
+                stream.write_all(std::slice::from_ref(byte))?;
+                stream.flush()?;
+            }
             Ok(())
         }
         _ => {

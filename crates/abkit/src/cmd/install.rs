@@ -1,6 +1,8 @@
 //! `abkit install`: write a bundle into the inactive slot and boot it once.
 
+use std::io::Read;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use abkit_bundle::Keyring;
 use abkit_update::InstallOptions;
@@ -45,6 +47,31 @@ pub struct InstallArgs {
     /// default when stdout is not a terminal).
     #[arg(long)]
     json: bool,
+
+    /// Minimum download speed: an attempt that brings fewer bytes per second
+    /// than this, averaged over --speed-time seconds of waiting for the
+    /// server, is given up as stalled and the download resumes where it
+    /// stopped on a new connection (6 attempts in all), like curl's
+    /// --speed-limit. Raise it to give up sooner on a crawling mirror;
+    /// 0 turns the check off.
+    #[arg(
+        long,
+        value_name = "BYTES_PER_SEC",
+        default_value_t = 1024,
+        help_heading = "Download (http/https source)"
+    )]
+    speed_limit: u64,
+
+    /// How long, in seconds, a download may stay below --speed-limit before
+    /// the attempt is given up (like curl's --speed-time). No single wait for
+    /// the server lasts longer. 0 turns the check off.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 30,
+        help_heading = "Download (http/https source)"
+    )]
+    speed_time: u64,
 }
 
 pub fn run(args: InstallArgs) -> anyhow::Result<()> {
@@ -55,7 +82,17 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     let keyring = Keyring::load_dir(&keyring_dir)
         .with_context(|| format!("cannot load the keyring {}", keyring_dir.display()))?;
     let mut m = args.machine.open()?;
-    let source = abkit_update::source::open_source(&args.source)?;
+    let source: Box<dyn Read + Send> =
+        if args.source.starts_with("http://") || args.source.starts_with("https://") {
+            let policy = abkit_fetch::RetryPolicy {
+                speed_limit: args.speed_limit,
+                speed_time: Duration::from_secs(args.speed_time),
+                ..abkit_fetch::RetryPolicy::default()
+            };
+            Box::new(abkit_fetch::HttpSource::open(&args.source, &policy)?)
+        } else {
+            abkit_update::source::open_source(&args.source)?
+        };
     let mut out = Output::choose(args.json);
     let result = abkit_update::install(
         m.as_mut(),
