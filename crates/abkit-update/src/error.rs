@@ -70,8 +70,8 @@ pub enum UpdateError {
     UnknownRunningSlot(String),
     #[error("cannot find the boot disk: {0}")]
     NoBootDisk(String),
-    #[error("{0}")]
-    Source(String),
+    #[error(transparent)]
+    Fetch(#[from] abkit_fetch::FetchError),
     #[error("{0}")]
     Policy(String),
     #[error("refusing to commit slot {slot}: {reason}")]
@@ -111,7 +111,7 @@ impl UpdateError {
             UpdateError::Boot(_) => "boot-variables",
             UpdateError::Store(_) => "variable-store",
             UpdateError::Disk(_) => "disk",
-            UpdateError::Bundle(_) => "bundle",
+            UpdateError::Bundle(e) => e.code(),
             UpdateError::Io { .. } => "io",
             UpdateError::Incompatible { .. } => "incompatible",
             UpdateError::Downgrade { .. } => "downgrade",
@@ -124,7 +124,7 @@ impl UpdateError {
             UpdateError::NothingToRollBack { .. } => "nothing-to-roll-back",
             UpdateError::UnknownRunningSlot(_) => "unknown-running-slot",
             UpdateError::NoBootDisk(_) => "no-boot-disk",
-            UpdateError::Source(_) => "source",
+            UpdateError::Fetch(_) => "fetch",
             UpdateError::Policy(_) => "boot-policy",
             UpdateError::NotCommittable { .. } => "not-committable",
             UpdateError::Locked { .. } => "locked",

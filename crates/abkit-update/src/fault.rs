@@ -123,6 +123,9 @@ impl EspFiles for FaultyEsp {
         self.tick()?;
         self.inner.remove(path)
     }
+    fn size(&mut self, path: &str) -> Result<Option<u64>> {
+        self.inner.size(path)
+    }
     fn free_bytes(&mut self) -> Result<u64> {
         self.inner.free_bytes()
     }

@@ -376,6 +376,14 @@ impl EspFiles for DirEsp {
             Err(e) => Err(UpdateError::io(format!("remove {}", p.display()))(e)),
         }
     }
+    fn size(&mut self, path: &str) -> Result<Option<u64>> {
+        let p = self.path(path);
+        match fs::metadata(&p) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(UpdateError::io(format!("stat {}", p.display()))(e)),
+        }
+    }
     fn free_bytes(&mut self) -> Result<u64> {
         statvfs_free(&self.root).map_err(UpdateError::io(format!(
             "free space of {}",

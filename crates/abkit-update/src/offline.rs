@@ -195,4 +195,7 @@ impl EspFiles for ImageEsp {
     fn free_bytes(&mut self) -> Result<u64> {
         Ok(self.0.free_bytes()?)
     }
+    fn size(&mut self, path: &str) -> Result<Option<u64>> {
+        Ok(self.0.file_size(path)?)
+    }
 }

@@ -6,12 +6,14 @@ use std::io::Read;
 
 use crate::{Result, UpdateError};
 
-/// Opens SOURCE (a path or an `http://` / `https://` URL) as a stream.
-pub fn open_source(source: &str) -> Result<Box<dyn Read + Send>> {
+/// Opens SOURCE (a path or an `http://` / `https://` URL, downloaded
+/// under `policy`) as a stream.
+pub fn open_source(
+    source: &str,
+    policy: &abkit_fetch::RetryPolicy,
+) -> Result<Box<dyn Read + Send>> {
     if source.starts_with("http://") || source.starts_with("https://") {
-        let http = abkit_fetch::HttpSource::open(source, &abkit_fetch::RetryPolicy::default())
-            .map_err(|e| UpdateError::Source(e.to_string()))?;
-        return Ok(Box::new(http));
+        return Ok(Box::new(abkit_fetch::HttpSource::open(source, policy)?));
     }
     let file = File::open(source).map_err(UpdateError::io(format!("open bundle {source}")))?;
     Ok(Box::new(file))

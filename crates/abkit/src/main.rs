@@ -47,20 +47,6 @@ enum Command {
     Image(cmd::image::ImageCommand),
 }
 
-/// The error and its causes on one line, each cause once: library errors
-/// often already carry their source's text in their own message.
-fn error_chain(err: &anyhow::Error) -> String {
-    let mut text = err.to_string();
-    for cause in err.chain().skip(1) {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-    }
-    text
-}
-
 /// Dies quietly on a closed pipe (`abkit ... | head`), like other Unix
 /// tools, instead of panicking in `println!`.
 fn default_sigpipe() {
@@ -76,6 +62,10 @@ fn main() -> std::process::ExitCode {
         .format_timestamp(None)
         .init();
     let cli = Cli::parse();
+    // Machine commands asked for JSON report a failure as JSON on stdout too
+    // (bundle commands do it themselves).
+    let json_failure =
+        !matches!(cli.command, Command::Bundle(_)) && std::env::args().any(|a| a == "--json");
     let result = match cli.command {
         Command::Install(a) => cmd::install::run(a),
         Command::MarkGood(a) => cmd::mark_good::run(a),
@@ -90,7 +80,16 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("abkit: error: {}", error_chain(&err));
+            if json_failure {
+                println!("{}", cmd::errors::json_error(&err));
+            }
+            let code = cmd::errors::error_code(&err);
+            let text = cmd::errors::error_chain(&err);
+            if code == "error" || text.contains(&format!("[{code}]")) {
+                eprintln!("abkit: error: {text}");
+            } else {
+                eprintln!("abkit: error: {text} [{code}]");
+            }
             std::process::ExitCode::FAILURE
         }
     }

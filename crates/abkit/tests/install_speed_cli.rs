@@ -185,6 +185,7 @@ fn speed_flags_reach_the_download_and_a_dripping_server_is_resumed() {
         "--keyring",
         &w.s("keyring"),
         "--json",
+        "--allow-unrecorded",
         "--speed-limit",
         "1000",
         "--speed-time",

@@ -131,7 +131,10 @@ pub fn run(cmd: BundleCommand) -> anyhow::Result<()> {
     if json && let Err(err) = &result {
         // Scripts asked for JSON: they get the failure as JSON on stdout too
         // (the message still goes to stderr and the exit status is 1).
-        println!("{}", serde_json::to_string_pretty(&json_error(err))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&super::errors::json_error(err))?
+        );
     }
     result
 }
@@ -140,7 +143,7 @@ pub fn run(cmd: BundleCommand) -> anyhow::Result<()> {
 /// `[chunk-hash-mismatch] payload ...`; kept typed so `--json` can report
 /// the code.
 #[derive(Debug)]
-struct Coded(abkit_bundle::Error);
+pub struct Coded(pub abkit_bundle::Error);
 
 impl std::fmt::Display for Coded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -154,35 +157,6 @@ impl std::error::Error for Coded {}
 /// Adds the error's stable code, e.g. `[chunk-hash-mismatch] payload ...`.
 fn coded(err: abkit_bundle::Error) -> anyhow::Error {
     anyhow::Error::new(Coded(err))
-}
-
-/// The stable code of a failure: the bundle library's code (see
-/// docs/bundle-format.md), `io` for a file that cannot be read, `error`
-/// for anything else.
-fn error_code(err: &anyhow::Error) -> &'static str {
-    if let Some(Coded(e)) = err.chain().find_map(|c| c.downcast_ref::<Coded>()) {
-        return e.code();
-    }
-    if err.chain().any(|c| c.is::<io::Error>()) {
-        return "io";
-    }
-    "error"
-}
-
-/// `{"ok": false, "error": {"code": ..., "message": ...}}`.
-fn json_error(err: &anyhow::Error) -> serde_json::Value {
-    let mut message = err.to_string();
-    for cause in err.chain().skip(1) {
-        let cause = cause.to_string();
-        if !message.contains(&cause) {
-            message.push_str(": ");
-            message.push_str(&cause);
-        }
-    }
-    serde_json::json!({
-        "ok": false,
-        "error": {"code": error_code(err), "message": message},
-    })
 }
 
 fn open_source(path: &Path) -> anyhow::Result<Box<dyn Read>> {

@@ -1,6 +1,5 @@
 //! `abkit install`: write a bundle into the inactive slot and boot it once.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -82,17 +81,12 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     let keyring = Keyring::load_dir(&keyring_dir)
         .with_context(|| format!("cannot load the keyring {}", keyring_dir.display()))?;
     let mut m = args.machine.open()?;
-    let source: Box<dyn Read + Send> =
-        if args.source.starts_with("http://") || args.source.starts_with("https://") {
-            let policy = abkit_fetch::RetryPolicy {
-                speed_limit: args.speed_limit,
-                speed_time: Duration::from_secs(args.speed_time),
-                ..abkit_fetch::RetryPolicy::default()
-            };
-            Box::new(abkit_fetch::HttpSource::open(&args.source, &policy)?)
-        } else {
-            abkit_update::source::open_source(&args.source)?
-        };
+    let policy = abkit_fetch::RetryPolicy {
+        speed_limit: args.speed_limit,
+        speed_time: Duration::from_secs(args.speed_time),
+        ..abkit_fetch::RetryPolicy::default()
+    };
+    let source = abkit_update::source::open_source(&args.source, &policy)?;
     let mut out = Output::choose(args.json);
     let result = abkit_update::install(
         m.as_mut(),

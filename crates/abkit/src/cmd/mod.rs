@@ -2,6 +2,7 @@
 
 pub mod bundle;
 pub mod efi;
+pub mod errors;
 pub mod image;
 pub mod install;
 pub mod keygen;

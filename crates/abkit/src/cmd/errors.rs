@@ -1,0 +1,50 @@
+//! Failures as scripts read them: every error has a stable code, and a
+//! command run with `--json` prints `{"ok": false, "error": {"code": ...,
+//! "message": ...}}` on stdout (the message also goes to stderr).
+
+use std::io;
+
+use super::bundle::Coded;
+
+/// The stable code of a failure: the library's own code (docs/update.md,
+/// docs/bundle-format.md), `io` for a file that cannot be read, `error` for
+/// anything else (a wrong flag, say).
+pub fn error_code(err: &anyhow::Error) -> &'static str {
+    for cause in err.chain() {
+        if let Some(Coded(e)) = cause.downcast_ref::<Coded>() {
+            return e.code();
+        }
+        if let Some(e) = cause.downcast_ref::<abkit_update::UpdateError>() {
+            return e.code();
+        }
+        if let Some(e) = cause.downcast_ref::<abkit_bundle::Error>() {
+            return e.code();
+        }
+    }
+    if err.chain().any(|c| c.is::<io::Error>()) {
+        return "io";
+    }
+    "error"
+}
+
+/// The error and its causes on one line, each cause once: library errors
+/// often already carry their source's text in their own message.
+pub fn error_chain(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+/// `{"ok": false, "error": {"code": ..., "message": ...}}`.
+pub fn json_error(err: &anyhow::Error) -> serde_json::Value {
+    serde_json::json!({
+        "ok": false,
+        "error": {"code": error_code(err), "message": error_chain(err)},
+    })
+}
