@@ -79,6 +79,10 @@ pub enum StampError {
     )]
     TableNotAtEnd { offset: u32, size: u32, len: u64 },
     #[error(
+        "the certificate table at {table_start:#x} overlaps section data that ends at {sections_end:#x}"
+    )]
+    TableOverlapsSections { table_start: u64, sections_end: u64 },
+    #[error(
         "certificate table entry at {at:#x}: its length {length} runs past the table or is shorter than a header"
     )]
     BadEntry { at: usize, length: u32 },
@@ -198,6 +202,27 @@ pub fn locate_table(
     Ok(Some(u64::from(offset)..end))
 }
 
+/// [`locate_table`] for a parsed image, also checking that the table lies
+/// after every section's raw data (else a stamp would change hashed bytes).
+/// `pe` may be the headers alone: only the section table is read.
+pub fn table_of(pe: &PeImage<'_>, file_len: u64) -> Result<Option<Range<u64>>, StampError> {
+    let Some(range) = locate_table(pe.optional.security_directory, file_len)? else {
+        return Ok(None);
+    };
+    let sections_end = pe
+        .sections()
+        .map(|s| u64::from(s.pointer_to_raw_data) + u64::from(s.size_of_raw_data))
+        .max()
+        .unwrap_or(0);
+    if sections_end > range.start {
+        return Err(StampError::TableOverlapsSections {
+            table_start: range.start,
+            sections_end,
+        });
+    }
+    Ok(Some(range))
+}
+
 fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
 }
@@ -280,7 +305,7 @@ pub fn find_stamp(table: &[u8]) -> Result<Option<Slot>, StampError> {
 /// The slot stamped into a whole PE file, `None` if it has none.
 pub fn stamp_of_file(file: &[u8]) -> Result<Option<Slot>, StampError> {
     let pe = PeImage::parse(file)?;
-    match locate_table(pe.optional.security_directory, file.len() as u64)? {
+    match table_of(&pe, file.len() as u64)? {
         // In range: locate_table checked the table ends where the file does.
         Some(range) => find_stamp(&file[range.start as usize..]),
         None => Ok(None),
