@@ -1,7 +1,10 @@
 //! The abkit EFI loader: one UKI-style stub for both slots.
 //!
-//! It learns its slot from its own file name (`boot-b.efi` → B, anything else
-//! → A), takes kernel, initrd and command line from its own PE sections,
+//! It learns its slot from the slot stamp in its own file's certificate table
+//! (`abkit uki stamp`; the firmware does not load that table into memory, so
+//! the loader reads it from its file), else from its own file name
+//! (`boot-b.efi` → B, anything else → A), takes kernel, initrd and command
+//! line from its own PE sections,
 //! writes the slot into the command line, records how it booted in EFI
 //! variables and starts the kernel. On failure it says what failed and returns
 //! an error status, so the firmware moves on to the next boot entry.
@@ -20,6 +23,7 @@ use abkit_loader_core::guid::{
     ABKIT_VENDOR_GUID_EFI, LINUX_EFI_INITRD_MEDIA_GUID_EFI, LOADER_INTERFACE_GUID_EFI, format_upper,
 };
 use abkit_loader_core::pe::{Layout, PeImage};
+use abkit_loader_core::stamp;
 use abkit_loader_core::vars::{
     ABKIT_BOOTED_SLOT, LOADER_DEVICE_PART_UUID, LOADER_IMAGE_IDENTIFIER, VOLATILE_BS_RT,
 };
@@ -30,6 +34,8 @@ use uefi::proto::device_path::media::PartitionSignature;
 use uefi::proto::device_path::text::{AllowShortcuts, DisplayOnly};
 use uefi::proto::device_path::{DevicePath, DevicePathNodeEnum};
 use uefi::proto::loaded_image::LoadedImage;
+use uefi::proto::media::file::{File, FileAttribute, FileInfo, FileMode, RegularFile};
+use uefi::proto::media::fs::SimpleFileSystem;
 use uefi::runtime::{self, VariableAttributes, VariableVendor};
 use uefi::{CString16, Guid, println};
 use uefi_raw::Boolean;
@@ -108,6 +114,9 @@ fn main() -> Status {
 struct SelfImage {
     /// The loader's file path as UCS-2 text with NUL (`\EFI\abkit\boot-b.efi`).
     path: CString16,
+    /// The path to open on that partition: the device path's file-path
+    /// nodes joined (some firmware splits a path into several nodes).
+    file_path: Option<CString16>,
     /// The partition it was loaded from.
     device: Option<Handle>,
     /// The loader's image as the firmware mapped it.
@@ -116,8 +125,23 @@ struct SelfImage {
 
 fn boot_own_kernel() -> Result<core::convert::Infallible, Failure> {
     let me = read_self()?;
-    let slot = Slot::from_loader_path_ucs2(me.path.to_u16_slice());
-    println!("abkit: booting slot {slot}");
+    let (slot, source) = match read_own_stamp(&me) {
+        Ok(Some(slot)) => (slot, "stamp"),
+        Ok(None) => (
+            Slot::from_loader_path_ucs2(me.path.to_u16_slice()),
+            "file name",
+        ),
+        Err(why) => {
+            println!("abkit: warning: cannot read the slot stamp ({why}); using the file name");
+            (
+                Slot::from_loader_path_ucs2(me.path.to_u16_slice()),
+                "file name",
+            )
+        }
+    };
+    // The line starts `abkit: booting slot X` whatever the source: serial
+    // parsers (tests/vm, abkit-vmtest) match that prefix.
+    println!("abkit: booting slot {slot} ({source})");
 
     let pe = PeImage::parse(me.image).map_err(|e| Failure {
         what: "cannot read the loader's own PE headers",
@@ -173,6 +197,7 @@ fn read_self() -> Result<SelfImage, Failure> {
             })?,
         None => CString16::new(),
     };
+    let file_path = loaded.file_path().and_then(joined_file_path);
     let (base, size) = loaded.info();
     let size = usize::try_from(size)
         .map_err(|_| fail("the loader's image size is too large", Status::LOAD_ERROR))?;
@@ -181,9 +206,106 @@ fn read_self() -> Result<SelfImage, Failure> {
     let image = unsafe { core::slice::from_raw_parts(base.cast::<u8>(), size) };
     Ok(SelfImage {
         path,
+        file_path,
         device: loaded.device(),
         image,
     })
+}
+
+/// The file-path nodes of `path` joined into one path with single `\`s.
+fn joined_file_path(path: &DevicePath) -> Option<CString16> {
+    const BACKSLASH: u16 = b'\\' as u16;
+    let mut units: Vec<u16> = Vec::new();
+    for node in path.node_iter() {
+        if let Ok(DevicePathNodeEnum::MediaFilePath(file)) = node.as_enum() {
+            let mut name = file.path_name().to_vec();
+            while name.last() == Some(&0) {
+                name.pop();
+            }
+            if !units.is_empty()
+                && units.last() != Some(&BACKSLASH)
+                && name.first() != Some(&BACKSLASH)
+            {
+                units.push(BACKSLASH);
+            }
+            units.extend(name);
+        }
+    }
+    if units.is_empty() {
+        return None;
+    }
+    units.push(0);
+    CString16::try_from(units).ok()
+}
+
+/// How many bytes of its file the loader reads to find the certificate
+/// table: the PE headers (`abkit uki build` keeps them in 0x400 bytes).
+const HEADER_READ_LEN: usize = 4096;
+/// The largest certificate table the loader reads (a signature is a few KiB).
+const MAX_CERT_TABLE_LEN: u64 = 256 * 1024;
+
+/// The slot stamped into the loader's own file, `None` if it has none. The
+/// certificate table is not part of the mapped image, so this opens the file
+/// the loader was started from and reads its headers and the table.
+fn read_own_stamp(me: &SelfImage) -> Result<Option<Slot>, alloc::string::String> {
+    use alloc::format;
+    let device = me.device.ok_or("the loader has no device handle")?;
+    let path = me.file_path.as_ref().ok_or("the loader has no file path")?;
+    // SAFETY: GetProtocol does not take the file system from its driver (an
+    // exclusive open would disconnect it); we use it only within this
+    // function, while the device handle exists.
+    let mut fs = unsafe {
+        boot::open_protocol::<SimpleFileSystem>(
+            OpenProtocolParams {
+                handle: device,
+                agent: boot::image_handle(),
+                controller: None,
+            },
+            OpenProtocolAttributes::GetProtocol,
+        )
+    }
+    .map_err(|e| format!("no file system on the loader's device: {:?}", e.status()))?;
+    let mut volume = fs
+        .open_volume()
+        .map_err(|e| format!("cannot open the volume: {:?}", e.status()))?;
+    let mut file = volume
+        .open(path, FileMode::Read, FileAttribute::empty())
+        .map_err(|e| format!("cannot open {path}: {:?}", e.status()))?
+        .into_regular_file()
+        .ok_or("the loader's path is a directory")?;
+    let file_len = file
+        .get_boxed_info::<FileInfo>()
+        .map_err(|e| format!("cannot read the file size: {:?}", e.status()))?
+        .file_size();
+
+    let mut headers = alloc::vec![0u8; HEADER_READ_LEN.min(file_len as usize)];
+    read_exact(&mut file, &mut headers)?;
+    let pe = PeImage::parse(&headers).map_err(|e| format!("{e}"))?;
+    let Some(table) = stamp::table_of(&pe, file_len).map_err(|e| format!("{e}"))? else {
+        return Ok(None);
+    };
+    let table_len = table.end - table.start;
+    if table_len > MAX_CERT_TABLE_LEN {
+        return Err(format!("the certificate table is {table_len} bytes"));
+    }
+    let mut bytes = alloc::vec![0u8; table_len as usize];
+    file.set_position(table.start)
+        .map_err(|e| format!("cannot seek: {:?}", e.status()))?;
+    read_exact(&mut file, &mut bytes)?;
+    stamp::find_stamp(&bytes).map_err(|e| format!("{e}"))
+}
+
+/// Fills `buf` from `file`, failing on a short read.
+fn read_exact(file: &mut RegularFile, buf: &mut [u8]) -> Result<(), alloc::string::String> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read(&mut buf[done..]) {
+            Ok(0) => return Err("the file ended early".into()),
+            Ok(n) => done += n,
+            Err(e) => return Err(alloc::format!("cannot read: {:?}", e.status())),
+        }
+    }
+    Ok(())
 }
 
 /// Sets the Boot Loader Interface variables and abkit's booted-slot variable.

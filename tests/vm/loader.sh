@@ -4,10 +4,13 @@
 # Builds one loader (`abkit uki build`: stub + Debian kernel + test OS initrd,
 # command line with SYSTEM-X), puts it on a GPT disk's ESP as
 # \EFI\abkit\boot-a.efi, \EFI\abkit\boot-b.efi and \EFI\BOOT\BOOTX64.EFI, and
-# boots each path once. The test OS init prints /proc/cmdline and the loader's
-# EFI variables; for each path we check the slot in the command line, the
-# booted-slot variable, LoaderImageIdentifier and that LoaderDevicePartUUID is
-# the ESP's partition GUID.
+# boots each path once (the file name decides). A second disk carries
+# stamped copies (`abkit uki stamp`): a B-stamped BOOTX64.EFI must boot B and
+# an A-stamped boot-b.efi must boot A (the stamp beats the file name). The
+# test OS init prints /proc/cmdline and the loader's EFI variables; for each
+# boot we check the loader's line (slot and source), the slot in the command
+# line, the booted-slot variable, LoaderImageIdentifier and that
+# LoaderDevicePartUUID is the ESP's partition GUID.
 #
 # Needs: build/abkit-stub.efi (make stub), build/kernel (make deps), and the
 # tools make deps installs (qemu, ovmf, sgdisk, mtools, dosfstools, binutils,
@@ -90,22 +93,55 @@ EOF
   fail "PE checksum of $kernel differs from the stored one"
 say "loader built: $(stat -c %s "$work/boot.efi") bytes; objdump and inspect agree"
 
-# --- A GPT disk whose ESP holds the loader three times.
-esp_guid=$(tr '[:lower:]' '[:upper:]' </proc/sys/kernel/random/uuid)
-disk=$work/disk.img
-truncate -s 80M "$disk"
-# (No -q: with it, this sgdisk silently writes no partition.)
-sgdisk -o -n 1:2048:+64M -t 1:ef00 -c 1:ESP -u "1:$esp_guid" "$disk" >/dev/null
-sgdisk -i 1 "$disk" | grep -qi "unique GUID: $esp_guid" || fail "sgdisk did not create the ESP"
-truncate -s 64M "$work/esp.img"
-mkfs.vfat -F 32 -S 512 -s 1 -n ESP "$work/esp.img" >/dev/null
-mmd -i "$work/esp.img" ::/EFI ::/EFI/abkit ::/EFI/BOOT
-for dest in /EFI/abkit/boot-a.efi /EFI/abkit/boot-b.efi /EFI/BOOT/BOOTX64.EFI; do
-  mcopy -i "$work/esp.img" "$work/boot.efi" "::$dest"
+# --- Stamped copies: same Authenticode digest, the stamp shows in inspect.
+"$abkit" uki stamp --slot B "$work/boot.efi" -o "$work/stamped-b.efi" 2>/dev/null
+cp "$work/boot.efi" "$work/stamped-a.efi"
+"$abkit" uki stamp --slot A "$work/stamped-a.efi" -o "$work/stamped-a.efi" 2>/dev/null
+for f in boot stamped-a stamped-b; do
+  "$abkit" uki inspect --json "$work/$f.efi" >"$work/inspect-$f.json"
 done
-dd if="$work/esp.img" of="$disk" bs=512 seek=2048 conv=notrunc status=none
-sgdisk -v "$disk" | grep -q "No problems found" || fail "sgdisk -v finds problems in the test disk"
-fsck.vfat -n "$work/esp.img" >/dev/null || fail "fsck.vfat finds problems in the test ESP"
+python3 - "$work" <<'EOF' ||
+import json, sys
+i = {f: json.load(open(f"{sys.argv[1]}/inspect-{f}.json")) for f in ("boot", "stamped-a", "stamped-b")}
+assert i["boot"]["slot_stamp"] is None, i["boot"]["slot_stamp"]
+assert i["stamped-a"]["slot_stamp"] == "A" and i["stamped-b"]["slot_stamp"] == "B"
+digests = {f: v["authenticode_sha256"] for f, v in i.items()}
+assert len(set(digests.values())) == 1 and None not in digests.values(), digests
+for v in i.values():
+    assert v["checksum_stored"] == v["checksum_computed"]
+EOF
+  fail "stamped copies: inspect disagrees (stamp, digest or checksum)"
+objdump -h "$work/stamped-b.efi" >/dev/null || fail "objdump cannot read the stamped loader"
+say "stamped copies A and B share the Authenticode digest"
+
+# --- GPT disks: the loader three times (file names decide), and stamped
+# copies (the stamp decides). make_disk DISK GUID SRC:DEST...
+make_disk() {
+  local disk=$1 guid=$2 esp=$1.esp
+  shift 2
+  truncate -s 80M "$disk"
+  # (No -q: with it, this sgdisk silently writes no partition.)
+  sgdisk -o -n 1:2048:+64M -t 1:ef00 -c 1:ESP -u "1:$guid" "$disk" >/dev/null
+  sgdisk -i 1 "$disk" | grep -qi "unique GUID: $guid" || fail "sgdisk did not create the ESP"
+  truncate -s 64M "$esp"
+  mkfs.vfat -F 32 -S 512 -s 1 -n ESP "$esp" >/dev/null
+  mmd -i "$esp" ::/EFI ::/EFI/abkit ::/EFI/BOOT
+  local pair
+  for pair in "$@"; do
+    mcopy -i "$esp" "${pair%%:*}" "::${pair#*:}"
+  done
+  dd if="$esp" of="$disk" bs=512 seek=2048 conv=notrunc status=none
+  sgdisk -v "$disk" | grep -q "No problems found" || fail "sgdisk -v finds problems in $disk"
+  fsck.vfat -n "$esp" >/dev/null || fail "fsck.vfat finds problems in $esp"
+  rm -f "$esp"
+}
+new_guid() { tr '[:lower:]' '[:upper:]' </proc/sys/kernel/random/uuid; }
+plain_guid=$(new_guid)
+make_disk "$work/disk.img" "$plain_guid" "$work/boot.efi:/EFI/abkit/boot-a.efi" \
+  "$work/boot.efi:/EFI/abkit/boot-b.efi" "$work/boot.efi:/EFI/BOOT/BOOTX64.EFI"
+stamped_guid=$(new_guid)
+make_disk "$work/stamped-disk.img" "$stamped_guid" "$work/stamped-b.efi:/EFI/BOOT/BOOTX64.EFI" \
+  "$work/stamped-a.efi:/EFI/abkit/boot-b.efi"
 
 # --- Firmware variables: a boot entry for the path plus BootNext to it; the
 # fallback path boots from a fresh store (no entries: OVMF tries BOOTX64.EFI).
@@ -126,7 +162,7 @@ vars_for() {
 
 # --- Boot each path and check what the test OS reports.
 check_boot() {
-  local name=$1 path=$2 slot=$3 entry=$4
+  local name=$1 path=$2 slot=$3 entry=$4 source=$5 disk=$6 esp_guid=$7
   local vars log t
   vars=$(vars_for "$name" "$entry")
   log=$work/serial-$name.log
@@ -143,7 +179,7 @@ check_boot() {
   expect() {
     grep -qxF -- "$1" "$log.txt" || { tail -n 30 "$log.txt" >&2; fail "$name: no line '$1' (log: $log.txt)"; }
   }
-  expect "abkit: booting slot $slot"
+  expect "abkit: booting slot $slot ($source)"
   grep -q "^testos: cmdline=.*root=PARTLABEL=ABKIT-SYSTEM-$slot ro panic=-1 quiet" "$log.txt" ||
     fail "$name: command line lacks SYSTEM-$slot: $(grep '^testos: cmdline' "$log.txt" || echo none)"
   ! grep -q "^testos: cmdline=.*SYSTEM-X" "$log.txt" || fail "$name: SYSTEM-X left in the command line"
@@ -151,12 +187,18 @@ check_boot() {
   expect "testos: LoaderImageIdentifier=$path"
   expect "testos: LoaderDevicePartUUID=$esp_guid"
   expect "testos: done, powering off"
-  say "$(printf '%-9s' "$name") slot $slot, $path, ESP $esp_guid: ok in $took"
+  say "$(printf '%-16s' "$name") slot $slot by $source, $path, ESP $esp_guid: ok in $took"
 }
 
-check_boot boot-a '\EFI\abkit\boot-a.efi' A '\EFI\abkit\boot-a.efi'
-check_boot boot-b '\EFI\abkit\boot-b.efi' B '\EFI\abkit\boot-b.efi'
-check_boot fallback '\EFI\BOOT\BOOTX64.EFI' A ''
+plain=("$work/disk.img" "$plain_guid")
+stamped=("$work/stamped-disk.img" "$stamped_guid")
+check_boot boot-a '\EFI\abkit\boot-a.efi' A '\EFI\abkit\boot-a.efi' 'file name' "${plain[@]}"
+check_boot boot-b '\EFI\abkit\boot-b.efi' B '\EFI\abkit\boot-b.efi' 'file name' "${plain[@]}"
+check_boot fallback '\EFI\BOOT\BOOTX64.EFI' A '' 'file name' "${plain[@]}"
+# The stamp beats the file name: a B-stamped fallback boots B, an A-stamped
+# boot-b.efi boots A.
+check_boot fallback-stamp-b '\EFI\BOOT\BOOTX64.EFI' B '' stamp "${stamped[@]}"
+check_boot boot-b-stamp-a '\EFI\abkit\boot-b.efi' A '\EFI\abkit\boot-b.efi' stamp "${stamped[@]}"
 
 # --- A loader that cannot boot must say why and hand control back to the
 # firmware, not hang: a bare stub (no .linux) as the only loader. The firmware

@@ -1,18 +1,15 @@
 //! The loader check: is this file a PE/COFF image that UEFI firmware starts
 //! as an application?
 //!
-//! Bytes looked at (PE/COFF spec): `MZ` at 0; the PE header offset
-//! (`e_lfanew`, u32 LE) at 0x3c; `PE\0\0` there; the 20-byte COFF header
-//! after it (SizeOfOptionalHeader, u16 at +16); then the optional header:
-//! Magic (u16 at +0, 0x10b PE32 or 0x20b PE32+) and Subsystem (u16 at +68,
-//! the same offset in both), which must be 10, EFI application.
+//! The headers are read by `abkit_loader_core::pe`, the one PE reader that
+//! the EFI loader, `abkit uki` and this crate share (offsets live there);
+//! this module adds the one rule an image build needs, Subsystem 10 (EFI
+//! application), and keeps its own error type for `DiskError`.
+
+use abkit_loader_core::pe::{self as core_pe, PeImage};
 
 /// Subsystem value of an EFI application.
-pub const SUBSYSTEM_EFI_APPLICATION: u16 = 10;
-
-const E_LFANEW_OFFSET: usize = 0x3c;
-const COFF_HEADER_LEN: usize = 20;
-const SUBSYSTEM_OFFSET: usize = 68;
+pub const SUBSYSTEM_EFI_APPLICATION: u16 = core_pe::layout::SUBSYSTEM_EFI_APPLICATION;
 
 /// Why a file is not an EFI application.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,50 +28,34 @@ pub enum PeError {
     BadOptionalHeaderMagic(u16),
     #[error("its subsystem is {0}, not 10 (EFI application)")]
     NotEfiApplication(u16),
+    #[error("its PE headers are corrupt: {0}")]
+    Corrupt(core_pe::PeError),
 }
 
-fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
-    let b = bytes.get(at..at.checked_add(2)?)?;
-    Some(u16::from_le_bytes([b[0], b[1]]))
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
-    let b = bytes.get(at..at.checked_add(4)?)?;
-    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+impl From<core_pe::PeError> for PeError {
+    fn from(e: core_pe::PeError) -> Self {
+        use core_pe::PeError as Core;
+        match e {
+            Core::TooShort { len } => PeError::TooShort(len),
+            Core::NoDosMagic => PeError::NoMzHeader,
+            Core::PeOffsetOutOfRange { offset, .. } => PeError::PeOffsetOutOfRange(offset),
+            Core::NoPeSignature { offset } => {
+                PeError::NoPeSignature(u32::try_from(offset).unwrap_or(u32::MAX))
+            }
+            Core::UnknownOptionalMagic { magic } => PeError::BadOptionalHeaderMagic(magic),
+            Core::OptionalHeaderTooShort { size } => PeError::OptionalHeaderTooShort(size),
+            other => PeError::Corrupt(other),
+        }
+    }
 }
 
 /// Accepts `bytes` only if it is a PE/COFF image with Subsystem 10.
 pub fn check_efi_application(bytes: &[u8]) -> Result<(), PeError> {
-    if bytes.len() >= 2 && &bytes[..2] != b"MZ" {
-        return Err(PeError::NoMzHeader);
+    let pe = PeImage::parse(bytes)?;
+    match pe.optional.subsystem {
+        SUBSYSTEM_EFI_APPLICATION => Ok(()),
+        other => Err(PeError::NotEfiApplication(other)),
     }
-    if bytes.len() < E_LFANEW_OFFSET + 4 {
-        return Err(PeError::TooShort(bytes.len()));
-    }
-    let pe_offset = u32_at(bytes, E_LFANEW_OFFSET).ok_or(PeError::TooShort(bytes.len()))?;
-    let pe = pe_offset as usize;
-    let signature = bytes
-        .get(pe..pe.saturating_add(4))
-        .ok_or(PeError::PeOffsetOutOfRange(pe_offset))?;
-    if signature != b"PE\0\0" {
-        return Err(PeError::NoPeSignature(pe_offset));
-    }
-    let coff = pe + 4;
-    let optional_len = u16_at(bytes, coff + 16).ok_or(PeError::PeOffsetOutOfRange(pe_offset))?;
-    let optional = coff + COFF_HEADER_LEN;
-    if (optional_len as usize) < SUBSYSTEM_OFFSET + 2 {
-        return Err(PeError::OptionalHeaderTooShort(optional_len));
-    }
-    let magic = u16_at(bytes, optional).ok_or(PeError::OptionalHeaderTooShort(optional_len))?;
-    if magic != 0x10b && magic != 0x20b {
-        return Err(PeError::BadOptionalHeaderMagic(magic));
-    }
-    let subsystem = u16_at(bytes, optional + SUBSYSTEM_OFFSET)
-        .ok_or(PeError::OptionalHeaderTooShort(optional_len))?;
-    if subsystem != SUBSYSTEM_EFI_APPLICATION {
-        return Err(PeError::NotEfiApplication(subsystem));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -136,6 +117,19 @@ mod tests {
                 Err(PeError::NotEfiApplication(subsystem))
             );
         }
+    }
+
+    #[test]
+    fn a_section_table_past_the_end_is_corrupt() {
+        let mut bad = tiny_efi_application(b"");
+        bad[0x46..0x48].copy_from_slice(&50u16.to_le_bytes()); // NumberOfSections
+        assert!(matches!(
+            check_efi_application(&bad),
+            Err(PeError::Corrupt(core_pe::PeError::SectionTableOutOfRange {
+                count: 50,
+                ..
+            }))
+        ));
     }
 
     #[test]

@@ -13,6 +13,18 @@ pub const ABKIT_VENDOR_GUID: [u8; 16] = [
 /// [`ABKIT_VENDOR_GUID_STR`] in EFI (mixed-endian) byte order.
 pub const ABKIT_VENDOR_GUID_EFI: [u8; 16] = efi_order(ABKIT_VENDOR_GUID);
 
+/// abkit's `CertType` GUID for the slot stamp: the `WIN_CERTIFICATE_UEFI_GUID`
+/// entry in a loader's certificate table that names its slot (see
+/// [`crate::stamp`] and docs/loader.md). A GUID of its own, not the vendor
+/// GUID: one meaning per GUID.
+pub const SLOT_STAMP_GUID_STR: &str = "4d370995-23b2-49de-bb02-15f6db21cf78";
+/// [`SLOT_STAMP_GUID_STR`] in RFC 4122 byte order.
+pub const SLOT_STAMP_GUID: [u8; 16] = [
+    0x4d, 0x37, 0x09, 0x95, 0x23, 0xb2, 0x49, 0xde, 0xbb, 0x02, 0x15, 0xf6, 0xdb, 0x21, 0xcf, 0x78,
+];
+/// [`SLOT_STAMP_GUID_STR`] in EFI (mixed-endian) byte order, as it is stored.
+pub const SLOT_STAMP_GUID_EFI: [u8; 16] = efi_order(SLOT_STAMP_GUID);
+
 /// Vendor GUID of the Boot Loader Interface variables (`LoaderDevicePartUUID`,
 /// `LoaderImageIdentifier`, ...), as systemd-boot and systemd read them.
 pub const LOADER_INTERFACE_GUID_STR: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
@@ -73,6 +85,7 @@ mod tests {
                 LOADER_INTERFACE_GUID,
                 LOADER_INTERFACE_GUID_EFI,
             ),
+            (SLOT_STAMP_GUID_STR, SLOT_STAMP_GUID, SLOT_STAMP_GUID_EFI),
         ] {
             let id = Uuid::parse_str(text).unwrap();
             assert_eq!(id, Uuid::from_bytes(rfc));

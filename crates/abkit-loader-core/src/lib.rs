@@ -3,19 +3,22 @@
 //! The loader (`loader/`, built for `x86_64-unknown-uefi`) and the host tools
 //! (`abkit uki`) share it, and it is tested here on the host: the slot from the
 //! loader's own file name, the `SYSTEM-X` command-line rewrite, the PE section
-//! reader, and the names and GUIDs of the variables the loader sets.
+//! reader, the slot stamp in the certificate table, and the names and GUIDs
+//! of the variables the loader sets.
 #![cfg_attr(not(test), no_std)]
 
 pub mod cmdline;
 pub mod guid;
 pub mod pe;
 pub mod slot;
+pub mod stamp;
 pub mod vars;
 
 pub use cmdline::{CmdlineError, rewrite_slot_placeholder, trim_cmdline};
 pub use guid::{ABKIT_VENDOR_GUID, ABKIT_VENDOR_GUID_EFI, ABKIT_VENDOR_GUID_STR};
 pub use pe::{Layout, PeError, PeImage, SectionHeader, SectionName};
 pub use slot::Slot;
+pub use stamp::StampError;
 
 /// Name of the PE section that marks a file as an abkit loader stub.
 ///

@@ -202,6 +202,26 @@ pub struct PeImage<'a> {
     pub optional: OptionalHeader,
 }
 
+impl PeImage<'_> {
+    /// File offset of the PE checksum field (excluded from the Authenticode
+    /// hash, recomputed by writers).
+    pub fn checksum_offset(&self) -> usize {
+        self.optional_header_offset + OPT_CHECKSUM
+    }
+
+    /// File offset of the 8-byte certificate-table directory entry (address
+    /// then size), if the optional header has that directory.
+    pub fn security_directory_offset(&self) -> Option<usize> {
+        let dirs_at = match self.optional.magic {
+            PE32_MAGIC => PE32_NUMBER_OF_RVA_AND_SIZES,
+            _ => PE32PLUS_NUMBER_OF_RVA_AND_SIZES,
+        };
+        self.optional
+            .security_directory
+            .map(|_| self.optional_header_offset + dirs_at + 4 + DIR_SECURITY * 8)
+    }
+}
+
 fn read_u16(bytes: &[u8], at: usize) -> Option<u16> {
     let b = bytes.get(at..at.checked_add(2)?)?;
     Some(u16::from_le_bytes([b[0], b[1]]))

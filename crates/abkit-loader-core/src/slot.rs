@@ -24,6 +24,15 @@ impl Slot {
         }
     }
 
+    /// The slot for a letter `A` or `B` (upper case only, as stamps store it).
+    pub const fn from_letter(letter: u8) -> Option<Slot> {
+        match letter {
+            b'A' => Some(Slot::A),
+            b'B' => Some(Slot::B),
+            _ => None,
+        }
+    }
+
     /// The slot for a loader at `path` (any form: `\EFI\abkit\boot-b.efi`,
     /// a device-path text, a bare file name). B if the path ends in
     /// `boot-b.efi` (any case), otherwise A: `boot-a.efi` and every other name,
@@ -128,6 +137,9 @@ mod tests {
     fn letters_and_display() {
         assert_eq!(Slot::A.letter(), b'A');
         assert_eq!(Slot::B.letter(), b'B');
+        assert_eq!(Slot::from_letter(b'A'), Some(Slot::A));
+        assert_eq!(Slot::from_letter(b'B'), Some(Slot::B));
+        assert_eq!(Slot::from_letter(b'b'), None);
         assert_eq!(std::format!("{}{}", Slot::A, Slot::B), "AB");
     }
 

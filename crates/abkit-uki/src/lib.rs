@@ -5,10 +5,17 @@
 //! needs `std` (owned buffers, error sources) while the core must stay
 //! `no_std` for the loader; both read headers with the core's PE reader, so
 //! the writer and the loader agree on the layout by construction.
+//!
+//! It also writes the slot stamp ([`stamp`], [`read_stamp`]) and computes the
+//! Authenticode digest ([`authenticode_sha256`]) that the stamp leaves alone.
 
 use abkit_loader_core::pe::{Layout, PeError, PeImage, SectionHeader, SectionName, layout::*};
 use abkit_loader_core::{STUB_MARKER_PREFIX, STUB_MARKER_SECTION, UKI_SECTIONS};
 use serde::Serialize;
+
+mod stamp;
+pub use abkit_loader_core::{Slot, StampError};
+pub use stamp::{authenticode_sha256, read_stamp, remove_stamp, stamp};
 
 /// What goes into a UKI besides the stub.
 #[derive(Debug, Clone, Copy, Default)]
@@ -89,6 +96,17 @@ pub struct UkiInfo {
     /// The header's checksum field and the checksum of the file.
     pub checksum_stored: u32,
     pub checksum_computed: u32,
+    /// The slot stamped into the certificate table (`A`/`B`), if any.
+    pub slot_stamp: Option<String>,
+    /// Why the certificate table or stamp cannot be read, if it cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stamp_problem: Option<String>,
+    /// Number of entries in the certificate table (signatures and stamp).
+    pub certificates: usize,
+    /// The Authenticode SHA-256 digest (hex): what a signature covers and
+    /// what firmware measures into PCR 4. Equal for stamped and unstamped
+    /// copies of one loader.
+    pub authenticode_sha256: Option<String>,
 }
 
 impl UkiInfo {
@@ -320,6 +338,25 @@ pub fn inspect(image: &[u8]) -> Result<UkiInfo, UkiError> {
             Some(value.trim_matches(|c| c == '"' || c == '\'').to_string())
         })
     });
+    let (slot_stamp, stamp_problem) = match read_stamp(image) {
+        Ok(slot) => (slot.map(|s| s.to_string()), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let certificates = abkit_loader_core::stamp::table_of(&pe, image.len() as u64)
+        .ok()
+        .flatten()
+        .map_or(0, |range| {
+            abkit_loader_core::stamp::entries(&image[range.start as usize..])
+                .take_while(Result::is_ok)
+                .count()
+        });
+    let authenticode_sha256 = authenticode_sha256(image).ok().map(|digest| {
+        digest.iter().fold(String::with_capacity(64), |mut hex, b| {
+            use std::fmt::Write;
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
+    });
     Ok(UkiInfo {
         sections,
         stub: data(STUB_MARKER_SECTION).map(text),
@@ -329,6 +366,10 @@ pub fn inspect(image: &[u8]) -> Result<UkiInfo, UkiError> {
         initrd_size: data(".initrd").map(|d| d.len() as u64),
         checksum_stored: pe.optional.checksum,
         checksum_computed: pe_checksum(image, pe.optional_header_offset + OPT_CHECKSUM),
+        slot_stamp,
+        stamp_problem,
+        certificates,
+        authenticode_sha256,
     })
 }
 

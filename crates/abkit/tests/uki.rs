@@ -1,4 +1,4 @@
-//! `abkit uki build` and `abkit uki inspect` as a user runs them, checked
+//! `abkit uki build`, `stamp` and `inspect` as a user runs them, checked
 //! against binutils' `objdump -h`, on a minimal stub made by
 //! `abkit_uki::fixture` (the real stub is covered by tests/vm/loader.sh).
 
@@ -248,5 +248,163 @@ fn inspect_refuses_a_cut_loader_and_a_non_pe_file() {
         stderr(&out).contains("not a PE image: no MZ signature at offset 0"),
         "{}",
         stderr(&out)
+    );
+}
+
+fn inspect_json(path: &Path) -> serde_json::Value {
+    let out = abkit(
+        &[os("uki"), os("inspect"), os("--json"), path.as_os_str()],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn stamp_in_place_and_to_a_copy_keeps_the_digest() {
+    let inputs = Inputs::new(&abkit_uki::fixture::minimal_stub());
+    assert!(inputs.build(true).status.success());
+    let boot = inputs.path("boot.efi");
+    let plain = inspect_json(&boot);
+    assert_eq!(plain["slot_stamp"], serde_json::Value::Null);
+    assert_eq!(plain["certificates"], 0);
+    let digest = plain["authenticode_sha256"].as_str().unwrap().to_string();
+    assert_eq!(digest.len(), 64);
+
+    // In place (-o the same file), then a copy with the other slot.
+    let out = abkit(
+        &[
+            os("uki"),
+            os("stamp"),
+            os("--slot"),
+            os("B"),
+            boot.as_os_str(),
+            os("-o"),
+            boot.as_os_str(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("stamped"), "{}", stderr(&out));
+    let copy = inputs.path("bootx64.efi");
+    let out = abkit(
+        &[
+            os("uki"),
+            os("stamp"),
+            os("--slot"),
+            os("a"),
+            boot.as_os_str(),
+            os("-o"),
+            copy.as_os_str(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let leftovers: Vec<_> = std::fs::read_dir(inputs.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    for (path, slot) in [(&boot, "B"), (&copy, "A")] {
+        let info = inspect_json(path);
+        assert_eq!(info["slot_stamp"], slot);
+        assert_eq!(
+            info["certificates"], 1,
+            "stamping twice must not add a stamp"
+        );
+        assert_eq!(info["authenticode_sha256"], digest.as_str());
+        assert_eq!(info["checksum_stored"], info["checksum_computed"]);
+        assert_eq!(info["sections"].as_array().unwrap().len(), 6);
+    }
+    assert_eq!(
+        std::fs::metadata(&boot).unwrap().len(),
+        std::fs::metadata(&copy).unwrap().len()
+    );
+
+    let text = abkit(&[os("uki"), os("inspect"), copy.as_os_str()], None);
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("stamp:     slot A"), "{text}");
+    assert!(
+        text.contains(&format!("authenticode sha256: {digest}")),
+        "{text}"
+    );
+
+    // binutils still reads the stamped file's sections.
+    let objdump = Command::new("objdump")
+        .arg("-h")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(objdump.status.success(), "{}", stderr(&objdump));
+    assert!(String::from_utf8_lossy(&objdump.stdout).contains(".linux"));
+}
+
+#[test]
+fn stamp_refuses_a_non_pe_file_and_a_table_not_at_the_end() {
+    let inputs = Inputs::new(&abkit_uki::fixture::minimal_stub());
+    assert!(inputs.build(true).status.success());
+    let (text, out) = (inputs.path("os-release"), inputs.path("out.efi"));
+    let run = abkit(
+        &[
+            os("uki"),
+            os("stamp"),
+            os("--slot"),
+            os("A"),
+            text.as_os_str(),
+            os("-o"),
+            out.as_os_str(),
+        ],
+        None,
+    );
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        stderr(&run).contains("not a readable PE image: not a PE image: no MZ signature"),
+        "{}",
+        stderr(&run)
+    );
+    assert!(!out.exists());
+
+    let mut stamped = abkit_uki::stamp(
+        &std::fs::read(inputs.path("boot.efi")).unwrap(),
+        abkit_uki::Slot::A,
+    )
+    .unwrap();
+    stamped.extend_from_slice(&[0; 16]);
+    let bad = inputs.path("bad.efi");
+    std::fs::write(&bad, &stamped).unwrap();
+    let run = abkit(
+        &[
+            os("uki"),
+            os("stamp"),
+            os("--slot"),
+            os("B"),
+            bad.as_os_str(),
+            os("-o"),
+            bad.as_os_str(),
+        ],
+        None,
+    );
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        stderr(&run).contains("does not end where the"),
+        "{}",
+        stderr(&run)
+    );
+    assert_eq!(
+        std::fs::read(&bad).unwrap(),
+        stamped,
+        "a refused stamp leaves the file alone"
+    );
+
+    // inspect still shows such a file, naming the problem.
+    let info = inspect_json(&bad);
+    assert_eq!(info["slot_stamp"], serde_json::Value::Null);
+    assert!(
+        info["stamp_problem"]
+            .as_str()
+            .unwrap()
+            .contains("does not end")
     );
 }

@@ -1,5 +1,5 @@
 //! `abkit uki`: build a loader (the abkit stub plus kernel, initrd and command
-//! line) and show what a built one holds.
+//! line), stamp a copy with its slot, and show what a built one holds.
 
 use std::path::{Path, PathBuf};
 
@@ -40,6 +40,22 @@ pub enum UkiCommand {
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
     },
+    /// Stamp a loader with the slot it boots: an entry in its PE certificate
+    /// table, outside the Authenticode hash, so a signature stays valid. The
+    /// loader trusts the stamp before its file name; the fallback
+    /// \EFI\BOOT\BOOTX64.EFI carries the committed slot's stamp. Stamping
+    /// again replaces the stamp.
+    Stamp {
+        /// The slot the loader shall boot.
+        #[arg(long, value_enum)]
+        slot: SlotArg,
+        /// The loader (.efi) to read.
+        input: PathBuf,
+        /// Where to write the stamped loader (may be INPUT: it is replaced
+        /// atomically).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
     /// Show the sections of a loader (or of a bare stub), its command line
     /// and what it carries.
     Inspect {
@@ -49,6 +65,24 @@ pub enum UkiCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A slot letter on the command line.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum SlotArg {
+    #[value(name = "A", alias = "a")]
+    A,
+    #[value(name = "B", alias = "b")]
+    B,
+}
+
+impl From<SlotArg> for abkit_uki::Slot {
+    fn from(slot: SlotArg) -> Self {
+        match slot {
+            SlotArg::A => abkit_uki::Slot::A,
+            SlotArg::B => abkit_uki::Slot::B,
+        }
+    }
 }
 
 pub fn run(cmd: UkiCommand) -> anyhow::Result<()> {
@@ -80,6 +114,19 @@ pub fn run(cmd: UkiCommand) -> anyhow::Result<()> {
             })?;
             write_new_file(&output, &uki)?;
             eprintln!("abkit: wrote {} ({} bytes)", output.display(), uki.len());
+            Ok(())
+        }
+        UkiCommand::Stamp {
+            slot,
+            input,
+            output,
+        } => {
+            let bytes = read(&input, "loader")?;
+            let slot = abkit_uki::Slot::from(slot);
+            let stamped = abkit_uki::stamp(&bytes, slot)
+                .with_context(|| format!("cannot stamp {}", input.display()))?;
+            write_new_file(&output, &stamped)?;
+            eprintln!("abkit: stamped {} with slot {slot}", output.display());
             Ok(())
         }
         UkiCommand::Inspect { file, json } => {
@@ -176,6 +223,15 @@ fn print_info(info: &abkit_uki::UkiInfo) {
         "checksum:  {:#010x} (computed {:#010x}: {verdict})",
         info.checksum_stored, info.checksum_computed
     );
+    match (&info.slot_stamp, &info.stamp_problem) {
+        (_, Some(problem)) => println!("stamp:     unreadable: {problem}"),
+        (Some(slot), None) => println!("stamp:     slot {slot}"),
+        (None, None) => println!("stamp:     none (the file name decides)"),
+    }
+    println!("certificates: {}", info.certificates);
+    if let Some(digest) = &info.authenticode_sha256 {
+        println!("authenticode sha256: {digest}");
+    }
     println!("sections:");
     println!(
         "  {:<9} {:>10} {:>10} {:>10} {:>10}",
