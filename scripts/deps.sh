@@ -15,6 +15,8 @@ declare -A need=(
   [/usr/sbin/modinfo]=kmod
   [/usr/bin/zstd]=zstd
   [/usr/bin/curl]=curl
+  [/usr/bin/osslsigncode]=osslsigncode
+  [/usr/bin/openssl]=openssl
 )
 missing=()
 for f in "${!need[@]}"; do

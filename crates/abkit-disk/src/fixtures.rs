@@ -2,7 +2,9 @@
 //! our loader check accepts. Not meant for production use.
 
 /// A minimal PE32+ x86_64 image with Subsystem 10 (EFI application) and no
-/// sections, followed by `payload` so that tests can tell loaders apart.
+/// sections and the 16 data directories real loaders have (all empty, so a
+/// slot stamp can add the certificate table), followed by `payload` so that
+/// tests can tell loaders apart.
 /// Header offsets: PE signature at 0x40, COFF header at 0x44, optional
 /// header at 0x58 (240 bytes), Subsystem at 0x58 + 68.
 pub fn tiny_efi_application(payload: &[u8]) -> Vec<u8> {
@@ -21,6 +23,7 @@ pub fn tiny_efi_application(payload: &[u8]) -> Vec<u8> {
     image[optional + 56..optional + 60].copy_from_slice(&0x1000u32.to_le_bytes()); // SizeOfImage
     image[optional + 60..optional + 64].copy_from_slice(&0x200u32.to_le_bytes()); // SizeOfHeaders
     image[optional + 68..optional + 70].copy_from_slice(&10u16.to_le_bytes()); // Subsystem: EFI application
+    image[optional + 108..optional + 112].copy_from_slice(&16u32.to_le_bytes()); // NumberOfRvaAndSizes
     image.extend_from_slice(payload);
     image
 }

@@ -1,5 +1,6 @@
 //! The boot policy: the only code that changes `BootNext`, `BootOrder` or
-//! the ACTIVE flag of a boot entry, and the removable-media fallback loader.
+//! the ACTIVE flag of a boot entry, and the removable-media fallback loader
+//! (a copy of the committed slot's loader, stamped with its slot).
 //!
 //! Install, mark-good and rollback are short sequences of the named
 //! operations here ([`make_unbootable`], [`arm_trial`], [`commit`],
@@ -38,6 +39,9 @@ pub struct BootState {
     pub boot_order_malformed: bool,
     /// BootNext exists but is not one u16: the next operation deletes it.
     pub boot_next_malformed: bool,
+    /// The slot the removable-media fallback loader boots (its stamp, else
+    /// its file name: A); `None` when there is no fallback loader.
+    pub fallback: Option<Slot>,
 }
 
 impl BootState {
@@ -119,16 +123,80 @@ pub fn read_vars(vars: &mut dyn VarStore, esp: &EspLocation) -> Result<BootState
     Ok(state)
 }
 
-/// Reads the machine's boot variables as the policy sees them.
+/// Reads the machine's boot variables, and which slot its fallback loader
+/// boots, as the policy sees them.
 pub fn read_state(m: &mut dyn Machine) -> Result<BootState> {
     let loc = m.esp_location();
-    read_vars(m.vars(), &loc)
+    let mut state = read_vars(m.vars(), &loc)?;
+    state.fallback = m
+        .esp()
+        .read(FALLBACK_LOADER_PATH)?
+        .map(|bytes| loader_slot(&bytes, FALLBACK_LOADER_PATH));
+    Ok(state)
+}
+
+/// The slot a loader file boots, by the loader's own rule: its stamp, else
+/// its file name (anything but `boot-b.efi` means A).
+pub fn loader_slot(bytes: &[u8], path: &str) -> Slot {
+    match abkit_uki::read_stamp(bytes).ok().flatten() {
+        Some(stamped) => from_core(stamped),
+        None => from_core(abkit_loader_core::Slot::from_loader_path(path)),
+    }
+}
+
+fn from_core(slot: abkit_loader_core::Slot) -> Slot {
+    match slot {
+        abkit_loader_core::Slot::A => Slot::A,
+        abkit_loader_core::Slot::B => Slot::B,
+    }
+}
+
+fn to_core(slot: Slot) -> abkit_loader_core::Slot {
+    match slot {
+        Slot::A => abkit_loader_core::Slot::A,
+        Slot::B => abkit_loader_core::Slot::B,
+    }
 }
 
 /// The slot the firmware boots by default: the first of our active entries
-/// in BootOrder, else the slot of the removable-media fallback loader (A).
+/// in BootOrder, else the slot of the removable-media fallback loader.
 pub fn default_boot_slot(state: &BootState) -> Slot {
-    state.committed.unwrap_or(Slot::A)
+    state.committed.or(state.fallback).unwrap_or(Slot::A)
+}
+
+/// Makes the removable-media fallback `\EFI\BOOT\BOOTX64.EFI` boot `slot`:
+/// a copy of `slot`'s loader stamped with `slot` (firmware that lost its
+/// entries then still boots that slot, never a half-written one). Returns
+/// whether it was written.
+pub fn point_fallback_at(m: &mut dyn Machine, slot: Slot) -> Result<bool> {
+    let Some(loader) = m.esp().read(slot.loader_path())? else {
+        return Err(UpdateError::Policy(format!(
+            "cannot point the fallback loader at slot {}: its loader {} is missing",
+            slot.letter(),
+            slot.loader_path()
+        )));
+    };
+    let wanted = match abkit_uki::stamp(&loader, to_core(slot)) {
+        Ok(stamped) => stamped,
+        // Without a stamp only the file-name rule is left, which says A.
+        Err(e) if slot == Slot::A => {
+            log::warn!(
+                "cannot stamp {}: {e}; copying it unstamped",
+                slot.loader_path()
+            );
+            loader
+        }
+        Err(e) => {
+            return Err(UpdateError::Policy(format!(
+                "cannot stamp slot B's loader for the fallback path: {e}"
+            )));
+        }
+    };
+    if m.esp().read(FALLBACK_LOADER_PATH)?.as_deref() == Some(wanted.as_slice()) {
+        return Ok(false);
+    }
+    write_atomically(m.esp(), FALLBACK_LOADER_PATH, &wanted)?;
+    Ok(true)
 }
 
 /// Makes sure `slot` has exactly one entry, right in every byte, with the
@@ -180,8 +248,9 @@ fn clear_boot_next(vars: &mut dyn VarStore) -> Result<bool> {
 }
 
 /// Step 2 of an install: the firmware can no longer start `slot`, neither
-/// through its entry (ACTIVE cleared) nor through BootNext. Refuses the
-/// running slot.
+/// through its entry (ACTIVE cleared), nor through BootNext, nor through the
+/// removable-media fallback (which then boots the running slot). Refuses
+/// the running slot.
 pub fn make_unbootable(m: &mut dyn Machine, slot: Slot) -> Result<()> {
     if slot == m.running_slot() {
         return Err(UpdateError::Policy(format!(
@@ -196,6 +265,11 @@ pub fn make_unbootable(m: &mut dyn Machine, slot: Slot) -> Result<()> {
     }
     if state.boot_next_malformed || state.boot_next_slot() == Some(slot) {
         clear_boot_next(m.vars())?;
+    }
+    let state = read_state(m)?;
+    if state.fallback == Some(slot) {
+        let running = m.running_slot();
+        point_fallback_at(m, running)?;
     }
     Ok(())
 }
@@ -313,13 +387,11 @@ pub fn commit(m: &mut dyn Machine, other_bootable: bool) -> Result<Vec<String>> 
             running.letter()
         ));
     }
-    if running == Slot::A {
-        if let Some(loader) = m.esp().read(running.loader_path())? {
-            if m.esp().read(FALLBACK_LOADER_PATH)?.as_deref() != Some(loader.as_slice()) {
-                write_atomically(m.esp(), FALLBACK_LOADER_PATH, &loader)?;
-                changes.push(format!("fallback loader {FALLBACK_LOADER_PATH} refreshed"));
-            }
-        }
+    if point_fallback_at(m, running)? {
+        changes.push(format!(
+            "fallback loader {FALLBACK_LOADER_PATH} boots slot {}",
+            running.letter()
+        ));
     }
     Ok(changes)
 }

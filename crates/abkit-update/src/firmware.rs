@@ -7,8 +7,8 @@
 //! slot). Otherwise BootOrder is walked, skipping inactive entries,
 //! application entries and entries whose loader file is missing. With
 //! nothing bootable, the removable-media path `\EFI\BOOT\BOOTX64.EFI` is
-//! tried. The loader that runs decides its slot from its own file name,
-//! with the real loader's rule (abkit-loader-core).
+//! tried. The loader that runs decides its slot with the real loader's
+//! rule: its stamp, else its own file name.
 
 use abkit_disk::{FALLBACK_LOADER_PATH, Slot};
 use abkit_efi::boot::BootManager;
@@ -16,6 +16,7 @@ use abkit_efi::{LoadOption, LoadOptionAttributes, VarName};
 use uuid::Uuid;
 
 use crate::Result;
+use crate::boot_policy::loader_slot;
 use crate::machine::Machine;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,13 +44,6 @@ fn loader_of(option: &LoadOption, esp_guid: Uuid) -> Option<String> {
         return None;
     }
     path.file_path()
-}
-
-fn slot_of(loader: &str) -> Slot {
-    match abkit_loader_core::Slot::from_loader_path(loader) {
-        abkit_loader_core::Slot::A => Slot::A,
-        abkit_loader_core::Slot::B => Slot::B,
-    }
 }
 
 /// Boots `m` once: returns what ran, or `None` if nothing was bootable.
@@ -90,20 +84,20 @@ pub fn simulate_boot(m: &mut dyn Machine) -> Result<Option<SimulatedBoot>> {
         }
     }
     for (n, loader, via) in candidates {
-        if m.esp().read(&loader)?.is_some() {
+        if let Some(bytes) = m.esp().read(&loader)? {
             return Ok(Some(SimulatedBoot {
                 entry: Some(n),
-                slot: slot_of(&loader),
+                slot: loader_slot(&bytes, &loader),
                 loader,
                 via,
             }));
         }
     }
-    if m.esp().read(FALLBACK_LOADER_PATH)?.is_some() {
+    if let Some(bytes) = m.esp().read(FALLBACK_LOADER_PATH)? {
         return Ok(Some(SimulatedBoot {
             entry: None,
             loader: FALLBACK_LOADER_PATH.to_string(),
-            slot: slot_of(FALLBACK_LOADER_PATH),
+            slot: loader_slot(&bytes, FALLBACK_LOADER_PATH),
             via: BootVia::Fallback,
         }));
     }

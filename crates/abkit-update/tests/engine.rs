@@ -107,14 +107,21 @@ fn the_seeds_sequence_x_on_a_installs_y_then_y_on_b_installs_z() {
     );
     assert_eq!(st.slots["B"].record.state, SlotState::Good);
     assert_eq!(rig.boot().slot, Slot::A);
-    // The fallback loader follows slot A's committed loader.
+    // The fallback loader follows slot A's committed loader, stamped A.
     let mut m = rig.machine(Slot::A);
+    let fallback = m
+        .esp()
+        .read(abkit_disk::FALLBACK_LOADER_PATH)
+        .unwrap()
+        .unwrap();
     assert_eq!(
-        m.esp()
-            .read(abkit_disk::FALLBACK_LOADER_PATH)
-            .unwrap()
-            .unwrap(),
-        loader("Z")
+        fallback,
+        abkit_uki::stamp(&loader("Z"), abkit_uki::Slot::A).unwrap(),
+        "the fallback is Z's loader, stamped"
+    );
+    assert_eq!(
+        abkit_uki::read_stamp(&fallback).unwrap(),
+        Some(abkit_uki::Slot::A)
     );
 }
 

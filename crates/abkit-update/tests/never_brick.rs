@@ -319,3 +319,88 @@ fn the_policy_refuses_to_arm_or_unboot_the_wrong_slot() {
     drop(m);
     assert!(rig.snapshot() == before);
 }
+
+/// Firmware that lost every entry (and BootOrder) boots the fallback path.
+fn lose_all_entries(rig: &Rig) {
+    let mut m = rig.machine(Slot::A);
+    let names: Vec<VarName> = m
+        .vars()
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.name.starts_with("Boot") && n.name != "BootCurrent")
+        .collect();
+    for name in names {
+        m.vars().delete(&name).unwrap();
+    }
+}
+
+#[test]
+fn f11_the_fallback_path_boots_the_committed_slot_at_every_crash_point() {
+    use abkit_update::firmware::BootVia;
+    let rig = Rig::new();
+    on_b(&rig);
+    // B is committed: the fallback loader is B's, stamped B.
+    let mut m = rig.machine(Slot::B);
+    let fallback = m.esp().read("\\EFI\\BOOT\\BOOTX64.EFI").unwrap().unwrap();
+    assert_eq!(
+        abkit_uki::read_stamp(&fallback).unwrap(),
+        Some(abkit_uki::Slot::B)
+    );
+    drop(m);
+    let start = tempfile::tempdir().unwrap();
+    rig.save(start.path());
+    let bundle = rig.bundle_with("1.2.0", COMPATIBLE, b'Z', 3 << 20);
+    let counter = PowerCut::counter();
+    install(
+        &mut rig.machine_with_power(Slot::B, Some(counter.clone())),
+        std::fs::File::open(&bundle).unwrap(),
+        &rig.keyring,
+        &InstallOptions::default(),
+        &mut Silent,
+    )
+    .unwrap();
+    let points = counter.count();
+    // Cut the power before every mutation of an install into A, then lose
+    // every boot entry: the fallback path must boot B, never half-written A.
+    for k in 1..=points + 1 {
+        rig.restore(start.path());
+        let _ = install(
+            &mut rig.machine_with_power(Slot::B, Some(PowerCut::at(k))),
+            std::fs::File::open(&bundle).unwrap(),
+            &rig.keyring,
+            &InstallOptions::default(),
+            &mut Silent,
+        );
+        lose_all_entries(&rig);
+        let booted = rig.boot();
+        assert_eq!(booted.via, BootVia::Fallback, "cut at {k}");
+        assert_eq!(booted.slot, Slot::B, "cut at {k}: the fallback booted A");
+        // mark-good there recreates the entries.
+        mark_good(&mut rig.machine(Slot::B)).unwrap();
+        assert_eq!(rig.boot().via, BootVia::BootOrder, "cut at {k}");
+    }
+}
+
+#[test]
+fn f11_an_unstamped_fallback_is_pointed_away_from_the_slot_being_written() {
+    let rig = Rig::new();
+    on_b(&rig);
+    // A fallback from before stamps existed: a plain copy, so slot A.
+    {
+        let mut m = rig.machine(Slot::B);
+        let plain = m.esp().read(Slot::A.loader_path()).unwrap().unwrap();
+        m.esp()
+            .write("\\EFI\\BOOT\\BOOTX64.EFI", &mut &plain[..])
+            .unwrap();
+    }
+    let status_before = status(&mut rig.machine(Slot::B)).unwrap();
+    assert_eq!(status_before.committed_slot, Slot::B);
+    install_file(&rig, Slot::B, &rig.bundle("1.2.0", b'Z')).unwrap();
+    let mut m = rig.machine(Slot::B);
+    let fallback = m.esp().read("\\EFI\\BOOT\\BOOTX64.EFI").unwrap().unwrap();
+    assert_eq!(
+        abkit_uki::read_stamp(&fallback).unwrap(),
+        Some(abkit_uki::Slot::B)
+    );
+}
