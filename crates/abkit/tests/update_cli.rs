@@ -436,3 +436,67 @@ fn a_disk_built_from_raw_files_installs_only_with_allow_unrecorded() {
     );
     assert_eq!(w.status("a")["slots"]["B"]["state"], "installed");
 }
+
+#[test]
+fn a_killed_install_leaves_no_lock_behind() {
+    use std::io::Write;
+    let w = world();
+    let y = w.bundle("1.1.0", b'Y');
+    // The install reads its bundle from a FIFO that the test feeds: it takes
+    // the lock, then waits for bytes.
+    let fifo = w.p("bundle.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_abkit"))
+        .args([
+            "install",
+            fifo.to_str().unwrap(),
+            "--keyring",
+            &w.s("keyring"),
+            "--disk",
+            &w.s("disk.img"),
+            "--ovmf-vars",
+            &w.s("vars.fd"),
+            "--booted-slot",
+            "a",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut feed = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let bytes = std::fs::read(&y).unwrap();
+    feed.write_all(&bytes[..16]).unwrap();
+    // While it runs, a second operation is refused and names the holder.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let refused = loop {
+        let out = w.on("a", &["mark-good", "--json"]);
+        if !out.status.success() {
+            break out;
+        }
+        assert!(std::time::Instant::now() < deadline, "never saw the lock");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let err: serde_json::Value = serde_json::from_slice(&refused.stdout).unwrap();
+    assert_eq!(err["ok"], false);
+    assert_eq!(err["error"]["code"], "locked");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("pid {}", child.id())),
+        "{err}"
+    );
+    // kill -9: the kernel drops the lock with the process.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(feed);
+    let out = w.on("a", &["install", &y, "--keyring", &w.s("keyring")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(w.status("a")["trial_pending"], true);
+}

@@ -22,7 +22,14 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("running slot:   {}", s.running_slot.letter());
-    println!("committed slot: {}", s.committed_slot.letter());
+    if s.committed_by_boot_order {
+        println!("committed slot: {}", s.committed_slot.letter());
+    } else {
+        println!(
+            "committed slot: {} (BootOrder holds no active entry of ours: booted by the fallback loader; `abkit mark-good` repairs the entries)",
+            s.committed_slot.letter()
+        );
+    }
     if s.trial_pending {
         println!(
             "trial pending:  yes, the next boot tries slot {}",
@@ -33,6 +40,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     }
     if s.on_trial {
         println!("on trial:       yes, this boot is not marked good yet");
+    }
+    for problem in &s.problems {
+        println!("warning:        {problem}");
     }
     for (name, slot) in &s.slots {
         let r = &slot.record;
