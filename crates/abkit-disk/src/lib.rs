@@ -5,6 +5,7 @@
 //! and gives its partitions, the slots as byte ranges and the ESP's files.
 
 mod error;
+#[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
 mod image;
 mod inspect;

@@ -30,8 +30,11 @@ pub struct BootState {
     pub boot_order: Vec<u16>,
     /// BootNext, when it holds one entry number.
     pub boot_next: Option<u16>,
-    /// The slot of the first of our active entries in BootOrder.
+    /// The slot of the first of our active entries in BootOrder whose
+    /// loader exists (what the firmware boots by default).
     pub committed: Option<Slot>,
+    /// Our entries that are active.
+    pub active: Vec<u16>,
     /// Problems found while reading (malformed variables, entries that do
     /// not decode), one line each.
     pub problems: Vec<String>,
@@ -106,6 +109,13 @@ pub fn read_vars(vars: &mut dyn VarStore, esp: &EspLocation) -> Result<BootState
             .map(|e| e.number)
             .collect();
     }
+    state.active = all
+        .entries
+        .iter()
+        .filter(|e| e.option.attributes.is_active())
+        .map(|e| e.number)
+        .filter(|n| state.entries.iter().any(|v| v.contains(n)))
+        .collect();
     'order: for &n in &state.boot_order {
         let Some(entry) = all.entries.iter().find(|e| e.number == n) else {
             continue;
@@ -128,6 +138,23 @@ pub fn read_vars(vars: &mut dyn VarStore, esp: &EspLocation) -> Result<BootState
 pub fn read_state(m: &mut dyn Machine) -> Result<BootState> {
     let loc = m.esp_location();
     let mut state = read_vars(m.vars(), &loc)?;
+    // Firmware skips an entry whose loader file is missing: so does the
+    // committed slot.
+    if let Some(slot) = state.committed
+        && !m.esp().exists(slot.loader_path())?
+    {
+        state.problems.push(format!(
+            "BootOrder's first entry of ours boots slot {} but its loader {} is missing",
+            slot.letter(),
+            slot.loader_path()
+        ));
+        let other = slot.other();
+        let other_listed = state
+            .boot_order
+            .iter()
+            .any(|n| state.slot_entries(other).contains(n) && state.active.contains(n));
+        state.committed = (other_listed && m.esp().exists(other.loader_path())?).then_some(other);
+    }
     state.fallback = m
         .esp()
         .read(FALLBACK_LOADER_PATH)?

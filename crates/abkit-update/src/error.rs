@@ -99,6 +99,8 @@ pub enum UpdateError {
     },
     #[error("size arithmetic overflows: {0}")]
     SizeOverflow(String),
+    /// Only with the `testing` feature: a simulated power cut.
+    #[cfg(feature = "testing")]
     #[error("power cut: injected fault at mutation {0}")]
     InjectedFault(usize),
 }
@@ -131,6 +133,7 @@ impl UpdateError {
             UpdateError::UnrecordedBase { .. } => "unrecorded-base",
             UpdateError::BadPayload { .. } => "bad-payload",
             UpdateError::SizeOverflow(_) => "size-overflow",
+            #[cfg(feature = "testing")]
             UpdateError::InjectedFault(_) => "injected-fault",
         }
     }

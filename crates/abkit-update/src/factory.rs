@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::install::fill;
 use crate::machine::EspFiles;
 use crate::offline::ImageEsp;
+use crate::payloads::Payload;
 use crate::progress::{Event, Reporter, Step, step};
 use crate::record::{SlotRecord, SlotState, record_path, write_record};
 use crate::{Result, Slot, UpdateError};
@@ -230,32 +231,35 @@ pub fn build_from_bundle(
         .map_err(UpdateError::io(
             "create a temporary folder for the payloads",
         ))?;
-    let efi_path = scratch.path().join("efi");
-    let system_path = scratch.path().join("system");
+    let efi_path = scratch.path().join(Payload::Efi.name());
+    let system_path = scratch.path().join(Payload::System.name());
     let (mut efi_done, mut system_done) = (false, false);
     while let Some(p) = bundle.next_payload()? {
-        match p.entry().name.as_str() {
-            "system" => {
+        match Payload::from_name(&p.entry().name) {
+            Some(Payload::System) => {
                 step(rep, Step::WriteSystem, "verifying the system payload");
                 extract(p, &system_path, rep, Step::WriteSystem)?;
                 system_done = true;
             }
-            "efi" => {
+            Some(Payload::Efi) => {
                 step(rep, Step::WriteLoader, "verifying the efi payload");
                 extract(p, &efi_path, rep, Step::WriteLoader)?;
                 efi_done = true;
             }
-            other => {
-                log::info!("skipping payload {other:?} that this version does not use");
+            None => {
+                log::info!(
+                    "skipping payload {:?} that this version does not use",
+                    p.entry().name
+                );
                 p.finish()?;
             }
         }
     }
     if !system_done {
-        return Err(UpdateError::MissingPayload("system"));
+        return Err(UpdateError::MissingPayload(Payload::System.name()));
     }
     if !efi_done {
-        return Err(UpdateError::MissingPayload("efi"));
+        return Err(UpdateError::MissingPayload(Payload::Efi.name()));
     }
 
     // 3. Build the disk: into a scratch file renamed over the output at the
@@ -282,9 +286,7 @@ pub fn build_from_bundle(
     disk_report.output = options.output.clone();
 
     // 4. Read slot A back, then record what it holds, as an install does.
-    let system = manifest
-        .payload("system")
-        .ok_or(UpdateError::MissingPayload("system"))?;
+    let system = Payload::System.entry(&manifest)?;
     let disk = DiskImage::open(&built)?;
     step(rep, Step::CheckSystem, "reading slot A back");
     check_slot_a(&disk, system.size, &system.sha256.to_string(), rep)?;

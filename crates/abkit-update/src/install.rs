@@ -147,9 +147,14 @@ pub fn install(
         });
     }
     let loader_temp = temp_path(target.loader_path());
-    // A temporary loader left by an interrupted install is removed in step
-    // 2: its space counts as free.
-    let stale = m.esp().size(&loader_temp)?.unwrap_or(0);
+    // Temporary loaders left by an interrupted install (also under the name
+    // abkit before 0.2 used) are removed in step 2: their space counts as
+    // free.
+    let stale_names = [loader_temp.clone(), format!("{}.new", target.loader_path())];
+    let mut stale = 0u64;
+    for name in &stale_names {
+        stale = stale.saturating_add(m.esp().size(name)?.unwrap_or(0));
+    }
     let free = m.esp().free_bytes()?.saturating_add(stale);
     let needed = esp_room_for(efi.size)?;
     if free < needed {
@@ -170,7 +175,9 @@ pub fn install(
     // 2. Prepare: the target can no longer be booted, by entry or BootNext.
     boot_policy::make_unbootable(m, target)?;
     write_record(m.esp(), target, &SlotRecord::bare(SlotState::Empty))?;
-    m.esp().remove(&loader_temp)?;
+    for name in &stale_names {
+        m.esp().remove(name)?;
+    }
     step(
         rep,
         Step::Prepare,
@@ -224,10 +231,10 @@ pub fn install(
         }
     }
     if !system_written {
-        return Err(UpdateError::MissingPayload("system"));
+        return Err(UpdateError::MissingPayload(Payload::System.name()));
     }
     if !efi_written {
-        return Err(UpdateError::MissingPayload("efi"));
+        return Err(UpdateError::MissingPayload(Payload::Efi.name()));
     }
     m.esp().rename(&loader_temp, target.loader_path())?;
     step(

@@ -12,7 +12,9 @@
 pub mod boot_policy;
 pub mod error;
 pub mod factory;
+#[cfg(feature = "testing")]
 pub mod fault;
+#[cfg(feature = "testing")]
 pub mod firmware;
 pub mod install;
 pub mod live;

@@ -84,7 +84,8 @@ pub fn write_atomically(esp: &mut dyn EspFiles, path: &str, bytes: &[u8]) -> Res
     esp.rename(&temp, path)
 }
 
-/// The temporary name abkit writes before renaming into `path`.
+/// The temporary name abkit writes before renaming into `path` (the same
+/// suffix abkit-disk's ESP writer uses).
 pub fn temp_path(path: &str) -> String {
-    format!("{path}.new")
+    format!("{path}{}", abkit_disk::TEMP_SUFFIX)
 }

@@ -9,11 +9,13 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+#[cfg(feature = "testing")]
 use std::sync::Arc;
 
 use abkit_disk::{DiskError, DiskImage, Esp, EspLocation, Slot};
 use abkit_efi::VarStore;
 
+#[cfg(feature = "testing")]
 use crate::fault::{FaultyEsp, FaultySlot, FaultyVars, PowerCut};
 use crate::lock::OperationLock;
 use crate::machine::{EspFiles, Machine, SlotDevice};
@@ -25,6 +27,7 @@ pub struct OfflineMachine {
     vars: Box<dyn VarStore>,
     esp: Box<dyn EspFiles>,
     running: Slot,
+    #[cfg(feature = "testing")]
     power: Option<Arc<PowerCut>>,
     path: PathBuf,
     lock: Option<OperationLock>,
@@ -34,11 +37,24 @@ impl OfflineMachine {
     /// Opens `disk` read-write, with `vars` as its firmware variables and
     /// `running` as the slot it runs.
     pub fn open(disk: &Path, vars: Box<dyn VarStore>, running: Slot) -> Result<OfflineMachine> {
-        OfflineMachine::open_with_power_cut(disk, vars, running, None)
+        let path = disk.to_path_buf();
+        let disk = DiskImage::open(disk)?;
+        let esp: Box<dyn EspFiles> = Box::new(ImageEsp(disk.esp()?));
+        Ok(OfflineMachine {
+            disk,
+            vars,
+            esp,
+            running,
+            #[cfg(feature = "testing")]
+            power: None,
+            path,
+            lock: None,
+        })
     }
 
     /// Like [`open`](OfflineMachine::open), with every mutation routed
-    /// through `power` so that a test can cut it on cue.
+    /// through `power` so that a test can cut it on cue (`testing` feature).
+    #[cfg(feature = "testing")]
     pub fn open_with_power_cut(
         disk: &Path,
         vars: Box<dyn VarStore>,
@@ -102,13 +118,14 @@ impl Machine for OfflineMachine {
             start: range.start,
             size: range.end - range.start,
         });
-        Ok(match &self.power {
-            Some(power) => Box::new(FaultySlot {
+        #[cfg(feature = "testing")]
+        if let Some(power) = &self.power {
+            return Ok(Box::new(FaultySlot {
                 inner: dev,
                 power: power.clone(),
-            }),
-            None => dev,
-        })
+            }));
+        }
+        Ok(dev)
     }
     fn lock(&mut self) -> Result<()> {
         if self.lock.is_none() {

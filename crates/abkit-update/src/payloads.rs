@@ -50,20 +50,20 @@ pub fn check_manifest(manifest: &Manifest) -> Result<(PayloadEntry, PayloadEntry
     let efi = Payload::Efi.entry(manifest)?.clone();
     if system.verity.is_none() {
         return Err(UpdateError::BadPayload {
-            payload: "system",
+            payload: Payload::System.name(),
             reason: "it carries no dm-verity parameters (create the bundle with a verity tree)"
                 .into(),
         });
     }
     if system.size == 0 {
         return Err(UpdateError::BadPayload {
-            payload: "system",
+            payload: Payload::System.name(),
             reason: "it is empty".into(),
         });
     }
     if efi.size < 64 {
         return Err(UpdateError::BadPayload {
-            payload: "efi",
+            payload: Payload::Efi.name(),
             reason: format!("{} bytes is too small for an EFI application", efi.size),
         });
     }
@@ -74,7 +74,7 @@ pub fn check_manifest(manifest: &Manifest) -> Result<(PayloadEntry, PayloadEntry
 /// EFI application, before it can replace a loader.
 pub fn check_loader_head(head: &[u8]) -> Result<()> {
     abkit_disk::pe::check_efi_application(head).map_err(|e| UpdateError::BadPayload {
-        payload: "efi",
+        payload: Payload::Efi.name(),
         reason: format!("not an EFI application: {e}"),
     })
 }

@@ -14,6 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::machine::{EspFiles, write_atomically};
+use crate::payloads::Payload;
 use crate::{Result, Slot};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,7 +89,7 @@ impl SlotRecord {
         signed_sha256: [u8; 32],
         state: SlotState,
     ) -> SlotRecord {
-        let system = manifest.payload("system");
+        let system = manifest.payload(Payload::System.name());
         SlotRecord {
             state,
             compatible: Some(manifest.compatible.clone()),
@@ -99,7 +100,9 @@ impl SlotRecord {
             verity_root_hash: system
                 .and_then(|p| p.verity.as_ref())
                 .map(|v| v.root_hash.to_string()),
-            efi_sha256: manifest.payload("efi").map(|p| p.sha256.to_string()),
+            efi_sha256: manifest
+                .payload(Payload::Efi.name())
+                .map(|p| p.sha256.to_string()),
             installed_at: Some(now()),
             good_at: None,
         }

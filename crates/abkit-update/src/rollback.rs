@@ -13,6 +13,9 @@ pub struct RollbackReport {
     pub slot: Slot,
     pub version: Option<String>,
     pub boot_next: u16,
+    /// Where a boot after that trial goes unless it is marked good: the
+    /// slot the firmware boots by default.
+    pub otherwise: Slot,
 }
 
 pub fn rollback(m: &mut dyn Machine) -> Result<RollbackReport> {
@@ -30,9 +33,11 @@ pub fn rollback(m: &mut dyn Machine) -> Result<RollbackReport> {
         });
     }
     let entry = boot_policy::arm_trial(m, other, Trial::Rollback)?;
+    let otherwise = boot_policy::default_boot_slot(&boot_policy::read_state(m)?);
     Ok(RollbackReport {
         slot: other,
         version: record.version.map(|v| v.to_string()),
         boot_next: entry,
+        otherwise,
     })
 }

@@ -118,17 +118,30 @@ fn f3_a_stale_temporary_loader_does_not_block_the_rerun() {
     let rig = Rig::new();
     mark_good(&mut rig.machine(Slot::A)).unwrap();
     {
-        // A failed install left a big boot-b.efi.new; the rest is full.
+        // A failed install left a big temporary loader (and one under the
+        // old name); the rest is full.
         let mut m = rig.machine(Slot::A);
         let free = m.esp().free_bytes().unwrap();
-        let stale = vec![0x5A; (free - 4096) as usize];
+        let old = vec![0x5B; 8192];
         m.esp()
-            .write("\\EFI\\abkit\\boot-b.efi.new", &mut &stale[..])
+            .write("\\EFI\\abkit\\boot-b.efi.new", &mut &old[..])
+            .unwrap();
+        let stale = vec![0x5A; (free - 4096 - 8192) as usize];
+        m.esp()
+            .write(
+                &abkit_update::machine::temp_path(Slot::B.loader_path()),
+                &mut &stale[..],
+            )
             .unwrap();
     }
     install_file(&rig, Slot::A, &rig.bundle("1.1.0", b'Y')).unwrap();
     let mut m = rig.machine(Slot::A);
     assert!(!m.esp().exists("\\EFI\\abkit\\boot-b.efi.new").unwrap());
+    assert!(
+        !m.esp()
+            .exists(&abkit_update::machine::temp_path(Slot::B.loader_path()))
+            .unwrap()
+    );
     assert_eq!(
         m.esp().read(Slot::B.loader_path()).unwrap().unwrap(),
         loader("Y")
@@ -219,7 +232,11 @@ fn f7_f14_an_efi_payload_that_is_not_an_efi_application_is_refused_and_removed()
         "{err}"
     );
     let mut m = rig.machine(Slot::A);
-    assert!(!m.esp().exists("\\EFI\\abkit\\boot-b.efi.new").unwrap());
+    assert!(
+        !m.esp()
+            .exists(&abkit_update::machine::temp_path(Slot::B.loader_path()))
+            .unwrap()
+    );
     assert_eq!(
         read_record(m.esp(), Slot::B).unwrap().state,
         SlotState::Empty
@@ -402,5 +419,28 @@ fn f11_an_unstamped_fallback_is_pointed_away_from_the_slot_being_written() {
     assert_eq!(
         abkit_uki::read_stamp(&fallback).unwrap(),
         Some(abkit_uki::Slot::B)
+    );
+}
+
+#[test]
+fn f16_status_names_the_slot_the_firmware_really_boots_when_a_loader_is_gone() {
+    let rig = Rig::new();
+    on_b(&rig);
+    assert_eq!(
+        status(&mut rig.machine(Slot::B)).unwrap().committed_slot,
+        Slot::B
+    );
+    rig.machine(Slot::B)
+        .esp()
+        .remove(Slot::B.loader_path())
+        .unwrap();
+    // Firmware skips B's entry (no loader) and boots A: status says so.
+    assert_eq!(rig.boot().slot, Slot::A);
+    let st = status(&mut rig.machine(Slot::A)).unwrap();
+    assert_eq!(st.committed_slot, Slot::A);
+    assert!(
+        st.problems.iter().any(|p| p.contains("boot-b.efi")),
+        "{:?}",
+        st.problems
     );
 }

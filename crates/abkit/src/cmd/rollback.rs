@@ -20,9 +20,20 @@ pub fn run(args: RollbackArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
+        let otherwise = if report.otherwise == report.slot {
+            format!(
+                "slot {} is the committed slot already: the machine stays there",
+                report.otherwise.letter()
+            )
+        } else {
+            format!(
+                "otherwise the machine comes back to the committed slot {}",
+                report.otherwise.letter()
+            )
+        };
         println!(
             "The next boot runs slot {} ({}) once (BootNext = Boot{:04X}). It becomes permanent \
-             only if it is marked good there; otherwise the machine comes back here.",
+             only if it is marked good there; {otherwise}.",
             report.slot.letter(),
             report.version.as_deref().unwrap_or("unknown version"),
             report.boot_next
