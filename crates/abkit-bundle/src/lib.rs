@@ -38,5 +38,5 @@ mod error;
 pub use error::{Error, Result};
 pub use keys::{KeyId, Keyring, PublicKey, SecretKey, SkippedKeyFile};
 pub use manifest::{Compression, Manifest, PayloadEntry, VerityParams};
-pub use reader::{BundleHead, BundleReader, PayloadReader, SignatureStatus};
+pub use reader::{BundleHead, BundleReader, PayloadReader, SignatureStatus, VerifiedBlock};
 pub use writer::{CreateOptions, PayloadSpec, create_bundle, write_head};

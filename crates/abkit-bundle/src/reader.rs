@@ -22,8 +22,10 @@ use crate::{Error, Result};
 pub const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 /// Size of the blocks of decompressed data a zstd payload hands out.
 const ZSTD_OUT_BLOCK: usize = 1 << 20;
-/// Chunk buffers kept for reuse.
-const POOL_LIMIT: usize = 6;
+/// Chunk buffers kept for reuse: enough for the blocks a consumer of
+/// [`PayloadReader::next_block`] keeps in flight (the update engine holds
+/// about a dozen until it has read them back from the slot).
+const POOL_LIMIT: usize = 16;
 
 /// One signature entry: who signed, and the signature bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,6 +346,28 @@ impl HashWorker {
     }
 }
 
+/// Verified payload bytes shared with the reader's buffer pool
+/// ([`PayloadReader::next_block`]): they stay as handed out while any clone
+/// lives, and the buffer is reused only after the last one is dropped.
+#[derive(Clone)]
+pub struct VerifiedBlock {
+    buf: Arc<Vec<u8>>,
+    start: usize,
+}
+
+impl std::ops::Deref for VerifiedBlock {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+impl std::fmt::Debug for VerifiedBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VerifiedBlock({} bytes)", self.len())
+    }
+}
+
 enum State {
     Streaming,
     Done([u8; 32]),
@@ -366,7 +390,9 @@ pub struct PayloadReader<'a, R: Read> {
     compressed: Vec<u8>,
     compressed_pos: usize,
     frame_open: bool,
-    hasher: HashWorker,
+    /// The whole-payload SHA-256, unless [`PayloadReader::rely_on_chunk_hashes`]
+    /// turned it off.
+    hasher: Option<HashWorker>,
     produced: u64,
     state: State,
 }
@@ -394,7 +420,7 @@ impl<'a, R: Read> PayloadReader<'a, R> {
             compressed: Vec::new(),
             compressed_pos: 0,
             frame_open: false,
-            hasher: HashWorker::start()?,
+            hasher: Some(HashWorker::start()?),
             produced: 0,
             state: State::Streaming,
         })
@@ -405,8 +431,63 @@ impl<'a, R: Read> PayloadReader<'a, R> {
         &self.entry
     }
 
+    /// Stops computing the whole-payload SHA-256 of a payload stored
+    /// uncompressed, whose bytes are then checked by the signed chunk hashes
+    /// alone: they cover every byte handed out, so the second hash adds no
+    /// guarantee about the bytes, only a second SHA-256 pass. What is left
+    /// unchecked is the manifest's `sha256` field itself (that it agrees
+    /// with the chunks): a caller that records it checks it on its own
+    /// (the update engine compares the slot it wrote with the verified
+    /// blocks it read back). Returns `false` and changes nothing for a
+    /// compressed payload (its chunk hashes cover the stored bytes, not the
+    /// output) or once bytes have been handed out.
+    pub fn rely_on_chunk_hashes(&mut self) -> bool {
+        if self.decoder.is_some() || self.produced > 0 || !matches!(self.state, State::Streaming) {
+            return false;
+        }
+        if let Some(mut hasher) = self.hasher.take() {
+            // Nothing was sent: the worker ends at once.
+            let _ = hasher.finish();
+        }
+        true
+    }
+
+    /// The next verified block, handed out without a copy: the rest of the
+    /// current block, or the next chunk once its SHA-256 matched (for zstd,
+    /// up to 1 MiB decompressed from verified chunks). `None` only at the
+    /// verified end (size and, unless turned off, SHA-256 matched). The
+    /// buffer goes back to the reader's pool when the last clone of the
+    /// block is dropped. Mixing with `read` is allowed.
+    pub fn next_block(&mut self) -> Result<Option<VerifiedBlock>> {
+        loop {
+            if let Some(out) = &self.out
+                && self.out_pos < out.len()
+            {
+                break;
+            }
+            match &self.state {
+                State::Done(_) => return Ok(None),
+                State::Failed(reason) => {
+                    return Err(Error::PayloadFailed {
+                        payload: self.entry.name.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+                State::Streaming => self.step_guarded()?,
+            }
+        }
+        let Some(buf) = self.out.take() else {
+            return Ok(None);
+        };
+        let start = std::mem::take(&mut self.out_pos);
+        self.bundle.give_back(Arc::clone(&buf));
+        Ok(Some(VerifiedBlock { buf, start }))
+    }
+
     /// Reads (and drops) whatever is left, then returns the payload's
-    /// SHA-256 once size and hash matched the manifest.
+    /// SHA-256 once size and hash matched the manifest (after
+    /// [`rely_on_chunk_hashes`](PayloadReader::rely_on_chunk_hashes): once
+    /// the size and every chunk matched, the manifest's value).
     pub fn finish(mut self) -> Result<[u8; 32]> {
         loop {
             match &self.state {
@@ -574,7 +655,9 @@ impl<'a, R: Read> PayloadReader<'a, R> {
                 actual: self.produced,
             });
         }
-        self.hasher.send(Arc::clone(&block))?;
+        if let Some(hasher) = self.hasher.as_mut() {
+            hasher.send(Arc::clone(&block))?;
+        }
         if let Some(old) = self.out.replace(block) {
             self.bundle.give_back(old);
         }
@@ -583,7 +666,10 @@ impl<'a, R: Read> PayloadReader<'a, R> {
     }
 
     fn end_checks(&mut self) -> Result<()> {
-        let digest = self.hasher.finish()?;
+        let digest = match self.hasher.as_mut() {
+            Some(hasher) => Some(hasher.finish()?),
+            None => None,
+        };
         if self.produced != self.entry.size {
             return Err(Error::PayloadSizeMismatch {
                 payload: self.entry.name.clone(),
@@ -591,12 +677,12 @@ impl<'a, R: Read> PayloadReader<'a, R> {
                 actual: self.produced,
             });
         }
-        if digest != self.entry.sha256.0 {
+        if digest.is_some_and(|d| d != self.entry.sha256.0) {
             return Err(Error::PayloadHashMismatch {
                 payload: self.entry.name.clone(),
             });
         }
-        self.state = State::Done(digest);
+        self.state = State::Done(digest.unwrap_or(self.entry.sha256.0));
         Ok(())
     }
 }
