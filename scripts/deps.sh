@@ -17,6 +17,9 @@ declare -A need=(
   [/usr/bin/curl]=curl
   [/usr/bin/osslsigncode]=osslsigncode
   [/usr/bin/openssl]=openssl
+  # bench/install.sh compares with RAUC (plain bundles need mksquashfs).
+  [/usr/bin/rauc]=rauc
+  [/usr/bin/mksquashfs]=squashfs-tools
 )
 missing=()
 for f in "${!need[@]}"; do

@@ -9,26 +9,20 @@
 
 use std::fs::File;
 use std::io::{BufReader, Read};
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use abkit_bundle::{BundleReader, Keyring, Manifest, PayloadReader};
 use abkit_disk::{BuildOptions, BuildReport, DiskError, DiskImage, EspFile, Layout, LayoutOptions};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
-use crate::install::fill;
-use crate::machine::EspFiles;
-use crate::offline::ImageEsp;
+use crate::copy::{self, SparseFile};
+use crate::machine::{EspFiles, SlotDevice};
+use crate::offline::{FileRange, ImageEsp};
 use crate::payloads::Payload;
-use crate::progress::{Event, Reporter, Step, step};
+use crate::progress::{Reporter, Step, step};
 use crate::record::{SlotRecord, SlotState, record_path, write_record};
 use crate::{Result, Slot, UpdateError};
-
-/// Size of the blocks streamed out of the bundle and read back.
-const BLOCK: usize = 1 << 20;
-/// Granularity of holes in the temporary system image.
-const HOLE_BLOCK: usize = 4096;
 
 /// What to build, and from which bundle.
 #[derive(Debug, Clone)]
@@ -77,71 +71,37 @@ fn scratch_parent(output: &Path, block_device: bool) -> PathBuf {
     }
 }
 
-/// Streams a payload's verified bytes into a new file at `path`, leaving
-/// all-zero 4 KiB blocks as holes, and checks its size and SHA-256.
+/// Streams a payload's verified bytes into a new file at `path` through
+/// the copy pipeline (all-zero 4 KiB blocks left as holes, every block read
+/// back as written), and checks its size and SHA-256.
 fn extract<R: Read>(
     mut p: PayloadReader<'_, R>,
     path: &Path,
     rep: &mut dyn Reporter,
     progress_step: Step,
 ) -> Result<()> {
-    let name = p.entry().name.clone();
-    let total = p.entry().size;
-    let context = || format!("write the {name} payload to {}", path.display());
-    let file = File::create(path).map_err(UpdateError::io(context()))?;
-    let mut buf = vec![0u8; BLOCK];
-    let mut offset = 0u64;
-    loop {
-        let n = fill(&mut p, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        for (i, block) in buf[..n].chunks(HOLE_BLOCK).enumerate() {
-            if block.iter().fold(0u8, |a, &b| a | b) != 0 {
-                file.write_all_at(block, offset + (i * HOLE_BLOCK) as u64)
-                    .map_err(UpdateError::io(context()))?;
-            }
-        }
-        offset += n as u64;
-        rep.event(Event::Progress {
-            step: progress_step,
-            done: offset,
-            total,
-        });
-    }
-    file.set_len(offset).map_err(UpdateError::io(context()))?;
+    let context = format!("write the {} payload to {}", p.entry().name, path.display());
+    let file = File::create(path).map_err(UpdateError::io(context))?;
+    let mut sink = SparseFile::new(file);
+    copy::copy_payload(&mut p, &mut sink, Slot::A, progress_step, rep)?;
     p.finish()?;
     Ok(())
 }
 
-/// Checks the first `size` bytes of slot A against the expected SHA-256.
+/// Checks the first `size` bytes of slot A against the expected SHA-256,
+/// with the read-back hash an install's callers share (`crate::copy`).
 fn check_slot_a(disk: &DiskImage, size: u64, expected: &str, rep: &mut dyn Reporter) -> Result<()> {
-    let start = disk.slot_range(Slot::A).start;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; BLOCK];
-    let mut done = 0u64;
-    while done < size {
-        let n = (size - done).min(BLOCK as u64) as usize;
-        disk.file()
-            .read_exact_at(&mut buf[..n], start + done)
-            .map_err(UpdateError::io(format!("read back slot A at byte {done}")))?;
-        hasher.update(&buf[..n]);
-        done += n as u64;
-        rep.event(Event::Progress {
-            step: Step::CheckSystem,
-            done,
-            total: size,
-        });
-    }
-    let found = hex::encode(hasher.finalize());
-    if found != expected {
-        return Err(UpdateError::ReadBackMismatch {
-            slot: Slot::A,
-            expected: expected.to_string(),
-            found,
-        });
-    }
-    Ok(())
+    let range = disk.slot_range(Slot::A);
+    let mut dev = FileRange {
+        file: disk
+            .file()
+            .try_clone()
+            .map_err(UpdateError::io("open slot A for its read-back"))?,
+        start: range.start,
+        size: range.end - range.start,
+    };
+    dev.drop_cache();
+    copy::check_sha256(&mut dev, size, expected, Slot::A, rep)
 }
 
 /// Refuses an output that is the bundle itself, before anything is written.

@@ -159,4 +159,10 @@ impl SlotDevice for FaultySlot<'_> {
     fn drop_cache(&mut self) {
         self.inner.drop_cache()
     }
+    fn start_writeback(&mut self, offset: u64, len: u64) {
+        self.inner.start_writeback(offset, len)
+    }
+    fn settle(&mut self, offset: u64, len: u64) {
+        self.inner.settle(offset, len)
+    }
 }

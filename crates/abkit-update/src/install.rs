@@ -10,20 +10,16 @@
 //! (I4).
 
 use std::io::Read;
-use std::sync::mpsc;
 
-use abkit_bundle::{BundleReader, Keyring, Manifest, PayloadEntry, PayloadReader};
-use sha2::{Digest, Sha256};
+use abkit_bundle::{BundleReader, Keyring, Manifest, PayloadReader};
 
 use crate::boot_policy::{self, Trial};
+use crate::copy;
 use crate::machine::{Machine, SlotDevice, temp_path};
 use crate::payloads::{self, Payload};
-use crate::progress::{Event, Reporter, Step, step};
+use crate::progress::{Reporter, Step, step};
 use crate::record::{SlotRecord, SlotState, read_record, write_record};
 use crate::{Result, Slot, UpdateError};
-
-/// Size of the blocks streamed into the slot and read back.
-const BLOCK: usize = 1 << 20;
 
 #[derive(Debug, Clone, Default)]
 pub struct InstallOptions {
@@ -194,11 +190,6 @@ pub fn install(
                 let mut dev = m.slot_device(target)?;
                 write_system(&mut *dev, &mut p, target, rep)?;
                 p.finish()?;
-                dev.flush()
-                    .map_err(UpdateError::io(format!("flush slot {}", target.letter())))?;
-                dev.drop_cache();
-                step(rep, Step::CheckSystem, "reading the slot back");
-                check_read_back(&mut *dev, &system, target, rep)?;
                 system_written = true;
             }
             Some(Payload::Efi) => {
@@ -273,27 +264,10 @@ pub fn install(
     })
 }
 
-/// Reads until `buf` is full or the payload ends; a verification failure
-/// comes back as the bundle's typed error.
-pub(crate) fn fill<R: Read>(p: &mut PayloadReader<'_, R>, buf: &mut [u8]) -> Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match p.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(UpdateError::Bundle(abkit_bundle::Error::from(e))),
-        }
-    }
-    Ok(n)
-}
-
-/// Blocks in flight between the verifying reader and the slot writer.
-const BLOCKS_IN_FLIGHT: usize = 3;
-
-/// Streams the verified system payload into the slot. The writing happens
-/// on a thread of its own, so that verifying block n+1 (hashing, on this
-/// thread) overlaps with writing block n.
+/// Streams the verified system payload into the slot through the copy
+/// pipeline (`crate::copy`): each range is read back from the media and
+/// compared with the verified blocks while later ones are written; the
+/// slot is flushed at the end.
 fn write_system<R: Read>(
     dev: &mut dyn SlotDevice,
     p: &mut PayloadReader<'_, R>,
@@ -306,123 +280,12 @@ fn write_system<R: Read>(
         Step::WriteSystem,
         format!("writing {total} bytes into slot {}", target.letter()),
     );
-    let (full_tx, full_rx) = mpsc::sync_channel::<(u64, Vec<u8>)>(BLOCKS_IN_FLIGHT);
-    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
-    for _ in 0..BLOCKS_IN_FLIGHT {
-        let _ = free_tx.send(vec![0u8; BLOCK]);
-    }
-    std::thread::scope(|scope| {
-        let writer = scope.spawn(move || -> std::result::Result<(), (u64, std::io::Error)> {
-            for (offset, buf) in full_rx {
-                dev.write_at(offset, &buf).map_err(|e| (offset, e))?;
-                if free_tx.send(buf).is_err() {
-                    break;
-                }
-            }
-            Ok(())
-        });
-        let produced = (|| -> Result<()> {
-            let mut offset = 0u64;
-            // A closed channel means the writer stopped: its error follows.
-            while let Ok(mut buf) = free_rx.recv() {
-                buf.resize(BLOCK, 0);
-                let n = fill(p, &mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                buf.truncate(n);
-                if full_tx.send((offset, buf)).is_err() {
-                    break;
-                }
-                offset += n as u64;
-                rep.event(Event::Progress {
-                    step: Step::WriteSystem,
-                    done: offset,
-                    total,
-                });
-            }
-            Ok(())
-        })();
-        drop(full_tx);
-        let written = writer.join();
-        produced?;
-        match written {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err((offset, e))) => Err(UpdateError::io(format!(
-                "write slot {} at byte {offset}",
-                target.letter()
-            ))(e)),
-            Err(_) => Err(UpdateError::io("slot writer")(std::io::Error::other(
-                "the slot writer thread panicked",
-            ))),
-        }
-    })
-}
-
-/// Reads the slot back and compares its SHA-256 with the manifest's; the
-/// hashing runs on a thread of its own, overlapping with the reads.
-fn check_read_back(
-    dev: &mut dyn SlotDevice,
-    system: &PayloadEntry,
-    target: Slot,
-    rep: &mut dyn Reporter,
-) -> Result<()> {
-    let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(BLOCKS_IN_FLIGHT);
-    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
-    for _ in 0..BLOCKS_IN_FLIGHT {
-        let _ = free_tx.send(vec![0u8; BLOCK]);
-    }
-    let found = std::thread::scope(|scope| -> Result<String> {
-        let hasher = scope.spawn(move || {
-            let mut hasher = Sha256::new();
-            for buf in full_rx {
-                hasher.update(&buf);
-                if free_tx.send(buf).is_err() {
-                    break;
-                }
-            }
-            hex::encode(hasher.finalize())
-        });
-        let mut offset = 0u64;
-        let read = (|| -> Result<()> {
-            while offset < system.size {
-                let Ok(mut buf) = free_rx.recv() else { break };
-                let n = (system.size - offset).min(BLOCK as u64) as usize;
-                buf.resize(n, 0);
-                dev.read_at(offset, &mut buf)
-                    .map_err(UpdateError::io(format!(
-                        "read back slot {} at byte {offset}",
-                        target.letter()
-                    )))?;
-                if full_tx.send(buf).is_err() {
-                    break;
-                }
-                offset += n as u64;
-                rep.event(Event::Progress {
-                    step: Step::CheckSystem,
-                    done: offset,
-                    total: system.size,
-                });
-            }
-            Ok(())
-        })();
-        drop(full_tx);
-        let digest = hasher.join();
-        read?;
-        digest.map_err(|_| {
-            UpdateError::io("read-back hashing")(std::io::Error::other(
-                "the hashing thread panicked",
-            ))
-        })
-    })?;
-    let expected = system.sha256.to_string();
-    if found != expected {
-        return Err(UpdateError::ReadBackMismatch {
-            slot: target,
-            expected,
-            found,
-        });
-    }
+    copy::copy_payload(p, dev, target, Step::WriteSystem, rep)?;
+    step(
+        rep,
+        Step::CheckSystem,
+        format!("slot {} read back as written and flushed", target.letter()),
+    );
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 //! to boot, for tests.
 
 pub mod boot_policy;
+mod copy;
 pub mod error;
 pub mod factory;
 #[cfg(feature = "testing")]

@@ -51,6 +51,15 @@ pub trait SlotDevice: Send {
     /// from the device (the read-back check then checks the media, not the
     /// page cache). Best effort.
     fn drop_cache(&mut self) {}
+    /// Starts writing `len` bytes at `offset` back to the media without
+    /// waiting, so that the device works while later blocks are written
+    /// (steady flushing instead of one big flush at the end). Best effort:
+    /// only `flush` makes writes durable.
+    fn start_writeback(&mut self, _offset: u64, _len: u64) {}
+    /// Waits until `len` bytes at `offset` reached the media and drops them
+    /// from the page cache, so that reading them back reads the media, not
+    /// the cache. Best effort.
+    fn settle(&mut self, _offset: u64, _len: u64) {}
 }
 
 /// One machine with two slots.

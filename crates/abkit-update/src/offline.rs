@@ -157,6 +157,30 @@ impl FileRange {
     }
 }
 
+impl FileRange {
+    /// `sync_file_range(2)` on a range of the partition, then (if `drop`)
+    /// `POSIX_FADV_DONTNEED` on it. Best effort: failures are ignored (the
+    /// final flush reports what matters).
+    fn sync_range(&self, offset: u64, len: u64, flags: libc::c_uint, drop: bool) {
+        use std::os::fd::AsRawFd;
+        let Ok(n) = usize::try_from(len) else { return };
+        let Ok(at) = self.check(offset, n) else {
+            return;
+        };
+        let (Ok(at), Ok(len)) = (i64::try_from(at), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: both calls only read their integer arguments; the fd is
+        // open for the duration of the calls.
+        unsafe {
+            libc::sync_file_range(self.file.as_raw_fd(), at, len, flags);
+            if drop {
+                libc::posix_fadvise(self.file.as_raw_fd(), at, len, libc::POSIX_FADV_DONTNEED);
+            }
+        }
+    }
+}
+
 impl SlotDevice for FileRange {
     fn size(&self) -> u64 {
         self.size
@@ -182,6 +206,15 @@ impl SlotDevice for FileRange {
         unsafe {
             libc::posix_fadvise(self.file.as_raw_fd(), start, len, libc::POSIX_FADV_DONTNEED);
         }
+    }
+    fn start_writeback(&mut self, offset: u64, len: u64) {
+        self.sync_range(offset, len, libc::SYNC_FILE_RANGE_WRITE, false);
+    }
+    fn settle(&mut self, offset: u64, len: u64) {
+        let all = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        self.sync_range(offset, len, all, true);
     }
 }
 
