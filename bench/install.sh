@@ -1,24 +1,42 @@
 #!/usr/bin/env bash
-# Benchmark: `abkit install` into an offline disk image, for system images of
-# 512 MiB and 2 GiB (issue 5):
+# Benchmark (issue 14): `abkit install` into an offline disk image, for
+# system images of 512 MiB and 2 GiB, with a cold page cache (dropped before
+# every step; needs root, else only warm is run) and a warm one:
 #   - from a local bundle, against `dd bs=4M conv=fsync` of the raw system
 #     image into the same slot offset (the floor: writing the slot once);
 #   - from an HTTP server on 127.0.0.1 (python3 -m http.server), against
 #     `curl -o /dev/null` of the bundle and the dd (streaming should overlap
-#     the download and the write, so the goal is against the slower one).
+#     the download and the write, so the goal is against the slower one);
+#   - RAUC 1.8 (Debian `rauc`), in the same run: a plain bundle installed by
+#     `rauc service` (private D-Bus session bus, custom bootloader backend
+#     script, raw slots in plain files); over HTTP, curl to a file + install
+#     (this kernel has no NBD, so RAUC cannot stream). Its peak RSS is the
+#     service's.
 # Prints a table: median wall time of RUNS runs, MB/s of system image, peak
 # RSS (from /usr/bin/time -v) and the ratios.
-# Goals: local <= 1.15 x dd; HTTP <= 1.15 x max(curl, dd); peak RSS < 32 MiB.
+# Goals: local <= 1.15 x dd; HTTP <= 1.15 x max(curl, dd); peak RSS <= 16 MiB.
 #
-# Usage: bench/install.sh                      (SIZES_MIB="512 2048" RUNS=3)
-#        SIZES_MIB=256 RUNS=1 bench/install.sh
-# Needs about 4.5 x the largest size of free space in $TMPDIR, curl and python3.
-# The page cache is warm for the inputs; every writer flushes to disk at the end.
+# Usage: bench/install.sh              (SIZES_MIB="512 2048" RUNS=3 CACHES="cold warm")
+#        SIZES_MIB=256 RUNS=1 CACHES=warm RAUC=0 bench/install.sh
+# Needs about 6 x the largest size of free space in $TMPDIR, curl, python3,
+# and for RAUC rauc, mksquashfs, openssl, dbus-daemon (scripts/deps.sh).
+# Every writer flushes to disk at the end.
 # The machine is noisy (other builds): compare within one run, not across.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZES_MIB=${SIZES_MIB:-512 2048}
 RUNS=${RUNS:-3}
+CACHES=${CACHES:-cold warm}
+RAUC=${RAUC:-1}
+if [[ $CACHES == *cold* ]] && [ "$(id -u)" != 0 ]; then
+  echo "bench: dropping the page cache needs root: cold runs skipped" >&2
+  CACHES=warm
+fi
+if [ "$RAUC" = 1 ]; then
+  for tool in rauc mksquashfs openssl dbus-daemon; do
+    command -v "$tool" >/dev/null || { echo "bench: RAUC skipped: $tool missing (bash scripts/deps.sh)" >&2; RAUC=0; }
+  done
+fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 cargo build --release -q -p abkit
 ABKIT=$CARGO_TARGET_DIR/release/abkit
@@ -31,11 +49,12 @@ PYTHON=$(python3 -c 'import sys; print(sys.executable)')
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/abkit-bench-install.XXXXXX")
 SERVER_PID=
+BUS_PID=
 cleanup() {
-  if [ -n "$SERVER_PID" ]; then
-    kill "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
+  for pid in $SERVER_PID $BUS_PID; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -61,22 +80,112 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-# run KEY CMD...: time CMD RUNS times (settled disk before each run);
-# records the median wall seconds and the max peak RSS (KiB).
+# prepare: before each timed run, settle the disk and, for a cold run,
+# drop the page cache (a warm run reads the inputs once first).
+CACHE=warm
+prepare() {
+  sync
+  if [ "$CACHE" = cold ]; then
+    echo 3 >/proc/sys/vm/drop_caches
+  else
+    cat "$@" >/dev/null 2>&1 || true
+  fi
+}
+
+# run KEY WARM_FILES CMD...: time CMD RUNS times; records the median wall
+# seconds and the max peak RSS (KiB).
 declare -A WALL RSS
-run() {
+record() { # key, walls..., then RSS in KiB as the last argument
   local key=$1; shift
-  local walls=() rss=0 i w r
-  for ((i = 0; i < RUNS; i++)); do
-    sync
-    /usr/bin/time -v -o "$WORK/time.txt" "$@" >/dev/null 2>"$WORK/stderr.txt" || {
-      cat "$WORK/stderr.txt" >&2; echo "bench: $key failed: $*" >&2; exit 1; }
-    w=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$WORK/time.txt")
-    r=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/time.txt")
-    walls+=("$w"); ((r > rss)) && rss=$r
-  done
+  local rss=${*: -1}
+  local walls=("${@:1:$#-1}")
   WALL[$key]=$(printf '%s\n' "${walls[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
   RSS[$key]=$rss
+}
+wall_of() { awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$1"; }
+rss_of() { awk -F': ' '/Maximum resident set size/ {print $2}' "$1"; }
+run() {
+  local key=$1 warm=$2; shift 2
+  local walls=() rss=0 i r
+  for ((i = 0; i < RUNS; i++)); do
+    prepare $warm
+    /usr/bin/time -v -o "$WORK/time.txt" "$@" >/dev/null 2>"$WORK/stderr.txt" || {
+      cat "$WORK/stderr.txt" >&2; echo "bench: $key failed: $*" >&2; exit 1; }
+    walls+=("$(wall_of "$WORK/time.txt")")
+    r=$(rss_of "$WORK/time.txt"); ((r > rss)) && rss=$r
+  done
+  record "$key" "${walls[@]}" "$rss"
+}
+
+# RAUC: keys, system.conf with two raw slots in plain files and a custom
+# bootloader backend, and a private session bus for its service.
+if [ "$RAUC" = 1 ]; then
+  R=$WORK/rauc
+  mkdir -p "$R/mnt" "$R/data"
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$R/ca.key" -out "$R/ca.pem" -days 30 \
+    -subj /CN=bench-ca -addext basicConstraints=critical,CA:TRUE -addext keyUsage=keyCertSign 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -keyout "$R/sign.key" -out "$R/sign.csr" -subj /CN=bench-sign 2>/dev/null
+  printf 'keyUsage=digitalSignature\nbasicConstraints=CA:FALSE\n' >"$R/ext"
+  openssl x509 -req -in "$R/sign.csr" -CA "$R/ca.pem" -CAkey "$R/ca.key" -CAcreateserial \
+    -out "$R/sign.pem" -days 30 -extfile "$R/ext" 2>/dev/null
+  cat >"$R/boot.sh" <<'SH'
+#!/bin/sh
+# RAUC custom bootloader backend: A is primary and good, whatever is set.
+case "$1" in
+  get-primary|get-current) echo A ;;
+  get-state) echo good ;;
+  *) ;;
+esac
+SH
+  chmod +x "$R/boot.sh"
+  cat >"$R/system.conf" <<CONF
+[system]
+compatible=bench
+bootloader=custom
+data-directory=$R/data
+[keyring]
+path=$R/ca.pem
+[handlers]
+bootloader-custom-backend=$R/boot.sh
+[slot.rootfs.0]
+device=$R/slot-a.img
+type=raw
+bootname=A
+[slot.rootfs.1]
+device=$R/slot-b.img
+type=raw
+bootname=B
+CONF
+  export DBUS_SESSION_BUS_ADDRESS=unix:path=$R/bus DBUS_STARTER_BUS_TYPE=session
+  dbus-daemon --session --address="$DBUS_SESSION_BUS_ADDRESS" --nofork --nopidfile >/dev/null 2>&1 &
+  BUS_PID=$!
+  for _ in $(seq 50); do [ -S "$R/bus" ] && break; sleep 0.1; done
+fi
+
+# run_rauc KEY WARM_FILES CMD...: like run, with a fresh `rauc service`
+# (started before the timer, under /usr/bin/time for its peak RSS) for
+# every run; the wall time is CMD's.
+run_rauc() {
+  local key=$1 warm=$2; shift 2
+  local walls=() rss=0 i r tpid
+  for ((i = 0; i < RUNS; i++)); do
+    /usr/bin/time -v -o "$WORK/service-time.txt" \
+      rauc --conf="$R/system.conf" --mount="$R/mnt" --override-boot-slot=A service \
+      >"$WORK/service.log" 2>&1 &
+    tpid=$!
+    for _ in $(seq 100); do
+      rauc status >/dev/null 2>&1 && break
+      sleep 0.1
+    done
+    prepare $warm
+    /usr/bin/time -v -o "$WORK/time.txt" "$@" >/dev/null 2>"$WORK/stderr.txt" || {
+      cat "$WORK/stderr.txt" "$WORK/service.log" >&2; echo "bench: $key failed: $*" >&2; exit 1; }
+    walls+=("$(wall_of "$WORK/time.txt")")
+    kill "$(pgrep -P "$tpid")" 2>/dev/null || true
+    wait "$tpid" 2>/dev/null || true
+    r=$(rss_of "$WORK/service-time.txt"); ((r > rss)) && rss=$r
+  done
+  record "$key" "${walls[@]}" "$rss"
 }
 
 for SIZE in $SIZES_MIB; do
@@ -92,51 +201,80 @@ for SIZE in $SIZES_MIB; do
     --system-size $((SIZE + 64))M --ovmf-vars "$WORK/vars.fd" -o "$WORK/disk.img" \
     --json >"$WORK/layout.json" 2>/dev/null
   SLOT_B=$(python3 -c 'import json,sys; print(next(p["start"] for p in json.load(open(sys.argv[1]))["partitions"] if p["role"] == "slot-b"))' "$WORK/layout.json")
-  cat "$WORK/system.img" "$WORK/bundle.abb" >/dev/null   # warm the page cache
-  MACHINE=(--disk "$WORK/disk.img" --ovmf-vars "$WORK/vars.fd" --booted-slot a --keyring "$WORK/ring" --no-reboot --json)
-
-  run "dd/$SIZE" dd if="$WORK/system.img" of="$WORK/disk.img" bs=4M seek="$SLOT_B" \
-    oflag=seek_bytes conv=fsync,notrunc status=none
-  run "local/$SIZE" "$ABKIT" install "${MACHINE[@]}" "$WORK/bundle.abb"
-  run "curl/$SIZE" curl -sS --fail -o /dev/null "http://127.0.0.1:$PORT/bundle.abb"
+  MACHINE=(--disk "$WORK/disk.img" --ovmf-vars "$WORK/vars.fd" --booted-slot a --keyring "$WORK/ring" --allow-unrecorded --no-reboot --json)
+  if [ "$RAUC" = 1 ]; then
+    rm -rf "$R/bundle" "$R"/*.raucb "$R"/slot-*.img
+    mkdir "$R/bundle"
+    ln "$WORK/system.img" "$R/bundle/system.img"
+    printf '[update]\ncompatible=bench\nversion=1.0.0\n[bundle]\nformat=plain\n[image.rootfs]\nfilename=system.img\n' \
+      >"$R/bundle/manifest.raucm"
+    rauc bundle --cert="$R/sign.pem" --key="$R/sign.key" "$R/bundle" "$WORK/bundle.raucb" >/dev/null 2>&1 ||
+      { echo "bench: rauc bundle failed" >&2; exit 1; }
+    truncate -s $((SIZE + 64))M "$R/slot-a.img" "$R/slot-b.img"
+  fi
   # A build whose engine does not download yet says so: then skip that leg.
   PROBE=$("$ABKIT" install "${MACHINE[@]}" "http://127.0.0.1:$PORT/missing.abb" 2>&1 || true)
+  HTTP=1
   if [[ $PROBE == *"not available in this build"* ]]; then
     echo "bench: this abkit cannot install from http(s) yet: HTTP leg skipped" >&2
-  else
-    run "http/$SIZE" "$ABKIT" install "${MACHINE[@]}" "http://127.0.0.1:$PORT/bundle.abb"
+    HTTP=0
   fi
-  # The result must be the image itself in slot B.
-  cmp -n "$(stat -c %s "$WORK/system.img")" "$WORK/system.img" \
-    <(tail -c +$((SLOT_B + 1)) "$WORK/disk.img") || { echo "bench: slot B differs" >&2; exit 1; }
+
+  for CACHE in $CACHES; do
+    echo "bench: ${SIZE} MiB, $CACHE cache" >&2
+    K=$SIZE/$CACHE
+    run "dd/$K" "$WORK/system.img" dd if="$WORK/system.img" of="$WORK/disk.img" bs=4M seek="$SLOT_B" \
+      oflag=seek_bytes conv=fsync,notrunc status=none
+    run "local/$K" "$WORK/bundle.abb" "$ABKIT" install "${MACHINE[@]}" "$WORK/bundle.abb"
+    run "curl/$K" "$WORK/bundle.abb" curl -sS --fail -o /dev/null "http://127.0.0.1:$PORT/bundle.abb"
+    if [ "$HTTP" = 1 ]; then
+      run "http/$K" "$WORK/bundle.abb" "$ABKIT" install "${MACHINE[@]}" "http://127.0.0.1:$PORT/bundle.abb"
+    fi
+    if [ "$RAUC" = 1 ]; then
+      run_rauc "rauc/$K" "$WORK/bundle.raucb" rauc install "$WORK/bundle.raucb"
+      run_rauc "rauchttp/$K" "$WORK/bundle.raucb" sh -c \
+        "curl -sS --fail -o '$R/dl.raucb' 'http://127.0.0.1:$PORT/bundle.raucb' && rauc install '$R/dl.raucb'; rc=\$?; rm -f '$R/dl.raucb'; exit \$rc"
+      cmp -n "$(stat -c %s "$WORK/system.img")" "$WORK/system.img" "$R/slot-b.img" ||
+        { echo "bench: RAUC's slot B differs" >&2; exit 1; }
+    fi
+    # The result must be the image itself in slot B.
+    cmp -n "$(stat -c %s "$WORK/system.img")" "$WORK/system.img" \
+      <(tail -c +$((SLOT_B + 1)) "$WORK/disk.img") || { echo "bench: slot B differs" >&2; exit 1; }
+  done
 done
 
 echo
-echo "abkit install benchmark: offline disk image, system image 3/4 random, warm input cache, median of $RUNS"
+echo "abkit install benchmark: offline disk image, system image 3/4 random, median of $RUNS"
+echo "($(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), abkit $(stat -c %s "$ABKIT") bytes stripped)"
 echo
-printf '| %-8s | %-28s | %8s | %8s | %9s | %-34s |\n' size step "wall s" "MB/s" "RSS MiB" "ratio"
-printf '|%s|%s|%s|%s|%s|%s|\n' ---------- ------------------------------ ---------- ---------- ----------- ------------------------------------
-row() { # size, key, label, reference seconds, reference name
-  awk -v s="$1 MiB" -v l="$3" -v w="${WALL[$2]}" -v r="${RSS[$2]}" -v mb="$(($1 * 1048576))" \
-      -v ref="$4" -v rn="$5" 'BEGIN {
+printf '| %-8s | %-5s | %-30s | %8s | %8s | %9s | %-28s |\n' size cache step "wall s" "MB/s" "RSS MiB" "ratio"
+printf '|%s|%s|%s|%s|%s|%s|%s|\n' ---------- ------- -------------------------------- ---------- ---------- ----------- ------------------------------
+row() { # size, cache, key, label, reference seconds, reference name
+  [ -n "${WALL[$3]:-}" ] || return 0
+  awk -v s="$1 MiB" -v c="$2" -v l="$4" -v w="${WALL[$3]}" -v r="${RSS[$3]}" -v mb="$(($1 * 1048576))" \
+      -v ref="$5" -v rn="$6" 'BEGIN {
     ratio = (ref > 0) ? sprintf("%.2fx %s", w / ref, rn) : "";
-    printf "| %-8s | %-28s | %8.2f | %8.0f | %9.1f | %-34s |\n", s, l, w, mb / 1e6 / w, r / 1024, ratio }'
+    printf "| %-8s | %-5s | %-30s | %8.2f | %8.0f | %9.1f | %-28s |\n", s, c, l, w, mb / 1e6 / w, r / 1024, ratio }'
 }
 for SIZE in $SIZES_MIB; do
-  DD=${WALL[dd/$SIZE]}
-  CURL=${WALL[curl/$SIZE]}
-  SLOWER=$(awk -v a="$DD" -v b="$CURL" 'BEGIN {print (a > b) ? a : b}')
-  SUM=$(awk -v a="$DD" -v b="$CURL" 'BEGIN {print a + b}')
-  row "$SIZE" "dd/$SIZE" "dd bs=4M conv=fsync" 0 ""
-  row "$SIZE" "local/$SIZE" "abkit install FILE" "$DD" "dd (goal <= 1.15)"
-  row "$SIZE" "curl/$SIZE" "curl -o /dev/null" 0 ""
-  if [ -n "${WALL[http/$SIZE]:-}" ]; then
-    row "$SIZE" "http/$SIZE" "abkit install http://" "$SLOWER" "max(curl,dd) (goal<=1.15)"
-    awk -v s="$SIZE MiB" -v w="${WALL[http/$SIZE]}" -v sum="$SUM" 'BEGIN {
-      printf "| %-8s | %-28s | %8s | %8s | %9s | %-34s |\n", s, "  (http vs curl + dd)", "", "", "", sprintf("%.2fx curl+dd", w / sum) }'
-  else
-    printf '| %-8s | %-28s | %8s | %8s | %9s | %-34s |\n' "$SIZE MiB" "abkit install http://" n/a n/a n/a "not wired into this build"
-  fi
+  for CACHE in $CACHES; do
+    K=$SIZE/$CACHE
+    DD=${WALL[dd/$K]}
+    CURL=${WALL[curl/$K]}
+    SLOWER=$(awk -v a="$DD" -v b="$CURL" 'BEGIN {print (a > b) ? a : b}')
+    row "$SIZE" "$CACHE" "dd/$K" "dd bs=4M conv=fsync" 0 ""
+    row "$SIZE" "$CACHE" "curl/$K" "curl -o /dev/null" 0 ""
+    row "$SIZE" "$CACHE" "local/$K" "abkit install FILE" "$DD" "dd (goal <= 1.15)"
+    row "$SIZE" "$CACHE" "http/$K" "abkit install http://" "$SLOWER" "max(curl,dd) (goal <= 1.15)"
+    row "$SIZE" "$CACHE" "rauc/$K" "rauc install FILE" "$DD" "dd"
+    row "$SIZE" "$CACHE" "rauchttp/$K" "curl + rauc install" "$SLOWER" "max(curl,dd)"
+    if [ -n "${WALL[rauc/$K]:-}" ]; then
+      awk -v s="$SIZE MiB" -v c="$CACHE" -v a="${WALL[local/$K]}" -v r="${WALL[rauc/$K]}" \
+          -v ah="${WALL[http/$K]:-0}" -v rh="${WALL[rauchttp/$K]}" 'BEGIN {
+        printf "| %-8s | %-5s | %-30s | %8s | %8s | %9s | %-28s |\n", s, c, "  abkit / RAUC", "", "", "",
+          sprintf("%.2fx local, %.2fx http", a / r, ah / rh) }'
+    fi
+  done
 done
 echo
-echo "peak RSS goal: abkit install < 32 MiB"
+echo "peak RSS goal: abkit install <= 16 MiB (RAUC: its service's peak RSS)"

@@ -3,16 +3,15 @@
 //! the factory (its scratch files), plus the read-back hash of a written
 //! range.
 //!
-//! Per byte: one SHA-256 pass (the reader's chunk check against the signed
-//! manifest, on the calling thread), no copy between reader and writer
-//! (the writer gets the reader's own buffers), one write, and one read-back
-//! compared with the verified block still in memory (no second hash). The
-//! writing and reading back run on a thread of their own, so hashing chunk
-//! n+1 overlaps writing chunk n; writeback starts every [`RANGE`] bytes and
-//! each range is read back from the media (its cache dropped) while the
-//! next one is written. A bounded queue keeps the source (a file, or an
-//! HTTP socket) busy while the disk writes. Memory: the queue plus about
-//! two ranges of blocks held for their read-back.
+//! Per byte: one SHA-256 pass on each core. The reader checks every chunk
+//! against the signed manifest on the calling thread; the writer thread
+//! gets the reader's own buffers (no copy), writes them, starts writeback
+//! every [`RANGE`] bytes, and reads each range back from the media (its
+//! cache dropped) into a SHA-256 compared with the manifest's at the end,
+//! while the next [`IN_WRITEBACK`] bytes are on their way to the disk. So
+//! hashing chunk n+1 overlaps writing chunk n, and the read-back overlaps
+//! the writing. A bounded queue keeps the source (a file, or an HTTP
+//! socket) busy while the disk writes. Memory: a few 1 MiB blocks.
 //!
 //! Invariant I7 holds because only blocks from `PayloadReader::next_block`
 //! (chunks whose SHA-256 matched the signed manifest) are ever written;
@@ -34,6 +33,8 @@ use crate::{Result, Slot, UpdateError};
 
 /// Writeback and read-back granularity.
 const RANGE: u64 = 4 << 20;
+/// Bytes kept in writeback before the oldest range is read back.
+const IN_WRITEBACK: u64 = 32 << 20;
 /// Smallest write: smaller verified chunks are gathered up to this size.
 const WRITE_BLOCK: usize = 1 << 20;
 /// Verified blocks queued between the reader and the writer.
@@ -64,8 +65,8 @@ enum Msg {
     End,
 }
 
-/// Streams payload `p` into `dev` from byte 0, checks that every range
-/// reads back as written, and flushes `dev` at the end. Returns the bytes
+/// Streams payload `p` into `dev` from byte 0, checks that what it reads
+/// back has the manifest's SHA-256, and flushes `dev` at the end. Returns the bytes
 /// written. On error `dev` may hold verified bytes of an unfinished
 /// payload; nothing unverified is ever written.
 pub(crate) fn copy_payload<R: Read>(
@@ -76,15 +77,16 @@ pub(crate) fn copy_payload<R: Read>(
     rep: &mut dyn Reporter,
 ) -> Result<u64> {
     let total = p.entry().size;
-    // The chunk hashes cover every byte of a plain payload, and what is
-    // written is compared with the verified blocks: the whole-payload hash
-    // would be a second pass over every byte.
+    let expected = p.entry().sha256.to_string();
+    // The chunk hashes cover every byte of a plain payload, and what is read
+    // back is hashed against the manifest: the reader's whole-payload hash
+    // would be a third pass over every byte.
     p.rely_on_chunk_hashes();
     let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
     std::thread::scope(|scope| {
         let writer = std::thread::Builder::new()
             .name("abkit-slot-writer".into())
-            .spawn_scoped(scope, move || write_and_check(dev, rx, slot))
+            .spawn_scoped(scope, move || write_and_check(dev, rx, slot, &expected))
             .map_err(UpdateError::io("start the slot writer"))?;
         let produced = (|| -> Result<u64> {
             // Bytes sent so far, and small blocks gathered after them.
@@ -137,15 +139,24 @@ pub(crate) fn copy_payload<R: Read>(
 }
 
 /// The writer: writes each block, starts writeback every [`RANGE`] bytes,
-/// and reads each range back (after its writeback, from the media) while
-/// the next is written, comparing it with the blocks it came from. At the
-/// verified end, the rest is read back and `dev` flushed. A queue closed
-/// without `End` (the reader failed) stops it without a flush.
-fn write_and_check(dev: &mut dyn SlotDevice, rx: mpsc::Receiver<Msg>, slot: Slot) -> Result<()> {
-    let mut held: VecDeque<(u64, Bytes)> = VecDeque::new();
+/// and once more than [`IN_WRITEBACK`] bytes are on their way to the media
+/// reads the oldest range back (after its writeback, from the media) into
+/// the read-back SHA-256, while later ranges are written. At the verified
+/// end the rest is read back, the digest compared with the manifest's, and
+/// `dev` flushed. A queue closed without `End` (the reader failed) stops it
+/// without a flush.
+fn write_and_check(
+    dev: &mut dyn SlotDevice,
+    rx: mpsc::Receiver<Msg>,
+    slot: Slot,
+    expected: &str,
+) -> Result<()> {
     let mut ranges: VecDeque<(u64, u64)> = VecDeque::new();
     let (mut kicked, mut written) = (0u64, 0u64);
-    let mut scratch = Vec::new();
+    let mut hasher = Sha256::new();
+    let mut scratch = vec![0u8; BLOCK];
+    // Ranges settled (their read from the media under way), not yet read.
+    let mut settled: VecDeque<(u64, u64)> = VecDeque::new();
     loop {
         let end = match rx.recv() {
             Ok(Msg::Block(offset, block)) => {
@@ -155,7 +166,6 @@ fn write_and_check(dev: &mut dyn SlotDevice, rx: mpsc::Receiver<Msg>, slot: Slot
                         slot.letter()
                     )))?;
                 written = offset + block.len() as u64;
-                held.push_back((offset, block));
                 false
             }
             Ok(Msg::End) => true,
@@ -166,21 +176,38 @@ fn write_and_check(dev: &mut dyn SlotDevice, rx: mpsc::Receiver<Msg>, slot: Slot
             ranges.push_back((kicked, written));
             kicked = written;
         }
-        // Keep one range in writeback while the next is written; read back
-        // the ones before it (all of them at the end).
-        while ranges.len() > usize::from(!end) {
-            let Some((start, stop)) = ranges.pop_front() else {
+        // Keep IN_WRITEBACK bytes on their way to the media (a deep queue,
+        // as one big flush would have); read back the ranges before them
+        // (all of them at the end).
+        while let Some(&(start, stop)) = ranges.front() {
+            if !end && kicked - stop < IN_WRITEBACK {
+                break;
+            }
+            ranges.pop_front();
+            dev.settle(start, stop - start);
+            settled.push_back((start, stop));
+            // Read the range settled before this one: its read from the
+            // media had time to get under way.
+            if !end && settled.len() < 2 {
+                continue;
+            }
+            let Some((start, stop)) = settled.pop_front() else {
                 break;
             };
-            dev.settle(start, stop - start);
-            while held.front().is_some_and(|(offset, _)| *offset < stop) {
-                let Some((offset, block)) = held.pop_front() else {
-                    break;
-                };
-                check_block(dev, offset, &block, &mut scratch, slot)?;
-            }
+            read_back(dev, start, stop, &mut scratch, &mut hasher, slot)?;
         }
         if end {
+            for (start, stop) in std::mem::take(&mut settled) {
+                read_back(dev, start, stop, &mut scratch, &mut hasher, slot)?;
+            }
+            let found = hex::encode(hasher.finalize());
+            if found != expected {
+                return Err(UpdateError::ReadBackMismatch {
+                    slot,
+                    expected: expected.to_string(),
+                    found,
+                });
+            }
             return dev
                 .flush()
                 .map_err(UpdateError::io(format!("flush slot {}", slot.letter())));
@@ -188,31 +215,25 @@ fn write_and_check(dev: &mut dyn SlotDevice, rx: mpsc::Receiver<Msg>, slot: Slot
     }
 }
 
-/// Reads `block.len()` bytes at `offset` back and compares them with the
-/// verified block.
-fn check_block(
+/// Reads bytes `start..stop` of `dev` into `hasher`.
+fn read_back(
     dev: &mut dyn SlotDevice,
-    offset: u64,
-    block: &[u8],
-    scratch: &mut Vec<u8>,
+    start: u64,
+    stop: u64,
+    scratch: &mut [u8],
+    hasher: &mut Sha256,
     slot: Slot,
 ) -> Result<()> {
-    scratch.resize(block.len(), 0);
-    dev.read_at(offset, scratch)
-        .map_err(UpdateError::io(format!(
-            "read back slot {} at byte {offset}",
-            slot.letter()
-        )))?;
-    if scratch[..] != *block {
-        return Err(UpdateError::ReadBackMismatch {
-            slot,
-            expected: hex::encode(Sha256::digest(block)),
-            found: format!(
-                "{} (the {} bytes at byte {offset})",
-                hex::encode(Sha256::digest(&scratch[..])),
-                block.len()
-            ),
-        });
+    let mut at = start;
+    while at < stop {
+        let n = (stop - at).min(scratch.len() as u64) as usize;
+        dev.read_at(at, &mut scratch[..n])
+            .map_err(UpdateError::io(format!(
+                "read back slot {} at byte {at}",
+                slot.letter()
+            )))?;
+        hasher.update(&scratch[..n]);
+        at += n as u64;
     }
     Ok(())
 }
@@ -324,5 +345,112 @@ impl SlotDevice for SparseFile {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Silent;
+    use abkit_bundle::{BundleReader, CreateOptions, Keyring, PayloadSpec, SecretKey};
+
+    /// A slot in memory that can lose one write (as a failing disk might)
+    /// and says whether it was flushed.
+    struct MemSlot {
+        data: Vec<u8>,
+        lose_write_at: Option<u64>,
+        flushed: bool,
+    }
+
+    impl SlotDevice for MemSlot {
+        fn size(&self) -> u64 {
+            self.data.len() as u64
+        }
+        fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+            if self.lose_write_at != Some(offset) {
+                let at = offset as usize;
+                self.data[at..at + buf.len()].copy_from_slice(buf);
+            }
+            Ok(())
+        }
+        fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+            let at = offset as usize;
+            buf.copy_from_slice(&self.data[at..at + buf.len()]);
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.flushed = true;
+            Ok(())
+        }
+    }
+
+    /// A bundle whose system payload is 9 MiB of varied bytes (more than
+    /// two writeback ranges), with `chunk_size` chunks.
+    fn bundle(dir: &std::path::Path, chunk_size: u32) -> (Vec<u8>, Keyring) {
+        let system: Vec<u8> = (0..9u32 << 20)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        std::fs::write(dir.join("system.img"), &system).unwrap();
+        let key = SecretKey::from_seed(&[7; 32]);
+        let public = key.public_key();
+        let mut opts = CreateOptions::new("demo-os", "1.0.0".parse().unwrap());
+        opts.chunk_size = chunk_size;
+        let spec = PayloadSpec {
+            name: "system".into(),
+            path: dir.join("system.img"),
+            verity: false,
+        };
+        let out = dir.join("b.abb");
+        abkit_bundle::create_bundle(&out, &[spec], &opts, &[key], &mut |_| {}).unwrap();
+        (
+            std::fs::read(&out).unwrap(),
+            Keyring::from_keys(vec![public]),
+        )
+    }
+
+    fn copy(bytes: &[u8], ring: &Keyring, slot: &mut MemSlot) -> Result<u64> {
+        let mut b = BundleReader::open(bytes, ring).unwrap();
+        let mut p = b.next_payload().unwrap().unwrap();
+        let n = copy_payload(&mut p, slot, Slot::B, Step::WriteSystem, &mut Silent)?;
+        p.finish()?;
+        Ok(n)
+    }
+
+    #[test]
+    fn a_good_copy_is_read_back_and_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        for chunk_size in [1 << 20, 64 << 10] {
+            let (bytes, ring) = bundle(dir.path(), chunk_size);
+            let mut slot = MemSlot {
+                data: vec![0; 10 << 20],
+                lose_write_at: None,
+                flushed: false,
+            };
+            assert_eq!(copy(&bytes, &ring, &mut slot).unwrap(), 9 << 20);
+            assert!(slot.flushed);
+            let system = std::fs::read(dir.path().join("system.img")).unwrap();
+            assert_eq!(&slot.data[..9 << 20], &system[..]);
+        }
+    }
+
+    #[test]
+    fn a_lost_write_fails_the_read_back_and_the_slot_is_not_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        for chunk_size in [1 << 20, 64 << 10] {
+            let (bytes, ring) = bundle(dir.path(), chunk_size);
+            for lost in [0, 5 << 20, 8 << 20] {
+                let mut slot = MemSlot {
+                    data: vec![0; 10 << 20],
+                    lose_write_at: Some(lost),
+                    flushed: false,
+                };
+                let err = copy(&bytes, &ring, &mut slot).unwrap_err();
+                assert!(
+                    matches!(err, UpdateError::ReadBackMismatch { slot: Slot::B, .. }),
+                    "{err}"
+                );
+                assert!(!slot.flushed, "lost write at {lost}");
+            }
+        }
     }
 }

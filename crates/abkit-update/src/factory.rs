@@ -81,7 +81,14 @@ fn extract<R: Read>(
     progress_step: Step,
 ) -> Result<()> {
     let context = format!("write the {} payload to {}", p.entry().name, path.display());
-    let file = File::create(path).map_err(UpdateError::io(context))?;
+    // Read and write: the pipeline reads what it wrote back.
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(UpdateError::io(context))?;
     let mut sink = SparseFile::new(file);
     copy::copy_payload(&mut p, &mut sink, Slot::A, progress_step, rep)?;
     p.finish()?;

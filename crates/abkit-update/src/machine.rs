@@ -58,7 +58,8 @@ pub trait SlotDevice: Send {
     fn start_writeback(&mut self, _offset: u64, _len: u64) {}
     /// Waits until `len` bytes at `offset` reached the media and drops them
     /// from the page cache, so that reading them back reads the media, not
-    /// the cache. Best effort.
+    /// the cache (a file or block device also starts that read in the
+    /// background). Best effort.
     fn settle(&mut self, _offset: u64, _len: u64) {}
 }
 

@@ -175,7 +175,9 @@ impl FileRange {
         unsafe {
             libc::sync_file_range(self.file.as_raw_fd(), at, len, flags);
             if drop {
+                // Dropped, then read again from the media in the background.
                 libc::posix_fadvise(self.file.as_raw_fd(), at, len, libc::POSIX_FADV_DONTNEED);
+                libc::posix_fadvise(self.file.as_raw_fd(), at, len, libc::POSIX_FADV_WILLNEED);
             }
         }
     }
