@@ -190,7 +190,7 @@ run_rauc() {
 
 for SIZE in $SIZES_MIB; do
   echo "bench: ${SIZE} MiB system image in $WORK, $RUNS run(s) per step" >&2
-  rm -f "$WORK"/system.img "$WORK"/bundle.abb "$WORK"/disk.img "$WORK"/vars.fd
+  rm -f "$WORK"/system.img "$WORK"/bundle.abb "$WORK"/bundle.raucb "$WORK"/disk.img "$WORK"/vars.fd
   # Three quarters random, one quarter zeros: like a real file system image.
   head -c $((SIZE * 3 / 4))M /dev/urandom >"$WORK/system.img"
   head -c $((SIZE - SIZE * 3 / 4))M /dev/zero >>"$WORK/system.img"
@@ -208,8 +208,8 @@ for SIZE in $SIZES_MIB; do
     ln "$WORK/system.img" "$R/bundle/system.img"
     printf '[update]\ncompatible=bench\nversion=1.0.0\n[bundle]\nformat=plain\n[image.rootfs]\nfilename=system.img\n' \
       >"$R/bundle/manifest.raucm"
-    rauc bundle --cert="$R/sign.pem" --key="$R/sign.key" "$R/bundle" "$WORK/bundle.raucb" >/dev/null 2>&1 ||
-      { echo "bench: rauc bundle failed" >&2; exit 1; }
+    rauc bundle --cert="$R/sign.pem" --key="$R/sign.key" "$R/bundle" "$WORK/bundle.raucb" >"$WORK/rauc-bundle.log" 2>&1 ||
+      { cat "$WORK/rauc-bundle.log" >&2; echo "bench: rauc bundle failed" >&2; exit 1; }
     truncate -s $((SIZE + 64))M "$R/slot-a.img" "$R/slot-b.img"
   fi
   # A build whose engine does not download yet says so: then skip that leg.
