@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use abkit_bundle::{CreateOptions, Keyring, PayloadSpec, SecretKey, create_bundle};
-use abkit_disk::{BuildOptions, LayoutOptions, Slot, build};
+use abkit_disk::{BuildOptions, LayoutOptions, Slot};
 use abkit_efi::OvmfVarsFile;
 use abkit_update::Machine;
 use abkit_update::fault::PowerCut;
@@ -56,20 +56,22 @@ impl Rig {
         std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
             .expect("Debian's OVMF is needed: run `make deps`");
         let disk = dir.path().join("disk.img");
-        build(&BuildOptions {
-            loader: loader_path,
-            system,
-            output: disk.clone(),
-            layout: LayoutOptions {
-                esp_size: abkit_disk::MIN_ESP_SIZE,
-                system_size: SLOT_SIZE,
-                data_size: 1 << 20,
-                ..LayoutOptions::default()
+        abkit_update::factory::build_raw(
+            &BuildOptions {
+                loader: loader_path,
+                system,
+                output: disk.clone(),
+                layout: LayoutOptions {
+                    esp_size: abkit_disk::MIN_ESP_SIZE,
+                    system_size: SLOT_SIZE,
+                    data_size: 1 << 20,
+                    ..LayoutOptions::default()
+                },
+                seed: Some(7),
+                force: false,
             },
-            seed: Some(7),
-            force: false,
-            ovmf_vars: Some(vars.clone()),
-        })
+            Some(&vars),
+        )
         .unwrap();
         let key = SecretKey::from_seed(&[7; 32]);
         let keyring = Keyring::from_keys(vec![key.public_key()]);

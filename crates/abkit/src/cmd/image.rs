@@ -295,10 +295,9 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         layout,
         seed: args.seed,
         force: args.force,
-        ovmf_vars: args.ovmf_vars,
     };
     eprintln!("abkit: building {}", options.output.display());
-    let report = abkit_disk::build(&options)
+    let report = abkit_update::factory::build_raw(&options, args.ovmf_vars.as_deref())
         .with_context(|| format!("building {}", options.output.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
