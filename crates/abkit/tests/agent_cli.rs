@@ -104,6 +104,10 @@ impl World {
     /// Starts the agent on the disk, `slot` taken as running; its log goes
     /// to `agent-N.log`.
     fn agent(&self, slot: &str, extra: &[&str]) -> Agent {
+        self.agent_env(slot, extra, &[])
+    }
+
+    fn agent_env(&self, slot: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let n = std::fs::read_dir(self.dir.path())
             .unwrap()
             .filter(|e| {
@@ -126,6 +130,7 @@ impl World {
                 &format!("echo reboot >> {}", self.s("reboots")),
             ])
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
@@ -761,4 +766,32 @@ fn the_health_gate_reboots_a_failing_or_hanging_trial_and_commits_a_passing_one(
     assert_eq!(st["slots"]["B"]["state"], "good");
     assert_eq!(st["slots"]["B"]["health"]["result"], "passed");
     assert_eq!(st["slots"]["B"]["health"].get("failed_check"), None);
+}
+
+#[test]
+fn the_agent_tells_systemd_it_is_ready_how_health_went_and_pings_the_watchdog() {
+    let w = world();
+    let notify = std::os::unix::net::UnixDatagram::bind(w.p("notify")).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _agent = w.agent_env(
+        "a",
+        &["--health-check", "true"],
+        &[
+            ("NOTIFY_SOCKET", &w.s("notify")),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while got.iter().filter(|m: &&String| *m == "WATCHDOG=1").count() < 2 {
+        let n = notify.recv(&mut buf).expect("no more notifications");
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(got[0].starts_with("READY=1\nSTATUS="), "{got:?}");
+    assert!(
+        got.iter().any(|m| m == "STATUS=slot A committed, healthy"),
+        "{got:?}"
+    );
 }
