@@ -106,3 +106,27 @@ stub-next-to-abkit: stub
 
 build: stub-next-to-abkit
 demo: stub e2e-bins
+
+# --- install and bench-agent (abkit agent, issue 13). install: the binary, the loader stub next to it
+# (where `abkit uki build` finds it), the agent's systemd unit, and its
+# default config (an existing one is kept). PREFIX, DESTDIR as usual.
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+
+.PHONY: install bench-agent
+
+## bench-agent: the idle agent's RSS, CPU and wake-ups over 30 s (not part of test)
+bench-agent:
+	bash bench/agent.sh
+bench: bench-agent
+
+## install: abkit, its stub, abkit-agent.service and /etc/abkit/agent.toml under DESTDIR/PREFIX
+install: build
+	install -D -m 0755 $(RELEASE_DIR)/abkit $(DESTDIR)$(BINDIR)/abkit
+	install -D -m 0644 $(STUB) $(DESTDIR)$(BINDIR)/abkit-stub.efi
+	install -d $(DESTDIR)$(UNITDIR)
+	sed 's|@BINDIR@|$(BINDIR)|g' dist/abkit-agent.service > $(DESTDIR)$(UNITDIR)/abkit-agent.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/abkit-agent.service
+	install -d -m 0755 $(DESTDIR)/etc/abkit/health.d
+	test -e $(DESTDIR)/etc/abkit/agent.toml || install -m 0644 dist/agent.toml $(DESTDIR)/etc/abkit/agent.toml

@@ -80,6 +80,7 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_KEYRING));
     let keyring = Keyring::load_dir(&keyring_dir)
         .with_context(|| format!("cannot load the keyring {}", keyring_dir.display()))?;
+    super::agent::refuse_if_agent_runs(&args.machine)?;
     let mut m = args.machine.open()?;
     let policy = abkit_fetch::RetryPolicy {
         speed_limit: args.speed_limit,
