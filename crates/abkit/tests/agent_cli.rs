@@ -785,7 +785,10 @@ fn the_agent_tells_systemd_it_is_ready_how_health_went_and_pings_the_watchdog() 
     );
     let mut got = Vec::new();
     let mut buf = [0u8; 512];
-    while got.iter().filter(|m: &&String| *m == "WATCHDOG=1").count() < 2 {
+    // Until two watchdog pings and the health result have arrived (their
+    // order depends on how fast the checks run).
+    let healthy = |got: &[String]| got.iter().any(|m| m == "STATUS=slot A committed, healthy");
+    while got.iter().filter(|m: &&String| *m == "WATCHDOG=1").count() < 2 || !healthy(&got) {
         let n = notify.recv(&mut buf).expect("no more notifications");
         got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
