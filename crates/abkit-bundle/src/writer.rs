@@ -189,24 +189,17 @@ pub fn create_bundle(
         payloads: entries,
     };
     let manifest_bytes = manifest.to_json()?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".abkit-bundle-")
-        .tempfile_in(&dir)?;
+    let mut tmp = abkit_atomic::AtomicFile::new(out)?;
     {
-        let mut w = io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        let mut w = io::BufWriter::with_capacity(1 << 20, tmp.file());
         write_head(&mut w, &manifest_bytes, keys)?;
         w.flush()?;
     }
     for source in sources {
-        source.copy_into(tmp.as_file_mut(), progress)?;
+        source.copy_into(tmp.file(), progress)?;
     }
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(BUNDLE_MODE))?;
-    }
-    tmp.as_file().sync_all()?;
-    tmp.persist(out).map_err(|e| Error::Io(e.error))?;
+    tmp.set_mode(BUNDLE_MODE)?;
+    tmp.commit()?;
     Ok(manifest)
 }
 

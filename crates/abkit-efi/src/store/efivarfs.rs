@@ -98,13 +98,7 @@ impl EfivarfsStore {
 
     fn write_directory(&self, path: &Path, content: &[u8]) -> Result<(), StoreError> {
         fs::create_dir_all(&self.root).map_err(Self::io_err(&self.root))?;
-        let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-        let tmp = self.root.join(format!(".{file_name}.tmp"));
-        let mut file = fs::File::create(&tmp).map_err(Self::io_err(&tmp))?;
-        file.write_all(content).map_err(Self::io_err(&tmp))?;
-        file.sync_all().map_err(Self::io_err(&tmp))?;
-        fs::rename(&tmp, path).map_err(Self::io_err(path))?;
-        sync_dir(&self.root)
+        abkit_atomic::replace(path, content, None).map_err(Self::io_err(path))
     }
 }
 

@@ -170,28 +170,8 @@ fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
 /// Writes `bytes` to a temporary file beside `path`, flushes it and renames it
 /// over `path`, so a reader never sees half a loader.
 fn write_new_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file name", path.display()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot write {}", path.display()))
+    abkit_atomic::replace(path, bytes, Some(0o644))
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn print_info(info: &abkit_uki::UkiInfo) {
