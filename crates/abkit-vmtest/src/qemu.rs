@@ -49,6 +49,10 @@ pub enum Cut {
     /// written, or, if the install prints no progress the harness reads,
     /// `fallback` after the install started.
     SystemBytes { min: u64, fallback: Duration },
+    /// Once abkit reports it halted at this checkpoint (`abkit: halted at
+    /// NAME`; the action must carry `halt-at NAME`, see
+    /// `abkit_update::halt`): abkit has synced and stopped exactly there.
+    Checkpoint(&'static str),
 }
 
 /// What this boot is asked to do.
@@ -164,6 +168,15 @@ impl Machine {
                     timeout.as_secs(),
                     log.display()
                 );
+            }
+            if let Some(Cut::Checkpoint(name)) = spec.cut {
+                let text =
+                    String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
+                if BootReport::parse(&text).halted_at.as_deref() == Some(name) {
+                    kill(&mut child);
+                    cut_at = Some(format!("checkpoint {name}"));
+                    break None;
+                }
             }
             if let Some(Cut::SystemBytes { min, fallback }) = spec.cut {
                 let text =
