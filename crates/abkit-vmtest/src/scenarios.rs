@@ -639,6 +639,16 @@ fn power_cut_mark_good(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     expect_os(&b, &Y, 'B')?;
     vars.expect('B', None)
         .context("after the cut with B committed")?;
+    let st = offline_status(suite, &s.machine, 'B')?;
+    expect_status(&st, 'B', 'B', &[('A', X.version), ('B', Y.version)])
+        .context("offline status after the second cut")?;
+    for slot in ['A', 'B'] {
+        let (state, active) = slot_state(&st, slot);
+        ensure!(
+            state == "good" && active == Some(true),
+            "slot {slot} is {state:?}, entry active {active:?} after the second cut: {st}"
+        );
+    }
 
     // 4. BootOrder points at B: Y boots, healthy; mark-good completes again.
     let (b, vars) = s.boot("status; poweroff")?;
