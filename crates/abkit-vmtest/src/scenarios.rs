@@ -506,6 +506,13 @@ fn abkit_dir_files(m: &Machine, st: &Value) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// Whether `file` is the temporary name abkit writes `name` under before
+/// renaming it (`name` plus a suffix: the suffix itself is the engine's).
+fn is_temp_of(file: &str, name: &str) -> bool {
+    file.strip_prefix(name)
+        .is_some_and(|rest| rest.starts_with('.'))
+}
+
 /// The power goes while the new loader sits in its temporary file on the
 /// ESP (the system written and verified, the rename not done): slot B must
 /// stay recorded `empty` and unbootable, and a rerun cleans up and completes.
@@ -534,8 +541,9 @@ fn power_cut_loader(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     // The cut landed between writing the loader and renaming it.
     let files = abkit_dir_files(&s.machine, &st)?;
     ensure!(
-        files.iter().any(|f| f == "boot-b.efi.new") && !files.iter().any(|f| f == "boot-b.efi"),
-        "expected boot-b.efi.new and no boot-b.efi on the ESP after the cut: {files:?}"
+        files.iter().any(|f| is_temp_of(f, "boot-b.efi"))
+            && !files.iter().any(|f| f == "boot-b.efi"),
+        "expected a temporary boot-b.efi.* and no boot-b.efi on the ESP after the cut: {files:?}"
     );
     // X boots healthy and committed; installing again completes.
     let (b, vars) = s.boot(&format!("status; install {}; status; reboot", on_disk(&Y)))?;
@@ -560,7 +568,8 @@ fn power_cut_loader(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     );
     let files = abkit_dir_files(&s.machine, st)?;
     ensure!(
-        files.iter().any(|f| f == "boot-b.efi") && !files.iter().any(|f| f == "boot-b.efi.new"),
+        files.iter().any(|f| f == "boot-b.efi")
+            && !files.iter().any(|f| is_temp_of(f, "boot-b.efi")),
         "expected boot-b.efi in place and the temporary loader gone: {files:?}"
     );
     vars.expect('A', Some('B'))?;
