@@ -15,6 +15,7 @@
 //! | `status` | `abkit status --json`, printed as one `testos: status-json` line |
 //! | `abkit ARG...` | `abkit ARG...` as given |
 //! | `skip-mark-good` | do not run `abkit mark-good` on this boot (anywhere in the list) |
+//! | `halt-at NAME` | every abkit run of this boot, `mark-good` included, gets `ABKIT_HALT_AT=NAME`: it halts at that checkpoint (`abkit_update::halt`) for the test to cut the power (anywhere in the list) |
 //! | `reboot` / `poweroff` | how the boot ends (default `poweroff`); must be last |
 
 use thiserror::Error;
@@ -108,6 +109,9 @@ pub enum Finish {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub mark_good: bool,
+    /// `ABKIT_HALT_AT` for every abkit run of this boot (a power-cut test's
+    /// checkpoint), if the action names one.
+    pub halt_at: Option<String>,
     pub steps: Vec<Step>,
     pub finish: Finish,
 }
@@ -115,7 +119,7 @@ pub struct Plan {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PlanError {
     #[error(
-        "unknown step {0:?} (install, rollback, status, abkit, skip-mark-good, reboot, poweroff)"
+        "unknown step {0:?} (install, rollback, status, abkit, skip-mark-good, halt-at, reboot, poweroff)"
     )]
     UnknownStep(String),
     #[error("step {0:?} needs an argument")]
@@ -130,6 +134,7 @@ impl Plan {
     pub fn parse(action: &str) -> Result<Plan, PlanError> {
         let mut plan = Plan {
             mark_good: true,
+            halt_at: None,
             steps: Vec::new(),
             finish: Finish::PowerOff,
         };
@@ -179,6 +184,10 @@ impl Plan {
                     });
                 }
                 "skip-mark-good" => plan.mark_good = false,
+                "halt-at" => match rest.as_slice() {
+                    [name] => plan.halt_at = Some(name.clone()),
+                    _ => return Err(PlanError::MissingArgument(command)),
+                },
                 "reboot" => {
                     plan.finish = Finish::Reboot;
                     finished = Some(command);
@@ -241,7 +250,20 @@ mod tests {
         let plan = Plan::parse("  ").unwrap();
         assert!(plan.mark_good);
         assert!(plan.steps.is_empty());
+        assert_eq!(plan.halt_at, None);
         assert_eq!(plan.finish, Finish::PowerOff);
+    }
+
+    #[test]
+    fn halt_at_applies_to_the_whole_boot() {
+        let plan = Plan::parse("halt-at mark-good:recorded-good; status; poweroff").unwrap();
+        assert_eq!(plan.halt_at.as_deref(), Some("mark-good:recorded-good"));
+        assert!(plan.mark_good);
+        assert_eq!(plan.steps, vec![Step::Status]);
+        assert_eq!(
+            Plan::parse("halt-at"),
+            Err(PlanError::MissingArgument("halt-at".into()))
+        );
     }
 
     #[test]

@@ -236,6 +236,7 @@ pub fn install(
     if !efi_written {
         return Err(UpdateError::MissingPayload(Payload::Efi.name()));
     }
+    crate::halt::checkpoint("install:loader-temp-written");
     m.esp().rename(&loader_temp, target.loader_path())?;
     step(
         rep,

@@ -60,6 +60,7 @@ pub fn mark_good(m: &mut dyn Machine) -> Result<MarkGoodReport> {
             .push(format!("slot {} recorded good", running.letter()));
     }
 
+    crate::halt::checkpoint("mark-good:recorded-good");
     // 2. Commit: the other slot's entry stays bootable unless that slot is
     // known to be half-written (`empty`) or has no loader: a slot without a
     // record is the factory's, which booted before.
@@ -68,5 +69,6 @@ pub fn mark_good(m: &mut dyn Machine) -> Result<MarkGoodReport> {
     report
         .changes
         .extend(boot_policy::commit(m, other_bootable)?);
+    crate::halt::checkpoint("mark-good:committed");
     Ok(report)
 }

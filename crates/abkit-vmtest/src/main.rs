@@ -86,7 +86,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Cmd::List => {
             for (name, what, _) in SCENARIOS {
-                println!("{name:<18} {what}");
+                println!("{name:<20} {what}");
             }
             Ok(0)
         }

@@ -27,6 +27,8 @@ const EFIVARS: &str = "/sys/firmware/efi/efivars";
 const ACTION: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/abkit/action/raw";
 /// Where a whole-disk FAT volume (the tests' bundle disk) is mounted.
 const BUNDLES: &str = "/mnt/bundles";
+/// abkit's test-only checkpoint variable (`abkit_update::halt`).
+const HALT_AT: &str = "ABKIT_HALT_AT";
 /// QEMU user networking: the guest's address; the host is 10.0.2.2.
 const GUEST_IP: [u8; 4] = [10, 0, 2, 15];
 const NETMASK: [u8; 4] = [255, 255, 255, 0];
@@ -102,21 +104,26 @@ fn boot() -> io::Result<Finish> {
         return Ok(Finish::Reboot);
     }
     println!("testos: health=good");
+    let halt_at = plan.halt_at.as_deref();
+    if let Some(name) = halt_at {
+        println!("testos: abkit runs with ABKIT_HALT_AT={name}");
+    }
     if plan.mark_good {
-        run_abkit("mark-good", &["mark-good".to_string()], false);
+        run_abkit("mark-good", &["mark-good".to_string()], false, halt_at);
     } else {
         println!("testos: mark-good skipped");
     }
     for step in &plan.steps {
         match step {
             Step::Abkit { name, args } => {
-                run_abkit(name, args, false);
+                run_abkit(name, args, false, halt_at);
             }
             Step::Status => {
                 let out = run_abkit(
                     "status",
                     &["status".to_string(), "--json".to_string()],
                     true,
+                    halt_at,
                 );
                 println!("testos: status-json {}", one_line(&out));
             }
@@ -128,11 +135,16 @@ fn boot() -> io::Result<Finish> {
 /// Runs /bin/abkit with `args`, echoing its output as `testos: out:` and
 /// `testos: err:` lines as they come (the tests watch install progress live),
 /// then `testos: result NAME exit=CODE`. With `capture`, stdout is returned
-/// instead of echoed.
-fn run_abkit(name: &str, args: &[String], capture: bool) -> String {
+/// instead of echoed. `halt_at` becomes `ABKIT_HALT_AT` (a power-cut test's
+/// checkpoint: abkit then never returns from it).
+fn run_abkit(name: &str, args: &[String], capture: bool, halt_at: Option<&str>) -> String {
     println!("testos: run: abkit {}", args.join(" "));
     let _ = io::stdout().flush();
-    let child = Command::new(format!("/{ABKIT_PATH}"))
+    let mut command = Command::new(format!("/{ABKIT_PATH}"));
+    if let Some(checkpoint) = halt_at {
+        command.env(HALT_AT, checkpoint);
+    }
+    let child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
