@@ -414,6 +414,7 @@ pub fn commit(m: &mut dyn Machine, other_bootable: bool) -> Result<Vec<String>> 
             running.letter()
         ));
     }
+    crate::halt::checkpoint("mark-good:boot-order-written");
     if point_fallback_at(m, running)? {
         changes.push(format!(
             "fallback loader {FALLBACK_LOADER_PATH} boots slot {}",

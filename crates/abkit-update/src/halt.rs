@@ -17,6 +17,7 @@
 //! | --- | --- |
 //! | `install:loader-temp-written` | install: the system written and verified, the new loader written to its temporary file, not yet renamed into place |
 //! | `mark-good:recorded-good` | mark-good: the running slot's record says `good`; BootOrder not yet changed |
+//! | `mark-good:boot-order-written` | mark-good: BootOrder commits the running slot; the fallback loader not yet repointed |
 //! | `mark-good:committed` | mark-good: BootOrder and the fallback loader changed, just before it returns |
 //!
 //! A machine in service never has the variable set; nothing else reads it.

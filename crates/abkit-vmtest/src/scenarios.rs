@@ -644,7 +644,7 @@ fn power_cut_mark_good(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     );
 
     // 3. Y's second trial: the power goes after mark-good committed B.
-    let (b, vars) = cut_at_checkpoint(&mut s, "mark-good:committed", "poweroff")?;
+    let (b, vars) = cut_at_checkpoint(&mut s, "mark-good:boot-order-written", "poweroff")?;
     expect_os(&b, &Y, 'B')?;
     vars.expect('B', None)
         .context("after the cut with B committed")?;
