@@ -38,9 +38,9 @@ pub use layout::{
 pub type Result<T, E = DiskError> = std::result::Result<T, E>;
 
 /// Loader path of slot A inside the ESP (FAT paths are case-insensitive).
-pub const LOADER_PATH_A: &str = "\\EFI\\abkit\\boot-a.efi";
+pub use abkit_loader_core::slot::LOADER_PATH_A;
 /// Loader path of slot B inside the ESP.
-pub const LOADER_PATH_B: &str = "\\EFI\\abkit\\boot-b.efi";
+pub use abkit_loader_core::slot::LOADER_PATH_B;
 /// The UEFI removable-media fallback path for x86_64: firmware boots it
 /// when no boot entry works, so a fresh disk boots slot A without any.
 pub const FALLBACK_LOADER_PATH: &str = "\\EFI\\BOOT\\BOOTX64.EFI";

@@ -165,24 +165,10 @@ pub fn read_state(m: &mut dyn Machine) -> Result<BootState> {
 /// The slot a loader file boots, by the loader's own rule: its stamp, else
 /// its file name (anything but `boot-b.efi` means A).
 pub fn loader_slot(bytes: &[u8], path: &str) -> Slot {
-    match abkit_uki::read_stamp(bytes).ok().flatten() {
-        Some(stamped) => from_core(stamped),
-        None => from_core(abkit_loader_core::Slot::from_loader_path(path)),
-    }
-}
-
-fn from_core(slot: abkit_loader_core::Slot) -> Slot {
-    match slot {
-        abkit_loader_core::Slot::A => Slot::A,
-        abkit_loader_core::Slot::B => Slot::B,
-    }
-}
-
-fn to_core(slot: Slot) -> abkit_loader_core::Slot {
-    match slot {
-        Slot::A => abkit_loader_core::Slot::A,
-        Slot::B => abkit_loader_core::Slot::B,
-    }
+    abkit_uki::read_stamp(bytes)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Slot::from_loader_path(path))
 }
 
 /// The slot the firmware boots by default: the first of our active entries
@@ -203,7 +189,7 @@ pub fn point_fallback_at(m: &mut dyn Machine, slot: Slot) -> Result<bool> {
             slot.loader_path()
         )));
     };
-    let wanted = match abkit_uki::stamp(&loader, to_core(slot)) {
+    let wanted = match abkit_uki::stamp(&loader, slot) {
         Ok(stamped) => stamped,
         // Without a stamp only the file-name rule is left, which says A.
         Err(e) if slot == Slot::A => {

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::machine::SlotArg;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 
@@ -65,24 +66,6 @@ pub enum UkiCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// A slot letter on the command line.
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum SlotArg {
-    #[value(name = "A", alias = "a")]
-    A,
-    #[value(name = "B", alias = "b")]
-    B,
-}
-
-impl From<SlotArg> for abkit_uki::Slot {
-    fn from(slot: SlotArg) -> Self {
-        match slot {
-            SlotArg::A => abkit_uki::Slot::A,
-            SlotArg::B => abkit_uki::Slot::B,
-        }
-    }
 }
 
 pub fn run(cmd: UkiCommand) -> anyhow::Result<()> {
