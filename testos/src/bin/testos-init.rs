@@ -276,8 +276,7 @@ fn report_root() {
     let mount_of = |target: &str| {
         mounts
             .lines()
-            .filter(|l| l.split_whitespace().nth(1) == Some(target))
-            .last()
+            .rfind(|l| l.split_whitespace().nth(1) == Some(target))
             .map(str::to_string)
     };
     if let Some(line) = mount_of("/") {
