@@ -227,7 +227,7 @@ fn root_story(log: &Path) -> String {
         fs.get(3).and_then(|o| o.split(',').next()).unwrap_or("?"),
         write.split(':').next().unwrap_or("?"),
         if note.is_empty() {
-            " missing".into()
+            " not read (the boot stopped before its steps)".into()
         } else {
             note
         }
