@@ -252,7 +252,7 @@ pub fn offline_status(suite: &Suite, m: &Machine, booted: char) -> anyhow::Resul
 pub type ScenarioFn = fn(&Suite) -> anyhow::Result<Scenario<'_>>;
 
 /// Name, what it proves, and the test.
-pub const SCENARIOS: [(&str, &str, ScenarioFn); 9] = [
+pub const SCENARIOS: [(&str, &str, ScenarioFn); 12] = [
     (
         "boot",
         "the base image boots X on slot A and marks it good",
@@ -297,6 +297,21 @@ pub const SCENARIOS: [(&str, &str, ScenarioFn); 9] = [
         "tampered-bundle",
         "bad signature and bad chunk are refused; nothing changes",
         tampered_bundle,
+    ),
+    (
+        "verity-root",
+        "/ is the slot's erofs through dm-verity, read-only; veritysetup agrees",
+        crate::root_scenarios::verity_root,
+    ),
+    (
+        "data-persists",
+        "/data survives an update, a rollback and a power cut",
+        crate::root_scenarios::data_persists,
+    ),
+    (
+        "root-tamper",
+        "a flipped byte in Y's filesystem or tree fails its trial; X boots, untouched",
+        crate::root_scenarios::root_tamper,
     ),
 ];
 

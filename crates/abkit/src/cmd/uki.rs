@@ -127,7 +127,7 @@ pub fn run(cmd: UkiCommand) -> anyhow::Result<()> {
 }
 
 /// The stub to build on: `--stub`, else `$ABKIT_STUB`, else next to `abkit`.
-fn find_stub(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+pub(crate) fn find_stub(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(path) = given {
         return Ok(path);
     }
@@ -167,6 +167,10 @@ fn print_info(info: &abkit_uki::UkiInfo) {
     println!("kind:      {kind}");
     if let Some(cmdline) = &info.cmdline {
         println!("cmdline:   {cmdline}");
+    }
+    match &info.root_hash {
+        Some(hash) => println!("root hash: {hash} (dm-verity, from roothash=)"),
+        None => println!("root hash: none (no roothash= on the command line)"),
     }
     if let Some(name) = &info.os_pretty_name {
         println!("os:        {name}");
