@@ -203,14 +203,11 @@ pub fn install(
             }
             Some(Payload::Efi) => {
                 step(rep, Step::WriteLoader, format!("writing {loader_temp}"));
-                let mut capture = payloads::HeadCapture {
-                    inner: &mut p,
-                    head: Vec::new(),
-                };
+                let mut capture = payloads::LoaderCapture::new(&mut p);
                 let written = m
                     .esp()
                     .write(&loader_temp, &mut capture)
-                    .and_then(|_| payloads::check_loader_head(&capture.head));
+                    .and_then(|_| capture.check(&system));
                 let written = written.and_then(|()| Ok(p.finish()?));
                 if let Err(e) = written {
                     // Leave no half-written loader taking the ESP's space.
