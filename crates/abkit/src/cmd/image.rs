@@ -1,7 +1,6 @@
 //! `abkit image`: build an A/B disk image (from a loader and a system image,
 //! or from a verified bundle) and inspect one.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -9,10 +8,10 @@ use clap::{ArgGroup, Args, Subcommand};
 
 use abkit_bundle::Keyring;
 use abkit_disk::{BuildOptions, BuildReport, DiskImage, LayoutOptions, Slot};
+use abkit_update::EspFiles;
 use abkit_update::factory::{BundleBuildOptions, build_from_bundle};
 use abkit_update::offline::ImageEsp;
 use abkit_update::record::{SlotRecord, read_record, record_path};
-use abkit_update::{EspFiles, Event, Reporter};
 
 use super::progress::Output;
 
@@ -216,26 +215,6 @@ fn print_build_report(report: &BuildReport) {
     }
 }
 
-/// Steps on stderr, one line each (a progress bar on a terminal), so that
-/// stdout carries only the report.
-enum BuildProgress {
-    Terminal(Output),
-    Lines,
-}
-
-impl Reporter for BuildProgress {
-    fn event(&mut self, event: Event) {
-        match (self, event) {
-            (BuildProgress::Terminal(out), event) => out.event(event),
-            (BuildProgress::Lines, Event::Step { message, .. }) => eprintln!("abkit: {message}"),
-            (BuildProgress::Lines, Event::Warning { message }) => {
-                eprintln!("abkit: warning: {message}")
-            }
-            (BuildProgress::Lines, Event::Progress { .. }) => {}
-        }
-    }
-}
-
 fn build(args: BuildArgs) -> anyhow::Result<()> {
     let layout = LayoutOptions {
         esp_size: args.esp_size,
@@ -260,15 +239,11 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
             options.output.display(),
             options.bundle.display()
         );
-        let mut progress = if std::io::stderr().is_terminal() {
-            BuildProgress::Terminal(Output::Terminal { bar: None })
-        } else {
-            BuildProgress::Lines
-        };
+        // Steps on stderr (a progress bar on a terminal): stdout carries
+        // only the report.
+        let mut progress = Output::on_stderr();
         let result = build_from_bundle(&options, &keyring, &mut progress);
-        if let BuildProgress::Terminal(out) = &mut progress {
-            out.finish();
-        }
+        progress.finish();
         let report = result.with_context(|| {
             format!(
                 "building {} from {}",
