@@ -16,6 +16,7 @@ pub mod factory;
 pub mod fault;
 #[cfg(feature = "testing")]
 pub mod firmware;
+pub mod image_report;
 pub mod install;
 pub mod live;
 pub mod lock;

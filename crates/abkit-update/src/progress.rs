@@ -118,9 +118,11 @@ mod tests {
     #[test]
     fn byte_counts_become_progress_of_the_total() {
         let mut rep = Collect::default();
-        let mut count = bytes(&mut rep, Step::CreateBundle, 10);
-        count(4);
-        count(6);
+        {
+            let mut count = bytes(&mut rep, Step::CreateBundle, 10);
+            count(4);
+            count(6);
+        }
         let done: Vec<u64> = rep
             .0
             .iter()
