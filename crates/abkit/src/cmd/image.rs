@@ -98,25 +98,16 @@ struct RawSource {
 /// Slot A from a verified bundle (never together with raw files).
 #[derive(Args)]
 #[command(next_help_heading = "From a bundle")]
+#[group(conflicts_with = "RawSource")]
 struct BundleSource {
     /// A signed bundle (`abkit bundle create`): its efi payload becomes the loader, its
     /// system payload (with verity tree) goes into slot A, and slot A's record names the
     /// bundle. Needs --keyring; replaces --loader and --system.
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "keyring",
-        conflicts_with = "RawSource"
-    )]
+    #[arg(long, value_name = "FILE", requires = "keyring")]
     bundle: Option<PathBuf>,
     /// Folder of trusted public keys (*.pub) to verify --bundle against; the bundle
     /// needs a valid signature by one of them.
-    #[arg(
-        long,
-        value_name = "DIR",
-        requires = "bundle",
-        conflicts_with = "RawSource"
-    )]
+    #[arg(long, value_name = "DIR", requires = "bundle")]
     keyring: Option<PathBuf>,
 }
 
