@@ -71,6 +71,46 @@ pub struct BuildReport {
     pub boot_entries: Option<InstalledEntries>,
 }
 
+impl std::fmt::Display for BuildReport {
+    /// What was built: the disk, its partitions, the ESP's files, slot A and
+    /// the boot entries, one line each.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::inspect::{PartitionTable, human_size};
+        writeln!(
+            f,
+            "{}: {} disk, GUID {}, {} written",
+            self.output.display(),
+            human_size(self.disk_size),
+            self.disk_guid,
+            human_size(self.bytes_written)
+        )?;
+        write!(f, "{}", PartitionTable(&self.partitions))?;
+        for file in &self.esp_files {
+            writeln!(f, "ESP {}  {} bytes", file.path, file.size)?;
+        }
+        writeln!(
+            f,
+            "slot A: system image of {} bytes",
+            self.system_image_size
+        )?;
+        if let Some(entries) = &self.boot_entries {
+            let order: Vec<String> = entries
+                .boot_order
+                .iter()
+                .map(|n| format!("{n:04X}"))
+                .collect();
+            writeln!(
+                f,
+                "boot entries: Boot{:04X} \"abkit slot A\", Boot{:04X} \"abkit slot B\" (inactive); BootOrder {}",
+                entries.slot_a,
+                entries.slot_b,
+                order.join(",")
+            )?;
+        }
+        Ok(())
+    }
+}
+
 impl BuildReport {
     /// Where the ESP is, for boot entries' `HD()` nodes.
     pub fn esp_location(&self) -> EspLocation {

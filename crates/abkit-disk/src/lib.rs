@@ -28,7 +28,7 @@ pub use esp::{Esp, EspEntry, TEMP_SUFFIX};
 pub use gpt_read::{DiskWarning, GptCopy, GptDamage};
 pub use image::{DiskImage, EspLocation, Partition, PartitionRole, Slot};
 pub use inspect::USED_PART_BLOCK;
-pub use inspect::{DiskReport, SlotContent, inspect, slot_content};
+pub use inspect::{DiskReport, PartitionTable, SlotContent, human_size, inspect, slot_content};
 pub use layout::{
     ALIGNMENT, DATA_TYPE, ESP_TYPE, Layout, LayoutOptions, MIN_ESP_SIZE, MIN_PARTITION_SIZE,
     PlannedPartition, SECTOR_SIZE, SLOT_A_TYPE, SLOT_B_TYPE,

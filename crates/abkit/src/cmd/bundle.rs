@@ -10,6 +10,7 @@ use abkit_bundle::{
     BundleHead, BundleReader, Compression, CreateOptions, Keyring, Manifest, PayloadSpec,
     SecretKey, SignatureStatus,
 };
+use abkit_update::Step;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
@@ -358,22 +359,20 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot read {}", s.path.display()))?
             .len();
     }
-    let bar = indicatif::ProgressBar::with_draw_target(
-        Some(2 * total),
-        indicatif::ProgressDrawTarget::stderr(),
+    // Each input is read twice (hash, then copy): the byte counts add up
+    // to twice their size.
+    let mut progress = super::progress::Output::on_stderr();
+    let result = abkit_bundle::create_bundle(
+        &a.out,
+        &specs,
+        &opts,
+        &keys,
+        &mut abkit_update::progress::bytes(&mut progress, Step::CreateBundle, 2 * total),
     );
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar.set_message("bundle create");
-    let manifest = abkit_bundle::create_bundle(&a.out, &specs, &opts, &keys, &mut |n| bar.inc(n))
+    progress.finish();
+    let manifest = result
         .map_err(coded)
         .with_context(|| format!("cannot create bundle {}", a.out.display()))?;
-    bar.finish_and_clear();
     if let Some(r) = &release {
         let system_root = manifest
             .payloads

@@ -87,8 +87,10 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
         speed_time: Duration::from_secs(args.speed_time),
         ..abkit_fetch::RetryPolicy::default()
     };
-    let source = abkit_update::source::open_source(&args.source, &policy)?;
     let mut out = Output::choose(args.json);
+    // Each retry or resume of a download is a warning in the same output.
+    let opener = abkit_fetch::Opener::new(&policy).observe(out.retry_observer());
+    let source = abkit_update::source::open_source_with(&args.source, opener)?;
     let result = abkit_update::install(
         m.as_mut(),
         source,
