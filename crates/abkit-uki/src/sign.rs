@@ -595,3 +595,136 @@ fn signed_by(cert: &Certificate, issuer: &Certificate) -> bool {
     )
     .is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture::minimal_stub;
+    use crate::{Slot, UkiParts, build};
+
+    /// A fresh self-signed RSA-2048 key and certificate from openssl (PEM).
+    fn key_pair(cn: &str) -> (Vec<u8>, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, cert) = (dir.path().join("k.pem"), dir.path().join("c.pem"));
+        let status = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256"])
+            .args(["-days", "1", "-subj", &format!("/CN={cn}/")])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run openssl");
+        assert!(status.success());
+        (std::fs::read(key).unwrap(), std::fs::read(cert).unwrap())
+    }
+
+    fn uki() -> Vec<u8> {
+        let kernel = vec![0x4b; 3000];
+        let parts = UkiParts {
+            linux: &kernel,
+            ..UkiParts::default()
+        };
+        build(&minimal_stub(), &parts).unwrap()
+    }
+
+    #[test]
+    fn sign_verify_round_trip_with_padding_stamp_and_strangers() {
+        let (key, cert) = key_pair("unit db");
+        let signer = SigningKey::new(&key, &cert).unwrap();
+        let trusted = [parse_certificate(&cert).unwrap()];
+
+        // Unsigned: nothing to trust, no error.
+        let plain = uki();
+        let none = verify(&plain, &trusted).unwrap();
+        assert!(none.signatures.is_empty() && !none.trusted());
+
+        // An unaligned file is padded before its table; the padding is signed.
+        let mut odd = plain.clone();
+        odd.extend_from_slice(b"xyz");
+        let signed = sign(&odd, &signer).unwrap();
+        let check = verify(&signed, &trusted).unwrap();
+        assert!(check.trusted(), "{check:?}");
+        assert_eq!(check.signatures[0].signer.as_deref(), Some("CN=unit db"));
+        let info = crate::inspect(&signed).unwrap();
+        assert_eq!(info.checksum_stored, info.checksum_computed);
+
+        // A stamp survives signing and stays last.
+        let stamped = crate::stamp(&plain, Slot::A).unwrap();
+        let signed = sign(&stamped, &signer).unwrap();
+        assert_eq!(read_stamp(&signed), Ok(Some(Slot::A)));
+        assert!(verify(&signed, &trusted).unwrap().trusted());
+        assert_eq!(
+            &signed[signed.len() - 32..],
+            &stamp::encode_stamp(Slot::A)[..]
+        );
+
+        // Another certificate is not trusted; a key from elsewhere is refused.
+        let (other_key, other_cert) = key_pair("unit stranger");
+        let other = [parse_certificate(&other_cert).unwrap()];
+        let check = verify(&signed, &other).unwrap();
+        assert_eq!(
+            check.signatures[0].problem,
+            Some(SignatureProblem::Untrusted)
+        );
+        assert!(matches!(
+            SigningKey::new(&other_key, &cert),
+            Err(SignError::KeyCertMismatch)
+        ));
+    }
+
+    #[test]
+    fn certificates_signed_by_a_trusted_one_are_trusted() {
+        // db holds a CA; the loader is signed by a leaf the CA issued.
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_key, ca_cert) = key_pair("unit CA");
+        std::fs::write(dir.path().join("ca.key"), &ca_key).unwrap();
+        std::fs::write(dir.path().join("ca.crt"), &ca_cert).unwrap();
+        let sh = |script: &str| {
+            let ok = std::process::Command::new("sh")
+                .args(["-c", script])
+                .current_dir(dir.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "{script}");
+        };
+        sh(
+            "openssl req -new -newkey rsa:2048 -nodes -subj /CN=leaf/ -keyout leaf.key -out leaf.csr",
+        );
+        sh(
+            "openssl x509 -req -in leaf.csr -CA ca.crt -CAkey ca.key -set_serial 7 -days 1 -sha256 -out leaf.crt",
+        );
+        let read = |n: &str| std::fs::read(dir.path().join(n)).unwrap();
+        let signer = SigningKey::new(&read("leaf.key"), &read("leaf.crt")).unwrap();
+        let signed = sign(&uki(), &signer).unwrap();
+        let ca = [parse_certificate(&ca_cert).unwrap()];
+        assert!(verify(&signed, &ca).unwrap().trusted());
+        let leaf = [parse_certificate(&read("leaf.crt")).unwrap()];
+        assert!(verify(&signed, &leaf).unwrap().trusted());
+        let (_, stranger) = key_pair("unit stranger");
+        let stranger = [parse_certificate(&stranger).unwrap()];
+        assert!(!verify(&signed, &stranger).unwrap().trusted());
+    }
+
+    #[test]
+    fn garbage_in_a_pkcs7_entry_is_reported_not_fatal() {
+        let (key, cert) = key_pair("unit db");
+        let signer = SigningKey::new(&key, &cert).unwrap();
+        let mut signed = sign(&uki(), &signer).unwrap();
+        let table = uki().len();
+        signed[table + 8] = 0x31; // ContentInfo's SEQUENCE tag becomes SET
+        let check = verify(&signed, &[parse_certificate(&cert).unwrap()]).unwrap();
+        assert!(matches!(
+            check.signatures[0].problem,
+            Some(SignatureProblem::Malformed(_))
+        ));
+        assert!(matches!(
+            SigningKey::new(b"nonsense", &cert),
+            Err(SignError::Key(_))
+        ));
+        assert!(matches!(parse_certificate(&key), Err(SignError::Cert(_))));
+    }
+}
