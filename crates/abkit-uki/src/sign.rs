@@ -24,8 +24,9 @@
 //! signature, as sbsign adds one) and appends the new one; a slot stamp is
 //! taken out first and appended again after the signature ("stamp after
 //! sign"), so the signature entries come first. EDK2 checks every PKCS#7
-//! entry; sbverify 0.9.4 accepts the file when any signature verifies (the
-//! tests show both orders of stamp and signature pass).
+//! entry and skips the stamp; sbverify 0.9.4 accepts the file when any
+//! signature verifies but stops at the first entry that is not PKCS#7, so a
+//! signature behind the stamp would be invisible to it (tests/uki_sign.rs).
 //!
 //! **Verification** ([`verify`]) follows EDK2's `DxeImageVerificationLib`
 //! rather than OpenSSL's chain rules: an entry is trusted when its digest
