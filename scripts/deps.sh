@@ -17,6 +17,7 @@ declare -A need=(
   [/usr/bin/curl]=curl
   [/usr/bin/osslsigncode]=osslsigncode
   [/usr/bin/openssl]=openssl
+  [/usr/bin/sbverify]=sbsigntool
   [/usr/bin/mkfs.erofs]=erofs-utils
   [/usr/sbin/mkfs.ext4]=e2fsprogs
 )

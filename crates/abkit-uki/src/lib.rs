@@ -7,16 +7,24 @@
 //! the writer and the loader agree on the layout by construction.
 //!
 //! It also writes the slot stamp ([`stamp`], [`read_stamp`]) and computes the
-//! Authenticode digest ([`authenticode_sha256`]) that the stamp leaves alone.
+//! Authenticode digest ([`authenticode_sha256`]) that the stamp leaves alone,
+//! and signs and verifies loaders for Secure Boot ([`sign()`], [`verify`]).
 
 use abkit_loader_core::pe::{Layout, PeError, PeImage, SectionHeader, SectionName, layout::*};
 use abkit_loader_core::{STUB_MARKER_PREFIX, STUB_MARKER_SECTION, UKI_SECTIONS};
 use serde::Serialize;
 
 pub mod root;
+mod sign;
 mod stamp;
 pub use abkit_loader_core::{Slot, StampError};
+pub use sign::{
+    SignError, SignatureCheck, SignatureProblem, SigningKey, Verification, parse_certificate, sign,
+    signature_for_digest, verify,
+};
 pub use stamp::{authenticode_sha256, read_stamp, remove_stamp, stamp};
+/// The X.509 certificate type [`verify`] takes.
+pub use x509_cert::Certificate;
 
 /// What goes into a UKI besides the stub.
 #[derive(Debug, Clone, Copy, Default)]

@@ -7,6 +7,9 @@ use super::machine::SlotArg;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 
+#[path = "uki_sign.rs"]
+mod sign;
+
 /// File name of the stub next to the `abkit` executable.
 const STUB_FILE_NAME: &str = "abkit-stub.efi";
 /// Environment variable naming the stub.
@@ -56,6 +59,31 @@ pub enum UkiCommand {
         /// atomically).
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
+    },
+    /// Authenticode-sign a loader for Secure Boot (PKCS#7 in its certificate
+    /// table, as sbsign does). Signatures already there are kept; a slot
+    /// stamp stays and moves behind the new signature.
+    Sign {
+        /// The RSA private key (PEM or DER, PKCS#8 or PKCS#1).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The key's X.509 certificate (PEM or DER), e.g. the one in db.
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// The loader (.efi) to sign.
+        input: PathBuf,
+        /// Where to write the signed loader (may be INPUT).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Check a loader's signatures against trusted certificates (as
+    /// Secure Boot's db would); fails unless one is valid and trusted.
+    Verify {
+        /// A trusted certificate (PEM or DER); repeat for more.
+        #[arg(long, value_name = "FILE", required = true)]
+        cert: Vec<PathBuf>,
+        /// The loader (.efi) to check.
+        file: PathBuf,
     },
     /// Show the sections of a loader (or of a bare stub), its command line
     /// and what it carries.
@@ -112,6 +140,13 @@ pub fn run(cmd: UkiCommand) -> anyhow::Result<()> {
             eprintln!("abkit: stamped {} with slot {slot}", output.display());
             Ok(())
         }
+        UkiCommand::Sign {
+            key,
+            cert,
+            input,
+            output,
+        } => sign::sign(&key, &cert, &input, &output),
+        UkiCommand::Verify { cert, file } => sign::verify(&cert, &file),
         UkiCommand::Inspect { file, json } => {
             let bytes = read(&file, "loader")?;
             let info = abkit_uki::inspect(&bytes)
