@@ -551,3 +551,55 @@ fn a_full_nvram_fails_install_and_mark_good_cleanly() {
     }
     println!("variable writes: install {install_writes}, mark-good {mark_writes}");
 }
+
+/// NVRAM full on an install from B into A, whose entry is active: the
+/// first write (clearing A's ACTIVE flag) already fails; B stays committed.
+#[test]
+fn a_full_nvram_fails_an_install_into_an_active_slot_before_it_changes() {
+    let rig = Rig::new();
+    mark_good(&mut rig.machine(Slot::A)).unwrap();
+    install_from(&rig, Slot::A, &rig.bundle("1.1.0", b'Y')).unwrap();
+    assert_eq!(rig.boot().slot, Slot::B);
+    mark_good(&mut rig.machine(Slot::B)).unwrap();
+    let bundle = rig.bundle("1.2.0", b'Z');
+    let start = tempfile::tempdir().unwrap();
+    rig.save(start.path());
+    let space = NvramSpace::new(usize::MAX);
+    install(
+        &mut rig.machine_with_vars(Slot::B, nvram_full(&space)),
+        std::fs::File::open(&bundle).unwrap(),
+        &rig.keyring,
+        &InstallOptions::default(),
+        &mut Silent,
+    )
+    .unwrap();
+    let writes = space.written();
+    assert!(writes >= 3, "only {writes} variable writes");
+    for room in 0..writes {
+        rig.restore(start.path());
+        let before = rig.snapshot();
+        let err = install(
+            &mut rig.machine_with_vars(Slot::B, nvram_full(&NvramSpace::new(room))),
+            std::fs::File::open(&bundle).unwrap(),
+            &rig.keyring,
+            &InstallOptions::default(),
+            &mut Silent,
+        )
+        .unwrap_err();
+        assert_nvram_full(&err, &format!("room {room}"));
+        if room == 0 {
+            assert!(
+                rig.snapshot() == before,
+                "the first write failed: nothing changed"
+            );
+        }
+        assert_eq!(
+            status(&mut rig.machine(Slot::B)).unwrap().committed_slot,
+            Slot::B
+        );
+        let booted = rig.boot();
+        assert_eq!(booted.slot, Slot::B, "room {room}");
+        install_from(&rig, Slot::B, &bundle).unwrap();
+        assert_eq!(rig.boot().slot, Slot::A, "room {room}");
+    }
+}
