@@ -263,13 +263,34 @@ fn clear_boot_next(vars: &mut dyn VarStore) -> Result<bool> {
 /// Step 2 of an install: the firmware can no longer start `slot`, neither
 /// through its entry (ACTIVE cleared), nor through BootNext, nor through the
 /// removable-media fallback (which then boots the running slot). Refuses
-/// the running slot.
+/// the running slot, and a slot that holds a version that booted (recorded
+/// `good`, or unrecorded with its loader) while the running slot was never
+/// marked good (recorded `installed` or `empty`): firmware that reorders
+/// BootOrder can make an untried slot the default, and `slot` then holds
+/// the last good version. (A factory's slot A, recorded `installed`, may
+/// still install into an empty slot B.)
 pub fn make_unbootable(m: &mut dyn Machine, slot: Slot) -> Result<()> {
-    if slot == m.running_slot() {
+    let running = m.running_slot();
+    if slot == running {
         return Err(UpdateError::Policy(format!(
             "refusing to make the running slot {} unbootable",
             slot.letter()
         )));
+    }
+    let recorded = read_record(m.esp(), running)?.state;
+    let holds_a_booted_version = match read_record(m.esp(), slot)?.state {
+        SlotState::Good => true,
+        SlotState::Unknown => m.esp().exists(slot.loader_path())?,
+        SlotState::Empty | SlotState::Installed => false,
+    };
+    if !matches!(recorded, SlotState::Good | SlotState::Unknown) && holds_a_booted_version {
+        return Err(UpdateError::RunningSlotNotCommitted {
+            running,
+            committed: format!(
+                "{} by its record; the running slot is recorded {recorded}",
+                slot.letter()
+            ),
+        });
     }
     let state = read_state(m)?;
     let mut bm = BootManager::new(m.vars());
