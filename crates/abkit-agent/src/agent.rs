@@ -282,6 +282,14 @@ impl Agent {
                     outcome.output_tail.as_deref().unwrap_or("").trim_end()
                 );
                 log::error!("health gate: {why}; rebooting so the firmware falls back");
+                // Firmware that makes the entry it booted the default would
+                // start the failed trial again: ask for the last good slot
+                // explicitly (BootNext; on conforming firmware BootOrder
+                // names it anyway).
+                match self.with_machine(true, |m| abkit_update::rollback(m).map(|_| ())) {
+                    Ok(()) => log::info!("health gate: BootNext names the last good slot"),
+                    Err(e) => log::warn!("health gate: cannot arm the last good slot: {e:?}"),
+                }
                 notify(&format!(
                     "STATUS=health failed at {}: rebooting",
                     outcome.failed_check.as_deref().unwrap_or("?")
