@@ -1,22 +1,50 @@
 # abkit: the two commands a newcomer runs are `make demo` and `make test`.
+# Every target is defined once; `make help` lists them (from the `## target:`
+# comments).
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: all deps build test lint unit demo fuzz clean
+# The EFI loader stub (loader/, a cargo project of its own for x86_64-unknown-uefi).
+LOADER_TARGET_DIR ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR)/uefi,$(CURDIR)/loader/target)
+STUB := build/abkit-stub.efi
 
+# End-to-end VM tests and the demo (crates/abkit-vmtest, testos/): one static
+# build of abkit, the test OS init and the harness, used on the host and
+# shipped inside the test OS.
+E2E_TARGET := x86_64-unknown-linux-gnu
+E2E_BIN := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),$(CURDIR)/target)/$(E2E_TARGET)/release
+E2E_RUSTFLAGS := -C target-feature=+crt-static -C strip=symbols
+RELEASE_DIR := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),$(CURDIR)/target)/release
+export E2E_BIN
+
+# `make install`: PREFIX, DESTDIR as usual.
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+
+.PHONY: all help deps build test lint unit demo clean \
+	stub lint-loader vm-loader e2e-bins vm-e2e stub-next-to-abkit install \
+	bench bench-image bench-bundle bench-install bench-agent fuzz-bundle
+
+## all: the same as build
 all: build
+
+## help: list every target with what it does
+help:
+	@sed -n 's/^## \([a-z0-9-]*\): \(.*\)/\1\t\2/p' $(MAKEFILE_LIST) | \
+		awk -F '\t' '{ printf "  %-20s %s\n", $$1, $$2 }'
 
 ## deps: install what a fresh Debian machine lacks (idempotent)
 deps:
 	@bash scripts/deps.sh
 
-## build: the abkit binary (release)
-build: deps
+## build: the abkit binary (release), with the loader stub next to it
+build: deps stub-next-to-abkit
 	$(CARGO) build --release -p abkit
 
-## lint: formatting and clippy with warnings as errors
-lint: deps
+## lint: formatting and clippy with warnings as errors (workspace and loader)
+lint: deps lint-loader
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
@@ -24,26 +52,16 @@ lint: deps
 unit: deps
 	$(CARGO) test --workspace
 
-## test: everything that must pass before a change lands
-test: lint unit
+## test: everything that must pass before a change lands (lint, unit, VM tests)
+test: lint unit vm-loader vm-e2e
 
 ## demo: show abkit at work on the built-in demo OS
-demo: deps
+demo: deps stub e2e-bins
 	@bash scripts/demo.sh
 
-## bench-image: time `abkit image build` against cp --sparse=always (not part of test)
-.PHONY: bench-image
-bench-image: deps
-	@bash bench/image.sh
-
+## clean: remove cargo's build output
 clean:
 	$(CARGO) clean
-
-# --- The EFI loader stub (loader/, a cargo project of its own for x86_64-unknown-uefi).
-LOADER_TARGET_DIR ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR)/uefi,$(CURDIR)/loader/target)
-STUB := build/abkit-stub.efi
-
-.PHONY: stub lint-loader vm-loader
 
 ## stub: build the loader stub into build/abkit-stub.efi (`abkit uki build --stub`)
 stub: deps
@@ -60,37 +78,6 @@ lint-loader: deps
 vm-loader: stub
 	bash tests/vm/loader.sh
 
-lint: lint-loader
-test: vm-loader vm-e2e
-.PHONY: bench-bundle fuzz-bundle
-## bench-bundle: bundle create/verify against sha256sum and veritysetup (1 GiB image)
-bench-bundle:
-	bash bench/bundle.sh
-
-.PHONY: bench-install bench
-## bench-install: abkit install vs dd, and over HTTP vs curl + dd (512 MiB and 2 GiB)
-bench-install:
-	bash bench/install.sh
-
-## bench: every benchmark (prints tables; not part of make test)
-bench: bench-image bench-bundle bench-install
-
-## fuzz-bundle: run both bundle fuzz targets, FUZZ_SECONDS each (default 300)
-fuzz-bundle:
-	cd crates/abkit-bundle/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O head -- -max_total_time=$${FUZZ_SECONDS:-300}
-	cd crates/abkit-bundle/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O signed_bundle -- -max_total_time=$${FUZZ_SECONDS:-300}
-
-# --- End-to-end VM tests and the demo (crates/abkit-vmtest, testos/): one
-# static build of abkit, the test OS init and the harness, used on the host
-# and shipped inside the test OS.
-E2E_TARGET := x86_64-unknown-linux-gnu
-E2E_BIN := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),$(CURDIR)/target)/$(E2E_TARGET)/release
-E2E_RUSTFLAGS := -C target-feature=+crt-static -C strip=symbols
-RELEASE_DIR := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),$(CURDIR)/target)/release
-export E2E_BIN
-
-.PHONY: e2e-bins vm-e2e stub-next-to-abkit
-
 ## e2e-bins: static abkit, testos-init and abkit-vmtest for the VM tests and the demo
 e2e-bins: deps
 	RUSTFLAGS="$(E2E_RUSTFLAGS)" $(CARGO) build --release --target $(E2E_TARGET) -p abkit -p testos -p abkit-vmtest
@@ -104,5 +91,36 @@ stub-next-to-abkit: stub
 	@mkdir -p $(RELEASE_DIR)
 	cp $(STUB) $(RELEASE_DIR)/abkit-stub.efi
 
-build: stub-next-to-abkit
-demo: stub e2e-bins
+## install: abkit, its stub, abkit-agent.service and /etc/abkit/agent.toml under DESTDIR/PREFIX
+install: build
+	install -D -m 0755 $(RELEASE_DIR)/abkit $(DESTDIR)$(BINDIR)/abkit
+	install -D -m 0644 $(STUB) $(DESTDIR)$(BINDIR)/abkit-stub.efi
+	install -d $(DESTDIR)$(UNITDIR)
+	sed 's|@BINDIR@|$(BINDIR)|g' dist/abkit-agent.service > $(DESTDIR)$(UNITDIR)/abkit-agent.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/abkit-agent.service
+	install -d -m 0755 $(DESTDIR)/etc/abkit/health.d
+	test -e $(DESTDIR)/etc/abkit/agent.toml || install -m 0644 dist/agent.toml $(DESTDIR)/etc/abkit/agent.toml
+
+## bench: every benchmark (prints tables; not part of make test)
+bench: bench-image bench-bundle bench-install bench-agent
+
+## bench-image: time `abkit image build` against cp --sparse=always (not part of test)
+bench-image: deps
+	@bash bench/image.sh
+
+## bench-bundle: bundle create/verify against sha256sum and veritysetup (1 GiB image)
+bench-bundle: deps
+	bash bench/bundle.sh
+
+## bench-install: abkit install vs dd, and over HTTP vs curl + dd (512 MiB and 2 GiB)
+bench-install: deps
+	bash bench/install.sh
+
+## bench-agent: the idle agent's RSS, CPU and wake-ups over 30 s (not part of test)
+bench-agent: deps
+	bash bench/agent.sh
+
+## fuzz-bundle: run both bundle fuzz targets, FUZZ_SECONDS each (default 300; nightly cargo-fuzz)
+fuzz-bundle: deps
+	cd crates/abkit-bundle/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O head -- -max_total_time=$${FUZZ_SECONDS:-300}
+	cd crates/abkit-bundle/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O signed_bundle -- -max_total_time=$${FUZZ_SECONDS:-300}

@@ -3,7 +3,9 @@
 # disk image with the test OS X 1.0.0 on slot A, installs Y 1.1.0 (trial boot
 # on slot B, healthy, committed), installs a broken Z 1.2.0 (trial boot fails
 # its health check) and watches the machine come back to Y by itself. Each
-# boot prints slot, version and result; the image and VARS file stay in
+# boot prints slot, version and result, where its root came from (the slot's
+# erofs through dm-verity, with the root hash from the UKI's command line,
+# read-only) and the note X 1.0.0 wrote to /data on the first boot; the image and VARS file stay in
 # build/demo with the QEMU command to boot them by hand.
 #
 # `make demo` builds what this needs first (static abkit, test OS init, the

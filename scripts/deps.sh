@@ -20,6 +20,9 @@ declare -A need=(
   # bench/install.sh compares with RAUC (plain bundles need mksquashfs).
   [/usr/bin/rauc]=rauc
   [/usr/bin/mksquashfs]=squashfs-tools
+  [/usr/bin/sbverify]=sbsigntool
+  [/usr/bin/mkfs.erofs]=erofs-utils
+  [/usr/sbin/mkfs.ext4]=e2fsprogs
 )
 missing=()
 for f in "${!need[@]}"; do

@@ -328,7 +328,7 @@ fn record_boot(me: &SelfImage, slot: Slot) {
         &loader_vendor,
         me.path.to_u16_slice_with_nul(),
     );
-    let slot_text = [u16::from(slot.letter()), 0];
+    let slot_text = [u16::from(slot.letter_byte()), 0];
     set_text_variable(ABKIT_BOOTED_SLOT, &abkit_vendor, &slot_text);
 }
 

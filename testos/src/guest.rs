@@ -14,7 +14,10 @@
 //! | `rollback` | `abkit rollback` |
 //! | `status` | `abkit status --json`, printed as one `testos: status-json` line |
 //! | `abkit ARG...` | `abkit ARG...` as given |
+//! | `data-write NAME TEXT...` | write TEXT to `/data/NAME` and fsync it; prints `testos: data-write NAME ok` |
+//! | `data-read NAME` | prints `testos: data NAME=TEXT` (or `testos: data NAME missing`) |
 //! | `skip-mark-good` | do not run `abkit mark-good` on this boot (anywhere in the list) |
+//! | `halt-at NAME` | every abkit run of this boot, `mark-good` included, gets `ABKIT_HALT_AT=NAME`: it halts at that checkpoint (`abkit_update::halt`) for the test to cut the power (anywhere in the list) |
 //! | `reboot` / `poweroff` | how the boot ends (default `poweroff`); must be last |
 
 use thiserror::Error;
@@ -61,7 +64,10 @@ impl Params {
                 } else {
                     Health::Good
                 };
-            } else if let Some(label) = word.strip_prefix("root=PARTLABEL=") {
+            } else if let Some(label) = word
+                .strip_prefix("root=PARTLABEL=")
+                .or_else(|| word.strip_prefix("systemd.verity_root_data=PARTLABEL="))
+            {
                 params.slot = slot_of_label(label);
             }
         }
@@ -88,6 +94,82 @@ pub fn slot_of_label(label: &str) -> Option<char> {
     }
 }
 
+/// The verified root the command line asks for (systemd's words, written
+/// by `abkit bundle create --rootfs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootParams {
+    /// `roothash=`, hex.
+    pub root_hash: String,
+    /// The partition label of `systemd.verity_root_data=PARTLABEL=...`.
+    pub data_label: String,
+    /// The partition label of `systemd.verity_root_hash=PARTLABEL=...`.
+    pub hash_label: String,
+    /// `hash-offset=` in `systemd.verity_root_options=`.
+    pub hash_offset: u64,
+}
+
+impl RootParams {
+    /// None without `roothash=`; an error when it is there but the rest is
+    /// missing or not understood (the boot must stop, not guess).
+    pub fn from_cmdline(cmdline: &str) -> Result<Option<RootParams>, String> {
+        let (mut hash, mut data, mut hash_dev, mut offset) = (None, None, None, None);
+        for word in cmdline.split_whitespace() {
+            let Some((key, value)) = word.split_once('=') else {
+                continue;
+            };
+            match key {
+                "roothash" => hash = Some(value.to_string()),
+                "systemd.verity_root_data" => data = Some(value.to_string()),
+                "systemd.verity_root_hash" => hash_dev = Some(value.to_string()),
+                "systemd.verity_root_options" => {
+                    for option in value.split(',') {
+                        if let Some(n) = option.strip_prefix("hash-offset=") {
+                            offset = Some(
+                                n.parse::<u64>()
+                                    .map_err(|_| format!("bad hash-offset={n}"))?,
+                            );
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Some(root_hash) = hash else {
+            return Ok(None);
+        };
+        if root_hash.len() < 64 || !root_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("roothash={root_hash} is not a hex SHA-256"));
+        }
+        let label = |what: &str, v: Option<String>| -> Result<String, String> {
+            let v = v.ok_or_else(|| format!("roothash= without {what}="))?;
+            v.strip_prefix("PARTLABEL=")
+                .map(str::to_string)
+                .ok_or_else(|| format!("{what}={v}: only PARTLABEL= is supported"))
+        };
+        let data_label = label("systemd.verity_root_data", data)?;
+        let hash_label = label("systemd.verity_root_hash", hash_dev)?;
+        if data_label != hash_label {
+            return Err(format!(
+                "data ({data_label}) and hash ({hash_label}) on different partitions: the test OS needs the tree appended"
+            ));
+        }
+        let hash_offset =
+            offset.ok_or("roothash= without hash-offset= in systemd.verity_root_options=")?;
+        Ok(Some(RootParams {
+            root_hash,
+            data_label,
+            hash_label,
+            hash_offset,
+        }))
+    }
+
+    /// `ABKIT-SYSTEM-B` -> `ABKIT-DATA`: the data partition of the same disk layout.
+    pub fn data_partition_label(&self) -> Option<String> {
+        let (prefix, _) = self.data_label.rsplit_once("-SYSTEM-")?;
+        Some(format!("{prefix}-DATA"))
+    }
+}
+
 /// One thing the init does after its health check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -95,6 +177,10 @@ pub enum Step {
     Abkit { name: String, args: Vec<String> },
     /// `abkit status --json`, printed on one line.
     Status,
+    /// Write text to a file under /data (fsynced).
+    DataWrite { name: String, text: String },
+    /// Print a file under /data.
+    DataRead { name: String },
 }
 
 /// How the boot ends.
@@ -108,6 +194,9 @@ pub enum Finish {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub mark_good: bool,
+    /// `ABKIT_HALT_AT` for every abkit run of this boot (a power-cut test's
+    /// checkpoint), if the action names one.
+    pub halt_at: Option<String>,
     pub steps: Vec<Step>,
     pub finish: Finish,
 }
@@ -115,7 +204,7 @@ pub struct Plan {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PlanError {
     #[error(
-        "unknown step {0:?} (install, rollback, status, abkit, skip-mark-good, reboot, poweroff)"
+        "unknown step {0:?} (install, rollback, status, abkit, skip-mark-good, halt-at, reboot, poweroff)"
     )]
     UnknownStep(String),
     #[error("step {0:?} needs an argument")]
@@ -130,6 +219,7 @@ impl Plan {
     pub fn parse(action: &str) -> Result<Plan, PlanError> {
         let mut plan = Plan {
             mark_good: true,
+            halt_at: None,
             steps: Vec::new(),
             finish: Finish::PowerOff,
         };
@@ -178,7 +268,31 @@ impl Plan {
                         args: rest.clone(),
                     });
                 }
+                "data-write" | "data-read" => {
+                    let Some(name) = rest.first() else {
+                        return Err(PlanError::MissingArgument(command));
+                    };
+                    if !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+                        || name.starts_with('.')
+                    {
+                        return Err(PlanError::MissingArgument(command));
+                    }
+                    plan.steps.push(if command == "data-write" {
+                        Step::DataWrite {
+                            name: name.clone(),
+                            text: rest[1..].join(" "),
+                        }
+                    } else {
+                        Step::DataRead { name: name.clone() }
+                    });
+                }
                 "skip-mark-good" => plan.mark_good = false,
+                "halt-at" => match rest.as_slice() {
+                    [name] => plan.halt_at = Some(name.clone()),
+                    _ => return Err(PlanError::MissingArgument(command)),
+                },
                 "reboot" => {
                     plan.finish = Finish::Reboot;
                     finished = Some(command);
@@ -241,7 +355,20 @@ mod tests {
         let plan = Plan::parse("  ").unwrap();
         assert!(plan.mark_good);
         assert!(plan.steps.is_empty());
+        assert_eq!(plan.halt_at, None);
         assert_eq!(plan.finish, Finish::PowerOff);
+    }
+
+    #[test]
+    fn halt_at_applies_to_the_whole_boot() {
+        let plan = Plan::parse("halt-at mark-good:recorded-good; status; poweroff").unwrap();
+        assert_eq!(plan.halt_at.as_deref(), Some("mark-good:recorded-good"));
+        assert!(plan.mark_good);
+        assert_eq!(plan.steps, vec![Step::Status]);
+        assert_eq!(
+            Plan::parse("halt-at"),
+            Err(PlanError::MissingArgument("halt-at".into()))
+        );
     }
 
     #[test]
@@ -293,6 +420,50 @@ mod tests {
             Plan::parse("reboot; status"),
             Err(PlanError::FinishNotLast("reboot".into()))
         );
+    }
+
+    #[test]
+    fn root_params_from_the_command_line_abkit_writes() {
+        let h = "ab".repeat(32);
+        let line = format!(
+            "console=ttyS0 root=/dev/mapper/root roothash={h} systemd.verity_root_data=PARTLABEL=ABKIT-SYSTEM-B systemd.verity_root_hash=PARTLABEL=ABKIT-SYSTEM-B systemd.verity_root_options=hash-offset=12288 testos.variant=Y"
+        );
+        let r = RootParams::from_cmdline(&line).unwrap().unwrap();
+        assert_eq!(r.root_hash, h);
+        assert_eq!(r.data_label, "ABKIT-SYSTEM-B");
+        assert_eq!(r.hash_offset, 12288);
+        assert_eq!(r.data_partition_label().as_deref(), Some("ABKIT-DATA"));
+        assert_eq!(Params::from_cmdline(&line).slot, Some('B'));
+        assert_eq!(RootParams::from_cmdline("console=ttyS0"), Ok(None));
+        // Incomplete or odd: an error, never a guess.
+        assert!(RootParams::from_cmdline(&format!("roothash={h}")).is_err());
+        assert!(RootParams::from_cmdline("roothash=xyz").is_err());
+        let other = line.replace(
+            "systemd.verity_root_hash=PARTLABEL=ABKIT-SYSTEM-B",
+            "systemd.verity_root_hash=PARTLABEL=ABKIT-SYSTEM-A",
+        );
+        assert!(RootParams::from_cmdline(&other).is_err());
+        let no_offset = line.replace("hash-offset=12288", "panic-on-corruption");
+        assert!(RootParams::from_cmdline(&no_offset).is_err());
+    }
+
+    #[test]
+    fn data_steps() {
+        let plan = Plan::parse("data-write note hello world; data-read note").unwrap();
+        assert_eq!(
+            plan.steps,
+            vec![
+                Step::DataWrite {
+                    name: "note".into(),
+                    text: "hello world".into()
+                },
+                Step::DataRead {
+                    name: "note".into()
+                }
+            ]
+        );
+        assert!(Plan::parse("data-read ../etc").is_err());
+        assert!(Plan::parse("data-write").is_err());
     }
 
     #[test]

@@ -39,6 +39,48 @@ pub const TESTOS_MODULES: [&str; 16] = [
     "nls_utf8",
 ];
 
+/// The modules that map and mount the verified root and DATA, leaves first
+/// (`modinfo -F depends` on Debian's 6.1 kernel): CRC32C for erofs and ext4
+/// (the kernel asks for the `crc32c` algorithm, and nothing would load it
+/// on demand), erofs, device-mapper and dm-verity, ext4.
+pub const ROOT_MODULES: [&str; 11] = [
+    "crc32c_generic",
+    "libcrc32c",
+    "erofs",
+    "dm-mod",
+    "dm-bufio",
+    "reed_solomon",
+    "dm-verity",
+    "crc16",
+    "mbcache",
+    "jbd2",
+    "ext4",
+];
+
+/// Present in every initrd this module writes (systemd's convention): the
+/// init knows it runs from the initrd and, given `roothash=`, switches to
+/// the slot's root.
+pub const INITRD_RELEASE: &str = "etc/initrd-release";
+
+/// The slot root's own init (what the initrd executes after switching root).
+pub const ROOT_INIT: &str = "sbin/init";
+/// The first line of this file in the root names the variant (the VM tests
+/// check that the root came from the slot they expect).
+pub const ROOT_MARKER: &str = "etc/abkit-testos-system";
+/// Directories the root filesystem needs: mount points (it is read-only).
+pub const ROOT_DIRS: [&str; 10] = [
+    "dev",
+    "proc",
+    "sys",
+    "run",
+    "tmp",
+    "data",
+    "mnt",
+    "mnt/bundles",
+    "etc",
+    "sbin",
+];
+
 /// Mount points and directories init expects.
 const DIRS: [&str; 10] = [
     "dev",
@@ -82,6 +124,7 @@ pub fn write_initrd<W: Write>(
         dirs.insert(dir.to_string());
     }
     cpio.file("init", 0o755, init)?;
+    cpio.file(INITRD_RELEASE, 0o644, b"NAME=abkit-testos-initrd\n")?;
     let mut list = String::new();
     for module in modules {
         if module.file_name.contains('/') || module.file_name.contains('\n') {
@@ -120,9 +163,76 @@ pub fn write_initrd<W: Write>(
     cpio.finish()
 }
 
+/// Lays out the test OS root filesystem in `dir` (which `abkit bundle
+/// create --rootfs` turns into an erofs image): the init as `/sbin/init`,
+/// the marker line in `/etc/abkit-testos-system`, the mount points, and
+/// each of `extra` (the `abkit` binary, the keyring).
+pub fn write_root_tree(
+    dir: &std::path::Path,
+    init: &[u8],
+    marker: &str,
+    extra: &[ExtraFile<'_>],
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    for d in ROOT_DIRS {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    let put = |path: &str, mode: u32, data: &[u8]| -> std::io::Result<()> {
+        if path.split('/').any(|p| p.is_empty() || p == "..") {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("bad path {path}"),
+            ));
+        }
+        let target = dir.join(path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&target, data)?;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
+    };
+    put(ROOT_INIT, 0o755, init)?;
+    put(ROOT_MARKER, 0o644, format!("{marker}\n").as_bytes())?;
+    for file in extra {
+        put(file.path, file.mode, file.data)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_tree_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let extra = [ExtraFile {
+            path: ABKIT_PATH,
+            mode: 0o755,
+            data: b"abkit",
+        }];
+        write_root_tree(dir.path(), b"init", "MARK x", &extra).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("sbin/init")).unwrap(),
+            b"init"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(ROOT_MARKER)).unwrap(),
+            "MARK x\n"
+        );
+        assert!(dir.path().join("data").is_dir());
+        assert!(dir.path().join("mnt/bundles").is_dir());
+        assert_eq!(
+            std::fs::read(dir.path().join("bin/abkit")).unwrap(),
+            b"abkit"
+        );
+        let bad = [ExtraFile {
+            path: "../x",
+            mode: 0o644,
+            data: b"",
+        }];
+        assert!(write_root_tree(dir.path(), b"", "", &bad).is_err());
+    }
 
     fn unpack(bytes: Vec<u8>) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();

@@ -5,5 +5,6 @@
 //! the test OS in it (init, kernel modules and the list of modules to load).
 
 pub mod cpio;
+pub mod dm;
 pub mod guest;
 pub mod initrd;

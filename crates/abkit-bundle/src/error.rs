@@ -70,6 +70,10 @@ pub enum Error {
     OutputIsInput { output: PathBuf, input: PathBuf },
     #[error("payload `{payload}` already failed: {reason}")]
     PayloadFailed { payload: String, reason: String },
+    #[error(
+        "the UKI's command line has roothash={uki} but the system payload's dm-verity root is {system}: this release would not boot"
+    )]
+    RootHashMismatch { uki: String, system: String },
 }
 
 impl From<std::io::Error> for Error {
@@ -116,6 +120,7 @@ impl Error {
             Error::InvalidInput(_) => "invalid-input",
             Error::OutputIsInput { .. } => "output-is-input",
             Error::PayloadFailed { .. } => "payload-failed",
+            Error::RootHashMismatch { .. } => "root-hash-mismatch",
         }
     }
 

@@ -217,26 +217,10 @@ fn create_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
 /// Replaces `path` with a new file by renaming a complete temporary file
 /// from the same folder over it (a link at `path` is replaced, not followed).
 fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::PermissionsExt as _;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let key_error = |e: std::io::Error| Error::KeyFile {
+    abkit_atomic::replace(path, contents, Some(mode)).map_err(|e| Error::KeyFile {
         path: path.to_owned(),
         reason: e.to_string(),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".abkit-key-")
-        .tempfile_in(dir)
-        .map_err(key_error)?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))?;
-    tmp.write_all(contents)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| key_error(e.error))?;
-    Ok(())
+    })
 }
 
 fn with_suffix(base: &Path, suffix: &str) -> PathBuf {

@@ -30,6 +30,7 @@ pub mod format;
 pub mod keys;
 pub mod manifest;
 pub mod reader;
+pub mod rootfs;
 pub mod verity;
 pub mod writer;
 

@@ -83,6 +83,7 @@ pub struct VerityBuilder {
     level0: Vec<u8>,
     data_blocks: u64,
     partial: Vec<u8>,
+    uuid: Option<[u8; 16]>,
 }
 
 impl VerityBuilder {
@@ -102,7 +103,16 @@ impl VerityBuilder {
             level0: Vec::new(),
             data_blocks: 0,
             partial: Vec::with_capacity(BLOCK),
+            uuid: None,
         })
+    }
+
+    /// Uses `uuid` in the superblock instead of a random one (reproducible
+    /// images: the UUID does not enter the root hash, but it is part of the
+    /// hash area's bytes).
+    pub fn with_uuid(mut self, uuid: [u8; 16]) -> VerityBuilder {
+        self.uuid = Some(uuid);
+        self
     }
 
     /// Feeds the next data bytes.
@@ -151,8 +161,15 @@ impl VerityBuilder {
         if self.data_blocks == 0 {
             return Err(Error::Verity("the image is empty".into()));
         }
-        let mut uuid = [0u8; 16];
-        getrandom::fill(&mut uuid).map_err(|e| Error::Verity(format!("no randomness: {e}")))?;
+        let uuid = match self.uuid {
+            Some(uuid) => uuid,
+            None => {
+                let mut uuid = [0u8; 16];
+                getrandom::fill(&mut uuid)
+                    .map_err(|e| Error::Verity(format!("no randomness: {e}")))?;
+                uuid
+            }
+        };
         let (root_hash, levels) = if self.data_blocks == 1 {
             // No tree: the root hash is the digest of the only data block.
             let mut root = [0u8; 32];

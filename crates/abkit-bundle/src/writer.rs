@@ -46,6 +46,13 @@ pub struct CreateOptions {
     /// zstd level, 1..=19 (higher levels need windows readers refuse).
     pub zstd_level: i32,
     pub chunk_size: u32,
+    /// Salt of every dm-verity tree (default: 32 random bytes). Set it when
+    /// the root hash must be known before the bundle is made (a UKI whose
+    /// command line carries `roothash=`): the same salt over the same image
+    /// gives the same tree.
+    pub verity_salt: Option<Vec<u8>>,
+    /// UUID in every verity superblock (default: random).
+    pub verity_uuid: Option<[u8; 16]>,
 }
 
 impl CreateOptions {
@@ -63,6 +70,8 @@ impl CreateOptions {
             compression: Compression::None,
             zstd_level: 3,
             chunk_size: DEFAULT_CHUNK_SIZE,
+            verity_salt: None,
+            verity_uuid: None,
         }
     }
 }
@@ -189,24 +198,17 @@ pub fn create_bundle(
         payloads: entries,
     };
     let manifest_bytes = manifest.to_json()?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".abkit-bundle-")
-        .tempfile_in(&dir)?;
+    let mut tmp = abkit_atomic::AtomicFile::new(out)?;
     {
-        let mut w = io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        let mut w = io::BufWriter::with_capacity(1 << 20, tmp.file());
         write_head(&mut w, &manifest_bytes, keys)?;
         w.flush()?;
     }
     for source in sources {
-        source.copy_into(tmp.as_file_mut(), progress)?;
+        source.copy_into(tmp.file(), progress)?;
     }
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(BUNDLE_MODE))?;
-    }
-    tmp.as_file().sync_all()?;
-    tmp.persist(out).map_err(|e| Error::Io(e.error))?;
+    tmp.set_mode(BUNDLE_MODE)?;
+    tmp.commit()?;
     Ok(manifest)
 }
 
@@ -417,9 +419,19 @@ fn analyze(
         <[u8; 32]>::from(h.finalize())
     })?;
     let verity = if spec.verity {
-        let mut salt = [0u8; 32];
-        getrandom::fill(&mut salt).map_err(|e| Error::Verity(format!("no randomness: {e}")))?;
-        let builder = VerityBuilder::new(&salt)?;
+        let salt = match &opts.verity_salt {
+            Some(salt) => salt.clone(),
+            None => {
+                let mut salt = vec![0u8; 32];
+                getrandom::fill(&mut salt)
+                    .map_err(|e| Error::Verity(format!("no randomness: {e}")))?;
+                salt
+            }
+        };
+        let mut builder = VerityBuilder::new(&salt)?;
+        if let Some(uuid) = opts.verity_uuid {
+            builder = builder.with_uuid(uuid);
+        }
         Some(Worker::start(
             "abkit-verity",
             move |rx: Receiver<Arc<Vec<u8>>>| {

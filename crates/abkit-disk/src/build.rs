@@ -18,7 +18,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::boot_entries::{InstalledEntries, install_boot_entries};
+use crate::boot_entries::InstalledEntries;
 use crate::esp::{Esp, Storage};
 use crate::fat_time::{FIXED_TIME, UTC_CLOCK};
 use crate::image::{EspLocation, Partition, PartitionRole};
@@ -45,9 +45,6 @@ pub struct BuildOptions {
     pub seed: Option<u64>,
     /// Allows overwriting an existing block device.
     pub force: bool,
-    /// An OVMF VARS file to receive the two slot boot entries (slot A
-    /// first in BootOrder), as an installer would write them to NVRAM.
-    pub ovmf_vars: Option<PathBuf>,
 }
 
 /// A file the build placed in the ESP.
@@ -69,8 +66,62 @@ pub struct BuildReport {
     /// Bytes actually written (the rest of a file output is holes).
     pub bytes_written: u64,
     pub block_device: bool,
-    /// The boot entries written into the OVMF VARS file, if one was given.
+    /// The boot entries written into an OVMF VARS file, when the caller
+    /// (abkit-update's factory, through its boot policy) wrote them.
     pub boot_entries: Option<InstalledEntries>,
+}
+
+impl std::fmt::Display for BuildReport {
+    /// What was built: the disk, its partitions, the ESP's files, slot A and
+    /// the boot entries, one line each.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::inspect::{PartitionTable, human_size};
+        writeln!(
+            f,
+            "{}: {} disk, GUID {}, {} written",
+            self.output.display(),
+            human_size(self.disk_size),
+            self.disk_guid,
+            human_size(self.bytes_written)
+        )?;
+        write!(f, "{}", PartitionTable(&self.partitions))?;
+        for file in &self.esp_files {
+            writeln!(f, "ESP {}  {} bytes", file.path, file.size)?;
+        }
+        writeln!(
+            f,
+            "slot A: system image of {} bytes",
+            self.system_image_size
+        )?;
+        if let Some(entries) = &self.boot_entries {
+            let order: Vec<String> = entries
+                .boot_order
+                .iter()
+                .map(|n| format!("{n:04X}"))
+                .collect();
+            writeln!(
+                f,
+                "boot entries: Boot{:04X} \"abkit slot A\", Boot{:04X} \"abkit slot B\" (inactive); BootOrder {}",
+                entries.slot_a,
+                entries.slot_b,
+                order.join(",")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl BuildReport {
+    /// Where the ESP is, for boot entries' `HD()` nodes.
+    pub fn esp_location(&self) -> EspLocation {
+        let esp = &self.partitions[0];
+        EspLocation {
+            partition_number: esp.number,
+            partition_guid: esp.guid,
+            start_lba: esp.first_lba,
+            size_lba: esp.size_lba(),
+        }
+    }
 }
 
 /// Source of GUIDs and the FAT volume ID: seeded (reproducible) or random.
@@ -381,10 +432,6 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport> {
     }
 
     let (target, device_size) = check_output(options, &[&loader_file, &system])?;
-    let mut vars = match &options.ovmf_vars {
-        Some(path) => Some(abkit_efi::OvmfVarsFile::open(path)?),
-        None => None,
-    };
     let mut layout_options = options.layout.clone();
     if let Some(size) = device_size {
         // On a block device the data partition fills the device.
@@ -474,22 +521,8 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport> {
             .map_err(DiskError::io(format!("flush {}", out_path.display())))?;
     }
 
-    let boot_entries = match vars.as_mut() {
-        Some(store) => {
-            let esp = &partitions[0];
-            let location = EspLocation {
-                partition_number: esp.number,
-                partition_guid: esp.guid,
-                start_lba: esp.first_lba,
-                size_lba: esp.size_lba(),
-            };
-            Some(install_boot_entries(store, &location, false)?)
-        }
-        None => None,
-    };
-
     Ok(BuildReport {
-        boot_entries,
+        boot_entries: None,
         output: out_path.clone(),
         disk_size: layout.disk_size,
         disk_guid,

@@ -49,46 +49,15 @@ impl PartitionRole {
     }
 }
 
-/// The two system slots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub enum Slot {
-    A,
-    B,
-}
+pub use abkit_loader_core::Slot;
 
-impl Slot {
-    pub fn letter(self) -> char {
-        match self {
-            Slot::A => 'A',
-            Slot::B => 'B',
-        }
-    }
-    /// The other slot.
-    pub fn other(self) -> Slot {
-        match self {
-            Slot::A => Slot::B,
-            Slot::B => Slot::A,
-        }
-    }
-    /// Loader path of this slot inside the ESP.
-    pub fn loader_path(self) -> &'static str {
-        match self {
-            Slot::A => crate::LOADER_PATH_A,
-            Slot::B => crate::LOADER_PATH_B,
-        }
-    }
-    /// The partition role that holds this slot.
-    pub fn role(self) -> PartitionRole {
-        match self {
+impl PartitionRole {
+    /// The role of the partition that holds `slot`.
+    pub fn of_slot(slot: Slot) -> PartitionRole {
+        match slot {
             Slot::A => PartitionRole::SlotA,
             Slot::B => PartitionRole::SlotB,
         }
-    }
-}
-
-impl std::fmt::Display for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.letter())
     }
 }
 

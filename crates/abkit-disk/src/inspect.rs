@@ -7,6 +7,7 @@
 //! erofs images are padded so), the used part's size and SHA-256 equal the
 //! image file's.
 
+use std::fmt;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -39,18 +40,116 @@ pub struct SlotContent {
     pub sha256: Option<String>,
 }
 
-/// Everything `inspect` reports about a disk.
+/// Everything `inspect` reports about a disk. `S` is what is said about
+/// each slot: its [`SlotContent`], or more where a caller knows more (the
+/// update engine adds each slot's record).
 #[derive(Debug, Clone, Serialize)]
-pub struct DiskReport {
+pub struct DiskReport<S = SlotContent> {
     pub path: PathBuf,
     pub size: u64,
     pub disk_guid: Uuid,
     pub partitions: Vec<Partition>,
     pub esp_files: Vec<EspEntry>,
-    pub slots: Vec<SlotContent>,
+    pub slots: Vec<S>,
     /// What was wrong but worked around (a damaged GPT copy), from
     /// [`DiskImage::warnings`].
     pub warnings: Vec<DiskWarning>,
+}
+
+impl<S> DiskReport<S> {
+    /// The same report with `f` applied to what it says about each slot.
+    pub fn map_slots<T>(self, f: impl FnMut(S) -> T) -> DiskReport<T> {
+        DiskReport {
+            path: self.path,
+            size: self.size,
+            disk_guid: self.disk_guid,
+            partitions: self.partitions,
+            esp_files: self.esp_files,
+            slots: self.slots.into_iter().map(f).collect(),
+            warnings: self.warnings,
+        }
+    }
+}
+
+/// `bytes` for people: `512 B`, `33.0 MiB` (powers of 1024).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// A partition table as text: a header line, then a line per partition.
+pub struct PartitionTable<'a>(pub &'a [Partition]);
+
+impl fmt::Display for PartitionTable<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:>2}  {:<20} {:<16} {:<36}  {:>10}  {:>10}",
+            "#", "name", "type", "partition GUID", "start LBA", "size"
+        )?;
+        for p in self.0 {
+            writeln!(
+                f,
+                "{:>2}  {:<20} {:<16} {:<36}  {:>10}  {:>10}",
+                p.number,
+                p.name,
+                p.role.type_name(),
+                p.guid,
+                p.first_lba,
+                human_size(p.size())
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for SlotContent {
+    /// One line: the used part's size and hash, or `empty`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (letter, number) = (self.slot.letter(), self.partition_number);
+        match &self.sha256 {
+            Some(sha) if self.holds_data => write!(
+                f,
+                "slot {letter} (partition {number}): {} bytes used, sha256 {sha}",
+                self.used_bytes
+            ),
+            _ => write!(f, "slot {letter} (partition {number}): empty"),
+        }
+    }
+}
+
+impl<S: fmt::Display> fmt::Display for DiskReport<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{}: {}, GPT disk GUID {}",
+            self.path.display(),
+            human_size(self.size),
+            self.disk_guid
+        )?;
+        for warning in &self.warnings {
+            writeln!(f, "warning: {warning}")?;
+        }
+        write!(f, "{}", PartitionTable(&self.partitions))?;
+        writeln!(f, "ESP files:")?;
+        for entry in self.esp_files.iter().filter(|e| !e.is_dir) {
+            writeln!(f, "  {:<40} {:>10} bytes", entry.path, entry.size)?;
+        }
+        for slot in &self.slots {
+            writeln!(f, "{slot}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Hashes the used part of `range` in one pass: zero blocks are held back

@@ -21,16 +21,14 @@ mod fat_time;
 mod gpt_read;
 mod sys;
 
-pub use boot_entries::{
-    InstalledEntries, entry_description, install_boot_entries, slot_load_option,
-};
+pub use boot_entries::{InstalledEntries, entry_description, slot_load_option};
 pub use build::{BuildOptions, BuildReport, EspFile, build};
 pub use error::{ChainProblem, DiskError};
 pub use esp::{Esp, EspEntry, TEMP_SUFFIX};
 pub use gpt_read::{DiskWarning, GptCopy, GptDamage};
 pub use image::{DiskImage, EspLocation, Partition, PartitionRole, Slot};
 pub use inspect::USED_PART_BLOCK;
-pub use inspect::{DiskReport, SlotContent, inspect, slot_content};
+pub use inspect::{DiskReport, PartitionTable, SlotContent, human_size, inspect, slot_content};
 pub use layout::{
     ALIGNMENT, DATA_TYPE, ESP_TYPE, Layout, LayoutOptions, MIN_ESP_SIZE, MIN_PARTITION_SIZE,
     PlannedPartition, SECTOR_SIZE, SLOT_A_TYPE, SLOT_B_TYPE,
@@ -40,9 +38,9 @@ pub use layout::{
 pub type Result<T, E = DiskError> = std::result::Result<T, E>;
 
 /// Loader path of slot A inside the ESP (FAT paths are case-insensitive).
-pub const LOADER_PATH_A: &str = "\\EFI\\abkit\\boot-a.efi";
+pub use abkit_loader_core::slot::LOADER_PATH_A;
 /// Loader path of slot B inside the ESP.
-pub const LOADER_PATH_B: &str = "\\EFI\\abkit\\boot-b.efi";
+pub use abkit_loader_core::slot::LOADER_PATH_B;
 /// The UEFI removable-media fallback path for x86_64: firmware boots it
 /// when no boot entry works, so a fresh disk boots slot A without any.
 pub const FALLBACK_LOADER_PATH: &str = "\\EFI\\BOOT\\BOOTX64.EFI";

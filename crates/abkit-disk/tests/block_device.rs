@@ -85,7 +85,7 @@ fn building_onto_a_block_device_overwrites_old_contents() {
     let bytes = std::fs::read(&backing).unwrap();
     let slot_b = Slot::B;
     let b = &found.partitions[2];
-    assert_eq!(b.role, slot_b.role());
+    assert_eq!(b.role, abkit_disk::PartitionRole::of_slot(slot_b));
     assert!(
         bytes[b.start() as usize..(b.start() + b.size()) as usize]
             .iter()

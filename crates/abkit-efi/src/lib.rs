@@ -7,6 +7,7 @@
 pub mod boot;
 pub mod boot_vars;
 pub mod device_path;
+pub mod listing;
 pub mod load_option;
 pub mod store;
 pub mod ucs2;

@@ -43,7 +43,7 @@ pub fn rewrite_slot_placeholder(cmdline: &mut [u8], slot: Slot) -> usize {
     let mut i = 0;
     while i + n <= cmdline.len() {
         if &cmdline[i..i + n] == SLOT_PLACEHOLDER {
-            cmdline[i + n - 1] = slot.letter();
+            cmdline[i + n - 1] = slot.letter_byte();
             replaced += 1;
             i += n;
         } else {

@@ -5,22 +5,50 @@
 
 use core::fmt;
 
-/// One of the two system slots.
+/// One of the two system slots: the one slot type of every abkit crate
+/// (host crates get it through abkit-disk's re-export).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum Slot {
     A,
     B,
 }
 
+/// Slot A's loader on the ESP.
+pub const LOADER_PATH_A: &str = "\\EFI\\abkit\\boot-a.efi";
+/// Slot B's loader on the ESP.
+pub const LOADER_PATH_B: &str = "\\EFI\\abkit\\boot-b.efi";
+
 /// File name ending that selects slot B (compared without regard to ASCII case).
 const SLOT_B_SUFFIX: &str = "boot-b.efi";
 
 impl Slot {
-    /// The slot letter, `b'A'` or `b'B'`.
-    pub const fn letter(self) -> u8 {
+    /// The slot letter, `'A'` or `'B'`.
+    pub const fn letter(self) -> char {
         match self {
-            Slot::A => b'A',
-            Slot::B => b'B',
+            Slot::A => 'A',
+            Slot::B => 'B',
+        }
+    }
+
+    /// The slot letter as one ASCII byte, `b'A'` or `b'B'`.
+    pub const fn letter_byte(self) -> u8 {
+        self.letter() as u8
+    }
+
+    /// The other slot.
+    pub const fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+
+    /// This slot's loader path on the ESP.
+    pub const fn loader_path(self) -> &'static str {
+        match self {
+            Slot::A => LOADER_PATH_A,
+            Slot::B => LOADER_PATH_B,
         }
     }
 
@@ -135,8 +163,11 @@ mod tests {
 
     #[test]
     fn letters_and_display() {
-        assert_eq!(Slot::A.letter(), b'A');
-        assert_eq!(Slot::B.letter(), b'B');
+        assert_eq!(Slot::A.letter(), 'A');
+        assert_eq!(Slot::B.letter_byte(), b'B');
+        assert_eq!(Slot::A.other(), Slot::B);
+        assert_eq!(Slot::from_loader_path(Slot::B.loader_path()), Slot::B);
+        assert_eq!(Slot::from_loader_path(Slot::A.loader_path()), Slot::A);
         assert_eq!(Slot::from_letter(b'A'), Some(Slot::A));
         assert_eq!(Slot::from_letter(b'B'), Some(Slot::B));
         assert_eq!(Slot::from_letter(b'b'), None);

@@ -171,7 +171,7 @@ pub const fn encode_stamp(slot: Slot) -> [u8; STAMP_LEN] {
         g += 1;
     }
     e[STAMP_VERSION] = STAMP_VERSION_1;
-    e[STAMP_SLOT] = slot.letter();
+    e[STAMP_SLOT] = slot.letter_byte();
     e
 }
 

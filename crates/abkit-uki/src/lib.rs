@@ -7,15 +7,24 @@
 //! the writer and the loader agree on the layout by construction.
 //!
 //! It also writes the slot stamp ([`stamp`], [`read_stamp`]) and computes the
-//! Authenticode digest ([`authenticode_sha256`]) that the stamp leaves alone.
+//! Authenticode digest ([`authenticode_sha256`]) that the stamp leaves alone,
+//! and signs and verifies loaders for Secure Boot ([`sign()`], [`verify`]).
 
 use abkit_loader_core::pe::{Layout, PeError, PeImage, SectionHeader, SectionName, layout::*};
 use abkit_loader_core::{STUB_MARKER_PREFIX, STUB_MARKER_SECTION, UKI_SECTIONS};
 use serde::Serialize;
 
+pub mod root;
+mod sign;
 mod stamp;
 pub use abkit_loader_core::{Slot, StampError};
+pub use sign::{
+    SignError, SignatureCheck, SignatureProblem, SigningKey, Verification, parse_certificate, sign,
+    signature_for_digest, verify,
+};
 pub use stamp::{authenticode_sha256, read_stamp, remove_stamp, stamp};
+/// The X.509 certificate type [`verify`] takes.
+pub use x509_cert::Certificate;
 
 /// What goes into a UKI besides the stub.
 #[derive(Debug, Clone, Copy, Default)]
@@ -89,6 +98,9 @@ pub struct UkiInfo {
     pub stub: Option<String>,
     /// The command line as stored, `SYSTEM-X` and all.
     pub cmdline: Option<String>,
+    /// `roothash=` from the command line: the dm-verity root hash of the
+    /// root filesystem this UKI boots (see [`root`]).
+    pub root_hash: Option<String>,
     /// `PRETTY_NAME` from `.osrel`.
     pub os_pretty_name: Option<String>,
     pub linux_size: Option<u64>,
@@ -361,6 +373,10 @@ pub fn inspect(image: &[u8]) -> Result<UkiInfo, UkiError> {
         sections,
         stub: data(STUB_MARKER_SECTION).map(text),
         cmdline: data(".cmdline").map(text),
+        root_hash: data(".cmdline")
+            .map(text)
+            .and_then(|c| root::root_verity(&c))
+            .map(|v| v.root_hash),
         os_pretty_name,
         linux_size: data(".linux").map(|d| d.len() as u64),
         initrd_size: data(".initrd").map(|d| d.len() as u64),

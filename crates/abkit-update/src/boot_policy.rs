@@ -165,24 +165,10 @@ pub fn read_state(m: &mut dyn Machine) -> Result<BootState> {
 /// The slot a loader file boots, by the loader's own rule: its stamp, else
 /// its file name (anything but `boot-b.efi` means A).
 pub fn loader_slot(bytes: &[u8], path: &str) -> Slot {
-    match abkit_uki::read_stamp(bytes).ok().flatten() {
-        Some(stamped) => from_core(stamped),
-        None => from_core(abkit_loader_core::Slot::from_loader_path(path)),
-    }
-}
-
-fn from_core(slot: abkit_loader_core::Slot) -> Slot {
-    match slot {
-        abkit_loader_core::Slot::A => Slot::A,
-        abkit_loader_core::Slot::B => Slot::B,
-    }
-}
-
-fn to_core(slot: Slot) -> abkit_loader_core::Slot {
-    match slot {
-        Slot::A => abkit_loader_core::Slot::A,
-        Slot::B => abkit_loader_core::Slot::B,
-    }
+    abkit_uki::read_stamp(bytes)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Slot::from_loader_path(path))
 }
 
 /// The slot the firmware boots by default: the first of our active entries
@@ -203,7 +189,7 @@ pub fn point_fallback_at(m: &mut dyn Machine, slot: Slot) -> Result<bool> {
             slot.loader_path()
         )));
     };
-    let wanted = match abkit_uki::stamp(&loader, to_core(slot)) {
+    let wanted = match abkit_uki::stamp(&loader, slot) {
         Ok(stamped) => stamped,
         // Without a stamp only the file-name rule is left, which says A.
         Err(e) if slot == Slot::A => {
@@ -277,13 +263,34 @@ fn clear_boot_next(vars: &mut dyn VarStore) -> Result<bool> {
 /// Step 2 of an install: the firmware can no longer start `slot`, neither
 /// through its entry (ACTIVE cleared), nor through BootNext, nor through the
 /// removable-media fallback (which then boots the running slot). Refuses
-/// the running slot.
+/// the running slot, and a slot that holds a version that booted (recorded
+/// `good`, or unrecorded with its loader) while the running slot was never
+/// marked good (recorded `installed` or `empty`): firmware that reorders
+/// BootOrder can make an untried slot the default, and `slot` then holds
+/// the last good version. (A factory's slot A, recorded `installed`, may
+/// still install into an empty slot B.)
 pub fn make_unbootable(m: &mut dyn Machine, slot: Slot) -> Result<()> {
-    if slot == m.running_slot() {
+    let running = m.running_slot();
+    if slot == running {
         return Err(UpdateError::Policy(format!(
             "refusing to make the running slot {} unbootable",
             slot.letter()
         )));
+    }
+    let recorded = read_record(m.esp(), running)?.state;
+    let holds_a_booted_version = match read_record(m.esp(), slot)?.state {
+        SlotState::Good => true,
+        SlotState::Unknown => m.esp().exists(slot.loader_path())?,
+        SlotState::Empty | SlotState::Installed => false,
+    };
+    if !matches!(recorded, SlotState::Good | SlotState::Unknown) && holds_a_booted_version {
+        return Err(UpdateError::RunningSlotNotCommitted {
+            running,
+            committed: format!(
+                "{} by its record; the running slot is recorded {recorded}",
+                slot.letter()
+            ),
+        });
     }
     let state = read_state(m)?;
     let mut bm = BootManager::new(m.vars());
@@ -414,6 +421,7 @@ pub fn commit(m: &mut dyn Machine, other_bootable: bool) -> Result<Vec<String>> 
             running.letter()
         ));
     }
+    crate::halt::checkpoint("mark-good:boot-order-written");
     if point_fallback_at(m, running)? {
         changes.push(format!(
             "fallback loader {FALLBACK_LOADER_PATH} boots slot {}",

@@ -140,6 +140,25 @@ fn check_manifest(manifest: &Manifest, layout: Option<&Layout>) -> Result<()> {
     Ok(())
 }
 
+/// Builds a disk from raw files (a loader and a system image) with
+/// abkit-disk, then — given an OVMF VARS file — writes its boot entries
+/// through the boot policy, as an installer writes NVRAM after the disk.
+/// The VARS file is opened (and so checked) before the disk is written.
+pub fn build_raw(options: &BuildOptions, ovmf_vars: Option<&Path>) -> Result<BuildReport> {
+    let mut vars = match ovmf_vars {
+        Some(path) => Some(abkit_efi::OvmfVarsFile::open(path)?),
+        None => None,
+    };
+    let mut report = abkit_disk::build(options)?;
+    if let Some(store) = vars.as_mut() {
+        report.boot_entries = Some(crate::boot_policy::factory_entries(
+            store,
+            &report.esp_location(),
+        )?);
+    }
+    Ok(report)
+}
+
 /// Builds the disk of `options` from a bundle verified against `keyring`:
 /// slot A gets the `system` payload, the ESP gets the `efi` payload as
 /// `\EFI\abkit\boot-a.efi` and as the removable-media fallback, and slot A's
@@ -248,7 +267,6 @@ pub fn build_from_bundle(
         layout: options.layout.clone(),
         seed: options.seed,
         force: options.force,
-        ovmf_vars: None,
     })?;
     disk_report.output = options.output.clone();
 
@@ -289,7 +307,7 @@ pub fn build_from_bundle(
 
     // 5. Boot entries last, as an installer writes NVRAM after the disk.
     if let Some(store) = vars.as_mut() {
-        let entries = abkit_disk::install_boot_entries(store, &location, false)?;
+        let entries = crate::boot_policy::factory_entries(store, &location)?;
         step(
             rep,
             Step::BootEntry,

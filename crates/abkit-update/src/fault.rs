@@ -166,3 +166,86 @@ impl SlotDevice for FaultySlot<'_> {
         self.inner.settle(offset, len)
     }
 }
+
+/// A variable store whose NVRAM fills up: after `writes_left` variable
+/// writes that change something, every further write fails with
+/// [`StoreError::Full`], as a full store does when even compaction finds no
+/// room. Deleting always works (it frees space). Shared, so a test can
+/// free space again ([`NvramSpace::set`]) on the store it gave a machine.
+pub struct NvramFull {
+    pub inner: Box<dyn VarStore>,
+    pub space: Arc<NvramSpace>,
+}
+
+/// How many more variable writes fit; shared by [`NvramFull`] stores.
+#[derive(Debug, Default)]
+pub struct NvramSpace {
+    writes_left: AtomicUsize,
+    written: AtomicUsize,
+    refused: AtomicUsize,
+}
+
+impl NvramSpace {
+    /// Room for `writes` more variable writes.
+    pub fn new(writes: usize) -> Arc<NvramSpace> {
+        let space = NvramSpace::default();
+        space.set(writes);
+        Arc::new(space)
+    }
+
+    /// Room for `writes` more variable writes from now on.
+    pub fn set(&self, writes: usize) {
+        self.writes_left.store(writes, Ordering::SeqCst);
+    }
+
+    /// Writes that went through so far.
+    pub fn written(&self) -> usize {
+        self.written.load(Ordering::SeqCst)
+    }
+
+    /// Writes refused so far.
+    pub fn refused(&self) -> usize {
+        self.refused.load(Ordering::SeqCst)
+    }
+
+    fn take(&self) -> bool {
+        let took = self
+            .writes_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        let counter = if took { &self.written } else { &self.refused };
+        counter.fetch_add(1, Ordering::SeqCst);
+        took
+    }
+}
+
+impl NvramFull {
+    pub fn new(inner: Box<dyn VarStore>, space: Arc<NvramSpace>) -> NvramFull {
+        NvramFull { inner, space }
+    }
+}
+
+impl VarStore for NvramFull {
+    fn get(&self, name: &VarName) -> std::result::Result<Option<Variable>, StoreError> {
+        self.inner.get(name)
+    }
+    fn set(&mut self, name: &VarName, value: &Variable) -> std::result::Result<bool, StoreError> {
+        if self.inner.get(name)?.as_ref() == Some(value) {
+            return Ok(false);
+        }
+        if !self.space.take() {
+            return Err(StoreError::Full {
+                name: name.to_string(),
+                needed: value.data.len(),
+                free: 0,
+            });
+        }
+        self.inner.set(name, value)
+    }
+    fn delete(&mut self, name: &VarName) -> std::result::Result<bool, StoreError> {
+        self.inner.delete(name)
+    }
+    fn list(&self) -> std::result::Result<Vec<VarName>, StoreError> {
+        self.inner.list()
+    }
+}

@@ -9,10 +9,14 @@
 //! nothing bootable, the removable-media path `\EFI\BOOT\BOOTX64.EFI` is
 //! tried. The loader that runs decides its slot with the real loader's
 //! rule: its stamp, else its own file name.
-
+//!
+//! [`FirmwareModel`] adds firmware that does not follow the spec (issue
+//! 18): it ignores BootNext, deletes entries whose partition it cannot
+//! find, forgets every entry of ours, or reorders BootOrder. A full NVRAM
+//! is a variable store that refuses writes: [`crate::fault::NvramFull`].
 use abkit_disk::{FALLBACK_LOADER_PATH, Slot};
-use abkit_efi::boot::BootManager;
-use abkit_efi::{LoadOption, LoadOptionAttributes, VarName};
+use abkit_efi::boot::{BootManager, entry_boots};
+use abkit_efi::{LoadOption, LoadOptionAttributes, VarName, VarStore};
 use uuid::Uuid;
 
 use crate::Result;
@@ -46,60 +50,223 @@ fn loader_of(option: &LoadOption, esp_guid: Uuid) -> Option<String> {
     path.file_path()
 }
 
-/// Boots `m` once: returns what ran, or `None` if nothing was bootable.
-/// Like firmware, this deletes BootNext.
-pub fn simulate_boot(m: &mut dyn Machine) -> Result<Option<SimulatedBoot>> {
-    let esp_guid = m.esp_location().partition_guid;
-    // What the boot manager would try, in order: (entry, loader, via).
-    let mut candidates: Vec<(u16, String, BootVia)> = Vec::new();
-    {
-        let mut bm = BootManager::new(m.vars());
-        // An unreadable BootNext is deleted and ignored, as firmware does.
-        let boot_next = bm.boot_next().ok().flatten();
-        if bm.store_ref().get(&VarName::global("BootNext"))?.is_some() {
-            bm.clear_boot_next()?;
+/// What firmware does with `BootNext`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BootNextRule {
+    /// The spec (and OVMF): delete it, then boot its entry.
+    #[default]
+    Honour,
+    /// Never boots it, but deletes it like a conforming firmware would.
+    IgnoreAndDelete,
+    /// Never boots it and never deletes it: it stays set.
+    IgnoreAndKeep,
+}
+
+/// How firmware rearranges BootOrder at every boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reorder {
+    /// The first entry that is not abkit's moves to the front (firmware
+    /// that keeps "its" operating system or network boot first).
+    ForeignFirst,
+    /// abkit's entries swap places among themselves (firmware that sorts
+    /// BootOrder its own way): the other slot's entry comes first.
+    ReverseOurs,
+    /// The entry that was booted (also through BootNext) moves to the
+    /// front after the boot: a one-time boot becomes the default.
+    BootedFirst,
+}
+
+/// Firmware that does not follow the spec. `FirmwareModel::default()` is
+/// the conforming firmware of [`simulate_boot`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FirmwareModel {
+    pub boot_next: BootNextRule,
+    /// Deletes, at every boot, each entry whose `HD()` partition GUID is
+    /// not on the machine (OVMF did: docs/efi.md), and drops it from
+    /// BootOrder as EDK2 does. `Some(extra)`: the partitions the firmware
+    /// finds are the ESP and `extra`.
+    pub prune_missing_partitions: Option<Vec<Uuid>>,
+    /// Deletes every entry of abkit (both slots' loaders on the ESP) at
+    /// every boot, and drops them from BootOrder: a firmware reset.
+    pub forget_our_entries: bool,
+    pub reorder: Option<Reorder>,
+}
+
+impl FirmwareModel {
+    /// Firmware that ignores BootNext; `delete`: whether it still deletes it.
+    pub fn ignoring_boot_next(delete: bool) -> FirmwareModel {
+        FirmwareModel {
+            boot_next: if delete {
+                BootNextRule::IgnoreAndDelete
+            } else {
+                BootNextRule::IgnoreAndKeep
+            },
+            ..FirmwareModel::default()
         }
-        if let Some(n) = boot_next {
-            if let Some(loader) = bm
-                .entry(n)
-                .ok()
-                .flatten()
-                .and_then(|o| loader_of(&o, esp_guid))
+    }
+
+    /// Firmware that deletes entries of partitions it cannot find; it
+    /// finds the ESP and `extra`.
+    pub fn pruning_missing_partitions(extra: Vec<Uuid>) -> FirmwareModel {
+        FirmwareModel {
+            prune_missing_partitions: Some(extra),
+            ..FirmwareModel::default()
+        }
+    }
+
+    /// Firmware that forgets every entry of ours at every boot.
+    pub fn forgetting_our_entries() -> FirmwareModel {
+        FirmwareModel {
+            forget_our_entries: true,
+            ..FirmwareModel::default()
+        }
+    }
+
+    /// Firmware that reorders BootOrder by `rule`.
+    pub fn reordering(rule: Reorder) -> FirmwareModel {
+        FirmwareModel {
+            reorder: Some(rule),
+            ..FirmwareModel::default()
+        }
+    }
+
+    /// Boots `m` once: returns what ran, or `None` if nothing was
+    /// bootable. Changes the variables as this firmware would.
+    pub fn boot(&self, m: &mut dyn Machine) -> Result<Option<SimulatedBoot>> {
+        let esp_guid = m.esp_location().partition_guid;
+        self.before_boot(m.vars(), esp_guid)?;
+        // What the boot manager would try, in order: (entry, loader, via).
+        let mut candidates: Vec<(u16, String, BootVia)> = Vec::new();
+        {
+            let mut bm = BootManager::new(m.vars());
+            // An unreadable BootNext is deleted and ignored, as firmware does.
+            let boot_next = bm.boot_next().ok().flatten();
+            if self.boot_next != BootNextRule::IgnoreAndKeep
+                && bm.store_ref().get(&VarName::global("BootNext"))?.is_some()
+            {
+                bm.clear_boot_next()?;
+            }
+            if let Some(n) = boot_next.filter(|_| self.boot_next == BootNextRule::Honour)
+                && let Some(loader) = bm
+                    .entry(n)
+                    .ok()
+                    .flatten()
+                    .and_then(|o| loader_of(&o, esp_guid))
             {
                 candidates.push((n, loader, BootVia::BootNext));
             }
-        }
-        for n in bm.boot_order().unwrap_or_default() {
-            let Ok(Some(option)) = bm.entry(n) else {
-                continue;
-            };
-            if !option.attributes.is_active()
-                || option.attributes.category() != LoadOptionAttributes::CATEGORY_BOOT
-            {
-                continue;
+            for n in bm.boot_order().unwrap_or_default() {
+                let Ok(Some(option)) = bm.entry(n) else {
+                    continue;
+                };
+                if !option.attributes.is_active()
+                    || option.attributes.category() != LoadOptionAttributes::CATEGORY_BOOT
+                {
+                    continue;
+                }
+                if let Some(loader) = loader_of(&option, esp_guid) {
+                    candidates.push((n, loader, BootVia::BootOrder));
+                }
             }
-            if let Some(loader) = loader_of(&option, esp_guid) {
-                candidates.push((n, loader, BootVia::BootOrder));
+        }
+        for (n, loader, via) in candidates {
+            if let Some(bytes) = m.esp().read(&loader)? {
+                if self.reorder == Some(Reorder::BootedFirst) {
+                    let mut bm = BootManager::new(m.vars());
+                    let mut order = bm.boot_order().unwrap_or_default();
+                    order.retain(|&x| x != n);
+                    order.insert(0, n);
+                    bm.set_boot_order(&order)?;
+                }
+                return Ok(Some(SimulatedBoot {
+                    entry: Some(n),
+                    slot: loader_slot(&bytes, &loader),
+                    loader,
+                    via,
+                }));
             }
         }
-    }
-    for (n, loader, via) in candidates {
-        if let Some(bytes) = m.esp().read(&loader)? {
+        if let Some(bytes) = m.esp().read(FALLBACK_LOADER_PATH)? {
             return Ok(Some(SimulatedBoot {
-                entry: Some(n),
-                slot: loader_slot(&bytes, &loader),
-                loader,
-                via,
+                entry: None,
+                loader: FALLBACK_LOADER_PATH.to_string(),
+                slot: loader_slot(&bytes, FALLBACK_LOADER_PATH),
+                via: BootVia::Fallback,
             }));
         }
+        Ok(None)
     }
-    if let Some(bytes) = m.esp().read(FALLBACK_LOADER_PATH)? {
-        return Ok(Some(SimulatedBoot {
-            entry: None,
-            loader: FALLBACK_LOADER_PATH.to_string(),
-            slot: loader_slot(&bytes, FALLBACK_LOADER_PATH),
-            via: BootVia::Fallback,
-        }));
+
+    /// What this firmware does to the variables before it picks an entry.
+    fn before_boot(&self, vars: &mut dyn VarStore, esp_guid: Uuid) -> Result<()> {
+        let mut bm = BootManager::new(vars);
+        let entries = bm.entries()?.entries;
+        let ours = |o: &LoadOption| {
+            [Slot::A, Slot::B]
+                .iter()
+                .any(|s| entry_boots(o, esp_guid, s.loader_path()))
+        };
+        let mut doomed = Vec::new();
+        for e in &entries {
+            let partition = e
+                .option
+                .boot_path()
+                .and_then(|p| p.hard_drive().and_then(|hd| hd.gpt_guid()));
+            let missing = match (&self.prune_missing_partitions, partition) {
+                (Some(extra), Some(guid)) => guid != esp_guid && !extra.contains(&guid),
+                _ => false,
+            };
+            if missing || (self.forget_our_entries && ours(&e.option)) {
+                doomed.push(e.number);
+            }
+        }
+        for &n in &doomed {
+            bm.delete_entry(n)?;
+            bm.remove_from_boot_order(n)?;
+        }
+        let Some(rule) = self.reorder else {
+            return Ok(());
+        };
+        let order = bm.boot_order().unwrap_or_default();
+        let is_ours = |n: u16| {
+            entries
+                .iter()
+                .any(|e| e.number == n && ours(&e.option) && !doomed.contains(&n))
+        };
+        let new = match rule {
+            Reorder::ForeignFirst => match order.iter().position(|&n| !is_ours(n)) {
+                Some(i) => {
+                    let mut new = order.clone();
+                    let foreign = new.remove(i);
+                    new.insert(0, foreign);
+                    new
+                }
+                None => order.clone(),
+            },
+            Reorder::ReverseOurs => {
+                let mut reversed = order.iter().copied().filter(|&n| is_ours(n)).rev();
+                order
+                    .iter()
+                    .map(|&n| {
+                        if is_ours(n) {
+                            reversed.next().unwrap_or(n)
+                        } else {
+                            n
+                        }
+                    })
+                    .collect()
+            }
+            Reorder::BootedFirst => order.clone(),
+        };
+        if new != order {
+            bm.set_boot_order(&new)?;
+        }
+        Ok(())
     }
-    Ok(None)
+}
+
+/// Boots `m` once with conforming firmware: returns what ran, or `None` if
+/// nothing was bootable. Like firmware, this deletes BootNext.
+pub fn simulate_boot(m: &mut dyn Machine) -> Result<Option<SimulatedBoot>> {
+    FirmwareModel::default().boot(m)
 }

@@ -194,14 +194,11 @@ pub fn install(
             }
             Some(Payload::Efi) => {
                 step(rep, Step::WriteLoader, format!("writing {loader_temp}"));
-                let mut capture = payloads::HeadCapture {
-                    inner: &mut p,
-                    head: Vec::new(),
-                };
+                let mut capture = payloads::LoaderCapture::new(&mut p);
                 let written = m
                     .esp()
                     .write(&loader_temp, &mut capture)
-                    .and_then(|_| payloads::check_loader_head(&capture.head));
+                    .and_then(|_| capture.check(&system));
                 let written = written.and_then(|()| Ok(p.finish()?));
                 if let Err(e) = written {
                     // Leave no half-written loader taking the ESP's space.
@@ -227,6 +224,7 @@ pub fn install(
     if !efi_written {
         return Err(UpdateError::MissingPayload(Payload::Efi.name()));
     }
+    crate::halt::checkpoint("install:loader-temp-written");
     m.esp().rename(&loader_temp, target.loader_path())?;
     step(
         rep,

@@ -17,6 +17,8 @@ pub mod factory;
 pub mod fault;
 #[cfg(feature = "testing")]
 pub mod firmware;
+pub mod halt;
+pub mod image_report;
 pub mod install;
 pub mod live;
 pub mod lock;

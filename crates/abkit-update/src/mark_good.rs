@@ -60,13 +60,22 @@ pub fn mark_good(m: &mut dyn Machine) -> Result<MarkGoodReport> {
             .push(format!("slot {} recorded good", running.letter()));
     }
 
-    // 2. Commit: the other slot's entry stays bootable unless that slot is
-    // known to be half-written (`empty`) or has no loader: a slot without a
-    // record is the factory's, which booted before.
+    crate::halt::checkpoint("mark-good:recorded-good");
+    // 2. Commit: the other slot's entry stays bootable only if it passed
+    // its health checks once (`good`; a slot without a record is the
+    // factory's, which booted before) or its trial is still pending
+    // (BootNext at it), and its loader is there. A slot whose trial failed
+    // (`installed`, BootNext consumed) gets an inactive entry: firmware
+    // that reorders BootOrder must not be able to start it again.
     let other_state = read_record(m.esp(), other)?.state;
-    let other_bootable = other_state != SlotState::Empty && m.esp().exists(other.loader_path())?;
+    let other_bootable = match other_state {
+        SlotState::Good | SlotState::Unknown => true,
+        SlotState::Installed => boot_policy::read_state(m)?.boot_next_slot() == Some(other),
+        SlotState::Empty => false,
+    } && m.esp().exists(other.loader_path())?;
     report
         .changes
         .extend(boot_policy::commit(m, other_bootable)?);
+    crate::halt::checkpoint("mark-good:committed");
     Ok(report)
 }

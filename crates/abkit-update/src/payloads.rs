@@ -79,17 +79,60 @@ pub fn check_loader_head(head: &[u8]) -> Result<()> {
     })
 }
 
-/// A reader that keeps the first [`LOADER_HEAD`] bytes it passes on.
-pub struct HeadCapture<R> {
-    pub inner: R,
-    pub head: Vec<u8>,
+/// A reader over the `efi` payload that keeps what the checks need as it
+/// passes by: the first [`LOADER_HEAD`] bytes and the UKI's command line.
+pub struct LoaderCapture<R> {
+    inner: R,
+    head: Vec<u8>,
+    cmdline: abkit_uki::root::CmdlineCatcher,
 }
 
-impl<R: std::io::Read> std::io::Read for HeadCapture<R> {
+impl<R> LoaderCapture<R> {
+    pub fn new(inner: R) -> LoaderCapture<R> {
+        LoaderCapture {
+            inner,
+            head: Vec::new(),
+            cmdline: abkit_uki::root::CmdlineCatcher::new(),
+        }
+    }
+
+    /// Checks what passed by: a PE/COFF EFI application whose `roothash=`
+    /// (if its command line has one) is the `system` payload's verity root.
+    pub fn check(self, system: &PayloadEntry) -> Result<()> {
+        check_loader_head(&self.head)?;
+        let cmdline = self.cmdline.finish();
+        check_root_hash(cmdline.as_deref(), system)
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for LoaderCapture<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::Write;
         let n = self.inner.read(buf)?;
         let room = LOADER_HEAD.saturating_sub(self.head.len()).min(n);
         self.head.extend_from_slice(&buf[..room]);
+        self.cmdline.write_all(&buf[..n])?;
         Ok(n)
+    }
+}
+
+/// A UKI command line's `roothash=` must be the `system` payload's verity
+/// root, or the release could never mount its root.
+pub fn check_root_hash(cmdline: Option<&str>, system: &PayloadEntry) -> Result<()> {
+    let Some(uki) = cmdline
+        .and_then(abkit_uki::root::root_verity)
+        .map(|v| v.root_hash)
+    else {
+        return Ok(());
+    };
+    let system = system
+        .verity
+        .as_ref()
+        .map(|v| hex::encode(v.root_hash.0))
+        .unwrap_or_else(|| "none".into());
+    if uki.eq_ignore_ascii_case(&system) {
+        Ok(())
+    } else {
+        Err(abkit_bundle::Error::RootHashMismatch { uki, system }.into())
     }
 }

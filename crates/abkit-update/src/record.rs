@@ -62,6 +62,32 @@ pub struct SlotRecord {
     pub installed_at: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub good_at: Option<u64>,
+    /// The last health-gate result on this slot (written by `abkit agent`):
+    /// why a trial boot was not committed survives the reboot that follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthRecord>,
+}
+
+/// The outcome of the health checks of one boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthResult {
+    Passed,
+    Failed,
+}
+
+/// The last health-gate result of a slot, as recorded in its record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthRecord {
+    pub result: HealthResult,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    /// The name of the first check that failed (or `deadline`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_check: Option<String>,
+    /// The last bytes of that check's output (stdout and stderr).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tail: Option<String>,
 }
 
 impl SlotRecord {
@@ -78,6 +104,7 @@ impl SlotRecord {
             efi_sha256: None,
             installed_at: None,
             good_at: None,
+            health: None,
         }
     }
 
@@ -105,6 +132,7 @@ impl SlotRecord {
                 .map(|p| p.sha256.to_string()),
             installed_at: Some(now()),
             good_at: None,
+            health: None,
         }
     }
 

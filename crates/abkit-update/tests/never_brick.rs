@@ -444,3 +444,25 @@ fn f16_status_names_the_slot_the_firmware_really_boots_when_a_loader_is_gone() {
         st.problems
     );
 }
+
+#[test]
+fn f14_a_loader_whose_root_hash_is_not_the_systems_is_refused_and_removed() {
+    let rig = Rig::new();
+    mark_good(&mut rig.machine(Slot::A)).unwrap();
+    let cmdline = format!("root=/dev/mapper/root roothash={}", "ab".repeat(32));
+    let uki = abkit_uki::fixture::stub_with(&[(".cmdline", cmdline.as_bytes())]);
+    let bundle = rig.bundle_from("wrong-root", &uki, &system_image(b'Y', 64 << 10), true);
+    let err = install_file(&rig, Slot::A, &bundle).unwrap_err();
+    assert_eq!(err.code(), "root-hash-mismatch", "{err}");
+    let mut m = rig.machine(Slot::A);
+    assert!(
+        !m.esp()
+            .exists(&abkit_update::machine::temp_path(Slot::B.loader_path()))
+            .unwrap()
+    );
+    assert_eq!(
+        read_record(m.esp(), Slot::B).unwrap().state,
+        SlotState::Empty
+    );
+    assert_eq!(BootManager::new(m.vars()).boot_next().unwrap(), None);
+}

@@ -1,22 +1,30 @@
 //! Everything the VM tests boot, built once per run into a work folder: the
-//! test OS initrd (init, static `abkit`, kernel modules, test keyring), one
-//! UKI and one system image per variant, their signed bundles (and two
-//! tampered copies), the bundle disk, and the base disk image with X on
-//! slot A and its OVMF VARS file.
+//! test OS initrd (init and kernel modules only), one root filesystem folder
+//! per variant (the init again as /sbin/init, static `abkit`, test keyring,
+//! the variant's marker line) made into a signed bundle by `abkit bundle
+//! create --rootfs` (erofs + dm-verity, the UKI carrying the root hash; two
+//! tampered copies of Y's), the bundle disk, and the base disk image with X
+//! on slot A, DATA formatted ext4, and its OVMF VARS file.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use testos::initrd::{ABKIT_PATH, ExtraFile, KEYRING_DIR, Module, TESTOS_MODULES, write_initrd};
+use testos::initrd::{
+    ABKIT_PATH, ExtraFile, KEYRING_DIR, Module, ROOT_MODULES, TESTOS_MODULES, write_initrd,
+    write_root_tree,
+};
 
 use crate::qemu::OVMF_VARS;
 
 /// The product name in every test bundle.
 pub const COMPATIBLE: &str = "abkit-testos";
-/// Size of each variant's system image (before its verity tree).
+/// Size of each variant's system image in the old marker format (kept for
+/// [`system_image`]; the bundles now carry erofs roots).
 pub const SYSTEM_SIZE: usize = 16 << 20;
+/// The DATA partition's ext4 filesystem UUID (fixed: reproducible images).
+pub const DATA_UUID: &str = "a8c0a7d4-5d2b-4c53-9a51-5b0d0a7a0d47";
 
 /// A build of the test OS: its name, version and health behaviour.
 #[derive(Debug, Clone, Copy)]
@@ -150,7 +158,7 @@ pub fn build(inputs: &Inputs, dir: &Path, log: &mut dyn FnMut(String)) -> anyhow
     // The initrd: one for every variant (the variant is in the command line).
     let kernel = find_kernel(&inputs.kernel_dir)?;
     let mut modules = Vec::new();
-    for name in TESTOS_MODULES {
+    for name in TESTOS_MODULES.iter().chain(&ROOT_MODULES) {
         let path = find_module(&inputs.kernel_dir, name)?;
         let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         modules.push((format!("{name}.ko"), data));
@@ -162,6 +170,7 @@ pub fn build(inputs: &Inputs, dir: &Path, log: &mut dyn FnMut(String)) -> anyhow
     let init = std::fs::read(&inputs.init)?;
     let abkit_bytes = std::fs::read(abkit)?;
     let keyring_file = format!("{KEYRING_DIR}/testkey.pub");
+    // abkit and the keyring live in the verified root, not in the initrd.
     let extra = [
         ExtraFile {
             path: ABKIT_PATH,
@@ -175,27 +184,30 @@ pub fn build(inputs: &Inputs, dir: &Path, log: &mut dyn FnMut(String)) -> anyhow
         },
     ];
     let initrd = dir.join("initrd.cpio");
-    let bytes = write_initrd(Vec::new(), &init, &modules, &extra)?;
+    let bytes = write_initrd(Vec::new(), &init, &modules, &[])?;
     std::fs::write(&initrd, &bytes)?;
     let osrel = dir.join("os-release");
     std::fs::write(&osrel, "ID=abkit-testos\nPRETTY_NAME=\"abkit test OS\"\n")?;
     log(format!(
-        "initrd {} MiB (init, abkit, {} modules, keyring)",
-        bytes.len() >> 20,
+        "initrd {} KiB (init, {} modules)",
+        bytes.len() >> 10,
         modules.len()
     ));
 
-    // Per variant: UKI, system image, bundle.
+    // Per variant: a root folder, made into erofs + verity + UKI + bundle.
     for v in VARIANTS {
-        let efi = dir.join(format!("boot-{}.efi", v.stem()));
+        let root = dir.join(format!("root-{}", v.stem()));
+        write_root_tree(&root, &init, &v.system_line(), &extra)?;
         let cmdline = format!(
-            "console=ttyS0 root=PARTLABEL=ABKIT-SYSTEM-X ro panic=-1 quiet testos.variant={} testos.version={} testos.health={}",
+            "console=ttyS0 ro panic=-1 quiet testos.variant={} testos.version={} testos.health={}",
             v.name,
             v.version,
             if v.healthy { "good" } else { "bad" }
         );
         run(Command::new(abkit)
-            .args(["uki", "build", "--stub"])
+            .args(["bundle", "create", "--rootfs"])
+            .arg(&root)
+            .arg("--stub")
             .arg(&inputs.stub)
             .arg("--kernel")
             .arg(&kernel)
@@ -205,22 +217,14 @@ pub fn build(inputs: &Inputs, dir: &Path, log: &mut dyn FnMut(String)) -> anyhow
             .arg(&osrel)
             .arg("--cmdline")
             .arg(&cmdline)
-            .arg("-o")
-            .arg(&efi))?;
-        let system = dir.join(format!("system-{}.img", v.stem()));
-        std::fs::write(&system, system_image(&v))?;
-        run(Command::new(abkit)
-            .args(["bundle", "create", "--efi"])
-            .arg(&efi)
-            .arg("--system")
-            .arg(&system)
+            .args(["--created", "1700000000"])
             .args(["--version", v.version, "--compatible", COMPATIBLE, "--key"])
             .arg(&key_file)
             .arg("-o")
             .arg(bundle_dir.join(v.bundle())))?;
     }
     log(format!(
-        "{} UKIs, system images and bundles",
+        "{} root filesystems, UKIs and bundles",
         VARIANTS.len()
     ));
 
@@ -232,7 +236,7 @@ pub fn build(inputs: &Inputs, dir: &Path, log: &mut dyn FnMut(String)) -> anyhow
     std::fs::write(bundle_dir.join(BAD_SIGNATURE), &bad_sig)?;
     let mut bad_chunk = y.clone();
     // Halfway through the system payload, the last one in the bundle.
-    let at = y.len() - SYSTEM_SIZE / 2;
+    let at = y.len() - (system_verity(abkit, &bundle_dir.join(Y.bundle()))?.size / 2) as usize;
     bad_chunk[at] ^= 0x01;
     std::fs::write(bundle_dir.join(BAD_CHUNK), &bad_chunk)?;
 
@@ -291,8 +295,9 @@ pub fn build(inputs: &Inputs, dir: &Path, log: &mut dyn FnMut(String)) -> anyhow
             "--seed",
             "1",
         ]))?;
+    format_data(&base_disk)?;
     log(format!(
-        "base disk: X on slot A ({:.1} s in all)",
+        "base disk: X on slot A, DATA ext4 ({:.1} s in all)",
         t.elapsed().as_secs_f64()
     ));
 
@@ -304,6 +309,66 @@ pub fn build(inputs: &Inputs, dir: &Path, log: &mut dyn FnMut(String)) -> anyhow
         base_disk,
         base_vars,
     })
+}
+
+/// The system payload of a bundle as its manifest describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemPayload {
+    /// Bytes written to the slot (filesystem, padding, hash area).
+    pub size: u64,
+    /// Where the hash area starts (= the filesystem's padded size).
+    pub hash_offset: u64,
+}
+
+/// Reads the system payload's size and verity hash offset from a bundle's
+/// manifest (`abkit bundle inspect --json`).
+pub fn system_verity(abkit: &Path, bundle: &Path) -> anyhow::Result<SystemPayload> {
+    let out = run(Command::new(abkit)
+        .args(["bundle", "inspect", "--json"])
+        .arg(bundle))?;
+    let doc: serde_json::Value = serde_json::from_str(&out)?;
+    let system = doc["manifest"]["payloads"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "system"))
+        .with_context(|| format!("{} has no system payload", bundle.display()))?;
+    Ok(SystemPayload {
+        size: system["size"].as_u64().context("system size")?,
+        hash_offset: system["verity"]["hash_offset"]
+            .as_u64()
+            .context("system verity hash_offset")?,
+    })
+}
+
+/// One partition of a disk image: (first byte, length in bytes), from
+/// `sgdisk -i N`.
+pub fn partition_extent(disk: &Path, number: u32) -> anyhow::Result<(u64, u64)> {
+    let out = run(Command::new("sgdisk")
+        .arg("-i")
+        .arg(number.to_string())
+        .arg(disk))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("sgdisk -i {number}: no {name:?} in {out}"))
+    };
+    let (first, last) = (field("First sector: ")?, field("Last sector: ")?);
+    Ok((first * 512, (last - first + 1) * 512))
+}
+
+/// Formats the DATA partition (4) of a built image as ext4, from the host:
+/// the test OS initrd stays one static program (no mke2fs and its
+/// libraries), and a factory image is complete before its first boot.
+pub fn format_data(disk: &Path) -> anyhow::Result<()> {
+    let (offset, len) = partition_extent(disk, 4)?;
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "ABKIT-DATA", "-U", DATA_UUID])
+        .args(["-E", &format!("offset={offset},root_owner=0:0")])
+        .env("E2FSPROGS_FAKE_TIME", "1700000000")
+        .arg(disk)
+        .arg(format!("{}k", len / 1024)))?;
+    Ok(())
 }
 
 /// A variant's system image: its marker line, then bytes that differ per

@@ -86,7 +86,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Cmd::List => {
             for (name, what, _) in SCENARIOS {
-                println!("{name:<18} {what}");
+                println!("{name:<20} {what}");
             }
             Ok(0)
         }
@@ -200,6 +200,40 @@ fn choose_accel(choice: AccelChoice, fx: &Fixtures, work: &Path) -> anyhow::Resu
     }
 }
 
+/// Where the booted root came from and what /data held, from the guest's
+/// lines: `root: erofs, read-only, dm-verity over /dev/vda2 (root hash
+/// 1a2b3c4d...); /data: demo-note=...`.
+fn root_story(log: &Path) -> String {
+    let text = std::fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let after = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim_end_matches('\r').strip_prefix(prefix))
+            .unwrap_or("")
+            .to_string()
+    };
+    let over = after("testos: initrd: /dev/mapper/root = dm-verity over ");
+    let device = over.split(':').next().unwrap_or("?");
+    let hash = after("testos: initrd: root hash ");
+    let hash = hash.get(..16).unwrap_or("?");
+    let fs = after("testos: root-mount ");
+    let fs: Vec<&str> = fs.split_whitespace().collect();
+    let write = after("testos: root-write ");
+    let note = after("testos: data demo-note");
+    format!(
+        "root: {} on {} ({}), dm-verity over {device}, root hash {hash}... from the UKI; write to / {}; /data: demo-note{}",
+        fs.get(2).unwrap_or(&"?"),
+        fs.first().unwrap_or(&"?"),
+        fs.get(3).and_then(|o| o.split(',').next()).unwrap_or("?"),
+        write.split(':').next().unwrap_or("?"),
+        if note.is_empty() {
+            " not read (the boot stopped before its steps)".into()
+        } else {
+            note
+        }
+    )
+}
+
 fn demo(inputs: &Inputs, work: &Path, accel: AccelChoice) -> anyhow::Result<i32> {
     let started = Instant::now();
     let at = || format!("[{:>5.1} s]", started.elapsed().as_secs_f64());
@@ -232,14 +266,20 @@ fn demo(inputs: &Inputs, work: &Path, accel: AccelChoice) -> anyhow::Result<i32>
     let steps: [(&str, String); 4] = [
         (
             "install Y 1.1.0 into the other slot",
-            format!("install {}; reboot", on_disk(&Y)),
+            format!(
+                "data-write demo-note written-by-X-1.0.0; data-read demo-note; install {}; reboot",
+                on_disk(&Y)
+            ),
         ),
         (
             "install Z 1.2.0 (broken: fails its health check)",
-            format!("install {}; reboot", on_disk(&Z_BROKEN)),
+            format!(
+                "data-read demo-note; install {}; reboot",
+                on_disk(&Z_BROKEN)
+            ),
         ),
-        ("", "poweroff".into()),
-        ("", "poweroff".into()),
+        ("", "data-read demo-note; poweroff".into()),
+        ("", "data-read demo-note; poweroff".into()),
     ];
     let mut before = BootVars::read(&fx.abkit, &vars)?;
     for (i, (what, action)) in steps.iter().enumerate() {
@@ -286,6 +326,7 @@ fn demo(inputs: &Inputs, work: &Path, accel: AccelChoice) -> anyhow::Result<i32>
             i + 1,
             t.slot
         );
+        println!("{}         {}", at(), root_story(&log));
         if !what.is_empty() {
             match r.result("install") {
                 Some("0") => println!(
@@ -302,7 +343,7 @@ fn demo(inputs: &Inputs, work: &Path, accel: AccelChoice) -> anyhow::Result<i32>
         before = after;
     }
     println!(
-        "{} back on Y 1.1.0 by itself: the broken Z never became permanent.\n",
+        "{} back on Y 1.1.0 by itself: the broken Z never became permanent; the note X wrote to /data is still there.\n",
         at()
     );
 

@@ -49,6 +49,10 @@ pub enum Cut {
     /// written, or, if the install prints no progress the harness reads,
     /// `fallback` after the install started.
     SystemBytes { min: u64, fallback: Duration },
+    /// Once abkit reports it halted at this checkpoint (`abkit: halted at
+    /// NAME`; the action must carry `halt-at NAME`, see
+    /// `abkit_update::halt`): abkit has synced and stopped exactly there.
+    Checkpoint(&'static str),
 }
 
 /// What this boot is asked to do.
@@ -143,12 +147,17 @@ impl Machine {
             "name=opt/abkit/action,string={}",
             spec.action.replace(',', ",,")
         ));
+        // QEMU's messages go to a file next to the serial log: read while it
+        // runs (a KVM failure leaves QEMU hanging with only a message there).
+        let stderr_path = log.with_extension("qemu-stderr");
+        let stderr_file = std::fs::File::create(&stderr_path)
+            .with_context(|| format!("creating {}", stderr_path.display()))?;
         let started = Instant::now();
         let mut child = Command::new("qemu-system-x86_64")
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(stderr_file)
             .spawn()
             .context("starting qemu-system-x86_64")?;
         let mut cut_at = None;
@@ -157,6 +166,18 @@ impl Machine {
             if let Some(status) = child.try_wait()? {
                 break Some(status);
             }
+            if self.accel == Accel::Kvm {
+                let stderr = std::fs::read(&stderr_path).unwrap_or_default();
+                if String::from_utf8_lossy(&stderr).contains("KVM internal error") {
+                    // QEMU stops the guest and waits: no point in waiting too.
+                    kill(&mut child);
+                    bail!(
+                        "KVM internal error after {:.1} s (QEMU messages: {})",
+                        started.elapsed().as_secs_f64(),
+                        stderr_path.display()
+                    );
+                }
+            }
             if started.elapsed() > timeout {
                 kill(&mut child);
                 bail!(
@@ -164,6 +185,15 @@ impl Machine {
                     timeout.as_secs(),
                     log.display()
                 );
+            }
+            if let Some(Cut::Checkpoint(name)) = spec.cut {
+                let text =
+                    String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
+                if BootReport::parse(&text).halted_at.as_deref() == Some(name) {
+                    kill(&mut child);
+                    cut_at = Some(format!("checkpoint {name}"));
+                    break None;
+                }
             }
             if let Some(Cut::SystemBytes { min, fallback }) = spec.cut {
                 let text =
@@ -196,10 +226,7 @@ impl Machine {
         if let Some(status) = status
             && !status.success()
         {
-            let mut stderr = String::new();
-            if let Some(mut pipe) = child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
-            }
+            let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
             bail!("qemu exited with {status}: {}", stderr.trim());
         }
         let text = String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();

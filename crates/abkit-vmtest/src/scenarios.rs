@@ -252,7 +252,7 @@ pub fn offline_status(suite: &Suite, m: &Machine, booted: char) -> anyhow::Resul
 pub type ScenarioFn = fn(&Suite) -> anyhow::Result<Scenario<'_>>;
 
 /// Name, what it proves, and the test.
-pub const SCENARIOS: [(&str, &str, ScenarioFn); 7] = [
+pub const SCENARIOS: [(&str, &str, ScenarioFn); 12] = [
     (
         "boot",
         "the base image boots X on slot A and marks it good",
@@ -274,6 +274,16 @@ pub const SCENARIOS: [(&str, &str, ScenarioFn); 7] = [
         power_cut,
     ),
     (
+        "power-cut-loader",
+        "power cut with the new loader written, not renamed; X boots; reinstall works",
+        power_cut_loader,
+    ),
+    (
+        "power-cut-mark-good",
+        "power cuts inside Y's mark-good; a good slot boots; mark-good completes",
+        power_cut_mark_good,
+    ),
+    (
         "manual-rollback",
         "after Z is committed, rollback boots Y once, then Z again",
         manual_rollback,
@@ -287,6 +297,21 @@ pub const SCENARIOS: [(&str, &str, ScenarioFn); 7] = [
         "tampered-bundle",
         "bad signature and bad chunk are refused; nothing changes",
         tampered_bundle,
+    ),
+    (
+        "verity-root",
+        "/ is the slot's erofs through dm-verity, read-only; veritysetup agrees",
+        crate::root_scenarios::verity_root,
+    ),
+    (
+        "data-persists",
+        "/data survives an update, a rollback and a power cut",
+        crate::root_scenarios::data_persists,
+    ),
+    (
+        "root-tamper",
+        "a flipped byte in Y's filesystem or tree fails its trial; X boots, untouched",
+        crate::root_scenarios::root_tamper,
     ),
 ];
 
@@ -436,6 +461,232 @@ fn power_cut(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     let (b, vars) = s.boot("poweroff")?;
     expect_healthy(&b, &Y, 'B')?;
     vars.expect('B', None)?;
+    Ok(s)
+}
+
+/// Boots with `action` and `halt-at CHECKPOINT`, and cuts the power as soon
+/// as abkit says it halted there (synced, `abkit_update::halt`); fails if the
+/// boot ended without reaching the checkpoint.
+pub fn cut_at_checkpoint(
+    s: &mut Scenario<'_>,
+    checkpoint: &'static str,
+    action: &str,
+) -> anyhow::Result<(Boot, BootVars)> {
+    let (b, vars) = s.boot_with(BootSpec {
+        action: format!("halt-at {checkpoint}; {action}"),
+        cut: Some(Cut::Checkpoint(checkpoint)),
+        ..BootSpec::default()
+    })?;
+    ensure!(
+        b.cut_at.is_some() && b.report.halted_at.as_deref() == Some(checkpoint),
+        "abkit never halted at {checkpoint} (log {})",
+        b.log.display()
+    );
+    Ok((b, vars))
+}
+
+/// A slot's `state` and whether its boot entry is active, from a status JSON.
+fn slot_state(st: &Value, slot: char) -> (String, Option<bool>) {
+    let state = text(&st["slots"][slot.to_string()]["state"]);
+    let active = st["entries"].as_array().and_then(|es| {
+        es.iter()
+            .find(|e| text(&e["slot"]) == slot.to_string())
+            .and_then(|e| e["active"].as_bool())
+    });
+    (state, active)
+}
+
+/// The files in the ESP's `\EFI\abkit`, read offline with mtools' `mdir`
+/// (lower case); the ESP's first sector comes from the `HD(1,GPT,guid,START,
+/// SIZE)` node of a slot entry in `st` (a status JSON of that machine).
+fn abkit_dir_files(m: &Machine, st: &Value) -> anyhow::Result<Vec<String>> {
+    let path = st["entries"][0]["device_path"].as_str().unwrap_or_default();
+    let start = path
+        .strip_prefix("HD(")
+        .and_then(|p| p.split(')').next())
+        .and_then(|p| p.split(',').nth(3))
+        .and_then(|n| u64::from_str_radix(n.trim_start_matches("0x"), 16).ok())
+        .with_context(|| format!("no ESP start in the entry's device path {path:?}"))?;
+    let out = run(std::process::Command::new("mdir")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-b")
+        .arg("-i")
+        .arg(format!("{}@@{}", m.disk.display(), start * 512))
+        .arg("::/EFI/abkit"))?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.trim().rsplit('/').next())
+        .filter(|n| !n.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect())
+}
+
+/// Whether `file` is the temporary name abkit writes `name` under before
+/// renaming it (`name` plus a suffix: the suffix itself is the engine's).
+fn is_temp_of(file: &str, name: &str) -> bool {
+    file.strip_prefix(name)
+        .is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// The power goes while the new loader sits in its temporary file on the
+/// ESP (the system written and verified, the rename not done): slot B must
+/// stay recorded `empty` and unbootable, and a rerun cleans up and completes.
+fn power_cut_loader(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
+    let mut s = Scenario::new(suite, "power-cut-loader")?;
+    let (b, vars) = cut_at_checkpoint(
+        &mut s,
+        "install:loader-temp-written",
+        &format!("install {}; reboot", on_disk(&Y)),
+    )?;
+    expect_healthy(&b, &X, 'A')?;
+    vars.expect('A', None).context("after the power cut")?;
+    let order = vars.boot_order.clone();
+    // What the cut left, read offline: B empty, its entry inactive, no trial.
+    let st = offline_status(suite, &s.machine, 'A')?;
+    expect_status(&st, 'A', 'A', &[('A', X.version)]).context("offline status")?;
+    let (state, active) = slot_state(&st, 'B');
+    ensure!(
+        state == "empty" && active == Some(false),
+        "slot B is {state:?}, entry active {active:?} after the cut; expected empty, inactive: {st}"
+    );
+    ensure!(
+        st["trial_pending"] == Value::Bool(false),
+        "trial pending: {st}"
+    );
+    // The cut landed between writing the loader and renaming it.
+    let files = abkit_dir_files(&s.machine, &st)?;
+    ensure!(
+        files.iter().any(|f| is_temp_of(f, "boot-b.efi"))
+            && !files.iter().any(|f| f == "boot-b.efi"),
+        "expected a temporary boot-b.efi.* and no boot-b.efi on the ESP after the cut: {files:?}"
+    );
+    // X boots healthy and committed; installing again completes.
+    let (b, vars) = s.boot(&format!("status; install {}; status; reboot", on_disk(&Y)))?;
+    expect_healthy(&b, &X, 'A')?;
+    let first = b
+        .report
+        .status
+        .first()
+        .with_context(|| format!("no status-json line (log {})", b.log.display()))?;
+    expect_status(first, 'A', 'A', &[('A', X.version)])?;
+    let (state, _) = slot_state(first, 'B');
+    ensure!(
+        state == "empty",
+        "slot B is {state:?} on the next boot: {first}"
+    );
+    expect_result(&b, "install", true)?;
+    let st = status(&b)?;
+    let (state, active) = slot_state(st, 'B');
+    ensure!(
+        state == "installed" && active == Some(true) && st["trial_pending"] == Value::Bool(true),
+        "after the rerun slot B is {state:?}, entry active {active:?}: {st}"
+    );
+    let files = abkit_dir_files(&s.machine, st)?;
+    ensure!(
+        files.iter().any(|f| f == "boot-b.efi")
+            && !files.iter().any(|f| is_temp_of(f, "boot-b.efi")),
+        "expected boot-b.efi in place and the temporary loader gone: {files:?}"
+    );
+    vars.expect('A', Some('B'))?;
+    ensure!(
+        vars.boot_order == order,
+        "BootOrder changed: {order:?} -> {:?}",
+        vars.boot_order
+    );
+    // The trial boot goes to B.
+    let (b, vars) = s.boot("poweroff")?;
+    expect_healthy(&b, &Y, 'B')?;
+    vars.expect('B', None)?;
+    Ok(s)
+}
+
+/// The power goes inside Y's mark-good on its trial boot: first with B
+/// recorded good but BootOrder unchanged (the firmware's next boot is X on A,
+/// committed, by the trial rule), then, on a second trial of Y, after BootOrder
+/// points at B (the next boot is Y on B). Each time the slot that boots is
+/// recorded good and its mark-good completes.
+fn power_cut_mark_good(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
+    let mut s = Scenario::new(suite, "power-cut-mark-good")?;
+    // Y is installed into B offline, as a factory or a provisioning host
+    // would: one boot less, the same engine.
+    run(std::process::Command::new(&suite.fx.abkit)
+        .arg("install")
+        .arg(suite.fx.bundle(&Y.bundle()))
+        .arg("--keyring")
+        .arg(suite.fx.dir.join("keyring"))
+        .arg("--no-reboot")
+        .arg("--disk")
+        .arg(&s.machine.disk)
+        .arg("--ovmf-vars")
+        .arg(&s.machine.vars)
+        .args(["--booted-slot", "a"]))
+    .context("offline install of Y")?;
+    s.vars()?
+        .expect('A', Some('B'))
+        .context("after installing Y")?;
+
+    // 1. Y's trial boot; the power goes right after B is recorded good.
+    let (b, vars) = cut_at_checkpoint(&mut s, "mark-good:recorded-good", "poweroff")?;
+    expect_os(&b, &Y, 'B')?;
+    vars.expect('A', None)
+        .context("after the cut with B recorded good")?;
+    let order = vars.boot_order.clone();
+    let st = offline_status(suite, &s.machine, 'A')?;
+    expect_status(&st, 'A', 'A', &[('A', X.version), ('B', Y.version)])
+        .context("offline status")?;
+    let (state, active) = slot_state(&st, 'B');
+    ensure!(
+        state == "good" && active == Some(true),
+        "slot B is {state:?}, entry active {active:?} after the cut; expected good, active: {st}"
+    );
+
+    // 2. The firmware boots the committed slot, X on A, which is healthy;
+    // it asks for Y once more (B is good, so a rollback trial may).
+    let (b, vars) = s.boot("status; rollback; reboot")?;
+    expect_healthy(&b, &X, 'A')?;
+    ensure!(
+        b.report.firmware_entry == vars.slot_a,
+        "firmware started {:?}, not slot A's entry",
+        b.report.firmware_entry
+    );
+    expect_status(status(&b)?, 'A', 'A', &[('A', X.version), ('B', Y.version)])?;
+    expect_result(&b, "rollback", true)?;
+    vars.expect('A', Some('B')).context("after rollback")?;
+    ensure!(
+        vars.boot_order == order,
+        "BootOrder changed: {order:?} -> {:?}",
+        vars.boot_order
+    );
+
+    // 3. Y's second trial: the power goes after mark-good committed B.
+    let (b, vars) = cut_at_checkpoint(&mut s, "mark-good:boot-order-written", "poweroff")?;
+    expect_os(&b, &Y, 'B')?;
+    vars.expect('B', None)
+        .context("after the cut with B committed")?;
+    let st = offline_status(suite, &s.machine, 'B')?;
+    expect_status(&st, 'B', 'B', &[('A', X.version), ('B', Y.version)])
+        .context("offline status after the second cut")?;
+    for slot in ['A', 'B'] {
+        let (state, active) = slot_state(&st, slot);
+        ensure!(
+            state == "good" && active == Some(true),
+            "slot {slot} is {state:?}, entry active {active:?} after the second cut: {st}"
+        );
+    }
+
+    // 4. BootOrder points at B: Y boots, healthy; mark-good completes again.
+    let (b, vars) = s.boot("status; poweroff")?;
+    expect_healthy(&b, &Y, 'B')?;
+    ensure!(
+        b.report.firmware_entry == vars.slot_b,
+        "firmware started {:?}, not slot B's entry",
+        b.report.firmware_entry
+    );
+    vars.expect('B', None)?;
+    expect_status(status(&b)?, 'B', 'B', &[('A', X.version), ('B', Y.version)])?;
+    let offline = offline_status(suite, &s.machine, 'B')?;
+    expect_status(&offline, 'B', 'B', &[('A', X.version), ('B', Y.version)])
+        .context("offline status")?;
     Ok(s)
 }
 
@@ -595,7 +846,7 @@ pub fn run_all(suite: &Suite, only: &[String]) -> anyhow::Result<usize> {
     }
     eprintln!("\nvm-e2e: summary ({})", suite.accel.name());
     eprintln!(
-        "  {:<18} {:<6} {:>5} {:>9}",
+        "  {:<20} {:<6} {:>5} {:>9}",
         "scenario", "result", "boots", "time"
     );
     let mut failed = 0;
@@ -606,7 +857,7 @@ pub fn run_all(suite: &Suite, only: &[String]) -> anyhow::Result<usize> {
             failed += 1;
         }
         eprintln!(
-            "  {:<18} {:<6} {:>5} {:>7.1} s",
+            "  {:<20} {:<6} {:>5} {:>7.1} s",
             name,
             if *ok { "ok" } else { "FAIL" },
             boots,
@@ -614,7 +865,7 @@ pub fn run_all(suite: &Suite, only: &[String]) -> anyhow::Result<usize> {
         );
     }
     eprintln!(
-        "  {:<18} {:<6} {:>5} {:>7.1} s",
+        "  {:<20} {:<6} {:>5} {:>7.1} s",
         "total",
         if failed == 0 { "ok" } else { "FAIL" },
         "",

@@ -42,6 +42,9 @@ pub struct BootReport {
     pub health_bad: bool,
     pub mark_good_skipped: bool,
     pub ending: Ending,
+    /// `abkit: halted at NAME` (on abkit's stderr): the test-only checkpoint
+    /// abkit stopped at (`ABKIT_HALT_AT`, see `abkit_update::halt`).
+    pub halted_at: Option<String>,
     /// `testos: error: ...` lines.
     pub errors: Vec<String>,
 }
@@ -60,6 +63,7 @@ impl BootReport {
             health_bad: false,
             mark_good_skipped: false,
             ending: Ending::Unknown,
+            halted_at: None,
             errors: Vec::new(),
         };
         for raw in log.split('\n') {
@@ -89,6 +93,8 @@ impl BootReport {
                     && let Ok(value) = serde_json::from_str::<Value>(rest)
                 {
                     report.json.push(value);
+                } else if let Some(name) = rest.strip_prefix("abkit: halted at ") {
+                    report.halted_at = Some(name.trim().to_string());
                 }
             } else if line.starts_with("testos: health=bad") {
                 report.health_bad = true;
@@ -208,6 +214,7 @@ testos: run: abkit mark-good\r\n\
 testos: result mark-good exit=0\r\n\
 testos: out: {\"event\":\"progress\",\"payload\":\"system\",\"written\":4194304}\r\n\
 testos: err: not json\r\n\
+testos: err: abkit: halted at mark-good:recorded-good\r\n\
 testos: result install exit=1\r\n\
 testos: status-json { \"running_slot\": \"B\" }\r\n\
 testos: error: boom\r\n\
@@ -237,6 +244,7 @@ testos: done, rebooting\r\n";
         assert_eq!(r.json.len(), 1);
         assert_eq!(system_bytes_written(&r.json[0]), Some(4194304));
         assert_eq!(r.errors, vec!["boom".to_string()]);
+        assert_eq!(r.halted_at.as_deref(), Some("mark-good:recorded-good"));
         assert_eq!(r.ending, Ending::Reboot);
         assert!(!r.health_bad);
     }
@@ -248,6 +256,7 @@ testos: done, rebooting\r\n";
             r.testos.is_empty(),
             "a TESTOS line without version is not one"
         );
+        assert_eq!(r.halted_at, None);
         assert_eq!(r.ending, Ending::Unknown);
     }
 

@@ -45,6 +45,8 @@ enum Command {
     /// Build an A/B disk image, or inspect one.
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
+    /// Run the agent: the health gate (commit or reboot) and the node API.
+    Agent(Box<cmd::agent::AgentArgs>),
 }
 
 /// Dies quietly on a closed pipe (`abkit ... | head`), like other Unix
@@ -58,10 +60,16 @@ fn default_sigpipe() {
 
 fn main() -> std::process::ExitCode {
     default_sigpipe();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+    let cli = Cli::parse();
+    // The agent is a daemon: what it does belongs in its log (the journal).
+    let level = if matches!(cli.command, Command::Agent(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_timestamp(None)
         .init();
-    let cli = Cli::parse();
     // Machine commands asked for JSON report a failure as JSON on stdout too
     // (bundle commands do it themselves).
     let json_failure =
@@ -76,6 +84,7 @@ fn main() -> std::process::ExitCode {
         Command::Bundle(c) => cmd::bundle::run(c),
         Command::Keygen(a) => cmd::keygen::run(a),
         Command::Image(c) => cmd::image::run(c),
+        Command::Agent(a) => cmd::agent::run(*a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

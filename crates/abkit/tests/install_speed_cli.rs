@@ -223,3 +223,42 @@ fn help_teaches_the_speed_flags() {
         assert!(help.contains(needle), "{needle} missing from:\n{help}");
     }
 }
+
+#[test]
+fn a_resumed_download_is_a_warning_in_install_json() {
+    let (w, bundle) = world();
+    let (port, _) = drip_once_server(bundle);
+    let url = format!("http://127.0.0.1:{port}/os.abb");
+    let out = w.on_a(&[
+        "install",
+        &url,
+        "--keyring",
+        &w.s("keyring"),
+        "--json",
+        "--allow-unrecorded",
+        "--speed-limit",
+        "1000",
+        "--speed-time",
+        "1",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{out:?}");
+    // Every line is one JSON event; the resume is one of them, before the end.
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let warnings: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "warning")
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stdout}");
+    assert!(
+        warnings[0].starts_with("download: ")
+            && warnings[0].contains("attempt 2 of 6 resuming at byte 5"),
+        "{}",
+        warnings[0]
+    );
+    assert_eq!(events.last().unwrap()["event"], "done", "{stdout}");
+}

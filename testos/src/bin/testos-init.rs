@@ -7,6 +7,18 @@
 //! `testos::guest`), then powers off or reboots. docs/testos.md has the
 //! protocol.
 //!
+//! The same binary runs twice on a verified boot. From the initrd (it has
+//! `/etc/initrd-release`) with `roothash=` on the command line it is stage
+//! one: it maps its slot partition through dm-verity with the command line's
+//! root hash, reads the whole mapped root once (every block checked against
+//! the tree: a tampered slot fails here, at once, with a message), mounts it
+//! as the read-only erofs root, mounts DATA (ext4) on /data, moves /dev,
+//! /proc and /sys over, switches root and executes the slot's own
+//! `/sbin/init` (this program again), which is stage two: everything above.
+//! Any failure on the way prints `testos: error: root: ...` and reboots: a
+//! trial boot that cannot reach its root falls back to the committed slot.
+//! Without `roothash=` the init runs everything from the initrd, as before.
+//!
 //! It refuses to run unless it is PID 1, so starting it on a host is harmless.
 
 use std::ffi::CString;
@@ -19,14 +31,19 @@ use abkit_loader_core::guid::{ABKIT_VENDOR_GUID_STR, LOADER_INTERFACE_GUID_STR};
 use abkit_loader_core::vars::{
     ABKIT_BOOTED_SLOT, LOADER_DEVICE_PART_UUID, LOADER_IMAGE_IDENTIFIER,
 };
-use testos::guest::{Finish, Health, Params, Plan, Step, one_line};
-use testos::initrd::{ABKIT_PATH, MODULE_LIST, MODULES_DIR};
+use testos::dm;
+use testos::guest::{Finish, Health, Params, Plan, RootParams, Step, one_line};
+use testos::initrd::{
+    ABKIT_PATH, INITRD_RELEASE, MODULE_LIST, MODULES_DIR, ROOT_INIT, ROOT_MARKER,
+};
 
 const EFIVARS: &str = "/sys/firmware/efi/efivars";
 /// The test's instructions: `-fw_cfg name=opt/abkit/action,string=...`.
 const ACTION: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/abkit/action/raw";
 /// Where a whole-disk FAT volume (the tests' bundle disk) is mounted.
 const BUNDLES: &str = "/mnt/bundles";
+/// abkit's test-only checkpoint variable (`abkit_update::halt`).
+const HALT_AT: &str = "ABKIT_HALT_AT";
 /// QEMU user networking: the guest's address; the host is 10.0.2.2.
 const GUEST_IP: [u8; 4] = [10, 0, 2, 15];
 const NETMASK: [u8; 4] = [255, 255, 255, 0];
@@ -35,6 +52,26 @@ fn main() {
     if std::process::id() != 1 {
         eprintln!("testos-init: not PID 1; this is the test OS init, refusing to run");
         std::process::exit(2);
+    }
+    let in_initrd = std::path::Path::new(&format!("/{INITRD_RELEASE}")).exists();
+    if in_initrd {
+        if let Err(e) = early_mounts() {
+            println!("testos: error: {e}");
+            end(Finish::Reboot);
+        }
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        match RootParams::from_cmdline(&cmdline) {
+            Ok(Some(root)) => {
+                let e = switch_to_slot_root(&root);
+                println!("testos: error: root: {e}");
+                end(Finish::Reboot);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                println!("testos: error: root: {e}");
+                end(Finish::Reboot);
+            }
+        }
     }
     let finish = match boot() {
         Ok(finish) => finish,
@@ -46,7 +83,12 @@ fn main() {
     end(finish);
 }
 
-fn boot() -> io::Result<Finish> {
+/// devtmpfs, the console, proc, sysfs (unless a previous stage mounted and
+/// moved them here), the modules of /etc/modules.
+fn early_mounts() -> io::Result<()> {
+    if std::path::Path::new("/proc/self").exists() {
+        return attach_console();
+    }
     mount("devtmpfs", "/dev", "devtmpfs", 0)?;
     attach_console()?;
     mount("proc", "/proc", "proc", 0)?;
@@ -54,6 +96,250 @@ fn boot() -> io::Result<Finish> {
     // Only emergencies on the console: kernel messages must not split our lines.
     let _ = std::fs::write("/proc/sys/kernel/printk", "1");
     load_modules();
+    Ok(())
+}
+
+/// Stage one: dm-verity over the slot, erofs root, DATA, switch root, exec
+/// the slot's init. Returns only on failure.
+fn switch_to_slot_root(root: &RootParams) -> io::Error {
+    match try_switch(root) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+fn try_switch(root: &RootParams) -> io::Result<std::convert::Infallible> {
+    let t = std::time::Instant::now();
+    println!(
+        "testos: initrd: root hash {} on PARTLABEL={}, hash offset {}",
+        root.root_hash, root.data_label, root.hash_offset
+    );
+    let slot = wait_for_partition(&root.data_label)?;
+    let devnum = std::fs::read_to_string(format!("/sys/class/block/{slot}/dev"))?
+        .trim()
+        .to_string();
+    let sb = dm::VeritySuperblock::read(&format!("/dev/{slot}"), root.hash_offset)
+        .map_err(|e| io::Error::new(e.kind(), format!("/dev/{slot}: verity superblock: {e}")))?;
+    if sb.data_blocks * u64::from(sb.data_block_size) > root.hash_offset {
+        return Err(io::Error::other(format!(
+            "/dev/{slot}: the verity data area ({} blocks) overlaps the hash area",
+            sb.data_blocks
+        )));
+    }
+    dm::create_readonly(
+        "root",
+        &sb.target(&devnum, root.hash_offset, &root.root_hash),
+    )?;
+    let node = dm_node("root")?;
+    std::fs::create_dir_all("/dev/mapper")?;
+    let _ = std::fs::remove_file("/dev/mapper/root");
+    std::os::unix::fs::symlink(format!("../{node}"), "/dev/mapper/root")?;
+    let bytes = read_all("/dev/mapper/root").map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "dm-verity: {e}: /dev/{slot} does not match roothash= (tampered or not this release)"
+            ),
+        )
+    })?;
+    println!(
+        "testos: initrd: /dev/mapper/root = dm-verity over /dev/{slot}: {} KiB, every block verified ({} ms)",
+        bytes >> 10,
+        t.elapsed().as_millis()
+    );
+    std::fs::create_dir_all("/sysroot")?;
+    mount("/dev/mapper/root", "/sysroot", "erofs", libc::MS_RDONLY)?;
+    if !std::path::Path::new(&format!("/sysroot/{ROOT_INIT}")).exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("the root has no /{ROOT_INIT}"),
+        ));
+    }
+    let data_label = root
+        .data_partition_label()
+        .ok_or_else(|| io::Error::other("cannot tell the DATA label"))?;
+    let data = wait_for_partition(&data_label)?;
+    mount(
+        &format!("/dev/{data}"),
+        "/sysroot/data",
+        "ext4",
+        libc::MS_NOATIME,
+    )
+    .map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("DATA /dev/{data} (PARTLABEL={data_label}) as ext4: {e}"),
+        )
+    })?;
+    println!("testos: initrd: DATA /dev/{data} on /data (ext4); switching root");
+    for dir in ["/dev", "/proc", "/sys"] {
+        move_mount(dir, &format!("/sysroot{dir}"))?;
+    }
+    std::env::set_current_dir("/sysroot")?;
+    move_mount(".", "/")?;
+    let dot = cstring(".")?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::chroot(dot.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    std::env::set_current_dir("/")?;
+    io::stdout().flush()?;
+    let init = cstring(&format!("/{ROOT_INIT}"))?;
+    let argv = [init.as_ptr(), std::ptr::null()];
+    // SAFETY: argv is a NULL-terminated array of valid C strings; execv only
+    // returns on failure.
+    unsafe { libc::execv(init.as_ptr(), argv.as_ptr()) };
+    let e = io::Error::last_os_error();
+    Err(io::Error::new(e.kind(), format!("exec /{ROOT_INIT}: {e}")))
+}
+
+fn move_mount(from: &str, to: &str) -> io::Result<()> {
+    let (f, t) = (cstring(from)?, cstring(to)?);
+    // SAFETY: valid NUL-terminated paths; MS_MOVE takes no type or data.
+    let rc = unsafe {
+        libc::mount(
+            f.as_ptr(),
+            t.as_ptr(),
+            std::ptr::null(),
+            libc::MS_MOVE,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("move {from} to {to}: {e}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `dm-N` of the device-mapper device named `name`, from sysfs.
+fn dm_node(name: &str) -> io::Result<String> {
+    for entry in std::fs::read_dir("/sys/block")?.filter_map(Result::ok) {
+        let node = entry.file_name().to_string_lossy().into_owned();
+        if node.starts_with("dm-")
+            && std::fs::read_to_string(entry.path().join("dm/name")).is_ok_and(|n| n.trim() == name)
+        {
+            return Ok(node);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no dm device {name}"),
+    ))
+}
+
+/// Reads a whole device; returns the byte count, or the first error with
+/// its offset.
+fn read_all(path: &str) -> io::Result<u64> {
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => total += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("reading {path} failed near byte {total}: {e}"),
+                ));
+            }
+        }
+    }
+}
+
+/// The block device (`vdaN`) whose partition label is `label`; waits up to
+/// 10 s for it to appear, then gives up with an error (never hangs).
+fn wait_for_partition(label: &str) -> io::Result<String> {
+    for _ in 0..100 {
+        if let Some((name, _)) = block_devices().into_iter().find(|(_, uevent)| {
+            uevent
+                .lines()
+                .any(|l| l.strip_prefix("PARTNAME=") == Some(label))
+        }) {
+            return Ok(name);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no partition labelled {label} after 10 s"),
+    ))
+}
+
+/// Stage two on a verified root: how / and /data are mounted, and that /
+/// refuses writes (lines the VM tests check).
+fn report_root() {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mount_of = |target: &str| {
+        mounts
+            .lines()
+            .rfind(|l| l.split_whitespace().nth(1) == Some(target))
+            .map(str::to_string)
+    };
+    if let Some(line) = mount_of("/") {
+        println!("testos: root-mount {line}");
+    }
+    match (dm::status("root", true), dm::status("root", false)) {
+        (Ok(table), Ok(status)) => {
+            for (t, s) in table.iter().zip(&status) {
+                println!(
+                    "testos: root-dm target={} status={} table={}",
+                    t.kind, s.params, t.params
+                );
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => println!("testos: root-dm none ({e})"),
+    }
+    if let (Ok(meta), Ok(node)) = (std::fs::metadata("/"), dm_node("root")) {
+        use std::os::unix::fs::MetadataExt as _;
+        let dev = meta.dev();
+        let root_dev = format!("{}:{}", libc::major(dev), libc::minor(dev));
+        let dm_dev = std::fs::read_to_string(format!("/sys/block/{node}/dev")).unwrap_or_default();
+        println!(
+            "testos: root-dev {root_dev} {node}={} same={}",
+            dm_dev.trim(),
+            if root_dev == dm_dev.trim() {
+                "yes"
+            } else {
+                "no"
+            }
+        );
+    }
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open("/.testos-write-probe")
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file("/.testos-write-probe");
+            println!("testos: root-write allowed");
+        }
+        Err(e) => println!("testos: root-write refused: {e}"),
+    }
+    match mount_of("/data") {
+        Some(line) => println!("testos: data-mount {line}"),
+        None => println!("testos: data-mount none"),
+    }
+}
+
+fn boot() -> io::Result<Finish> {
+    early_mounts()?;
+    let verified_root = !std::path::Path::new(&format!("/{INITRD_RELEASE}")).exists();
+    if verified_root {
+        // The root is read-only: scratch space for abkit (its lock in
+        // /run/abkit, the ESP's private mount point in /tmp).
+        for dir in ["/run", "/tmp"] {
+            if let Err(e) = mount("tmpfs", dir, "tmpfs", libc::MS_NOSUID | libc::MS_NODEV) {
+                println!("testos: error: {e}");
+            }
+        }
+        report_root();
+    }
     if let Err(e) = mount("efivarfs", EFIVARS, "efivarfs", 0) {
         println!("testos: error: cannot mount efivarfs: {e}");
     }
@@ -71,7 +357,10 @@ fn boot() -> io::Result<Finish> {
     }
     let params = Params::from_cmdline(&cmdline);
     println!("{}", params.testos_line());
-    if let Some(slot) = params.slot {
+    if let Ok(text) = std::fs::read_to_string(format!("/{ROOT_MARKER}")) {
+        let first = text.lines().next().unwrap_or_default();
+        println!("testos: system=/dev/mapper/root {first}");
+    } else if let Some(slot) = params.slot {
         match system_marker(slot) {
             Ok(line) => println!("testos: system={line}"),
             Err(e) => println!("testos: system unreadable ({e})"),
@@ -102,37 +391,63 @@ fn boot() -> io::Result<Finish> {
         return Ok(Finish::Reboot);
     }
     println!("testos: health=good");
+    let halt_at = plan.halt_at.as_deref();
+    if let Some(name) = halt_at {
+        println!("testos: abkit runs with ABKIT_HALT_AT={name}");
+    }
     if plan.mark_good {
-        run_abkit("mark-good", &["mark-good".to_string()], false);
+        run_abkit("mark-good", &["mark-good".to_string()], false, halt_at);
     } else {
         println!("testos: mark-good skipped");
     }
     for step in &plan.steps {
         match step {
             Step::Abkit { name, args } => {
-                run_abkit(name, args, false);
+                run_abkit(name, args, false, halt_at);
             }
             Step::Status => {
                 let out = run_abkit(
                     "status",
                     &["status".to_string(), "--json".to_string()],
                     true,
+                    halt_at,
                 );
                 println!("testos: status-json {}", one_line(&out));
             }
+            Step::DataWrite { name, text } => match write_data(name, text) {
+                Ok(()) => println!("testos: data-write {name} ok"),
+                Err(e) => println!("testos: data-write {name} failed: {e}"),
+            },
+            Step::DataRead { name } => match std::fs::read_to_string(format!("/data/{name}")) {
+                Ok(text) => println!("testos: data {name}={}", text.trim_end()),
+                Err(e) => println!("testos: data {name} missing ({e})"),
+            },
         }
     }
     Ok(plan.finish)
 }
 
+/// Writes /data/NAME and makes it durable (file and folder fsynced).
+fn write_data(name: &str, text: &str) -> io::Result<()> {
+    let mut f = File::create(format!("/data/{name}"))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    File::open("/data")?.sync_all()
+}
+
 /// Runs /bin/abkit with `args`, echoing its output as `testos: out:` and
 /// `testos: err:` lines as they come (the tests watch install progress live),
 /// then `testos: result NAME exit=CODE`. With `capture`, stdout is returned
-/// instead of echoed.
-fn run_abkit(name: &str, args: &[String], capture: bool) -> String {
+/// instead of echoed. `halt_at` becomes `ABKIT_HALT_AT` (a power-cut test's
+/// checkpoint: abkit then never returns from it).
+fn run_abkit(name: &str, args: &[String], capture: bool, halt_at: Option<&str>) -> String {
     println!("testos: run: abkit {}", args.join(" "));
     let _ = io::stdout().flush();
-    let child = Command::new(format!("/{ABKIT_PATH}"))
+    let mut command = Command::new(format!("/{ABKIT_PATH}"));
+    if let Some(checkpoint) = halt_at {
+        command.env(HALT_AT, checkpoint);
+    }
+    let child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

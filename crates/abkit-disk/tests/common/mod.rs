@@ -77,7 +77,6 @@ impl Fixture {
             },
             seed: Some(42),
             force: false,
-            ovmf_vars: None,
         }
     }
 

@@ -16,6 +16,36 @@ use super::{StoreError, VarName, VarStore, Variable, check_name};
 /// Where Linux mounts efivarfs.
 pub const EFIVARFS_PATH: &str = "/sys/firmware/efi/efivars";
 
+/// Whether `dir` is a mounted efivarfs (where writes reach firmware NVRAM,
+/// so [`EfivarfsStore::kernel`] fits), by its file system's magic number;
+/// false anywhere else, and on systems other than Linux.
+pub fn is_efivarfs(dir: &Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        const EFIVARFS_MAGIC: i64 = 0xde5e81e4;
+        let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: statfs is a plain C struct for which all-zero bytes are a
+        // valid value; `c` is a NUL-terminated path and `st` a live,
+        // writable struct that the call fills in.
+        let (rc, st) = unsafe {
+            let mut st: libc::statfs = std::mem::zeroed();
+            (libc::statfs(c.as_ptr(), &mut st), st)
+        };
+        // f_type is i64 here but narrower on some targets.
+        #[allow(clippy::useless_conversion)]
+        let f_type = i64::from(st.f_type);
+        rc == 0 && f_type == EFIVARFS_MAGIC
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = dir;
+        false
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     /// The kernel's efivarfs: writes go to firmware NVRAM.
@@ -98,13 +128,7 @@ impl EfivarfsStore {
 
     fn write_directory(&self, path: &Path, content: &[u8]) -> Result<(), StoreError> {
         fs::create_dir_all(&self.root).map_err(Self::io_err(&self.root))?;
-        let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-        let tmp = self.root.join(format!(".{file_name}.tmp"));
-        let mut file = fs::File::create(&tmp).map_err(Self::io_err(&tmp))?;
-        file.write_all(content).map_err(Self::io_err(&tmp))?;
-        file.sync_all().map_err(Self::io_err(&tmp))?;
-        fs::rename(&tmp, path).map_err(Self::io_err(path))?;
-        sync_dir(&self.root)
+        abkit_atomic::replace(path, content, None).map_err(Self::io_err(path))
     }
 }
 

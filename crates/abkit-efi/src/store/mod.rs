@@ -8,7 +8,7 @@ mod efivarfs;
 mod memory;
 mod ovmf;
 
-pub use efivarfs::{EFIVARFS_PATH, EfivarfsStore};
+pub use efivarfs::{EFIVARFS_PATH, EfivarfsStore, is_efivarfs};
 pub use memory::MemoryStore;
 pub use ovmf::{OvmfFormatError, OvmfVarsFile};
 

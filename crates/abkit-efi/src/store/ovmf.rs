@@ -10,7 +10,6 @@
 //! fault-tolerant-write areas) are never touched.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -367,18 +366,7 @@ impl OvmfVarsFile {
             path: path.clone(),
             source,
         };
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-        tmp.write_all(&self.bytes).map_err(io)?;
-        tmp.as_file().sync_all().map_err(io)?;
-        if let Ok(meta) = fs::metadata(path) {
-            fs::set_permissions(tmp.path(), meta.permissions()).map_err(io)?;
-        }
-        tmp.persist(path).map_err(|e| io(e.error))?;
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+        abkit_atomic::replace(path, &self.bytes, None).map_err(io)
     }
 }
 

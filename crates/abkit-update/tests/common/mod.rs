@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use abkit_bundle::{CreateOptions, Keyring, PayloadSpec, SecretKey, create_bundle};
-use abkit_disk::{BuildOptions, LayoutOptions, Slot, build};
-use abkit_efi::OvmfVarsFile;
+use abkit_disk::{BuildOptions, LayoutOptions, Slot};
+use abkit_efi::{OvmfVarsFile, VarStore};
 use abkit_update::Machine;
 use abkit_update::fault::PowerCut;
-use abkit_update::firmware::{SimulatedBoot, simulate_boot};
+use abkit_update::firmware::{FirmwareModel, SimulatedBoot, simulate_boot};
 use abkit_update::offline::OfflineMachine;
 use abkit_update::record::{SlotRecord, SlotState, record_copy_path, record_path, write_record};
 
@@ -56,20 +56,22 @@ impl Rig {
         std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
             .expect("Debian's OVMF is needed: run `make deps`");
         let disk = dir.path().join("disk.img");
-        build(&BuildOptions {
-            loader: loader_path,
-            system,
-            output: disk.clone(),
-            layout: LayoutOptions {
-                esp_size: abkit_disk::MIN_ESP_SIZE,
-                system_size: SLOT_SIZE,
-                data_size: 1 << 20,
-                ..LayoutOptions::default()
+        abkit_update::factory::build_raw(
+            &BuildOptions {
+                loader: loader_path,
+                system,
+                output: disk.clone(),
+                layout: LayoutOptions {
+                    esp_size: abkit_disk::MIN_ESP_SIZE,
+                    system_size: SLOT_SIZE,
+                    data_size: 1 << 20,
+                    ..LayoutOptions::default()
+                },
+                seed: Some(7),
+                force: false,
             },
-            seed: Some(7),
-            force: false,
-            ovmf_vars: Some(vars.clone()),
-        })
+            Some(&vars),
+        )
         .unwrap();
         let key = SecretKey::from_seed(&[7; 32]);
         let keyring = Keyring::from_keys(vec![key.public_key()]);
@@ -187,6 +189,27 @@ impl Rig {
     pub fn boot(&self) -> SimulatedBoot {
         let mut m = self.machine(Slot::A);
         simulate_boot(&mut m).unwrap().expect("nothing bootable")
+    }
+
+    /// Powers on with firmware that behaves as `model` says; `None` when
+    /// nothing was bootable.
+    pub fn boot_with(&self, model: &FirmwareModel) -> Option<SimulatedBoot> {
+        model.boot(&mut self.machine(Slot::A)).unwrap()
+    }
+
+    /// The machine's VARS file as a variable store.
+    pub fn open_vars(&self) -> Box<dyn VarStore> {
+        Box::new(OvmfVarsFile::open(&self.vars).unwrap())
+    }
+
+    /// The machine running `running`, with `wrap` around its variable
+    /// store (say, a full NVRAM).
+    pub fn machine_with_vars(
+        &self,
+        running: Slot,
+        wrap: impl FnOnce(Box<dyn VarStore>) -> Box<dyn VarStore>,
+    ) -> OfflineMachine {
+        OfflineMachine::open(&self.disk, wrap(self.open_vars()), running).unwrap()
     }
 
     /// The bytes of the disk and the VARS file: "the machine" for

@@ -10,6 +10,7 @@ use abkit_bundle::{
     BundleHead, BundleReader, Compression, CreateOptions, Keyring, Manifest, PayloadSpec,
     SecretKey, SignatureStatus,
 };
+use abkit_update::Step;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
@@ -22,7 +23,7 @@ pub enum BundleCommand {
     /// so the payload written to a slot passes `veritysetup verify`.
     // `--version` is the bundle's version here, not abkit's.
     #[command(disable_version_flag = true)]
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Check signature and every payload hash while streaming the bundle.
     ///
     /// Exits 0 only if a keyring key signed the bundle and every chunk and
@@ -41,12 +42,58 @@ pub enum BundleCommand {
 
 #[derive(Args)]
 pub struct CreateArgs {
-    /// The EFI payload: the loader with its kernel (a UKI).
-    #[arg(long, value_name = "FILE")]
-    efi: PathBuf,
+    /// The EFI payload: the loader with its kernel (a UKI). With --rootfs the
+    /// UKI is built instead (--kernel, --initrd, --cmdline).
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "rootfs",
+        conflicts_with = "rootfs"
+    )]
+    efi: Option<PathBuf>,
     /// The system image (a read-only filesystem image).
-    #[arg(long, value_name = "FILE")]
-    system: PathBuf,
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "rootfs",
+        conflicts_with = "rootfs"
+    )]
+    system: Option<PathBuf>,
+    /// Build the release from a root filesystem folder: an erofs image of
+    /// DIR (mkfs.erofs, reproducible: fixed timestamps and UUID) becomes the
+    /// system payload, and the UKI is built with its dm-verity root hash on
+    /// the command line (roothash=, systemd.verity_root_*; docs/release.md).
+    #[arg(long, value_name = "DIR", requires = "kernel")]
+    rootfs: Option<PathBuf>,
+    /// With --rootfs: the kernel for the UKI (an EFI-stub bzImage).
+    #[arg(long, value_name = "FILE", requires = "rootfs")]
+    kernel: Option<PathBuf>,
+    /// With --rootfs: the initrd for the UKI; it must set up the verity root.
+    #[arg(long, value_name = "FILE", requires = "rootfs")]
+    initrd: Option<PathBuf>,
+    /// With --rootfs: the kernel command line; abkit appends
+    /// root=/dev/mapper/root (unless given) and the verity parameters.
+    #[arg(long, value_name = "TEXT", requires = "rootfs", default_value = "")]
+    cmdline: String,
+    /// With --rootfs: an os-release file for the UKI's .osrel section.
+    #[arg(long, value_name = "FILE", requires = "rootfs")]
+    osrel: Option<PathBuf>,
+    /// With --rootfs: the loader stub (default: $ABKIT_STUB, else
+    /// abkit-stub.efi next to abkit).
+    #[arg(long, value_name = "FILE", requires = "rootfs")]
+    stub: Option<PathBuf>,
+    /// With --rootfs: the partition label prefix of the slots
+    /// (PARTLABEL=<PREFIX>-SYSTEM-X on the command line).
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        default_value = "ABKIT",
+        requires = "rootfs"
+    )]
+    label_prefix: String,
+    /// With --rootfs: compress the erofs image (lz4 or lz4hc).
+    #[arg(long, value_name = "ALGORITHM", requires = "rootfs")]
+    erofs_compress: Option<String>,
     /// Version of the OS in this bundle (semver, e.g. 1.2.0).
     #[arg(long)]
     version: semver::Version,
@@ -123,7 +170,7 @@ pub fn run(cmd: BundleCommand) -> anyhow::Result<()> {
         BundleCommand::Create(_) | BundleCommand::Extract(_) => false,
     };
     let result = match cmd {
-        BundleCommand::Create(a) => create(a),
+        BundleCommand::Create(a) => create(*a),
         BundleCommand::Verify(a) => verify(a),
         BundleCommand::Inspect(a) => inspect(a),
         BundleCommand::Extract(a) => extract(a),
@@ -177,9 +224,81 @@ fn load_keyring(dir: &Path) -> anyhow::Result<Keyring> {
         .context("cannot load keyring")
 }
 
+/// A release built from a root filesystem folder: the erofs image, the UKI
+/// with the root hash, in a temporary folder beside the bundle.
+struct BuiltRelease {
+    _dir: tempfile::TempDir,
+    efi: PathBuf,
+    system: PathBuf,
+    root_hash: [u8; 32],
+    salt: Vec<u8>,
+    uuid: [u8; 16],
+}
+
+fn build_release(a: &CreateArgs, rootfs: &Path, out_dir: &Path) -> anyhow::Result<BuiltRelease> {
+    use abkit_bundle::rootfs;
+    let kernel_path = a.kernel.as_deref().context("--rootfs needs --kernel")?;
+    let dir = tempfile::Builder::new()
+        .prefix(".abkit-rootfs-")
+        .tempdir_in(out_dir)
+        .with_context(|| format!("cannot create a folder in {}", out_dir.display()))?;
+    let system = dir.path().join("system.erofs");
+    let fs = rootfs::ErofsOptions {
+        timestamp: a.created.unwrap_or(0),
+        uuid: rootfs::fs_uuid_for(&a.compatible, &a.version.to_string()),
+        compressor: a.erofs_compress.clone(),
+    };
+    rootfs::mkfs_erofs(rootfs, &system, &fs).map_err(coded)?;
+    let salt = rootfs::verity_salt_for(&system).map_err(coded)?;
+    let uuid = rootfs::verity_uuid_for(&salt);
+    let tree = rootfs::verity_tree(&system, &salt, uuid).map_err(coded)?;
+    let cmdline = abkit_uki::root::with_verity_root(
+        &a.cmdline,
+        &a.label_prefix,
+        &hex::encode(tree.root_hash),
+        tree.data_size(),
+    )?;
+    let stub_path = super::uki::find_stub(a.stub.clone())?;
+    let read = |p: &Path, what: &str| {
+        std::fs::read(p).with_context(|| format!("cannot read the {what} {}", p.display()))
+    };
+    let stub = read(&stub_path, "stub")?;
+    let kernel = read(kernel_path, "kernel")?;
+    let initrd = a.initrd.as_deref().map(|p| read(p, "initrd")).transpose()?;
+    let osrel = a
+        .osrel
+        .as_deref()
+        .map(|p| read(p, "os-release"))
+        .transpose()?;
+    let uki = abkit_uki::build(
+        &stub,
+        &abkit_uki::UkiParts {
+            linux: &kernel,
+            initrd: initrd.as_deref(),
+            cmdline: Some(cmdline.as_bytes()),
+            osrel: osrel.as_deref(),
+        },
+    )
+    .with_context(|| format!("cannot build a UKI on {}", stub_path.display()))?;
+    let efi = dir.path().join("boot.efi");
+    std::fs::write(&efi, uki)?;
+    Ok(BuiltRelease {
+        _dir: dir,
+        efi,
+        system,
+        root_hash: tree.root_hash,
+        salt,
+        uuid,
+    })
+}
+
 fn create(a: CreateArgs) -> anyhow::Result<()> {
     // The output must not be an input: not the release key, not an image.
-    let mut inputs = vec![a.efi.as_path(), a.system.as_path()];
+    let mut inputs: Vec<&Path> = [&a.efi, &a.system, &a.kernel, &a.initrd, &a.osrel]
+        .into_iter()
+        .flatten()
+        .map(PathBuf::as_path)
+        .collect();
     inputs.extend(a.keys.iter().map(PathBuf::as_path));
     abkit_bundle::writer::check_output_not_input(&a.out, &inputs).map_err(coded)?;
     let keys = a
@@ -187,10 +306,30 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| SecretKey::load(p).map_err(coded))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut opts = CreateOptions::new(&a.compatible, a.version);
-    opts.min_version = a.min_version;
+    let out_dir = match a.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let release = match &a.rootfs {
+        Some(rootfs) => Some(build_release(&a, rootfs, &out_dir)?),
+        None => None,
+    };
+    let (efi, system) = match &release {
+        Some(r) => (r.efi.clone(), r.system.clone()),
+        None => (
+            a.efi.clone().context("--efi is required")?,
+            a.system.clone().context("--system is required")?,
+        ),
+    };
+    let mut opts = CreateOptions::new(&a.compatible, a.version.clone());
+    opts.min_version = a.min_version.clone();
     if let Some(t) = a.created {
         opts.created = t;
+    }
+    if let Some(r) = &release {
+        // The tree the UKI's root hash was computed from, byte for byte.
+        opts.verity_salt = Some(r.salt.clone());
+        opts.verity_uuid = Some(r.uuid);
     }
     opts.compression = if a.zstd {
         Compression::Zstd
@@ -205,12 +344,12 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
     let specs = [
         PayloadSpec {
             name: "efi".into(),
-            path: a.efi.clone(),
+            path: efi,
             verity: false,
         },
         PayloadSpec {
             name: "system".into(),
-            path: a.system.clone(),
+            path: system,
             verity: true,
         },
     ];
@@ -220,22 +359,31 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot read {}", s.path.display()))?
             .len();
     }
-    let bar = indicatif::ProgressBar::with_draw_target(
-        Some(2 * total),
-        indicatif::ProgressDrawTarget::stderr(),
+    // Each input is read twice (hash, then copy): the byte counts add up
+    // to twice their size.
+    let mut progress = super::progress::Output::on_stderr();
+    let result = abkit_bundle::create_bundle(
+        &a.out,
+        &specs,
+        &opts,
+        &keys,
+        &mut abkit_update::progress::bytes(&mut progress, Step::CreateBundle, 2 * total),
     );
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar.set_message("bundle create");
-    let manifest = abkit_bundle::create_bundle(&a.out, &specs, &opts, &keys, &mut |n| bar.inc(n))
+    progress.finish();
+    let manifest = result
         .map_err(coded)
         .with_context(|| format!("cannot create bundle {}", a.out.display()))?;
-    bar.finish_and_clear();
+    if let Some(r) = &release {
+        let system_root = manifest
+            .payloads
+            .iter()
+            .find_map(|p| p.verity.as_ref())
+            .map(|v| v.root_hash.0);
+        if system_root != Some(r.root_hash) {
+            let _ = std::fs::remove_file(&a.out);
+            anyhow::bail!("internal error: the bundle's verity root differs from the UKI's");
+        }
+    }
     let size = std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(0);
     println!(
         "wrote {} ({size} bytes): {} {}",
@@ -244,20 +392,20 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         manifest.version
     );
     print_payloads(&manifest);
+    if let Some(r) = &release {
+        println!(
+            "root hash: {} (on the UKI's command line)",
+            hex::encode(r.root_hash)
+        );
+    }
     Ok(())
 }
 
 fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     let keyring = load_keyring(&a.keyring)?;
     let source = open_source(&a.bundle)?;
-    let result = BundleReader::open(source, &keyring).and_then(|reader| {
-        let manifest = reader.manifest().clone();
-        let signer = reader.signer();
-        reader
-            .verify_all()
-            .map(|digests| (manifest, signer, digests))
-    });
-    let (manifest, signer, digests) = result
+    let result = BundleReader::open(source, &keyring).and_then(verify_payloads);
+    let (manifest, signer, digests, uki_root) = result
         .map_err(coded)
         .with_context(|| format!("bundle {} failed verification", a.bundle.display()))?;
     if a.json {
@@ -271,6 +419,7 @@ fn verify(a: VerifyArgs) -> anyhow::Result<()> {
             "version": manifest.version.to_string(),
             "signer": signer.to_string(),
             "payloads": payloads,
+            "root_hash": uki_root,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
@@ -281,8 +430,61 @@ fn verify(a: VerifyArgs) -> anyhow::Result<()> {
         for (name, d) in &digests {
             println!("  {name}: sha256 {}", hex::encode(d));
         }
+        if let Some(root) = &uki_root {
+            println!("  root hash: {root} (UKI command line = system payload's verity root)");
+        }
     }
     Ok(())
+}
+
+type Verified = (
+    Manifest,
+    abkit_bundle::KeyId,
+    Vec<(String, [u8; 32])>,
+    Option<String>,
+);
+
+/// Every payload to its verified end; the `efi` payload streams through a
+/// [`abkit_uki::root::CmdlineCatcher`], and a `roothash=` on its command line
+/// must equal the verity root of the `system` payload
+/// ([`abkit_bundle::Error::RootHashMismatch`]).
+fn verify_payloads<R: Read>(mut reader: BundleReader<R>) -> abkit_bundle::Result<Verified> {
+    let manifest = reader.manifest().clone();
+    let signer = reader.signer();
+    let mut digests = Vec::new();
+    let mut cmdline = None;
+    while let Some(payload) = reader.next_payload()? {
+        let name = payload.entry().name.clone();
+        let digest = if name == "efi" {
+            let mut catcher = abkit_uki::root::CmdlineCatcher::new();
+            let digest = payload.write_to(&mut catcher)?;
+            cmdline = catcher.finish();
+            digest
+        } else {
+            payload.finish()?
+        };
+        digests.push((name, digest));
+    }
+    let uki_root = cmdline
+        .as_deref()
+        .and_then(abkit_uki::root::root_verity)
+        .map(|v| v.root_hash);
+    if let Some(uki) = &uki_root {
+        let system = manifest
+            .payloads
+            .iter()
+            .find(|p| p.name == "system")
+            .and_then(|p| p.verity.as_ref())
+            .map(|v| hex::encode(v.root_hash.0))
+            .unwrap_or_else(|| "none".into());
+        if !uki.eq_ignore_ascii_case(&system) {
+            return Err(abkit_bundle::Error::RootHashMismatch {
+                uki: uki.clone(),
+                system,
+            });
+        }
+    }
+    Ok((manifest, signer, digests, uki_root))
 }
 
 fn status_name(s: SignatureStatus) -> &'static str {

@@ -1,18 +1,17 @@
 //! `abkit image`: build an A/B disk image (from a loader and a system image,
 //! or from a verified bundle) and inspect one.
 
-use std::io::IsTerminal;
+use std::fmt::Display;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{ArgGroup, Args, Subcommand};
 
 use abkit_bundle::Keyring;
-use abkit_disk::{BuildOptions, BuildReport, DiskImage, LayoutOptions, Slot};
+use abkit_disk::{BuildOptions, DiskImage, LayoutOptions};
 use abkit_update::factory::{BundleBuildOptions, build_from_bundle};
-use abkit_update::offline::ImageEsp;
-use abkit_update::record::{SlotRecord, read_record, record_path};
-use abkit_update::{EspFiles, Event, Reporter};
+use abkit_update::image_report;
+use serde::Serialize;
 
 use super::progress::Output;
 
@@ -42,44 +41,6 @@ pub enum ImageCommand {
         .args(["loader", "bundle"]),
 ))]
 pub struct BuildArgs {
-    /// The EFI loader (a PE/COFF EFI application) to install for slot A. Needs --system.
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "system",
-        help_heading = "From raw files"
-    )]
-    loader: Option<PathBuf>,
-    /// The system image (read-only file system, maybe with its verity tree) for slot A.
-    /// Needs --loader.
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "loader",
-        help_heading = "From raw files"
-    )]
-    system: Option<PathBuf>,
-    /// A signed bundle (`abkit bundle create`): its efi payload becomes the loader, its
-    /// system payload (with verity tree) goes into slot A, and slot A's record names the
-    /// bundle. Needs --keyring; replaces --loader and --system.
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "keyring",
-        conflicts_with_all = ["loader", "system"],
-        help_heading = "From a bundle"
-    )]
-    bundle: Option<PathBuf>,
-    /// Folder of trusted public keys (*.pub) to verify --bundle against; the bundle
-    /// needs a valid signature by one of them.
-    #[arg(
-        long,
-        value_name = "DIR",
-        requires = "bundle",
-        conflicts_with_all = ["loader", "system"],
-        help_heading = "From a bundle"
-    )]
-    keyring: Option<PathBuf>,
     /// The disk image to write (replaced if it is a file), or a block device (needs --force).
     #[arg(short, long, value_name = "PATH")]
     output: PathBuf,
@@ -115,6 +76,39 @@ pub struct BuildArgs {
     /// Print what was built as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    raw: RawSource,
+    #[command(flatten)]
+    signed: BundleSource,
+}
+
+/// Slot A from raw files.
+#[derive(Args)]
+#[command(next_help_heading = "From raw files")]
+struct RawSource {
+    /// The EFI loader (a PE/COFF EFI application) to install for slot A. Needs --system.
+    #[arg(long, value_name = "FILE", requires = "system")]
+    loader: Option<PathBuf>,
+    /// The system image (read-only file system, maybe with its verity tree) for slot A.
+    /// Needs --loader.
+    #[arg(long, value_name = "FILE", requires = "loader")]
+    system: Option<PathBuf>,
+}
+
+/// Slot A from a verified bundle (never together with raw files).
+#[derive(Args)]
+#[command(next_help_heading = "From a bundle")]
+#[group(conflicts_with = "RawSource")]
+struct BundleSource {
+    /// A signed bundle (`abkit bundle create`): its efi payload becomes the loader, its
+    /// system payload (with verity tree) goes into slot A, and slot A's record names the
+    /// bundle. Needs --keyring; replaces --loader and --system.
+    #[arg(long, value_name = "FILE", requires = "keyring")]
+    bundle: Option<PathBuf>,
+    /// Folder of trusted public keys (*.pub) to verify --bundle against; the bundle
+    /// needs a valid signature by one of them.
+    #[arg(long, value_name = "DIR", requires = "bundle")]
+    keyring: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -155,87 +149,6 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     }
 }
 
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-fn print_partitions(partitions: &[abkit_disk::Partition]) {
-    println!(
-        "{:>2}  {:<20} {:<16} {:<36}  {:>10}  {:>10}",
-        "#", "name", "type", "partition GUID", "start LBA", "size"
-    );
-    for p in partitions {
-        println!(
-            "{:>2}  {:<20} {:<16} {:<36}  {:>10}  {:>10}",
-            p.number,
-            p.name,
-            p.role.type_name(),
-            p.guid,
-            p.first_lba,
-            human(p.size())
-        );
-    }
-}
-
-fn print_build_report(report: &BuildReport) {
-    println!(
-        "{}: {} disk, GUID {}, {} written",
-        report.output.display(),
-        human(report.disk_size),
-        report.disk_guid,
-        human(report.bytes_written)
-    );
-    print_partitions(&report.partitions);
-    for file in &report.esp_files {
-        println!("ESP {}  {} bytes", file.path, file.size);
-    }
-    println!("slot A: system image of {} bytes", report.system_image_size);
-    if let Some(entries) = &report.boot_entries {
-        let order: Vec<String> = entries
-            .boot_order
-            .iter()
-            .map(|n| format!("{n:04X}"))
-            .collect();
-        println!(
-            "boot entries: Boot{:04X} \"abkit slot A\", Boot{:04X} \"abkit slot B\" (inactive); BootOrder {}",
-            entries.slot_a,
-            entries.slot_b,
-            order.join(",")
-        );
-    }
-}
-
-/// Steps on stderr, one line each (a progress bar on a terminal), so that
-/// stdout carries only the report.
-enum BuildProgress {
-    Terminal(Output),
-    Lines,
-}
-
-impl Reporter for BuildProgress {
-    fn event(&mut self, event: Event) {
-        match (self, event) {
-            (BuildProgress::Terminal(out), event) => out.event(event),
-            (BuildProgress::Lines, Event::Step { message, .. }) => eprintln!("abkit: {message}"),
-            (BuildProgress::Lines, Event::Warning { message }) => {
-                eprintln!("abkit: warning: {message}")
-            }
-            (BuildProgress::Lines, Event::Progress { .. }) => {}
-        }
-    }
-}
-
 fn build(args: BuildArgs) -> anyhow::Result<()> {
     let layout = LayoutOptions {
         esp_size: args.esp_size,
@@ -244,7 +157,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         disk_size: args.disk_size,
         label_prefix: args.label_prefix,
     };
-    if let (Some(bundle), Some(keyring_dir)) = (args.bundle, args.keyring) {
+    if let (Some(bundle), Some(keyring_dir)) = (args.signed.bundle, args.signed.keyring) {
         let keyring = Keyring::load_dir(&keyring_dir)
             .with_context(|| format!("cannot load the keyring {}", keyring_dir.display()))?;
         let options = BundleBuildOptions {
@@ -260,15 +173,11 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
             options.output.display(),
             options.bundle.display()
         );
-        let mut progress = if std::io::stderr().is_terminal() {
-            BuildProgress::Terminal(Output::Terminal { bar: None })
-        } else {
-            BuildProgress::Lines
-        };
+        // Steps on stderr (a progress bar on a terminal): stdout carries
+        // only the report.
+        let mut progress = Output::on_stderr();
         let result = build_from_bundle(&options, &keyring, &mut progress);
-        if let BuildProgress::Terminal(out) = &mut progress {
-            out.finish();
-        }
+        progress.finish();
         let report = result.with_context(|| {
             format!(
                 "building {} from {}",
@@ -276,16 +185,9 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
                 options.bundle.display()
             )
         })?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            return Ok(());
-        }
-        print_build_report(&report.disk);
-        print_record(Slot::A, Some(&report.slot_a));
-        println!("bundle signed by {}", report.signer);
-        return Ok(());
+        return print(&report, args.json);
     }
-    let (Some(loader), Some(system)) = (args.loader, args.system) else {
+    let (Some(loader), Some(system)) = (args.raw.loader, args.raw.system) else {
         anyhow::bail!("give --loader and --system, or --bundle and --keyring");
     };
     let options = BuildOptions {
@@ -295,48 +197,21 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         layout,
         seed: args.seed,
         force: args.force,
-        ovmf_vars: args.ovmf_vars,
     };
     eprintln!("abkit: building {}", options.output.display());
-    let report = abkit_disk::build(&options)
+    let report = abkit_update::factory::build_raw(&options, args.ovmf_vars.as_deref())
         .with_context(|| format!("building {}", options.output.display()))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
+    print(&report, args.json)
+}
+
+/// A report as JSON or as text.
+fn print(report: &(impl Serialize + Display), json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{report}");
     }
-    print_build_report(&report);
     Ok(())
-}
-
-/// The records of both slots: `None` where the ESP has no record file (a
-/// slot written from raw files, or never written).
-fn slot_records(disk: &DiskImage) -> anyhow::Result<[Option<SlotRecord>; 2]> {
-    let mut esp = ImageEsp(disk.esp().context("reading the ESP")?);
-    let mut records = [None, None];
-    for (i, slot) in [Slot::A, Slot::B].into_iter().enumerate() {
-        if esp.read(record_path(slot))?.is_some() {
-            records[i] = Some(read_record(&mut esp, slot)?);
-        }
-    }
-    Ok(records)
-}
-
-/// One line about what a slot's record says, if it has one.
-fn print_record(slot: Slot, record: Option<&SlotRecord>) {
-    let Some(r) = record else {
-        return;
-    };
-    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    println!(
-        "slot {} record: {} {} {}, bundle manifest sha256 {}",
-        slot.letter(),
-        r.state,
-        dash(&r.compatible),
-        r.version
-            .as_ref()
-            .map_or_else(|| "-".into(), |v| v.to_string()),
-        dash(&r.bundle_sha256)
-    );
 }
 
 fn inspect(args: InspectArgs) -> anyhow::Result<()> {
@@ -344,56 +219,9 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening {}", args.disk.display()))?;
     let report = abkit_disk::inspect(&disk)
         .with_context(|| format!("inspecting {}", args.disk.display()))?;
-    let records = slot_records(&disk)
+    let records = image_report::slot_records(&disk)
         .with_context(|| format!("reading the slot records of {}", args.disk.display()))?;
-    if args.json {
-        // Each slot gains `record`: what the record on the ESP says (null
-        // when the slot has none).
-        let mut value = serde_json::to_value(&report)?;
-        if let Some(slots) = value.get_mut("slots").and_then(|s| s.as_array_mut()) {
-            for slot in slots.iter_mut() {
-                let index = usize::from(slot.get("slot").and_then(|s| s.as_str()) == Some("B"));
-                let record = &records[index];
-                if let Some(object) = slot.as_object_mut() {
-                    object.insert("record".into(), serde_json::to_value(record)?);
-                }
-            }
-        }
-        println!("{}", serde_json::to_string_pretty(&value)?);
-        return Ok(());
-    }
-    println!(
-        "{}: {}, GPT disk GUID {}",
-        report.path.display(),
-        human(report.size),
-        report.disk_guid
-    );
-    for warning in &report.warnings {
-        println!("warning: {warning}");
-    }
-    print_partitions(&report.partitions);
-    println!("ESP files:");
-    for entry in report.esp_files.iter().filter(|e| !e.is_dir) {
-        println!("  {:<40} {:>10} bytes", entry.path, entry.size);
-    }
-    for slot in &report.slots {
-        match &slot.sha256 {
-            Some(sha) if slot.holds_data => println!(
-                "slot {} (partition {}): {} bytes used, sha256 {sha}",
-                slot.slot.letter(),
-                slot.partition_number,
-                slot.used_bytes
-            ),
-            _ => println!(
-                "slot {} (partition {}): empty",
-                slot.slot.letter(),
-                slot.partition_number
-            ),
-        }
-        let index = usize::from(slot.slot == Slot::B);
-        print_record(slot.slot, records[index].as_ref());
-    }
-    Ok(())
+    print(&image_report::with_records(report, records), args.json)
 }
 
 pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {

@@ -80,14 +80,17 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_KEYRING));
     let keyring = Keyring::load_dir(&keyring_dir)
         .with_context(|| format!("cannot load the keyring {}", keyring_dir.display()))?;
+    super::agent::refuse_if_agent_runs(&args.machine)?;
     let mut m = args.machine.open()?;
     let policy = abkit_fetch::RetryPolicy {
         speed_limit: args.speed_limit,
         speed_time: Duration::from_secs(args.speed_time),
         ..abkit_fetch::RetryPolicy::default()
     };
-    let source = abkit_update::source::open_source(&args.source, &policy)?;
     let mut out = Output::choose(args.json);
+    // Each retry or resume of a download is a warning in the same output.
+    let opener = abkit_fetch::Opener::new(&policy).observe(out.retry_observer());
+    let source = abkit_update::source::open_source_with(&args.source, opener)?;
     let result = abkit_update::install(
         m.as_mut(),
         source,

@@ -13,9 +13,13 @@ use clap::{Args, ValueEnum};
 
 use super::vars::VarStoreArgs;
 
+/// A slot letter on the command line (`A` or `B`, either case); the one
+/// conversion from the command line into [`Slot`].
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum SlotArg {
+    #[value(name = "A", alias = "a")]
     A,
+    #[value(name = "B", alias = "b")]
     B,
 }
 

@@ -15,6 +15,7 @@ pub struct MarkGoodArgs {
 }
 
 pub fn run(args: MarkGoodArgs) -> anyhow::Result<()> {
+    super::agent::refuse_if_agent_runs(&args.machine)?;
     let mut m = args.machine.open()?;
     let report = abkit_update::mark_good(m.as_mut())?;
     if args.json {

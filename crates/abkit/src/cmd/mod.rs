@@ -1,5 +1,6 @@
 //! One module per `abkit` subcommand, plus the options they share.
 
+pub mod agent;
 pub mod bundle;
 pub mod efi;
 pub mod errors;

@@ -15,6 +15,7 @@ pub struct RollbackArgs {
 }
 
 pub fn run(args: RollbackArgs) -> anyhow::Result<()> {
+    super::agent::refuse_if_agent_runs(&args.machine)?;
     let mut m = args.machine.open()?;
     let report = abkit_update::rollback(m.as_mut())?;
     if args.json {

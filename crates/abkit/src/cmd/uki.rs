@@ -3,8 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+use super::machine::SlotArg;
 use anyhow::{Context, bail};
 use clap::Subcommand;
+
+#[path = "uki_sign.rs"]
+mod sign;
 
 /// File name of the stub next to the `abkit` executable.
 const STUB_FILE_NAME: &str = "abkit-stub.efi";
@@ -56,6 +60,31 @@ pub enum UkiCommand {
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
     },
+    /// Authenticode-sign a loader for Secure Boot (PKCS#7 in its certificate
+    /// table, as sbsign does). Signatures already there are kept; a slot
+    /// stamp stays and moves behind the new signature.
+    Sign {
+        /// The RSA private key (PEM or DER, PKCS#8 or PKCS#1).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The key's X.509 certificate (PEM or DER), e.g. the one in db.
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// The loader (.efi) to sign.
+        input: PathBuf,
+        /// Where to write the signed loader (may be INPUT).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Check a loader's signatures against trusted certificates (as
+    /// Secure Boot's db would); fails unless one is valid and trusted.
+    Verify {
+        /// A trusted certificate (PEM or DER); repeat for more.
+        #[arg(long, value_name = "FILE", required = true)]
+        cert: Vec<PathBuf>,
+        /// The loader (.efi) to check.
+        file: PathBuf,
+    },
     /// Show the sections of a loader (or of a bare stub), its command line
     /// and what it carries.
     Inspect {
@@ -65,24 +94,6 @@ pub enum UkiCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// A slot letter on the command line.
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum SlotArg {
-    #[value(name = "A", alias = "a")]
-    A,
-    #[value(name = "B", alias = "b")]
-    B,
-}
-
-impl From<SlotArg> for abkit_uki::Slot {
-    fn from(slot: SlotArg) -> Self {
-        match slot {
-            SlotArg::A => abkit_uki::Slot::A,
-            SlotArg::B => abkit_uki::Slot::B,
-        }
-    }
 }
 
 pub fn run(cmd: UkiCommand) -> anyhow::Result<()> {
@@ -129,6 +140,13 @@ pub fn run(cmd: UkiCommand) -> anyhow::Result<()> {
             eprintln!("abkit: stamped {} with slot {slot}", output.display());
             Ok(())
         }
+        UkiCommand::Sign {
+            key,
+            cert,
+            input,
+            output,
+        } => sign::sign(&key, &cert, &input, &output),
+        UkiCommand::Verify { cert, file } => sign::verify(&cert, &file),
         UkiCommand::Inspect { file, json } => {
             let bytes = read(&file, "loader")?;
             let info = abkit_uki::inspect(&bytes)
@@ -144,7 +162,7 @@ pub fn run(cmd: UkiCommand) -> anyhow::Result<()> {
 }
 
 /// The stub to build on: `--stub`, else `$ABKIT_STUB`, else next to `abkit`.
-fn find_stub(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+pub(crate) fn find_stub(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(path) = given {
         return Ok(path);
     }
@@ -170,28 +188,8 @@ fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
 /// Writes `bytes` to a temporary file beside `path`, flushes it and renames it
 /// over `path`, so a reader never sees half a loader.
 fn write_new_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file name", path.display()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot write {}", path.display()))
+    abkit_atomic::replace(path, bytes, Some(0o644))
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn print_info(info: &abkit_uki::UkiInfo) {
@@ -204,6 +202,10 @@ fn print_info(info: &abkit_uki::UkiInfo) {
     println!("kind:      {kind}");
     if let Some(cmdline) = &info.cmdline {
         println!("cmdline:   {cmdline}");
+    }
+    match &info.root_hash {
+        Some(hash) => println!("root hash: {hash} (dm-verity, from roothash=)"),
+        None => println!("root hash: none (no roothash= on the command line)"),
     }
     if let Some(name) = &info.os_pretty_name {
         println!("os:        {name}");

@@ -39,7 +39,7 @@ impl VarStoreArgs {
             .efivars
             .clone()
             .unwrap_or_else(|| PathBuf::from(abkit_efi::store::EFIVARFS_PATH));
-        if is_efivarfs(&dir) {
+        if abkit_efi::store::is_efivarfs(&dir) {
             return Ok(Box::new(EfivarfsStore::kernel(dir)));
         }
         if self.efivars.is_none() {
@@ -51,33 +51,5 @@ impl VarStoreArgs {
         }
         anyhow::ensure!(dir.is_dir(), "--efivars {}: not a directory", dir.display());
         Ok(Box::new(EfivarfsStore::directory(dir)))
-    }
-}
-
-/// Whether `dir` is a mounted efivarfs (where writes reach firmware NVRAM).
-fn is_efivarfs(dir: &std::path::Path) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::ffi::OsStrExt;
-        const EFIVARFS_MAGIC: i64 = 0xde5e81e4;
-        let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-            return false;
-        };
-        // SAFETY: statfs is a plain C struct for which all-zero bytes are a
-        // valid value; `c` is a NUL-terminated path and `st` a live,
-        // writable struct that the call fills in.
-        let (rc, st) = unsafe {
-            let mut st: libc::statfs = std::mem::zeroed();
-            (libc::statfs(c.as_ptr(), &mut st), st)
-        };
-        // f_type is i64 here but narrower on some targets.
-        #[allow(clippy::useless_conversion)]
-        let f_type = i64::from(st.f_type);
-        rc == 0 && f_type == EFIVARFS_MAGIC
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = dir;
-        false
     }
 }

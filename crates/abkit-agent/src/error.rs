@@ -1,0 +1,55 @@
+//! Why the agent could not start or do what it was asked.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("{0}")]
+    BadOption(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error(
+        "an abkit agent is running{}: use it (its API on {}) or stop it (systemctl stop abkit-agent)",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        socket.display()
+    )]
+    Running { socket: PathBuf, pid: Option<u32> },
+    #[error("cannot open the machine: {0}")]
+    Machine(String),
+    #[error(transparent)]
+    Update(#[from] abkit_update::UpdateError),
+}
+
+impl AgentError {
+    /// A stable, machine-readable name of the error (docs/agent.md).
+    pub fn code(&self) -> &'static str {
+        match self {
+            AgentError::Io { .. } => "io",
+            AgentError::Config { .. } => "config",
+            AgentError::BadOption(_) => "bad-option",
+            AgentError::Tls(_) => "tls",
+            AgentError::Running { .. } => "agent-running",
+            AgentError::Machine(_) => "machine",
+            AgentError::Update(e) => e.code(),
+        }
+    }
+
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
+        let context = context.into();
+        move |source| AgentError::Io { context, source }
+    }
+}
+
+/// `Result` with this crate's error.
+pub type Result<T, E = AgentError> = std::result::Result<T, E>;

@@ -1,0 +1,149 @@
+//! `abkit agent`: the daemon (health gate and node API, in `abkit-agent`),
+//! and the check the other machine commands make that no agent is running.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use abkit_agent::config::{Config, DEFAULT_CONFIG, DEFAULT_SOCKET, HealthConfig, TlsConfig};
+use clap::Args;
+
+use super::machine::MachineArgs;
+
+/// The variable naming the agent's socket for the CLI's check (offline
+/// machines are checked only when it is set).
+pub const SOCKET_ENV: &str = "ABKIT_AGENT_SOCKET";
+
+#[derive(Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    machine: MachineArgs,
+
+    /// Settings file [default: /etc/abkit/agent.toml on the running system,
+    /// if it exists; none offline]. Flags override its keys.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// The API's Unix socket (mode 0600) [default: /run/abkit/agent.sock].
+    #[arg(long, value_name = "PATH", help_heading = "API")]
+    socket: Option<PathBuf>,
+
+    /// Also serve the API over TCP with TLS on ADDR:PORT; needs --tls-cert,
+    /// --tls-key and --client-ca (clients must present a certificate).
+    #[arg(long, value_name = "ADDR", help_heading = "API")]
+    listen: Option<String>,
+
+    /// The server's certificate chain (PEM).
+    #[arg(long, value_name = "FILE", help_heading = "API")]
+    tls_cert: Option<PathBuf>,
+
+    /// The server's private key (PEM).
+    #[arg(long, value_name = "FILE", help_heading = "API")]
+    tls_key: Option<PathBuf>,
+
+    /// The operator CA (PEM): only clients with a certificate it signed
+    /// get past the TLS handshake.
+    #[arg(long, value_name = "FILE", help_heading = "API")]
+    client_ca: Option<PathBuf>,
+
+    /// Folder of trusted bundle signers (*.pub) [default: /etc/abkit/keyring].
+    #[arg(long, value_name = "DIR")]
+    keyring: Option<PathBuf>,
+
+    /// Accept plain http:// bundle URLs in POST /v1/update.
+    #[arg(long)]
+    allow_http: bool,
+
+    /// A health check: a shell command that must exit 0 (repeatable).
+    #[arg(
+        long = "health-check",
+        value_name = "CMD",
+        help_heading = "Health gate"
+    )]
+    health_check: Vec<String>,
+
+    /// Every executable in DIR is a health check [default: /etc/abkit/health.d
+    /// on the running system; none offline].
+    #[arg(long, value_name = "DIR", help_heading = "Health gate")]
+    health_dir: Option<PathBuf>,
+
+    /// A systemd unit that must be active (repeatable).
+    #[arg(
+        long = "health-unit",
+        value_name = "UNIT",
+        help_heading = "Health gate"
+    )]
+    health_unit: Vec<String>,
+
+    /// An http(s) URL that must answer 2xx (repeatable).
+    #[arg(long = "rejoin-url", value_name = "URL", help_heading = "Health gate")]
+    rejoin_url: Vec<String>,
+
+    /// Time for one check ("60s", "2m", or seconds) [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = duration, help_heading = "Health gate")]
+    health_timeout: Option<Duration>,
+
+    /// Time for all checks together [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = duration, help_heading = "Health gate")]
+    deadline: Option<Duration>,
+
+    /// Reboot with this shell command instead of reboot(2) (offline: the
+    /// only way the agent "reboots").
+    #[arg(long, value_name = "CMD", help_heading = "Health gate")]
+    reboot_command: Option<String>,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    abkit_agent::config::parse_duration(text)
+}
+
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let live = args.machine.disk.is_none();
+    let file = match &args.config {
+        Some(path) => Config::load(path)?,
+        None if live && std::path::Path::new(DEFAULT_CONFIG).exists() => {
+            Config::load(std::path::Path::new(DEFAULT_CONFIG))?
+        }
+        None => Config::default(),
+    };
+    let flags = Config {
+        socket: args.socket,
+        keyring: args.keyring,
+        reboot_command: args.reboot_command,
+        allow_http: args.allow_http.then_some(true),
+        tls: TlsConfig {
+            listen: args.listen,
+            cert: args.tls_cert,
+            key: args.tls_key,
+            client_ca: args.client_ca,
+        },
+        health: HealthConfig {
+            dir: args.health_dir,
+            commands: args.health_check,
+            units: args.health_unit,
+            rejoin: args.rejoin_url,
+            check_timeout: args.health_timeout,
+            deadline: args.deadline,
+        },
+    };
+    let settings = file.overridden_by(flags).resolve(live)?;
+    // Fail now, not at the first request, on a machine that cannot be opened.
+    drop(args.machine.open()?);
+    let machine = args.machine.clone();
+    let open: abkit_agent::OpenMachine = Arc::new(move || machine.open().map_err(Into::into));
+    abkit_agent::run(settings, open, live)?;
+    Ok(())
+}
+
+/// Refuses to go on when an agent runs: it owns the machine then (commands
+/// that change the machine go through its API). Checked on the running
+/// system's socket, or on $ABKIT_AGENT_SOCKET when set (also offline).
+pub fn refuse_if_agent_runs(machine: &MachineArgs) -> anyhow::Result<()> {
+    let socket = match std::env::var_os(SOCKET_ENV) {
+        Some(p) => PathBuf::from(p),
+        None if machine.disk.is_none() => PathBuf::from(DEFAULT_SOCKET),
+        None => return Ok(()),
+    };
+    abkit_agent::client::refuse_if_running(&socket)?;
+    Ok(())
+}
