@@ -3,43 +3,26 @@
 //! with openssl. The machine is a disk image built the factory way, as in
 //! update_cli.rs; "rebooting" runs a command that leaves a mark.
 
+mod common;
+
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-struct World {
-    dir: tempfile::TempDir,
+/// The scratch folder plus what this file's tests need.
+struct World(common::Workdir);
+
+impl std::ops::Deref for World {
+    type Target = common::Workdir;
+    fn deref(&self) -> &common::Workdir {
+        &self.0
+    }
 }
 
 impl World {
-    fn p(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn s(&self, name: &str) -> String {
-        self.p(name).to_string_lossy().into_owned()
-    }
-
-    fn abkit(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_abkit"))
-            .args(args)
-            .env_remove("ABKIT_AGENT_SOCKET")
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.abkit(args);
-        assert!(
-            out.status.success(),
-            "abkit {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     fn machine(&self, slot: &str) -> Vec<String> {
         vec![
             "--disk".into(),
@@ -324,9 +307,7 @@ impl Agent {
 /// A disk built the factory way: slot A holds X 1.0.0 from a signed bundle,
 /// and is committed.
 fn world() -> World {
-    let w = World {
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let w = World(common::Workdir::new());
     std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", w.p("vars.fd"))
         .expect("Debian's OVMF is needed: run `make deps`");
     w.ok(&["keygen", "--out", &w.s("release")]);

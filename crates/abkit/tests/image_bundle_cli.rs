@@ -3,39 +3,22 @@
 //! `image inspect` and `status` show slot A's bundle, and the engine takes
 //! over from there. Bad bundles leave no output behind.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
-struct World {
-    dir: tempfile::TempDir,
+/// The scratch folder plus what this file's tests need.
+struct World(common::Workdir);
+
+impl std::ops::Deref for World {
+    type Target = common::Workdir;
+    fn deref(&self) -> &common::Workdir {
+        &self.0
+    }
 }
 
 impl World {
-    fn p(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn s(&self, name: &str) -> String {
-        self.p(name).to_string_lossy().into_owned()
-    }
-
-    fn abkit(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_abkit"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.abkit(args);
-        assert!(
-            out.status.success(),
-            "abkit {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     /// A bundle for `compatible` whose loader and system image carry `tag`.
     fn bundle(&self, compatible: &str, version: &str, tag: u8) -> String {
         let sys = format!("sys-{compatible}-{version}.img");
@@ -102,9 +85,7 @@ impl World {
 }
 
 fn world() -> World {
-    let w = World {
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let w = World(common::Workdir::new());
     w.ok(&["keygen", "--out", "release"]);
     std::fs::create_dir(w.p("keyring")).unwrap();
     std::fs::copy(w.p("release.pub"), w.p("keyring/release.pub")).unwrap();

@@ -3,40 +3,26 @@
 //! window and the install resumes on a new connection, instead of waiting as
 //! long as the drip lasts.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-struct World {
-    dir: tempfile::TempDir,
+/// The scratch folder plus what this file's tests need.
+struct World(common::Workdir);
+
+impl std::ops::Deref for World {
+    type Target = common::Workdir;
+    fn deref(&self) -> &common::Workdir {
+        &self.0
+    }
 }
 
 impl World {
-    fn p(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn s(&self, name: &str) -> String {
-        self.p(name).to_string_lossy().into_owned()
-    }
-    fn abkit(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_abkit"))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.abkit(args);
-        assert!(
-            out.status.success(),
-            "abkit {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
     /// An offline command on the disk, slot A taken as running.
     fn on_a(&self, args: &[&str]) -> Output {
         let disk = self.s("disk.img");
@@ -49,9 +35,7 @@ impl World {
 
 /// A disk image with slot A marked good, a keyring, and a signed bundle.
 fn world() -> (World, Vec<u8>) {
-    let w = World {
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let w = World(common::Workdir::new());
     std::fs::write(w.p("x.img"), vec![b'X'; 1 << 20]).unwrap();
     let efi = abkit_disk::fixtures::tiny_efi_application(b"X");
     std::fs::write(w.p("x.efi"), efi).unwrap();
@@ -208,9 +192,7 @@ fn speed_flags_reach_the_download_and_a_dripping_server_is_resumed() {
 
 #[test]
 fn help_teaches_the_speed_flags() {
-    let w = World {
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let w = World(common::Workdir::new());
     let help = w.ok(&["install", "--help"]);
     for needle in [
         "--speed-limit <BYTES_PER_SEC>",

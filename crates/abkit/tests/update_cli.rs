@@ -2,38 +2,21 @@
 //! factory script) runs them: image built by `abkit image build`, bundles
 //! by `abkit bundle create`, the machine given with --disk/--ovmf-vars.
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::{Command, Output};
 
-struct World {
-    dir: tempfile::TempDir,
+/// The scratch folder plus what this file's tests need.
+struct World(common::Workdir);
+
+impl std::ops::Deref for World {
+    type Target = common::Workdir;
+    fn deref(&self) -> &common::Workdir {
+        &self.0
+    }
 }
 
 impl World {
-    fn p(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn s(&self, name: &str) -> String {
-        self.p(name).to_string_lossy().into_owned()
-    }
-
-    fn abkit(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_abkit"))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.abkit(args);
-        assert!(
-            out.status.success(),
-            "abkit {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     /// Runs an offline command on the disk, `slot` taken as running.
     fn on(&self, slot: &str, args: &[&str]) -> Output {
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -90,9 +73,7 @@ impl World {
 /// A disk built the factory way: slot A holds X 1.0.0 from a signed bundle
 /// and is recorded as an install records it.
 fn world() -> World {
-    let w = World {
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let w = World(common::Workdir::new());
     std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", w.p("vars.fd"))
         .expect("Debian's OVMF is needed: run `make deps`");
     w.ok(&["keygen", "--out", &w.s("release")]);
@@ -288,9 +269,7 @@ fn bad_inputs_are_named_and_change_nothing() {
 
 #[test]
 fn help_teaches_the_offline_options() {
-    let w = World {
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let w = World(common::Workdir::new());
     let help = w.ok(&["install", "--help"]);
     for needle in [
         "--keyring",
