@@ -252,7 +252,7 @@ pub fn offline_status(suite: &Suite, m: &Machine, booted: char) -> anyhow::Resul
 pub type ScenarioFn = fn(&Suite) -> anyhow::Result<Scenario<'_>>;
 
 /// Name, what it proves, and the test.
-pub const SCENARIOS: [(&str, &str, ScenarioFn); 12] = [
+pub const SCENARIOS: &[(&str, &str, ScenarioFn)] = &[
     (
         "boot",
         "the base image boots X on slot A and marks it good",
@@ -812,7 +812,11 @@ pub fn run_all(suite: &Suite, only: &[String]) -> anyhow::Result<usize> {
         ensure!(
             SCENARIOS.iter().any(|(n, _, _)| n == name),
             "unknown scenario {name:?}; known: {}",
-            SCENARIOS.map(|(n, _, _)| n).join(", ")
+            SCENARIOS
+                .iter()
+                .map(|(n, _, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     let chosen: Vec<_> = SCENARIOS
