@@ -91,6 +91,15 @@ impl<'a> Scenario<'a> {
         })
     }
 
+    /// Boots once to power off and expects `v` healthy on `slot`, committed
+    /// there: BootOrder starts with it and BootNext is unset.
+    pub fn boot_expect_committed(&mut self, v: &Variant, slot: char) -> anyhow::Result<Boot> {
+        let (b, vars) = self.boot("poweroff")?;
+        expect_healthy(&b, v, slot)?;
+        vars.expect(slot, None)?;
+        Ok(b)
+    }
+
     pub fn boot_with(&mut self, spec: BootSpec) -> anyhow::Result<(Boot, BootVars)> {
         self.boots += 1;
         let log = self.dir.join(format!("boot-{}.log", self.boots));
@@ -253,6 +262,16 @@ pub type ScenarioFn = fn(&Suite) -> anyhow::Result<Scenario<'_>>;
 
 /// Name, what it proves, and the test.
 pub const SCENARIOS: &[(&str, &str, ScenarioFn)] = &[
+    (
+        "loader-paths",
+        "one UKI as boot-a.efi, boot-b.efi, BOOTX64.EFI and stamped: file name or stamp picks the slot",
+        crate::loader_scenarios::loader_paths,
+    ),
+    (
+        "loader-bare-stub",
+        "a stub without a kernel says why and hands control back to the firmware",
+        crate::loader_scenarios::loader_bare_stub,
+    ),
     (
         "boot",
         "the base image boots X on slot A and marks it good",
@@ -458,9 +477,7 @@ fn power_cut(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
         "BootOrder changed: {order:?} -> {:?}",
         vars.boot_order
     );
-    let (b, vars) = s.boot("poweroff")?;
-    expect_healthy(&b, &Y, 'B')?;
-    vars.expect('B', None)?;
+    s.boot_expect_committed(&Y, 'B')?;
     Ok(s)
 }
 
@@ -594,9 +611,7 @@ fn power_cut_loader(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
         vars.boot_order
     );
     // The trial boot goes to B.
-    let (b, vars) = s.boot("poweroff")?;
-    expect_healthy(&b, &Y, 'B')?;
-    vars.expect('B', None)?;
+    s.boot_expect_committed(&Y, 'B')?;
     Ok(s)
 }
 
@@ -738,9 +753,7 @@ fn http_download(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
         "the server sent {served} bytes of a {size}-byte bundle"
     );
     vars.expect('A', Some('B'))?;
-    let (b, vars) = s.boot("poweroff")?;
-    expect_healthy(&b, &Y, 'B')?;
-    vars.expect('B', None)?;
+    s.boot_expect_committed(&Y, 'B')?;
     Ok(s)
 }
 
@@ -788,9 +801,7 @@ fn tampered_bundle(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
         "trial pending after a refused bundle: {st}"
     );
     // And the machine still boots X.
-    let (b, vars) = s.boot("poweroff")?;
-    expect_healthy(&b, &X, 'A')?;
-    vars.expect('A', None)?;
+    s.boot_expect_committed(&X, 'A')?;
     Ok(s)
 }
 
