@@ -367,7 +367,7 @@ pub fn loader_bare_stub(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     };
     s.boots += 1;
     let log = dir.join("boot-1.log");
-    *suite.last_log.borrow_mut() = Some(log.clone());
+    suite.set_last_log(&log);
     // (No test OS runs: the action is never read.)
     let spec = BootSpec {
         action: "poweroff".into(),
