@@ -23,6 +23,9 @@ declare -A need=(
   [/usr/bin/sbverify]=sbsigntool
   [/usr/bin/mkfs.erofs]=erofs-utils
   [/usr/sbin/mkfs.ext4]=e2fsprogs
+  # The OCI tests run a real registry (distribution 2.8) with htpasswd auth.
+  [/usr/bin/docker-registry]=docker-registry
+  [/usr/bin/htpasswd]=apache2-utils
 )
 missing=()
 for f in "${!need[@]}"; do

@@ -37,6 +37,9 @@ pub struct RetryEvent {
 
 type RetryObserver = Box<dyn FnMut(&RetryEvent) + Send>;
 
+/// Gives the `Authorization` header value for the next request, if any.
+type Authorizer = Box<dyn FnMut() -> Option<String> + Send>;
+
 /// What identifies the file on the server, from the first good response;
 /// every later response must agree so that the bytes join up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -115,6 +118,7 @@ pub struct HttpSource {
     /// A fatal error, handed out again by every later `read`.
     failure: Option<FetchError>,
     observer: Option<RetryObserver>,
+    authorizer: Option<Authorizer>,
 }
 
 impl std::fmt::Debug for HttpSource {
@@ -146,6 +150,7 @@ pub struct Opener {
     policy: RetryPolicy,
     roots: TrustRoots,
     observer: Option<RetryObserver>,
+    authorizer: Option<Authorizer>,
 }
 
 impl Opener {
@@ -165,6 +170,16 @@ impl Opener {
     /// Call `observer` before every retry (e.g. to show "retrying in 2 s").
     pub fn observe(mut self, observer: impl FnMut(&RetryEvent) + Send + 'static) -> Opener {
         self.observer = Some(Box::new(observer));
+        self
+    }
+
+    /// Call `authorizer` before every request (the first, each retry and
+    /// each resume) and send what it gives as the `Authorization` header:
+    /// a registry's bearer token, renewed when it expires (abkit-oci).
+    /// The header is never sent on after a redirect (ureq drops it), so a
+    /// registry redirecting to a storage URL does not leak the token.
+    pub fn authorize(mut self, authorizer: impl FnMut() -> Option<String> + Send + 'static) -> Opener {
+        self.authorizer = Some(Box::new(authorizer));
         self
     }
 
@@ -199,6 +214,7 @@ impl Opener {
             broken: None,
             failure: None,
             observer: self.observer,
+            authorizer: self.authorizer,
         };
         source.connect()?;
         Ok(source)
@@ -315,6 +331,9 @@ impl HttpSource {
     fn attempt(&mut self) -> Result<Metered<BodyReader<'static>>, Failure> {
         let position = self.position;
         let mut request = self.agent.get(&self.url);
+        if let Some(value) = self.authorizer.as_mut().and_then(|authorize| authorize()) {
+            request = request.header(header::AUTHORIZATION, value);
+        }
         if position > 0 {
             request = request.header(header::RANGE, format!("bytes={position}-"));
             if let Some(validator) = self.identity.as_ref().and_then(FileIdentity::if_range) {
