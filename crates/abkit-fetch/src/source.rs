@@ -178,7 +178,10 @@ impl Opener {
     /// a registry's bearer token, renewed when it expires (abkit-oci).
     /// The header is never sent on after a redirect (ureq drops it), so a
     /// registry redirecting to a storage URL does not leak the token.
-    pub fn authorize(mut self, authorizer: impl FnMut() -> Option<String> + Send + 'static) -> Opener {
+    pub fn authorize(
+        mut self,
+        authorizer: impl FnMut() -> Option<String> + Send + 'static,
+    ) -> Opener {
         self.authorizer = Some(Box::new(authorizer));
         self
     }

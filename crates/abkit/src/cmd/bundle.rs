@@ -38,6 +38,13 @@ pub enum BundleCommand {
     /// only after every payload and the end of the bundle verified: if
     /// anything fails, DIR gets nothing (and is not created).
     Extract(ExtractArgs),
+    /// Store the bundle in an OCI registry: oci://HOST[:PORT]/REPO:TAG.
+    ///
+    /// The bundle becomes an OCI artifact (media types in docs/oci.md) that
+    /// `abkit install oci://...` pulls by tag or by digest. Prints the
+    /// manifest digest (sha256:...) on standard output: pin devices to it
+    /// with oci://HOST/REPO@sha256:....
+    Push(super::bundle_push::PushArgs),
 }
 
 #[derive(Args)]
@@ -167,6 +174,7 @@ pub fn run(cmd: BundleCommand) -> anyhow::Result<()> {
     let json = match &cmd {
         BundleCommand::Verify(a) => a.json,
         BundleCommand::Inspect(a) => a.json,
+        BundleCommand::Push(a) => a.json,
         BundleCommand::Create(_) | BundleCommand::Extract(_) => false,
     };
     let result = match cmd {
@@ -174,6 +182,7 @@ pub fn run(cmd: BundleCommand) -> anyhow::Result<()> {
         BundleCommand::Verify(a) => verify(a),
         BundleCommand::Inspect(a) => inspect(a),
         BundleCommand::Extract(a) => extract(a),
+        BundleCommand::Push(a) => super::bundle_push::push(a),
     };
     if json && let Err(err) = &result {
         // Scripts asked for JSON: they get the failure as JSON on stdout too
@@ -202,7 +211,7 @@ impl std::fmt::Display for Coded {
 impl std::error::Error for Coded {}
 
 /// Adds the error's stable code, e.g. `[chunk-hash-mismatch] payload ...`.
-fn coded(err: abkit_bundle::Error) -> anyhow::Error {
+pub fn coded(err: abkit_bundle::Error) -> anyhow::Error {
     anyhow::Error::new(Coded(err))
 }
 
