@@ -144,6 +144,19 @@ pub enum TrustRoots {
     Pem(Vec<u8>),
 }
 
+impl TrustRoots {
+    /// The TLS settings that trust these roots, for another client of the
+    /// same servers (abkit-oci's registry requests); `url` names the
+    /// transfer in errors.
+    pub fn tls_config(&self, url: &str) -> Result<TlsConfig, FetchError> {
+        let mut tls = TlsConfig::builder();
+        if let TrustRoots::Pem(pem) = self {
+            tls = tls.root_certs(RootCerts::from(pem_certificates(url, pem)?));
+        }
+        Ok(tls.build())
+    }
+}
+
 /// Settings for opening an [`HttpSource`] beyond the retry policy.
 #[derive(Default)]
 pub struct Opener {
@@ -189,10 +202,7 @@ impl Opener {
     /// Start `GET url` and return once the server answered 200 with a body.
     pub fn open(self, url: &str) -> Result<HttpSource, FetchError> {
         check_url(url)?;
-        let mut tls = TlsConfig::builder();
-        if let TrustRoots::Pem(pem) = &self.roots {
-            tls = tls.root_certs(RootCerts::from(pem_certificates(url, pem)?));
-        }
+        let tls = self.roots.tls_config(url)?;
         let agent: Agent = Agent::config_builder()
             .http_status_as_error(false)
             // An https transfer never continues over plain http: a redirect
@@ -203,7 +213,7 @@ impl Opener {
             .timeout_per_write(Some(self.policy.read_timeout))
             .timeout_recv_response(Some(self.policy.read_timeout))
             .user_agent(concat!("abkit/", env!("CARGO_PKG_VERSION")))
-            .tls_config(tls.build())
+            .tls_config(tls)
             .build()
             .into();
         let mut source = HttpSource {

@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 
-use abkit_fetch::{RetryPolicy, is_retryable_status};
+use abkit_fetch::{RetryPolicy, TrustRoots, is_retryable_status};
 use ureq::http::{Method, Request, Response, header};
 use ureq::{Agent, Body, SendBody};
 
@@ -29,6 +29,10 @@ pub struct RegistryOptions {
     /// Timeouts and the retry budget (the blob download uses all of it,
     /// with resume; API requests retry within the same budget).
     pub policy: RetryPolicy,
+    /// The certificate authorities the registry's https must chain to
+    /// (`--registry-ca`; default: the built-in Mozilla roots). Also for the
+    /// blob download and the token service.
+    pub roots: TrustRoots,
 }
 
 impl RegistryOptions {
@@ -97,6 +101,8 @@ impl Registry {
             );
         }
         let policy = &options.policy;
+        let base = format!("{scheme}://{}", reference.registry);
+        let tls = options.roots.tls_config(&base)?;
         let agent: Agent = Agent::config_builder()
             .http_status_as_error(false)
             .https_only(!options.insecure)
@@ -105,6 +111,7 @@ impl Registry {
             .timeout_per_write(Some(policy.read_timeout))
             .timeout_recv_response(Some(policy.read_timeout))
             .user_agent(concat!("abkit/", env!("CARGO_PKG_VERSION")))
+            .tls_config(tls)
             .build()
             .into();
         let scope = format!(
@@ -114,7 +121,7 @@ impl Registry {
         );
         Ok(Registry {
             agent,
-            base: format!("{scheme}://{}", reference.registry),
+            base,
             reference: reference.clone(),
             auth: Arc::new(Mutex::new(Auth::new(
                 &reference.registry,
@@ -186,16 +193,33 @@ impl Registry {
                 .run(request.body(SendBody::from_reader(reader)).map_err(bad)?),
         };
         sent.map_err(|e| {
-            let problem = match e {
-                ureq::Error::RequireHttpsOnly(to) => {
-                    format!("refused to follow a redirect to plain http: {to}")
+            let method = method_name(method);
+            let url = url.to_owned();
+            match e {
+                // A certificate or handshake refusal: retrying will not
+                // change it (abkit-fetch classifies it the same way).
+                ureq::Error::Tls(_) | ureq::Error::Rustls(_) => OciError::Tls {
+                    method,
+                    url,
+                    problem: e.to_string(),
+                },
+                ureq::Error::Io(ref io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                    OciError::Tls {
+                        method,
+                        url,
+                        problem: e.to_string(),
+                    }
                 }
-                other => other.to_string(),
-            };
-            OciError::Connection {
-                method: method_name(method),
-                url: url.to_owned(),
-                problem,
+                ureq::Error::RequireHttpsOnly(to) => OciError::Tls {
+                    method,
+                    url,
+                    problem: format!("refused to follow a redirect to plain http: {to}"),
+                },
+                other => OciError::Connection {
+                    method,
+                    url,
+                    problem: other.to_string(),
+                },
             }
         })
     }

@@ -79,6 +79,15 @@ pub enum OciError {
         problem: String,
     },
 
+    /// TLS refused the registry (unknown issuer, wrong name, handshake) or
+    /// a redirect would have left https: not retried.
+    #[error("{method} {url}: TLS: {problem}")]
+    Tls {
+        method: &'static str,
+        url: String,
+        problem: String,
+    },
+
     /// The registry answered with something this client cannot use.
     #[error("{method} {url}: {problem}")]
     Protocol {
@@ -117,6 +126,7 @@ impl OciError {
             OciError::NotABundle { .. } => "oci-not-a-bundle",
             OciError::Registry { .. } => "oci-registry",
             OciError::Connection { .. } => "oci-connection",
+            OciError::Tls { .. } => "oci-tls",
             OciError::Protocol { .. } => "oci-protocol",
             OciError::Credentials { .. } => "oci-credentials",
             OciError::Fetch(_) => "fetch",

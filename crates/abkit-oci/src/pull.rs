@@ -111,7 +111,7 @@ pub fn open_bundle(
     let url = registry.url(&format!("blobs/{}", artifact.bundle.digest));
     let auth = registry.auth.clone();
     let agent = registry.agent.clone();
-    let opener = opener.authorize(move || {
+    let opener = opener.trust(options.roots.clone()).authorize(move || {
         let mut auth = auth.lock().unwrap_or_else(PoisonError::into_inner);
         auth.header(&agent).unwrap_or_else(|e| {
             log::warn!("cannot renew the registry token: {e}");

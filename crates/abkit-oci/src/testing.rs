@@ -46,8 +46,18 @@ pub fn free_port() -> u16 {
 }
 
 impl TestRegistry {
-    /// Starts a registry and waits until it accepts connections.
+    /// Starts a plain-http registry and waits until it accepts connections.
     pub fn start(auth: TestAuth) -> TestRegistry {
+        TestRegistry::start_with(auth, false)
+    }
+
+    /// Starts a registry serving https with a certificate for 127.0.0.1
+    /// signed by a CA made for it ([`TestRegistry::ca_pem`]).
+    pub fn start_tls(auth: TestAuth) -> TestRegistry {
+        TestRegistry::start_with(auth, true)
+    }
+
+    fn start_with(auth: TestAuth, tls: bool) -> TestRegistry {
         assert!(
             Path::new(REGISTRY_BIN).exists(),
             "{REGISTRY_BIN} is missing: the OCI tests need a real registry. Install Debian's \
@@ -56,7 +66,7 @@ impl TestRegistry {
         let mut tries = 0;
         loop {
             tries += 1;
-            let mut registry = TestRegistry::spawn(&auth);
+            let mut registry = TestRegistry::spawn(&auth, tls);
             if registry.wait_ready() {
                 return registry;
             }
@@ -65,8 +75,18 @@ impl TestRegistry {
         }
     }
 
-    fn spawn(auth: &TestAuth) -> TestRegistry {
+    fn spawn(auth: &TestAuth, tls: bool) -> TestRegistry {
         let dir = tempfile::tempdir().expect("temporary folder");
+        let tls_section = if tls {
+            make_certificates(dir.path());
+            format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                dir.path().join("server.crt").display(),
+                dir.path().join("server.key").display()
+            )
+        } else {
+            String::new()
+        };
         let storage = dir.path().join("storage");
         std::fs::create_dir(&storage).expect("storage folder");
         let auth_section = match auth {
@@ -107,7 +127,7 @@ impl TestRegistry {
             format!(
                 "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-                 http:\n  addr: {addr}\n{auth_section}",
+                 http:\n  addr: {addr}\n{tls_section}{auth_section}",
                 storage.display()
             ),
         )
@@ -140,6 +160,11 @@ impl TestRegistry {
         false
     }
 
+    /// The PEM of the CA that signed an https registry's certificate.
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("ca.crt")).expect("an https test registry")
+    }
+
     /// The registry's log (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
@@ -164,6 +189,83 @@ impl TestRegistry {
     pub fn reference(&self, rest: &str) -> String {
         format!("oci://{}/{rest}", self.addr)
     }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("openssl cannot run ({e}): install Debian's openssl (`make deps`)")
+        });
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+}
+
+/// A CA (`ca.crt`) and a server certificate for IP 127.0.0.1 signed by it
+/// (`server.crt`, `server.key`): rustls refuses a CA certificate used as
+/// the server's own.
+fn make_certificates(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=abkit test registry CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(dir, &ca);
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(dir, &csr);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("write ext.cnf");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
 }
 
 impl Drop for TestRegistry {

@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use abkit_fetch::{Opener, RetryPolicy};
+use abkit_fetch::{Opener, RetryPolicy, TrustRoots};
 use abkit_oci::testing::{TestAuth, TestRegistry};
 use abkit_oci::{
     Credentials, OciError, PushOptions, PushReport, Reference, RegistryOptions, open_bundle,
@@ -222,8 +222,34 @@ fn https_is_the_default_and_a_plain_http_registry_is_not_reached_without_the_fla
         ..insecure()
     };
     let err = pull(&registry.reference("os:1"), &options).unwrap_err();
-    assert_eq!(err.code(), "oci-connection", "{err}");
+    assert_eq!(err.code(), "oci-tls", "{err}");
     assert!(err.to_string().contains("https://127.0.0.1"), "{err}");
+}
+
+#[test]
+fn an_https_registry_is_trusted_only_through_its_ca() {
+    let registry = TestRegistry::start_tls(TestAuth::Basic {
+        user: "builder".into(),
+        password: "tls".into(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (path, bytes) = file(dir.path(), "os.abb", 500_000, 7);
+    let tag = registry.reference("os:1");
+    let tls = |roots: TrustRoots| RegistryOptions {
+        insecure: false,
+        roots,
+        ..with_credentials("builder", "tls")
+    };
+    // The built-in roots do not know the test CA: refused, not retried.
+    let err = push(&tag, &tls(TrustRoots::Builtin), &path, None).unwrap_err();
+    assert_eq!(err.code(), "oci-tls", "{err}");
+    assert!(err.to_string().contains("https://"), "{err}");
+    let trusted = tls(TrustRoots::Pem(registry.ca_pem()));
+    let report = push(&tag, &trusted, &path, None).unwrap();
+    let (_, pulled) = pull(&report.pinned, &trusted).unwrap();
+    assert!(pulled == bytes);
+    // --insecure-registry means plain http, which this registry does not speak.
+    assert!(pull(&tag, &with_credentials("builder", "tls")).is_err());
 }
 
 #[test]

@@ -625,7 +625,7 @@ fn a_registry_refusal_of_any_kind_changes_nothing_on_the_machine() {
     assert_eq!(err["error"]["code"], "oci-bad-reference", "{err}");
     // https unless asked otherwise: this registry speaks plain http.
     let err = install(&pinned, &[]);
-    assert_eq!(err["error"]["code"], "oci-connection", "{err}");
+    assert_eq!(err["error"]["code"], "oci-tls", "{err}");
     assert!(snapshot() == before, "a refused source changed the machine");
 
     // The blob changed behind the registry's back: the bundle's own
@@ -660,9 +660,9 @@ fn a_registry_refusal_of_any_kind_changes_nothing_on_the_machine() {
 }
 
 #[test]
-fn a_registry_with_basic_auth_needs_the_credentials_for_push_and_install() {
+fn an_https_registry_with_basic_auth_needs_its_ca_and_the_credentials() {
     use abkit_oci::testing::{TestAuth, TestRegistry};
-    let registry = TestRegistry::start(TestAuth::Basic {
+    let registry = TestRegistry::start_tls(TestAuth::Basic {
         user: "fleet".into(),
         password: "pa55 word".into(),
     });
@@ -671,6 +671,7 @@ fn a_registry_with_basic_auth_needs_the_credentials_for_push_and_install() {
     let y = w.bundle("1.1.0", b'Y');
     let tag = registry.reference("demo/os:1.1.0");
     std::fs::write(w.p("empty-auth.json"), "{}").unwrap();
+    std::fs::write(w.p("registry-ca.pem"), registry.ca_pem()).unwrap();
     let no_files = ["--registry-auth-file", "empty-auth.json"];
 
     let out = w.abkit(&[
@@ -678,7 +679,8 @@ fn a_registry_with_basic_auth_needs_the_credentials_for_push_and_install() {
         "push",
         &y,
         &tag,
-        "--insecure-registry",
+        "--registry-ca",
+        "registry-ca.pem",
         "--json",
         no_files[0],
         no_files[1],
@@ -694,7 +696,8 @@ fn a_registry_with_basic_auth_needs_the_credentials_for_push_and_install() {
             "push",
             &y,
             &tag,
-            "--insecure-registry",
+            "--registry-ca",
+            "registry-ca.pem",
             "--registry-user",
             "fleet",
         ])
@@ -715,12 +718,16 @@ fn a_registry_with_basic_auth_needs_the_credentials_for_push_and_install() {
             &tag,
             "--keyring",
             &keyring,
-            "--insecure-registry",
+            "--registry-ca",
+            "registry-ca.pem",
             "--json",
         ];
         args.extend(extra);
         w.on("a", &args)
     };
+    // The public roots do not vouch for this registry.
+    let out = w.on("a", &["install", &tag, "--keyring", &keyring, "--json"]);
+    assert_eq!(lines(&out).last().unwrap()["error"]["code"], "oci-tls");
     let out = install(&no_files);
     assert_eq!(
         lines(&out).last().unwrap()["error"]["code"],

@@ -39,6 +39,11 @@ pub struct RegistryArgs {
     /// registry.
     #[arg(long, value_name = "FILE", help_heading = "Registry (oci:// source)")]
     pub registry_auth_file: Option<PathBuf>,
+
+    /// Trust only the certificate authorities in this PEM file for the
+    /// registry's https (a private CA) instead of the built-in public roots.
+    #[arg(long, value_name = "FILE", help_heading = "Registry (oci:// source)")]
+    pub registry_ca: Option<PathBuf>,
 }
 
 impl RegistryArgs {
@@ -75,11 +80,19 @@ impl RegistryArgs {
             ),
             (None, _) => None,
         };
+        let roots = match &self.registry_ca {
+            Some(file) => abkit_fetch::TrustRoots::Pem(
+                std::fs::read(file)
+                    .with_context(|| format!("cannot read --registry-ca {}", file.display()))?,
+            ),
+            None => abkit_fetch::TrustRoots::Builtin,
+        };
         Ok(abkit_oci::RegistryOptions {
             insecure: self.insecure_registry,
             credentials,
             auth_file: self.registry_auth_file.clone(),
             policy: policy.clone(),
+            roots,
         })
     }
 }
