@@ -535,6 +535,19 @@ fn install_pulls_a_pushed_bundle_from_a_registry_by_tag_and_by_digest() {
         &w.s("y"),
     ]);
     let system = std::fs::read(w.p("y/system")).unwrap();
+    // The bundle reading commands take the registry too.
+    let pinned = registry.reference(&format!("demo/os@{digest}"));
+    let verified: serde_json::Value = serde_json::from_str(&w.ok(&[
+        "bundle",
+        "verify",
+        &pinned,
+        "--keyring",
+        &w.s("keyring"),
+        "--insecure-registry",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(verified["version"], "1.1.0", "{verified}");
 
     for source in [
         tag.clone(),
