@@ -22,7 +22,8 @@ use crate::{Digest, OciError, Reference};
 #[derive(Debug, Clone, Default)]
 pub struct PushOptions {
     /// Upload the bundle in chunks of this many bytes (`PATCH`), resuming a
-    /// chunk that failed where the registry says the upload stands; `None`
+    /// chunk that failed where the registry says the upload stands (or
+    /// from the start in a new session, if the registry dropped it); `None`
     /// uploads it in one `PUT` (some proxies limit request bodies: then use
     /// chunks).
     pub chunk_size: Option<u64>,
@@ -325,7 +326,17 @@ fn upload_file(
             wait.as_secs_f64()
         );
         thread::sleep(wait);
-        (location, offset) = upload_status(registry, &location)?;
+        (location, offset) = match upload_status(registry, &location) {
+            Ok(standing) => standing,
+            // The registry dropped the session (distribution refuses one
+            // whose stored length no longer matches its state after a body
+            // broke off): start a new one from the first byte.
+            Err(OciError::NotFound { detail, .. }) => {
+                log::warn!("the registry dropped the upload session{detail}; starting over");
+                (start_upload(registry)?.0, 0)
+            }
+            Err(e) => return Err(e),
+        };
     }
     let url = with_query(&location, "digest", digest.as_str());
     let response = registry.call(

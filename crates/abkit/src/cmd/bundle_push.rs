@@ -27,9 +27,9 @@ pub struct PushArgs {
     reference: String,
 
     /// Upload in chunks of this many bytes (PATCH requests; a chunk that
-    /// fails is resent from where the registry says the upload stands)
-    /// instead of one PUT. For proxies that limit request bodies and for
-    /// flaky links.
+    /// fails is resent from where the registry says the upload stands, or
+    /// the upload starts over if the registry dropped it) instead of one
+    /// PUT. For proxies that limit request bodies.
     #[arg(long, value_name = "BYTES")]
     chunk_size: Option<u64>,
 
