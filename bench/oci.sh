@@ -106,10 +106,14 @@ run() {
 TAG=oci://$REG/bench/os:1.0.0
 # The first push uploads; later ones find the blob: push to a new
 # repository each run so every run uploads.
-N=0
-push() { N=$((N + 1)); "$ABKIT" bundle push "$WORK/bundle.abb" "oci://$REG/bench/p$N:1" --insecure-registry "$@"; }
-run push push
-run "push --chunk-size 16M" push --chunk-size $((16 << 20))
+cat >"$WORK/push.sh" <<EOF
+#!/bin/sh
+n=\$(( \$(cat "$WORK/pushes" 2>/dev/null || echo 0) + 1 ))
+echo \$n >"$WORK/pushes"
+exec "$ABKIT" bundle push "$WORK/bundle.abb" "oci://$REG/bench/p\$n:1" --insecure-registry "\$@"
+EOF
+run push sh "$WORK/push.sh"
+run "push --chunk-size 16M" sh "$WORK/push.sh" --chunk-size $((16 << 20))
 "$ABKIT" bundle push "$WORK/bundle.abb" "$TAG" --insecure-registry >/dev/null
 BLOB=$(curl -s -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$REG/v2/bench/os/manifests/1.0.0" |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][0]["digest"])')
