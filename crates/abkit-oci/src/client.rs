@@ -342,6 +342,13 @@ impl Registry {
     }
 }
 
+/// The spec's header with the digest of what a response carries or stored.
+pub(crate) const CONTENT_DIGEST: header::HeaderName =
+    header::HeaderName::from_static("docker-content-digest");
+/// The spec's header with a registry's smallest upload chunk.
+pub(crate) const CHUNK_MIN_LENGTH: header::HeaderName =
+    header::HeaderName::from_static("oci-chunk-min-length");
+
 pub(crate) fn method_name(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",

@@ -11,7 +11,7 @@ use abkit_fetch::Opener;
 use sha2::{Digest as _, Sha256};
 use ureq::http::Method;
 
-use crate::client::{Payload, Registry, RegistryOptions, header_text};
+use crate::client::{CONTENT_DIGEST, Payload, Registry, RegistryOptions, header_text};
 use crate::manifest::{Descriptor, MANIFEST_MEDIA_TYPE, MAX_MANIFEST_SIZE, Manifest};
 use crate::{Digest, OciError, Reference};
 
@@ -45,7 +45,7 @@ pub fn resolve(registry: &Registry) -> Result<Artifact, OciError> {
         };
         return Err(registry.failure(Method::GET, &url, response, what));
     }
-    let announced = header_text(&response, "docker-content-digest".try_into().unwrap());
+    let announced = header_text(&response, CONTENT_DIGEST);
     let content_type = header_text(&response, ureq::http::header::CONTENT_TYPE);
     let bytes = response
         .into_body()

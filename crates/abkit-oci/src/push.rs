@@ -12,7 +12,9 @@ use std::thread;
 use sha2::{Digest as _, Sha256};
 use ureq::http::{Method, header};
 
-use crate::client::{Payload, Registry, RegistryOptions, header_text};
+use crate::client::{
+    CHUNK_MIN_LENGTH, CONTENT_DIGEST, Payload, Registry, RegistryOptions, header_text,
+};
 use crate::manifest::{
     BUNDLE_MEDIA_TYPE, Descriptor, EMPTY_CONFIG, MANIFEST_MEDIA_TYPE, Manifest, TITLE_ANNOTATION,
 };
@@ -159,7 +161,7 @@ pub fn push_bundle(
     if response.status().as_u16() != 201 {
         return Err(registry.failure(Method::PUT, &url, response, "repository"));
     }
-    if let Some(announced) = header_text(&response, "docker-content-digest".try_into().unwrap())
+    if let Some(announced) = header_text(&response, CONTENT_DIGEST)
         && announced != manifest_digest.as_str()
     {
         return Err(OciError::DigestMismatch {
@@ -208,8 +210,7 @@ fn start_upload(registry: &Registry) -> Result<(String, Option<u64>), OciError> 
         return Err(registry.failure(Method::POST, &url, response, "repository"));
     }
     let location = next_location(registry, &url, &response)?;
-    let min_chunk = header_text(&response, "oci-chunk-min-length".try_into().unwrap())
-        .and_then(|v| v.parse().ok());
+    let min_chunk = header_text(&response, CHUNK_MIN_LENGTH).and_then(|v| v.parse().ok());
     Ok((location, min_chunk))
 }
 
