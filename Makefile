@@ -25,7 +25,7 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 
 .PHONY: all help deps build test lint unit demo clean \
 	stub lint-loader e2e-bins vm-e2e stub-next-to-abkit install \
-	bench bench-image bench-bundle bench-install bench-agent fuzz-bundle
+	bench bench-image bench-bundle bench-install bench-agent bench-oci fuzz-bundle
 
 ## all: the same as build
 all: build
@@ -98,7 +98,7 @@ install: build
 	test -e $(DESTDIR)/etc/abkit/agent.toml || install -m 0644 dist/agent.toml $(DESTDIR)/etc/abkit/agent.toml
 
 ## bench: every benchmark (prints tables; not part of make test)
-bench: bench-image bench-bundle bench-install bench-agent
+bench: bench-image bench-bundle bench-install bench-agent bench-oci
 
 ## bench-image: time `abkit image build` against cp --sparse=always (not part of test)
 bench-image: deps
@@ -115,6 +115,10 @@ bench-install: deps
 ## bench-agent: the idle agent's RSS, CPU and wake-ups over 30 s (not part of test)
 bench-agent: deps
 	bash bench/agent.sh
+
+## bench-oci: bundle push and install through a registry vs a file and plain HTTP (512 MiB)
+bench-oci: deps
+	bash bench/oci.sh
 
 ## fuzz-bundle: run both bundle fuzz targets, FUZZ_SECONDS each (default 300; nightly cargo-fuzz)
 fuzz-bundle: deps

@@ -23,6 +23,9 @@ declare -A need=(
   [/usr/bin/sbverify]=sbsigntool
   [/usr/bin/mkfs.erofs]=erofs-utils
   [/usr/sbin/mkfs.ext4]=e2fsprogs
+  # The OCI tests run a real registry (distribution 2.8) with htpasswd auth.
+  [/usr/bin/docker-registry]=docker-registry
+  [/usr/bin/htpasswd]=apache2-utils
 )
 missing=()
 for f in "${!need[@]}"; do
@@ -33,6 +36,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian's docker-registry package starts a registry on :5000 (all
+  # addresses) under systemd; the tests start their own on 127.0.0.1, so a
+  # registry we just installed is not left serving.
+  if [[ " ${missing[*]} " == *" docker-registry "* ]] && command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+  fi
 fi
 
 # virt-fw-vars: an independent reader of OVMF VARS files, used to cross-check ours.

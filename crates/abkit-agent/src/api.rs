@@ -138,10 +138,11 @@ fn update(agent: &Arc<Agent>, body: &[u8]) -> Response {
     Response::json(202, json!({"operation": id}))
 }
 
-/// An https URL, an http one only when allowed, or an absolute path to
+/// An https URL, an http one only when allowed, a registry reference
+/// (`oci://`, always over https: docs/oci.md), or an absolute path to
 /// something that exists.
 fn check_source(source: &str, allow_http: bool) -> Result<(), (&'static str, String)> {
-    if source.starts_with("https://") {
+    if source.starts_with("https://") || source.starts_with("oci://") {
         return Ok(());
     }
     if source.starts_with("http://") {
@@ -157,7 +158,7 @@ fn check_source(source: &str, allow_http: bool) -> Result<(), (&'static str, Str
     if source.contains("://") {
         return Err((
             "bad-source",
-            format!("{source:?}: only https:// URLs and absolute paths"),
+            format!("{source:?}: only https:// URLs, oci:// references and absolute paths"),
         ));
     }
     let path = Path::new(source);
@@ -216,6 +217,7 @@ mod tests {
     #[test]
     fn sources_are_https_urls_or_existing_absolute_paths() {
         assert!(check_source("https://u/x.abb", false).is_ok());
+        assert!(check_source("oci://registry.example/os:1.2.0", false).is_ok());
         assert_eq!(
             check_source("http://u/x.abb", false).unwrap_err().0,
             "insecure-source"

@@ -7,6 +7,8 @@ mod error;
 mod policy;
 mod source;
 mod speed;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::FetchError;
 pub use policy::RetryPolicy;

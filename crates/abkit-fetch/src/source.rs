@@ -37,6 +37,9 @@ pub struct RetryEvent {
 
 type RetryObserver = Box<dyn FnMut(&RetryEvent) + Send>;
 
+/// Gives the `Authorization` header value for the next request, if any.
+type Authorizer = Box<dyn FnMut() -> Option<String> + Send>;
+
 /// What identifies the file on the server, from the first good response;
 /// every later response must agree so that the bytes join up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -115,6 +118,7 @@ pub struct HttpSource {
     /// A fatal error, handed out again by every later `read`.
     failure: Option<FetchError>,
     observer: Option<RetryObserver>,
+    authorizer: Option<Authorizer>,
 }
 
 impl std::fmt::Debug for HttpSource {
@@ -140,12 +144,26 @@ pub enum TrustRoots {
     Pem(Vec<u8>),
 }
 
+impl TrustRoots {
+    /// The TLS settings that trust these roots, for another client of the
+    /// same servers (abkit-oci's registry requests); `url` names the
+    /// transfer in errors.
+    pub fn tls_config(&self, url: &str) -> Result<TlsConfig, FetchError> {
+        let mut tls = TlsConfig::builder();
+        if let TrustRoots::Pem(pem) = self {
+            tls = tls.root_certs(RootCerts::from(pem_certificates(url, pem)?));
+        }
+        Ok(tls.build())
+    }
+}
+
 /// Settings for opening an [`HttpSource`] beyond the retry policy.
 #[derive(Default)]
 pub struct Opener {
     policy: RetryPolicy,
     roots: TrustRoots,
     observer: Option<RetryObserver>,
+    authorizer: Option<Authorizer>,
 }
 
 impl Opener {
@@ -168,13 +186,23 @@ impl Opener {
         self
     }
 
+    /// Call `authorizer` before every request (the first, each retry and
+    /// each resume) and send what it gives as the `Authorization` header:
+    /// a registry's bearer token, renewed when it expires (abkit-oci).
+    /// The header is never sent on after a redirect (ureq drops it), so a
+    /// registry redirecting to a storage URL does not leak the token.
+    pub fn authorize(
+        mut self,
+        authorizer: impl FnMut() -> Option<String> + Send + 'static,
+    ) -> Opener {
+        self.authorizer = Some(Box::new(authorizer));
+        self
+    }
+
     /// Start `GET url` and return once the server answered 200 with a body.
     pub fn open(self, url: &str) -> Result<HttpSource, FetchError> {
         check_url(url)?;
-        let mut tls = TlsConfig::builder();
-        if let TrustRoots::Pem(pem) = &self.roots {
-            tls = tls.root_certs(RootCerts::from(pem_certificates(url, pem)?));
-        }
+        let tls = self.roots.tls_config(url)?;
         let agent: Agent = Agent::config_builder()
             .http_status_as_error(false)
             // An https transfer never continues over plain http: a redirect
@@ -185,7 +213,7 @@ impl Opener {
             .timeout_per_write(Some(self.policy.read_timeout))
             .timeout_recv_response(Some(self.policy.read_timeout))
             .user_agent(concat!("abkit/", env!("CARGO_PKG_VERSION")))
-            .tls_config(tls.build())
+            .tls_config(tls)
             .build()
             .into();
         let mut source = HttpSource {
@@ -199,6 +227,7 @@ impl Opener {
             broken: None,
             failure: None,
             observer: self.observer,
+            authorizer: self.authorizer,
         };
         source.connect()?;
         Ok(source)
@@ -315,6 +344,9 @@ impl HttpSource {
     fn attempt(&mut self) -> Result<Metered<BodyReader<'static>>, Failure> {
         let position = self.position;
         let mut request = self.agent.get(&self.url);
+        if let Some(value) = self.authorizer.as_mut().and_then(|authorize| authorize()) {
+            request = request.header(header::AUTHORIZATION, value);
+        }
         if position > 0 {
             request = request.header(header::RANGE, format!("bytes={position}-"));
             if let Some(validator) = self.identity.as_ref().and_then(FileIdentity::if_range) {

@@ -73,7 +73,8 @@ fn plain_download_is_one_request_with_the_exact_bytes() {
         [Seen {
             target: "/x.abb".into(),
             range: None,
-            if_range: None
+            if_range: None,
+            authorization: None,
         }]
     );
     // After the end, reads keep returning 0 and make no request.
@@ -160,6 +161,33 @@ fn retry_after_is_capped_by_the_policy() {
     let (got, _) = read_all(&mut source);
     assert_same_bytes(&got, &served.bytes);
     assert_eq!(server.requests(), 2);
+}
+
+#[test]
+fn the_authorizer_is_asked_before_every_request_and_resumes_carry_its_answer() {
+    // A registry's token renewed between attempts (abkit-oci): each request,
+    // resumes included, carries the value the authorizer gave just before.
+    let served = file();
+    let script = vec![Step::CutAfter(100_000), Step::CutAfter(200_000)];
+    let server = TestServer::start(served.clone(), script, Step::Serve);
+    let mut asked = 0;
+    let mut source = Opener::new(&fast_policy(4))
+        .authorize(move || {
+            asked += 1;
+            Some(format!("Bearer token-{asked}"))
+        })
+        .open(&server.url("/x.abb"))
+        .unwrap();
+    let (got, error) = read_all(&mut source);
+    assert!(error.is_none(), "{error:?}");
+    assert_same_bytes(&got, &served.bytes);
+    let sent: Vec<Option<String>> = server
+        .seen()
+        .iter()
+        .map(|s| s.authorization.clone())
+        .collect();
+    let want: Vec<Option<String>> = (1..=3).map(|i| Some(format!("Bearer token-{i}"))).collect();
+    assert_eq!(sent, want);
 }
 
 #[test]

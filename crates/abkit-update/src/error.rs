@@ -72,6 +72,8 @@ pub enum UpdateError {
     NoBootDisk(String),
     #[error(transparent)]
     Fetch(#[from] abkit_fetch::FetchError),
+    #[error(transparent)]
+    Oci(#[from] abkit_oci::OciError),
     #[error("{0}")]
     Policy(String),
     #[error("refusing to commit slot {slot}: {reason}")]
@@ -127,6 +129,7 @@ impl UpdateError {
             UpdateError::UnknownRunningSlot(_) => "unknown-running-slot",
             UpdateError::NoBootDisk(_) => "no-boot-disk",
             UpdateError::Fetch(_) => "fetch",
+            UpdateError::Oci(e) => e.code(),
             UpdateError::Policy(_) => "boot-policy",
             UpdateError::NotCommittable { .. } => "not-committable",
             UpdateError::Locked { .. } => "locked",

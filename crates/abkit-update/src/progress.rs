@@ -28,6 +28,8 @@ pub enum Step {
     BootNext,
     /// Creating a bundle: hashing and writing its payloads (`abkit bundle create`).
     CreateBundle,
+    /// Uploading a bundle to an OCI registry (`abkit bundle push`).
+    PushBundle,
 }
 
 /// Something worth telling the user.

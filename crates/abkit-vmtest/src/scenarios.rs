@@ -365,6 +365,11 @@ pub const SCENARIOS: &[(&str, &str, ScenarioFn)] = &[
         "a flipped byte in Y's filesystem or tree fails its trial; X boots, untouched",
         crate::root_scenarios::root_tamper,
     ),
+    (
+        "oci-install",
+        "X installs Y pulled by digest from a registry on the host",
+        crate::oci_scenarios::oci_install,
+    ),
 ];
 
 fn boot_base(suite: &Suite) -> anyhow::Result<Scenario<'_>> {

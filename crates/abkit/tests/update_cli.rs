@@ -479,3 +479,301 @@ fn a_killed_install_leaves_no_lock_behind() {
     );
     assert_eq!(w.status("a")["trial_pending"], true);
 }
+
+/// `abkit bundle push` to a real registry (Debian's docker-registry, plain
+/// http on 127.0.0.1); returns the manifest digest it printed.
+fn push_to(w: &World, bundle: &str, reference: &str, extra: &[&str]) -> String {
+    let mut args = vec!["bundle", "push", bundle, reference, "--insecure-registry"];
+    args.extend(extra);
+    let out = w.ok(&args);
+    let digest = out.trim().to_owned();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "push prints the manifest digest: {out:?}"
+    );
+    digest
+}
+
+/// The bytes of slot B's partition, as long as `len`.
+fn slot_b_bytes(w: &World, len: usize) -> Vec<u8> {
+    let inspect: serde_json::Value =
+        serde_json::from_str(&w.ok(&["image", "inspect", &w.s("disk.img"), "--json"])).unwrap();
+    let part = inspect["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str().unwrap_or("").ends_with("SYSTEM-B"))
+        .unwrap_or_else(|| panic!("no slot B in {inspect}"));
+    let offset = part["first_lba"].as_u64().unwrap() * 512;
+    let disk = std::fs::read(w.p("disk.img")).unwrap();
+    disk[offset as usize..offset as usize + len].to_vec()
+}
+
+#[test]
+fn install_pulls_a_pushed_bundle_from_a_registry_by_tag_and_by_digest() {
+    use abkit_oci::testing::{TestAuth, TestRegistry};
+    let registry = TestRegistry::start(TestAuth::None);
+    let w = world();
+    w.on("a", &["mark-good"]);
+    let y = w.bundle("1.1.0", b'Y');
+    let tag = registry.reference("demo/os:1.1.0");
+    let digest = push_to(&w, &y, &tag, &[]);
+    // --json says the same, and a second push uploads nothing new.
+    let json: serde_json::Value =
+        serde_json::from_str(&w.ok(&["bundle", "push", &y, &tag, "--insecure-registry", "--json"]))
+            .unwrap();
+    assert_eq!(json["ok"], true);
+    assert_eq!(json["manifest_digest"], digest.as_str());
+    assert_eq!(json["uploaded"], false);
+    w.ok(&[
+        "bundle",
+        "extract",
+        &y,
+        "--keyring",
+        &w.s("keyring"),
+        "--out",
+        &w.s("y"),
+    ]);
+    let system = std::fs::read(w.p("y/system")).unwrap();
+    // The bundle reading commands take the registry too.
+    let pinned = registry.reference(&format!("demo/os@{digest}"));
+    let verified: serde_json::Value = serde_json::from_str(&w.ok(&[
+        "bundle",
+        "verify",
+        &pinned,
+        "--keyring",
+        &w.s("keyring"),
+        "--insecure-registry",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(verified["version"], "1.1.0", "{verified}");
+
+    for source in [
+        tag.clone(),
+        registry.reference(&format!("demo/os@{digest}")),
+    ] {
+        let out = w.on(
+            "a",
+            &[
+                "install",
+                &source,
+                "--keyring",
+                &w.s("keyring"),
+                "--insecure-registry",
+                "--json",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{source}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let done = lines(&out).into_iter().last().unwrap();
+        assert_eq!(done["event"], "done", "{done}");
+        assert_eq!(done["report"]["version"], "1.1.0");
+        assert!(
+            slot_b_bytes(&w, system.len()) == system,
+            "{source}: slot B differs from the bundle's system image"
+        );
+        let st = w.status("a");
+        assert_eq!(st["trial_pending"], true);
+        assert_eq!(st["slots"]["B"]["version"], "1.1.0");
+    }
+}
+
+#[test]
+fn a_registry_refusal_of_any_kind_changes_nothing_on_the_machine() {
+    use abkit_oci::testing::{TestAuth, TestRegistry};
+    let registry = TestRegistry::start(TestAuth::None);
+    let w = world();
+    w.on("a", &["mark-good"]);
+    let y = w.bundle("1.1.0", b'Y');
+    let digest = push_to(
+        &w,
+        &y,
+        &registry.reference("demo/os:1.1.0"),
+        &["--chunk-size", "65536"],
+    );
+    let snapshot = || {
+        (
+            std::fs::read(w.p("disk.img")).unwrap(),
+            std::fs::read(w.p("vars.fd")).unwrap(),
+        )
+    };
+    let before = snapshot();
+    let keyring = w.s("keyring");
+    let install = |source: &str, extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["install", source, "--keyring", &keyring, "--json"];
+        args.extend(extra);
+        let out = w.on("a", &args);
+        assert!(!out.status.success(), "{source} installed");
+        lines(&out).into_iter().last().unwrap()
+    };
+    let insecure = ["--insecure-registry"];
+
+    // The registry serves another manifest under the digest asked for.
+    let manifest = registry.blob_file(&digest);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("1.1.0", "9.9.9")).unwrap();
+    let pinned = registry.reference(&format!("demo/os@{digest}"));
+    let err = install(&pinned, &insecure);
+    assert_eq!(err["error"]["code"], "oci-digest-mismatch", "{err}");
+    assert!(
+        snapshot() == before,
+        "a wrong manifest digest changed the machine"
+    );
+    std::fs::write(&manifest, text).unwrap();
+
+    let err = install(&registry.reference("demo/os:2.0.0"), &insecure);
+    assert_eq!(err["error"]["code"], "oci-not-found", "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tag not found"),
+        "{err}"
+    );
+    let err = install(&registry.reference("demo/os"), &insecure);
+    assert_eq!(err["error"]["code"], "oci-bad-reference", "{err}");
+    // https unless asked otherwise: this registry speaks plain http.
+    let err = install(&pinned, &[]);
+    assert_eq!(err["error"]["code"], "oci-tls", "{err}");
+    assert!(snapshot() == before, "a refused source changed the machine");
+
+    // The blob changed behind the registry's back: the bundle's own
+    // verification stops it mid-stream; the slot is left empty, never
+    // bootable, and the running slot untouched.
+    let bundle_digest = {
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(registry.blob_file(&digest)).unwrap())
+                .unwrap();
+        m["layers"][0]["digest"].as_str().unwrap().to_owned()
+    };
+    let blob = registry.blob_file(&bundle_digest);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 100;
+    bytes[last] ^= 1;
+    std::fs::write(&blob, &bytes).unwrap();
+    let err = install(&pinned, &insecure);
+    let code = err["error"]["code"].as_str().unwrap();
+    assert!(
+        [
+            "chunk-hash-mismatch",
+            "payload-hash-mismatch",
+            "oci-blob-digest-mismatch"
+        ]
+        .contains(&code),
+        "{err}"
+    );
+    let st = w.status("a");
+    assert_eq!(st["trial_pending"], false);
+    assert_eq!(st["slots"]["B"]["state"], "empty");
+    assert_eq!(st["slots"]["A"]["version"], "1.0.0");
+}
+
+#[test]
+fn an_https_registry_with_basic_auth_needs_its_ca_and_the_credentials() {
+    use abkit_oci::testing::{TestAuth, TestRegistry};
+    let registry = TestRegistry::start_tls(TestAuth::Basic {
+        user: "fleet".into(),
+        password: "pa55 word".into(),
+    });
+    let w = world();
+    w.on("a", &["mark-good"]);
+    let y = w.bundle("1.1.0", b'Y');
+    let tag = registry.reference("demo/os:1.1.0");
+    std::fs::write(w.p("empty-auth.json"), "{}").unwrap();
+    std::fs::write(w.p("registry-ca.pem"), registry.ca_pem()).unwrap();
+    let no_files = ["--registry-auth-file", "empty-auth.json"];
+
+    let out = w.abkit(&[
+        "bundle",
+        "push",
+        &y,
+        &tag,
+        "--registry-ca",
+        "registry-ca.pem",
+        "--json",
+        no_files[0],
+        no_files[1],
+    ]);
+    assert!(!out.status.success());
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["error"]["code"], "oci-auth-required", "{err}");
+
+    // The password from the environment, the user from a flag.
+    let out = Command::new(env!("CARGO_BIN_EXE_abkit"))
+        .args([
+            "bundle",
+            "push",
+            &y,
+            &tag,
+            "--registry-ca",
+            "registry-ca.pem",
+            "--registry-user",
+            "fleet",
+        ])
+        .env("ABKIT_REGISTRY_PASSWORD", "pa55 word")
+        .current_dir(w.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let keyring = w.s("keyring");
+    let install = |extra: &[&str]| {
+        let mut args = vec![
+            "install",
+            &tag,
+            "--keyring",
+            &keyring,
+            "--registry-ca",
+            "registry-ca.pem",
+            "--json",
+        ];
+        args.extend(extra);
+        w.on("a", &args)
+    };
+    // The public roots do not vouch for this registry.
+    let out = w.on("a", &["install", &tag, "--keyring", &keyring, "--json"]);
+    assert_eq!(lines(&out).last().unwrap()["error"]["code"], "oci-tls");
+    let out = install(&no_files);
+    assert_eq!(
+        lines(&out).last().unwrap()["error"]["code"],
+        "oci-auth-required"
+    );
+    std::fs::write(w.p("wrong"), "nope\n").unwrap();
+    let out = install(&[
+        "--registry-user",
+        "fleet",
+        "--registry-password-file",
+        "wrong",
+    ]);
+    assert_eq!(
+        lines(&out).last().unwrap()["error"]["code"],
+        "oci-unauthorized"
+    );
+    let out = install(&["--registry-user", "fleet"]);
+    assert!(
+        !out.status.success(),
+        "a user without a password is refused"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ABKIT_REGISTRY_PASSWORD"));
+    std::fs::write(w.p("right"), "pa55 word\n").unwrap();
+    let out = install(&[
+        "--registry-user",
+        "fleet",
+        "--registry-password-file",
+        "right",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(w.status("a")["slots"]["B"]["version"], "1.1.0");
+}

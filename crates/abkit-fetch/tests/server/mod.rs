@@ -73,6 +73,7 @@ pub struct Seen {
     pub target: String,
     pub range: Option<String>,
     pub if_range: Option<String>,
+    pub authorization: Option<String>,
 }
 
 struct Shared {
@@ -193,6 +194,7 @@ fn handle(stream: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
             match name.trim().to_ascii_lowercase().as_str() {
                 "range" => seen.range = value,
                 "if-range" => seen.if_range = value,
+                "authorization" => seen.authorization = value,
                 _ => {}
             }
         }

@@ -38,6 +38,13 @@ pub enum BundleCommand {
     /// only after every payload and the end of the bundle verified: if
     /// anything fails, DIR gets nothing (and is not created).
     Extract(ExtractArgs),
+    /// Store the bundle in an OCI registry: oci://HOST[:PORT]/REPO:TAG.
+    ///
+    /// The bundle becomes an OCI artifact (media types in docs/oci.md) that
+    /// `abkit install oci://...` pulls by tag or by digest. Prints the
+    /// manifest digest (sha256:...) on standard output: pin devices to it
+    /// with oci://HOST/REPO@sha256:....
+    Push(super::bundle_push::PushArgs),
 }
 
 #[derive(Args)]
@@ -127,7 +134,8 @@ pub struct CreateArgs {
 
 #[derive(Args)]
 pub struct VerifyArgs {
-    /// Bundle file, or `-` to read it from standard input.
+    /// Bundle file, `-` to read it from standard input, or a registry
+    /// reference oci://HOST[:PORT]/REPO:TAG or @sha256:DIGEST (docs/oci.md).
     bundle: PathBuf,
     /// Folder of trusted public keys (*.pub).
     #[arg(long, value_name = "DIR")]
@@ -136,11 +144,14 @@ pub struct VerifyArgs {
     /// `{"ok": false, "error": {"code": ..., "message": ...}}` (exit status 1).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    registry: super::registry::RegistryArgs,
 }
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// Bundle file, or `-` to read it from standard input.
+    /// Bundle file, `-` to read it from standard input, or a registry
+    /// reference oci://HOST[:PORT]/REPO:TAG or @sha256:DIGEST (docs/oci.md).
     bundle: PathBuf,
     /// Also check each signature against this folder of public keys.
     #[arg(long, value_name = "DIR")]
@@ -149,11 +160,14 @@ pub struct InspectArgs {
     /// `{"ok": false, "error": {"code": ..., "message": ...}}` (exit status 1).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    registry: super::registry::RegistryArgs,
 }
 
 #[derive(Args)]
 pub struct ExtractArgs {
-    /// Bundle file, or `-` to read it from standard input.
+    /// Bundle file, `-` to read it from standard input, or a registry
+    /// reference oci://HOST[:PORT]/REPO:TAG or @sha256:DIGEST (docs/oci.md).
     bundle: PathBuf,
     /// Folder of trusted public keys (*.pub).
     #[arg(long, value_name = "DIR")]
@@ -161,12 +175,15 @@ pub struct ExtractArgs {
     /// Folder to write the payloads into (created if missing).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    #[command(flatten)]
+    registry: super::registry::RegistryArgs,
 }
 
 pub fn run(cmd: BundleCommand) -> anyhow::Result<()> {
     let json = match &cmd {
         BundleCommand::Verify(a) => a.json,
         BundleCommand::Inspect(a) => a.json,
+        BundleCommand::Push(a) => a.json,
         BundleCommand::Create(_) | BundleCommand::Extract(_) => false,
     };
     let result = match cmd {
@@ -174,6 +191,7 @@ pub fn run(cmd: BundleCommand) -> anyhow::Result<()> {
         BundleCommand::Verify(a) => verify(a),
         BundleCommand::Inspect(a) => inspect(a),
         BundleCommand::Extract(a) => extract(a),
+        BundleCommand::Push(a) => super::bundle_push::push(a),
     };
     if json && let Err(err) = &result {
         // Scripts asked for JSON: they get the failure as JSON on stdout too
@@ -202,11 +220,26 @@ impl std::fmt::Display for Coded {
 impl std::error::Error for Coded {}
 
 /// Adds the error's stable code, e.g. `[chunk-hash-mismatch] payload ...`.
-fn coded(err: abkit_bundle::Error) -> anyhow::Error {
+pub fn coded(err: abkit_bundle::Error) -> anyhow::Error {
     anyhow::Error::new(Coded(err))
 }
 
-fn open_source(path: &Path) -> anyhow::Result<Box<dyn Read>> {
+fn open_source(
+    path: &Path,
+    registry: &super::registry::RegistryArgs,
+) -> anyhow::Result<Box<dyn Read>> {
+    if let Some(text) = path.to_str()
+        && abkit_oci::is_oci(text)
+    {
+        let policy = abkit_fetch::RetryPolicy::default();
+        let reference = abkit_oci::Reference::parse(text)?;
+        let (_, blob) = abkit_oci::open_bundle(
+            &reference,
+            &registry.options(&policy)?,
+            abkit_fetch::Opener::new(&policy),
+        )?;
+        return Ok(Box::new(io::BufReader::with_capacity(1 << 16, blob)));
+    }
     if path.as_os_str() == "-" {
         return Ok(Box::new(io::BufReader::with_capacity(
             1 << 16,
@@ -403,7 +436,7 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
 
 fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     let keyring = load_keyring(&a.keyring)?;
-    let source = open_source(&a.bundle)?;
+    let source = open_source(&a.bundle, &a.registry)?;
     let result = BundleReader::open(source, &keyring).and_then(verify_payloads);
     let (manifest, signer, digests, uki_root) = result
         .map_err(coded)
@@ -503,7 +536,7 @@ fn created_text(secs: u64) -> String {
 
 fn inspect(a: InspectArgs) -> anyhow::Result<()> {
     let keyring = a.keyring.as_deref().map(load_keyring).transpose()?;
-    let mut source = open_source(&a.bundle)?;
+    let mut source = open_source(&a.bundle, &a.registry)?;
     let head = BundleHead::read(&mut source)
         .map_err(coded)
         .with_context(|| format!("cannot read bundle {}", a.bundle.display()))?;
@@ -586,7 +619,7 @@ fn print_payloads(m: &Manifest) {
 
 fn extract(a: ExtractArgs) -> anyhow::Result<()> {
     let keyring = load_keyring(&a.keyring)?;
-    let source = open_source(&a.bundle)?;
+    let source = open_source(&a.bundle, &a.registry)?;
     let mut reader = BundleReader::open(source, &keyring)
         .map_err(coded)
         .with_context(|| format!("bundle {} failed verification", a.bundle.display()))?;

@@ -10,7 +10,19 @@ use super::bundle::Coded;
 /// docs/bundle-format.md), `io` for a file that cannot be read, `error` for
 /// anything else (a wrong flag, say).
 pub fn error_code(err: &anyhow::Error) -> &'static str {
+    // A registry's blob that fails its digest check does so inside a read
+    // of the bundle stream: its code is the one to report, not `io`.
     for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<io::Error>()
+            && let Some(oci) = abkit_oci::OciError::from_io(e)
+        {
+            return oci.code();
+        }
+    }
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<abkit_oci::OciError>() {
+            return e.code();
+        }
         if let Some(Coded(e)) = cause.downcast_ref::<Coded>() {
             return e.code();
         }

@@ -19,8 +19,10 @@ pub struct InstallArgs {
     #[command(flatten)]
     machine: MachineArgs,
 
-    /// The bundle: a file path, or an http(s) URL (streamed; retried and
-    /// resumed on network errors).
+    /// The bundle: a file path, an http(s) URL (streamed; retried and
+    /// resumed on network errors), or a registry reference
+    /// oci://HOST[:PORT]/REPO:TAG or oci://HOST[:PORT]/REPO@sha256:DIGEST
+    /// (the manifest must hash to that digest; the blob streams like a URL).
     source: String,
 
     /// Folder of trusted public keys (*.pub) [default: /etc/abkit/keyring].
@@ -71,6 +73,9 @@ pub struct InstallArgs {
         help_heading = "Download (http/https source)"
     )]
     speed_time: u64,
+
+    #[command(flatten)]
+    registry: super::registry::RegistryArgs,
 }
 
 pub fn run(args: InstallArgs) -> anyhow::Result<()> {
@@ -90,7 +95,8 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     let mut out = Output::choose(args.json);
     // Each retry or resume of a download is a warning in the same output.
     let opener = abkit_fetch::Opener::new(&policy).observe(out.retry_observer());
-    let source = abkit_update::source::open_source_with(&args.source, opener)?;
+    let registry = args.registry.options(&policy)?;
+    let source = abkit_update::source::open_source_from(&args.source, opener, &registry)?;
     let result = abkit_update::install(
         m.as_mut(),
         source,

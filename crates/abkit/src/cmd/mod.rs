@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod bundle;
+pub mod bundle_push;
 pub mod efi;
 pub mod errors;
 pub mod image;
@@ -10,6 +11,7 @@ pub mod keygen;
 pub mod machine;
 pub mod mark_good;
 pub mod progress;
+pub mod registry;
 pub mod rollback;
 pub mod status;
 pub mod uki;
