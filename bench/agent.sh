@@ -9,7 +9,7 @@
 # prints the RSS again. The agent also polls a release channel (the bundle it
 # runs, as a local path: every check reads and verifies its head and finds
 # it up to date) every POLL_INTERVAL (default 10s, to see checks' cost in
-# the idle window; the shipped default is 1h).
+# the idle window; the shipped default is 1h; POLL_INTERVAL=off: no polling).
 # Goals: idle RSS < 10 MiB; idle CPU ~0 and a handful of wake-ups (nothing
 # polls: threads sleep in accept(2), the watchdog in sleep).
 #
@@ -73,11 +73,13 @@ for n in server client; do
 done
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
+POLL_ARGS=()
+[ "$POLL_INTERVAL" = off ] ||
+  POLL_ARGS=(--poll-url "$WORK/os.abb" --poll-interval "$POLL_INTERVAL" --poll-jitter 0s)
 WATCHDOG_USEC=60000000 "$ABKIT" agent --disk disk.img --ovmf-vars vars.fd --booted-slot A \
   --socket agent.sock --keyring keyring --health-check true \
   --listen 127.0.0.1:$PORT --tls-cert server.pem --tls-key server.key --client-ca ca.pem \
-  --poll-url "$WORK/os.abb" --poll-interval "$POLL_INTERVAL" --poll-jitter 0s \
-  2>agent.log &
+  "${POLL_ARGS[@]}" 2>agent.log &
 AGENT_PID=$!
 for _ in $(seq 100); do
   curl -sf --unix-socket agent.sock http://agent/v1/status 2>/dev/null | grep -q '"phase": "passed"' && break

@@ -267,22 +267,39 @@ impl Agent {
             .unwrap_or_else(|| panic!("no answer to {method} {path}: {}", self.log()))
     }
 
-    /// Waits until the health gate has finished; returns `agent.health`.
-    fn health_done(&self) -> Value {
-        let end = Instant::now() + Duration::from_secs(30);
+    /// Asks `GET /v1/status` until `pick` finds what it waits for (`what`);
+    /// returns that.
+    fn status_until(&self, what: &str, pick: impl Fn(&Value) -> Option<Value>) -> Value {
+        let end = Instant::now() + Duration::from_secs(60);
         loop {
             let (_, st) = self.call("GET", "/v1/status", None);
-            let h = &st["agent"]["health"];
-            if !matches!(h["phase"].as_str(), Some("pending" | "running")) {
-                return h.clone();
+            if let Some(v) = pick(&st) {
+                return v;
             }
             assert!(
                 Instant::now() < end,
-                "health gate never finished: {}",
+                "never {what}: {}\n{}",
+                st["agent"],
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Waits until the health gate has finished; returns `agent.health`.
+    fn health_done(&self) -> Value {
+        self.status_until("finished the health gate", |st| {
+            let h = &st["agent"]["health"];
+            (!matches!(h["phase"].as_str(), Some("pending" | "running"))).then(|| h.clone())
+        })
+    }
+
+    /// Waits until `agent.poll` satisfies `until`; returns it.
+    fn poll_until(&self, what: &str, until: impl Fn(&Value) -> bool) -> Value {
+        self.status_until(what, |st| {
+            let p = &st["agent"]["poll"];
+            until(p).then(|| p.clone())
+        })
     }
 
     /// Waits for operation `id` to finish (or `until` to hold); returns it.
@@ -798,7 +815,14 @@ impl HttpServer {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("python3")
+        // The interpreter itself, not a wrapper (a pyenv shim) that would
+        // leave the server running when the child is killed.
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 is needed for the polling tests");
+        let python = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let child = Command::new(python)
             .args(["-m", "http.server", "--bind", "127.0.0.1"])
             .arg("--directory")
             .arg(dir)
@@ -820,26 +844,6 @@ impl Drop for HttpServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-impl Agent {
-    /// Waits until `agent.poll` satisfies `until`; returns it.
-    fn poll_until(&self, what: &str, until: impl Fn(&Value) -> bool) -> Value {
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (_, st) = self.call("GET", "/v1/status", None);
-            let p = &st["agent"]["poll"];
-            if until(p) {
-                return p.clone();
-            }
-            assert!(
-                Instant::now() < end,
-                "polling never got to {what}: {p}\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 }
 
