@@ -189,7 +189,7 @@ pub fn read_offer(url: &str, keyring: &Keyring) -> Result<Offer, OpError> {
     let stream: Box<dyn Read + Send> =
         abkit_update::source::open_source(url, &policy).map_err(|e| crate::agent::op_error(&e))?;
     let reader = BundleReader::open(stream, keyring).map_err(|e| OpError {
-        code: "signature".into(),
+        code: e.code().into(),
         message: format!("{url}: {e}"),
     })?;
     let m = reader.manifest();

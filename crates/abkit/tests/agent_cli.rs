@@ -896,12 +896,28 @@ fn polling_installs_only_a_newer_signed_version_of_this_product_and_only_once() 
         "another product skipped",
         skipped("this machine runs demo-os"),
     );
+    let failed = |code: &'static str| {
+        move |p: &Value| {
+            p["outcome"] == "error" && p["detail"].as_str().is_some_and(|d| d.starts_with(code))
+        }
+    };
     publish(&channel, &unsigned);
-    let p = agent.poll_until("an unknown signer refused", |p| p["outcome"] == "error");
-    assert!(
-        p["detail"].as_str().unwrap().starts_with("[signature]"),
-        "{p}"
+    agent.poll_until(
+        "an unknown signer refused",
+        failed("[no-trusted-signature]"),
     );
+    std::fs::write(w.p("garbage.abb"), "<html>not a bundle</html>\n".repeat(40)).unwrap();
+    publish(&channel, &w.s("garbage.abb"));
+    agent.poll_until("garbage refused", failed("[bad-magic]"));
+    std::fs::remove_file(channel.join("latest.abb")).unwrap();
+    let p = agent.poll_until("a missing file reported", |p| {
+        p["outcome"] == "error"
+            && !p["detail"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("[bad-magic]")
+    });
+    assert!(p["detail"].as_str().unwrap().contains("404"), "{p}");
     // Nothing of that touched the machine.
     assert_eq!(w.reboots(), 0);
     let (_, st) = agent.call("GET", "/v1/status", None);
