@@ -229,7 +229,7 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// What the agent serves on, as the guest sees the fw_cfg files.
+/// Where the guest reads the fw_cfg file `opt/abkit/<name>`.
 fn guest_file(name: &str) -> String {
     format!("{FW_CFG}/opt/abkit/{name}/raw")
 }
