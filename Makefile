@@ -24,7 +24,7 @@ BINDIR ?= $(PREFIX)/bin
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 
 .PHONY: all help deps build test lint unit demo clean \
-	stub lint-loader e2e-bins vm-e2e stub-next-to-abkit install \
+	stub lint-loader e2e-bins vm-e2e stub-next-to-abkit install deb \
 	bench bench-image bench-bundle bench-install bench-agent bench-oci fuzz-bundle
 
 ## all: the same as build
@@ -96,6 +96,13 @@ install: build
 	chmod 0644 $(DESTDIR)$(UNITDIR)/abkit-agent.service
 	install -d -m 0755 $(DESTDIR)/etc/abkit/health.d
 	test -e $(DESTDIR)/etc/abkit/agent.toml || install -m 0644 dist/agent.toml $(DESTDIR)/etc/abkit/agent.toml
+
+## deb: build/abkit_<version>_amd64.deb with cargo-deb (binary, stub, abkit-agent.service, agent.toml)
+deb: build
+	@command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --locked
+	@mkdir -p build/deb
+	sed 's|@BINDIR@|/usr/bin|g' dist/abkit-agent.service > build/deb/abkit-agent.service
+	$(CARGO) deb -p abkit --no-build --output build/
 
 ## bench: every benchmark (prints tables; not part of make test)
 bench: bench-image bench-bundle bench-install bench-agent bench-oci

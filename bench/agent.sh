@@ -6,7 +6,10 @@
 # SECONDS_IDLE seconds (default 30) and prints: resident memory (VmRSS, and
 # its peak VmHWM), CPU time used while idle, context switches (wake-ups) and
 # threads. Then it answers N_STATUS (default 20) GET /v1/status requests and
-# prints the RSS again.
+# prints the RSS again. The agent also polls a release channel (the bundle it
+# runs, as a local path: every check reads and verifies its head and finds
+# it up to date) every POLL_INTERVAL (default 10s, to see checks' cost in
+# the idle window; the shipped default is 1h; POLL_INTERVAL=off: no polling).
 # Goals: idle RSS < 10 MiB; idle CPU ~0 and a handful of wake-ups (nothing
 # polls: threads sleep in accept(2), the watchdog in sleep).
 #
@@ -15,6 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_IDLE=${SECONDS_IDLE:-30}
 N_STATUS=${N_STATUS:-20}
+POLL_INTERVAL=${POLL_INTERVAL:-10s}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 cargo build --release -q -p abkit
 ABKIT=$CARGO_TARGET_DIR/release/abkit
@@ -69,10 +73,13 @@ for n in server client; do
 done
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
+POLL_ARGS=()
+[ "$POLL_INTERVAL" = off ] ||
+  POLL_ARGS=(--poll-url "$WORK/os.abb" --poll-interval "$POLL_INTERVAL" --poll-jitter 0s)
 WATCHDOG_USEC=60000000 "$ABKIT" agent --disk disk.img --ovmf-vars vars.fd --booted-slot A \
   --socket agent.sock --keyring keyring --health-check true \
   --listen 127.0.0.1:$PORT --tls-cert server.pem --tls-key server.key --client-ca ca.pem \
-  2>agent.log &
+  "${POLL_ARGS[@]}" 2>agent.log &
 AGENT_PID=$!
 for _ in $(seq 100); do
   curl -sf --unix-socket agent.sock http://agent/v1/status 2>/dev/null | grep -q '"phase": "passed"' && break
@@ -94,6 +101,7 @@ task_switches() {
 }
 HZ=$(getconf CLK_TCK)
 rss0=$(field VmRSS)
+polls0=$(grep -c 'poll: up to date' agent.log || true)
 cpu0=$(cpu_ticks)
 sw0=$(task_switches)
 sleep "$SECONDS_IDLE"
@@ -101,6 +109,7 @@ rss1=$(field VmRSS)
 cpu1=$(cpu_ticks)
 sw1=$(task_switches)
 threads=$(field Threads)
+polls1=$(grep -c 'poll: up to date' agent.log || true)
 for _ in $(seq "$N_STATUS"); do
   curl -sf --unix-socket agent.sock http://agent/v1/status >/dev/null
 done
@@ -109,7 +118,7 @@ rss2=$(field VmRSS)
 hwm=$(field VmHWM)
 
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f MiB", k / 1024}'; }
-printf '\nabkit agent, idle for %s s (offline disk, Unix socket + TLS listener, watchdog 60 s)\n' "$SECONDS_IDLE"
+printf '\nabkit agent, idle for %s s (offline disk, Unix socket + TLS listener, watchdog 60 s, polling every %s)\n' "$SECONDS_IDLE" "$POLL_INTERVAL"
 printf '| %-38s | %-16s |\n' measure value
 printf '|%s|%s|\n' "$(printf -- '-%.0s' {1..40})" "$(printf -- '-%.0s' {1..18})"
 printf '| %-38s | %-16s |\n' "RSS after the health gate" "$(mib "$rss0")"
@@ -118,5 +127,6 @@ printf '| %-38s | %-16s |\n' "RSS after $N_STATUS status + 1 TLS request" "$(mib
 printf '| %-38s | %-16s |\n' "peak RSS (VmHWM)" "$(mib "$hwm")"
 printf '| %-38s | %-16s |\n' "CPU while idle" "$(awk -v t=$((cpu1 - cpu0)) -v hz="$HZ" -v s="$SECONDS_IDLE" 'BEGIN {printf "%.2f s (%.3f%%)", t / hz, 100 * t / hz / s}')"
 printf '| %-38s | %-16s |\n' "wake-ups while idle (all threads)" "$((sw1 - sw0))"
+printf '| %-38s | %-16s |\n' "channel checks while idle" "$((polls1 - polls0))"
 printf '| %-38s | %-16s |\n' "threads" "$threads"
 awk -v r="$rss1" 'BEGIN {exit !(r < 10240)}' && echo "goal RSS < 10 MiB: met" || echo "goal RSS < 10 MiB: MISSED"

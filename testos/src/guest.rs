@@ -17,6 +17,7 @@
 //! | `data-write NAME TEXT...` | write TEXT to `/data/NAME` and fsync it; prints `testos: data-write NAME ok` |
 //! | `data-read NAME` | prints `testos: data NAME=TEXT` (or `testos: data NAME missing`) |
 //! | `skip-mark-good` | do not run `abkit mark-good` on this boot (anywhere in the list) |
+//! | `agent [ARG...]` | `abkit agent [ARG...]`, echoed as it runs, until it exits (it normally reboots the machine). The agent owns the health gate of this boot: the init neither marks good nor reboots for a variant built unhealthy; the agent's check is [`crate::initrd::HEALTH_CHECK`] |
 //! | `halt-at NAME` | every abkit run of this boot, `mark-good` included, gets `ABKIT_HALT_AT=NAME`: it halts at that checkpoint (`abkit_update::halt`) for the test to cut the power (anywhere in the list) |
 //! | `reboot` / `poweroff` | how the boot ends (default `poweroff`); must be last |
 
@@ -194,6 +195,9 @@ pub enum Finish {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub mark_good: bool,
+    /// An `agent` step: `abkit agent` decides this boot's health (the init
+    /// neither marks good nor acts on `testos.health=bad`).
+    pub agent: bool,
     /// `ABKIT_HALT_AT` for every abkit run of this boot (a power-cut test's
     /// checkpoint), if the action names one.
     pub halt_at: Option<String>,
@@ -204,7 +208,7 @@ pub struct Plan {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PlanError {
     #[error(
-        "unknown step {0:?} (install, rollback, status, abkit, skip-mark-good, halt-at, reboot, poweroff)"
+        "unknown step {0:?} (install, rollback, status, abkit, agent, data-write, data-read, skip-mark-good, halt-at, reboot, poweroff)"
     )]
     UnknownStep(String),
     #[error("step {0:?} needs an argument")]
@@ -219,6 +223,7 @@ impl Plan {
     pub fn parse(action: &str) -> Result<Plan, PlanError> {
         let mut plan = Plan {
             mark_good: true,
+            agent: false,
             halt_at: None,
             steps: Vec::new(),
             finish: Finish::PowerOff,
@@ -286,6 +291,15 @@ impl Plan {
                         }
                     } else {
                         Step::DataRead { name: name.clone() }
+                    });
+                }
+                "agent" => {
+                    plan.agent = true;
+                    let mut args = vec![command.clone()];
+                    args.extend(rest);
+                    plan.steps.push(Step::Abkit {
+                        name: command,
+                        args,
                     });
                 }
                 "skip-mark-good" => plan.mark_good = false,
@@ -404,6 +418,20 @@ mod tests {
             }
         );
         assert!(!Plan::parse("skip-mark-good; poweroff").unwrap().mark_good);
+        assert!(!plan.agent);
+    }
+
+    #[test]
+    fn the_agent_step_hands_the_health_gate_over() {
+        let plan = Plan::parse("agent --config /x.toml; poweroff").unwrap();
+        assert!(plan.agent);
+        assert_eq!(
+            plan.steps,
+            vec![Step::Abkit {
+                name: "agent".into(),
+                args: vec!["agent".into(), "--config".into(), "/x.toml".into()]
+            }]
+        );
     }
 
     #[test]

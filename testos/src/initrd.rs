@@ -67,6 +67,12 @@ pub const ROOT_INIT: &str = "sbin/init";
 /// The first line of this file in the root names the variant (the VM tests
 /// check that the root came from the slot they expect).
 pub const ROOT_MARKER: &str = "etc/abkit-testos-system";
+/// The test OS's health check for `abkit agent` (in its default health
+/// folder): a symbolic link to the init, which, started under this name,
+/// exits 0 for a variant built healthy and 1 for one built to fail
+/// (`testos.health=` on the command line).
+pub const HEALTH_CHECK: &str = "etc/abkit/health.d/testos-health";
+
 /// Directories the root filesystem needs: mount points (it is read-only).
 pub const ROOT_DIRS: [&str; 10] = [
     "dev",
@@ -165,8 +171,9 @@ pub fn write_initrd<W: Write>(
 
 /// Lays out the test OS root filesystem in `dir` (which `abkit bundle
 /// create --rootfs` turns into an erofs image): the init as `/sbin/init`,
-/// the marker line in `/etc/abkit-testos-system`, the mount points, and
-/// each of `extra` (the `abkit` binary, the keyring).
+/// the marker line in `/etc/abkit-testos-system`, the mount points, the
+/// agent's health check ([`HEALTH_CHECK`], a link to the init), and each of
+/// `extra` (the `abkit` binary, the keyring).
 pub fn write_root_tree(
     dir: &std::path::Path,
     init: &[u8],
@@ -193,6 +200,15 @@ pub fn write_root_tree(
     };
     put(ROOT_INIT, 0o755, init)?;
     put(ROOT_MARKER, 0o644, format!("{marker}\n").as_bytes())?;
+    let check = dir.join(HEALTH_CHECK);
+    if let Some(parent) = check.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::remove_file(&check) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::os::unix::fs::symlink(format!("/{ROOT_INIT}"), &check)?;
     for file in extra {
         put(file.path, file.mode, file.data)?;
     }
@@ -222,6 +238,10 @@ mod tests {
         );
         assert!(dir.path().join("data").is_dir());
         assert!(dir.path().join("mnt/bundles").is_dir());
+        assert_eq!(
+            std::fs::read_link(dir.path().join(HEALTH_CHECK)).unwrap(),
+            std::path::Path::new("/sbin/init")
+        );
         assert_eq!(
             std::fs::read(dir.path().join("bin/abkit")).unwrap(),
             b"abkit"

@@ -13,6 +13,7 @@ use crate::config::Settings;
 use crate::health::{self, CheckResult};
 use crate::notify::notify;
 use crate::ops::{OpError, OpReporter, Operations};
+use crate::poll::PollState;
 
 /// Opens the machine the agent acts on (each use opens it anew: a machine
 /// is not shared between threads).
@@ -62,6 +63,8 @@ pub struct Agent {
     /// queues its own writers here instead.
     writer: Mutex<()>,
     health: Mutex<HealthState>,
+    /// The last check of the release channel (`None` when not polling).
+    poll: Mutex<Option<PollState>>,
     pub ops: Operations,
 }
 
@@ -98,6 +101,10 @@ pub(crate) fn op_error(err: &(dyn std::error::Error + 'static)) -> OpError {
 
 impl Agent {
     pub fn new(settings: Settings, open: OpenMachine, live: bool) -> Arc<Agent> {
+        let poll = settings.poll.as_ref().map(|p| PollState {
+            url: p.url.clone(),
+            ..Default::default()
+        });
         Arc::new(Agent {
             settings,
             open,
@@ -114,6 +121,7 @@ impl Agent {
                 started_at: None,
                 finished_at: None,
             }),
+            poll: Mutex::new(poll),
             ops: Operations::default(),
         })
     }
@@ -135,6 +143,17 @@ impl Agent {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The polling state for `GET /v1/status` (`None`: not polling).
+    pub fn poll_state(&self) -> Option<PollState> {
+        self.poll.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set_poll(&self, f: impl FnOnce(&mut PollState)) {
+        if let Some(p) = self.poll.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            f(p);
+        }
     }
 
     fn set_health(&self, f: impl FnOnce(&mut HealthState)) {

@@ -72,6 +72,7 @@ fn status(agent: &Arc<Agent>) -> Response {
         "pid": std::process::id(),
         "health": agent.health(),
         "operation": agent.ops.current(),
+        "poll": agent.poll_state(),
     });
     match machine {
         Ok(s) => {

@@ -20,6 +20,10 @@ pub const DEFAULT_HEALTH_DIR: &str = "/etc/abkit/health.d";
 pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long all checks together may take.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(300);
+/// How often the channel is checked (when `poll.url` is set).
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(3600);
+/// The random part added to each wait, so a fleet does not ask at once.
+pub const DEFAULT_POLL_JITTER: Duration = Duration::from_secs(600);
 
 /// The configuration file, and the flags that override it: every key is
 /// optional.
@@ -37,6 +41,25 @@ pub struct Config {
     pub tls: TlsConfig,
     #[serde(default)]
     pub health: HealthConfig,
+    #[serde(default)]
+    pub poll: PollConfig,
+}
+
+/// `[poll]`: checking a channel for newer releases (off without `url`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollConfig {
+    /// The channel: the URL (or absolute path) of the bundle its publisher
+    /// points at the newest release.
+    pub url: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
+    pub interval: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub jitter: Option<Duration>,
+    /// `"HH:MM-HH:MM"` (UTC): install only then.
+    pub window: Option<String>,
+    /// Reboot into the new version right after installing it (default true).
+    pub reboot: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -117,6 +140,13 @@ impl Config {
                 check_timeout: over.health.check_timeout.or(self.health.check_timeout),
                 deadline: over.health.deadline.or(self.health.deadline),
             },
+            poll: PollConfig {
+                url: over.poll.url.or(self.poll.url),
+                interval: over.poll.interval.or(self.poll.interval),
+                jitter: over.poll.jitter.or(self.poll.jitter),
+                window: over.poll.window.or(self.poll.window),
+                reboot: over.poll.reboot.or(self.poll.reboot),
+            },
         }
     }
 
@@ -165,15 +195,57 @@ impl Config {
                 )));
             }
         }
+        let allow_http = self.allow_http.unwrap_or(false);
+        let poll = resolve_poll(self.poll, allow_http)?;
         Ok(Settings {
             socket: self.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
             keyring: self.keyring.unwrap_or_else(|| DEFAULT_KEYRING.into()),
             reboot_command: self.reboot_command,
-            allow_http: self.allow_http.unwrap_or(false),
+            allow_http,
             tls,
             health,
+            poll,
         })
     }
+}
+
+/// `[poll]` checked: a usable URL, a positive interval, a window that
+/// parses; none of the other keys without `url`.
+fn resolve_poll(p: PollConfig, allow_http: bool) -> Result<Option<PollSettings>> {
+    let Some(url) = p.url else {
+        if p.interval.is_some() || p.jitter.is_some() || p.window.is_some() || p.reboot.is_some() {
+            return Err(AgentError::BadOption(
+                "poll settings given without a channel to poll (--poll-url / poll.url)".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let ok = url.starts_with("https://")
+        || (url.starts_with("http://") && allow_http)
+        || (!url.contains("://") && Path::new(&url).is_absolute());
+    if !ok {
+        return Err(AgentError::BadOption(format!(
+            "poll.url {url:?}: an https:// URL (http:// with allow_http) or an absolute path"
+        )));
+    }
+    let interval = p.interval.unwrap_or(DEFAULT_POLL_INTERVAL);
+    if interval.is_zero() {
+        return Err(AgentError::BadOption(
+            "poll.interval must be longer than 0".into(),
+        ));
+    }
+    let window = match &p.window {
+        Some(w) => Some(crate::poll::Window::parse(w).map_err(AgentError::BadOption)?),
+        None => None,
+    };
+    Ok(Some(PollSettings {
+        url,
+        interval,
+        jitter: p.jitter.unwrap_or(DEFAULT_POLL_JITTER),
+        window,
+        window_text: p.window,
+        reboot: p.reboot.unwrap_or(true),
+    }))
 }
 
 /// Everything the agent runs with.
@@ -185,6 +257,18 @@ pub struct Settings {
     pub allow_http: bool,
     pub tls: Option<TlsSettings>,
     pub health: HealthSettings,
+    pub poll: Option<PollSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PollSettings {
+    pub url: String,
+    pub interval: Duration,
+    pub jitter: Duration,
+    pub window: Option<crate::poll::Window>,
+    /// The window as written (for the log).
+    pub window_text: Option<String>,
+    pub reboot: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -243,5 +327,33 @@ mod tests {
         assert!(err.to_string().contains("not offered"), "{err}");
         let offline = Config::default().resolve(false).unwrap();
         assert_eq!(offline.health.dir, None);
+        assert!(offline.poll.is_none());
+    }
+
+    #[test]
+    fn poll_keys_are_checked() {
+        let p: Config = toml::from_str(
+            "[poll]\nurl = \"https://u/stable.abb\"\ninterval = \"30m\"\nwindow = \"01:00-03:00\"",
+        )
+        .unwrap();
+        let s = p.resolve(true).unwrap().poll.unwrap();
+        assert_eq!(s.interval, Duration::from_secs(1800));
+        assert_eq!(s.jitter, DEFAULT_POLL_JITTER);
+        assert!(s.reboot && s.window.is_some());
+        let err = |text: &str| {
+            toml::from_str::<Config>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.resolve(true).map(|_| ()).map_err(|e| e.to_string()))
+                .unwrap_err()
+        };
+        assert!(err("[poll]\nurl = \"http://u/x.abb\"").contains("allow_http"));
+        assert!(err("[poll]\nurl = \"x.abb\"").contains("absolute path"));
+        assert!(err("[poll]\ninterval = \"1h\"").contains("without a channel"));
+        assert!(err("[poll]\nurl = \"/x.abb\"\ninterval = \"0s\"").contains("longer than 0"));
+        assert!(err("[poll]\nurl = \"/x.abb\"\nwindow = \"late\"").contains("window"));
+        assert!(err("[poll]\nurl = \"/x.abb\"\nchannel = \"beta\"").contains("unknown field"));
+        let http: Config =
+            toml::from_str("allow_http = true\n[poll]\nurl = \"http://u/x.abb\"").unwrap();
+        assert!(http.resolve(false).unwrap().poll.is_some());
     }
 }

@@ -12,7 +12,8 @@
 //!   [`ops`] (one at a time) with the engine's progress events.
 //!
 //! The agent is idle-cheap: threads block in `accept`, nothing polls.
-//! [`client`] lets the CLI find a running agent. Settings: [`config`];
+//! [`poll`] (off by default) checks a release channel on an interval and
+//! installs newer versions. [`client`] lets the CLI find a running agent. Settings: [`config`];
 //! systemd readiness and watchdog: [`notify`].
 
 pub mod api;
@@ -23,6 +24,7 @@ pub mod health;
 pub mod http;
 pub mod notify;
 pub mod ops;
+pub mod poll;
 pub mod server;
 
 mod agent;
@@ -32,8 +34,8 @@ pub use config::{Config, Settings};
 pub use error::{AgentError, Result};
 
 /// Runs the agent: binds its listeners (failing early when it cannot),
-/// tells systemd it is ready, runs the health gate once, then serves until
-/// the process is stopped.
+/// tells systemd it is ready, runs the health gate once, starts polling
+/// (when configured), then serves until the process is stopped.
 pub fn run(settings: Settings, open: OpenMachine, live: bool) -> Result<()> {
     let unix = server::bind_unix(&settings.socket)?;
     let tls = match &settings.tls {
@@ -60,6 +62,7 @@ pub fn run(settings: Settings, open: OpenMachine, live: bool) -> Result<()> {
     notify::notify("READY=1\nSTATUS=serving; health checks starting");
     notify::start_watchdog();
     agent.health_gate();
+    poll::start(agent.clone());
     loop {
         std::thread::park();
     }

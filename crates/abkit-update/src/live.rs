@@ -179,15 +179,30 @@ fn partition_device(disk: &str, number: u32) -> Result<(PathBuf, String)> {
     )))
 }
 
+/// The name every private ESP mount point starts with ([`PrivateMount`]).
+const PRIVATE_MOUNT_PREFIX: &str = "abkit-esp-";
+
 /// The mount point of the block device `major:minor`, from mountinfo.
 fn mount_point_of(devnum: &str) -> Option<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mount_point_in(&fs::read_to_string("/proc/self/mountinfo").ok()?, devnum)
+}
+
+/// The first mount point of `devnum` in a mountinfo text that is not
+/// another abkit's private mount: that one belongs to a command (or an
+/// agent thread) that unmounts it when it is done, maybe in the middle of
+/// our work; we make our own instead (the kernel shares one FAT superblock
+/// between them).
+fn mount_point_in(info: &str, devnum: &str) -> Option<PathBuf> {
     info.lines().find_map(|line| {
         let fields: Vec<&str> = line.split(' ').collect();
         if fields.get(2) != Some(&devnum) {
             return None;
         }
-        Some(PathBuf::from(fields.get(4)?.replace("\\040", " ")))
+        let path = PathBuf::from(fields.get(4)?.replace("\\040", " "));
+        let private = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(PRIVATE_MOUNT_PREFIX));
+        (!private).then_some(path)
     })
 }
 
@@ -238,7 +253,7 @@ impl LiveMachine {
                 Some(dir) => (dir, None),
                 None => {
                     let m = PrivateMount::vfat(&esp_dev)?;
-                    (m.dir.path().to_path_buf(), Some(m))
+                    (m.path().to_path_buf(), Some(m))
                 }
             },
         };
@@ -410,14 +425,15 @@ fn statvfs_free(path: &Path) -> io::Result<u64> {
 /// The ESP mounted by abkit in a private temporary directory, unmounted
 /// when dropped.
 struct PrivateMount {
-    dir: tempfile::TempDir,
+    /// Always `Some` until dropped.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl PrivateMount {
     fn vfat(device: &Path) -> Result<PrivateMount> {
         use std::os::unix::ffi::OsStrExt;
         let dir = tempfile::Builder::new()
-            .prefix("abkit-esp-")
+            .prefix(PRIVATE_MOUNT_PREFIX)
             .tempdir()
             .map_err(UpdateError::io("create a mount point for the ESP"))?;
         let dev = std::ffi::CString::new(device.as_os_str().as_bytes())
@@ -442,16 +458,40 @@ impl PrivateMount {
                 dir.path().display()
             ))(io::Error::last_os_error()));
         }
-        Ok(PrivateMount { dir })
+        Ok(PrivateMount { dir: Some(dir) })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.as_ref().map_or(Path::new("/"), |d| d.path())
     }
 }
 
 impl Drop for PrivateMount {
+    /// Detaches the mount (`MNT_DETACH`: it leaves the namespace at once,
+    /// even while a file under it is still open), then removes the empty
+    /// mount point. If the unmount fails the folder is kept: the temporary
+    /// folder's recursive removal must never run into a mounted ESP (it
+    /// would delete the loaders and records).
     fn drop(&mut self) {
         use std::os::unix::ffi::OsStrExt;
-        if let Ok(target) = std::ffi::CString::new(self.dir.path().as_os_str().as_bytes()) {
+        let Some(dir) = self.dir.take() else { return };
+        let failed = match std::ffi::CString::new(dir.path().as_os_str().as_bytes()) {
             // SAFETY: a NUL-terminated path that outlives the call.
-            unsafe { libc::umount2(target.as_ptr(), 0) };
+            Ok(target) => match unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } {
+                0 => None,
+                _ => Some(io::Error::last_os_error()),
+            },
+            Err(e) => Some(io::Error::other(e)),
+        };
+        match failed {
+            None => drop(dir),
+            Some(e) => {
+                let kept = dir.keep();
+                log::warn!(
+                    "cannot unmount the ESP at {}: {e}; the mount point is left",
+                    kept.display()
+                );
+            }
         }
     }
 }
@@ -459,6 +499,25 @@ impl Drop for PrivateMount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_abkit_private_esp_mount_is_never_adopted() {
+        let info = "\
+22 1 8:1 / /tmp/abkit-esp-Xy12 rw,nosuid - vfat /dev/sda1 rw
+23 1 8:1 / /boot/efi rw - vfat /dev/sda1 rw
+24 1 8:2 / /tmp/abkit-esp-Zz rw - vfat /dev/sda2 rw
+25 1 8:3 / /mnt/my\\040esp rw - vfat /dev/sda3 rw
+";
+        assert_eq!(
+            mount_point_in(info, "8:1"),
+            Some(PathBuf::from("/boot/efi"))
+        );
+        assert_eq!(mount_point_in(info, "8:2"), None);
+        assert_eq!(
+            mount_point_in(info, "8:3"),
+            Some(PathBuf::from("/mnt/my esp"))
+        );
+    }
 
     #[test]
     fn running_slot_comes_from_the_command_line() {

@@ -69,6 +69,12 @@ pub struct BootSpec {
     pub write_limit: Option<u64>,
     pub cut: Option<Cut>,
     pub timeout: Option<Duration>,
+    /// `(host port, guest port)`: TCP on the host's 127.0.0.1 forwarded to
+    /// the guest (QEMU user networking's `hostfwd`).
+    pub forwards: Vec<(u16, u16)>,
+    /// `(name, file)`: files the guest reads at
+    /// `/sys/firmware/qemu_fw_cfg/by_name/<name>/raw` (names start `opt/`).
+    pub fw_cfg_files: Vec<(String, PathBuf)>,
 }
 
 /// The outcome of one boot.
@@ -83,7 +89,7 @@ pub struct Boot {
 
 impl Machine {
     /// The QEMU arguments for this machine (without the serial log and action).
-    pub fn qemu_args(&self, write_limit: Option<u64>) -> Vec<String> {
+    pub fn qemu_args(&self, write_limit: Option<u64>, forwards: &[(u16, u16)]) -> Vec<String> {
         let mut disk = format!("if=virtio,format=raw,file={}", escape(&self.disk));
         if let Some(limit) = write_limit {
             disk.push_str(&format!(",throttling.bps-write={limit}"));
@@ -120,15 +126,16 @@ impl Machine {
                 escape(bundles)
             ));
         }
-        args.extend(
-            [
-                "-netdev",
-                "user,id=n0",
-                "-device",
-                "virtio-net-pci,netdev=n0,romfile=",
-            ]
-            .map(String::from),
-        );
+        let mut netdev = "user,id=n0".to_string();
+        for (host, guest) in forwards {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        }
+        args.extend([
+            "-netdev".into(),
+            netdev,
+            "-device".into(),
+            "virtio-net-pci,netdev=n0,romfile=".into(),
+        ]);
         args
     }
 
@@ -137,7 +144,7 @@ impl Machine {
     pub fn boot(&self, spec: &BootSpec, log: &Path) -> anyhow::Result<Boot> {
         let timeout = spec.timeout.unwrap_or_else(default_timeout);
         let _ = std::fs::remove_file(log);
-        let mut args = self.qemu_args(spec.write_limit);
+        let mut args = self.qemu_args(spec.write_limit, &spec.forwards);
         args.extend([
             "-display".into(),
             "none".into(),
@@ -151,6 +158,10 @@ impl Machine {
             "name=opt/abkit/action,string={}",
             spec.action.replace(',', ",,")
         ));
+        for (name, file) in &spec.fw_cfg_files {
+            args.push("-fw_cfg".into());
+            args.push(format!("name={name},file={}", escape(file)));
+        }
         // QEMU's messages go to a file next to the serial log: read while it
         // runs (a KVM failure leaves QEMU hanging with only a message there).
         let stderr_path = log.with_extension("qemu-stderr");
@@ -258,7 +269,7 @@ impl Machine {
     /// The command a person runs to boot this machine by hand.
     pub fn manual_command(&self) -> String {
         let mut words = vec!["qemu-system-x86_64".to_string()];
-        words.extend(self.qemu_args(None));
+        words.extend(self.qemu_args(None, &[]));
         words.retain(|w| w != "-no-reboot");
         words.extend(["-nographic".into(), "-serial".into(), "mon:stdio".into()]);
         words

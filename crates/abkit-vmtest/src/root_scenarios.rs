@@ -227,7 +227,7 @@ pub fn data_persists(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
             min: 2 << 20,
             fallback: Duration::from_secs(8),
         }),
-        timeout: None,
+        ..BootSpec::default()
     })?;
     expect_healthy(&b, &X, 'A')?;
     expect_data(&b, "note", "written-by-X-1.0.0")?;

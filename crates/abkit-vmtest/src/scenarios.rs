@@ -291,6 +291,27 @@ pub fn offline_status(suite: &Suite, m: &Machine, booted: char) -> anyhow::Resul
     serde_json::from_str(&out).context("offline status printed no JSON")
 }
 
+/// `abkit install BUNDLE --disk --ovmf-vars --booted-slot a`: a variant
+/// installed into slot B offline, as a factory or provisioning host would.
+pub fn offline_install(s: &Scenario<'_>, v: &Variant) -> anyhow::Result<()> {
+    let fx = &s.suite.fx;
+    run(std::process::Command::new(&fx.abkit)
+        .arg("install")
+        .arg(fx.bundle(&v.bundle()))
+        .arg("--keyring")
+        .arg(fx.dir.join("keyring"))
+        .arg("--no-reboot")
+        .arg("--disk")
+        .arg(&s.machine.disk)
+        .arg("--ovmf-vars")
+        .arg(&s.machine.vars)
+        .args(["--booted-slot", "a"]))
+    .with_context(|| format!("offline install of {}", v.name))?;
+    s.vars()?
+        .expect('A', Some('B'))
+        .with_context(|| format!("after installing {} offline", v.name))
+}
+
 pub type ScenarioFn = fn(&Suite) -> anyhow::Result<Scenario<'_>>;
 
 /// Name, what it proves, and the test.
@@ -369,6 +390,21 @@ pub const SCENARIOS: &[(&str, &str, ScenarioFn)] = &[
         "oci-install",
         "X installs Y pulled by digest from a registry on the host",
         crate::oci_scenarios::oci_install,
+    ),
+    (
+        "agent-update",
+        "POST /v1/update over mutual TLS installs Y; the node reboots; its agent commits Y",
+        crate::agent_scenarios::agent_update,
+    ),
+    (
+        "agent-health-fail",
+        "Ybroken's agent health check fails: recorded, reboot, X comes back committed",
+        crate::agent_scenarios::agent_health_fail,
+    ),
+    (
+        "agent-unauthorized",
+        "no client certificate, or another CA's: refused at the handshake; nothing changes",
+        crate::agent_scenarios::agent_unauthorized,
     ),
 ];
 
@@ -463,7 +499,7 @@ fn power_cut(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
             min: 4 << 20,
             fallback: Duration::from_secs(8),
         }),
-        timeout: None,
+        ..BootSpec::default()
     })?;
     ensure!(
         b.cut_at.is_some(),
@@ -636,21 +672,7 @@ fn power_cut_mark_good(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     let mut s = Scenario::new(suite, "power-cut-mark-good")?;
     // Y is installed into B offline, as a factory or a provisioning host
     // would: one boot less, the same engine.
-    run(std::process::Command::new(&suite.fx.abkit)
-        .arg("install")
-        .arg(suite.fx.bundle(&Y.bundle()))
-        .arg("--keyring")
-        .arg(suite.fx.dir.join("keyring"))
-        .arg("--no-reboot")
-        .arg("--disk")
-        .arg(&s.machine.disk)
-        .arg("--ovmf-vars")
-        .arg(&s.machine.vars)
-        .args(["--booted-slot", "a"]))
-    .context("offline install of Y")?;
-    s.vars()?
-        .expect('A', Some('B'))
-        .context("after installing Y")?;
+    offline_install(&s, &Y)?;
 
     // 1. Y's trial boot; the power goes right after B is recorded good.
     let (b, vars) = cut_at_checkpoint(&mut s, "mark-good:recorded-good", "poweroff")?;

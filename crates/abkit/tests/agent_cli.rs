@@ -45,6 +45,11 @@ impl World {
     /// A bundle whose 2 MiB system image does not compress, so that half
     /// of its bytes stop an install inside the system write.
     fn bundle(&self, version: &str, seed: u32) -> String {
+        self.bundle_of("demo-os", "release", version, seed)
+    }
+
+    /// A bundle of product `compatible` signed with `key` (`KEY.key`).
+    fn bundle_of(&self, compatible: &str, key: &str, version: &str, seed: u32) -> String {
         let sys = self.p(&format!("sys-{version}.img"));
         let mut x = seed.wrapping_mul(2_654_435_761).max(1);
         let bytes: Vec<u8> = (0..2 << 20)
@@ -62,7 +67,7 @@ impl World {
             abkit_disk::fixtures::tiny_efi_application(&[seed as u8]),
         )
         .unwrap();
-        let out = self.s(&format!("os-{version}.abb"));
+        let out = self.s(&format!("{compatible}-{key}-{version}.abb"));
         self.ok(&[
             "bundle",
             "create",
@@ -73,9 +78,9 @@ impl World {
             "--version",
             version,
             "--compatible",
-            "demo-os",
+            compatible,
             "--key",
-            &self.s("release.key"),
+            &self.s(&format!("{key}.key")),
             "--chunk-kib",
             "64",
             "-o",
@@ -262,22 +267,39 @@ impl Agent {
             .unwrap_or_else(|| panic!("no answer to {method} {path}: {}", self.log()))
     }
 
-    /// Waits until the health gate has finished; returns `agent.health`.
-    fn health_done(&self) -> Value {
-        let end = Instant::now() + Duration::from_secs(30);
+    /// Asks `GET /v1/status` until `pick` finds what it waits for (`what`);
+    /// returns that.
+    fn status_until(&self, what: &str, pick: impl Fn(&Value) -> Option<Value>) -> Value {
+        let end = Instant::now() + Duration::from_secs(60);
         loop {
             let (_, st) = self.call("GET", "/v1/status", None);
-            let h = &st["agent"]["health"];
-            if !matches!(h["phase"].as_str(), Some("pending" | "running")) {
-                return h.clone();
+            if let Some(v) = pick(&st) {
+                return v;
             }
             assert!(
                 Instant::now() < end,
-                "health gate never finished: {}",
+                "never {what}: {}\n{}",
+                st["agent"],
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Waits until the health gate has finished; returns `agent.health`.
+    fn health_done(&self) -> Value {
+        self.status_until("finished the health gate", |st| {
+            let h = &st["agent"]["health"];
+            (!matches!(h["phase"].as_str(), Some("pending" | "running"))).then(|| h.clone())
+        })
+    }
+
+    /// Waits until `agent.poll` satisfies `until`; returns it.
+    fn poll_until(&self, what: &str, until: impl Fn(&Value) -> bool) -> Value {
+        self.status_until(what, |st| {
+            let p = &st["agent"]["poll"];
+            until(p).then(|| p.clone())
+        })
     }
 
     /// Waits for operation `id` to finish (or `until` to hold); returns it.
@@ -778,4 +800,197 @@ fn the_agent_tells_systemd_it_is_ready_how_health_went_and_pings_the_watchdog() 
         got.iter().any(|m| m == "STATUS=slot A committed, healthy"),
         "{got:?}"
     );
+}
+
+/// `python3 -m http.server` on a free port of 127.0.0.1, serving `dir`.
+struct HttpServer {
+    child: Child,
+    port: u16,
+}
+
+impl HttpServer {
+    fn start(dir: &std::path::Path) -> HttpServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // The interpreter itself, not a wrapper (a pyenv shim) that would
+        // leave the server running when the child is killed.
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 is needed for the polling tests");
+        let python = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let child = Command::new(python)
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg("--directory")
+            .arg(dir)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 is needed for the polling tests");
+        let end = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < end, "the HTTP server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        HttpServer { child, port }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Puts `bundle` on the channel at once (rename: the server never serves
+/// half a file).
+fn publish(channel: &std::path::Path, bundle: &str) {
+    let tmp = channel.join(".latest.abb.new");
+    std::fs::copy(bundle, &tmp).unwrap();
+    std::fs::rename(&tmp, channel.join("latest.abb")).unwrap();
+}
+
+#[test]
+fn polling_installs_only_a_newer_signed_version_of_this_product_and_only_once() {
+    let w = world();
+    w.ok(&["keygen", "--out", &w.s("stranger")]);
+    let older = w.bundle("0.9.0", 4);
+    let other = w.bundle_of("other-os", "release", "2.0.0", 5);
+    let unsigned = w.bundle_of("demo-os", "stranger", "2.0.0", 6);
+    let newer = w.bundle("1.1.0", 2);
+    let channel = w.p("channel");
+    std::fs::create_dir(&channel).unwrap();
+    publish(&channel, &older);
+    let server = HttpServer::start(&channel);
+    let url = format!("http://127.0.0.1:{}/latest.abb", server.port);
+    let before = w.status("a")["slots"]["B"].clone();
+    let agent = w.agent(
+        "a",
+        &[
+            "--health-check",
+            "true",
+            "--allow-http",
+            "--poll-url",
+            &url,
+            "--poll-interval",
+            "1s",
+            "--poll-jitter",
+            "0s",
+        ],
+    );
+    let skipped = |why: &'static str| {
+        move |p: &Value| {
+            p["outcome"] == "skip" && p["detail"].as_str().is_some_and(|d| d.contains(why))
+        }
+    };
+    let p = agent.poll_until("an older version skipped", skipped("up to date"));
+    assert_eq!(p["url"], url.as_str());
+    assert_eq!(p["offered"], "0.9.0");
+    publish(&channel, &other);
+    agent.poll_until(
+        "another product skipped",
+        skipped("this machine runs demo-os"),
+    );
+    let failed = |code: &'static str| {
+        move |p: &Value| {
+            p["outcome"] == "error" && p["detail"].as_str().is_some_and(|d| d.starts_with(code))
+        }
+    };
+    publish(&channel, &unsigned);
+    agent.poll_until(
+        "an unknown signer refused",
+        failed("[no-trusted-signature]"),
+    );
+    std::fs::write(w.p("garbage.abb"), "<html>not a bundle</html>\n".repeat(40)).unwrap();
+    publish(&channel, &w.s("garbage.abb"));
+    agent.poll_until("garbage refused", failed("[bad-magic]"));
+    std::fs::remove_file(channel.join("latest.abb")).unwrap();
+    let p = agent.poll_until("a missing file reported", |p| {
+        p["outcome"] == "error"
+            && !p["detail"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("[bad-magic]")
+    });
+    assert!(p["detail"].as_str().unwrap().contains("404"), "{p}");
+    // Nothing of that touched the machine.
+    assert_eq!(w.reboots(), 0);
+    let (_, st) = agent.call("GET", "/v1/status", None);
+    assert_eq!(st["slots"]["B"], before, "{st}");
+    assert_eq!(st["trial_pending"], false);
+
+    // The newer release: installed once, with a reboot.
+    publish(&channel, &newer);
+    let p = agent.poll_until("the newer version installed", |p| p["outcome"] == "install");
+    assert_eq!(p["offered"], "1.1.0");
+    let end = Instant::now() + Duration::from_secs(60);
+    while w.reboots() == 0 {
+        assert!(Instant::now() < end, "no reboot: {}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, st) = agent.call("GET", "/v1/status", None);
+    assert_eq!(st["slots"]["B"]["version"], "1.1.0", "{st}");
+    assert_eq!(st["slots"]["B"]["state"], "installed");
+    assert_eq!(st["trial_pending"], true);
+    assert_eq!(st["agent"]["operation"]["kind"], "update");
+    assert_eq!(st["agent"]["operation"]["source"], url.as_str());
+    assert_eq!(st["agent"]["operation"]["state"], "succeeded");
+    // The next checks see it waiting for its trial: no second install.
+    agent.poll_until(
+        "the installed version skipped",
+        skipped("waits for its trial"),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(w.reboots(), 1, "{}", agent.log());
+}
+
+#[test]
+fn polling_waits_for_its_maintenance_window() {
+    let w = world();
+    // A one-minute window twelve hours from now (UTC).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let start = (now / 60 + 12 * 60) % (24 * 60);
+    let end = (start + 1) % (24 * 60);
+    let window = format!(
+        "{:02}:{:02}-{:02}:{:02}",
+        start / 60,
+        start % 60,
+        end / 60,
+        end % 60
+    );
+    let agent = w.agent(
+        "a",
+        &[
+            "--health-check",
+            "true",
+            "--allow-http",
+            "--poll-url",
+            "http://127.0.0.1:1/latest.abb",
+            "--poll-interval",
+            "1s",
+            "--poll-jitter",
+            "0s",
+            "--poll-window",
+            &window,
+        ],
+    );
+    agent.health_done();
+    let p = agent.poll_until("a check scheduled at the window", |p| {
+        p["next_check_at"]
+            .as_u64()
+            .is_some_and(|t| t >= now + 11 * 3600)
+    });
+    assert!(p["last_check_at"].is_null(), "{p}");
+    assert!(agent.log().contains("outside the maintenance window"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, st) = agent.call("GET", "/v1/status", None);
+    assert!(st["agent"]["poll"]["last_check_at"].is_null(), "{st}");
 }

@@ -20,6 +20,10 @@
 //! Without `roothash=` the init runs everything from the initrd, as before.
 //!
 //! It refuses to run unless it is PID 1, so starting it on a host is harmless.
+//! The one exception: started as `testos-health` (the link
+//! `testos::initrd::HEALTH_CHECK`, which `abkit agent` runs as a health
+//! check), it exits 0 for a variant built healthy and 1 for one built to
+//! fail, as its `testos.health=` says.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -34,7 +38,7 @@ use abkit_loader_core::vars::{
 use testos::dm;
 use testos::guest::{Finish, Health, Params, Plan, RootParams, Step, one_line};
 use testos::initrd::{
-    ABKIT_PATH, INITRD_RELEASE, MODULE_LIST, MODULES_DIR, ROOT_INIT, ROOT_MARKER,
+    ABKIT_PATH, HEALTH_CHECK, INITRD_RELEASE, MODULE_LIST, MODULES_DIR, ROOT_INIT, ROOT_MARKER,
 };
 
 const EFIVARS: &str = "/sys/firmware/efi/efivars";
@@ -49,6 +53,9 @@ const GUEST_IP: [u8; 4] = [10, 0, 2, 15];
 const NETMASK: [u8; 4] = [255, 255, 255, 0];
 
 fn main() {
+    if std::process::id() != 1 && started_as(HEALTH_CHECK) {
+        std::process::exit(health_check());
+    }
     if std::process::id() != 1 {
         eprintln!("testos-init: not PID 1; this is the test OS init, refusing to run");
         std::process::exit(2);
@@ -81,6 +88,33 @@ fn main() {
         }
     };
     end(finish);
+}
+
+/// Whether argv[0] has the file name of `path`.
+fn started_as(path: &str) -> bool {
+    let name = |p: &str| p.rsplit('/').next().unwrap_or_default().to_string();
+    std::env::args()
+        .next()
+        .is_some_and(|a| name(&a) == name(path))
+}
+
+/// The agent's health check: this variant's `testos.health=`.
+fn health_check() -> i32 {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let params = Params::from_cmdline(&cmdline);
+    match params.health {
+        Health::Good => {
+            println!("testos-health: variant {} is healthy", params.variant);
+            0
+        }
+        Health::Bad => {
+            println!(
+                "testos-health: variant {} is built to fail its health check",
+                params.variant
+            );
+            1
+        }
+    }
 }
 
 /// devtmpfs, the console, proc, sysfs (unless a previous stage mounted and
@@ -386,16 +420,21 @@ fn boot() -> io::Result<Finish> {
         }
     };
     io::stdout().flush()?;
-    if params.health == Health::Bad {
+    let halt_at = plan.halt_at.as_deref();
+    if plan.agent {
+        println!("testos: health gate left to abkit agent (this variant's check: /{HEALTH_CHECK})");
+    } else if params.health == Health::Bad {
         println!("testos: health=bad: not marking good; rebooting");
         return Ok(Finish::Reboot);
+    } else {
+        println!("testos: health=good");
     }
-    println!("testos: health=good");
-    let halt_at = plan.halt_at.as_deref();
     if let Some(name) = halt_at {
         println!("testos: abkit runs with ABKIT_HALT_AT={name}");
     }
-    if plan.mark_good {
+    if plan.agent {
+        println!("testos: mark-good left to the agent");
+    } else if plan.mark_good {
         run_abkit("mark-good", &["mark-good".to_string()], false, halt_at);
     } else {
         println!("testos: mark-good skipped");

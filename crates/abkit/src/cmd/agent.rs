@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use abkit_agent::config::{Config, DEFAULT_CONFIG, DEFAULT_SOCKET, HealthConfig, TlsConfig};
+use abkit_agent::config::{
+    Config, DEFAULT_CONFIG, DEFAULT_SOCKET, HealthConfig, PollConfig, TlsConfig,
+};
 use clap::Args;
 
 use super::machine::MachineArgs;
@@ -91,6 +93,28 @@ pub struct AgentArgs {
     /// only way the agent "reboots").
     #[arg(long, value_name = "CMD", help_heading = "Health gate")]
     reboot_command: Option<String>,
+
+    /// Poll this channel: the https URL (or absolute path) of the bundle
+    /// its publisher points at the newest release; a newer version of this
+    /// machine's product is installed (off by default).
+    #[arg(long, value_name = "URL", help_heading = "Polling")]
+    poll_url: Option<String>,
+
+    /// Time between checks [default: 1h].
+    #[arg(long, value_name = "DURATION", value_parser = duration, help_heading = "Polling")]
+    poll_interval: Option<Duration>,
+
+    /// Up to this much random time is added to each wait [default: 10m].
+    #[arg(long, value_name = "DURATION", value_parser = duration, help_heading = "Polling")]
+    poll_jitter: Option<Duration>,
+
+    /// Install only within this daily window, "HH:MM-HH:MM" in UTC.
+    #[arg(long, value_name = "WINDOW", help_heading = "Polling")]
+    poll_window: Option<String>,
+
+    /// Install what the channel offers but do not reboot into it.
+    #[arg(long, help_heading = "Polling")]
+    poll_no_reboot: bool,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -124,6 +148,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             rejoin: args.rejoin_url,
             check_timeout: args.health_timeout,
             deadline: args.deadline,
+        },
+        poll: PollConfig {
+            url: args.poll_url,
+            interval: args.poll_interval,
+            jitter: args.poll_jitter,
+            window: args.poll_window,
+            reboot: args.poll_no_reboot.then_some(false),
         },
     };
     let settings = file.overridden_by(flags).resolve(live)?;
