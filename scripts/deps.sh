@@ -23,6 +23,13 @@ declare -A need=(
   [/usr/bin/sbverify]=sbsigntool
   [/usr/bin/mkfs.erofs]=erofs-utils
   [/usr/sbin/mkfs.ext4]=e2fsprogs
+  # The fleet layer (crates/abkit-fleet): etcd 3.4 for its tests and
+  # `make fleet-sim`; the etcd-client crate's build compiles etcd's .proto
+  # files with protoc, which needs the well-known types of libprotobuf-dev.
+  [/usr/bin/etcd]=etcd-server
+  [/usr/bin/etcdctl]=etcd-client
+  [/usr/bin/protoc]=protobuf-compiler
+  [/usr/include/google/protobuf/descriptor.proto]=libprotobuf-dev
 )
 missing=()
 for f in "${!need[@]}"; do
