@@ -37,6 +37,9 @@ pub struct Config {
     pub tls: TlsConfig,
     #[serde(default)]
     pub health: HealthConfig,
+    /// FleetLock and rollouts (crate::fleet).
+    #[serde(default)]
+    pub fleet: crate::fleet::FleetConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -66,7 +69,9 @@ pub struct HealthConfig {
     pub deadline: Option<Duration>,
 }
 
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub(crate) fn duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
     let text = String::deserialize(d)?;
     parse_duration(&text)
         .map(Some)
@@ -117,6 +122,7 @@ impl Config {
                 check_timeout: over.health.check_timeout.or(self.health.check_timeout),
                 deadline: over.health.deadline.or(self.health.deadline),
             },
+            fleet: self.fleet.overridden_by(over.fleet),
         }
     }
 
@@ -165,7 +171,9 @@ impl Config {
                 )));
             }
         }
+        let fleet = self.fleet.resolve(live)?;
         Ok(Settings {
+            fleet,
             socket: self.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
             keyring: self.keyring.unwrap_or_else(|| DEFAULT_KEYRING.into()),
             reboot_command: self.reboot_command,
@@ -185,6 +193,8 @@ pub struct Settings {
     pub allow_http: bool,
     pub tls: Option<TlsSettings>,
     pub health: HealthSettings,
+    /// A fleet member: FleetLock before trial reboots, rollouts from etcd.
+    pub fleet: Option<crate::fleet::FleetSettings>,
 }
 
 #[derive(Debug, Clone)]

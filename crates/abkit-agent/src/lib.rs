@@ -12,13 +12,16 @@
 //!   [`ops`] (one at a time) with the engine's progress events.
 //!
 //! The agent is idle-cheap: threads block in `accept`, nothing polls.
-//! [`client`] lets the CLI find a running agent. Settings: [`config`];
+//! In a fleet ([`fleet`]), trial reboots wait for a FleetLock slot and
+//! rollouts are followed from etcd. [`client`] lets the CLI find a running agent. Settings: [`config`];
 //! systemd readiness and watchdog: [`notify`].
 
 pub mod api;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod fleet;
+pub mod fleetlock_client;
 pub mod health;
 pub mod http;
 pub mod notify;
@@ -60,6 +63,7 @@ pub fn run(settings: Settings, open: OpenMachine, live: bool) -> Result<()> {
     notify::notify("READY=1\nSTATUS=serving; health checks starting");
     notify::start_watchdog();
     agent.health_gate();
+    fleet::start(agent.clone());
     loop {
         std::thread::park();
     }
