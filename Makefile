@@ -25,7 +25,7 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 
 .PHONY: all help deps build test lint unit demo clean \
 	stub lint-loader vm-loader e2e-bins vm-e2e stub-next-to-abkit install \
-	bench bench-image bench-bundle bench-install bench-agent fuzz-bundle
+	bench bench-image bench-bundle bench-install bench-agent fuzz-bundle fleet-sim
 
 ## all: the same as build
 all: build
@@ -119,6 +119,10 @@ bench-install: deps
 ## bench-agent: the idle agent's RSS, CPU and wake-ups over 30 s (not part of test)
 bench-agent: deps
 	bash bench/agent.sh
+
+## fleet-sim: 100 offline agents, 3-member etcd, two FleetLock servers: three rollout scenarios, JSON reports (FLEET_SIM_NODES)
+fleet-sim: deps
+	FLEET_SIM_REPORTS=$(CURDIR)/build/fleet-sim $(CARGO) test --release -p abkit --test fleet_sim -- --ignored --nocapture --test-threads 1 fleet_sim_full
 
 ## fuzz-bundle: run both bundle fuzz targets, FUZZ_SECONDS each (default 300; nightly cargo-fuzz)
 fuzz-bundle: deps

@@ -428,3 +428,59 @@ impl Follower {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fleet_settings_resolve_or_are_refused_by_name() {
+        let none = FleetConfig::default().resolve(false).unwrap();
+        assert!(none.is_none());
+        let c: crate::Config = toml::from_str(
+            "[fleet]\netcd = [\"10.0.0.1:2379\"]\nfleetlock = [\"http://fl:8080\"]\n\
+             group = \"web\"\nmachine_id = \"m1\"\nmax_backoff = \"30s\"",
+        )
+        .unwrap();
+        let s = c.fleet.resolve(false).unwrap().unwrap();
+        assert_eq!(s.etcd, ["http://10.0.0.1:2379"]);
+        assert_eq!((s.group.as_str(), s.machine_id.as_str()), ("web", "m1"));
+        assert_eq!(s.max_backoff, Duration::from_secs(30));
+        let bad = |f: FleetConfig| f.resolve(false).unwrap_err().to_string();
+        let base = FleetConfig {
+            fleetlock: vec!["http://fl".into()],
+            machine_id: Some("m1".into()),
+            ..Default::default()
+        };
+        assert!(
+            bad(FleetConfig {
+                fleetlock: vec![],
+                etcd: vec!["http://e:2379".into()],
+                ..base.clone()
+            })
+            .contains("FleetLock")
+        );
+        assert!(
+            bad(FleetConfig {
+                machine_id: None,
+                ..base.clone()
+            })
+            .contains("--machine-id")
+        );
+        assert!(
+            bad(FleetConfig {
+                group: Some("a b".into()),
+                ..base.clone()
+            })
+            .contains("group")
+        );
+        assert!(
+            bad(FleetConfig {
+                fleetlock: vec!["fl:8080".into()],
+                ..base.clone()
+            })
+            .contains("http")
+        );
+        assert!(toml::from_str::<crate::Config>("[fleet]\netc = []").is_err());
+    }
+}
