@@ -2,7 +2,7 @@
 //! `POST {base}/v1/pre-reboot` before rebooting into a trial and
 //! `POST {base}/v1/steady-state` once committed or back on the old slot,
 //! with the header `fleet-lock-protocol: true` and the body
-//! `{"client_params": {"id": ..., "group": ...}}`. Anything but `200` is a
+//! `{"client_params": {"id": ..., "group": ...}}`. Anything but a 2xx is a
 //! refusal: the caller waits (with [`Backoff`]) and asks again.
 //!
 //! Zincati takes one server URL; this client takes a list and moves to the
@@ -104,7 +104,8 @@ impl FleetLockClient {
                 }
             };
             let status = resp.status().as_u16();
-            if status == 200 {
+            // Zincati takes any 2xx as success (servers answer 200).
+            if (200..300).contains(&status) {
                 return Ok(());
             }
             let text = resp

@@ -33,7 +33,7 @@ fn the_client_locks_is_refused_unlocks_and_fails_over() {
             value,
             ..
         }) => {
-            assert_eq!((status, kind.as_str()), (409, "failed_lock"));
+            assert_eq!((status, kind.as_str()), (409, "failed_lock_semaphore_full"));
             assert!(value.contains("node-a"), "{value}");
         }
         other => panic!("{other:?}"),

@@ -4,8 +4,9 @@
 //! `POST /v1/pre-reboot` locks a slot, `POST /v1/steady-state` unlocks it;
 //! both need the header `fleet-lock-protocol: true` and the body
 //! `{"client_params": {"id": "...", "group": "..."}}`. `200` means done;
-//! any other status carries `{"kind": "...", "value": "..."}` and the
-//! client waits and retries. `GET /v1/groups` lists the semaphores.
+//! any other status carries `{"kind": "...", "value": "..."}` (kinds are a
+//! small fixed set, as the protocol asks) and the client waits and
+//! retries. Like Zincati, clients may send no Content-Type. `GET /v1/groups` lists the semaphores.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -189,7 +190,7 @@ fn handle(store: &Store, opts: &ServeOptions, mut req: Request) {
             Ok(LockOutcome::Full(sem)) => error(
                 req,
                 409,
-                "failed_lock",
+                "failed_lock_semaphore_full",
                 format!(
                     "all {} reboot slots of group {group} are held (by {})",
                     sem.total_slots,

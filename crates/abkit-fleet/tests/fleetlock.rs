@@ -25,7 +25,7 @@ fn call(base: &str, op: &str, id: &str, group: &str) -> (u16, String) {
     let mut resp = http()
         .post(format!("{base}/v1/{op}"))
         .header("fleet-lock-protocol", "true")
-        .content_type("application/json")
+        // As Zincati sends it: no Content-Type.
         .send(body)
         .unwrap();
     let status = resp.status().as_u16();
@@ -69,7 +69,7 @@ fn the_protocol_as_zincati_speaks_it() {
     let (status, body) = call(&base, "pre-reboot", "m2", "workers");
     assert_eq!(status, 409, "{body}");
     let err: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(err["kind"], "failed_lock");
+    assert_eq!(err["kind"], "failed_lock_semaphore_full");
     assert!(err["value"].as_str().unwrap().contains("m1"), "{body}");
     // Groups are separate semaphores.
     assert_eq!(call(&base, "pre-reboot", "m2", "db").0, 200);
