@@ -12,6 +12,10 @@ pub enum FleetError {
     Corrupt { key: String, message: String },
     #[error("no rollout in etcd (start one with `abkit rollout start`)")]
     NoRollout,
+    #[error(
+        "no machine has registered in etcd: start the agents (with --etcd) first, so the waves can be assigned"
+    )]
+    NoMachines,
     #[error("rollout {id} is {state}: {message}")]
     RolloutState {
         id: String,
@@ -32,6 +36,7 @@ impl FleetError {
             FleetError::BadInput(_) => "bad-input",
             FleetError::Corrupt { .. } => "etcd-corrupt",
             FleetError::NoRollout => "no-rollout",
+            FleetError::NoMachines => "no-machines",
             FleetError::RolloutState { .. } => "rollout-state",
             FleetError::Contended { .. } => "contended",
             FleetError::Listen { .. } => "listen",

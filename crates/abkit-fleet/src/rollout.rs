@@ -83,9 +83,15 @@ impl Plan {
             .unwrap_or(self.waves.len().saturating_sub(1))
     }
 
-    /// Whether `machine` may start installing this release now.
+    /// Whether `machine` may start installing this release now. A
+    /// completed rollout's release stays the desired one: a machine that
+    /// registers later installs it too (through FleetLock, as any other).
     pub fn may_install(&self, machine: &str) -> bool {
-        self.state == RolloutState::Running && self.wave_of(machine) <= self.open_wave
+        match self.state {
+            RolloutState::Running => self.wave_of(machine) <= self.open_wave,
+            RolloutState::Completed => true,
+            RolloutState::Halted | RolloutState::Aborted => false,
+        }
     }
 }
 
@@ -277,7 +283,8 @@ pub struct StartOptions {
 }
 
 /// Writes a new plan over the registered machines. Refuses while another
-/// rollout is running or halted (abort it first). Sets every group's
+/// rollout is running or halted (abort it first), and when no machine has
+/// registered (there would be no waves). Sets every group's
 /// FleetLock semaphore to `max_unavailable` slots.
 pub fn start(store: &Store, opts: &StartOptions) -> Result<Plan> {
     if opts.max_unavailable == 0 || opts.halt_after == 0 {
@@ -296,6 +303,9 @@ pub fn start(store: &Store, opts: &StartOptions) -> Result<Plan> {
         });
     }
     let records = machines(store)?;
+    if records.is_empty() {
+        return Err(FleetError::NoMachines);
+    }
     let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
     let plan = Plan {
         id: uuid::Uuid::new_v4().to_string(),
