@@ -52,7 +52,8 @@ pub struct Plan {
     /// Unique per `rollout start`: machine records name the rollout they
     /// acted on.
     pub id: String,
-    /// A bundle URL, an absolute path, or `oci://...`: what agents install.
+    /// What agents install: a bundle URL or an absolute path (whatever the
+    /// agent's install accepts; `oci://` once the engine takes it).
     pub source: String,
     /// Cumulative percentages of the fleet, e.g. `[1, 10, 50, 100]`.
     pub waves: Vec<u32>,

@@ -23,7 +23,8 @@ pub enum RolloutCommand {
 pub struct StartArgs {
     #[command(flatten)]
     etcd: EtcdArgs,
-    /// The release: a bundle URL, an absolute path on the machines, or oci://...
+    /// The release, as each agent's install takes it: an https:// bundle
+    /// URL or an absolute path on the machines.
     #[arg(long, value_name = "SOURCE")]
     source: String,
     /// Cumulative shares of the fleet per wave; a wave opens when every
@@ -37,6 +38,7 @@ pub struct StartArgs {
     /// Halt when this many machines of one wave fail their trial.
     #[arg(long, value_name = "N", default_value_t = 1)]
     halt_after: u32,
+    /// Print the plan as JSON (machine → wave in "assignment").
     #[arg(long)]
     json: bool,
 }
@@ -45,6 +47,7 @@ pub struct StartArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     etcd: EtcdArgs,
+    /// Print JSON: state, per-wave counts, totals.
     #[arg(long)]
     json: bool,
 }
@@ -53,6 +56,7 @@ pub struct StatusArgs {
 pub struct SteerArgs {
     #[command(flatten)]
     etcd: EtcdArgs,
+    /// Print the plan as JSON.
     #[arg(long)]
     json: bool,
 }
