@@ -293,6 +293,16 @@ pub fn start(store: &Store, opts: &StartOptions) -> Result<Plan> {
             "--max-unavailable and --halt-after must be at least 1".into(),
         ));
     }
+    let src = &opts.source;
+    if !(src.starts_with("https://")
+        || src.starts_with("http://")
+        || src.starts_with("oci://")
+        || src.starts_with('/'))
+    {
+        return Err(FleetError::BadInput(format!(
+            "source {src:?}: give a bundle URL or an absolute path as the machines see it"
+        )));
+    }
     let current = read_plan(store)?;
     if let Some((p, _)) = &current
         && matches!(p.state, RolloutState::Running | RolloutState::Halted)

@@ -183,6 +183,16 @@ fn no_rollout_and_bad_options_are_named_errors() {
         ),
         Err(FleetError::BadInput(_))
     ));
+    assert!(matches!(
+        rollout::start(
+            &store,
+            &StartOptions {
+                source: "os.abb".into(),
+                ..opts(1)
+            }
+        ),
+        Err(FleetError::BadInput(_))
+    ));
     // Garbage in the plan key is reported, never overwritten by advance.
     store.put(rollout::PLAN_KEY, b"nope").unwrap();
     let err = rollout::advance(&store).unwrap_err();
