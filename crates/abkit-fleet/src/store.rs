@@ -99,7 +99,7 @@ impl Store {
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(REQUEST_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
+            .with_keep_alive(Duration::from_secs(30), Duration::from_secs(10));
         let client = runtime
             .block_on(Client::connect(endpoints, Some(options)))
             .map_err(|e| FleetError::Etcd {
