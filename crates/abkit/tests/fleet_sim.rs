@@ -13,7 +13,8 @@
 //!
 //! Scenarios: a good release reaches every machine; a release failing on
 //! 30% of machines halts in its first wave; an etcd member and a FleetLock
-//! server are killed mid-rollout. Each prints a JSON report.
+//! server are killed mid-rollout. Each prints a JSON report. Also here:
+//! an update through the agent's API waits for a FleetLock slot.
 
 mod common;
 
@@ -31,6 +32,7 @@ use abkit_fleet::testing::{EtcdCluster, free_port};
 use abkit_fleet::{Store, parse_endpoints, semaphore};
 use abkit_update::firmware::simulate_boot;
 use abkit_update::offline::OfflineMachine;
+use serde_json::Value;
 
 const OLD: &str = "1.0.0";
 const NEW: &str = "1.1.0";
@@ -583,4 +585,89 @@ fn fleet_sim_full() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(100);
     scenarios(nodes, 5, "1%,10%,50%,100%", "10%,50%,100%");
+}
+
+/// `curl --unix-socket` against an agent; the body as JSON.
+fn agent_call(socket: &Path, method: &str, path: &str, body: Option<&str>) -> Option<Value> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "--max-time", "10", "--unix-socket"])
+        .arg(socket)
+        .args(["-X", method]);
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "-d", b]);
+    }
+    let out = cmd.arg(format!("http://agent{path}")).output().ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// An update through the agent's API reboots only once FleetLock grants a
+/// slot: while another machine holds the group's only slot, the install
+/// finishes but the machine waits.
+#[test]
+fn an_api_update_reboots_only_with_a_fleetlock_slot() {
+    let fleet = Fleet::new();
+    let etcd = EtcdCluster::start(1);
+    let server = FleetLockServer::start(&etcd.endpoints(), &fleet.work.p("fl.log"));
+    let store = Store::connect(&parse_endpoints(&etcd.endpoints()).unwrap()).unwrap();
+    semaphore::set_slots(&store, "default", 1).unwrap();
+    semaphore::lock(&store, "default", "other", 1).unwrap();
+    let w = &fleet.work;
+    let reboots = w.p("reboots");
+    let socket = w.p("agent.sock");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_abkit"))
+        .args([
+            "agent",
+            "--disk",
+            &w.s("disk.img"),
+            "--ovmf-vars",
+            &w.s("vars.fd"),
+        ])
+        .args(["--booted-slot", "A", "--keyring", &w.s("keyring")])
+        .arg("--socket")
+        .arg(&socket)
+        .args([
+            "--reboot-command",
+            &format!("echo reboot >> {}", reboots.display()),
+        ])
+        .args(["--fleetlock-url", &server.url, "--machine-id", "m1"])
+        .args(["--fleet-max-backoff", "1s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(w.p("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    while agent_call(&socket, "GET", "/v1/status", None).is_none() {
+        assert!(Instant::now() < end, "the agent did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let body = serde_json::json!({"source": fleet.new_bundle, "reboot": true}).to_string();
+    let started = agent_call(&socket, "POST", "/v1/update", Some(&body)).unwrap();
+    let op = started["operation"].as_str().unwrap().to_string();
+    loop {
+        let o = agent_call(&socket, "GET", &format!("/v1/operations/{op}"), None).unwrap();
+        if o["state"] == "succeeded" {
+            break;
+        }
+        assert_ne!(o["state"], "failed", "{o}");
+        assert!(Instant::now() < end, "the update did not finish: {o}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Installed, but the only slot is another machine's: no reboot.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!reboots.exists(), "rebooted without a FleetLock slot");
+    semaphore::unlock(&store, "default", "other").unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    while !reboots.exists() {
+        assert!(Instant::now() < end, "no reboot after the slot was freed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let held = semaphore::read(&store, "default")
+        .unwrap()
+        .unwrap()
+        .0
+        .holders;
+    assert_eq!(held, ["m1"]);
+    let _ = agent.kill();
+    let _ = agent.wait();
 }
