@@ -4,7 +4,8 @@
 //! At every start, once the health gate is done (committed, or back on
 //! the old slot), the agent settles the rollout step its last boot was
 //! about (committed or rolled back, in its etcd record), lets the rollout
-//! re-evaluate itself, and gives back its FleetLock slot
+//! re-evaluate itself (an install cut short is simply tried again), and
+//! gives back its FleetLock slot
 //! (`steady-state`). Then it watches the plan: when its wave is open it
 //! takes a reboot slot (`pre-reboot`, retried with backoff), checks the
 //! plan once more (no install after a halt), installs, records
@@ -318,8 +319,12 @@ impl Follower {
                 }
             }
             Phase::Installing => {
-                rec.phase = Phase::Failed;
-                rec.error = Some("the install was interrupted (agent restarted)".into());
+                // Cut short (a crash, a power cut): the engine left the
+                // target slot empty and the old one committed. Not a failed
+                // release: this machine takes its step again.
+                log::warn!("fleet: an install was interrupted; trying again");
+                rec.phase = Phase::Idle;
+                rec.rollout = None;
             }
             _ => {}
         }

@@ -671,3 +671,64 @@ fn an_api_update_reboots_only_with_a_fleetlock_slot() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+/// An agent that died mid-install (its record still says `installing`)
+/// takes its step again at the next start, and the rollout completes.
+#[test]
+fn an_install_cut_short_is_tried_again() {
+    let fleet = Fleet::new();
+    let etcd = EtcdCluster::start(1);
+    let endpoints = etcd.endpoints();
+    let server = FleetLockServer::start(&endpoints, &fleet.work.p("fl.log"));
+    let store = Store::connect(&parse_endpoints(&endpoints).unwrap()).unwrap();
+    let mut rec = rollout::MachineRecord {
+        id: "m-000".into(),
+        group: "default".into(),
+        phase: Phase::Idle,
+        rollout: None,
+        version: Some(OLD.into()),
+        target_version: None,
+        error: None,
+        updated_at: 0,
+    };
+    rollout::write_machine(&store, &rec).unwrap();
+    let plan = rollout::start(
+        &store,
+        &rollout::StartOptions {
+            source: fleet.new_bundle.clone(),
+            waves: vec![100],
+            max_unavailable: 1,
+            halt_after: 1,
+        },
+    )
+    .unwrap();
+    rec.phase = Phase::Installing;
+    rec.rollout = Some(plan.id.clone());
+    rollout::write_machine(&store, &rec).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut m = spawn_machine(
+        &fleet,
+        "cut",
+        0,
+        "m-000".into(),
+        endpoints.clone(),
+        vec![server.url.clone()],
+        false,
+        Instant::now(),
+        stop.clone(),
+    );
+    let end = Instant::now() + Duration::from_secs(60);
+    while rollout::status(&store).unwrap().state != RolloutState::Completed {
+        assert!(
+            Instant::now() < end,
+            "{:?}",
+            rollout::status(&store).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::SeqCst);
+    m.thread.take().unwrap().join().unwrap();
+    let s = rollout::status(&store).unwrap();
+    assert_eq!((s.committed, s.failed), (1, 0));
+    assert_eq!(disk_state(&m.dir).0, NEW);
+}
