@@ -352,7 +352,10 @@ impl Follower {
         loop {
             let current = self.retry("read the rollout", || rollout::read_plan(store));
             let Some((plan, rev)) = current else {
-                store.wait_for_change(rollout::PLAN_KEY, 0, Duration::from_secs(60));
+                // No plan: wait from the store's present revision (not from
+                // the start of history, which may hold a deleted plan).
+                let (now, _) = self.retry("read the rollout", || store.list(rollout::PLAN_KEY));
+                store.wait_for_change(rollout::PLAN_KEY, now, Duration::from_secs(60));
                 continue;
             };
             if self.wanted(store, &plan) {
