@@ -25,7 +25,7 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 
 .PHONY: all help deps build test lint unit demo clean \
 	stub lint-loader e2e-bins vm-e2e stub-next-to-abkit install deb \
-	bench bench-image bench-bundle bench-install bench-agent bench-oci fuzz-bundle
+	bench bench-image bench-bundle bench-install bench-agent bench-oci fuzz-bundle fleet-sim
 
 ## all: the same as build
 all: build
@@ -126,6 +126,10 @@ bench-agent: deps
 ## bench-oci: bundle push and install through a registry vs a file and plain HTTP (512 MiB)
 bench-oci: deps
 	bash bench/oci.sh
+
+## fleet-sim: 100 offline agents, 3-member etcd, two FleetLock servers: three rollout scenarios, JSON reports (FLEET_SIM_NODES)
+fleet-sim: deps
+	FLEET_SIM_REPORTS=$(CURDIR)/build/fleet-sim $(CARGO) test --release -p abkit --test fleet_sim -- --ignored --nocapture --test-threads 1 fleet_sim_full
 
 ## fuzz-bundle: run both bundle fuzz targets, FUZZ_SECONDS each (default 300; nightly cargo-fuzz)
 fuzz-bundle: deps

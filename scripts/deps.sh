@@ -26,6 +26,13 @@ declare -A need=(
   # The OCI tests run a real registry (distribution 2.8) with htpasswd auth.
   [/usr/bin/docker-registry]=docker-registry
   [/usr/bin/htpasswd]=apache2-utils
+  # The fleet layer (crates/abkit-fleet): etcd 3.4 for its tests and
+  # `make fleet-sim`; the etcd-client crate's build compiles etcd's .proto
+  # files with protoc, which needs the well-known types of libprotobuf-dev.
+  [/usr/bin/etcd]=etcd-server
+  [/usr/bin/etcdctl]=etcd-client
+  [/usr/bin/protoc]=protobuf-compiler
+  [/usr/include/google/protobuf/descriptor.proto]=libprotobuf-dev
 )
 missing=()
 for f in "${!need[@]}"; do

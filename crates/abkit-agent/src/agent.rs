@@ -411,7 +411,7 @@ impl Agent {
                 let value = serde_json::to_value(&report).unwrap_or(Value::Null);
                 self.ops.finish(id, Ok(value));
                 if reboot {
-                    self.reboot(&format!("update {} installed", report.version));
+                    self.reboot_into_trial(&format!("update {} installed", report.version));
                 }
             }
             Err(e) => {

@@ -43,6 +43,9 @@ pub struct Config {
     pub health: HealthConfig,
     #[serde(default)]
     pub poll: PollConfig,
+    /// FleetLock and rollouts (crate::fleet).
+    #[serde(default)]
+    pub fleet: crate::fleet::FleetConfig,
 }
 
 /// `[poll]`: checking a channel for newer releases (off without `url`).
@@ -89,7 +92,9 @@ pub struct HealthConfig {
     pub deadline: Option<Duration>,
 }
 
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub(crate) fn duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
     let text = String::deserialize(d)?;
     parse_duration(&text)
         .map(Some)
@@ -147,6 +152,7 @@ impl Config {
                 window: over.poll.window.or(self.poll.window),
                 reboot: over.poll.reboot.or(self.poll.reboot),
             },
+            fleet: self.fleet.overridden_by(over.fleet),
         }
     }
 
@@ -197,7 +203,9 @@ impl Config {
         }
         let allow_http = self.allow_http.unwrap_or(false);
         let poll = resolve_poll(self.poll, allow_http)?;
+        let fleet = self.fleet.resolve(live)?;
         Ok(Settings {
+            fleet,
             socket: self.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
             keyring: self.keyring.unwrap_or_else(|| DEFAULT_KEYRING.into()),
             reboot_command: self.reboot_command,
@@ -258,6 +266,8 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     pub health: HealthSettings,
     pub poll: Option<PollSettings>,
+    /// A fleet member: FleetLock before trial reboots, rollouts from etcd.
+    pub fleet: Option<crate::fleet::FleetSettings>,
 }
 
 #[derive(Debug, Clone)]

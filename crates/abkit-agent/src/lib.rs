@@ -13,13 +13,17 @@
 //!
 //! The agent is idle-cheap: threads block in `accept`, nothing polls.
 //! [`poll`] (off by default) checks a release channel on an interval and
-//! installs newer versions. [`client`] lets the CLI find a running agent. Settings: [`config`];
+//! installs newer versions. In a fleet ([`fleet`]), trial reboots wait for
+//! a FleetLock slot and rollouts are followed from etcd. [`client`] lets
+//! the CLI find a running agent. Settings: [`config`];
 //! systemd readiness and watchdog: [`notify`].
 
 pub mod api;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod fleet;
+pub mod fleetlock_client;
 pub mod health;
 pub mod http;
 pub mod notify;
@@ -63,6 +67,7 @@ pub fn run(settings: Settings, open: OpenMachine, live: bool) -> Result<()> {
     notify::start_watchdog();
     agent.health_gate();
     poll::start(agent.clone());
+    fleet::start(agent.clone());
     loop {
         std::thread::park();
     }

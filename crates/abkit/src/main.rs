@@ -47,6 +47,12 @@ enum Command {
     Image(cmd::image::ImageCommand),
     /// Run the agent: the health gate (commit or reboot) and the node API.
     Agent(Box<cmd::agent::AgentArgs>),
+    /// Reboot coordination: a FleetLock server on etcd, and its semaphores.
+    #[command(subcommand)]
+    Fleetlock(cmd::fleetlock::FleetlockCommand),
+    /// Fleet rollouts in waves, kept in etcd: start, status, resume, abort.
+    #[command(subcommand)]
+    Rollout(cmd::rollout::RolloutCommand),
 }
 
 /// Dies quietly on a closed pipe (`abkit ... | head`), like other Unix
@@ -62,7 +68,10 @@ fn main() -> std::process::ExitCode {
     default_sigpipe();
     let cli = Cli::parse();
     // The agent is a daemon: what it does belongs in its log (the journal).
-    let level = if matches!(cli.command, Command::Agent(_)) {
+    let level = if matches!(
+        cli.command,
+        Command::Agent(_) | Command::Fleetlock(cmd::fleetlock::FleetlockCommand::Serve(_))
+    ) {
         "info"
     } else {
         "warn"
@@ -85,6 +94,8 @@ fn main() -> std::process::ExitCode {
         Command::Keygen(a) => cmd::keygen::run(a),
         Command::Image(c) => cmd::image::run(c),
         Command::Agent(a) => cmd::agent::run(*a),
+        Command::Fleetlock(c) => cmd::fleetlock::run(c),
+        Command::Rollout(c) => cmd::rollout::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

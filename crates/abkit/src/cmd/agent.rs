@@ -8,6 +8,7 @@ use std::time::Duration;
 use abkit_agent::config::{
     Config, DEFAULT_CONFIG, DEFAULT_SOCKET, HealthConfig, PollConfig, TlsConfig,
 };
+use abkit_agent::fleet::FleetConfig;
 use clap::Args;
 
 use super::machine::MachineArgs;
@@ -115,6 +116,29 @@ pub struct AgentArgs {
     /// Install what the channel offers but do not reboot into it.
     #[arg(long, help_heading = "Polling")]
     poll_no_reboot: bool,
+
+    /// A FleetLock server (base URL; repeat for failover): trial reboots
+    /// wait for a slot (POST /v1/pre-reboot), and a slot is given back
+    /// (POST /v1/steady-state) once committed or back on the old slot.
+    #[arg(long = "fleetlock-url", value_name = "URL", help_heading = "Fleet")]
+    fleetlock_url: Vec<String>,
+
+    /// etcd client URLs, comma-separated: follow `abkit rollout` (install
+    /// when this machine's wave opens). Needs --fleetlock-url.
+    #[arg(long, value_name = "URL[,URL...]", help_heading = "Fleet")]
+    etcd: Option<String>,
+
+    /// This machine's FleetLock group [default: default].
+    #[arg(long, value_name = "NAME", help_heading = "Fleet")]
+    group: Option<String>,
+
+    /// This machine's id in the fleet [default: /etc/machine-id; required offline].
+    #[arg(long, value_name = "ID", help_heading = "Fleet")]
+    machine_id: Option<String>,
+
+    /// Longest pause between FleetLock retries [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = duration, help_heading = "Fleet")]
+    fleet_max_backoff: Option<Duration>,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -155,6 +179,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             jitter: args.poll_jitter,
             window: args.poll_window,
             reboot: args.poll_no_reboot.then_some(false),
+        },
+        fleet: FleetConfig {
+            etcd: args.etcd.into_iter().collect(),
+            fleetlock: args.fleetlock_url,
+            group: args.group,
+            machine_id: args.machine_id,
+            max_backoff: args.fleet_max_backoff,
         },
     };
     let settings = file.overridden_by(flags).resolve(live)?;

@@ -35,6 +35,9 @@ pub fn error_code(err: &anyhow::Error) -> &'static str {
         if let Some(e) = cause.downcast_ref::<abkit_agent::AgentError>() {
             return e.code();
         }
+        if let Some(e) = cause.downcast_ref::<abkit_fleet::FleetError>() {
+            return e.code();
+        }
     }
     if err.chain().any(|c| c.is::<io::Error>()) {
         return "io";

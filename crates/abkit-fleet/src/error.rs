@@ -1,0 +1,48 @@
+//! Why a fleet operation failed, with a stable code for `--json` output.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum FleetError {
+    #[error("etcd ({endpoints}): {message}")]
+    Etcd { endpoints: String, message: String },
+    #[error("{0}")]
+    BadInput(String),
+    #[error("etcd key {key} holds something that is not ours: {message}")]
+    Corrupt { key: String, message: String },
+    #[error("no rollout in etcd (start one with `abkit rollout start`)")]
+    NoRollout,
+    #[error(
+        "no machine has registered in etcd: start the agents (with --etcd) first, so the waves can be assigned"
+    )]
+    NoMachines,
+    #[error("rollout {id} is {state}: {message}")]
+    RolloutState {
+        id: String,
+        state: String,
+        message: String,
+    },
+    #[error("{what}: gave up after {tries} conflicting updates")]
+    Contended { what: String, tries: u32 },
+    #[error("cannot serve FleetLock on {addr}: {message}")]
+    Listen { addr: String, message: String },
+}
+
+impl FleetError {
+    /// A stable, machine-readable name of the error (docs/fleet.md).
+    pub fn code(&self) -> &'static str {
+        match self {
+            FleetError::Etcd { .. } => "etcd",
+            FleetError::BadInput(_) => "bad-input",
+            FleetError::Corrupt { .. } => "etcd-corrupt",
+            FleetError::NoRollout => "no-rollout",
+            FleetError::NoMachines => "no-machines",
+            FleetError::RolloutState { .. } => "rollout-state",
+            FleetError::Contended { .. } => "contended",
+            FleetError::Listen { .. } => "listen",
+        }
+    }
+}
+
+/// `Result` with this crate's error.
+pub type Result<T, E = FleetError> = std::result::Result<T, E>;
