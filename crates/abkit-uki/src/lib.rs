@@ -19,8 +19,8 @@ mod sign;
 mod stamp;
 pub use abkit_loader_core::{Slot, StampError};
 pub use sign::{
-    SignError, SignatureCheck, SignatureProblem, SigningKey, Verification, parse_certificate, sign,
-    signature_for_digest, verify,
+    SignError, SignatureCheck, SignatureProblem, SigningKey, Verification,
+    certificate_for_firmware, parse_certificate, sign, signature_for_digest, verify,
 };
 pub use stamp::{authenticode_sha256, read_stamp, remove_stamp, stamp};
 /// The X.509 certificate type [`verify`] takes.

@@ -73,6 +73,13 @@ pub struct BuildArgs {
     /// /usr/share/OVMF/OVMF_VARS_4M.fd, then boot QEMU with it.
     #[arg(long, value_name = "FILE")]
     ovmf_vars: Option<PathBuf>,
+    /// Enrol the Secure Boot keys in DIR (PK.crt, KEK.crt, db.crt, PEM or
+    /// DER; owner.guid for the signature owner, as scripts/test-pki.sh DIR
+    /// writes them) into --ovmf-vars as PK, KEK and db, and turn Secure Boot
+    /// on. Boot with OVMF_CODE_4M.secboot.fd (-machine q35,smm=on); the
+    /// loader must then be signed by the db key (`abkit uki sign`).
+    #[arg(long, value_name = "DIR", requires = "ovmf_vars")]
+    secure_boot: Option<PathBuf>,
     /// Print what was built as JSON.
     #[arg(long)]
     json: bool,
@@ -157,6 +164,18 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         disk_size: args.disk_size,
         label_prefix: args.label_prefix,
     };
+    // The keys are read before anything is written: a bad folder builds nothing.
+    let sb_keys = args
+        .secure_boot
+        .as_deref()
+        .map(super::secure_boot::load_keys)
+        .transpose()?;
+    let enroll = |vars: Option<&std::path::Path>| -> anyhow::Result<()> {
+        if let (Some(keys), Some(vars)) = (&sb_keys, vars) {
+            super::secure_boot::enroll(vars, keys)?;
+        }
+        Ok(())
+    };
     if let (Some(bundle), Some(keyring_dir)) = (args.signed.bundle, args.signed.keyring) {
         let keyring = Keyring::load_dir(&keyring_dir)
             .with_context(|| format!("cannot load the keyring {}", keyring_dir.display()))?;
@@ -185,6 +204,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
                 options.bundle.display()
             )
         })?;
+        enroll(options.ovmf_vars.as_deref())?;
         return print(&report, args.json);
     }
     let (Some(loader), Some(system)) = (args.raw.loader, args.raw.system) else {
@@ -201,6 +221,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     eprintln!("abkit: building {}", options.output.display());
     let report = abkit_update::factory::build_raw(&options, args.ovmf_vars.as_deref())
         .with_context(|| format!("building {}", options.output.display()))?;
+    enroll(args.ovmf_vars.as_deref())?;
     print(&report, args.json)
 }
 

@@ -11,6 +11,7 @@ pub mod machine;
 pub mod mark_good;
 pub mod progress;
 pub mod rollback;
+pub mod secure_boot;
 pub mod status;
 pub mod uki;
 pub mod vars;
