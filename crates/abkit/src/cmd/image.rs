@@ -27,7 +27,7 @@ pub enum ImageCommand {
     /// written if it is not), then its efi and system payloads are used and
     /// slot A is recorded as `installed` with the bundle's product, version
     /// and hashes, exactly as `abkit install` would record it.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Show a disk's partitions, the ESP's files, and what each slot holds
     /// (size and SHA-256 of its used part: up to its last non-zero 4 KiB
     /// block; and the bundle that wrote it, from the slot's record on the ESP).
@@ -247,7 +247,7 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
 
 pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
     match cmd {
-        ImageCommand::Build(args) => build(args),
+        ImageCommand::Build(args) => build(*args),
         ImageCommand::Inspect(args) => inspect(args),
     }
 }
