@@ -181,7 +181,17 @@ pub enum Step {
     DataWrite { name: String, text: String },
     /// Print a file under /data.
     DataRead { name: String },
+    /// Print the SHA-256 PCRs 4, 7, 11 and 12 the kernel's TPM driver shows
+    /// (`testos: pcr N=HEX`).
+    Pcrs,
+    /// Print whether the firmware booted with Secure Boot on
+    /// (`testos: secureboot=1`, from the `SecureBoot` variable).
+    SecureBoot,
 }
+
+/// The PCRs the `pcrs` step prints: the loader (4), Secure Boot state (7),
+/// the UKI's sections (11), the command line (12).
+pub const PRINTED_PCRS: [u32; 4] = [4, 7, 11, 12];
 
 /// How the boot ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,7 +214,7 @@ pub struct Plan {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PlanError {
     #[error(
-        "unknown step {0:?} (install, rollback, status, abkit, skip-mark-good, halt-at, reboot, poweroff)"
+        "unknown step {0:?} (install, rollback, status, abkit, data-write, data-read, pcrs, secureboot, skip-mark-good, halt-at, reboot, poweroff)"
     )]
     UnknownStep(String),
     #[error("step {0:?} needs an argument")]
@@ -288,6 +298,8 @@ impl Plan {
                         Step::DataRead { name: name.clone() }
                     });
                 }
+                "pcrs" => plan.steps.push(Step::Pcrs),
+                "secureboot" => plan.steps.push(Step::SecureBoot),
                 "skip-mark-good" => plan.mark_good = false,
                 "halt-at" => match rest.as_slice() {
                     [name] => plan.halt_at = Some(name.clone()),

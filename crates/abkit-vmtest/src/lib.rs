@@ -8,5 +8,6 @@ pub mod http;
 pub mod qemu;
 pub mod root_scenarios;
 pub mod scenarios;
+pub mod secure_boot_scenarios;
 pub mod serial;
 pub mod vars;

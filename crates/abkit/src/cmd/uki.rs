@@ -261,6 +261,9 @@ fn print_info(info: &abkit_uki::UkiInfo) {
     if let Some(digest) = &info.authenticode_sha256 {
         println!("authenticode sha256: {digest}");
     }
+    if let Some(pcr) = &info.pcr11_sha256 {
+        println!("pcr 11 sha256: {pcr} (after the loader's measurements)");
+    }
     println!("sections:");
     println!(
         "  {:<9} {:>10} {:>10} {:>10} {:>10}",
