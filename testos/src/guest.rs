@@ -16,6 +16,8 @@
 //! | `abkit ARG...` | `abkit ARG...` as given |
 //! | `data-write NAME TEXT...` | write TEXT to `/data/NAME` and fsync it; prints `testos: data-write NAME ok` |
 //! | `data-read NAME` | prints `testos: data NAME=TEXT` (or `testos: data NAME missing`) |
+//! | `pcrs` | prints `testos: pcr N=HEX` for the SHA-256 PCRs 4, 7, 11 and 12 |
+//! | `secureboot` | prints `testos: secureboot=V`, the `SecureBoot` variable's value |
 //! | `skip-mark-good` | do not run `abkit mark-good` on this boot (anywhere in the list) |
 //! | `halt-at NAME` | every abkit run of this boot, `mark-good` included, gets `ABKIT_HALT_AT=NAME`: it halts at that checkpoint (`abkit_update::halt`) for the test to cut the power (anywhere in the list) |
 //! | `reboot` / `poweroff` | how the boot ends (default `poweroff`); must be last |
@@ -416,6 +418,10 @@ mod tests {
             }
         );
         assert!(!Plan::parse("skip-mark-good; poweroff").unwrap().mark_good);
+        assert_eq!(
+            Plan::parse("secureboot; pcrs").unwrap().steps,
+            [Step::SecureBoot, Step::Pcrs]
+        );
     }
 
     #[test]
