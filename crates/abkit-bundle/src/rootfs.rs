@@ -43,11 +43,7 @@ pub fn fs_uuid_for(compatible: &str, version: &str) -> [u8; 16] {
         .chain_update(b"\0")
         .chain_update(version.as_bytes())
         .finalize();
-    let mut uuid = [0u8; 16];
-    uuid.copy_from_slice(&digest[..16]);
-    uuid[6] = (uuid[6] & 0x0f) | 0x80;
-    uuid[8] = (uuid[8] & 0x3f) | 0x80;
-    uuid
+    uuid_from_digest(&digest)
 }
 
 /// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
@@ -122,17 +118,23 @@ pub fn verity_salt_for(image: &Path) -> Result<Vec<u8>> {
     Ok(hasher.finalize().to_vec())
 }
 
+/// A version 8 (custom), RFC 4122 variant UUID from the first 16 bytes of
+/// a digest.
+fn uuid_from_digest(digest: &[u8]) -> [u8; 16] {
+    let mut uuid = [0u8; 16];
+    uuid.copy_from_slice(&digest[..16]);
+    uuid[6] = (uuid[6] & 0x0f) | 0x80;
+    uuid[8] = (uuid[8] & 0x3f) | 0x80;
+    uuid
+}
+
 /// The verity superblock's UUID for a salt.
 pub fn verity_uuid_for(salt: &[u8]) -> [u8; 16] {
     let digest = Sha256::new()
         .chain_update(b"abkit-rootfs-verity-uuid-v1\0")
         .chain_update(salt)
         .finalize();
-    let mut uuid = [0u8; 16];
-    uuid.copy_from_slice(&digest[..16]);
-    uuid[6] = (uuid[6] & 0x0f) | 0x80;
-    uuid[8] = (uuid[8] & 0x3f) | 0x80;
-    uuid
+    uuid_from_digest(&digest)
 }
 
 /// The dm-verity tree `bundle create` appends to `image` when given this

@@ -292,7 +292,7 @@ fn tampered_trial(
     );
     vars.expect('A', None)
         .context("after the failed trial boot")?;
-    ensure!(vars.boot_order == order, "BootOrder changed");
+    vars.expect_order(&order)?;
 
     // The next boot is X on A, healthy, committed; slot A untouched.
     let (b, vars) = s.boot("status; poweroff")?;

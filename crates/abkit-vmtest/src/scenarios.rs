@@ -162,6 +162,21 @@ impl<'a> Scenario<'a> {
     }
 }
 
+/// Checks that the firmware started `slot`'s own boot entry.
+pub fn expect_started(boot: &Boot, vars: &BootVars, slot: char) -> anyhow::Result<()> {
+    let entry = if slot == 'A' {
+        vars.slot_a
+    } else {
+        vars.slot_b
+    };
+    ensure!(
+        boot.report.firmware_entry == entry,
+        "firmware started {:?}, not slot {slot}'s entry {entry:?}",
+        boot.report.firmware_entry
+    );
+    Ok(())
+}
+
 /// Checks the booted OS: TESTOS line, loader slot and the system partition's
 /// first line all name `v` on `slot`.
 pub fn expect_os(boot: &Boot, v: &Variant, slot: char) -> anyhow::Result<()> {
@@ -369,11 +384,7 @@ fn boot_base(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     before.expect('A', None).context("the built VARS file")?;
     let (b, vars) = s.boot("status; poweroff")?;
     expect_healthy(&b, &X, 'A')?;
-    ensure!(
-        b.report.firmware_entry == vars.slot_a,
-        "firmware started {:?}, not slot A's entry",
-        b.report.firmware_entry
-    );
+    expect_started(&b, &vars, 'A')?;
     vars.expect('A', None)?;
     let st = status(&b)?;
     expect_status(st, 'A', 'A', &[('A', X.version)])?;
@@ -393,11 +404,7 @@ fn seed_steps(s: &mut Scenario<'_>) -> anyhow::Result<()> {
     // Y's trial boot on B: marks good (B first), installs Z into A.
     let (b, vars) = s.boot(&format!("install {}; status; reboot", on_disk(&Z)))?;
     expect_healthy(&b, &Y, 'B')?;
-    ensure!(
-        b.report.firmware_entry == vars.slot_b,
-        "firmware started {:?}, not slot B's entry (BootNext)",
-        b.report.firmware_entry
-    );
+    expect_started(&b, &vars, 'B')?;
     expect_result(&b, "install", true)?;
     vars.expect('B', Some('A'))
         .context("after Y marked good and installed Z")?;
@@ -443,22 +450,12 @@ fn auto_rollback(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     );
     ensure!(b.report.ending == Ending::Reboot, "Ybroken did not reboot");
     vars.expect('A', None).context("after the failed trial")?;
-    ensure!(
-        vars.boot_order == order,
-        "BootOrder changed: {:?} -> {:?}",
-        order,
-        vars.boot_order
-    );
+    vars.expect_order(&order)?;
     // The firmware follows BootOrder back to X.
     let (b, vars) = s.boot("status; poweroff")?;
     expect_healthy(&b, &X, 'A')?;
     vars.expect('A', None)?;
-    ensure!(
-        vars.boot_order == order,
-        "BootOrder changed: {:?} -> {:?}",
-        order,
-        vars.boot_order
-    );
+    vars.expect_order(&order)?;
     expect_status(status(&b)?, 'A', 'A', &[('A', X.version)])?;
     Ok(s)
 }
@@ -501,11 +498,7 @@ fn power_cut(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     );
     expect_result(&b, "install", true)?;
     vars.expect('A', Some('B'))?;
-    ensure!(
-        vars.boot_order == order,
-        "BootOrder changed: {order:?} -> {:?}",
-        vars.boot_order
-    );
+    vars.expect_order(&order)?;
     s.boot_expect_committed(&Y, 'B')?;
     Ok(s)
 }
@@ -634,11 +627,7 @@ fn power_cut_loader(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
         "expected boot-b.efi in place and the temporary loader gone: {files:?}"
     );
     vars.expect('A', Some('B'))?;
-    ensure!(
-        vars.boot_order == order,
-        "BootOrder changed: {order:?} -> {:?}",
-        vars.boot_order
-    );
+    vars.expect_order(&order)?;
     // The trial boot goes to B.
     s.boot_expect_committed(&Y, 'B')?;
     Ok(s)
@@ -688,19 +677,11 @@ fn power_cut_mark_good(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     // it asks for Y once more (B is good, so a rollback trial may).
     let (b, vars) = s.boot("status; rollback; reboot")?;
     expect_healthy(&b, &X, 'A')?;
-    ensure!(
-        b.report.firmware_entry == vars.slot_a,
-        "firmware started {:?}, not slot A's entry",
-        b.report.firmware_entry
-    );
+    expect_started(&b, &vars, 'A')?;
     expect_status(status(&b)?, 'A', 'A', &[('A', X.version), ('B', Y.version)])?;
     expect_result(&b, "rollback", true)?;
     vars.expect('A', Some('B')).context("after rollback")?;
-    ensure!(
-        vars.boot_order == order,
-        "BootOrder changed: {order:?} -> {:?}",
-        vars.boot_order
-    );
+    vars.expect_order(&order)?;
 
     // 3. Y's second trial: the power goes after mark-good committed B.
     let (b, vars) = cut_at_checkpoint(&mut s, "mark-good:boot-order-written", "poweroff")?;
@@ -721,11 +702,7 @@ fn power_cut_mark_good(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     // 4. BootOrder points at B: Y boots, healthy; mark-good completes again.
     let (b, vars) = s.boot("status; poweroff")?;
     expect_healthy(&b, &Y, 'B')?;
-    ensure!(
-        b.report.firmware_entry == vars.slot_b,
-        "firmware started {:?}, not slot B's entry",
-        b.report.firmware_entry
-    );
+    expect_started(&b, &vars, 'B')?;
     vars.expect('B', None)?;
     expect_status(status(&b)?, 'B', 'B', &[('A', X.version), ('B', Y.version)])?;
     let offline = offline_status(suite, &s.machine, 'B')?;
@@ -762,7 +739,7 @@ fn manual_rollback(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     let (b, vars) = s.boot("poweroff")?;
     expect_healthy(&b, &Z, 'A')?;
     vars.expect('A', None)?;
-    ensure!(vars.boot_order == order, "BootOrder changed");
+    vars.expect_order(&order)?;
     Ok(s)
 }
 
