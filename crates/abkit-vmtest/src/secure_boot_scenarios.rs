@@ -17,7 +17,8 @@ use anyhow::{Context, ensure};
 use crate::fixtures::{Fixtures, Variant, X, Y, Z, make_bundle_disk, partition_extent, run};
 use crate::qemu::{Boot, Firmware};
 use crate::scenarios::{
-    Scenario, Suite, expect_healthy, expect_result, expect_status, offline_status, status,
+    Scenario, Suite, expect_healthy, expect_result, expect_started, expect_status, offline_status,
+    status,
 };
 
 /// Slot B's partition number in images `abkit image build` makes.
@@ -175,11 +176,7 @@ fn refused_trial(s: &mut Scenario<'_>, action: &str, what: &str) -> anyhow::Resu
     );
     eprintln!("      firmware: {}", refused[0].trim());
     expect_healthy(&b, &Y, 'B').with_context(|| format!("{what}: after the refused trial"))?;
-    ensure!(
-        b.report.firmware_entry == vars.slot_b,
-        "{what}: firmware started {:?}, not slot B's entry",
-        b.report.firmware_entry
-    );
+    expect_started(&b, &vars, 'B').context(what.to_string())?;
     let lines = log_lines(&b)?;
     ensure!(
         !lines.iter().any(|l| l.starts_with("abkit: booting slot A")),
