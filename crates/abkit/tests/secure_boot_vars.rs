@@ -178,6 +178,20 @@ fn building_twice_gives_the_same_keys_and_a_bad_folder_builds_nothing() {
     std::fs::write(w.p("half/owner.guid"), b"nope\n").unwrap();
     let out = w.abkit(&build_args(&["--secure-boot", "half"]));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not hold a GUID"));
+    // A VARS file whose store keeps no timestamps: refused before the build.
+    let mut plain = std::fs::read(OVMF_VARS).unwrap();
+    let guid: [u8; 16] = [
+        0x16, 0x36, 0xcf, 0xdd, 0x75, 0x32, 0x64, 0x41, 0x98, 0xb6, 0xfe, 0x85, 0x70, 0x7f, 0xfe,
+        0x7d,
+    ];
+    plain[0x48..0x58].copy_from_slice(&guid);
+    std::fs::write(w.p("vars.fd"), &plain).unwrap();
+    let out = w.abkit(&build_args(&["--secure-boot", "pki"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no authenticated variable store"), "{err}");
+    assert!(!w.p("disk.img").exists(), "a disk was built");
+    assert_eq!(std::fs::read(w.p("vars.fd")).unwrap(), plain);
     let mut args = build_args(&["--secure-boot", "pki"]);
     args.retain(|a| *a != "--ovmf-vars" && *a != "vars.fd");
     assert!(

@@ -170,6 +170,9 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(super::secure_boot::load_keys)
         .transpose()?;
+    if let (Some(_), Some(vars)) = (&sb_keys, &args.ovmf_vars) {
+        super::secure_boot::check_vars(vars)?;
+    }
     let enroll = |vars: Option<&std::path::Path>| -> anyhow::Result<()> {
         if let (Some(keys), Some(vars)) = (&sb_keys, vars) {
             super::secure_boot::enroll(vars, keys)?;

@@ -63,6 +63,19 @@ pub fn load_keys(dir: &Path) -> anyhow::Result<Keys> {
     })
 }
 
+/// Fails unless `vars` is an OVMF VARS file that can hold Secure Boot keys
+/// (an authenticated store): checked before the disk is built.
+pub fn check_vars(vars: &Path) -> anyhow::Result<()> {
+    let file = OvmfVarsFile::open(vars)?;
+    if !file.is_authenticated() {
+        return Err(abkit_efi::StoreError::NotAuthenticated {
+            path: vars.to_owned(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// Enrols `keys` into the VARS file at `vars` and turns Secure Boot on.
 pub fn enroll(vars: &Path, keys: &Keys) -> anyhow::Result<()> {
     let mut file = OvmfVarsFile::open(vars)?;
