@@ -7,6 +7,11 @@ set -euo pipefail
 declare -A need=(
   [/usr/bin/qemu-system-x86_64]=qemu-system-x86
   [/usr/share/OVMF/OVMF_CODE_4M.fd]=ovmf
+  # Secure Boot and measured boot (issue 17): OVMF's secboot build, a software TPM.
+  [/usr/share/OVMF/OVMF_CODE_4M.secboot.fd]=ovmf
+  [/usr/bin/swtpm]=swtpm
+  [/usr/bin/swtpm_setup]=swtpm-tools
+  [/usr/bin/tpm2_pcrread]=tpm2-tools
   [/usr/sbin/sgdisk]=gdisk
   [/usr/bin/mdir]=mtools
   [/usr/sbin/fsck.vfat]=dosfstools

@@ -6,8 +6,12 @@
 //! (`boot-b.efi` → B, anything else → A), takes kernel, initrd and command
 //! line from its own PE sections,
 //! writes the slot into the command line, records how it booted in EFI
-//! variables and starts the kernel. On failure it says what failed and returns
-//! an error status, so the firmware moves on to the next boot entry.
+//! variables, measures what it boots into the TPM (PCR 11 and 12, as
+//! systemd-stub does) and starts the kernel. The kernel is covered by the
+//! loader's own Secure Boot signature: while the firmware loads it from the
+//! `.linux` section, a temporary security-policy override accepts exactly
+//! that buffer (docs/secure-boot.md). On failure it says what failed and
+//! returns an error status, so the firmware moves on to the next boot entry.
 #![no_std]
 #![no_main]
 
@@ -17,11 +21,13 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::ffi::c_void;
 use core::fmt;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use abkit_loader_core::cmdline::{rewrite_slot_placeholder, trim_cmdline, ucs2_units};
 use abkit_loader_core::guid::{
     ABKIT_VENDOR_GUID_EFI, LINUX_EFI_INITRD_MEDIA_GUID_EFI, LOADER_INTERFACE_GUID_EFI, format_upper,
 };
+use abkit_loader_core::measure::{self, Measurement};
 use abkit_loader_core::pe::{Layout, PeImage};
 use abkit_loader_core::stamp;
 use abkit_loader_core::vars::{
@@ -36,6 +42,9 @@ use uefi::proto::device_path::{DevicePath, DevicePathNodeEnum};
 use uefi::proto::loaded_image::LoadedImage;
 use uefi::proto::media::file::{File, FileAttribute, FileInfo, FileMode, RegularFile};
 use uefi::proto::media::fs::SimpleFileSystem;
+use uefi::proto::tcg::v2::{HashLogExtendEventFlags, PcrEventInputs, Tcg};
+use uefi::proto::tcg::{EventType, PcrIndex};
+use uefi::proto::unsafe_protocol;
 use uefi::runtime::{self, VariableAttributes, VariableVendor};
 use uefi::{CString16, Guid, println};
 use uefi_raw::Boolean;
@@ -176,6 +185,7 @@ fn boot_own_kernel() -> Result<core::convert::Infallible, Failure> {
     options.push(0);
 
     record_boot(&me, slot);
+    measure_boot(&pe, &options);
 
     if let Some(initrd) = initrd {
         offer_initrd(initrd)?;
@@ -462,17 +472,163 @@ fn offer_initrd(initrd: &'static [u8]) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Measures the UKI's sections into PCR 11 and the command line as passed
+/// (UTF-16 with NUL) into PCR 12, each with an `EV_IPL` event-log entry, as
+/// systemd-stub does. Without a TPM it does nothing; a failed measurement is
+/// reported and the boot goes on (the PCRs then simply do not match).
+fn measure_boot(pe: &PeImage<'_>, options: &[u16]) {
+    let Ok(handle) = boot::get_handle_for_protocol::<Tcg>() else {
+        return;
+    };
+    let Ok(mut tcg) = boot::open_protocol_exclusive::<Tcg>(handle) else {
+        println!("abkit: warning: cannot open the TPM protocol; nothing measured");
+        return;
+    };
+    let mut count = 0;
+    let mut extend = |m: Measurement<'_>, event_data: &[u8]| {
+        let event = match PcrEventInputs::new_in_box(PcrIndex(m.pcr), EventType::IPL, event_data) {
+            Ok(event) => event,
+            Err(e) => return Err(e.status()),
+        };
+        tcg.hash_log_extend_event(HashLogExtendEventFlags::empty(), m.data, &event)
+            .map_err(|e| e.status())?;
+        count += 1;
+        Ok(())
+    };
+    let mut failed = None;
+    let sections = measure::pcr11_measurements(pe, Layout::Mapped, |m| {
+        if failed.is_none() {
+            let mut description = [0u8; 32];
+            let n = measure::event_description(m.description, &mut description);
+            failed = extend(m, &description[..n]).err();
+        }
+    });
+    // The options as the bytes the kernel receives.
+    let bytes: Vec<u8> = options.iter().flat_map(|u| u.to_le_bytes()).collect();
+    if failed.is_none() && sections.is_ok() {
+        let m = Measurement {
+            pcr: measure::PCR_KERNEL_PARAMETERS,
+            data: &bytes,
+            description: "",
+        };
+        failed = extend(m, &bytes).err();
+    }
+    match (sections, failed) {
+        (Ok(()), None) => println!(
+            "abkit: measured {} events into PCR {} and {}",
+            count,
+            measure::PCR_KERNEL_IMAGE,
+            measure::PCR_KERNEL_PARAMETERS
+        ),
+        (Err(e), _) => println!("abkit: warning: cannot measure the sections: {e}"),
+        (_, Some(status)) => {
+            println!("abkit: warning: TPM measurement failed after {count} events: {status:?}")
+        }
+    }
+}
+
+/// `EFI_SECURITY2_ARCH_PROTOCOL` (PI spec, vol. 2): the firmware's hook
+/// that LoadImage calls to check (and measure) every image. Under Secure
+/// Boot it refuses the kernel in `.linux`: the kernel is not signed by a
+/// key in db, only the loader around it is.
+#[repr(C)]
+#[unsafe_protocol("94ab2f58-1438-4ef1-9152-18941a3a0e68")]
+struct Security2Arch {
+    file_authentication: FileAuthentication,
+}
+
+type FileAuthentication = unsafe extern "efiapi" fn(
+    this: *const Security2Arch,
+    file: *const DevicePathProtocol,
+    file_buffer: *const c_void,
+    file_size: usize,
+    boot_policy: Boolean,
+) -> Status;
+
+/// The firmware's own FileAuthentication while ours is installed.
+static ORIGINAL_AUTHENTICATION: AtomicUsize = AtomicUsize::new(0);
+/// The one buffer ours accepts: the `.linux` section (address, length).
+static OWN_KERNEL: (AtomicUsize, AtomicUsize) = (AtomicUsize::new(0), AtomicUsize::new(0));
+
+/// Accepts exactly the loader's own `.linux` section (same address and
+/// length: it lies inside the image the firmware just verified) and hands
+/// everything else to the firmware's check.
+///
+/// # Safety
+/// Called by the firmware as its FileAuthentication, with its arguments.
+unsafe extern "efiapi" fn accept_own_kernel(
+    this: *const Security2Arch,
+    file: *const DevicePathProtocol,
+    file_buffer: *const c_void,
+    file_size: usize,
+    boot_policy: Boolean,
+) -> Status {
+    if !file_buffer.is_null()
+        && file_buffer as usize == OWN_KERNEL.0.load(Ordering::SeqCst)
+        && file_size == OWN_KERNEL.1.load(Ordering::SeqCst)
+    {
+        return Status::SUCCESS;
+    }
+    let original = ORIGINAL_AUTHENTICATION.load(Ordering::SeqCst);
+    if original == 0 {
+        return Status::SECURITY_VIOLATION;
+    }
+    // SAFETY: set from the protocol's own function pointer before ours was
+    // installed, and valid while the firmware runs.
+    let original: FileAuthentication = unsafe { core::mem::transmute(original) };
+    // SAFETY: the firmware's function with the firmware's arguments.
+    unsafe { original(this, file, file_buffer, file_size, boot_policy) }
+}
+
+/// Loads `kernel` (a slice of our own mapped image) with the security
+/// override in place, and restores the firmware's check right after, as
+/// systemd-stub does (`security_override`). Without the protocol (no
+/// Secure Boot machinery) it loads as is.
+fn load_own_kernel(kernel: &[u8]) -> uefi::Result<Handle> {
+    let load = || {
+        boot::load_image(
+            boot::image_handle(),
+            LoadImageSource::FromBuffer {
+                buffer: kernel,
+                file_path: None,
+            },
+        )
+    };
+    let Ok(handle) = boot::get_handle_for_protocol::<Security2Arch>() else {
+        return load();
+    };
+    // SAFETY: GetProtocol does not disconnect the firmware's own driver; the
+    // interface lives as long as the firmware's boot services.
+    let Ok(mut security) = (unsafe {
+        boot::open_protocol::<Security2Arch>(
+            OpenProtocolParams {
+                handle,
+                agent: boot::image_handle(),
+                controller: None,
+            },
+            OpenProtocolAttributes::GetProtocol,
+        )
+    }) else {
+        return load();
+    };
+    OWN_KERNEL
+        .0
+        .store(kernel.as_ptr() as usize, Ordering::SeqCst);
+    OWN_KERNEL.1.store(kernel.len(), Ordering::SeqCst);
+    let original = security.file_authentication;
+    ORIGINAL_AUTHENTICATION.store(original as usize, Ordering::SeqCst);
+    security.file_authentication = accept_own_kernel;
+    let result = load();
+    security.file_authentication = original;
+    ORIGINAL_AUTHENTICATION.store(0, Ordering::SeqCst);
+    OWN_KERNEL.1.store(0, Ordering::SeqCst);
+    result
+}
+
 /// Loads the kernel from memory, gives it the command line and starts it.
 /// Returns only if the kernel could not be started or came back.
 fn start_kernel(kernel: &[u8], options: Vec<u16>) -> Result<core::convert::Infallible, Failure> {
-    let child = boot::load_image(
-        boot::image_handle(),
-        LoadImageSource::FromBuffer {
-            buffer: kernel,
-            file_path: None,
-        },
-    )
-    .context("the firmware refused to load the kernel")?;
+    let child = load_own_kernel(kernel).context("the firmware refused to load the kernel")?;
     // The kernel reads its options after StartImage: they must outlive it.
     let options: &'static [u16] = options.leak();
     let size = u32::try_from(core::mem::size_of_val(options))

@@ -16,6 +16,8 @@
 //! | `abkit ARG...` | `abkit ARG...` as given |
 //! | `data-write NAME TEXT...` | write TEXT to `/data/NAME` and fsync it; prints `testos: data-write NAME ok` |
 //! | `data-read NAME` | prints `testos: data NAME=TEXT` (or `testos: data NAME missing`) |
+//! | `pcrs` | prints `testos: pcr N=HEX` for the SHA-256 PCRs 4, 7, 11 and 12 |
+//! | `secureboot` | prints `testos: secureboot=V`, the `SecureBoot` variable's value |
 //! | `skip-mark-good` | do not run `abkit mark-good` on this boot (anywhere in the list) |
 //! | `agent [ARG...]` | `abkit agent [ARG...]`, echoed as it runs, until it exits (it normally reboots the machine). The agent owns the health gate of this boot: the init neither marks good nor reboots for a variant built unhealthy; the agent's check is [`crate::initrd::HEALTH_CHECK`] |
 //! | `halt-at NAME` | every abkit run of this boot, `mark-good` included, gets `ABKIT_HALT_AT=NAME`: it halts at that checkpoint (`abkit_update::halt`) for the test to cut the power (anywhere in the list) |
@@ -182,7 +184,17 @@ pub enum Step {
     DataWrite { name: String, text: String },
     /// Print a file under /data.
     DataRead { name: String },
+    /// Print the SHA-256 PCRs 4, 7, 11 and 12 the kernel's TPM driver shows
+    /// (`testos: pcr N=HEX`).
+    Pcrs,
+    /// Print whether the firmware booted with Secure Boot on
+    /// (`testos: secureboot=1`, from the `SecureBoot` variable).
+    SecureBoot,
 }
+
+/// The PCRs the `pcrs` step prints: the loader (4), Secure Boot state (7),
+/// the UKI's sections (11), the command line (12).
+pub const PRINTED_PCRS: [u32; 4] = [4, 7, 11, 12];
 
 /// How the boot ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,7 +220,7 @@ pub struct Plan {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PlanError {
     #[error(
-        "unknown step {0:?} (install, rollback, status, abkit, agent, data-write, data-read, skip-mark-good, halt-at, reboot, poweroff)"
+        "unknown step {0:?} (install, rollback, status, abkit, agent, data-write, data-read, pcrs, secureboot, skip-mark-good, halt-at, reboot, poweroff)"
     )]
     UnknownStep(String),
     #[error("step {0:?} needs an argument")]
@@ -302,6 +314,8 @@ impl Plan {
                         args,
                     });
                 }
+                "pcrs" => plan.steps.push(Step::Pcrs),
+                "secureboot" => plan.steps.push(Step::SecureBoot),
                 "skip-mark-good" => plan.mark_good = false,
                 "halt-at" => match rest.as_slice() {
                     [name] => plan.halt_at = Some(name.clone()),
@@ -418,6 +432,10 @@ mod tests {
             }
         );
         assert!(!Plan::parse("skip-mark-good; poweroff").unwrap().mark_good);
+        assert_eq!(
+            Plan::parse("secureboot; pcrs").unwrap().steps,
+            [Step::SecureBoot, Step::Pcrs]
+        );
         assert!(!plan.agent);
     }
 

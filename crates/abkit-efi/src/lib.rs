@@ -2,13 +2,15 @@
 //!
 //! Byte layouts of EFI_LOAD_OPTION and device paths, the boot manager
 //! variables (`Boot####`, `BootOrder`, `BootNext`, `BootCurrent`), and the
-//! stores they live in: efivarfs, a directory, an OVMF VARS file, memory.
+//! stores they live in: efivarfs, a directory, an OVMF VARS file, memory;
+//! Secure Boot keys enrolled into an OVMF VARS file.
 
 pub mod boot;
 pub mod boot_vars;
 pub mod device_path;
 pub mod listing;
 pub mod load_option;
+pub mod secure_boot;
 pub mod store;
 pub mod ucs2;
 

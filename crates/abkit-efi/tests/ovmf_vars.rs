@@ -345,3 +345,75 @@ proptest! {
         }
     }
 }
+
+mod secure_boot {
+    use super::*;
+    use abkit_efi::secure_boot::{self, Certificate, EfiTime, Keys};
+
+    fn keys() -> Keys {
+        let cert = |der: &[u8], year| Certificate {
+            owner: Uuid::from_u128(0x1234),
+            der: der.to_vec(),
+            not_before: EfiTime {
+                year,
+                month: 3,
+                day: 4,
+                hour: 5,
+                minute: 6,
+                second: 7,
+            },
+        };
+        Keys {
+            pk: cert(b"pk-der", 2024),
+            kek: vec![cert(b"kek-der", 2025)],
+            db: vec![cert(b"db-one", 2023), cert(b"db-two", 2026)],
+        }
+    }
+
+    #[test]
+    fn enrolled_keys_are_time_based_records_and_turn_enforcement_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vars.fd");
+        std::fs::copy(debian_ovmf("OVMF_VARS_4M.fd"), &path).unwrap();
+        let mut vars = OvmfVarsFile::open(&path).unwrap();
+        assert!(!secure_boot::will_enforce(&vars).unwrap());
+        secure_boot::enroll(&mut vars, &keys()).unwrap();
+        let vars = OvmfVarsFile::open(&path).unwrap();
+        assert!(secure_boot::will_enforce(&vars).unwrap());
+        let db = VarName::new(secure_boot::IMAGE_SECURITY_DATABASE, "db");
+        let value = vars.get(&db).unwrap().unwrap();
+        assert_eq!(value.attributes, 0x27);
+        assert_eq!(
+            value.data,
+            secure_boot::x509_signature_lists(&keys().db),
+            "two certificates, two lists"
+        );
+        // The newest notBefore of the list is the record's timestamp.
+        let t = vars.timestamp(&db).unwrap();
+        assert_eq!(&t[..7], &[0xea, 0x07, 3, 4, 5, 6, 7]);
+        // virt-fw-vars reads what we wrote.
+        let theirs = dump_virt(&path);
+        assert!(theirs.keys().any(|(_, name)| name == "PK"), "{theirs:?}");
+        // Enrolling again changes nothing on disk.
+        let before = std::fs::read(&path).unwrap();
+        let mut vars = OvmfVarsFile::open(&path).unwrap();
+        secure_boot::enroll(&mut vars, &keys()).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn a_store_without_timestamps_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plain.fd");
+        let mut bytes = std::fs::read(debian_ovmf("OVMF_VARS_4M.fd")).unwrap();
+        // The store GUID of a plain (not authenticated) variable store.
+        let plain = Uuid::from_u128(0xddcf3616_3275_4164_98b6_fe85707ffe7d);
+        bytes[STORE_START..STORE_START + 16].copy_from_slice(&plain.to_bytes_le());
+        std::fs::write(&path, &bytes).unwrap();
+        let mut vars = OvmfVarsFile::open(&path).unwrap();
+        assert!(!vars.is_authenticated());
+        let err = secure_boot::enroll(&mut vars, &keys()).unwrap_err();
+        assert!(matches!(err, StoreError::NotAuthenticated { .. }), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+}

@@ -3,12 +3,13 @@
 //! The loader (`loader/`, built for `x86_64-unknown-uefi`) and the host tools
 //! (`abkit uki`) share it, and it is tested here on the host: the slot from the
 //! loader's own file name, the `SYSTEM-X` command-line rewrite, the PE section
-//! reader, the slot stamp in the certificate table, and the names and GUIDs
-//! of the variables the loader sets.
+//! reader, the slot stamp in the certificate table, what it measures into
+//! the TPM, and the names and GUIDs of the variables the loader sets.
 #![cfg_attr(not(test), no_std)]
 
 pub mod cmdline;
 pub mod guid;
+pub mod measure;
 pub mod pe;
 pub mod slot;
 pub mod stamp;

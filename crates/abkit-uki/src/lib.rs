@@ -21,8 +21,8 @@ mod sign;
 mod stamp;
 pub use abkit_loader_core::{Slot, StampError};
 pub use sign::{
-    SignError, SignatureCheck, SignatureProblem, SigningKey, Verification, parse_certificate, sign,
-    signature_for_digest, verify,
+    SignError, SignatureCheck, SignatureProblem, SigningKey, Verification,
+    certificate_for_firmware, parse_certificate, sign, signature_for_digest, verify,
 };
 pub use stamp::{authenticode_sha256, read_stamp, remove_stamp, stamp};
 /// The X.509 certificate type [`verify`] takes.
@@ -119,6 +119,10 @@ pub struct UkiInfo {
     /// what firmware measures into PCR 4. Equal for stamped and unstamped
     /// copies of one loader.
     pub authenticode_sha256: Option<String>,
+    /// PCR 11 (SHA-256 bank, hex) after the loader measured this UKI's
+    /// sections into a PCR 11 that starts at zero, as systemd-stub does
+    /// (`abkit_loader_core::measure`); `None` for a bare stub.
+    pub pcr11_sha256: Option<String>,
 }
 
 impl UkiInfo {
@@ -359,13 +363,18 @@ pub fn inspect(image: &[u8]) -> Result<UkiInfo, UkiError> {
                 .take_while(Result::is_ok)
                 .count()
         });
-    let authenticode_sha256 = authenticode_sha256(image).ok().map(|digest| {
+    let hex = |digest: [u8; 32]| {
         digest.iter().fold(String::with_capacity(64), |mut hex, b| {
             use std::fmt::Write;
             let _ = write!(hex, "{b:02x}");
             hex
         })
-    });
+    };
+    let authenticode_sha256 = authenticode_sha256(image).ok().map(hex);
+    let pcr11_sha256 = data(".linux")
+        .is_some()
+        .then(|| expected_pcr11(image).ok().map(hex))
+        .flatten();
     Ok(UkiInfo {
         sections,
         stub: data(STUB_MARKER_SECTION).map(text),
@@ -383,7 +392,25 @@ pub fn inspect(image: &[u8]) -> Result<UkiInfo, UkiError> {
         stamp_problem,
         certificates,
         authenticode_sha256,
+        pcr11_sha256,
     })
+}
+
+/// The SHA-256 PCR 11 the loader leaves when it boots `image`: starting from
+/// zeros, each measurement of `abkit_loader_core::measure::pcr11_measurements`
+/// extends it (`pcr = SHA-256(pcr || SHA-256(data))`), as the TPM does.
+pub fn expected_pcr11(image: &[u8]) -> Result<[u8; 32], UkiError> {
+    use sha2::{Digest, Sha256};
+    let pe = PeImage::parse(image).map_err(UkiError::NotPe)?;
+    let mut pcr = [0u8; 32];
+    abkit_loader_core::measure::pcr11_measurements(&pe, Layout::File, |m| {
+        let mut h = Sha256::new();
+        h.update(pcr);
+        h.update(Sha256::digest(m.data));
+        pcr = h.finalize().into();
+    })
+    .map_err(UkiError::NotPe)?;
+    Ok(pcr)
 }
 
 #[doc(hidden)]

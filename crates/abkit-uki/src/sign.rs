@@ -157,6 +157,23 @@ pub fn parse_certificate(bytes: &[u8]) -> Result<Certificate, SignError> {
     result.map_err(|e| SignError::Cert(e.to_string()))
 }
 
+/// A certificate as firmware stores it: its DER bytes and its notBefore in
+/// UTC (year, month, day, hour, minute, second), for `abkit image build
+/// --secure-boot`.
+pub fn certificate_for_firmware(cert: &Certificate) -> Result<(Vec<u8>, [u16; 6]), SignError> {
+    let der = cert.to_der()?;
+    let t = cert.tbs_certificate.validity.not_before.to_date_time();
+    let when = [
+        t.year(),
+        t.month().into(),
+        t.day().into(),
+        t.hour().into(),
+        t.minutes().into(),
+        t.seconds().into(),
+    ];
+    Ok((der, when))
+}
+
 fn public_key(cert: &Certificate) -> Result<RsaPublicKey, SignError> {
     let spki = cert.tbs_certificate.subject_public_key_info.to_der()?;
     RsaPublicKey::from_public_key_der(&spki).map_err(|e| SignError::CertNotRsa(e.to_string()))

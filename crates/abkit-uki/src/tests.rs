@@ -340,3 +340,42 @@ proptest::proptest! {
         proptest::prop_assert_eq!(info.checksum_stored, info.checksum_computed);
     }
 }
+
+#[test]
+fn pcr11_is_systemd_stubs_chain_over_the_sections_and_ignores_the_stamp() {
+    use sha2::{Digest, Sha256};
+    let (linux, initrd, cmdline) = (
+        vec![0x4b; 5000],
+        vec![0x49; 300],
+        b"quiet SYSTEM-X".to_vec(),
+    );
+    let uki = build(&minimal_stub(), &parts(&linux, &initrd, &cmdline)).unwrap();
+    // By hand: name with NUL, then content, in systemd-stub's order.
+    let osrel = parts(&linux, &initrd, &cmdline).osrel.unwrap();
+    let mut pcr = [0u8; 32];
+    for data in [
+        &b".linux\0"[..],
+        &linux,
+        b".osrel\0",
+        osrel,
+        b".cmdline\0",
+        &cmdline,
+        b".initrd\0",
+        &initrd,
+    ] {
+        let mut h = Sha256::new();
+        h.update(pcr);
+        h.update(Sha256::digest(data));
+        pcr = h.finalize().into();
+    }
+    assert_eq!(expected_pcr11(&uki).unwrap(), pcr);
+    let hex: String = pcr.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(inspect(&uki).unwrap().pcr11_sha256.as_deref(), Some(&*hex));
+    // The stamp is outside every section: A and B measure the same.
+    let a = stamp(&uki, Slot::A).unwrap();
+    let b = stamp(&uki, Slot::B).unwrap();
+    assert_eq!(expected_pcr11(&a).unwrap(), pcr);
+    assert_eq!(expected_pcr11(&b).unwrap(), pcr);
+    // A bare stub predicts nothing.
+    assert_eq!(inspect(&minimal_stub()).unwrap().pcr11_sha256, None);
+}

@@ -114,6 +114,8 @@ pub struct Fixtures {
     /// test OS initrd is `dir/initrd.cpio`, its os-release `dir/os-release`).
     pub stub: PathBuf,
     pub kernel: PathBuf,
+    /// How the bundles and the base disk were made (to make more).
+    pub release: Release,
 }
 
 impl Fixtures {
@@ -156,7 +158,6 @@ pub fn build(inputs: &Inputs, dir: &Path, log: &mut dyn FnMut(String)) -> anyhow
     // Test key; its public half is the guest's keyring.
     let key = dir.join("testkey");
     run(Command::new(abkit).arg("keygen").arg("--out").arg(&key))?;
-    let key_file = dir.join("testkey.key");
     let pub_key = std::fs::read(dir.join("testkey.pub")).context("reading testkey.pub")?;
 
     // The initrd: one for every variant (the variant is in the command line).
@@ -199,36 +200,16 @@ pub fn build(inputs: &Inputs, dir: &Path, log: &mut dyn FnMut(String)) -> anyhow
     ));
 
     // Per variant: a root folder, made into erofs + verity + UKI + bundle.
+    let release = Release {
+        abkit: abkit.clone(),
+        dir: dir.to_path_buf(),
+        stub: inputs.stub.clone(),
+        kernel: kernel.clone(),
+    };
     for v in VARIANTS {
         let root = dir.join(format!("root-{}", v.stem()));
         write_root_tree(&root, &init, &v.system_line(), &extra)?;
-        // no_timer_check: on a busy host TCG can be too slow for the
-        // kernel's IO-APIC timer test, which then panics ("IO-APIC + timer
-        // doesn't work!", seen with six builds sharing two cores).
-        let cmdline = format!(
-            "console=ttyS0 ro panic=-1 quiet no_timer_check testos.variant={} testos.version={} testos.health={}",
-            v.name,
-            v.version,
-            if v.healthy { "good" } else { "bad" }
-        );
-        run(Command::new(abkit)
-            .args(["bundle", "create", "--rootfs"])
-            .arg(&root)
-            .arg("--stub")
-            .arg(&inputs.stub)
-            .arg("--kernel")
-            .arg(&kernel)
-            .arg("--initrd")
-            .arg(&initrd)
-            .arg("--osrel")
-            .arg(&osrel)
-            .arg("--cmdline")
-            .arg(&cmdline)
-            .args(["--created", "1700000000"])
-            .args(["--version", v.version, "--compatible", COMPATIBLE, "--key"])
-            .arg(&key_file)
-            .arg("-o")
-            .arg(bundle_dir.join(v.bundle())))?;
+        run(&mut release.bundle_create(&v, &bundle_dir.join(v.bundle())))?;
     }
     log(format!(
         "{} root filesystems, UKIs and bundles",
@@ -247,62 +228,19 @@ pub fn build(inputs: &Inputs, dir: &Path, log: &mut dyn FnMut(String)) -> anyhow
     bad_chunk[at] ^= 0x01;
     std::fs::write(bundle_dir.join(BAD_CHUNK), &bad_chunk)?;
 
-    // The bundle disk: a FAT volume without partition table.
     let bundle_disk = dir.join("bundles.img");
-    let total: u64 = std::fs::read_dir(&bundle_dir)?
-        .filter_map(Result::ok)
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum();
-    let kib = (total / 1024) * 11 / 10 + 40 * 1024;
-    run(Command::new("mkfs.vfat")
-        .args(["-F", "32", "-n", "BUNDLES", "-C"])
-        .arg(&bundle_disk)
-        .arg(kib.to_string()))?;
-    let mut names: Vec<String> = std::fs::read_dir(&bundle_dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    for name in &names {
-        run(Command::new("mcopy")
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .arg("-i")
-            .arg(&bundle_disk)
-            .arg(bundle_dir.join(name))
-            .arg(format!("::/{name}")))?;
-    }
+    let names = make_bundle_disk(&bundle_dir, &bundle_disk)?;
     log(format!("bundle disk with {}", names.join(", ")));
 
     // The base machine: X on slot A, boot entries for A and B in the VARS file.
     let base_disk = dir.join("base-disk.img");
     let base_vars = dir.join("base-vars.fd");
-    std::fs::copy(OVMF_VARS, &base_vars).with_context(|| format!("copying {OVMF_VARS}"))?;
     // The factory path: slot A from X's bundle (verified, recorded as
     // installed with its version), like `abkit install` would.
     let keyring = dir.join("keyring");
     std::fs::create_dir_all(&keyring)?;
     std::fs::write(keyring.join("testkey.pub"), &pub_key)?;
-    run(Command::new(abkit)
-        .args(["image", "build", "--bundle"])
-        .arg(bundle_dir.join(X.bundle()))
-        .arg("--keyring")
-        .arg(&keyring)
-        .arg("-o")
-        .arg(&base_disk)
-        .arg("--ovmf-vars")
-        .arg(&base_vars)
-        .args([
-            "--esp-size",
-            "96M",
-            "--system-size",
-            "40M",
-            "--data-size",
-            "8M",
-            "--seed",
-            "1",
-        ]))?;
-    format_data(&base_disk)?;
+    release.base_image(&bundle_dir.join(X.bundle()), &base_disk, &base_vars, &[])?;
     log(format!(
         "base disk: X on slot A, DATA ext4 ({:.1} s in all)",
         t.elapsed().as_secs_f64()
@@ -317,7 +255,118 @@ pub fn build(inputs: &Inputs, dir: &Path, log: &mut dyn FnMut(String)) -> anyhow
         base_vars,
         stub: inputs.stub.clone(),
         kernel,
+        release,
     })
+}
+
+/// What builds a test release and a disk from it: the inputs of `abkit
+/// bundle create --rootfs` and `abkit image build --bundle`, and the work
+/// folder holding the initrd, os-release, root folders, key and keyring.
+#[derive(Debug, Clone)]
+pub struct Release {
+    pub abkit: PathBuf,
+    pub dir: PathBuf,
+    pub stub: PathBuf,
+    pub kernel: PathBuf,
+}
+
+impl Release {
+    /// `abkit bundle create --rootfs` for variant `v` into `out`, as the
+    /// fixtures build it; callers may add arguments (`--uki-key`, ...).
+    pub fn bundle_create(&self, v: &Variant, out: &Path) -> Command {
+        // no_timer_check: on a busy host TCG can be too slow for the
+        // kernel's IO-APIC timer test, which then panics ("IO-APIC + timer
+        // doesn't work!", seen with six builds sharing two cores).
+        let cmdline = format!(
+            "console=ttyS0 ro panic=-1 quiet no_timer_check testos.variant={} testos.version={} testos.health={}",
+            v.name,
+            v.version,
+            if v.healthy { "good" } else { "bad" }
+        );
+        let mut cmd = Command::new(&self.abkit);
+        cmd.args(["bundle", "create", "--rootfs"])
+            .arg(self.dir.join(format!("root-{}", v.stem())))
+            .arg("--stub")
+            .arg(&self.stub)
+            .arg("--kernel")
+            .arg(&self.kernel)
+            .arg("--initrd")
+            .arg(self.dir.join("initrd.cpio"))
+            .arg("--osrel")
+            .arg(self.dir.join("os-release"))
+            .arg("--cmdline")
+            .arg(&cmdline)
+            .args(["--created", "1700000000"])
+            .args(["--version", v.version, "--compatible", COMPATIBLE, "--key"])
+            .arg(self.dir.join("testkey.key"))
+            .arg("-o")
+            .arg(out);
+        cmd
+    }
+
+    /// A disk with `bundle` on slot A (factory path, verified against the
+    /// test keyring) and DATA formatted, its boot entries in `vars` (a
+    /// fresh copy of OVMF's VARS is made there); `extra` goes to `abkit
+    /// image build` (`--secure-boot DIR`).
+    pub fn base_image(
+        &self,
+        bundle: &Path,
+        disk: &Path,
+        vars: &Path,
+        extra: &[&std::ffi::OsStr],
+    ) -> anyhow::Result<()> {
+        std::fs::copy(OVMF_VARS, vars).with_context(|| format!("copying {OVMF_VARS}"))?;
+        run(Command::new(&self.abkit)
+            .args(["image", "build", "--bundle"])
+            .arg(bundle)
+            .arg("--keyring")
+            .arg(self.dir.join("keyring"))
+            .arg("-o")
+            .arg(disk)
+            .arg("--ovmf-vars")
+            .arg(vars)
+            .args([
+                "--esp-size",
+                "96M",
+                "--system-size",
+                "40M",
+                "--data-size",
+                "8M",
+                "--seed",
+                "1",
+            ])
+            .args(extra))?;
+        format_data(disk)
+    }
+}
+
+/// A FAT volume without partition table holding every file of
+/// `bundle_dir` (the guest's second disk); returns the names.
+pub fn make_bundle_disk(bundle_dir: &Path, bundle_disk: &Path) -> anyhow::Result<Vec<String>> {
+    let total: u64 = std::fs::read_dir(bundle_dir)?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    let kib = (total / 1024) * 11 / 10 + 40 * 1024;
+    run(Command::new("mkfs.vfat")
+        .args(["-F", "32", "-n", "BUNDLES", "-C"])
+        .arg(bundle_disk)
+        .arg(kib.to_string()))?;
+    let mut names: Vec<String> = std::fs::read_dir(bundle_dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in &names {
+        run(Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(bundle_disk)
+            .arg(bundle_dir.join(name))
+            .arg(format!("::/{name}")))?;
+    }
+    Ok(names)
 }
 
 /// The system payload of a bundle as its manifest describes it.

@@ -11,5 +11,6 @@ pub mod oci_scenarios;
 pub mod qemu;
 pub mod root_scenarios;
 pub mod scenarios;
+pub mod secure_boot_scenarios;
 pub mod serial;
 pub mod vars;

@@ -309,6 +309,7 @@ pub fn loader_paths(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
             vars: vars_for(&dir, case.name, case.entry.then_some(case.path))?,
             bundles: None,
             accel: suite.accel,
+            firmware: Default::default(),
         };
         let (boot, _) = s.boot("poweroff")?;
         let text = std::fs::read_to_string(&boot.log)?.replace('\r', "");
@@ -364,6 +365,7 @@ pub fn loader_bare_stub(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
         vars: vars_for(&dir, "bare", None)?,
         bundles: None,
         accel: suite.accel,
+        firmware: Default::default(),
     };
     s.boots += 1;
     let log = dir.join("boot-1.log");

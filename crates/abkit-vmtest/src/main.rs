@@ -201,6 +201,7 @@ fn choose_accel(choice: AccelChoice, fx: &Fixtures, work: &Path) -> anyhow::Resu
                 vars,
                 bundles: None,
                 accel: Accel::Kvm,
+                firmware: Default::default(),
             };
             let t = Instant::now();
             let spec = BootSpec {
@@ -279,6 +280,7 @@ fn demo(inputs: &Inputs, work: &Path, accel: AccelChoice) -> anyhow::Result<i32>
         vars: vars.clone(),
         bundles: Some(fx.bundle_disk.clone()),
         accel,
+        firmware: Default::default(),
     };
     println!(
         "{} disk image ready: X 1.0.0 on slot A, boot entries \"abkit slot A\" (first) and \"abkit slot B\"\n",

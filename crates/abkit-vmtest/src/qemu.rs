@@ -14,6 +14,19 @@ use crate::serial::{BootReport, Ending, system_bytes_written};
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// OVMF built with Secure Boot (needs SMM and a secure pflash).
+pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+
+/// Which firmware and platform devices the machine has.
+#[derive(Debug, Clone, Default)]
+pub struct Firmware {
+    /// `OVMF_CODE_4M.secboot.fd` on `q35,smm=on` with a secure pflash;
+    /// enforcement follows the keys in the VARS file.
+    pub secure_boot: bool,
+    /// A TPM 2.0 (swtpm, its state in this folder; a fresh swtpm per boot,
+    /// as a power cycle resets the PCRs) on QEMU's tpm-tis.
+    pub tpm: Option<PathBuf>,
+}
 
 /// TCG (always works) or KVM (where a probe boot succeeded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +53,7 @@ pub struct Machine {
     /// the firmware sees the same devices on every boot).
     pub bundles: Option<PathBuf>,
     pub accel: Accel,
+    pub firmware: Firmware,
 }
 
 /// When the harness cuts the power.
@@ -94,9 +108,14 @@ impl Machine {
         if let Some(limit) = write_limit {
             disk.push_str(&format!(",throttling.bps-write={limit}"));
         }
+        let machine = if self.firmware.secure_boot {
+            "q35,smm=on"
+        } else {
+            "q35"
+        };
         let mut args: Vec<String> = [
             "-machine",
-            "q35",
+            machine,
             "-accel",
             self.accel.name(),
             "-smp",
@@ -105,12 +124,20 @@ impl Machine {
             "1024",
             "-nodefaults",
             "-no-reboot",
-            "-drive",
         ]
         .map(String::from)
         .to_vec();
+        let code = if self.firmware.secure_boot {
+            args.extend(
+                ["-global", "driver=cfi.pflash01,property=secure,value=on"].map(String::from),
+            );
+            OVMF_CODE_SECBOOT
+        } else {
+            OVMF_CODE
+        };
+        args.push("-drive".into());
         args.push(format!(
-            "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+            "if=pflash,format=raw,unit=0,readonly=on,file={code}"
         ));
         args.push("-drive".into());
         args.push(format!(
@@ -125,6 +152,22 @@ impl Machine {
                 "if=virtio,format=raw,readonly=on,file={}",
                 escape(bundles)
             ));
+        }
+        if let Some(dir) = &self.firmware.tpm {
+            args.push("-chardev".into());
+            args.push(format!(
+                "socket,id=chrtpm,path={}",
+                escape(&dir.join(SWTPM_SOCKET))
+            ));
+            args.extend(
+                [
+                    "-tpmdev",
+                    "emulator,id=tpm0,chardev=chrtpm",
+                    "-device",
+                    "tpm-tis,tpmdev=tpm0",
+                ]
+                .map(String::from),
+            );
         }
         let mut netdev = "user,id=n0".to_string();
         for (host, guest) in forwards {
@@ -168,6 +211,10 @@ impl Machine {
         let stderr_file = std::fs::File::create(&stderr_path)
             .with_context(|| format!("creating {}", stderr_path.display()))?;
         let started = Instant::now();
+        let _tpm = match &self.firmware.tpm {
+            Some(dir) => Some(Swtpm::start(dir)?),
+            None => None,
+        };
         let mut child = Command::new("qemu-system-x86_64")
             .args(&args)
             .stdin(Stdio::null())
@@ -283,6 +330,53 @@ impl Machine {
             })
             .collect::<Vec<_>>()
             .join(" ")
+    }
+}
+
+/// swtpm's control socket in the TPM state folder.
+const SWTPM_SOCKET: &str = "swtpm.sock";
+
+/// A running `swtpm socket --tpm2` for one boot; killed when dropped (it
+/// also ends by itself when QEMU closes the socket).
+struct Swtpm(Child);
+
+impl Swtpm {
+    fn start(dir: &Path) -> anyhow::Result<Swtpm> {
+        std::fs::create_dir_all(dir)?;
+        let socket = dir.join(SWTPM_SOCKET);
+        let _ = std::fs::remove_file(&socket);
+        let log = std::fs::File::create(dir.join("swtpm.log"))?;
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--terminate", "--tpmstate"])
+            .arg(format!("dir={}", dir.display()))
+            .arg("--ctrl")
+            .arg(format!("type=unixio,path={}", socket.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting swtpm (package swtpm; make deps)")?;
+        let mut tpm = Swtpm(child);
+        let t = Instant::now();
+        while !socket.exists() {
+            if let Some(status) = tpm.0.try_wait()? {
+                bail!(
+                    "swtpm exited with {status} (log {})",
+                    dir.join("swtpm.log").display()
+                );
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                bail!("swtpm made no socket within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(tpm)
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        kill(&mut self.0);
     }
 }
 

@@ -73,6 +73,7 @@ impl<'a> Scenario<'a> {
                 vars,
                 bundles: Some(suite.fx.bundle_disk.clone()),
                 accel: suite.accel,
+                firmware: Default::default(),
             },
             boots: 0,
             boot_time: Duration::ZERO,
@@ -405,6 +406,16 @@ pub const SCENARIOS: &[(&str, &str, ScenarioFn)] = &[
         "agent-unauthorized",
         "no client certificate, or another CA's: refused at the handshake; nothing changes",
         crate::agent_scenarios::agent_unauthorized,
+    ),
+    (
+        "secure-boot",
+        "Secure Boot on: signed X, Y boot; a stranger-signed or unsigned UKI is refused, Y stays",
+        crate::secure_boot_scenarios::secure_boot,
+    ),
+    (
+        "measured-boot",
+        "swtpm: PCR 4, 7, 11 equal from slot A, slot B and the fallback; PCR 11 as predicted",
+        crate::secure_boot_scenarios::measured_boot,
     ),
 ];
 

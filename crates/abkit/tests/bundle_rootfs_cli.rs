@@ -57,7 +57,11 @@ impl Work {
     }
 
     fn create(&self, out: &str) -> String {
-        ok(abkit(&[
+        ok(self.create_with(out, &[]))
+    }
+
+    fn create_with(&self, out: &str, extra: &[&str]) -> Output {
+        let mut args = vec![
             "bundle",
             "create",
             "--rootfs",
@@ -80,7 +84,13 @@ impl Work {
             &self.s("k.key"),
             "-o",
             &self.s(out),
-        ]))
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        abkit(&args)
     }
 }
 
@@ -327,4 +337,68 @@ fn rootfs_refuses_conflicting_options() {
         .filter(|e| e.file_name().to_string_lossy().starts_with(".abkit-"))
         .collect();
     assert!(leftovers.is_empty());
+}
+
+#[test]
+fn uki_key_signs_the_uki_inside_the_bundle_and_leaves_pcr11_alone() {
+    let w = Work::new();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/test-pki.sh");
+    let pki = w.s("pki");
+    assert!(
+        Command::new("bash")
+            .arg(script)
+            .arg(&pki)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (key, cert) = (format!("{pki}/db.key"), format!("{pki}/db.crt"));
+    ok(w.create_with("signed.abb", &["--uki-key", &key, "--uki-cert", &cert]));
+    w.create("plain.abb");
+    let mut pcr11 = Vec::new();
+    for (bundle, out) in [("signed.abb", "s"), ("plain.abb", "p")] {
+        ok(abkit(&[
+            "bundle",
+            "extract",
+            &w.s(bundle),
+            "--keyring",
+            &w.s("keyring"),
+            "--out",
+            &w.s(out),
+        ]));
+        let info: serde_json::Value = serde_json::from_str(&ok(abkit(&[
+            "uki",
+            "inspect",
+            "--json",
+            &w.s(&format!("{out}/efi")),
+        ])))
+        .unwrap();
+        pcr11.push(info["pcr11_sha256"].as_str().unwrap().to_string());
+    }
+    ok(abkit(&["uki", "verify", "--cert", &cert, &w.s("s/efi")]));
+    assert!(
+        !abkit(&["uki", "verify", "--cert", &cert, &w.s("p/efi")])
+            .status
+            .success()
+    );
+    // Signing adds a certificate-table entry, outside every section.
+    assert_eq!(pcr11[0], pcr11[1]);
+    // --uki-key needs --uki-cert; a key that is not the certificate's fails
+    // before anything is written.
+    assert!(
+        !w.create_with("bad.abb", &["--uki-key", &key])
+            .status
+            .success()
+    );
+    std::fs::write(
+        w.p("other.key"),
+        std::fs::read(format!("{pki}/KEK.key")).unwrap(),
+    )
+    .unwrap();
+    let out = w.create_with(
+        "bad.abb",
+        &["--uki-key", &w.s("other.key"), "--uki-cert", &cert],
+    );
+    assert!(!out.status.success());
+    assert!(!w.p("bad.abb").exists());
 }

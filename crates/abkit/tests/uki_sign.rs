@@ -324,3 +324,46 @@ fn sign_refuses_a_key_that_is_not_the_certificates() {
     let out = env.abkit(&["uki", "verify", "--cert", "pki/db.crt", "boot.efi"]);
     assert!(text(&out.stderr).contains("boot.efi is not signed"));
 }
+
+#[test]
+fn uki_build_with_key_and_cert_writes_a_signed_loader() {
+    let env = Env::new();
+    std::fs::write(env.path("stub.efi"), abkit_uki::fixture::minimal_stub()).unwrap();
+    std::fs::write(env.path("vmlinuz"), vec![0x4b; 20_000]).unwrap();
+    let build = |extra: &[&str], out: &str| {
+        let mut args = vec![
+            "uki",
+            "build",
+            "--stub",
+            "stub.efi",
+            "--kernel",
+            "vmlinuz",
+            "--cmdline",
+            "console=ttyS0",
+            "-o",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        env.abkit(&args)
+    };
+    let out = build(
+        &["--key", "pki/db.key", "--cert", "pki/db.crt"],
+        "built.efi",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(env.table("built.efi"), [PKCS7]);
+    assert!(env.both("pki", "built.efi"));
+    // The same as building, then `uki sign`.
+    assert!(build(&[], "plain.efi").status.success());
+    env.sign("plain.efi", "pki", "plain-signed.efi");
+    assert_eq!(env.digest("built.efi"), env.digest("plain-signed.efi"));
+    // A key that is not the certificate's: nothing is written.
+    let out = build(
+        &["--key", "other/db.key", "--cert", "pki/db.crt"],
+        "bad.efi",
+    );
+    assert!(!out.status.success());
+    assert!(!env.path("bad.efi").exists());
+    // --key without --cert is a usage error.
+    assert!(!build(&["--key", "pki/db.key"], "bad.efi").status.success());
+}

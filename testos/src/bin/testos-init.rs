@@ -461,6 +461,24 @@ fn boot() -> io::Result<Finish> {
                 Ok(text) => println!("testos: data {name}={}", text.trim_end()),
                 Err(e) => println!("testos: data {name} missing ({e})"),
             },
+            Step::SecureBoot => {
+                // efivarfs: 4 attribute bytes, then the 1-byte value.
+                let path = format!("{EFIVARS}/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c");
+                match std::fs::read(&path) {
+                    Ok(v) if v.len() == 5 => println!("testos: secureboot={}", v[4]),
+                    Ok(v) => println!("testos: secureboot unreadable ({} bytes)", v.len()),
+                    Err(e) => println!("testos: secureboot unreadable ({e})"),
+                }
+            }
+            Step::Pcrs => {
+                for n in testos::guest::PRINTED_PCRS {
+                    let path = format!("/sys/class/tpm/tpm0/pcr-sha256/{n}");
+                    match std::fs::read_to_string(&path) {
+                        Ok(v) => println!("testos: pcr {n}={}", v.trim().to_ascii_lowercase()),
+                        Err(e) => println!("testos: pcr {n} unreadable ({path}: {e})"),
+                    }
+                }
+            }
         }
     }
     Ok(plan.finish)

@@ -88,6 +88,10 @@ pub enum StoreError {
         needed: usize,
         free: usize,
     },
+    #[error(
+        "{path}: the VARS file has no authenticated variable store (no timestamps), so it cannot hold Secure Boot keys; start from OVMF_VARS_4M.fd"
+    )]
+    NotAuthenticated { path: PathBuf },
     #[error("invalid variable name {0:?}")]
     InvalidName(String),
 }

@@ -319,16 +319,18 @@ impl OvmfVarsFile {
         self.bytes[r.offset + STATE_OFFSET] = r.state;
     }
 
-    fn encode_record(&self, name: &VarName, value: &Variable) -> Vec<u8> {
+    fn encode_record(&self, name: &VarName, value: &Variable, timestamp: &[u8; 16]) -> Vec<u8> {
         let name_bytes = ucs2::encode_nul_terminated(&name.name);
         let mut rec = Vec::with_capacity(self.header_len() + name_bytes.len() + value.data.len());
         rec.extend_from_slice(&START_ID.to_le_bytes());
         rec.extend_from_slice(&[VAR_ADDED, 0]);
         rec.extend_from_slice(&value.attributes.to_le_bytes());
         if self.authenticated {
-            // MonotonicCount, TimeStamp and PubKeyIndex: unused for
-            // variables without authenticated-write attributes.
-            rec.extend_from_slice(&[0; 8 + 16 + 4]);
+            // MonotonicCount, TimeStamp, PubKeyIndex: only time-based
+            // authenticated variables carry a timestamp (set_time_based).
+            rec.extend_from_slice(&[0; 8]);
+            rec.extend_from_slice(timestamp);
+            rec.extend_from_slice(&[0; 4]);
         }
         rec.extend_from_slice(&(name_bytes.len() as u32).to_le_bytes());
         rec.extend_from_slice(&(value.data.len() as u32).to_le_bytes());
@@ -370,24 +372,62 @@ impl OvmfVarsFile {
     }
 }
 
-impl VarStore for OvmfVarsFile {
-    fn get(&self, name: &VarName) -> Result<Option<Variable>, StoreError> {
-        Ok(self.live(name).map(|i| {
-            let r = &self.records[i];
-            Variable {
-                attributes: r.attributes,
-                data: self.bytes[r.data_offset..r.data_offset + r.data_len].to_vec(),
-            }
-        }))
+/// Offset of TimeStamp (an `EFI_TIME`) in an authenticated record header.
+const AUTH_TIMESTAMP_OFFSET: usize = 16;
+
+impl OvmfVarsFile {
+    /// Whether the store keeps authenticated records (timestamps), as
+    /// OVMF's `*_VARS*.fd` do: only then can it hold Secure Boot keys.
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
     }
 
-    fn set(&mut self, name: &VarName, value: &Variable) -> Result<bool, StoreError> {
+    /// Stores a time-based authenticated variable (`PK`, `KEK`, `db`, ...)
+    /// the way the firmware keeps it after an authenticated SetVariable():
+    /// the data without its `EFI_VARIABLE_AUTHENTICATION_2` descriptor, the
+    /// descriptor's `EFI_TIME` in the record header. Offline enrolment: the
+    /// firmware does not re-check what it finds in its own flash.
+    pub fn set_time_based(
+        &mut self,
+        name: &VarName,
+        value: &Variable,
+        timestamp: &[u8; 16],
+    ) -> Result<bool, StoreError> {
+        if !self.authenticated {
+            return Err(StoreError::NotAuthenticated {
+                path: self.path.clone().unwrap_or_default(),
+            });
+        }
+        self.write(name, value, timestamp)
+    }
+
+    /// The `EFI_TIME` stored with a live variable (all zero when it has
+    /// none or the store is not authenticated).
+    pub fn timestamp(&self, name: &VarName) -> Option<[u8; 16]> {
+        let r = &self.records[self.live(name)?];
+        let mut t = [0u8; 16];
+        if self.authenticated {
+            let at = r.offset + AUTH_TIMESTAMP_OFFSET;
+            t.copy_from_slice(&self.bytes[at..at + 16]);
+        }
+        Some(t)
+    }
+
+    fn write(
+        &mut self,
+        name: &VarName,
+        value: &Variable,
+        timestamp: &[u8; 16],
+    ) -> Result<bool, StoreError> {
         check_name(name)?;
         let old = self.live(name);
-        if old.is_some() && self.get(name)?.as_ref() == Some(value) {
+        if old.is_some()
+            && self.get(name)?.as_ref() == Some(value)
+            && self.timestamp(name).as_ref() == Some(timestamp)
+        {
             return Ok(false);
         }
-        let record = self.encode_record(name, value);
+        let record = self.encode_record(name, value, timestamp);
         let mut old = old;
         if align(record.len()) > self.free_space() {
             let before = self.bytes.clone();
@@ -414,6 +454,22 @@ impl VarStore for OvmfVarsFile {
         let _ = self.scan();
         self.persist()?;
         Ok(true)
+    }
+}
+
+impl VarStore for OvmfVarsFile {
+    fn get(&self, name: &VarName) -> Result<Option<Variable>, StoreError> {
+        Ok(self.live(name).map(|i| {
+            let r = &self.records[i];
+            Variable {
+                attributes: r.attributes,
+                data: self.bytes[r.data_offset..r.data_offset + r.data_len].to_vec(),
+            }
+        }))
+    }
+
+    fn set(&mut self, name: &VarName, value: &Variable) -> Result<bool, StoreError> {
+        self.write(name, value, &[0; 16])
     }
 
     fn delete(&mut self, name: &VarName) -> Result<bool, StoreError> {

@@ -98,6 +98,14 @@ pub struct CreateArgs {
         requires = "rootfs"
     )]
     label_prefix: String,
+    /// With --rootfs: Authenticode-sign the UKI for Secure Boot with this
+    /// RSA key (named --uki-key because --key is the bundle's release key).
+    /// Needs --uki-cert.
+    #[arg(long, value_name = "FILE", requires_all = ["rootfs", "uki_cert"])]
+    uki_key: Option<PathBuf>,
+    /// With --rootfs: the UKI signing key's X.509 certificate (the one in db).
+    #[arg(long, value_name = "FILE", requires_all = ["rootfs", "uki_key"])]
+    uki_cert: Option<PathBuf>,
     /// With --rootfs: compress the erofs image (lz4 or lz4hc).
     #[arg(long, value_name = "ALGORITHM", requires = "rootfs")]
     erofs_compress: Option<String>,
@@ -271,6 +279,11 @@ struct BuiltRelease {
 fn build_release(a: &CreateArgs, rootfs: &Path, out_dir: &Path) -> anyhow::Result<BuiltRelease> {
     use abkit_bundle::rootfs;
     let kernel_path = a.kernel.as_deref().context("--rootfs needs --kernel")?;
+    // A bad signing key fails before the filesystem is made.
+    let signing_key = match (&a.uki_key, &a.uki_cert) {
+        (Some(key), Some(cert)) => Some(super::uki::sign::load_signing_key(key, cert)?),
+        _ => None,
+    };
     let dir = tempfile::Builder::new()
         .prefix(".abkit-rootfs-")
         .tempdir_in(out_dir)
@@ -313,6 +326,10 @@ fn build_release(a: &CreateArgs, rootfs: &Path, out_dir: &Path) -> anyhow::Resul
         },
     )
     .with_context(|| format!("cannot build a UKI on {}", stub_path.display()))?;
+    let uki = match &signing_key {
+        Some(k) => abkit_uki::sign(&uki, k).context("cannot sign the UKI")?,
+        None => uki,
+    };
     let efi = dir.path().join("boot.efi");
     std::fs::write(&efi, uki)?;
     Ok(BuiltRelease {
@@ -327,11 +344,19 @@ fn build_release(a: &CreateArgs, rootfs: &Path, out_dir: &Path) -> anyhow::Resul
 
 fn create(a: CreateArgs) -> anyhow::Result<()> {
     // The output must not be an input: not the release key, not an image.
-    let mut inputs: Vec<&Path> = [&a.efi, &a.system, &a.kernel, &a.initrd, &a.osrel]
-        .into_iter()
-        .flatten()
-        .map(PathBuf::as_path)
-        .collect();
+    let mut inputs: Vec<&Path> = [
+        &a.efi,
+        &a.system,
+        &a.kernel,
+        &a.initrd,
+        &a.osrel,
+        &a.uki_key,
+        &a.uki_cert,
+    ]
+    .into_iter()
+    .flatten()
+    .map(PathBuf::as_path)
+    .collect();
     inputs.extend(a.keys.iter().map(PathBuf::as_path));
     abkit_bundle::writer::check_output_not_input(&a.out, &inputs).map_err(coded)?;
     let keys = a

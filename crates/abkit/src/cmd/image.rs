@@ -27,7 +27,7 @@ pub enum ImageCommand {
     /// written if it is not), then its efi and system payloads are used and
     /// slot A is recorded as `installed` with the bundle's product, version
     /// and hashes, exactly as `abkit install` would record it.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Show a disk's partitions, the ESP's files, and what each slot holds
     /// (size and SHA-256 of its used part: up to its last non-zero 4 KiB
     /// block; and the bundle that wrote it, from the slot's record on the ESP).
@@ -73,6 +73,13 @@ pub struct BuildArgs {
     /// /usr/share/OVMF/OVMF_VARS_4M.fd, then boot QEMU with it.
     #[arg(long, value_name = "FILE")]
     ovmf_vars: Option<PathBuf>,
+    /// Enrol the Secure Boot keys in DIR (PK.crt, KEK.crt, db.crt, PEM or
+    /// DER; owner.guid for the signature owner, as scripts/test-pki.sh DIR
+    /// writes them) into --ovmf-vars as PK, KEK and db, and turn Secure Boot
+    /// on. Boot with OVMF_CODE_4M.secboot.fd (-machine q35,smm=on); the
+    /// loader must then be signed by the db key (`abkit uki sign`).
+    #[arg(long, value_name = "DIR", requires = "ovmf_vars")]
+    secure_boot: Option<PathBuf>,
     /// Print what was built as JSON.
     #[arg(long)]
     json: bool,
@@ -157,6 +164,21 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         disk_size: args.disk_size,
         label_prefix: args.label_prefix,
     };
+    // The keys are read before anything is written: a bad folder builds nothing.
+    let sb_keys = args
+        .secure_boot
+        .as_deref()
+        .map(super::secure_boot::load_keys)
+        .transpose()?;
+    if let (Some(_), Some(vars)) = (&sb_keys, &args.ovmf_vars) {
+        super::secure_boot::check_vars(vars)?;
+    }
+    let enroll = |vars: Option<&std::path::Path>| -> anyhow::Result<()> {
+        if let (Some(keys), Some(vars)) = (&sb_keys, vars) {
+            super::secure_boot::enroll(vars, keys)?;
+        }
+        Ok(())
+    };
     if let (Some(bundle), Some(keyring_dir)) = (args.signed.bundle, args.signed.keyring) {
         let keyring = Keyring::load_dir(&keyring_dir)
             .with_context(|| format!("cannot load the keyring {}", keyring_dir.display()))?;
@@ -185,6 +207,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
                 options.bundle.display()
             )
         })?;
+        enroll(options.ovmf_vars.as_deref())?;
         return print(&report, args.json);
     }
     let (Some(loader), Some(system)) = (args.raw.loader, args.raw.system) else {
@@ -201,6 +224,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     eprintln!("abkit: building {}", options.output.display());
     let report = abkit_update::factory::build_raw(&options, args.ovmf_vars.as_deref())
         .with_context(|| format!("building {}", options.output.display()))?;
+    enroll(args.ovmf_vars.as_deref())?;
     print(&report, args.json)
 }
 
@@ -226,7 +250,7 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
 
 pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
     match cmd {
-        ImageCommand::Build(args) => build(args),
+        ImageCommand::Build(args) => build(*args),
         ImageCommand::Inspect(args) => inspect(args),
     }
 }

@@ -15,6 +15,7 @@ pub mod progress;
 pub mod registry;
 pub mod rollback;
 pub mod rollout;
+pub mod secure_boot;
 pub mod status;
 pub mod uki;
 pub mod vars;

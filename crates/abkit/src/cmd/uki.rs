@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 
 #[path = "uki_sign.rs"]
-mod sign;
+pub(crate) mod sign;
 
 /// File name of the stub next to the `abkit` executable.
 const STUB_FILE_NAME: &str = "abkit-stub.efi";
@@ -40,6 +40,14 @@ pub enum UkiCommand {
         /// abkit-stub.efi next to the abkit executable.
         #[arg(long, value_name = "FILE")]
         stub: Option<PathBuf>,
+        /// Authenticode-sign the built loader with this RSA key (as `abkit
+        /// uki sign` does; the kernel travels inside, covered by the same
+        /// signature). Needs --cert.
+        #[arg(long, value_name = "FILE", requires = "cert")]
+        key: Option<PathBuf>,
+        /// The signing key's X.509 certificate (the one in db). Needs --key.
+        #[arg(long, value_name = "FILE", requires = "key")]
+        cert: Option<PathBuf>,
         /// Where to write the loader.
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
@@ -104,8 +112,15 @@ pub fn run(cmd: UkiCommand) -> anyhow::Result<()> {
             cmdline,
             osrel,
             stub,
+            key,
+            cert,
             output,
         } => {
+            // A bad key fails before anything is built.
+            let signing_key = match (&key, &cert) {
+                (Some(key), Some(cert)) => Some(sign::load_signing_key(key, cert)?),
+                _ => None,
+            };
             let stub_path = find_stub(stub)?;
             let stub = read(&stub_path, "stub")?;
             let kernel = read(&kernel, "kernel")?;
@@ -123,8 +138,20 @@ pub fn run(cmd: UkiCommand) -> anyhow::Result<()> {
                     stub_path.display()
                 )
             })?;
+            let uki = match &signing_key {
+                Some(k) => abkit_uki::sign(&uki, k).context("cannot sign the built loader")?,
+                None => uki,
+            };
             write_new_file(&output, &uki)?;
-            eprintln!("abkit: wrote {} ({} bytes)", output.display(), uki.len());
+            eprintln!(
+                "abkit: wrote {} ({} bytes{})",
+                output.display(),
+                uki.len(),
+                signing_key
+                    .as_ref()
+                    .map(|k| format!(", signed as {}", k.subject()))
+                    .unwrap_or_default()
+            );
             Ok(())
         }
         UkiCommand::Stamp {
@@ -233,6 +260,9 @@ fn print_info(info: &abkit_uki::UkiInfo) {
     println!("certificates: {}", info.certificates);
     if let Some(digest) = &info.authenticode_sha256 {
         println!("authenticode sha256: {digest}");
+    }
+    if let Some(pcr) = &info.pcr11_sha256 {
+        println!("pcr 11 sha256: {pcr} (after the loader's measurements)");
     }
     println!("sections:");
     println!(

@@ -8,16 +8,21 @@ use anyhow::{Context, bail};
 
 use super::{read, write_new_file};
 
-/// `abkit uki sign`: sign `input` with `key`/`cert` into `output`.
-pub fn sign(key: &Path, cert: &Path, input: &Path, output: &Path) -> anyhow::Result<()> {
-    let signing_key = abkit_uki::SigningKey::new(&read(key, "key")?, &read(cert, "certificate")?)
-        .with_context(|| {
+/// The Secure Boot signing key from a key file and its certificate file
+/// (`uki sign`, `uki build --key`, `bundle create --uki-key`).
+pub fn load_signing_key(key: &Path, cert: &Path) -> anyhow::Result<abkit_uki::SigningKey> {
+    abkit_uki::SigningKey::new(&read(key, "key")?, &read(cert, "certificate")?).with_context(|| {
         format!(
             "cannot sign with the key {} and certificate {}",
             key.display(),
             cert.display()
         )
-    })?;
+    })
+}
+
+/// `abkit uki sign`: sign `input` with `key`/`cert` into `output`.
+pub fn sign(key: &Path, cert: &Path, input: &Path, output: &Path) -> anyhow::Result<()> {
+    let signing_key = load_signing_key(key, cert)?;
     let bytes = read(input, "loader")?;
     let signed = abkit_uki::sign(&bytes, &signing_key)
         .with_context(|| format!("cannot sign {}", input.display()))?;
