@@ -78,7 +78,10 @@ impl Layout {
 
     /// Bytes from the start of the bundle to the end of the last index.
     pub fn indexes_end(&self) -> u64 {
-        self.payload_offsets.first().copied().unwrap_or(self.head_len)
+        self.payload_offsets
+            .first()
+            .copied()
+            .unwrap_or(self.head_len)
     }
 }
 

@@ -38,8 +38,8 @@ pub mod writer;
 mod error;
 
 pub use error::{Error, Result};
-pub use keys::{KeyId, Keyring, PublicKey, SecretKey, SkippedKeyFile};
 pub use index::{BlockIndex, Layout};
+pub use keys::{KeyId, Keyring, PublicKey, SecretKey, SkippedKeyFile};
 pub use manifest::{Compression, IndexRef, Manifest, PayloadEntry, VerityParams};
 pub use reader::{BundleHead, BundleReader, PayloadReader, SignatureStatus, VerifiedBlock};
 pub use writer::{CreateOptions, PayloadSpec, create_bundle, write_head};

@@ -377,7 +377,10 @@ mod tests {
             (Box::new(|m| m.chunk_size = u32::MAX - 4095), "chunk_size"),
             (Box::new(|m| m.block_size = 12288), "block_size"),
             (Box::new(|m| m.block_size = 2048), "block_size"),
-            (Box::new(|m| m.block_size = 2 * DEFAULT_CHUNK_SIZE), "block_size"),
+            (
+                Box::new(|m| m.block_size = 2 * DEFAULT_CHUNK_SIZE),
+                "block_size",
+            ),
             (Box::new(|m| m.payloads[0].index.size = 64), "index size"),
             (
                 Box::new(|m| m.min_version = Some("9.0.0".parse().unwrap())),

@@ -14,8 +14,8 @@ use std::thread::JoinHandle;
 use sha2::{Digest as _, Sha256};
 
 use crate::format::{self, FORMAT_VERSION, Header, MAX_MANIFEST_LEN, MAX_SIGNATURES};
-use crate::keys::SecretKey;
 use crate::index::BlockHasher;
+use crate::keys::SecretKey;
 use crate::manifest::{
     Compression, DEFAULT_BLOCK_SIZE, DEFAULT_CHUNK_SIZE, Digest, IndexRef, Manifest, PayloadEntry,
 };

@@ -88,7 +88,10 @@ fn craft(manifest: &Manifest, stored: &[&[u8]], keys: &[SecretKey]) -> Vec<u8> {
     let mut out = Vec::new();
     write_head(&mut out, &json, keys).unwrap();
     for p in &manifest.payloads {
-        out.extend(std::iter::repeat_n(0u8, p.index.size.min(64 << 20) as usize));
+        out.extend(std::iter::repeat_n(
+            0u8,
+            p.index.size.min(64 << 20) as usize,
+        ));
     }
     for s in stored {
         out.write_all(s).unwrap();
@@ -345,7 +348,13 @@ fn keys_signatures_versions_and_trailing_data() {
     b[8..12].copy_from_slice(&1u32.to_le_bytes());
     let err = f.error(&b);
     assert!(
-        matches!(err, Error::OldFormatVersion { found: 1, supported: 2 }),
+        matches!(
+            err,
+            Error::OldFormatVersion {
+                found: 1,
+                supported: 2
+            }
+        ),
         "{err}"
     );
     assert_eq!(err.code(), "old-format-version");

@@ -19,8 +19,12 @@ pub struct InstallArgs {
     #[command(flatten)]
     machine: MachineArgs,
 
-    /// The bundle: a file path, or an http(s) URL (streamed; retried and
-    /// resumed on network errors).
+    /// The bundle: a file path, or an http(s) URL. A URL is installed as a
+    /// delta: the blocks this machine already holds (running slot, running
+    /// loader, the target slot's old contents) are copied and only the
+    /// missing ones fetched with Range requests, each checked against the
+    /// bundle's signed block index; a server that ignores Range gets a full
+    /// download. Retried and resumed on network errors.
     source: String,
 
     /// Folder of trusted public keys (*.pub) [default: /etc/abkit/keyring].
@@ -41,6 +45,10 @@ pub struct InstallArgs {
     /// bundle cannot be checked against what the machine runs.
     #[arg(long)]
     allow_unrecorded: bool,
+
+    /// Download the whole bundle even from a URL (no delta install).
+    #[arg(long)]
+    no_delta: bool,
 
     /// One JSON object per step and progress event on stdout (also the
     /// default when stdout is not a terminal).
@@ -90,15 +98,16 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     let mut out = Output::choose(args.json);
     // Each retry or resume of a download is a warning in the same output.
     let opener = abkit_fetch::Opener::new(&policy).observe(out.retry_observer());
-    let source = abkit_update::source::open_source_with(&args.source, opener)?;
-    let result = abkit_update::install(
+    let result = abkit_update::source::install_from(
         m.as_mut(),
-        source,
+        &args.source,
+        opener,
         &keyring,
         &InstallOptions {
             allow_downgrade: args.allow_downgrade,
             allow_unrecorded: args.allow_unrecorded,
         },
+        !args.no_delta,
         &mut out,
     );
     out.finish();
@@ -106,12 +115,20 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     if out.is_json() {
         Output::json_line(&serde_json::json!({"event": "done", "report": report}));
     } else {
+        let how = if report.transfer.delta {
+            "delta install"
+        } else {
+            "full install"
+        };
         println!(
-            "Installed {} {} into slot {}. The next boot tries it once (BootNext = Boot{:04X}); \
+            "Installed {} {} into slot {} ({how}: {} bytes fetched, {} bytes reused). \
+             The next boot tries it once (BootNext = Boot{:04X}); \
              run `abkit mark-good` there once it is healthy.",
             report.compatible,
             report.version,
             report.target_slot.letter(),
+            report.transfer.bytes_fetched,
+            report.transfer.bytes_reused,
             report.boot_next
         );
     }
