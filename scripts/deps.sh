@@ -23,6 +23,10 @@ declare -A need=(
   [/usr/bin/sbverify]=sbsigntool
   [/usr/bin/mkfs.erofs]=erofs-utils
   [/usr/sbin/mkfs.ext4]=e2fsprogs
+  # Delta installs: tests serve bundles with a real Range-capable server;
+  # bench/delta.sh compares with casync.
+  [/usr/sbin/lighttpd]=lighttpd
+  [/usr/bin/casync]=casync
 )
 missing=()
 for f in "${!need[@]}"; do
