@@ -3,6 +3,7 @@
 //! the `abkit` command, checked through the guest's serial console and the
 //! firmware's VARS file read offline. docs/vm-tests.md explains the setup.
 
+pub mod delta_scenarios;
 pub mod fixtures;
 pub mod http;
 pub mod qemu;

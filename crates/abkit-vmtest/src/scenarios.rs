@@ -313,6 +313,11 @@ pub const SCENARIOS: &[(&str, &str, ScenarioFn)] = &[
         "a flipped byte in Y's filesystem or tree fails its trial; X boots, untouched",
         crate::root_scenarios::root_tamper,
     ),
+    (
+        "delta-update",
+        "X installs Y as a delta over HTTP (Range), then commits it",
+        crate::delta_scenarios::delta_update,
+    ),
 ];
 
 fn boot_base(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
