@@ -25,7 +25,7 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 
 .PHONY: all help deps build test lint unit demo clean \
 	stub lint-loader vm-loader e2e-bins vm-e2e stub-next-to-abkit install \
-	bench bench-image bench-bundle bench-install bench-agent fuzz-bundle
+	bench bench-image bench-bundle bench-install bench-agent bench-delta fuzz-bundle
 
 ## all: the same as build
 all: build
@@ -102,7 +102,7 @@ install: build
 	test -e $(DESTDIR)/etc/abkit/agent.toml || install -m 0644 dist/agent.toml $(DESTDIR)/etc/abkit/agent.toml
 
 ## bench: every benchmark (prints tables; not part of make test)
-bench: bench-image bench-bundle bench-install bench-agent
+bench: bench-image bench-bundle bench-install bench-agent bench-delta
 
 ## bench-image: time `abkit image build` against cp --sparse=always (not part of test)
 bench-image: deps
@@ -119,6 +119,10 @@ bench-install: deps
 ## bench-agent: the idle agent's RSS, CPU and wake-ups over 30 s (not part of test)
 bench-agent: deps
 	bash bench/agent.sh
+
+## bench-delta: delta install vs full install vs casync, bytes fetched (512 MiB image)
+bench-delta: deps
+	bash bench/delta.sh
 
 ## fuzz-bundle: run both bundle fuzz targets, FUZZ_SECONDS each (default 300; nightly cargo-fuzz)
 fuzz-bundle: deps

@@ -646,6 +646,11 @@ pub trait ByteRanges: Send {
     fn bytes_read(&self) -> u64;
     /// Size of the whole file, when known.
     fn total_len(&self) -> Option<u64>;
+    /// Another reader of the same file on a connection (or handle) of its
+    /// own, for fetching ranges in parallel; `None` if it cannot be had.
+    fn fork(&self) -> Option<Box<dyn ByteRanges>> {
+        None
+    }
 }
 
 impl ByteRanges for HttpSource {
@@ -658,6 +663,26 @@ impl ByteRanges for HttpSource {
     }
     fn total_len(&self) -> Option<u64> {
         self.content_length()
+    }
+    fn fork(&self) -> Option<Box<dyn ByteRanges>> {
+        if !self.ranged {
+            return None;
+        }
+        Some(Box::new(HttpSource {
+            url: self.url.clone(),
+            agent: self.agent.clone(),
+            policy: self.policy.clone(),
+            body: None,
+            position: 0,
+            identity: self.identity.clone(),
+            attempts: 0,
+            broken: None,
+            failure: None,
+            observer: None,
+            end: Some(0),
+            ranged: true,
+            received: 0,
+        }))
     }
 }
 
@@ -679,6 +704,12 @@ impl ByteRanges for FileRanges {
     }
     fn total_len(&self) -> Option<u64> {
         self.file.metadata().ok().map(|m| m.len())
+    }
+    fn fork(&self) -> Option<Box<dyn ByteRanges>> {
+        Some(Box::new(FileRanges {
+            file: self.file.try_clone().ok()?,
+            read: 0,
+        }))
     }
 }
 

@@ -34,7 +34,7 @@ pub const HEAD_WINDOW: u64 = 64 * 1024;
 /// requests for a few more bytes.
 const MERGE_GAP: u64 = 8 * 1024;
 /// Largest single range request.
-const MAX_REQUEST: u64 = 8 << 20;
+const MAX_REQUEST: u64 = 4 << 20;
 /// Size of the reads that hash a seed (the running slot).
 const SCAN_READ: usize = 4 << 20;
 
@@ -246,15 +246,24 @@ fn fetch_runs(sources: &[Source], block_size: u32) -> Vec<(usize, usize)> {
     runs
 }
 
+/// A fetched run: its first block and its bytes, or why it failed.
+type Fetched = Result<(usize, Vec<u8>)>;
+
+/// Fetched runs held ahead of the writer per connection (each at most
+/// [`MAX_REQUEST`]).
+const FETCH_AHEAD: usize = 2;
+/// Connections used at most for fetching missing blocks.
+const FETCH_CONNECTIONS: usize = 4;
+
 /// Builds one payload from `sources`: hands out verified write blocks in
-/// order. Fetched runs come from `bundle` at `payload_offset`.
+/// order. Fetched runs arrive, in order, from the fetch thread.
 struct Assembler<'a, 'b> {
     index: &'a BlockIndex,
     sources: Vec<Source>,
-    runs: std::iter::Peekable<std::vec::IntoIter<(usize, usize)>>,
     seeds: &'a mut [Seed<'b>],
-    bundle: &'a mut dyn ByteRanges,
-    payload_offset: u64,
+    /// One queue per fetch connection; run k arrives on queue k % n.
+    runs: Vec<std::sync::mpsc::Receiver<Fetched>>,
+    taken: usize,
     next: usize,
     /// The fetched run being used: first block, bytes.
     fetched: Option<(usize, Vec<u8>)>,
@@ -302,21 +311,12 @@ impl Assembler<'_, '_> {
                     seed.dev
                         .read_at(off, &mut out[start..])
                         .map_err(UpdateError::io(format!("read {} at byte {off}", seed.name)))?;
-                    let good = out[start..]
-                        .chunks(bs)
-                        .enumerate()
-                        .position(|(j, block)| self.index.check_block(i + j, block).is_err())
-                        .unwrap_or(n);
-                    let kept: usize = (i..i + good).map(|b| self.index.block_len(b)).sum();
-                    out.truncate(start + kept);
-                    self.stats.bytes_reused += kept as u64;
-                    self.next = i + good;
-                    if good < n {
-                        // The seed changed since it was hashed: fetch this
-                        // block instead.
-                        self.sources[i + good] = Source::Fetch;
-                        self.fetch_run(i + good)?;
+                    // Checked again: what is written is what was read now.
+                    for (j, block) in out[start..].chunks(bs).enumerate() {
+                        self.index.check_block(i + j, block)?;
                     }
+                    self.stats.bytes_reused += bytes as u64;
+                    self.next = i + n;
                 }
             }
         }
@@ -330,31 +330,110 @@ impl Assembler<'_, '_> {
             .then_some(())
     }
 
-    /// Fetches the run that starts at (or covers) block `i`.
+    /// Takes the next fetched run, which starts at block `i`.
     fn fetch_run(&mut self, i: usize) -> Result<()> {
-        let (first, end) = loop {
-            match self.runs.peek().copied() {
-                Some((_, end)) if end <= i => {
-                    self.runs.next();
-                }
-                Some((start, end)) if start <= i => {
-                    self.runs.next();
-                    break (start, end);
-                }
-                // A block whose seed changed: alone.
-                _ => break (i, i + 1),
-            }
-        };
-        let from = self.index.block_offset(first);
-        let to = self.index.block_offset(end - 1) + self.index.block_len(end - 1) as u64;
-        let mut bytes = vec![0u8; (to - from) as usize];
-        self.bundle
-            .read_range(self.payload_offset + from, &mut bytes)
-            .map_err(|e| fetch_error(e, &format!("payload `{}`", self.index.payload())))?;
+        let queue = &self.runs[self.taken % self.runs.len()];
+        self.taken += 1;
+        let (first, bytes) = queue.recv().map_err(|_| {
+            UpdateError::io("fetch missing blocks")(std::io::Error::other(
+                "the fetch thread stopped",
+            ))
+        })??;
+        if first != i {
+            return Err(UpdateError::io("fetch missing blocks")(
+                std::io::Error::other(format!("run at block {first} arrived for block {i}")),
+            ));
+        }
         self.stats.requests += 1;
         self.fetched = Some((first, bytes));
         Ok(())
     }
+}
+
+/// Fetches `runs` of `index` from `bundle` in order and sends them, a few
+/// ahead of the assembler, so that the network works while the slot does.
+fn fetch_runs_into(
+    index: &BlockIndex,
+    runs: impl Iterator<Item = (usize, usize)>,
+    bundle: &mut dyn ByteRanges,
+    payload_offset: u64,
+    tx: &std::sync::mpsc::SyncSender<Fetched>,
+) {
+    for (first, end) in runs {
+        let from = index.block_offset(first);
+        let to = index.block_offset(end - 1) + index.block_len(end - 1) as u64;
+        let mut bytes = vec![0u8; (to - from) as usize];
+        let got = bundle
+            .read_range(payload_offset + from, &mut bytes)
+            .map(|()| (first, bytes))
+            .map_err(|e| fetch_error(e, &format!("payload `{}`", index.payload())));
+        let failed = got.is_err();
+        if tx.send(got).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Runs `build` with an [`Assembler`] whose fetched runs come from a
+/// thread of their own. Returns what `build` returned and the stats.
+fn with_assembler<T>(
+    index: &BlockIndex,
+    sources: Vec<Source>,
+    seeds: &mut [Seed<'_>],
+    bundle: &mut dyn ByteRanges,
+    payload_offset: u64,
+    build: impl FnOnce(&mut Assembler<'_, '_>) -> Result<T>,
+) -> Result<(T, DeltaStats)> {
+    let runs = fetch_runs(&sources, index.block_size());
+    let fetched_before = bundle.bytes_read();
+    // More connections when there are many small requests: each request
+    // waits a round trip, and a few in flight hide it.
+    let mut forks: Vec<Box<dyn ByteRanges>> = Vec::new();
+    if runs.len() > 64 {
+        forks.extend((1..FETCH_CONNECTIONS).filter_map(|_| bundle.fork()));
+    }
+    let mut sources_of_bytes: Vec<&mut dyn ByteRanges> = vec![bundle];
+    sources_of_bytes.extend(forks.iter_mut().map(|f| &mut **f as &mut dyn ByteRanges));
+    let n = sources_of_bytes.len();
+    let (out, stats) = std::thread::scope(|scope| {
+        let mut queues = Vec::new();
+        let mut fetchers = Vec::new();
+        for (t, src) in sources_of_bytes.into_iter().enumerate() {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Fetched>(FETCH_AHEAD);
+            queues.push(rx);
+            let mine = runs.iter().copied().skip(t).step_by(n);
+            fetchers.push(
+                std::thread::Builder::new()
+                    .name("abkit-delta-fetch".into())
+                    .spawn_scoped(scope, move || {
+                        fetch_runs_into(index, mine, src, payload_offset, &tx);
+                    })
+                    .map_err(UpdateError::io("start a fetch thread"))?,
+            );
+        }
+        let mut asm = Assembler {
+            index,
+            sources,
+            seeds,
+            runs: queues,
+            taken: 0,
+            next: 0,
+            fetched: None,
+            stats: DeltaStats::default(),
+        };
+        let out = build(&mut asm);
+        // Unblock the fetchers if the build stopped early.
+        let Assembler { runs, stats, .. } = asm;
+        drop(runs);
+        for f in fetchers {
+            let _ = f.join();
+        }
+        out.map(|o| (o, stats))
+    })?;
+    let mut stats = stats;
+    stats.bytes_fetched =
+        bundle.bytes_read() - fetched_before + forks.iter().map(|f| f.bytes_read()).sum::<u64>();
+    Ok((out, stats))
 }
 
 /// Builds payload `index` into `dev` from `seeds` and ranges of `bundle`,
@@ -371,30 +450,18 @@ pub(crate) fn write_payload(
     rep: &mut dyn Reporter,
 ) -> Result<DeltaStats> {
     let sources = plan(index, seeds, rep)?;
-    let runs = fetch_runs(&sources, index.block_size());
-    let fetched_before = bundle.bytes_read();
-    let mut asm = Assembler {
-        index,
-        sources,
-        runs: runs.into_iter().peekable(),
-        seeds,
-        bundle,
-        payload_offset,
-        next: 0,
-        fetched: None,
-        stats: DeltaStats::default(),
-    };
-    copy::copy_blocks(
-        &mut || asm.next_bytes(),
-        index.size(),
-        sha256,
-        dev,
-        slot,
-        Step::WriteSystem,
-        rep,
-    )?;
-    let mut stats = asm.stats;
-    stats.bytes_fetched = asm.bundle.bytes_read() - fetched_before;
+    let ((), stats) = with_assembler(index, sources, seeds, bundle, payload_offset, |asm| {
+        copy::copy_blocks(
+            &mut || asm.next_bytes(),
+            index.size(),
+            sha256,
+            dev,
+            slot,
+            Step::WriteSystem,
+            rep,
+        )
+        .map(|_| ())
+    })?;
     Ok(stats)
 }
 
@@ -410,31 +477,19 @@ pub(crate) fn assemble_in_memory(
 ) -> Result<(Vec<u8>, DeltaStats)> {
     use sha2::Digest as _;
     let sources = plan(index, seeds, rep)?;
-    let runs = fetch_runs(&sources, index.block_size());
-    let fetched_before = bundle.bytes_read();
-    let mut asm = Assembler {
-        index,
-        sources,
-        runs: runs.into_iter().peekable(),
-        seeds,
-        bundle,
-        payload_offset,
-        next: 0,
-        fetched: None,
-        stats: DeltaStats::default(),
-    };
-    let mut out = Vec::with_capacity(index.size() as usize);
-    while let Some(bytes) = asm.next_bytes()? {
-        out.extend_from_slice(&bytes);
-    }
+    let (out, stats) = with_assembler(index, sources, seeds, bundle, payload_offset, |asm| {
+        let mut out = Vec::with_capacity(index.size() as usize);
+        while let Some(bytes) = asm.next_bytes()? {
+            out.extend_from_slice(&bytes);
+        }
+        Ok(out)
+    })?;
     if hex::encode(sha2::Sha256::digest(&out)) != sha256 {
         return Err(abkit_bundle::Error::PayloadHashMismatch {
             payload: index.payload().to_owned(),
         }
         .into());
     }
-    let mut stats = asm.stats;
-    stats.bytes_fetched = asm.bundle.bytes_read() - fetched_before;
     Ok((out, stats))
 }
 
@@ -528,8 +583,8 @@ mod tests {
             vec![(0, 6), (9, 10)]
         );
         assert_eq!(fetch_runs(&s(&[0, 0]), 4096), vec![]);
-        let all = vec![Fetch; 5000];
+        let all = vec![Fetch; 2500];
         let runs = fetch_runs(&all, 4096);
-        assert_eq!(runs, vec![(0, 2048), (2048, 4096), (4096, 5000)]);
+        assert_eq!(runs, vec![(0, 1024), (1024, 2048), (2048, 2500)]);
     }
 }
