@@ -286,6 +286,103 @@ impl BlockHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{BundleHead, CreateOptions, PayloadSpec, SecretKey};
+
+    /// A bundle of one `system` payload (not verity), its bytes and head.
+    fn bundle(data: &[u8], compression: Compression) -> (Vec<u8>, BundleHead) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("s.img"), data).unwrap();
+        let mut opts = CreateOptions::new("demo-os", "1.0.0".parse().unwrap());
+        opts.compression = compression;
+        opts.chunk_size = 64 * 1024;
+        let spec = PayloadSpec {
+            name: "system".into(),
+            path: dir.path().join("s.img"),
+            verity: false,
+        };
+        let out = dir.path().join("b.abb");
+        crate::create_bundle(
+            &out,
+            &[spec],
+            &opts,
+            &[SecretKey::from_seed(&[3; 32])],
+            &mut |_| {},
+        )
+        .unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        let head = BundleHead::read(&mut &bytes[..]).unwrap();
+        (bytes, head)
+    }
+
+    fn index_of(bytes: &[u8], head: &BundleHead) -> (Layout, BlockIndex) {
+        let m = &head.manifest;
+        let layout = Layout::new(m, head.raw.manifest_bytes.len() as u64, 1);
+        let at = layout.index_offsets[0] as usize;
+        let p = &m.payloads[0];
+        let index = BlockIndex::parse(m, p, &bytes[at..at + p.index.size as usize]).unwrap();
+        (layout, index)
+    }
+
+    #[test]
+    fn every_block_and_every_zstd_frame_can_be_read_alone() {
+        // Compressible and not, with a short last block.
+        let mut data: Vec<u8> = (0..300_000u32).map(|i| (i / 700) as u8).collect();
+        data.extend((0..5_000u32).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8));
+        for compression in [Compression::None, Compression::Zstd] {
+            let (bytes, head) = bundle(&data, compression);
+            let (layout, index) = index_of(&bytes, &head);
+            assert_eq!(layout.total_len, bytes.len() as u64);
+            assert_eq!(index.len(), data.len().div_ceil(4096));
+            for i in 0..index.len() {
+                let at = index.block_offset(i) as usize;
+                index
+                    .check_block(i, &data[at..at + index.block_len(i)])
+                    .unwrap();
+            }
+            let wrong = index.check_block(3, &[0; 4096]).unwrap_err();
+            assert_eq!(wrong.code(), "block-hash-mismatch");
+            if compression == Compression::Zstd {
+                assert_eq!(index.frame_count(), data.len().div_ceil(64 * 1024));
+                let start = layout.payload_offsets[0];
+                for f in 0..index.frame_count() {
+                    let r = index.frame_stored_range(f);
+                    let frame = &bytes[(start + r.start) as usize..(start + r.end) as usize];
+                    let plain = zstd::bulk::decompress(frame, 64 * 1024).unwrap();
+                    let (first, len) = index.frame_blocks(f);
+                    assert_eq!(plain.len() as u64, len);
+                    assert_eq!(index.frame_of_block(first), f);
+                    for (j, block) in plain.chunks(4096).enumerate() {
+                        index.check_block(first + j, block).unwrap();
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_bad_index_is_refused_by_name() {
+        let data = vec![7u8; 200_000];
+        let (bytes, head) = bundle(&data, Compression::Zstd);
+        let (layout, _) = index_of(&bytes, &head);
+        let m = &head.manifest;
+        let p = &m.payloads[0];
+        let at = layout.index_offsets[0] as usize;
+        let good = &bytes[at..at + p.index.size as usize];
+        let short = BlockIndex::parse(m, p, &good[1..]).unwrap_err();
+        assert_eq!(short.code(), "index-invalid");
+        let mut flipped = good.to_vec();
+        flipped[5] ^= 1;
+        let err = BlockIndex::parse(m, p, &flipped).unwrap_err();
+        assert_eq!(err.code(), "index-hash-mismatch");
+        // Frame offsets that go backwards, even when signed, are refused.
+        let mut backwards = good.to_vec();
+        let frames_at = good.len() - 8 * 4;
+        backwards[frames_at + 8..frames_at + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+        let mut p2 = p.clone();
+        p2.index.blake3 = crate::manifest::Digest(block_hash(&backwards));
+        let err = BlockIndex::parse(m, &p2, &backwards).unwrap_err();
+        assert_eq!(err.code(), "index-invalid", "{err}");
+    }
 
     #[test]
     fn block_hasher_splits_at_block_size_whatever_the_pieces() {
