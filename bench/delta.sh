@@ -15,7 +15,9 @@
 #                 compression; `casync make` is not timed).
 # Bytes fetched are what the server sent (lighttpd's access log, %b: body
 # bytes of every request, index and head included), also as % of the
-# image. Wall time and peak RSS from /usr/bin/time -v, one run each.
+# image. Wall time and peak RSS from /usr/bin/time -v: for abkit the
+# median of RUNS runs, delta and full alternating (the machine is shared:
+# single runs vary by 50%); casync once (it takes minutes).
 # Goals: abkit delta fetches <= 8% (scattered), <= 6% (run), <= 1% (same)
 # of the image, and is never slower than the full install.
 #
@@ -29,6 +31,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${SIZE_MIB:-512}
 CASYNC=${CASYNC:-1}
+RUNS=${RUNS:-3}
 for tool in lighttpd casync python3 /usr/bin/time fallocate; do
   command -v "$tool" >/dev/null || { echo "bench: needs $tool (bash scripts/deps.sh)" >&2; exit 1; }
 done
@@ -124,6 +127,9 @@ wall_of() { awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=
 rss_of() { awk -F': ' '/Maximum resident set size/ {print $2}' "$1"; }
 served() { awk '{ if ($1 != "-") s += $1 } END { print s + 0 }' "$WORK/access.log"; }
 
+# median WALLS...: the middle value.
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
 # measure NAME CMD...: one timed run; prints "bytes wall rss_kib".
 measure() {
   local name=$1 before
@@ -149,11 +155,18 @@ row() { # case tool "bytes wall rss"
     'BEGIN { printf "| %s | %s | %d | %.2f | %.2f | %.1f |\n", c, t, b, 100 * b / i, w, r / 1024 }'
 }
 for c in scattered run same; do
-  wipe_b
-  row "$c" "abkit delta" "$(measure delta "$ABKIT" install "$URL/$c.abb" --keyring "$WORK/ring" --json "${DISK[@]}")"
-  grep -q '"delta":true' "$WORK/out.txt" || { echo "bench: $c was not installed as a delta" >&2; exit 1; }
-  wipe_b
-  row "$c" "abkit full" "$(measure full "$ABKIT" install "$URL/$c.abb" --keyring "$WORK/ring" --json --no-delta "${DISK[@]}")"
+  dw=() fw=() drss=0 frss=0
+  for ((i = 0; i < RUNS; i++)); do
+    wipe_b
+    read -r dbytes w r <<<"$(measure delta "$ABKIT" install "$URL/$c.abb" --keyring "$WORK/ring" --json "${DISK[@]}")"
+    grep -q '"delta":true' "$WORK/out.txt" || { echo "bench: $c was not installed as a delta" >&2; exit 1; }
+    dw+=("$w"); ((r > drss)) && drss=$r
+    wipe_b
+    read -r fbytes w r <<<"$(measure full "$ABKIT" install "$URL/$c.abb" --keyring "$WORK/ring" --json --no-delta "${DISK[@]}")"
+    fw+=("$w"); ((r > frss)) && frss=$r
+  done
+  row "$c" "abkit delta" "$dbytes $(median "${dw[@]}") $drss"
+  row "$c" "abkit full" "$fbytes $(median "${fw[@]}") $frss"
   [ "$CASYNC" = 1 ] || continue
   rm -f "$WORK/out.img"
   row "$c" "casync" "$(measure casync casync extract --store="$URL/store" --seed="$WORK/x.img" "$URL/$c.caibx" "$WORK/out.img")"
