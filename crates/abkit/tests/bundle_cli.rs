@@ -166,7 +166,7 @@ fn create_verify_inspect_extract_round_trip() {
         ]);
         assert!(o.status.success(), "{:?}", text(&o));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        assert_eq!(v["format_version"], 1);
+        assert_eq!(v["format_version"], 2);
         assert_eq!(v["manifest"]["compatible"], "demo-os");
         assert_eq!(v["manifest"]["version"], "1.2.0");
         assert_eq!(v["signatures"][0]["status"], "valid");
