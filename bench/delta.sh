@@ -125,7 +125,7 @@ URL=http://127.0.0.1:$PORT
 
 wall_of() { awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$1"; }
 rss_of() { awk -F': ' '/Maximum resident set size/ {print $2}' "$1"; }
-served() { awk '{ if ($1 != "-") s += $1 } END { print s + 0 }' "$WORK/access.log"; }
+served() { awk '{ if ($1 != "-") s += $1 } END { printf "%d\n", s }' "$WORK/access.log"; }
 
 # median WALLS...: the middle value.
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

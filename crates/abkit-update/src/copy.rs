@@ -48,6 +48,21 @@ const BLOCK: usize = 1 << 20;
 pub(crate) enum Bytes {
     Shared(VerifiedBlock),
     Gathered(Vec<u8>),
+    /// Like `Gathered`, and the buffer goes back to `home` once written,
+    /// so that a producer reuses a few buffers instead of allocating one
+    /// per write block.
+    Recycled {
+        buf: Vec<u8>,
+        home: mpsc::Sender<Vec<u8>>,
+    },
+}
+
+impl Drop for Bytes {
+    fn drop(&mut self) {
+        if let Bytes::Recycled { buf, home } = self {
+            let _ = home.send(std::mem::take(buf));
+        }
+    }
 }
 
 impl std::ops::Deref for Bytes {
@@ -56,6 +71,7 @@ impl std::ops::Deref for Bytes {
         match self {
             Bytes::Shared(block) => block,
             Bytes::Gathered(bytes) => bytes,
+            Bytes::Recycled { buf, .. } => buf,
         }
     }
 }

@@ -264,6 +264,9 @@ struct Assembler<'a, 'b> {
     /// One queue per fetch connection; run k arrives on queue k % n.
     runs: Vec<std::sync::mpsc::Receiver<Fetched>>,
     taken: usize,
+    /// Write blocks back from the writer, for reuse.
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    home: std::sync::mpsc::Sender<Vec<u8>>,
     next: usize,
     /// The fetched run being used: first block, bytes.
     fetched: Option<(usize, Vec<u8>)>,
@@ -277,7 +280,9 @@ impl Assembler<'_, '_> {
             return Ok(None);
         }
         let bs = self.index.block_size() as usize;
-        let mut out = Vec::with_capacity(WRITE_BLOCK);
+        let mut out = self.spare.try_recv().unwrap_or_default();
+        out.clear();
+        out.reserve(WRITE_BLOCK);
         while self.next < self.index.len() && out.len() < WRITE_BLOCK {
             let i = self.next;
             let len = self.index.block_len(i);
@@ -320,7 +325,10 @@ impl Assembler<'_, '_> {
                 }
             }
         }
-        Ok(Some(Bytes::Gathered(out)))
+        Ok(Some(Bytes::Recycled {
+            buf: out,
+            home: self.home.clone(),
+        }))
     }
 
     /// The fetched run covering block `i`, if one is held.
@@ -411,12 +419,15 @@ fn with_assembler<T>(
                     .map_err(UpdateError::io("start a fetch thread"))?,
             );
         }
+        let (home, spare) = std::sync::mpsc::channel();
         let mut asm = Assembler {
             index,
             sources,
             seeds,
             runs: queues,
             taken: 0,
+            spare,
+            home,
             next: 0,
             fetched: None,
             stats: DeltaStats::default(),
