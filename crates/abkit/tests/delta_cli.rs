@@ -359,3 +359,59 @@ fn a_server_without_range_support_gets_a_full_download_with_a_warning() {
     let payload = w.system_payload("y.abb");
     assert_eq!(w.slot_b(payload.len()), payload);
 }
+
+#[test]
+fn a_killed_delta_install_resumes_without_fetching_again() {
+    use std::io::{BufRead, BufReader};
+    let x = noise(IMAGE, 4);
+    let w = world(&x);
+    let (y, _) = changed(&x, 100, 0);
+    w.bundle("y.abb", &y);
+    let server = lighttpd(&w);
+    // Killed (-9) once the system is written, before the loader is renamed
+    // and the slot recorded: the machine's state after a power cut there.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_abkit"))
+        .args([
+            "install",
+            &url(&server, "y.abb"),
+            "--keyring",
+            &w.s("keyring"),
+        ])
+        .args([
+            "--json",
+            "--disk",
+            &w.s("disk.img"),
+            "--ovmf-vars",
+            &w.s("vars.fd"),
+        ])
+        .args(["--booted-slot", "a"])
+        .env("ABKIT_HALT_AT", "install:loader-temp-written")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let halted = stderr
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("halted at install:loader-temp-written"));
+    assert!(halted, "the install never reached its checkpoint");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let status = w.on_a(&["status", "--json"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("\"empty\""), "{text}");
+
+    // The rerun finds every block in slot B and fetches only the head and
+    // the block indexes.
+    let (out, report) = w.install(&url(&server, "y.abb"), &[]);
+    assert!(out.status.success(), "{out:?}");
+    let payload = w.system_payload("y.abb");
+    assert_eq!(w.slot_b(payload.len()), payload);
+    let fetched = n(&report, "bytes_fetched");
+    let index = (payload.len() / BLOCK * 32) as u64;
+    assert!(
+        fetched < index + 128 * 1024,
+        "the rerun fetched {fetched} bytes (index {index})"
+    );
+}
