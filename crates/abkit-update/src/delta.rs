@@ -18,7 +18,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use abkit_bundle::format::{HEADER_LEN, Header};
 use abkit_bundle::index::block_hash;
 use abkit_bundle::reader::RawHead;
-use abkit_bundle::{BlockIndex, Compression, KeyId, Keyring, Layout, Manifest};
+use abkit_bundle::{BlockIndex, Compression, KeyId, Keyring, Layout, Manifest, PayloadEntry};
 use abkit_fetch::ByteRanges;
 
 use crate::copy::{self, Bytes, WRITE_BLOCK};
@@ -246,6 +246,100 @@ fn fetch_runs(sources: &[Source], block_size: u32) -> Vec<(usize, usize)> {
     runs
 }
 
+/// zstd: the frames holding missing blocks, as ranges of block numbers
+/// (a frame is fetched and decompressed whole), consecutive frames merged
+/// up to [`MAX_REQUEST`] stored bytes.
+fn frame_runs(index: &BlockIndex, sources: &[Source]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize, u64)> = Vec::new();
+    let mut last_frame = None;
+    for (i, s) in sources.iter().enumerate() {
+        let f = index.frame_of_block(i);
+        if *s != Source::Fetch || last_frame == Some(f) {
+            continue;
+        }
+        last_frame = Some(f);
+        let (first, len) = index.frame_blocks(f);
+        let end = first + len.div_ceil(u64::from(index.block_size())) as usize;
+        let r = index.frame_stored_range(f);
+        match runs.last_mut() {
+            Some((_, e, stored)) if *e == first && *stored + (r.end - r.start) <= MAX_REQUEST => {
+                *e = end;
+                *stored += r.end - r.start;
+            }
+            _ => runs.push((first, end, r.end - r.start)),
+        }
+    }
+    runs.into_iter().map(|(a, b, _)| (a, b)).collect()
+}
+
+/// zstd: fetches the stored chunks around the frames of blocks
+/// `first..end`, checks each chunk's SHA-256 against the signed manifest
+/// (so the decoder only ever sees verified input), and decompresses the
+/// frames (each bounded by its declared size). Returns the blocks' bytes.
+fn fetch_frames(
+    index: &BlockIndex,
+    chunks: &[abkit_bundle::manifest::Digest],
+    (first, end): (usize, usize),
+    bundle: &mut dyn ByteRanges,
+    payload_offset: u64,
+    stored_size: u64,
+) -> Result<Vec<u8>> {
+    use sha2::Digest as _;
+    let name = index.payload().to_owned();
+    let cs = u64::from(index.chunk_size());
+    let (f0, f1) = (
+        index.frame_of_block(first),
+        index.frame_of_block(end - 1) + 1,
+    );
+    let (start, stop) = (
+        index.frame_stored_range(f0).start,
+        index.frame_stored_range(f1 - 1).end,
+    );
+    let (c0, c1) = (start / cs, stop.div_ceil(cs));
+    let from = c0 * cs;
+    let mut stored = vec![0u8; ((c1 * cs).min(stored_size) - from) as usize];
+    bundle
+        .read_range(payload_offset + from, &mut stored)
+        .map_err(|e| fetch_error(e, &format!("payload `{name}`")))?;
+    for (k, chunk) in stored.chunks(cs as usize).enumerate() {
+        let c = c0 as usize + k;
+        if chunks.get(c).map(|d| d.0) != Some(sha2::Sha256::digest(chunk).into()) {
+            return Err(abkit_bundle::Error::ChunkHashMismatch {
+                payload: name,
+                chunk: c as u64,
+            }
+            .into());
+        }
+    }
+    let mut plain = Vec::new();
+    let mut decoder = zstd::bulk::Decompressor::new().map_err(UpdateError::io("zstd"))?;
+    decoder
+        .set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(
+            abkit_bundle::reader::ZSTD_WINDOW_LOG_MAX,
+        ))
+        .map_err(UpdateError::io("zstd"))?;
+    for f in f0..f1 {
+        let r = index.frame_stored_range(f);
+        let frame = &stored[(r.start - from) as usize..(r.end - from) as usize];
+        let (_, len) = index.frame_blocks(f);
+        let out = decoder.decompress(frame, len as usize).map_err(|e| {
+            abkit_bundle::Error::Decompress {
+                payload: name.clone(),
+                reason: format!("frame {f}: {e}"),
+            }
+        })?;
+        if out.len() as u64 != len {
+            return Err(abkit_bundle::Error::Decompress {
+                payload: name,
+                reason: format!("frame {f} holds {} bytes, not {len}", out.len()),
+            }
+            .into());
+        }
+        plain.extend_from_slice(&out);
+    }
+    Ok(plain)
+}
+
 /// A fetched run: its first block and its bytes, or why it failed.
 type Fetched = Result<(usize, Vec<u8>)>;
 
@@ -347,7 +441,8 @@ impl Assembler<'_, '_> {
                 "the fetch thread stopped",
             ))
         })??;
-        if first != i {
+        let bs = self.index.block_size() as usize;
+        if first > i || (i - first) * bs >= bytes.len() {
             return Err(UpdateError::io("fetch missing blocks")(
                 std::io::Error::other(format!("run at block {first} arrived for block {i}")),
             ));
@@ -362,19 +457,32 @@ impl Assembler<'_, '_> {
 /// ahead of the assembler, so that the network works while the slot does.
 fn fetch_runs_into(
     index: &BlockIndex,
+    entry: &PayloadEntry,
     runs: impl Iterator<Item = (usize, usize)>,
     bundle: &mut dyn ByteRanges,
     payload_offset: u64,
     tx: &std::sync::mpsc::SyncSender<Fetched>,
 ) {
     for (first, end) in runs {
-        let from = index.block_offset(first);
-        let to = index.block_offset(end - 1) + index.block_len(end - 1) as u64;
-        let mut bytes = vec![0u8; (to - from) as usize];
-        let got = bundle
-            .read_range(payload_offset + from, &mut bytes)
-            .map(|()| (first, bytes))
-            .map_err(|e| fetch_error(e, &format!("payload `{}`", index.payload())));
+        let got = if index.compression() == Compression::Zstd {
+            fetch_frames(
+                index,
+                &entry.chunks,
+                (first, end),
+                &mut *bundle,
+                payload_offset,
+                entry.stored_size,
+            )
+            .map(|bytes| (first, bytes))
+        } else {
+            let from = index.block_offset(first);
+            let to = index.block_offset(end - 1) + index.block_len(end - 1) as u64;
+            let mut bytes = vec![0u8; (to - from) as usize];
+            bundle
+                .read_range(payload_offset + from, &mut bytes)
+                .map(|()| (first, bytes))
+                .map_err(|e| fetch_error(e, &format!("payload `{}`", index.payload())))
+        };
         let failed = got.is_err();
         if tx.send(got).is_err() || failed {
             return;
@@ -386,13 +494,17 @@ fn fetch_runs_into(
 /// thread of their own. Returns what `build` returned and the stats.
 fn with_assembler<T>(
     index: &BlockIndex,
+    entry: &PayloadEntry,
     sources: Vec<Source>,
     seeds: &mut [Seed<'_>],
     bundle: &mut dyn ByteRanges,
     payload_offset: u64,
     build: impl FnOnce(&mut Assembler<'_, '_>) -> Result<T>,
 ) -> Result<(T, DeltaStats)> {
-    let runs = fetch_runs(&sources, index.block_size());
+    let runs = match index.compression() {
+        Compression::None => fetch_runs(&sources, index.block_size()),
+        Compression::Zstd => frame_runs(index, &sources),
+    };
     let fetched_before = bundle.bytes_read();
     // More connections when there are many small requests: each request
     // waits a round trip, and a few in flight hide it.
@@ -414,7 +526,7 @@ fn with_assembler<T>(
                 std::thread::Builder::new()
                     .name("abkit-delta-fetch".into())
                     .spawn_scoped(scope, move || {
-                        fetch_runs_into(index, mine, src, payload_offset, &tx);
+                        fetch_runs_into(index, entry, mine, src, payload_offset, &tx);
                     })
                     .map_err(UpdateError::io("start a fetch thread"))?,
             );
@@ -452,7 +564,7 @@ fn with_assembler<T>(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn write_payload(
     index: &BlockIndex,
-    sha256: &str,
+    entry: &PayloadEntry,
     payload_offset: u64,
     bundle: &mut dyn ByteRanges,
     seeds: &mut [Seed<'_>],
@@ -461,18 +573,27 @@ pub(crate) fn write_payload(
     rep: &mut dyn Reporter,
 ) -> Result<DeltaStats> {
     let sources = plan(index, seeds, rep)?;
-    let ((), stats) = with_assembler(index, sources, seeds, bundle, payload_offset, |asm| {
-        copy::copy_blocks(
-            &mut || asm.next_bytes(),
-            index.size(),
-            sha256,
-            dev,
-            slot,
-            Step::WriteSystem,
-            rep,
-        )
-        .map(|_| ())
-    })?;
+    let sha256 = entry.sha256.to_string();
+    let ((), stats) = with_assembler(
+        index,
+        entry,
+        sources,
+        seeds,
+        bundle,
+        payload_offset,
+        |asm| {
+            copy::copy_blocks(
+                &mut || asm.next_bytes(),
+                index.size(),
+                &sha256,
+                dev,
+                slot,
+                Step::WriteSystem,
+                rep,
+            )
+            .map(|_| ())
+        },
+    )?;
     Ok(stats)
 }
 
@@ -480,7 +601,7 @@ pub(crate) fn write_payload(
 /// as one file) and checks its SHA-256.
 pub(crate) fn assemble_in_memory(
     index: &BlockIndex,
-    sha256: &str,
+    entry: &PayloadEntry,
     payload_offset: u64,
     bundle: &mut dyn ByteRanges,
     seeds: &mut [Seed<'_>],
@@ -488,67 +609,28 @@ pub(crate) fn assemble_in_memory(
 ) -> Result<(Vec<u8>, DeltaStats)> {
     use sha2::Digest as _;
     let sources = plan(index, seeds, rep)?;
-    let (out, stats) = with_assembler(index, sources, seeds, bundle, payload_offset, |asm| {
-        let mut out = Vec::with_capacity(index.size() as usize);
-        while let Some(bytes) = asm.next_bytes()? {
-            out.extend_from_slice(&bytes);
-        }
-        Ok(out)
-    })?;
-    if hex::encode(sha2::Sha256::digest(&out)) != sha256 {
+    let (out, stats) = with_assembler(
+        index,
+        entry,
+        sources,
+        seeds,
+        bundle,
+        payload_offset,
+        |asm| {
+            let mut out = Vec::with_capacity(index.size() as usize);
+            while let Some(bytes) = asm.next_bytes()? {
+                out.extend_from_slice(&bytes);
+            }
+            Ok(out)
+        },
+    )?;
+    if sha2::Sha256::digest(&out)[..] != entry.sha256.0[..] {
         return Err(abkit_bundle::Error::PayloadHashMismatch {
             payload: index.payload().to_owned(),
         }
         .into());
     }
     Ok((out, stats))
-}
-
-/// Whether a payload can be built by blocks: zstd payloads are fetched
-/// whole (their frames would need chunk-aligned fetches; see
-/// docs/bundle-format.md).
-pub fn by_blocks(index: &BlockIndex) -> bool {
-    index.compression() == Compression::None
-}
-
-/// A [`ByteRanges`] read from byte 0 to its end as a stream, in 1 MiB
-/// requests: a bundle the delta path cannot use block by block.
-pub struct RangeStream<'a> {
-    src: &'a mut dyn ByteRanges,
-    pos: u64,
-    buf: Vec<u8>,
-    at: usize,
-}
-
-impl<'a> RangeStream<'a> {
-    pub fn new(src: &'a mut dyn ByteRanges) -> RangeStream<'a> {
-        RangeStream {
-            src,
-            pos: 0,
-            buf: Vec::new(),
-            at: 0,
-        }
-    }
-}
-
-impl std::io::Read for RangeStream<'_> {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        if self.at == self.buf.len() {
-            let total = self.src.total_len().unwrap_or(u64::MAX);
-            let n = total.saturating_sub(self.pos).min(1 << 20) as usize;
-            if n == 0 {
-                return Ok(0);
-            }
-            self.buf.resize(n, 0);
-            self.src.read_range(self.pos, &mut self.buf)?;
-            self.pos += n as u64;
-            self.at = 0;
-        }
-        let n = out.len().min(self.buf.len() - self.at);
-        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
 }
 
 /// A loader (or any small payload) in memory as a seed.

@@ -185,8 +185,8 @@ pub fn install(
 /// same offset) is copied, only the rest is fetched, each block checked
 /// against the signed block index before it is written (`crate::delta`).
 /// The checks, the order of changes and the report are those of
-/// [`install`]. A bundle with compressed payloads is downloaded whole
-/// (with a warning).
+/// [`install`]. A compressed payload is fetched by whole zstd frames,
+/// each checked by its stored chunks' SHA-256 before it is decompressed.
 pub fn install_delta(
     m: &mut dyn Machine,
     bundle: &mut dyn ByteRanges,
@@ -196,17 +196,6 @@ pub fn install_delta(
 ) -> Result<InstallReport> {
     let (running, running_record) = before_open(m)?;
     let head = delta::open_ranged(bundle, keyring)?;
-    if !head.indexes.iter().all(delta::by_blocks) {
-        let message = "the bundle's payloads are compressed: delta installs need uncompressed ones; downloading the whole bundle";
-        log::warn!("{message}");
-        rep.event(crate::progress::Event::Warning {
-            message: message.into(),
-        });
-        let fetched = bundle.bytes_read();
-        let mut report = install(m, delta::RangeStream::new(bundle), keyring, opts, rep)?;
-        report.transfer.bytes_fetched += fetched;
-        return Ok(report);
-    }
     let manifest = head.manifest.clone();
     let prep = check_and_prepare(
         m,
@@ -234,7 +223,6 @@ pub fn install_delta(
             );
             continue;
         };
-        let sha256 = entry.sha256.to_string();
         let got = match kind {
             Payload::System => {
                 step(
@@ -265,7 +253,7 @@ pub fn install_delta(
                 let mut dev = m.slot_device(prep.target)?;
                 let got = delta::write_payload(
                     index,
-                    &sha256,
+                    entry,
                     offset,
                     bundle,
                     &mut seeds,
@@ -292,7 +280,7 @@ pub fn install_delta(
                     dev: &mut old,
                 }];
                 let (bytes, got) =
-                    delta::assemble_in_memory(index, &sha256, offset, bundle, &mut seeds, rep)?;
+                    delta::assemble_in_memory(index, entry, offset, bundle, &mut seeds, rep)?;
                 write_loader(m, &prep, &mut &bytes[..], rep)?;
                 got
             }

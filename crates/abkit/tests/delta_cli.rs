@@ -51,6 +51,11 @@ impl World {
 
     /// Bundle `name` of system image `image` (version 1.1.0).
     fn bundle(&self, name: &str, image: &[u8]) {
+        self.bundle_with(name, image, &[]);
+    }
+
+    /// [`World::bundle`] with more `bundle create` options.
+    fn bundle_with(&self, name: &str, image: &[u8], extra: &[&str]) {
         std::fs::write(self.p("y.img"), image).unwrap();
         let efi = abkit_disk::fixtures::tiny_efi_application(b"Y");
         std::fs::write(self.p("y.efi"), efi).unwrap();
@@ -69,7 +74,10 @@ impl World {
             &self.s("release.key"),
             "-o",
             &self.s(&format!("www/{name}")),
-        ]);
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>());
     }
 
     /// The first `len` bytes of slot B.
@@ -414,4 +422,21 @@ fn a_killed_delta_install_resumes_without_fetching_again() {
         fetched < index + 128 * 1024,
         "the rerun fetched {fetched} bytes (index {index})"
     );
+}
+
+#[test]
+fn a_compressed_bundle_is_fetched_by_frames() {
+    let x = noise(IMAGE, 5);
+    let w = world(&x);
+    let (y, _) = changed(&x, 4, 0);
+    w.bundle_with("y.abb", &y, &["--zstd", "--chunk-kib", "64"]);
+    let server = lighttpd(&w);
+    let (out, report) = w.install(&url(&server, "y.abb"), &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(report["report"]["delta"], true, "{report}");
+    let payload = w.system_payload("y.abb");
+    assert_eq!(w.slot_b(payload.len()), payload);
+    let size = std::fs::metadata(w.p("www/y.abb")).unwrap().len();
+    let fetched = n(&report, "bytes_fetched");
+    assert!(fetched < size / 2, "fetched {fetched} of {size}");
 }
