@@ -13,9 +13,10 @@
 #   casync:       `casync extract --seed=X` of Y's index from a chunk store
 #                 on the same server (Debian `casync`, default chunking and
 #                 compression; `casync make` is not timed).
-# Bytes fetched are what the server sent (lighttpd's access log, %b: body
-# bytes of every request, index and head included), also as % of the
-# image. Wall time and peak RSS from /usr/bin/time -v: for abkit the
+# Bytes fetched: for abkit its own count (`bytes_fetched` of the install
+# report: body bytes of every request, head and index included), for
+# casync what the server sent (lighttpd's access log, %b); also as % of
+# the image. Wall time and peak RSS from /usr/bin/time -v: for abkit the
 # median of RUNS runs, delta and full alternating (the machine is shared:
 # single runs vary by 50%); casync once (it takes minutes).
 # Goals: abkit delta fetches <= 8% (scattered), <= 6% (run), <= 1% (same)
@@ -127,6 +128,9 @@ wall_of() { awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=
 rss_of() { awk -F': ' '/Maximum resident set size/ {print $2}' "$1"; }
 served() { awk '{ if ($1 != "-") s += $1 } END { printf "%d\n", s }' "$WORK/access.log"; }
 
+# reported: bytes_fetched of the last install's report.
+reported() { grep '"event":"done"' "$WORK/out.txt" | python3 -c 'import json,sys; print(json.load(sys.stdin)["report"]["bytes_fetched"])'; }
+
 # median WALLS...: the middle value.
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
@@ -158,11 +162,13 @@ for c in scattered run same; do
   dw=() fw=() drss=0 frss=0
   for ((i = 0; i < RUNS; i++)); do
     wipe_b
-    read -r dbytes w r <<<"$(measure delta "$ABKIT" install "$URL/$c.abb" --keyring "$WORK/ring" --json "${DISK[@]}")"
+    read -r _ w r <<<"$(measure delta "$ABKIT" install "$URL/$c.abb" --keyring "$WORK/ring" --json "${DISK[@]}")"
     grep -q '"delta":true' "$WORK/out.txt" || { echo "bench: $c was not installed as a delta" >&2; exit 1; }
+    dbytes=$(reported)
     dw+=("$w"); ((r > drss)) && drss=$r
     wipe_b
-    read -r fbytes w r <<<"$(measure full "$ABKIT" install "$URL/$c.abb" --keyring "$WORK/ring" --json --no-delta "${DISK[@]}")"
+    read -r _ w r <<<"$(measure full "$ABKIT" install "$URL/$c.abb" --keyring "$WORK/ring" --json --no-delta "${DISK[@]}")"
+    fbytes=$(reported)
     fw+=("$w"); ((r > frss)) && frss=$r
   done
   row "$c" "abkit delta" "$dbytes $(median "${dw[@]}") $drss"
