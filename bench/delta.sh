@@ -13,10 +13,10 @@
 #   casync:       `casync extract --seed=X` of Y's index from a chunk store
 #                 on the same server (Debian `casync`, default chunking and
 #                 compression; `casync make` is not timed).
-# Bytes fetched: for abkit its own count (`bytes_fetched` of the install
-# report: body bytes of every request, head and index included), for
-# casync what the server sent (lighttpd's access log, %b); also as % of
-# the image. Wall time and peak RSS from /usr/bin/time -v: for abkit the
+# Bytes fetched: what the server sent (lighttpd's access log, %b: body
+# bytes of every request, head and index included), also as % of the
+# image; for abkit it equals `bytes_fetched` of its install report (the
+# bench checks). Wall time and peak RSS from /usr/bin/time -v: for abkit the
 # median of RUNS runs, delta and full alternating (the machine is shared:
 # single runs vary by 50%); casync once (it takes minutes).
 # Goals: abkit delta fetches <= 8% (scattered), <= 6% (run), <= 1% (same)
@@ -116,12 +116,21 @@ server.modules += ("mod_accesslog")
 accesslog.filename = "$WORK/access.log"
 accesslog.format = "%b %U"
 EOF
-lighttpd -D -f "$WORK/lighttpd.conf" &
-SERVER_PID=$!
-for _ in $(seq 100); do
-  python3 -c "import socket; socket.create_connection(('127.0.0.1', $PORT))" 2>/dev/null && break
-  sleep 0.1
-done
+# lighttpd buffers its access log: it is stopped after every measured run
+# (which writes the log out) and started again before the next.
+start_server() {
+  lighttpd -D -f "$WORK/lighttpd.conf" &
+  SERVER_PID=$!
+  for _ in $(seq 100); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', $PORT))" 2>/dev/null && break
+    sleep 0.1
+  done
+}
+stop_server() {
+  kill "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=
+}
 URL=http://127.0.0.1:$PORT
 
 wall_of() { awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$1"; }
@@ -139,10 +148,12 @@ measure() {
   local name=$1 before
   shift
   sync
+  touch "$WORK/access.log"
   before=$(served)
+  start_server
   /usr/bin/time -v -o "$WORK/time.txt" "$@" >"$WORK/out.txt" 2>"$WORK/err.txt" || {
     cat "$WORK/err.txt" >&2; echo "bench: $name failed: $*" >&2; exit 1; }
-  sleep 1.5 # lighttpd writes its access log at most once a second
+  stop_server
   echo "$(($(served) - before)) $(wall_of "$WORK/time.txt") $(rss_of "$WORK/time.txt")"
 }
 
@@ -162,9 +173,10 @@ for c in scattered run same; do
   dw=() fw=() drss=0 frss=0
   for ((i = 0; i < RUNS; i++)); do
     wipe_b
-    read -r _ w r <<<"$(measure delta "$ABKIT" install "$URL/$c.abb" --keyring "$WORK/ring" --json "${DISK[@]}")"
+    read -r sbytes w r <<<"$(measure delta "$ABKIT" install "$URL/$c.abb" --keyring "$WORK/ring" --json "${DISK[@]}")"
     grep -q '"delta":true' "$WORK/out.txt" || { echo "bench: $c was not installed as a delta" >&2; exit 1; }
     dbytes=$(reported)
+    [ "$dbytes" = "$sbytes" ] || echo "bench: warning: abkit counted $dbytes bytes, the server sent $sbytes" >&2
     dw+=("$w"); ((r > drss)) && drss=$r
     wipe_b
     read -r _ w r <<<"$(measure full "$ABKIT" install "$URL/$c.abb" --keyring "$WORK/ring" --json --no-delta "${DISK[@]}")"
