@@ -38,6 +38,10 @@ declare -A need=(
   [/usr/bin/etcdctl]=etcd-client
   [/usr/bin/protoc]=protobuf-compiler
   [/usr/include/google/protobuf/descriptor.proto]=libprotobuf-dev
+  # Delta installs: tests serve bundles with a real Range-capable server;
+  # bench/delta.sh compares with casync.
+  [/usr/sbin/lighttpd]=lighttpd
+  [/usr/bin/casync]=casync
 )
 missing=()
 for f in "${!need[@]}"; do

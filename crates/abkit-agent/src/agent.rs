@@ -383,19 +383,19 @@ impl Agent {
                     ),
                 })?;
             self.with_machine(true, |m| {
-                let stream = abkit_update::source::open_source(
-                    source,
-                    &abkit_fetch::RetryPolicy::default(),
-                )?;
+                let opener = abkit_fetch::Opener::new(&abkit_fetch::RetryPolicy::default());
                 let mut rep = OpReporter { ops: &self.ops, id };
-                abkit_update::install(
+                abkit_update::source::install_from(
                     m,
-                    stream,
+                    source,
+                    opener,
+                    &abkit_oci::RegistryOptions::default(),
                     &keyring,
                     &abkit_update::InstallOptions {
                         allow_downgrade,
                         allow_unrecorded: false,
                     },
+                    true,
                     &mut rep,
                 )
             })

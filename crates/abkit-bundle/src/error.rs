@@ -18,6 +18,16 @@ pub enum Error {
     BadMagic { found: [u8; 8] },
     #[error("unsupported bundle format version {found} (this abkit reads version {supported})")]
     UnsupportedFormatVersion { found: u32, supported: u32 },
+    #[error(
+        "bundle format version {found} was written by abkit before 0.3; this abkit reads version {supported}: rebuild the bundle with `abkit bundle create` of this version"
+    )]
+    OldFormatVersion { found: u32, supported: u32 },
+    #[error("payload `{payload}`: block index does not match its BLAKE3 in the manifest")]
+    IndexHashMismatch { payload: String },
+    #[error("payload `{payload}`: block index is invalid: {reason}")]
+    IndexInvalid { payload: String, reason: String },
+    #[error("payload `{payload}` block {block}: BLAKE3 does not match the signed block index")]
+    BlockHashMismatch { payload: String, block: u64 },
     #[error("bundle header field `{field}` must be zero, found {value:#x}")]
     ReservedFieldSet { field: &'static str, value: u64 },
     #[error("manifest length {len} bytes is out of range (1..={max})")]
@@ -96,6 +106,10 @@ impl Error {
             Error::Truncated { .. } => "truncated",
             Error::BadMagic { .. } => "bad-magic",
             Error::UnsupportedFormatVersion { .. } => "unsupported-format-version",
+            Error::OldFormatVersion { .. } => "old-format-version",
+            Error::IndexHashMismatch { .. } => "index-hash-mismatch",
+            Error::IndexInvalid { .. } => "index-invalid",
+            Error::BlockHashMismatch { .. } => "block-hash-mismatch",
             Error::ReservedFieldSet { .. } => "reserved-field-set",
             Error::ManifestSize { .. } => "manifest-size",
             Error::TooManySignatures { .. } => "too-many-signatures",

@@ -4,15 +4,20 @@
 //! ```text
 //! offset  size  field
 //! 0       8     magic "ABKITBDL"
-//! 8       4     format version, u32 LE (= 1)
+//! 8       4     format version, u32 LE (= 2)
 //! 12      4     flags, u32 LE (must be 0)
 //! 16      8     manifest length in bytes, u64 LE (1..=1 MiB)
 //! 24      4     signature count, u32 LE (0..=16; 0 is refused by readers)
 //! 28      4     reserved, u32 LE (must be 0)
 //! 32      M     manifest (UTF-8 JSON)
 //! 32+M    96*S  signatures: 32-byte Ed25519 public key, 64-byte signature
+//! ...           block indexes, one per payload in manifest order (`index.size` bytes each)
 //! ...           payloads, stored bytes, in manifest order, nothing between them
 //! ```
+//!
+//! Version 2 (abkit 0.3) added the block indexes ([`crate::index`]) that
+//! delta installs fetch ranges by; version 1 bundles are refused with
+//! [`Error::OldFormatVersion`].
 //!
 //! Each signature covers [`signed_message`]: a context string, header bytes
 //! 0..24 (everything but the signature count) and the manifest bytes.
@@ -22,7 +27,7 @@ use crate::{Error, Result};
 /// First eight bytes of every bundle.
 pub const MAGIC: [u8; 8] = *b"ABKITBDL";
 /// The format version this crate writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 32;
 /// Largest manifest a reader accepts (checked before allocating) and a
@@ -71,6 +76,12 @@ impl Header {
             return Err(Error::BadMagic { found: magic });
         }
         let format_version = le_u32(&b[8..12]);
+        if format_version == 1 {
+            return Err(Error::OldFormatVersion {
+                found: format_version,
+                supported: FORMAT_VERSION,
+            });
+        }
         if format_version != FORMAT_VERSION {
             return Err(Error::UnsupportedFormatVersion {
                 found: format_version,
@@ -142,13 +153,13 @@ mod tests {
     #[test]
     fn header_round_trips_and_has_documented_bytes() {
         let h = Header {
-            format_version: 1,
+            format_version: 2,
             manifest_len: 0x0102,
             signature_count: 2,
         };
         let b = h.encode();
         assert_eq!(&b[..8], b"ABKITBDL");
-        assert_eq!(&b[8..12], &[1, 0, 0, 0]);
+        assert_eq!(&b[8..12], &[2, 0, 0, 0]);
         assert_eq!(&b[16..24], &[2, 1, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&b[24..28], &[2, 0, 0, 0]);
         assert_eq!(Header::decode(&b).unwrap(), h);
@@ -157,7 +168,7 @@ mod tests {
     #[test]
     fn header_rejects_each_bad_field() {
         let good = Header {
-            format_version: 1,
+            format_version: 2,
             manifest_len: 10,
             signature_count: 1,
         }
@@ -166,10 +177,16 @@ mod tests {
         b[0] = b'X';
         assert!(matches!(Header::decode(&b), Err(Error::BadMagic { .. })));
         let mut b = good;
-        b[8] = 2;
+        b[8] = 3;
         assert!(matches!(
             Header::decode(&b),
-            Err(Error::UnsupportedFormatVersion { found: 2, .. })
+            Err(Error::UnsupportedFormatVersion { found: 3, .. })
+        ));
+        let mut b = good;
+        b[8] = 1;
+        assert!(matches!(
+            Header::decode(&b),
+            Err(Error::OldFormatVersion { found: 1, .. })
         ));
         let mut b = good;
         b[12] = 1;
@@ -209,7 +226,7 @@ mod tests {
     #[test]
     fn signed_message_excludes_signature_count() {
         let a = Header {
-            format_version: 1,
+            format_version: 2,
             manifest_len: 3,
             signature_count: 1,
         };

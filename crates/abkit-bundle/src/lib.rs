@@ -27,6 +27,7 @@
 //! ```
 
 pub mod format;
+pub mod index;
 pub mod keys;
 pub mod manifest;
 pub mod reader;
@@ -37,7 +38,8 @@ pub mod writer;
 mod error;
 
 pub use error::{Error, Result};
+pub use index::{BlockIndex, Layout};
 pub use keys::{KeyId, Keyring, PublicKey, SecretKey, SkippedKeyFile};
-pub use manifest::{Compression, Manifest, PayloadEntry, VerityParams};
+pub use manifest::{Compression, IndexRef, Manifest, PayloadEntry, VerityParams};
 pub use reader::{BundleHead, BundleReader, PayloadReader, SignatureStatus, VerifiedBlock};
 pub use writer::{CreateOptions, PayloadSpec, create_bundle, write_head};

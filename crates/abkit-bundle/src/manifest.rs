@@ -13,6 +13,14 @@ pub const MIN_CHUNK_SIZE: u32 = 4096;
 pub const MAX_CHUNK_SIZE: u32 = 4 * 1024 * 1024;
 /// Chunk size `create_bundle` uses unless told otherwise.
 pub const DEFAULT_CHUNK_SIZE: u32 = 1024 * 1024;
+/// Block size of the block index `create_bundle` writes unless told
+/// otherwise: 4 KiB, the granularity of filesystem changes (and of
+/// dm-verity), so a scattered change costs one block (docs/bundle-format.md,
+/// "Block index": measured against 8 and 16 KiB).
+pub const DEFAULT_BLOCK_SIZE: u32 = 4096;
+/// Largest block index of one payload (32 bytes per block, 8 per zstd
+/// frame): 32 GiB of payload at 4 KiB blocks.
+pub const MAX_INDEX_LEN: u64 = 256 * 1024 * 1024;
 /// Most payloads a manifest may list. abkit writes two (`efi`, `system`);
 /// the cap leaves room for format growth and keeps every per-payload check
 /// (threads, temporary files, lookups) small whatever a bundle declares.
@@ -99,8 +107,13 @@ pub struct Manifest {
     pub min_version: Option<semver::Version>,
     /// Creation time, seconds since the Unix epoch (UTC).
     pub created: u64,
-    /// Size of every chunk of stored bytes except the last of each payload.
+    /// Size of every chunk of stored bytes except the last of each payload;
+    /// for zstd payloads also the decompressed size of every frame but the
+    /// last (each frame is compressed on its own, see the block index).
     pub chunk_size: u32,
+    /// Size of the blocks of the payloads' block indexes: a power of two,
+    /// 4 KiB ..= `chunk_size`.
+    pub block_size: u32,
     /// The payloads, in the order their bytes follow in the bundle.
     pub payloads: Vec<PayloadEntry>,
 }
@@ -121,9 +134,21 @@ pub struct PayloadEntry {
     pub stored_size: u64,
     /// SHA-256 of each `chunk_size` piece of the stored bytes, in order.
     pub chunks: Vec<Digest>,
+    /// The payload's block index (placed after the signatures): its length
+    /// and BLAKE3, so the signature covers every block hash in it.
+    pub index: IndexRef,
     /// dm-verity parameters when the payload is an image with a hash tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verity: Option<VerityParams>,
+}
+
+/// Where the signature reaches a payload's block index: its exact length
+/// and its BLAKE3 (see [`crate::index`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexRef {
+    pub size: u64,
+    pub blake3: Digest,
 }
 
 /// How to check a payload with dm-verity (`veritysetup verify IMG IMG ROOT --hash-offset DATA`).
@@ -176,6 +201,15 @@ impl Manifest {
             return bad("`compatible` must be 1..=256 printable characters".into());
         }
         check_chunk_size(self.chunk_size)?;
+        if !self.block_size.is_power_of_two()
+            || self.block_size < MIN_CHUNK_SIZE
+            || self.block_size > self.chunk_size
+        {
+            return bad(format!(
+                "block_size {} must be a power of two in {MIN_CHUNK_SIZE}..=chunk_size ({})",
+                self.block_size, self.chunk_size
+            ));
+        }
         if let Some(min) = &self.min_version {
             if min > &self.version {
                 return bad(format!(
@@ -217,6 +251,19 @@ impl Manifest {
                     p.name,
                     p.chunks.len(),
                     p.stored_size
+                ));
+            }
+            let index_len = crate::index::index_len(p, self.block_size, self.chunk_size);
+            if index_len > MAX_INDEX_LEN {
+                return bad(format!(
+                    "payload `{}`: a block index of {index_len} bytes is over {MAX_INDEX_LEN}: use a larger block size",
+                    p.name
+                ));
+            }
+            if p.index.size != index_len {
+                return bad(format!(
+                    "payload `{}`: index size {} does not match {} bytes of blocks and frames ({index_len})",
+                    p.name, p.index.size, p.size
                 ));
             }
             if let Some(v) = &p.verity {
@@ -293,6 +340,7 @@ mod tests {
             min_version: Some("1.0.0".parse().unwrap()),
             created: 1_700_000_000,
             chunk_size: DEFAULT_CHUNK_SIZE,
+            block_size: DEFAULT_BLOCK_SIZE,
             payloads: vec![PayloadEntry {
                 name: "efi".into(),
                 size: 3,
@@ -300,6 +348,10 @@ mod tests {
                 compression: Compression::None,
                 stored_size: 3,
                 chunks: vec![Digest([1; 32])],
+                index: IndexRef {
+                    size: 32,
+                    blake3: Digest([2; 32]),
+                },
                 verity: None,
             }],
         }
@@ -323,6 +375,13 @@ mod tests {
             (Box::new(|m| m.compatible.clear()), "compatible"),
             (Box::new(|m| m.chunk_size = 1000), "chunk_size"),
             (Box::new(|m| m.chunk_size = u32::MAX - 4095), "chunk_size"),
+            (Box::new(|m| m.block_size = 12288), "block_size"),
+            (Box::new(|m| m.block_size = 2048), "block_size"),
+            (
+                Box::new(|m| m.block_size = 2 * DEFAULT_CHUNK_SIZE),
+                "block_size",
+            ),
+            (Box::new(|m| m.payloads[0].index.size = 64), "index size"),
             (
                 Box::new(|m| m.min_version = Some("9.0.0".parse().unwrap())),
                 "min_version",
@@ -375,6 +434,7 @@ mod tests {
         let size = data_size + crate::verity::hash_area_size(8);
         m.payloads[0].size = size;
         m.payloads[0].stored_size = size;
+        m.payloads[0].index.size = size.div_ceil(4096) * 32;
         m.validate().unwrap();
         let huge = u64::MAX - 4095;
         let v = m.payloads[0].verity.as_mut().unwrap();

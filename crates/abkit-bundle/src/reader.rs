@@ -181,6 +181,31 @@ impl BundleHead {
     }
 }
 
+/// Reads the block indexes that follow the signatures and checks each
+/// against its BLAKE3 in the (verified) manifest, without keeping them: a
+/// streaming reader checks the payloads by their chunk hashes.
+fn check_indexes(source: &mut impl Read, manifest: &Manifest) -> Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    for p in &manifest.payloads {
+        let mut hasher = blake3::Hasher::new();
+        let mut left = p.index.size;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            source
+                .read_exact(&mut buf[..n])
+                .map_err(|e| Error::from_read(e, format!("block index of `{}`", p.name)))?;
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        if *hasher.finalize().as_bytes() != p.index.blake3.0 {
+            return Err(Error::IndexHashMismatch {
+                payload: p.name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A bundle whose signature checked out, handing out its payloads in order.
 pub struct BundleReader<R: Read> {
     source: R,
@@ -201,6 +226,7 @@ impl<R: Read> BundleReader<R> {
         let raw = RawHead::read(&mut source)?;
         let signer = raw.verify(keyring)?;
         let manifest = Manifest::parse(&raw.manifest_bytes)?;
+        check_indexes(&mut source, &manifest)?;
         Ok(BundleReader {
             source,
             manifest,

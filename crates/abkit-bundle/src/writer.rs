@@ -1,7 +1,8 @@
 //! Writing bundles: [`create_bundle`] reads each input once to compute the
-//! dm-verity tree, the payload SHA-256 and the chunk hashes (on separate
-//! threads), writes header, manifest and signatures, then copies the payload
-//! bytes (`copy_file_range` for uncompressed inputs) into the output.
+//! dm-verity tree, the payload SHA-256, the block index and the chunk hashes
+//! (on separate threads), writes header, manifest, signatures and block
+//! indexes, then copies the payload bytes (`copy_file_range` for
+//! uncompressed inputs) into the output.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
@@ -13,8 +14,11 @@ use std::thread::JoinHandle;
 use sha2::{Digest as _, Sha256};
 
 use crate::format::{self, FORMAT_VERSION, Header, MAX_MANIFEST_LEN, MAX_SIGNATURES};
+use crate::index::BlockHasher;
 use crate::keys::SecretKey;
-use crate::manifest::{Compression, DEFAULT_CHUNK_SIZE, Digest, Manifest, PayloadEntry};
+use crate::manifest::{
+    Compression, DEFAULT_BLOCK_SIZE, DEFAULT_CHUNK_SIZE, Digest, IndexRef, Manifest, PayloadEntry,
+};
 use crate::verity::{VerityBuilder, VerityTree};
 use crate::{Error, Result};
 
@@ -46,6 +50,8 @@ pub struct CreateOptions {
     /// zstd level, 1..=19 (higher levels need windows readers refuse).
     pub zstd_level: i32,
     pub chunk_size: u32,
+    /// Block size of the block index (a power of two, 4 KiB ..= chunk size).
+    pub block_size: u32,
     /// Salt of every dm-verity tree (default: 32 random bytes). Set it when
     /// the root hash must be known before the bundle is made (a UKI whose
     /// command line carries `roothash=`): the same salt over the same image
@@ -70,6 +76,7 @@ impl CreateOptions {
             compression: Compression::None,
             zstd_level: 3,
             chunk_size: DEFAULT_CHUNK_SIZE,
+            block_size: DEFAULT_BLOCK_SIZE,
             verity_salt: None,
             verity_uuid: None,
         }
@@ -77,7 +84,8 @@ impl CreateOptions {
 }
 
 /// Writes the header, manifest and one signature per key: the head of a
-/// bundle. The payloads' stored bytes must follow in manifest order.
+/// bundle. The block indexes, then the payloads' stored bytes must follow
+/// in manifest order.
 /// Refuses a manifest readers would refuse for its length
 /// ([`Error::ManifestSize`]): a larger chunk size makes it shorter.
 pub fn write_head(out: &mut impl Write, manifest_bytes: &[u8], keys: &[SecretKey]) -> Result<()> {
@@ -182,11 +190,22 @@ pub fn create_bundle(
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
+    if !opts.block_size.is_power_of_two()
+        || opts.block_size < crate::manifest::MIN_CHUNK_SIZE
+        || opts.block_size > opts.chunk_size
+    {
+        return Err(Error::InvalidInput(format!(
+            "block size {} must be a power of two in 4096..=chunk size ({})",
+            opts.block_size, opts.chunk_size
+        )));
+    }
     let mut entries = Vec::new();
     let mut sources = Vec::new();
+    let mut indexes = Vec::new();
     for spec in payloads {
-        let (entry, source) = analyze(spec, opts, &dir, progress)?;
+        let (entry, index, source) = analyze(spec, opts, &dir, progress)?;
         entries.push(entry);
+        indexes.push(index);
         sources.push(source);
     }
     let manifest = Manifest {
@@ -195,6 +214,7 @@ pub fn create_bundle(
         min_version: opts.min_version.clone(),
         created: opts.created,
         chunk_size: opts.chunk_size,
+        block_size: opts.block_size,
         payloads: entries,
     };
     let manifest_bytes = manifest.to_json()?;
@@ -202,6 +222,9 @@ pub fn create_bundle(
     {
         let mut w = io::BufWriter::with_capacity(1 << 20, tmp.file());
         write_head(&mut w, &manifest_bytes, keys)?;
+        for index in &indexes {
+            w.write_all(index)?;
+        }
         w.flush()?;
     }
     for source in sources {
@@ -302,17 +325,52 @@ impl<W: Write> Write for ChunkHashingWriter<W> {
     }
 }
 
+/// zstd: every `chunk_size` piece of the payload compressed as a frame of
+/// its own (so a delta install can fetch and decompress one frame), the
+/// frames' stored offsets recorded for the block index.
+struct FrameSink {
+    plain: Vec<u8>,
+    chunk_size: usize,
+    compressor: zstd::bulk::Compressor<'static>,
+    out: ChunkHashingWriter<io::BufWriter<File>>,
+    offsets: Vec<u64>,
+    stored: u64,
+}
+
+impl FrameSink {
+    fn update(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let take = (self.chunk_size - self.plain.len()).min(data.len());
+            self.plain.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.plain.len() == self.chunk_size {
+                self.frame()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn frame(&mut self) -> Result<()> {
+        let frame = self.compressor.compress(&self.plain)?;
+        self.offsets.push(self.stored);
+        self.stored += frame.len() as u64;
+        self.out.write_all(&frame)?;
+        self.plain.clear();
+        Ok(())
+    }
+}
+
 /// Where the stored bytes go during analysis.
 enum StoredSink {
     Plain(ChunkHasher),
-    Zstd(Box<zstd::stream::write::Encoder<'static, ChunkHashingWriter<io::BufWriter<File>>>>),
+    Zstd(Box<FrameSink>),
 }
 
 impl StoredSink {
     fn update(&mut self, data: &[u8]) -> Result<()> {
         match self {
             StoredSink::Plain(h) => h.update(data),
-            StoredSink::Zstd(enc) => enc.write_all(data)?,
+            StoredSink::Zstd(frames) => frames.update(data)?,
         }
         Ok(())
     }
@@ -396,14 +454,15 @@ fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// The analysis pass over one input: payload hash, verity tree, stored
-/// bytes' chunk hashes (compressing into a temporary file for zstd).
+/// The analysis pass over one input: payload hash, verity tree, block
+/// index, stored bytes' chunk hashes (compressing into a temporary file for
+/// zstd). Returns the manifest entry, the block index and the stored bytes.
 fn analyze(
     spec: &PayloadSpec,
     opts: &CreateOptions,
     tmp_dir: &Path,
     progress: &mut dyn FnMut(u64),
-) -> Result<(PayloadEntry, StoredSource)> {
+) -> Result<(PayloadEntry, Vec<u8>, StoredSource)> {
     let mut input = File::open(&spec.path).map_err(|e| {
         Error::InvalidInput(format!(
             "payload `{}`: cannot open {}: {e}",
@@ -417,6 +476,14 @@ fn analyze(
             h.update(&block[..]);
         }
         <[u8; 32]>::from(h.finalize())
+    })?;
+    let block_size = opts.block_size;
+    let blocks = Worker::start("abkit-blake3", move |rx| {
+        let mut h = BlockHasher::new(block_size);
+        for block in rx {
+            h.update(&block[..]);
+        }
+        h.finish()
     })?;
     let verity = if spec.verity {
         let salt = match &opts.verity_salt {
@@ -449,14 +516,18 @@ fn analyze(
         Compression::None => StoredSink::Plain(ChunkHasher::new(opts.chunk_size)),
         Compression::Zstd => {
             let file = tempfile::tempfile_in(tmp_dir)?;
-            let writer = ChunkHashingWriter {
+            let out = ChunkHashingWriter {
                 inner: io::BufWriter::with_capacity(1 << 20, file),
                 hasher: ChunkHasher::new(opts.chunk_size),
             };
-            let mut enc = zstd::stream::write::Encoder::new(writer, opts.zstd_level)?;
-            enc.multithread(std::thread::available_parallelism().map_or(1, |n| n.get() as u32))?;
-            enc.include_contentsize(false)?;
-            StoredSink::Zstd(Box::new(enc))
+            StoredSink::Zstd(Box::new(FrameSink {
+                plain: Vec::with_capacity(opts.chunk_size as usize),
+                chunk_size: opts.chunk_size as usize,
+                compressor: zstd::bulk::Compressor::new(opts.zstd_level)?,
+                out,
+                offsets: Vec::new(),
+                stored: 0,
+            }))
         }
     };
     let mut pool = BufferPool::default();
@@ -476,6 +547,7 @@ fn analyze(
         }
         size += n as u64;
         whole.send(&block)?;
+        blocks.send(&block)?;
         if let Some(v) = &verity {
             v.send(&block)?;
         }
@@ -493,10 +565,12 @@ fn analyze(
         size += tail.len() as u64;
         let tail_block = Arc::new(tail);
         whole.send(&tail_block)?;
+        blocks.send(&tail_block)?;
         sink.update(&tail_block)?;
         tail = Arc::try_unwrap(tail_block).unwrap_or_else(|shared| shared.as_ref().clone());
     }
     let sha256 = Digest(whole.finish()?);
+    let mut index = blocks.finish()?;
     let (stored_size, chunks, source) = match sink {
         StoredSink::Plain(h) => {
             let (total, chunks) = h.finish();
@@ -509,15 +583,25 @@ fn analyze(
                 },
             )
         }
-        StoredSink::Zstd(enc) => {
-            let writer = enc.finish()?;
-            let (total, chunks) = writer.hasher.finish();
-            let file = writer
+        StoredSink::Zstd(mut frames) => {
+            if !frames.plain.is_empty() {
+                frames.frame()?;
+            }
+            for offset in &frames.offsets {
+                index.extend_from_slice(&offset.to_le_bytes());
+            }
+            let FrameSink { out, .. } = *frames;
+            let (total, chunks) = out.hasher.finish();
+            let file = out
                 .inner
                 .into_inner()
                 .map_err(|e| Error::Io(e.into_error()))?;
             (total, chunks, StoredSource::Compressed(file))
         }
+    };
+    let index_ref = IndexRef {
+        size: index.len() as u64,
+        blake3: Digest(*blake3::hash(&index).as_bytes()),
     };
     let entry = PayloadEntry {
         name: spec.name.clone(),
@@ -526,9 +610,10 @@ fn analyze(
         compression: opts.compression,
         stored_size,
         chunks,
+        index: index_ref,
         verity: verity_params,
     };
-    Ok((entry, source))
+    Ok((entry, index, source))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::io::Write as _;
 use abkit_bundle::format::{HEADER_LEN, SIGNATURE_ENTRY_LEN};
 use abkit_bundle::manifest::Digest;
 use abkit_bundle::writer::write_head;
-use abkit_bundle::{BundleHead, Compression, Error, Manifest, PayloadEntry, SecretKey};
+use abkit_bundle::{BundleHead, Compression, Error, IndexRef, Manifest, PayloadEntry, SecretKey};
 use common::*;
 use sha2::{Digest as _, Sha256};
 
@@ -41,8 +41,19 @@ impl Fixture {
         }
     }
 
-    fn payloads_start(&self) -> usize {
+    /// Where the block indexes start: after the one signature.
+    fn indexes_start(&self) -> usize {
         HEADER_LEN + self.manifest_len + SIGNATURE_ENTRY_LEN
+    }
+
+    fn payloads_start(&self) -> usize {
+        self.indexes_start()
+            + self
+                .manifest
+                .payloads
+                .iter()
+                .map(|p| p.index.size as usize)
+                .sum::<usize>()
     }
 
     /// Reads `bytes` with the trusted key and checks the safety property.
@@ -70,11 +81,18 @@ impl Fixture {
     }
 }
 
-/// Signs `manifest` and appends the given stored payload bytes.
+/// Signs `manifest` and appends its block indexes (all zero bytes, as
+/// [`single_payload`] signs them) and the given stored payload bytes.
 fn craft(manifest: &Manifest, stored: &[&[u8]], keys: &[SecretKey]) -> Vec<u8> {
     let json = serde_json::to_vec(manifest).unwrap();
     let mut out = Vec::new();
     write_head(&mut out, &json, keys).unwrap();
+    for p in &manifest.payloads {
+        out.extend(std::iter::repeat_n(
+            0u8,
+            p.index.size.min(64 << 20) as usize,
+        ));
+    }
     for s in stored {
         out.write_all(s).unwrap();
     }
@@ -89,22 +107,35 @@ fn chunks(data: &[u8], chunk_size: usize) -> Vec<Digest> {
     data.chunks(chunk_size).map(sha).collect()
 }
 
+/// A signed manifest for one payload; its block index is all zero bytes
+/// (what [`craft`] writes): the streaming reader checks only its BLAKE3.
 fn single_payload(name: &str, data: &[u8], compression: Compression, stored: &[u8]) -> Manifest {
+    let mut entry = PayloadEntry {
+        name: name.into(),
+        size: data.len() as u64,
+        sha256: sha(data),
+        compression,
+        stored_size: stored.len() as u64,
+        chunks: chunks(stored, 4096),
+        index: IndexRef {
+            size: 0,
+            blake3: Digest([0; 32]),
+        },
+        verity: None,
+    };
+    let len = abkit_bundle::index::index_len(&entry, 4096, 4096);
+    entry.index = IndexRef {
+        size: len,
+        blake3: Digest(abkit_bundle::index::block_hash(&vec![0; len as usize])),
+    };
     Manifest {
         compatible: "demo-os".into(),
         version: "1.0.0".parse().unwrap(),
         min_version: None,
         created: 0,
         chunk_size: 4096,
-        payloads: vec![PayloadEntry {
-            name: name.into(),
-            size: data.len() as u64,
-            sha256: sha(data),
-            compression,
-            stored_size: stored.len() as u64,
-            chunks: chunks(stored, 4096),
-            verity: None,
-        }],
+        block_size: 4096,
+        payloads: vec![entry],
     }
 }
 
@@ -113,6 +144,7 @@ fn truncation_at_every_section_boundary_and_random_offsets() {
     for compression in [Compression::None, Compression::Zstd] {
         let f = Fixture::new(compression);
         let start = f.payloads_start();
+        let indexes = f.indexes_start();
         let efi_stored = f.manifest.payloads[0].stored_size as usize;
         let mut cuts = vec![
             (0, "header"),
@@ -121,7 +153,9 @@ fn truncation_at_every_section_boundary_and_random_offsets() {
             (HEADER_LEN, "manifest"),
             (HEADER_LEN + f.manifest_len / 2, "manifest"),
             (HEADER_LEN + f.manifest_len, "signature 0"),
-            (start - 1, "signature 0"),
+            (indexes - 1, "signature 0"),
+            (indexes, "block index of `efi`"),
+            (start - 1, "block index of `system`"),
             (start, "payload `efi` chunk 0"),
             (start + 4096, "payload `efi` chunk 1"),
             (start + efi_stored - 1, "payload `efi` chunk"),
@@ -162,9 +196,15 @@ fn a_flipped_bit_in_each_region_is_caught_by_name() {
     check(0, 0, &|e| matches!(e, Error::BadMagic { .. }), "magic");
     check(
         8,
-        1,
+        0,
         &|e| matches!(e, Error::UnsupportedFormatVersion { found: 3, .. }),
         "version",
+    );
+    check(
+        f.indexes_start() + 7,
+        2,
+        &|e| matches!(e, Error::IndexHashMismatch { payload } if payload == "efi"),
+        "block index",
     );
     check(
         13,
@@ -224,7 +264,7 @@ fn a_flipped_bit_in_each_region_is_caught_by_name() {
         &|e| matches!(e, Error::NoTrustedSignature { .. }),
         "signer public key",
     );
-    for offset in [sig + 32, sig + 70, start - 1] {
+    for offset in [sig + 32, sig + 70, f.indexes_start() - 1] {
         check(
             offset,
             3,
@@ -232,6 +272,12 @@ fn a_flipped_bit_in_each_region_is_caught_by_name() {
             "signature bytes",
         );
     }
+    check(
+        start - 1,
+        0,
+        &|e| matches!(e, Error::IndexHashMismatch { payload } if payload == "system"),
+        "last byte of the system block index",
+    );
     let payload_cases = [
         (start, "efi", 0),
         (start + 4096 * 2 + 100, "efi", 2),
@@ -285,18 +331,33 @@ fn keys_signatures_versions_and_trailing_data() {
     // No signature: count set to zero and the entry removed.
     let mut b = f.bytes.clone();
     b[24] = 0;
-    b.drain(HEADER_LEN + f.manifest_len..f.payloads_start());
+    b.drain(HEADER_LEN + f.manifest_len..f.indexes_start());
     assert!(matches!(f.error(&b), Error::NoSignature));
     // Unknown format version.
     let mut b = f.bytes.clone();
-    b[8..12].copy_from_slice(&2u32.to_le_bytes());
+    b[8..12].copy_from_slice(&3u32.to_le_bytes());
     assert!(matches!(
         f.error(&b),
         Error::UnsupportedFormatVersion {
-            found: 2,
-            supported: 1
+            found: 3,
+            supported: 2
         }
     ));
+    // A bundle of the old format 1: named as such.
+    let mut b = f.bytes.clone();
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let err = f.error(&b);
+    assert!(
+        matches!(
+            err,
+            Error::OldFormatVersion {
+                found: 1,
+                supported: 2
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.code(), "old-format-version");
     // Trailing garbage after a fully valid bundle: payloads verified, then refused.
     let mut b = f.bytes.clone();
     b.extend_from_slice(b"garbage");
@@ -352,6 +413,14 @@ fn absurd_sizes_are_refused_without_allocating_them() {
     let stored = zstd::encode_all(&data[..], 3).unwrap();
     let mut m = single_payload("efi", data, Compression::Zstd, &stored);
     m.payloads[0].size = 1 << 40;
+    m.block_size = 1 << 20;
+    m.chunk_size = 4 << 20;
+    let len = abkit_bundle::index::index_len(&m.payloads[0], m.block_size, m.chunk_size);
+    m.payloads[0].index = IndexRef {
+        size: len,
+        blake3: Digest(abkit_bundle::index::block_hash(&vec![0; len as usize])),
+    };
+    m.payloads[0].chunks = chunks(&stored, 4 << 20);
     let err = f.error(&craft(&m, &[&stored], &[key(1)]));
     assert!(
         matches!(err, Error::PayloadSizeMismatch { expected, actual: 10, .. } if expected == 1 << 40),
@@ -459,7 +528,7 @@ fn open_reads_only_the_head_and_a_bad_signature_stops_there() {
     assert_eq!(
         src.taken,
         f.payloads_start(),
-        "open read past the signatures"
+        "open read past the block indexes"
     );
     let mut bad = f.bytes.clone();
     bad[HEADER_LEN + 3] ^= 1;
@@ -471,5 +540,5 @@ fn open_reads_only_the_head_and_a_bad_signature_stops_there() {
         abkit_bundle::BundleReader::open(&mut src, &ring(&[&key(1)])),
         Err(Error::BadSignature { .. })
     ));
-    assert_eq!(src.taken, f.payloads_start());
+    assert_eq!(src.taken, f.indexes_start());
 }

@@ -75,6 +75,14 @@ pub enum FetchError {
         detail: String,
     },
 
+    /// In range mode, the server answered a range request with the whole
+    /// file (after it had honoured ranges before, or for a range past the
+    /// start): it does not serve byte ranges reliably.
+    #[error(
+        "GET {url}: the server ignored the Range request for byte {position} and sent the whole file"
+    )]
+    RangeIgnored { url: String, position: u64 },
+
     /// The PEM data given as HTTPS trust roots is unusable.
     #[error("GET {url}: HTTPS trust roots: {problem}")]
     Trust { url: String, problem: String },

@@ -1,6 +1,9 @@
 //! [`HttpSource`]: the body of one HTTP GET as a plain `Read`, which retries
 //! failed requests and resumes a body that broke off with a `Range` request,
-//! handing out every byte of the file exactly once and in order.
+//! handing out every byte of the file exactly once and in order. Opened
+//! with [`Opener::open_ranged`], it reads any byte range of the file
+//! instead ([`HttpSource::set_range`], [`ByteRanges`]), with the same
+//! retries, over one kept-alive connection.
 
 use std::io::{self, Read};
 use std::thread;
@@ -38,7 +41,9 @@ pub struct RetryEvent {
 type RetryObserver = Box<dyn FnMut(&RetryEvent) + Send>;
 
 /// Gives the `Authorization` header value for the next request, if any.
-type Authorizer = Box<dyn FnMut() -> Option<String> + Send>;
+/// Shared by a source and its forks (delta installs read ranges on several
+/// connections), so a renewed token serves them all.
+type Authorizer = std::sync::Arc<std::sync::Mutex<dyn FnMut() -> Option<String> + Send>>;
 
 /// What identifies the file on the server, from the first good response;
 /// every later response must agree so that the bytes join up.
@@ -119,6 +124,12 @@ pub struct HttpSource {
     failure: Option<FetchError>,
     observer: Option<RetryObserver>,
     authorizer: Option<Authorizer>,
+    /// Range mode: the end (exclusive) of the range being read.
+    end: Option<u64>,
+    /// Range mode was asked for and the server answered with ranges.
+    ranged: bool,
+    /// Body bytes handed out over all requests.
+    received: u64,
 }
 
 impl std::fmt::Debug for HttpSource {
@@ -195,12 +206,28 @@ impl Opener {
         mut self,
         authorizer: impl FnMut() -> Option<String> + Send + 'static,
     ) -> Opener {
-        self.authorizer = Some(Box::new(authorizer));
+        self.authorizer = Some(std::sync::Arc::new(std::sync::Mutex::new(authorizer)));
         self
     }
 
     /// Start `GET url` and return once the server answered 200 with a body.
     pub fn open(self, url: &str) -> Result<HttpSource, FetchError> {
+        self.start(url, None)
+    }
+
+    /// Open `url` for range reads: the first request asks for bytes
+    /// `0..first_len`. If the server answers with that range,
+    /// [`HttpSource::ranges_honoured`] is true and `read` hands out those
+    /// bytes; [`HttpSource::set_range`] then moves to any other range. If
+    /// it ignores the Range (200 with the whole file), the source streams
+    /// the whole file from byte 0 as [`Opener::open`] would, and
+    /// `ranges_honoured` is false: the caller falls back to a full download
+    /// without a second request.
+    pub fn open_ranged(self, url: &str, first_len: u64) -> Result<HttpSource, FetchError> {
+        self.start(url, Some(first_len.max(1)))
+    }
+
+    fn start(self, url: &str, first_range: Option<u64>) -> Result<HttpSource, FetchError> {
         check_url(url)?;
         let tls = self.roots.tls_config(url)?;
         let agent: Agent = Agent::config_builder()
@@ -228,6 +255,9 @@ impl Opener {
             failure: None,
             observer: self.observer,
             authorizer: self.authorizer,
+            end: first_range,
+            ranged: false,
+            received: 0,
         };
         source.connect()?;
         Ok(source)
@@ -275,9 +305,39 @@ impl HttpSource {
         self.position
     }
 
-    /// Requests made so far (the first one included).
+    /// Requests made so far (the first one included; counted per range in
+    /// range mode).
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// Body bytes handed out so far, over all requests and ranges.
+    pub fn bytes_received(&self) -> u64 {
+        self.received
+    }
+
+    /// Whether the server answered the ranged open with a range (see
+    /// [`Opener::open_ranged`]); false for a source opened with `open`.
+    pub fn ranges_honoured(&self) -> bool {
+        self.ranged
+    }
+
+    /// Range mode: from now on `read` hands out bytes `start..start + len`
+    /// of the file and then end of file. The next read makes the request
+    /// (the connection is reused); retries and resumes work as for a whole
+    /// file, with a fresh attempt budget per range. A server that answers
+    /// one with the whole file fails with [`FetchError::RangeIgnored`].
+    pub fn set_range(&mut self, start: u64, len: u64) {
+        let end = Some(start.saturating_add(len));
+        if self.position == start && self.end == end && self.failure.is_none() {
+            // Already there (the ranged open asked for this range).
+            return;
+        }
+        self.body = None;
+        self.broken = None;
+        self.attempts = 0;
+        self.position = start;
+        self.end = end;
     }
 
     /// The URL being fetched.
@@ -344,10 +404,20 @@ impl HttpSource {
     fn attempt(&mut self) -> Result<Metered<BodyReader<'static>>, Failure> {
         let position = self.position;
         let mut request = self.agent.get(&self.url);
-        if let Some(value) = self.authorizer.as_mut().and_then(|authorize| authorize()) {
+        let authorization = self.authorizer.as_ref().and_then(|authorize| {
+            (authorize
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner))()
+        });
+        if let Some(value) = authorization {
             request = request.header(header::AUTHORIZATION, value);
         }
-        if position > 0 {
+        if let Some(end) = self.end {
+            request = request.header(header::RANGE, format!("bytes={position}-{}", end - 1));
+            if let Some(validator) = self.identity.as_ref().and_then(FileIdentity::if_range) {
+                request = request.header(header::IF_RANGE, validator);
+            }
+        } else if position > 0 {
             request = request.header(header::RANGE, format!("bytes={position}-"));
             if let Some(validator) = self.identity.as_ref().and_then(FileIdentity::if_range) {
                 request = request.header(header::IF_RANGE, validator);
@@ -393,6 +463,17 @@ impl HttpSource {
                     etag,
                     last_modified,
                 })?;
+                if self.end.is_some() {
+                    if self.ranged || position > 0 {
+                        return Err(FetchError::RangeIgnored {
+                            url: self.url.clone(),
+                            position,
+                        }
+                        .into());
+                    }
+                    // The ranged open got the whole file: stream it.
+                    self.end = None;
+                }
                 let mut body =
                     Metered::new(response.into_body().into_reader(), self.policy.min_speed());
                 if position > 0 {
@@ -409,7 +490,7 @@ impl HttpSource {
                 }
                 Ok(body)
             }
-            (206, 1..) => {
+            (206, _) if position > 0 || self.end.is_some() => {
                 let text = header_text(headers, header::CONTENT_RANGE).ok_or_else(|| {
                     FetchError::BadResume {
                         url: self.url.clone(),
@@ -434,6 +515,9 @@ impl HttpSource {
                         detail: format!("the server sent {text:?}"),
                     }
                     .into());
+                }
+                if self.end.is_some() {
+                    self.ranged = true;
                 }
                 Ok(Metered::new(
                     response.into_body().into_reader(),
@@ -527,11 +611,14 @@ impl Read for HttpSource {
             if let Some(error) = &self.failure {
                 return Err(error.clone().into_io());
             }
-            let remaining = self
-                .content_length()
-                .map(|total| total.saturating_sub(self.position));
+            let end = self.end.or(self.content_length());
+            let remaining = end.map(|end| end.saturating_sub(self.position));
             if remaining == Some(0) {
-                self.body = None;
+                if let Some(mut body) = self.body.take() {
+                    // Let the client see the end of the body, so that the
+                    // connection goes back to its pool for the next range.
+                    let _ = body.read(&mut [0u8; 1]);
+                }
                 return Ok(0);
             }
             let Some(body) = self.body.as_mut() else {
@@ -543,7 +630,7 @@ impl Read for HttpSource {
             // Never take more than the file holds, whatever the server sends.
             let limit = remaining.map_or(buf.len(), |left| left.min(buf.len() as u64) as usize);
             match body.read(&mut buf[..limit]) {
-                Ok(0) => match self.content_length() {
+                Ok(0) => match end {
                     // No length known: a clean end of the body is the end.
                     None => return Ok(0),
                     Some(total) => {
@@ -556,6 +643,7 @@ impl Read for HttpSource {
                 },
                 Ok(n) => {
                     self.position += n as u64;
+                    self.received += n as u64;
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -582,6 +670,86 @@ impl Read for HttpSource {
                 }
             }
         }
+    }
+}
+
+/// Something that reads byte ranges of one file: an [`HttpSource`] opened
+/// with [`Opener::open_ranged`] (a URL: a bundle on a web server, an OCI
+/// blob), or a local file. Delta installs fetch the blocks they miss
+/// through it.
+pub trait ByteRanges: Send {
+    /// Fills `buf` with the bytes at `offset`; a file too short is an
+    /// `UnexpectedEof` error.
+    fn read_range(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Bytes read so far through this source.
+    fn bytes_read(&self) -> u64;
+    /// Size of the whole file, when known.
+    fn total_len(&self) -> Option<u64>;
+    /// Another reader of the same file on a connection (or handle) of its
+    /// own, for fetching ranges in parallel; `None` if it cannot be had.
+    fn fork(&self) -> Option<Box<dyn ByteRanges>> {
+        None
+    }
+}
+
+impl ByteRanges for HttpSource {
+    fn read_range(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.set_range(offset, buf.len() as u64);
+        self.read_exact(buf)
+    }
+    fn bytes_read(&self) -> u64 {
+        self.received
+    }
+    fn total_len(&self) -> Option<u64> {
+        self.content_length()
+    }
+    fn fork(&self) -> Option<Box<dyn ByteRanges>> {
+        if !self.ranged {
+            return None;
+        }
+        Some(Box::new(HttpSource {
+            url: self.url.clone(),
+            agent: self.agent.clone(),
+            policy: self.policy.clone(),
+            body: None,
+            position: 0,
+            identity: self.identity.clone(),
+            attempts: 0,
+            broken: None,
+            failure: None,
+            observer: None,
+            authorizer: self.authorizer.clone(),
+            end: Some(0),
+            ranged: true,
+            received: 0,
+        }))
+    }
+}
+
+/// A local file read by ranges, counting what it read.
+#[derive(Debug)]
+pub struct FileRanges {
+    pub file: std::fs::File,
+    pub read: u64,
+}
+
+impl ByteRanges for FileRanges {
+    fn read_range(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset)?;
+        self.read += buf.len() as u64;
+        Ok(())
+    }
+    fn bytes_read(&self) -> u64 {
+        self.read
+    }
+    fn total_len(&self) -> Option<u64> {
+        self.file.metadata().ok().map(|m| m.len())
+    }
+    fn fork(&self) -> Option<Box<dyn ByteRanges>> {
+        Some(Box::new(FileRanges {
+            file: self.file.try_clone().ok()?,
+            read: 0,
+        }))
     }
 }
 

@@ -22,6 +22,6 @@ pub use auth::{Credentials, credentials_from_file, default_auth_files};
 pub use client::{Registry, RegistryOptions};
 pub use error::OciError;
 pub use manifest::{ARTIFACT_TYPE, BUNDLE_MEDIA_TYPE, Descriptor, Manifest};
-pub use pull::{Artifact, BlobReader, open_bundle, resolve};
+pub use pull::{Artifact, BlobReader, open_bundle, open_bundle_ranged, resolve};
 pub use push::{PushOptions, PushReport, push_bundle};
 pub use reference::{Digest, Reference, SCHEME, is_oci};

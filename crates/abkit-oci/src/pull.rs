@@ -106,6 +106,42 @@ pub fn open_bundle(
     options: &RegistryOptions,
     opener: Opener,
 ) -> Result<(Artifact, BlobReader<abkit_fetch::HttpSource>), OciError> {
+    let (artifact, url, opener) = blob_opener(reference, options, opener)?;
+    let source = opener
+        .open(&url)
+        .map_err(|e| blob_error(e, reference, &artifact))?;
+    check_blob_length(&source, &artifact)?;
+    let reader = BlobReader::new(source, artifact.bundle.digest.clone(), artifact.bundle.size);
+    Ok((artifact, reader))
+}
+
+/// Like [`open_bundle`], but the blob is opened for range reads (a delta
+/// install) with a first request for bytes `0..first_len`; when the
+/// registry ignores Range the source streams the whole blob, which the
+/// caller should read through [`BlobReader`] so its digest is checked.
+/// Read by ranges, the blob's digest cannot be checked as a whole: the
+/// bundle's signature and signed block index cover every byte used.
+pub fn open_bundle_ranged(
+    reference: &Reference,
+    options: &RegistryOptions,
+    opener: Opener,
+    first_len: u64,
+) -> Result<(Artifact, abkit_fetch::HttpSource), OciError> {
+    let (artifact, url, opener) = blob_opener(reference, options, opener)?;
+    let source = opener
+        .open_ranged(&url, first_len)
+        .map_err(|e| blob_error(e, reference, &artifact))?;
+    check_blob_length(&source, &artifact)?;
+    Ok((artifact, source))
+}
+
+/// Resolves the reference to the artifact and returns the blob's URL with
+/// an opener that trusts the registry's roots and sends its credentials.
+fn blob_opener(
+    reference: &Reference,
+    options: &RegistryOptions,
+    opener: Opener,
+) -> Result<(Artifact, String, Opener), OciError> {
     let registry = Registry::new(reference, options, false)?;
     let artifact = resolve(&registry)?;
     let url = registry.url(&format!("blobs/{}", artifact.bundle.digest));
@@ -118,7 +154,11 @@ pub fn open_bundle(
             None
         })
     });
-    let source = opener.open(&url).map_err(|e| match e.status() {
+    Ok((artifact, url, opener))
+}
+
+fn blob_error(e: abkit_fetch::FetchError, reference: &Reference, artifact: &Artifact) -> OciError {
+    match e.status() {
         Some(404) => OciError::NotFound {
             reference: reference.to_string(),
             what: "bundle blob",
@@ -129,7 +169,14 @@ pub fn open_bundle(
             detail: format!(": {e}"),
         },
         _ => OciError::Fetch(e),
-    })?;
+    }
+}
+
+/// The registry's Content-Length must be the manifest's size.
+fn check_blob_length(
+    source: &abkit_fetch::HttpSource,
+    artifact: &Artifact,
+) -> Result<(), OciError> {
     if let Some(length) = source.content_length()
         && length != artifact.bundle.size
     {
@@ -141,8 +188,7 @@ pub fn open_bundle(
             ),
         });
     }
-    let reader = BlobReader::new(source, artifact.bundle.digest.clone(), artifact.bundle.size);
-    Ok((artifact, reader))
+    Ok(())
 }
 
 /// A blob's bytes, checked: never more than `size` bytes, and the end of

@@ -36,17 +36,33 @@ const RANGE: u64 = 4 << 20;
 /// Bytes kept in writeback before the oldest range is read back.
 const IN_WRITEBACK: u64 = 32 << 20;
 /// Smallest write: smaller verified chunks are gathered up to this size.
-const WRITE_BLOCK: usize = 1 << 20;
+pub(crate) const WRITE_BLOCK: usize = 1 << 20;
 /// Verified blocks queued between the reader and the writer.
 const QUEUE: usize = 2;
 /// Size of the blocks of a read-back hash.
 const BLOCK: usize = 1 << 20;
 
 /// Bytes on their way to the slot: a verified block of the reader (no copy),
-/// or small verified blocks gathered into one write block.
-enum Bytes {
+/// or small verified blocks gathered into one write block (also what a delta
+/// install assembles from reused and fetched blocks).
+pub(crate) enum Bytes {
     Shared(VerifiedBlock),
     Gathered(Vec<u8>),
+    /// Like `Gathered`, and the buffer goes back to `home` once written,
+    /// so that a producer reuses a few buffers instead of allocating one
+    /// per write block.
+    Recycled {
+        buf: Vec<u8>,
+        home: mpsc::Sender<Vec<u8>>,
+    },
+}
+
+impl Drop for Bytes {
+    fn drop(&mut self) {
+        if let Bytes::Recycled { buf, home } = self {
+            let _ = home.send(std::mem::take(buf));
+        }
+    }
 }
 
 impl std::ops::Deref for Bytes {
@@ -55,6 +71,7 @@ impl std::ops::Deref for Bytes {
         match self {
             Bytes::Shared(block) => block,
             Bytes::Gathered(bytes) => bytes,
+            Bytes::Recycled { buf, .. } => buf,
         }
     }
 }
@@ -82,35 +99,55 @@ pub(crate) fn copy_payload<R: Read>(
     // back is hashed against the manifest: the reader's whole-payload hash
     // would be a third pass over every byte.
     p.rely_on_chunk_hashes();
+    let mut gathered = Vec::new();
+    let mut next = || -> Result<Option<Bytes>> {
+        loop {
+            let block = p.next_block()?;
+            return Ok(Some(match block {
+                // A whole write block (chunks of 1 MiB and more, zstd
+                // output): handed on as it is.
+                Some(block) if gathered.is_empty() && block.len() >= WRITE_BLOCK => {
+                    Bytes::Shared(block)
+                }
+                // Smaller chunks are gathered, so that the slot gets
+                // large writes, each made only of verified chunks.
+                Some(block) => {
+                    gathered.extend_from_slice(&block);
+                    if gathered.len() < WRITE_BLOCK {
+                        continue;
+                    }
+                    Bytes::Gathered(std::mem::take(&mut gathered))
+                }
+                None if gathered.is_empty() => return Ok(None),
+                None => Bytes::Gathered(std::mem::take(&mut gathered)),
+            }));
+        }
+    };
+    copy_blocks(&mut next, total, &expected, dev, slot, step, rep)
+}
+
+/// The pipeline behind [`copy_payload`]: writes the verified blocks `next`
+/// hands out (in order, from byte 0; `None` at the verified end) into
+/// `dev`, reads them back against the SHA-256 `expected` (hex) and flushes
+/// `dev` at the end. Returns the bytes written.
+pub(crate) fn copy_blocks(
+    next: &mut dyn FnMut() -> Result<Option<Bytes>>,
+    total: u64,
+    expected: &str,
+    dev: &mut dyn SlotDevice,
+    slot: Slot,
+    step: Step,
+    rep: &mut dyn Reporter,
+) -> Result<u64> {
     let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
     std::thread::scope(|scope| {
         let writer = std::thread::Builder::new()
             .name("abkit-slot-writer".into())
-            .spawn_scoped(scope, move || write_and_check(dev, rx, slot, &expected))
+            .spawn_scoped(scope, move || write_and_check(dev, rx, slot, expected))
             .map_err(UpdateError::io("start the slot writer"))?;
         let produced = (|| -> Result<u64> {
-            // Bytes sent so far, and small blocks gathered after them.
-            let (mut offset, mut gathered) = (0u64, Vec::new());
-            loop {
-                let block = p.next_block()?;
-                let bytes = match block {
-                    // A whole write block (chunks of 1 MiB and more, zstd
-                    // output): handed on as it is.
-                    Some(block) if gathered.is_empty() && block.len() >= WRITE_BLOCK => {
-                        Bytes::Shared(block)
-                    }
-                    // Smaller chunks are gathered, so that the slot gets
-                    // large writes, each made only of verified chunks.
-                    Some(block) => {
-                        gathered.extend_from_slice(&block);
-                        if gathered.len() < WRITE_BLOCK {
-                            continue;
-                        }
-                        Bytes::Gathered(std::mem::take(&mut gathered))
-                    }
-                    None if gathered.is_empty() => break,
-                    None => Bytes::Gathered(std::mem::take(&mut gathered)),
-                };
+            let mut offset = 0u64;
+            while let Some(bytes) = next()? {
                 let len = bytes.len() as u64;
                 // A closed queue means the writer stopped: its error follows.
                 if tx.send(Msg::Block(offset, bytes)).is_err() {

@@ -12,9 +12,11 @@
 use std::io::Read;
 
 use abkit_bundle::{BundleReader, Keyring, Manifest, PayloadReader};
+use abkit_fetch::ByteRanges;
 
 use crate::boot_policy::{self, Trial};
 use crate::copy;
+use crate::delta;
 use crate::machine::{Machine, SlotDevice, temp_path};
 use crate::payloads::{self, Payload};
 use crate::progress::{Reporter, Step, step};
@@ -40,6 +42,9 @@ pub struct InstallReport {
     /// The entry BootNext now points at.
     pub boot_next: u16,
     pub system_sha256: String,
+    /// Bytes fetched and reused, and whether it was a delta install.
+    #[serde(flatten)]
+    pub transfer: Transfer,
 }
 
 /// The slot the firmware boots by default: the first of our active entries
@@ -115,11 +120,226 @@ pub fn install(
     opts: &InstallOptions,
     rep: &mut dyn Reporter,
 ) -> Result<InstallReport> {
+    let (running, running_record) = before_open(m)?;
+    let mut source = CountingRead {
+        inner: source,
+        count: 0,
+    };
+    let mut bundle = BundleReader::open(&mut source, keyring)?;
+    let manifest = bundle.manifest().clone();
+    let prep = check_and_prepare(
+        m,
+        running,
+        &running_record,
+        &manifest,
+        &bundle.signer().to_string(),
+        opts,
+        rep,
+    )?;
+
+    // 3. and 4. Stream the payloads in bundle order; only verified chunks
+    // come out of the reader.
+    let mut system_written = false;
+    let mut efi_written = false;
+    while let Some(mut p) = bundle.next_payload()? {
+        match Payload::from_name(&p.entry().name) {
+            Some(Payload::System) => {
+                let mut dev = m.slot_device(prep.target)?;
+                write_system(&mut *dev, &mut p, prep.target, rep)?;
+                p.finish()?;
+                system_written = true;
+            }
+            Some(Payload::Efi) => {
+                write_loader(m, &prep, &mut p, rep)?;
+                p.finish()?;
+                efi_written = true;
+            }
+            None => {
+                log::info!(
+                    "skipping payload {:?} that this version does not use",
+                    p.entry().name
+                );
+                p.finish()?;
+            }
+        }
+    }
+    if !system_written {
+        return Err(UpdateError::MissingPayload(Payload::System.name()));
+    }
+    if !efi_written {
+        return Err(UpdateError::MissingPayload(Payload::Efi.name()));
+    }
+    let signed_sha256 = bundle.signed_sha256();
+    drop(bundle);
+    let transfer = Transfer {
+        delta: false,
+        bytes_fetched: source.count,
+        bytes_reused: 0,
+    };
+    finish_install(m, prep, &manifest, signed_sha256, transfer, rep)
+}
+
+/// Installs the bundle that `bundle` reads by byte ranges (a URL, later an
+/// OCI blob), as a delta: every block the machine already holds (the
+/// running slot, the running loader, the target slot's old contents at the
+/// same offset) is copied, only the rest is fetched, each block checked
+/// against the signed block index before it is written (`crate::delta`).
+/// The checks, the order of changes and the report are those of
+/// [`install`]. A compressed payload is fetched by whole zstd frames,
+/// each checked by its stored chunks' SHA-256 before it is decompressed.
+pub fn install_delta(
+    m: &mut dyn Machine,
+    bundle: &mut dyn ByteRanges,
+    keyring: &Keyring,
+    opts: &InstallOptions,
+    rep: &mut dyn Reporter,
+) -> Result<InstallReport> {
+    let (running, running_record) = before_open(m)?;
+    let head = delta::open_ranged(bundle, keyring)?;
+    let manifest = head.manifest.clone();
+    let prep = check_and_prepare(
+        m,
+        running,
+        &running_record,
+        &manifest,
+        &head.signer.to_string(),
+        opts,
+        rep,
+    )?;
+    let mut stats = delta::DeltaStats {
+        bytes_fetched: bundle.bytes_read(),
+        ..Default::default()
+    };
+    for ((entry, index), &offset) in manifest
+        .payloads
+        .iter()
+        .zip(&head.indexes)
+        .zip(&head.layout.payload_offsets)
+    {
+        let Some(kind) = Payload::from_name(&entry.name) else {
+            log::info!(
+                "skipping payload {:?} that this version does not use",
+                entry.name
+            );
+            continue;
+        };
+        let got = match kind {
+            Payload::System => {
+                step(
+                    rep,
+                    Step::Delta,
+                    format!(
+                        "looking for the blocks of {} in slot {} and slot {}",
+                        manifest.version,
+                        running.letter(),
+                        prep.target.letter()
+                    ),
+                );
+                let mut running_dev = m.slot_reader(running)?;
+                let mut target_old = m.slot_reader(prep.target)?;
+                let scan = running_record.system_size.unwrap_or(entry.size);
+                let mut seeds = [
+                    delta::Seed {
+                        name: format!("slot {}", running.letter()),
+                        dev: &mut *running_dev,
+                        scan,
+                    },
+                    delta::Seed {
+                        name: format!("slot {}", prep.target.letter()),
+                        dev: &mut *target_old,
+                        scan: 0,
+                    },
+                ];
+                let mut dev = m.slot_device(prep.target)?;
+                let got = delta::write_payload(
+                    index,
+                    entry,
+                    offset,
+                    bundle,
+                    &mut seeds,
+                    &mut *dev,
+                    prep.target,
+                    rep,
+                )?;
+                step(
+                    rep,
+                    Step::CheckSystem,
+                    format!(
+                        "slot {} read back as written and flushed",
+                        prep.target.letter()
+                    ),
+                );
+                got
+            }
+            Payload::Efi => {
+                let old = m.esp().read(running.loader_path())?.unwrap_or_default();
+                let mut old = delta::MemSeed(old);
+                let mut seeds = [delta::Seed {
+                    name: format!("loader {}", running.loader_path()),
+                    scan: old.0.len() as u64,
+                    dev: &mut old,
+                }];
+                let (bytes, got) =
+                    delta::assemble_in_memory(index, entry, offset, bundle, &mut seeds, rep)?;
+                write_loader(m, &prep, &mut &bytes[..], rep)?;
+                got
+            }
+        };
+        stats.bytes_fetched += got.bytes_fetched;
+        stats.bytes_reused += got.bytes_reused;
+        stats.requests += got.requests;
+    }
+    for (name, kind) in [("system", Payload::System), ("efi", Payload::Efi)] {
+        if manifest.payload(name).is_none() {
+            return Err(UpdateError::MissingPayload(kind.name()));
+        }
+    }
+    step(
+        rep,
+        Step::Delta,
+        format!(
+            "fetched {} bytes in {} range requests, reused {} bytes this machine held",
+            stats.bytes_fetched, stats.requests, stats.bytes_reused
+        ),
+    );
+    let transfer = Transfer {
+        delta: true,
+        bytes_fetched: stats.bytes_fetched,
+        bytes_reused: stats.bytes_reused,
+    };
+    finish_install(m, prep, &manifest, head.signed_sha256, transfer, rep)
+}
+
+/// How the bundle's bytes got here, for the report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Transfer {
+    /// Installed as a delta (blocks reused, the rest fetched by ranges).
+    pub delta: bool,
+    /// Bytes read from the bundle (file or network).
+    pub bytes_fetched: u64,
+    /// Payload bytes copied from what the machine already held.
+    pub bytes_reused: u64,
+}
+
+/// A `Read` that counts the bytes it handed out.
+struct CountingRead<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: Read> Read for CountingRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Step 1 before the bundle is opened: the lock, and the running slot
+/// must be the committed one.
+fn before_open(m: &mut dyn Machine) -> Result<(Slot, SlotRecord)> {
     m.lock()?;
     let running = m.running_slot();
-    let target = running.other();
-
-    // 1. Verify: nothing on the machine changes before all of this passed.
     let committed = committed_or_fallback(m)?;
     if committed != running {
         return Err(UpdateError::RunningSlotNotCommitted {
@@ -128,11 +348,31 @@ pub fn install(
         });
     }
     let running_record = read_record(m.esp(), running)?;
-    let mut bundle = BundleReader::open(source, keyring)?;
-    let manifest = bundle.manifest().clone();
-    let signed_sha256 = bundle.signed_sha256();
-    check_bundle(&manifest, &running_record, opts)?;
-    let (system, efi) = payloads::check_manifest(&manifest)?;
+    Ok((running, running_record))
+}
+
+/// What the checks found out, for the writing steps.
+struct Prepared {
+    target: Slot,
+    system: abkit_bundle::PayloadEntry,
+    loader_temp: String,
+}
+
+/// Steps 1 and 2 once the bundle's head is verified: product, version,
+/// payloads, sizes, room on the ESP; then the target is made unbootable
+/// and recorded empty.
+fn check_and_prepare(
+    m: &mut dyn Machine,
+    running: Slot,
+    running_record: &SlotRecord,
+    manifest: &Manifest,
+    signer: &str,
+    opts: &InstallOptions,
+    rep: &mut dyn Reporter,
+) -> Result<Prepared> {
+    let target = running.other();
+    check_bundle(manifest, running_record, opts)?;
+    let (system, efi) = payloads::check_manifest(manifest)?;
     let capacity = m.slot_device(target)?.size();
     if system.size > capacity {
         return Err(UpdateError::SlotTooSmall {
@@ -160,10 +400,9 @@ pub fn install(
         rep,
         Step::Verify,
         format!(
-            "bundle {} {} signed by {}; installing into slot {}",
+            "bundle {} {} signed by {signer}; installing into slot {}",
             manifest.compatible,
             manifest.version,
-            bundle.signer(),
             target.letter()
         ),
     );
@@ -179,53 +418,50 @@ pub fn install(
         Step::Prepare,
         format!("slot {} marked empty and unbootable", target.letter()),
     );
+    Ok(Prepared {
+        target,
+        system,
+        loader_temp,
+    })
+}
 
-    // 3. and 4. Stream the payloads in bundle order; only verified chunks
-    // come out of the reader.
-    let mut system_written = false;
-    let mut efi_written = false;
-    while let Some(mut p) = bundle.next_payload()? {
-        match Payload::from_name(&p.entry().name) {
-            Some(Payload::System) => {
-                let mut dev = m.slot_device(target)?;
-                write_system(&mut *dev, &mut p, target, rep)?;
-                p.finish()?;
-                system_written = true;
-            }
-            Some(Payload::Efi) => {
-                step(rep, Step::WriteLoader, format!("writing {loader_temp}"));
-                let mut capture = payloads::LoaderCapture::new(&mut p);
-                let written = m
-                    .esp()
-                    .write(&loader_temp, &mut capture)
-                    .and_then(|_| capture.check(&system));
-                let written = written.and_then(|()| Ok(p.finish()?));
-                if let Err(e) = written {
-                    // Leave no half-written loader taking the ESP's space.
-                    if let Err(cleanup) = m.esp().remove(&loader_temp) {
-                        log::warn!("cannot remove {loader_temp}: {cleanup}");
-                    }
-                    return Err(e);
-                }
-                efi_written = true;
-            }
-            None => {
-                log::info!(
-                    "skipping payload {:?} that this version does not use",
-                    p.entry().name
-                );
-                p.finish()?;
-            }
+/// Writes the verified loader bytes of `source` to the temporary loader
+/// name (checking its head and its `roothash=` against the system payload);
+/// a failure leaves no half-written loader taking the ESP's space.
+fn write_loader(
+    m: &mut dyn Machine,
+    prep: &Prepared,
+    source: &mut dyn Read,
+    rep: &mut dyn Reporter,
+) -> Result<()> {
+    let loader_temp = &prep.loader_temp;
+    step(rep, Step::WriteLoader, format!("writing {loader_temp}"));
+    let mut capture = payloads::LoaderCapture::new(source);
+    let written = m
+        .esp()
+        .write(loader_temp, &mut capture)
+        .and_then(|_| capture.check(&prep.system));
+    if let Err(e) = written {
+        if let Err(cleanup) = m.esp().remove(loader_temp) {
+            log::warn!("cannot remove {loader_temp}: {cleanup}");
         }
+        return Err(e);
     }
-    if !system_written {
-        return Err(UpdateError::MissingPayload(Payload::System.name()));
-    }
-    if !efi_written {
-        return Err(UpdateError::MissingPayload(Payload::Efi.name()));
-    }
+    Ok(())
+}
+
+/// Steps 4 (loader into place) to 6: record, arm the trial boot.
+fn finish_install(
+    m: &mut dyn Machine,
+    prep: Prepared,
+    manifest: &Manifest,
+    signed_sha256: [u8; 32],
+    transfer: Transfer,
+    rep: &mut dyn Reporter,
+) -> Result<InstallReport> {
+    let target = prep.target;
     crate::halt::checkpoint("install:loader-temp-written");
-    m.esp().rename(&loader_temp, target.loader_path())?;
+    m.esp().rename(&prep.loader_temp, target.loader_path())?;
     step(
         rep,
         Step::WriteLoader,
@@ -233,7 +469,7 @@ pub fn install(
     );
 
     // 5. Record what the slot holds; only then can it be armed.
-    let record = SlotRecord::for_bundle(&manifest, signed_sha256, SlotState::Installed);
+    let record = SlotRecord::for_bundle(manifest, signed_sha256, SlotState::Installed);
     write_record(m.esp(), target, &record)?;
     step(
         rep,
@@ -256,9 +492,10 @@ pub fn install(
     Ok(InstallReport {
         target_slot: target,
         version: manifest.version.to_string(),
-        compatible: manifest.compatible,
+        compatible: manifest.compatible.clone(),
         boot_next: entry,
-        system_sha256: system.sha256.to_string(),
+        system_sha256: prep.system.sha256.to_string(),
+        transfer,
     })
 }
 

@@ -11,6 +11,7 @@
 
 pub mod boot_policy;
 mod copy;
+pub mod delta;
 pub mod error;
 pub mod factory;
 #[cfg(feature = "testing")]
@@ -34,7 +35,7 @@ pub mod status;
 
 pub use abkit_disk::Slot;
 pub use error::UpdateError;
-pub use install::{InstallOptions, InstallReport, install};
+pub use install::{InstallOptions, InstallReport, Transfer, install, install_delta};
 pub use machine::{EspFiles, Machine, SlotDevice};
 pub use mark_good::{MarkGoodReport, mark_good};
 pub use progress::{Event, Reporter, Step};

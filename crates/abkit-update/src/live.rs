@@ -306,6 +306,22 @@ impl Machine for LiveMachine {
             size,
         }))
     }
+    fn slot_reader(&self, slot: Slot) -> Result<Box<dyn SlotDevice>> {
+        let path = &self.slots[if slot == Slot::A { 0 } else { 1 }];
+        let mut file = std::fs::File::open(path).map_err(UpdateError::io(format!(
+            "open slot {} ({}) for reading",
+            slot.letter(),
+            path.display()
+        )))?;
+        let size = file
+            .seek(SeekFrom::End(0))
+            .map_err(UpdateError::io(format!("size of {}", path.display())))?;
+        Ok(Box::new(FileRange {
+            file,
+            start: 0,
+            size,
+        }))
+    }
     fn is_live(&self) -> bool {
         true
     }

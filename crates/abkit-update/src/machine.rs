@@ -75,6 +75,10 @@ pub trait Machine {
     /// Opens a slot's partition. The engine never asks for the running slot
     /// during an install (invariant I1).
     fn slot_device(&mut self, slot: Slot) -> Result<Box<dyn SlotDevice + '_>>;
+    /// Opens a slot's partition for reading only, on a handle of its own:
+    /// a delta install reads the blocks the machine already holds from the
+    /// running slot (never opened for writing, I1) and the target slot.
+    fn slot_reader(&self, slot: Slot) -> Result<Box<dyn SlotDevice>>;
     /// Whether this is the running system (so a reboot means something).
     fn is_live(&self) -> bool {
         false

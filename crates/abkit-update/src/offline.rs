@@ -127,6 +127,19 @@ impl Machine for OfflineMachine {
         }
         Ok(dev)
     }
+    fn slot_reader(&self, slot: Slot) -> Result<Box<dyn SlotDevice>> {
+        let range = self.disk.slot_range(slot);
+        let file = self
+            .disk
+            .file()
+            .try_clone()
+            .map_err(UpdateError::io("duplicate the disk handle"))?;
+        Ok(Box::new(FileRange {
+            file,
+            start: range.start,
+            size: range.end - range.start,
+        }))
+    }
     fn lock(&mut self) -> Result<()> {
         if self.lock.is_none() {
             self.lock = Some(OperationLock::on_file(&self.path)?);

@@ -14,6 +14,9 @@ pub enum Step {
     Verify,
     /// Target slot's entry made inactive, BootNext cleared, slot recorded empty.
     Prepare,
+    /// Delta install: hashing what the machine holds (the running slot)
+    /// to find the blocks of the new version it already has.
+    Delta,
     /// Streaming the system image into the target slot.
     WriteSystem,
     /// Reading the slot back and checking its hash.

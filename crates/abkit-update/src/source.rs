@@ -1,12 +1,81 @@
 //! Where a bundle comes from: a file, an http(s) URL streamed as it
-//! downloads (abkit-fetch: retries with backoff, resumes with Range), or an
-//! OCI registry (`oci://HOST/REPO:TAG` or `@sha256:...`, abkit-oci: the
+//! downloads (abkit-fetch: retries with backoff, resumes with Range) or
+//! read by ranges for a delta install ([`install_from`]), or an OCI
+//! registry (`oci://HOST/REPO:TAG` or `@sha256:...`, abkit-oci: the
 //! manifest's digest checked, the blob streamed through abkit-fetch).
 
 use std::fs::File;
 use std::io::Read;
 
+use abkit_bundle::Keyring;
+
+use crate::install::{InstallOptions, InstallReport, install, install_delta};
+use crate::machine::Machine;
+use crate::progress::{Event, Reporter};
 use crate::{Result, UpdateError};
+
+/// Whether SOURCE is a URL (else a path).
+pub fn is_url(source: &str) -> bool {
+    source.starts_with("http://") || source.starts_with("https://")
+}
+
+/// Installs SOURCE the best way: an http(s) URL or an `oci://` reference
+/// (its blob URL) as a delta when `delta` is set and the server honours
+/// Range requests (a server that ignores them gets a full download, with a
+/// warning, from the answer already under way); a file, or any source
+/// without `delta`, streamed whole.
+#[allow(clippy::too_many_arguments)]
+pub fn install_from(
+    m: &mut dyn Machine,
+    source: &str,
+    opener: abkit_fetch::Opener,
+    registry: &abkit_oci::RegistryOptions,
+    keyring: &Keyring,
+    opts: &InstallOptions,
+    delta: bool,
+    rep: &mut dyn Reporter,
+) -> Result<InstallReport> {
+    if delta && abkit_oci::is_oci(source) {
+        let reference = abkit_oci::Reference::parse(source)?;
+        let (artifact, mut http) =
+            abkit_oci::open_bundle_ranged(&reference, registry, opener, crate::delta::HEAD_WINDOW)?;
+        log::info!(
+            "{source}: manifest {}, bundle blob {} ({} bytes)",
+            artifact.manifest_digest,
+            artifact.bundle.digest,
+            artifact.bundle.size
+        );
+        if http.ranges_honoured() {
+            return install_delta(m, &mut http, keyring, opts, rep);
+        }
+        ignores_range(source, rep);
+        let blob = abkit_oci::BlobReader::new(http, artifact.bundle.digest, artifact.bundle.size);
+        return install(m, blob, keyring, opts, rep);
+    }
+    if delta && is_url(source) {
+        let mut http = opener.open_ranged(source, crate::delta::HEAD_WINDOW)?;
+        if http.ranges_honoured() {
+            return install_delta(m, &mut http, keyring, opts, rep);
+        }
+        ignores_range(source, rep);
+        return install(m, http, keyring, opts, rep);
+    }
+    install(
+        m,
+        open_source_from(source, opener, registry)?,
+        keyring,
+        opts,
+        rep,
+    )
+}
+
+fn ignores_range(source: &str, rep: &mut dyn Reporter) {
+    let message = format!(
+        "the server of {source} ignores Range requests: no delta install, downloading the whole bundle"
+    );
+    log::warn!("{message}");
+    rep.event(Event::Warning { message });
+}
 
 /// Opens SOURCE (a path or an `http://` / `https://` URL, downloaded
 /// under `policy`) as a stream.
@@ -42,7 +111,7 @@ pub fn open_source_from(
         );
         return Ok(Box::new(blob));
     }
-    if source.starts_with("http://") || source.starts_with("https://") {
+    if is_url(source) {
         return Ok(Box::new(opener.open(source)?));
     }
     let file = File::open(source).map_err(UpdateError::io(format!("open bundle {source}")))?;

@@ -417,6 +417,11 @@ pub const SCENARIOS: &[(&str, &str, ScenarioFn)] = &[
         "swtpm: PCR 4, 7, 11 equal from slot A, slot B and the fallback; PCR 11 as predicted",
         crate::secure_boot_scenarios::measured_boot,
     ),
+    (
+        "delta-update",
+        "X installs Y as a delta over HTTP (Range), then commits it",
+        crate::delta_scenarios::delta_update,
+    ),
 ];
 
 fn boot_base(suite: &Suite) -> anyhow::Result<Scenario<'_>> {

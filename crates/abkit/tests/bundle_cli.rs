@@ -166,7 +166,7 @@ fn create_verify_inspect_extract_round_trip() {
         ]);
         assert!(o.status.success(), "{:?}", text(&o));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        assert_eq!(v["format_version"], 1);
+        assert_eq!(v["format_version"], 2);
         assert_eq!(v["manifest"]["compatible"], "demo-os");
         assert_eq!(v["manifest"]["version"], "1.2.0");
         assert_eq!(v["signatures"][0]["status"], "valid");
@@ -575,14 +575,22 @@ fn json_failures_are_a_json_error_object_with_a_stable_code() {
     std::fs::write(s.p("bad.abb"), &bad).unwrap();
     // A 16 MB manifest in an unsigned head: refused from the header alone.
     let mut huge = b"ABKITBDL".to_vec();
-    huge.extend_from_slice(&1u32.to_le_bytes());
+    huge.extend_from_slice(&2u32.to_le_bytes());
     huge.extend_from_slice(&0u32.to_le_bytes());
     huge.extend_from_slice(&(16_000_000u64).to_le_bytes());
     huge.extend_from_slice(&[0; 8]);
     huge.resize(32 + 16_000_000, b' ');
     std::fs::write(s.p("huge.abb"), &huge).unwrap();
+    // A bundle of the old format 1: named as such.
+    let mut old = std::fs::read(s.p("b.abb")).unwrap();
+    old[8] = 1;
+    std::fs::write(s.p("old.abb"), &old).unwrap();
 
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &["verify", "old.abb", "--keyring", "ring"],
+            "old-format-version",
+        ),
         (
             &["verify", "bad.abb", "--keyring", "ring"],
             "chunk-hash-mismatch",

@@ -170,6 +170,9 @@ fn speed_flags_reach_the_download_and_a_dripping_server_is_resumed() {
         &w.s("keyring"),
         "--json",
         "--allow-unrecorded",
+        // The streaming download is under test (a delta install would
+        // start with a range request).
+        "--no-delta",
         "--speed-limit",
         "1000",
         "--speed-time",
@@ -218,6 +221,9 @@ fn a_resumed_download_is_a_warning_in_install_json() {
         &w.s("keyring"),
         "--json",
         "--allow-unrecorded",
+        // The streaming download is under test (a delta install would
+        // start with a range request).
+        "--no-delta",
         "--speed-limit",
         "1000",
         "--speed-time",

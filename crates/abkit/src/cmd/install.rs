@@ -19,10 +19,14 @@ pub struct InstallArgs {
     #[command(flatten)]
     machine: MachineArgs,
 
-    /// The bundle: a file path, an http(s) URL (streamed; retried and
-    /// resumed on network errors), or a registry reference
+    /// The bundle: a file path, an http(s) URL, or a registry reference
     /// oci://HOST[:PORT]/REPO:TAG or oci://HOST[:PORT]/REPO@sha256:DIGEST
-    /// (the manifest must hash to that digest; the blob streams like a URL).
+    /// (the manifest must hash to that digest). A URL is installed as a
+    /// delta: the blocks this machine already holds (running slot, running
+    /// loader, the target slot's old contents) are copied and only the
+    /// missing ones fetched with Range requests, each checked against the
+    /// bundle's signed block index; a server that ignores Range gets a full
+    /// download. Retried and resumed on network errors.
     source: String,
 
     /// Folder of trusted public keys (*.pub) [default: /etc/abkit/keyring].
@@ -43,6 +47,10 @@ pub struct InstallArgs {
     /// bundle cannot be checked against what the machine runs.
     #[arg(long)]
     allow_unrecorded: bool,
+
+    /// Download the whole bundle even from a URL (no delta install).
+    #[arg(long)]
+    no_delta: bool,
 
     /// One JSON object per step and progress event on stdout (also the
     /// default when stdout is not a terminal).
@@ -96,15 +104,17 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     // Each retry or resume of a download is a warning in the same output.
     let opener = abkit_fetch::Opener::new(&policy).observe(out.retry_observer());
     let registry = args.registry.options(&policy)?;
-    let source = abkit_update::source::open_source_from(&args.source, opener, &registry)?;
-    let result = abkit_update::install(
+    let result = abkit_update::source::install_from(
         m.as_mut(),
-        source,
+        &args.source,
+        opener,
+        &registry,
         &keyring,
         &InstallOptions {
             allow_downgrade: args.allow_downgrade,
             allow_unrecorded: args.allow_unrecorded,
         },
+        !args.no_delta,
         &mut out,
     );
     out.finish();
@@ -112,12 +122,20 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     if out.is_json() {
         Output::json_line(&serde_json::json!({"event": "done", "report": report}));
     } else {
+        let how = if report.transfer.delta {
+            "delta install"
+        } else {
+            "full install"
+        };
         println!(
-            "Installed {} {} into slot {}. The next boot tries it once (BootNext = Boot{:04X}); \
+            "Installed {} {} into slot {} ({how}: {} bytes fetched, {} bytes reused). \
+             The next boot tries it once (BootNext = Boot{:04X}); \
              run `abkit mark-good` there once it is healthy.",
             report.compatible,
             report.version,
             report.target_slot.letter(),
+            report.transfer.bytes_fetched,
+            report.transfer.bytes_reused,
             report.boot_next
         );
     }
