@@ -642,7 +642,8 @@ fn a_registry_refusal_of_any_kind_changes_nothing_on_the_machine() {
     assert!(snapshot() == before, "a refused source changed the machine");
 
     // The blob changed behind the registry's back: the bundle's own
-    // verification stops it mid-stream; the slot is left empty, never
+    // verification stops it (mid-stream, or at the changed block of a delta
+    // install through the blob URL); the slot is left empty, never
     // bootable, and the running slot untouched.
     let bundle_digest = {
         let m: serde_json::Value =
@@ -660,6 +661,7 @@ fn a_registry_refusal_of_any_kind_changes_nothing_on_the_machine() {
     assert!(
         [
             "chunk-hash-mismatch",
+            "block-hash-mismatch",
             "payload-hash-mismatch",
             "oci-blob-digest-mismatch"
         ]
