@@ -74,6 +74,13 @@ pub enum UpdateError {
     Fetch(#[from] abkit_fetch::FetchError),
     #[error("{0}")]
     Policy(String),
+    /// The boot-control record or the loader-state file is damaged, or the
+    /// boot control cannot do what was asked.
+    #[error("boot control: {message}")]
+    BootControl { message: String },
+    /// kexec activation failed (the trial is still armed for a reboot).
+    #[error("kexec: {0}")]
+    Kexec(String),
     #[error("refusing to commit slot {slot}: {reason}")]
     NotCommittable { slot: Slot, reason: String },
     #[error(
@@ -128,6 +135,8 @@ impl UpdateError {
             UpdateError::NoBootDisk(_) => "no-boot-disk",
             UpdateError::Fetch(_) => "fetch",
             UpdateError::Policy(_) => "boot-policy",
+            UpdateError::BootControl { .. } => "boot-control",
+            UpdateError::Kexec(_) => "kexec",
             UpdateError::NotCommittable { .. } => "not-committable",
             UpdateError::Locked { .. } => "locked",
             UpdateError::UnrecordedBase { .. } => "unrecorded-base",

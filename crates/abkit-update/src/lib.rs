@@ -9,6 +9,7 @@
 //! the entries' ACTIVE flags. [`firmware`] models how firmware picks what
 //! to boot, for tests.
 
+pub mod boot_control;
 pub mod boot_policy;
 mod copy;
 pub mod error;

@@ -291,6 +291,13 @@ impl Machine for LiveMachine {
             size,
         }))
     }
+    fn boot_id(&self) -> Option<String> {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    }
+
     fn is_live(&self) -> bool {
         true
     }
