@@ -151,6 +151,7 @@ impl Agent {
             h.started_at = Some(now());
         });
         let started = Instant::now();
+        let switched = self.check_boot_control();
         let read = self.with_machine(false, |m| {
             let s = abkit_update::status(m)?;
             Ok((s.running_slot, s.on_trial))
@@ -296,6 +297,17 @@ impl Agent {
                 ));
                 self.reboot(&why);
             }
+            _ if outcome.passed && switched => {
+                // The install before this boot asked for a trial that the
+                // firmware skipped; the pre-loader runs it now.
+                let why = format!(
+                    "slot {} is healthy; the firmware ignored BootNext, so the trial the last install asked for runs now through the pre-loader",
+                    slot.letter()
+                );
+                log::warn!("health gate: {why}");
+                notify("STATUS=rebooting into the pending trial (state file)");
+                self.reboot(&why);
+            }
             _ => {
                 let text = if outcome.passed {
                     "healthy".to_string()
@@ -307,6 +319,33 @@ impl Agent {
                 };
                 log::info!("health gate: slot {} (committed) {text}", slot.letter());
                 notify(&format!("STATUS=slot {} committed, {text}", slot.letter()));
+            }
+        }
+    }
+
+    /// Applies the configured boot control, then `auto`'s check of the
+    /// last trial reboot. Returns whether `auto` just switched to the state
+    /// file with a trial pending (the gate then reboots into it).
+    fn check_boot_control(&self) -> bool {
+        if let Some(mode) = self.settings.boot_control {
+            match self.with_machine(true, |m| abkit_update::boot_control::configure(m, mode)) {
+                Ok(changes) => {
+                    for c in changes {
+                        log::info!("boot control: {c}");
+                    }
+                }
+                Err(e) => log::error!("cannot set the boot control to {mode}: {}", e.message),
+            }
+        }
+        match self.with_machine(true, abkit_update::boot_control::observe) {
+            Ok(abkit_update::boot_policy::Observation::SwitchedToStateFile(reason)) => {
+                log::warn!("boot control switched to the state file: {reason}");
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                log::error!("boot control check failed: {}", e.message);
+                false
             }
         }
     }

@@ -10,7 +10,8 @@
 use abkit_loader_core::loader_state::{self, LoaderState, StateFiles};
 use serde::{Deserialize, Serialize};
 
-use crate::machine::{EspFiles, write_atomically};
+use crate::boot_policy::{self, Observation};
+use crate::machine::{EspFiles, Machine, write_atomically};
 use crate::{Result, Slot, UpdateError};
 
 /// The record of the machine's boot control.
@@ -186,4 +187,18 @@ pub(crate) fn remove_loader_state(esp: &mut dyn EspFiles) -> Result<bool> {
 /// The slot of a letter stored in a record.
 pub(crate) fn slot_of(letter: char) -> Option<Slot> {
     u8::try_from(letter).ok().and_then(Slot::from_letter)
+}
+
+/// `--boot-control MODE`: the operator's choice, persisted on the ESP
+/// (under the machine's lock). Returns one line per change.
+pub fn configure(m: &mut dyn Machine, mode: BootControl) -> Result<Vec<String>> {
+    m.lock()?;
+    boot_policy::set_boot_control(m, mode)
+}
+
+/// `auto` boot control's check after a reboot (the agent runs it at start;
+/// mark-good runs it too), under the machine's lock.
+pub fn observe(m: &mut dyn Machine) -> Result<Observation> {
+    m.lock()?;
+    boot_policy::observe_boot(m)
 }

@@ -440,12 +440,16 @@ pub fn arm_trial(m: &mut dyn Machine, slot: Slot, why: Trial) -> Result<u16> {
     let state = read_state(m)?;
     let (entry, _) = ensure_entry(m.vars(), &loc, &state, slot, true)?;
     // The slot that boots when the trial is over: the state file's, else
-    // the running one (a trial is armed from the committed slot).
-    let committed = match read_loader_state(m.esp()) {
-        Ok(Some(st)) if st.committed != slot => st.committed,
-        _ => slot.other(),
+    // the running one (a trial is armed from the committed slot). Arming
+    // the committed slot itself (a rollback from a failing trial) just
+    // makes it the default again: no trial, nothing else pending.
+    let existing = read_loader_state(m.esp()).ok().flatten();
+    let base = existing.map_or(slot.other(), |st| st.committed);
+    let trial_state = if base == slot {
+        LoaderState::committed(slot)
+    } else {
+        LoaderState::with_trial(base, slot, DEFAULT_TRIES)
     };
-    let trial_state = LoaderState::with_trial(committed, slot, DEFAULT_TRIES);
     if control.active == Mechanism::StateFile {
         // The pre-loader starts the trial: its entry first, then the state
         // file (the last change, as BootNext is otherwise). A BootNext of
@@ -458,9 +462,10 @@ pub fn arm_trial(m: &mut dyn Machine, slot: Slot, why: Trial) -> Result<u16> {
         write_loader_state(m.esp(), &trial_state)?;
         return Ok(entry);
     }
-    if control.configured == BootControl::Auto
-        && let Some(boot_id) = m.boot_id()
-    {
+    let probe_id = m
+        .boot_id()
+        .filter(|_| control.configured == BootControl::Auto && why == Trial::Install);
+    if let Some(boot_id) = probe_id {
         // The probe: the next boot's BootCurrent and the state file (which
         // the trial slot's loader counts down when it runs) tell whether
         // the firmware honoured BootNext.
@@ -478,6 +483,9 @@ pub fn arm_trial(m: &mut dyn Machine, slot: Slot, why: Trial) -> Result<u16> {
                 ..control
             },
         )?;
+    } else if existing.is_some() {
+        // Keep an existing loader state in step (the fallback path reads it).
+        write_loader_state(m.esp(), &trial_state)?;
     }
     if let Some(n) = state.boot_next {
         if n != entry && !state.slot_entries(slot.other()).contains(&n) {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use abkit_bundle::Keyring;
 use abkit_update::InstallOptions;
+use abkit_update::boot_control::{BootControl, Mechanism};
 use anyhow::Context;
 use clap::Args;
 
@@ -47,6 +48,17 @@ pub struct InstallArgs {
     #[arg(long)]
     json: bool,
 
+    /// How this machine asks its firmware for the trial boot, remembered
+    /// for the machine (on its ESP) before the install: `bootnext` (the
+    /// default: BootNext, no pre-loader), `state-file` (the removable-media
+    /// loader runs as a pre-loader and follows \EFI\abkit\loader-state:
+    /// for firmware that ignores BootNext or loses its entries), or `auto`
+    /// (BootNext until a trial reboot shows the firmware ignores it, then
+    /// the state file; `abkit status` says why). Without it the machine
+    /// keeps what it had.
+    #[arg(long, value_name = "MODE", value_parser = boot_control)]
+    boot_control: Option<BootControl>,
+
     /// Minimum download speed: an attempt that brings fewer bytes per second
     /// than this, averaged over --speed-time seconds of waiting for the
     /// server, is given up as stalled and the download resumes where it
@@ -73,6 +85,12 @@ pub struct InstallArgs {
     speed_time: u64,
 }
 
+/// Parses `--boot-control`.
+pub fn boot_control(text: &str) -> Result<BootControl, String> {
+    BootControl::parse(text)
+        .ok_or_else(|| format!("{text:?} is not a boot control: bootnext, state-file or auto"))
+}
+
 pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     let keyring_dir = args
         .keyring
@@ -88,6 +106,13 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
         ..abkit_fetch::RetryPolicy::default()
     };
     let mut out = Output::choose(args.json);
+    if let Some(mode) = args.boot_control {
+        for change in abkit_update::boot_control::configure(m.as_mut(), mode)
+            .context("cannot set the boot control")?
+        {
+            eprintln!("abkit: {change}");
+        }
+    }
     // Each retry or resume of a download is a warning in the same output.
     let opener = abkit_fetch::Opener::new(&policy).observe(out.retry_observer());
     let source = abkit_update::source::open_source_with(&args.source, opener)?;
@@ -106,13 +131,18 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     if out.is_json() {
         Output::json_line(&serde_json::json!({"event": "done", "report": report}));
     } else {
+        let how = match abkit_update::boot_control::read_control(m.esp()).map(|c| c.active) {
+            Ok(Mechanism::StateFile) => {
+                "through the pre-loader and \\EFI\\abkit\\loader-state".to_string()
+            }
+            _ => format!("BootNext = Boot{:04X}", report.boot_next),
+        };
         println!(
-            "Installed {} {} into slot {}. The next boot tries it once (BootNext = Boot{:04X}); \
+            "Installed {} {} into slot {}. The next boot tries it once ({how}); \
              run `abkit mark-good` there once it is healthy.",
             report.compatible,
             report.version,
             report.target_slot.letter(),
-            report.boot_next
         );
     }
     if m.is_live() && !args.no_reboot {
