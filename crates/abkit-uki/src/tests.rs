@@ -340,3 +340,33 @@ proptest::proptest! {
         proptest::prop_assert_eq!(info.checksum_stored, info.checksum_computed);
     }
 }
+
+#[test]
+fn boot_parts_are_what_the_stub_would_boot_on_the_slot() {
+    let uki = build(
+        &minimal_stub(),
+        &UkiParts {
+            linux: b"KERNEL",
+            initrd: Some(b"INITRD"),
+            cmdline: Some(b"root=PARTLABEL=ABKIT-SYSTEM-X ro\n\0"),
+            osrel: None,
+        },
+    )
+    .unwrap();
+    let p = boot_parts(&uki, Slot::B).unwrap();
+    assert_eq!(p.kernel, b"KERNEL");
+    assert_eq!(p.initrd, Some(&b"INITRD"[..]));
+    assert_eq!(p.cmdline, b"root=PARTLABEL=ABKIT-SYSTEM-B ro");
+    assert_eq!(
+        boot_parts(&uki, Slot::A).unwrap().cmdline,
+        b"root=PARTLABEL=ABKIT-SYSTEM-A ro"
+    );
+    assert!(matches!(
+        boot_parts(&minimal_stub(), Slot::A),
+        Err(UkiError::NoKernel)
+    ));
+    assert!(matches!(
+        boot_parts(b"MZ garbage", Slot::A),
+        Err(UkiError::NotPe(_))
+    ));
+}

@@ -848,3 +848,38 @@ pub fn set_boot_control(m: &mut dyn Machine, mode: BootControl) -> Result<Vec<St
     }
     Ok(changes)
 }
+
+/// kexec activation: the jump into `slot`'s kernel (already loaded) is its
+/// trial's one attempt. BootNext at it is deleted and the loader state's
+/// attempt is counted, so a trial that fails and reboots through the
+/// firmware comes back to the committed slot (BootOrder was never
+/// changed); an `auto` probe of it is dropped (the firmware is not asked).
+/// Preconditions: `slot` is not running and is recorded `installed`.
+pub fn start_kexec_trial(m: &mut dyn Machine, slot: Slot) -> Result<()> {
+    if slot == m.running_slot() {
+        return Err(UpdateError::Policy(format!(
+            "refusing to kexec into the running slot {}",
+            slot.letter()
+        )));
+    }
+    let record = read_record(m.esp(), slot)?;
+    if record.state != SlotState::Installed {
+        return Err(UpdateError::Policy(format!(
+            "refusing to kexec into slot {}: its record says {}, not installed",
+            slot.letter(),
+            record.state
+        )));
+    }
+    let state = read_state(m)?;
+    if state.boot_next_slot() == Some(slot) {
+        clear_boot_next(m.vars())?;
+    }
+    if let Some(next) = state.loader_state.and_then(|st| st.counted_by(slot)) {
+        write_loader_state(m.esp(), &next)?;
+    }
+    let mut control = read_control(m.esp())?;
+    if control.probe.take().is_some() {
+        write_control(m.esp(), &control)?;
+    }
+    Ok(())
+}

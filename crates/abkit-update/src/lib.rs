@@ -21,6 +21,7 @@ pub mod firmware;
 pub mod halt;
 pub mod image_report;
 pub mod install;
+pub mod kexec;
 pub mod live;
 pub mod lock;
 pub mod machine;

@@ -6,6 +6,7 @@
 pub mod fixtures;
 pub mod http;
 pub mod qemu;
+pub mod quirk_scenarios;
 pub mod root_scenarios;
 pub mod scenarios;
 pub mod serial;

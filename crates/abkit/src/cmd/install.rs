@@ -30,8 +30,19 @@ pub struct InstallArgs {
 
     /// Do not reboot into the new version at the end (live system only;
     /// an offline image never reboots).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "activate")]
     no_reboot: bool,
+
+    /// How the new version starts at the end (live system only): `reboot`
+    /// (through the firmware, the default) or `kexec` (the new slot's
+    /// kernel, initrd and command line are started with kexec_file_load,
+    /// skipping the firmware: for machines that take minutes to reboot).
+    /// Either way it is a trial: BootOrder still names the old slot until
+    /// `mark-good`. If the kernel refuses the kexec (Secure Boot lockdown,
+    /// kexec disabled) abkit says why and reboots through the firmware
+    /// instead. Limits: docs/update.md.
+    #[arg(long, value_name = "HOW", value_parser = ["reboot", "kexec"])]
+    activate: Option<String>,
 
     /// Install even if the bundle's version is older than the committed one.
     #[arg(long)]
@@ -99,7 +110,14 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     let keyring = Keyring::load_dir(&keyring_dir)
         .with_context(|| format!("cannot load the keyring {}", keyring_dir.display()))?;
     super::agent::refuse_if_agent_runs(&args.machine)?;
+    let kexec = args.activate.as_deref() == Some("kexec");
     let mut m = args.machine.open()?;
+    if kexec && !m.is_live() {
+        return Err(abkit_update::UpdateError::Kexec(
+            "--activate kexec needs the running system, not an offline disk image".into(),
+        )
+        .into());
+    }
     let policy = abkit_fetch::RetryPolicy {
         speed_limit: args.speed_limit,
         speed_time: Duration::from_secs(args.speed_time),
@@ -146,9 +164,49 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
         );
     }
     if m.is_live() && !args.no_reboot {
-        drop(m);
+        if kexec {
+            activate_by_kexec(&args.machine, m, report.target_slot)?;
+        } else {
+            drop(m);
+        }
         reboot()?;
     }
+    Ok(())
+}
+
+/// Loads the new slot's kernel and jumps into it. Returns (for an ordinary
+/// reboot) only when the kernel refused: the trial is then armed for the
+/// firmware again.
+fn activate_by_kexec(
+    args: &MachineArgs,
+    mut m: Box<dyn abkit_update::Machine>,
+    slot: abkit_update::Slot,
+) -> anyhow::Result<()> {
+    let loaded = match abkit_update::kexec::load(m.as_mut(), slot) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("abkit: warning: {e}; rebooting through the firmware instead");
+            return Ok(());
+        }
+    };
+    eprintln!(
+        "abkit: kexec into slot {} (kernel {} bytes, initrd {} bytes): {}",
+        loaded.slot.letter(),
+        loaded.kernel_bytes,
+        loaded.initrd_bytes,
+        loaded.cmdline
+    );
+    // Releases the lock and unmounts a private ESP mount before the jump.
+    drop(m);
+    let err = abkit_update::kexec::jump();
+    eprintln!("abkit: warning: {err}; rebooting through the firmware instead");
+    let mut m = args.open()?;
+    abkit_update::boot_policy::arm_trial(
+        m.as_mut(),
+        slot,
+        abkit_update::boot_policy::Trial::Install,
+    )
+    .context("cannot arm the trial again for the firmware")?;
     Ok(())
 }
 
