@@ -363,6 +363,37 @@ impl Agent {
         }
     }
 
+    /// kexec activation of the freshly installed `slot` (live only): loads
+    /// its kernel and jumps; returns when that cannot be done (the caller
+    /// then reboots through the firmware, the trial armed again).
+    fn activate_by_kexec(&self, slot: abkit_update::Slot) {
+        if !self.live {
+            log::warn!("kexec activation needs the running system: rebooting instead");
+            return;
+        }
+        match self.with_machine(true, |m| abkit_update::kexec::load(m, slot)) {
+            Ok(loaded) => {
+                log::warn!("kexec into slot {}: {}", slot.letter(), loaded.cmdline);
+                let err = {
+                    let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+                    abkit_update::kexec::jump()
+                };
+                log::error!("{err}; rebooting through the firmware instead");
+                if let Err(e) = self.with_machine(true, |m| {
+                    abkit_update::boot_policy::arm_trial(
+                        m,
+                        slot,
+                        abkit_update::boot_policy::Trial::Install,
+                    )
+                    .map(|_| ())
+                }) {
+                    log::error!("cannot arm the trial again: {}", e.message);
+                }
+            }
+            Err(e) => log::error!("{}; rebooting through the firmware instead", e.message),
+        }
+    }
+
     /// Reboots: the configured command, or (live) sync and reboot(2);
     /// offline without a command nothing happens.
     pub fn reboot(&self, why: &str) {
@@ -392,7 +423,14 @@ impl Agent {
 
     /// Installs `source` (operation `id`, already started), then reboots if
     /// asked.
-    pub fn run_update(&self, id: &str, source: &str, reboot: bool, allow_downgrade: bool) {
+    pub fn run_update(
+        &self,
+        id: &str,
+        source: &str,
+        reboot: bool,
+        allow_downgrade: bool,
+        kexec: bool,
+    ) {
         let outcome = (|| {
             let keyring =
                 abkit_bundle::Keyring::load_dir(&self.settings.keyring).map_err(|e| OpError {
@@ -430,6 +468,9 @@ impl Agent {
                 );
                 let value = serde_json::to_value(&report).unwrap_or(Value::Null);
                 self.ops.finish(id, Ok(value));
+                if reboot && kexec {
+                    self.activate_by_kexec(report.target_slot);
+                }
                 if reboot {
                     self.reboot(&format!("update {} installed", report.version));
                 }

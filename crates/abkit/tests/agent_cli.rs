@@ -378,6 +378,10 @@ fn an_update_over_the_socket_installs_arms_the_trial_and_reboots() {
             "insecure-source",
         ),
         (r#"{"source": "/dev/null", "rebot": true}"#, "bad-json"),
+        (
+            r#"{"source": "/dev/null", "activate": "teleport"}"#,
+            "bad-activate",
+        ),
     ] {
         let (status, v) = agent.call("POST", "/v1/update", Some(body));
         assert_eq!(
