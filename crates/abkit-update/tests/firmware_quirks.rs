@@ -828,3 +828,52 @@ fn the_state_file_survives_a_power_cut_at_every_mutation() {
     }
     println!("state file: install {install_points} and mark-good {mark_points} crash points");
 }
+
+/// A damaged loader state (garbage, torn, another version) is never
+/// followed: the pre-loader boots its own slot (the committed one, by its
+/// stamp), `status` names the problem, and mark-good rewrites the file. A
+/// damaged boot-control record is refused by name before anything changes.
+#[test]
+fn damaged_boot_control_files_are_named_and_never_followed() {
+    use abkit_loader_core::loader_state::STATE_PATH;
+    let rig = Rig::new();
+    let model = FirmwareModel::ignoring_boot_next(true);
+    mark_good(&mut rig.machine(Slot::A)).unwrap();
+    set_boot_control(&mut rig.machine(Slot::A), BootControl::StateFile).unwrap();
+    install_from(&rig, Slot::A, &rig.bundle("1.1.0", b'Y')).unwrap();
+    for garbage in [&b"abkL"[..], &[0xff; 16][..], b"not a state file at all"] {
+        rig.machine(Slot::A)
+            .esp()
+            .write(STATE_PATH, &mut &garbage[..])
+            .unwrap();
+        let booted = rig.boot_with(&model).unwrap();
+        assert_eq!(booted.slot, Slot::A, "{garbage:?}");
+        assert_eq!(booted.preloader, None, "{garbage:?}");
+        let st = status(&mut rig.machine(Slot::A)).unwrap();
+        assert!(
+            st.problems.iter().any(|p| p.contains("loader-state")),
+            "{:?}",
+            st.problems
+        );
+        mark_good(&mut rig.machine(Slot::A)).unwrap();
+        let st = status(&mut rig.machine(Slot::A)).unwrap();
+        assert_eq!(st.boot_control.loader_state.unwrap().committed, Slot::A);
+    }
+    // The trial was lost with the damaged file: installing again arms it.
+    install_from(&rig, Slot::A, &rig.bundle("1.1.0", b'Y')).unwrap();
+    assert_eq!(rig.boot_with(&model).unwrap().slot, Slot::B);
+
+    let mut m = rig.machine(Slot::B);
+    m.esp()
+        .write(abkit_update::boot_control::CONTROL_PATH, &mut &b"{oops"[..])
+        .unwrap();
+    drop(m);
+    let before = rig.snapshot();
+    let err = mark_good(&mut rig.machine(Slot::B)).unwrap_err();
+    assert_eq!(err.code(), "boot-control", "{err}");
+    assert!(err.to_string().contains("boot-control.json"), "{err}");
+    assert!(
+        rig.snapshot() == before,
+        "a refused mark-good changed bytes"
+    );
+}
