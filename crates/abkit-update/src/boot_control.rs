@@ -4,8 +4,9 @@
 //! pre-loader reads (`\EFI\abkit\loader-state`, layout in
 //! `abkit_loader_core::loader_state`).
 //!
-//! Only [`crate::boot_policy`] writes either; this module reads them and
-//! holds their types.
+//! Only [`crate::boot_policy`] writes either on the host (and the tests'
+//! firmware model, playing the loader); this module holds their types, reads
+//! them, and offers the locked entry points `configure` and `observe`.
 
 use abkit_loader_core::loader_state::{self, LoaderState, StateFiles};
 use serde::{Deserialize, Serialize};

@@ -14,6 +14,10 @@
 //! 18): it ignores BootNext, deletes entries whose partition it cannot
 //! find, forgets every entry of ours, or reorders BootOrder. A full NVRAM
 //! is a variable store that refuses writes: [`crate::fault::NvramFull`].
+//! The loader that runs is modelled too: a slot's loader counts its pending
+//! trial in the loader state, and the removable-media loader acts as the
+//! pre-loader when there is one (state-file boot control, docs/loader.md);
+//! BootCurrent is set to the entry started.
 use abkit_disk::{FALLBACK_LOADER_PATH, Slot};
 use abkit_efi::boot::{BootManager, entry_boots};
 use abkit_efi::{LoadOption, LoadOptionAttributes, VarName, VarStore};
