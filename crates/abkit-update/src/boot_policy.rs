@@ -503,10 +503,22 @@ pub fn arm_trial(m: &mut dyn Machine, slot: Slot, why: Trial) -> Result<u16> {
 fn arrange_preloader_first(m: &mut dyn Machine) -> Result<bool> {
     let (pre, mut changed) = ensure_preloader_entry(m, true)?;
     let state = read_state(m)?;
+    // The slots' entries keep their order (BootOrder's, else committed first).
     let committed = default_boot_slot(&state);
-    let mut ours: Vec<u16> = pre.into_iter().collect();
-    ours.extend(state.slot_entries(committed).first());
-    ours.extend(state.slot_entries(committed.other()).first());
+    let mut slots: Vec<u16> = state
+        .boot_order
+        .iter()
+        .copied()
+        .filter(|n| state.entries.iter().any(|e| e.first() == Some(n)))
+        .collect();
+    for slot in [committed, committed.other()] {
+        if let Some(&n) = state.slot_entries(slot).first()
+            && !slots.contains(&n)
+        {
+            slots.push(n);
+        }
+    }
+    let ours: Vec<u16> = pre.into_iter().chain(slots).collect();
     let order = abkit_efi::boot::arrange_ours(&state.boot_order, &ours);
     if order != state.boot_order {
         changed |= BootManager::new(m.vars()).set_boot_order(&order)?;
