@@ -24,7 +24,7 @@ BINDIR ?= $(PREFIX)/bin
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 
 .PHONY: all help deps build test lint unit demo clean \
-	stub lint-loader vm-loader e2e-bins vm-e2e stub-next-to-abkit install \
+	stub lint-loader e2e-bins vm-e2e stub-next-to-abkit install \
 	bench bench-image bench-bundle bench-install bench-agent fuzz-bundle
 
 ## all: the same as build
@@ -53,7 +53,7 @@ unit: deps
 	$(CARGO) test --workspace
 
 ## test: everything that must pass before a change lands (lint, unit, VM tests)
-test: lint unit vm-loader vm-e2e
+test: lint unit vm-e2e
 
 ## demo: show abkit at work on the built-in demo OS
 demo: deps stub e2e-bins
@@ -73,10 +73,6 @@ stub: deps
 lint-loader: deps
 	$(CARGO) fmt --manifest-path loader/Cargo.toml -- --check
 	CARGO_TARGET_DIR=$(LOADER_TARGET_DIR) $(CARGO) clippy --release --locked --manifest-path loader/Cargo.toml --target x86_64-unknown-uefi -- -D warnings
-
-## vm-loader: boot the built loader as boot-a.efi, boot-b.efi and BOOTX64.EFI under QEMU
-vm-loader: stub
-	bash tests/vm/loader.sh
 
 ## e2e-bins: static abkit, testos-init and abkit-vmtest for the VM tests and the demo
 e2e-bins: deps

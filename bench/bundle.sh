@@ -12,9 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${SIZE_MIB:-1024}
 RUNS=${RUNS:-3}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-cargo build --release -q -p abkit
-ABKIT=$CARGO_TARGET_DIR/release/abkit
+. bench/lib.sh
+build_abkit
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/abkit-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT

@@ -13,23 +13,15 @@ set -euo pipefail
 SYSTEM_MIB=${1:-1024}
 RUNS=${2:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-cargo build --release -q -p abkit --manifest-path "$ROOT/Cargo.toml"
-ABKIT=$CARGO_TARGET_DIR/release/abkit
+. "$ROOT/bench/lib.sh"
+build_abkit
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/abkit-bench-image.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
 # Inputs: a tiny PE/COFF EFI application and a system image of random data
 # with a zero-filled quarter (real images have some).
-python3 - "$WORK/boot.efi" <<'PY'
-import sys
-img = bytearray(0x200)
-img[0:2] = b"MZ"; img[0x3c:0x40] = (0x40).to_bytes(4, "little"); img[0x40:0x44] = b"PE\0\0"
-img[0x44:0x46] = (0x8664).to_bytes(2, "little"); img[0x54:0x56] = (240).to_bytes(2, "little")
-img[0x58:0x5a] = (0x20b).to_bytes(2, "little"); img[0x58 + 68:0x58 + 70] = (10).to_bytes(2, "little")
-open(sys.argv[1], "wb").write(bytes(img))
-PY
+tiny_efi "$WORK/boot.efi"
 DATA_MIB=$((SYSTEM_MIB * 3 / 4))
 head -c $((DATA_MIB << 20)) /dev/urandom > "$WORK/system.img"
 head -c $(((SYSTEM_MIB - DATA_MIB) << 20)) /dev/zero >> "$WORK/system.img"

@@ -37,12 +37,9 @@ if [ "$RAUC" = 1 ]; then
     command -v "$tool" >/dev/null || { echo "bench: RAUC skipped: $tool missing (bash scripts/deps.sh)" >&2; RAUC=0; }
   done
 fi
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-cargo build --release -q -p abkit
-ABKIT=$CARGO_TARGET_DIR/release/abkit
-for tool in curl python3 dd /usr/bin/time; do
-  command -v "$tool" >/dev/null || { echo "bench: needs $tool" >&2; exit 1; }
-done
+. bench/lib.sh
+build_abkit
+need_tools curl python3 dd /usr/bin/time
 # The real interpreter (python3 may be a wrapper script), so that killing the
 # server's pid stops it.
 PYTHON=$(python3 -c 'import sys; print(sys.executable)')
@@ -60,14 +57,7 @@ cleanup() {
 trap cleanup EXIT
 
 # A tiny PE/COFF EFI application as the bundle's loader.
-python3 - "$WORK/boot.efi" <<'PY'
-import sys
-img = bytearray(0x200)
-img[0:2] = b"MZ"; img[0x3c:0x40] = (0x40).to_bytes(4, "little"); img[0x40:0x44] = b"PE\0\0"
-img[0x44:0x46] = (0x8664).to_bytes(2, "little"); img[0x54:0x56] = (240).to_bytes(2, "little")
-img[0x58:0x5a] = (0x20b).to_bytes(2, "little"); img[0x58 + 68:0x58 + 70] = (10).to_bytes(2, "little")
-open(sys.argv[1], "wb").write(bytes(img))
-PY
+tiny_efi "$WORK/boot.efi"
 "$ABKIT" keygen --out "$WORK/rel" >/dev/null
 mkdir "$WORK/ring" && cp "$WORK/rel.pub" "$WORK/ring/"
 

@@ -43,11 +43,7 @@ pub fn fs_uuid_for(compatible: &str, version: &str) -> [u8; 16] {
         .chain_update(b"\0")
         .chain_update(version.as_bytes())
         .finalize();
-    let mut uuid = [0u8; 16];
-    uuid.copy_from_slice(&digest[..16]);
-    uuid[6] = (uuid[6] & 0x0f) | 0x80;
-    uuid[8] = (uuid[8] & 0x3f) | 0x80;
-    uuid
+    uuid_from_digest(&digest)
 }
 
 /// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
@@ -102,19 +98,34 @@ pub fn mkfs_erofs(dir: &Path, image: &Path, opts: &ErofsOptions) -> Result<()> {
     Ok(())
 }
 
-/// The verity salt for an image: SHA-256 of a context string and the image.
-pub fn verity_salt_for(image: &Path) -> Result<Vec<u8>> {
-    let mut hasher = Sha256::new().chain_update(b"abkit-rootfs-verity-salt-v1\0");
+/// Reads `image` start to end in 1 MiB blocks, handing each to `f`.
+fn for_each_block(image: &Path, mut f: impl FnMut(&[u8])) -> Result<()> {
     let mut file = File::open(image)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = file.read(&mut buf)?;
         if n == 0 {
-            break;
+            return Ok(());
         }
-        hasher.update(&buf[..n]);
+        f(&buf[..n]);
     }
+}
+
+/// The verity salt for an image: SHA-256 of a context string and the image.
+pub fn verity_salt_for(image: &Path) -> Result<Vec<u8>> {
+    let mut hasher = Sha256::new().chain_update(b"abkit-rootfs-verity-salt-v1\0");
+    for_each_block(image, |block| hasher.update(block))?;
     Ok(hasher.finalize().to_vec())
+}
+
+/// A version 8 (custom), RFC 4122 variant UUID from the first 16 bytes of
+/// a digest.
+fn uuid_from_digest(digest: &[u8]) -> [u8; 16] {
+    let mut uuid = [0u8; 16];
+    uuid.copy_from_slice(&digest[..16]);
+    uuid[6] = (uuid[6] & 0x0f) | 0x80;
+    uuid[8] = (uuid[8] & 0x3f) | 0x80;
+    uuid
 }
 
 /// The verity superblock's UUID for a salt.
@@ -123,26 +134,14 @@ pub fn verity_uuid_for(salt: &[u8]) -> [u8; 16] {
         .chain_update(b"abkit-rootfs-verity-uuid-v1\0")
         .chain_update(salt)
         .finalize();
-    let mut uuid = [0u8; 16];
-    uuid.copy_from_slice(&digest[..16]);
-    uuid[6] = (uuid[6] & 0x0f) | 0x80;
-    uuid[8] = (uuid[8] & 0x3f) | 0x80;
-    uuid
+    uuid_from_digest(&digest)
 }
 
 /// The dm-verity tree `bundle create` appends to `image` when given this
 /// salt and UUID (see [`crate::CreateOptions::verity_salt`]).
 pub fn verity_tree(image: &Path, salt: &[u8], uuid: [u8; 16]) -> Result<VerityTree> {
     let mut builder = VerityBuilder::new(salt)?.with_uuid(uuid);
-    let mut file = File::open(image)?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        builder.update(&buf[..n]);
-    }
+    for_each_block(image, |block| builder.update(block))?;
     builder.finish()
 }
 

@@ -24,7 +24,7 @@ use crate::fat_time::{FIXED_TIME, UTC_CLOCK};
 use crate::image::{EspLocation, Partition, PartitionRole};
 use crate::layout::{ALIGNMENT, Layout, LayoutOptions, PlannedPartition, SECTOR_SIZE};
 use crate::sparse::{BLOCK, Slice, SparseDisk};
-use crate::{DiskError, FALLBACK_LOADER_PATH, LOADER_PATH_A, Result, pe};
+use crate::{DiskError, FALLBACK_LOADER_PATH, LOADER_PATH_A, Result};
 
 /// Copy buffer for the system image: small enough to stay in the CPU
 /// cache between the read and the write (1 MiB measured 2-3x slower).
@@ -424,7 +424,7 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport> {
             "read the loader {}",
             options.loader.display()
         )))?;
-    pe::check_efi_application(&loader_bytes)?;
+    abkit_loader_core::check_efi_application(&loader_bytes)?;
     let mut system = open_input(&options.system, "system image")?;
     let system_size = size_of(&mut system, &options.system)?;
     if system_size == 0 {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::pe::PeError;
+use abkit_loader_core::PeError;
 
 /// Everything that can go wrong building, opening or changing a disk image.
 #[derive(Debug, thiserror::Error)]

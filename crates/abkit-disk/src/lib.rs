@@ -10,7 +10,6 @@ pub mod fixtures;
 mod image;
 mod inspect;
 mod layout;
-pub mod pe;
 mod sparse;
 
 mod boot_entries;

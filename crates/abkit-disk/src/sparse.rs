@@ -49,17 +49,26 @@ impl SparseDisk {
     }
 }
 
+impl SparseDisk {
+    /// For an access of `want` bytes at the position (which is before the
+    /// end): the block index, the offset in it, and how many bytes of the
+    /// access that block serves.
+    fn span(&self, want: usize) -> (u64, usize, usize) {
+        let index = self.pos / BLOCK as u64;
+        let within = (self.pos % BLOCK as u64) as usize;
+        let n = want
+            .min(BLOCK - within)
+            .min((self.len - self.pos).min(usize::MAX as u64) as usize);
+        (index, within, n)
+    }
+}
+
 impl Read for SparseDisk {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.pos >= self.len || buf.is_empty() {
             return Ok(0);
         }
-        let index = self.pos / BLOCK as u64;
-        let within = (self.pos % BLOCK as u64) as usize;
-        let n = buf
-            .len()
-            .min(BLOCK - within)
-            .min((self.len - self.pos) as usize);
+        let (index, within, n) = self.span(buf.len());
         match self.blocks.get(&index) {
             Some(block) => buf[..n].copy_from_slice(&block[within..within + n]),
             None => buf[..n].fill(0),
@@ -80,12 +89,7 @@ impl Write for SparseDisk {
                 "write past the end of the disk",
             ));
         }
-        let index = self.pos / BLOCK as u64;
-        let within = (self.pos % BLOCK as u64) as usize;
-        let n = buf
-            .len()
-            .min(BLOCK - within)
-            .min((self.len - self.pos) as usize);
+        let (index, within, n) = self.span(buf.len());
         let block = self
             .blocks
             .entry(index)

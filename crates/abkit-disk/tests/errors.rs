@@ -4,7 +4,8 @@ mod common;
 
 use std::process::Command;
 
-use abkit_disk::{DiskError, build, fixtures, pe::PeError};
+use abkit_disk::{DiskError, build, fixtures};
+use abkit_loader_core::PeError;
 use common::*;
 
 #[test]
@@ -14,7 +15,7 @@ fn a_loader_that_is_not_an_efi_application_is_refused() {
     std::fs::write(&fx.loader, b"#!/bin/sh\necho not a loader\n").unwrap();
     let err = build(&fx.options(&out)).unwrap_err();
     assert!(
-        matches!(err, DiskError::NotEfiApplication(PeError::NoMzHeader)),
+        matches!(err, DiskError::NotEfiApplication(PeError::NoDosMagic)),
         "{err}"
     );
     assert!(!out.exists());
@@ -27,7 +28,7 @@ fn a_loader_that_is_not_an_efi_application_is_refused() {
     assert!(
         matches!(
             err,
-            DiskError::NotEfiApplication(PeError::NotEfiApplication(3))
+            DiskError::NotEfiApplication(PeError::NotEfiApplication { subsystem: 3 })
         ),
         "{err}"
     );

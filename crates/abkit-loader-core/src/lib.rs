@@ -18,7 +18,7 @@ pub mod vars;
 pub use cmdline::{CmdlineError, rewrite_slot_placeholder, trim_cmdline};
 pub use guid::{ABKIT_VENDOR_GUID, ABKIT_VENDOR_GUID_EFI, ABKIT_VENDOR_GUID_STR};
 pub use loader_state::{LoaderState, StateError};
-pub use pe::{Layout, PeError, PeImage, SectionHeader, SectionName};
+pub use pe::{Layout, PeError, PeImage, SectionHeader, SectionName, check_efi_application};
 pub use slot::Slot;
 pub use stamp::StampError;
 

@@ -86,6 +86,19 @@ pub enum PeError {
         size: u32,
         len: usize,
     },
+    #[error("its subsystem is {subsystem}, not 10 (EFI application)")]
+    NotEfiApplication { subsystem: u16 },
+}
+
+/// Parses `bytes` and accepts them only as an EFI application (Subsystem
+/// 10): the check an image build, an install and `abkit uki build` make
+/// before a file may become a loader.
+pub fn check_efi_application(bytes: &[u8]) -> Result<PeImage<'_>, PeError> {
+    let pe = PeImage::parse(bytes)?;
+    match pe.optional.subsystem {
+        SUBSYSTEM_EFI_APPLICATION => Ok(pe),
+        subsystem => Err(PeError::NotEfiApplication { subsystem }),
+    }
 }
 
 /// The 8-byte name field of a section header.

@@ -10,7 +10,9 @@
 //! Authenticode digest ([`authenticode_sha256`]) that the stamp leaves alone,
 //! and signs and verifies loaders for Secure Boot ([`sign()`], [`verify`]).
 
-use abkit_loader_core::pe::{Layout, PeError, PeImage, SectionHeader, SectionName, layout::*};
+use abkit_loader_core::pe::{
+    Layout, PeError, PeImage, SectionHeader, SectionName, check_efi_application, layout::*,
+};
 use abkit_loader_core::{STUB_MARKER_PREFIX, STUB_MARKER_SECTION, UKI_SECTIONS};
 use serde::Serialize;
 
@@ -42,16 +44,14 @@ pub struct UkiParts<'a> {
 /// Why a UKI cannot be built from a stub, or a file cannot be inspected.
 #[derive(Debug, thiserror::Error)]
 pub enum UkiError {
-    #[error("the stub is not a readable PE image: {0}")]
-    StubNotPe(#[source] PeError),
+    #[error("the stub is not an EFI application: {0}")]
+    StubNotEfiApplication(#[source] PeError),
     #[error("the stub is corrupt: {0}")]
     StubCorrupt(#[source] PeError),
     #[error("the stub is for machine {0:#06x}, not x86-64 (0x8664)")]
     StubWrongMachine(u16),
     #[error("the stub is a 32-bit PE32 image; a PE32+ EFI stub is needed")]
     StubNotPe32Plus,
-    #[error("the stub's subsystem is {0}, not an EFI application (10)")]
-    StubNotEfiApplication(u16),
     #[error(
         "the stub has no {STUB_MARKER_SECTION} section: it is not an abkit loader stub (build one with `make stub`)"
     )]
@@ -145,15 +145,12 @@ fn put_u32(out: &mut [u8], at: usize, value: u32) {
 /// Checks that `stub` is an abkit loader stub that sections can be appended
 /// to; returns it parsed.
 fn check_stub(stub: &[u8]) -> Result<PeImage<'_>, UkiError> {
-    let pe = PeImage::parse(stub).map_err(UkiError::StubNotPe)?;
+    let pe = check_efi_application(stub).map_err(UkiError::StubNotEfiApplication)?;
     if pe.machine != MACHINE_X86_64 {
         return Err(UkiError::StubWrongMachine(pe.machine));
     }
     if pe.optional.magic != PE32PLUS_MAGIC {
         return Err(UkiError::StubNotPe32Plus);
-    }
-    if pe.optional.subsystem != SUBSYSTEM_EFI_APPLICATION {
-        return Err(UkiError::StubNotEfiApplication(pe.optional.subsystem));
     }
     for section in pe.sections() {
         pe.section_data(&section, Layout::File)

@@ -195,7 +195,7 @@ fn build_err(stub: &[u8]) -> String {
 fn bad_stubs_are_refused_with_the_reason() {
     assert_eq!(
         build_err(b"not a pe"),
-        "the stub is not a readable PE image: not a PE image: no MZ signature at offset 0"
+        "the stub is not an EFI application: not a PE image: no MZ signature at offset 0"
     );
 
     let no_marker = stub_with(&[(".text", &[0xc3])]);
@@ -251,7 +251,7 @@ fn bad_stubs_are_refused_with_the_reason() {
     console_app[OPT + 68..OPT + 70].copy_from_slice(&3u16.to_le_bytes());
     assert_eq!(
         build_err(&console_app),
-        "the stub's subsystem is 3, not an EFI application (10)"
+        "the stub is not an EFI application: its subsystem is 3, not 10 (EFI application)"
     );
 
     let mut odd_alignment = minimal_stub();

@@ -73,10 +73,12 @@ pub fn check_manifest(manifest: &Manifest) -> Result<(PayloadEntry, PayloadEntry
 /// Checks that the first bytes of the verified `efi` payload are a PE/COFF
 /// EFI application, before it can replace a loader.
 pub fn check_loader_head(head: &[u8]) -> Result<()> {
-    abkit_disk::pe::check_efi_application(head).map_err(|e| UpdateError::BadPayload {
-        payload: Payload::Efi.name(),
-        reason: format!("not an EFI application: {e}"),
-    })
+    abkit_loader_core::check_efi_application(head)
+        .map(drop)
+        .map_err(|e| UpdateError::BadPayload {
+            payload: Payload::Efi.name(),
+            reason: format!("not an EFI application: {e}"),
+        })
 }
 
 /// A reader over the `efi` payload that keeps what the checks need as it

@@ -110,6 +110,10 @@ pub struct Fixtures {
     /// Fresh disk with X on slot A, and its VARS file: copy before booting.
     pub base_disk: PathBuf,
     pub base_vars: PathBuf,
+    /// The loader stub and Debian's kernel the UKIs were built from (the
+    /// test OS initrd is `dir/initrd.cpio`, its os-release `dir/os-release`).
+    pub stub: PathBuf,
+    pub kernel: PathBuf,
 }
 
 impl Fixtures {
@@ -308,6 +312,8 @@ pub fn build(inputs: &Inputs, dir: &Path, log: &mut dyn FnMut(String)) -> anyhow
         bundle_disk,
         base_disk,
         base_vars,
+        stub: inputs.stub.clone(),
+        kernel,
     })
 }
 

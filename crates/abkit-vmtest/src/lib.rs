@@ -5,6 +5,7 @@
 
 pub mod fixtures;
 pub mod http;
+pub mod loader_scenarios;
 pub mod qemu;
 pub mod quirk_scenarios;
 pub mod root_scenarios;

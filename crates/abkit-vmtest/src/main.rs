@@ -53,6 +53,10 @@ enum Cmd {
         /// Work folder (emptied first); logs stay there.
         #[arg(long, value_name = "DIR", default_value = "build/vm-e2e")]
         work: PathBuf,
+        /// Machines booted at once (one QEMU, one vCPU each). Default: the
+        /// host's CPU count, at most 4, or $ABKIT_VM_JOBS.
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
     },
     /// List the scenarios.
     List,
@@ -90,7 +94,12 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Run { scenario, work } => {
+        Cmd::Run {
+            scenario,
+            work,
+            jobs,
+        } => {
+            let jobs = jobs.unwrap_or_else(default_jobs);
             let started = Instant::now();
             let work = absolute(&work)?;
             let _lock = lock_work(&work)?;
@@ -106,13 +115,12 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 http,
                 work,
                 after_seed: Default::default(),
-                last_log: Default::default(),
             };
             eprintln!(
                 "vm-e2e: fixtures and accelerator ready in {:.1} s",
                 started.elapsed().as_secs_f64()
             );
-            let failed = scenarios::run_all(&suite, &scenario)?;
+            let failed = scenarios::run_all(&suite, &scenario, jobs)?;
             eprintln!(
                 "vm-e2e: {} in {:.1} s",
                 if failed == 0 { "all passed" } else { "FAILED" },
@@ -126,6 +134,20 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             demo(&inputs, &work, cli.accel)
         }
     }
+}
+
+/// $ABKIT_VM_JOBS, else the CPU count capped at 4 (each TCG machine keeps
+/// one core busy; more would only slow every boot down).
+fn default_jobs() -> usize {
+    std::env::var("ABKIT_VM_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(4)
+        })
 }
 
 /// Holds an exclusive lock on `<work>.lock` so two runs never share a work

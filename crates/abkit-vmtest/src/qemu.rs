@@ -53,6 +53,10 @@ pub enum Cut {
     /// NAME`; the action must carry `halt-at NAME`, see
     /// `abkit_update::halt`): abkit has synced and stopped exactly there.
     Checkpoint(&'static str),
+    /// Once the serial log has a line starting with this text (for boots
+    /// that never reach the test OS, e.g. a loader handing control back to
+    /// the firmware, which would go on to network boot).
+    SerialLine(&'static str),
 }
 
 /// What this boot is asked to do.
@@ -192,6 +196,15 @@ impl Machine {
                 if BootReport::parse(&text).halted_at.as_deref() == Some(name) {
                     kill(&mut child);
                     cut_at = Some(format!("checkpoint {name}"));
+                    break None;
+                }
+            }
+            if let Some(Cut::SerialLine(start)) = spec.cut {
+                let text =
+                    String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
+                if text.lines().any(|l| l.starts_with(start)) {
+                    kill(&mut child);
+                    cut_at = Some(format!("serial line {start:?}"));
                     break None;
                 }
             }

@@ -233,7 +233,7 @@ pub fn kexec_update(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     );
     s.boots += 1;
     let log = s.dir.join(format!("boot-{}.log", s.boots));
-    *suite.last_log.borrow_mut() = Some(log.clone());
+    suite.set_last_log(&log);
     let b = s.machine.boot(
         &crate::qemu::BootSpec {
             action,
@@ -250,7 +250,7 @@ pub fn kexec_update(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
         .map(|(_, t)| format!("{} on {}", t.variant, t.slot))
         .collect();
     eprintln!(
-        "    run 1 {:>6.1} s  kernels: {}  firmware starts at lines {:?}",
+        "    kexec-update run 1 {:>6.1} s  kernels: {}  firmware starts at lines {:?}",
         b.took.as_secs_f64(),
         seen.join(" -> "),
         run.firmware

@@ -70,7 +70,7 @@ fn flip_byte(disk: &Path, at: u64) -> anyhow::Result<()> {
 fn boot_may_fail(s: &mut Scenario<'_>, action: &str) -> anyhow::Result<(Boot, BootVars)> {
     s.boots += 1;
     let log = s.dir.join(format!("boot-{}.log", s.boots));
-    *s.suite.last_log.borrow_mut() = Some(log.clone());
+    s.suite.set_last_log(&log);
     let spec = BootSpec {
         action: action.to_string(),
         ..BootSpec::default()
@@ -292,7 +292,7 @@ fn tampered_trial(
     );
     vars.expect('A', None)
         .context("after the failed trial boot")?;
-    ensure!(vars.boot_order == order, "BootOrder changed");
+    vars.expect_order(&order)?;
 
     // The next boot is X on A, healthy, committed; slot A untouched.
     let (b, vars) = s.boot("status; poweroff")?;

@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -28,10 +29,26 @@ pub struct Suite {
     pub work: PathBuf,
     /// The seed sequence's final disk and VARS (Z committed on A), for the
     /// manual rollback test.
-    pub after_seed: RefCell<Option<(PathBuf, PathBuf)>>,
-    /// The serial log of the latest boot (shown when a scenario fails).
-    pub last_log: RefCell<Option<PathBuf>>,
+    pub after_seed: Mutex<Option<(PathBuf, PathBuf)>>,
 }
+
+thread_local! {
+    /// The serial log of this thread's latest boot (scenarios run on
+    /// worker threads, one at a time each).
+    static LAST_LOG: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
+}
+
+impl Suite {
+    /// Remembers `log` as the latest boot of the calling scenario: its tail
+    /// is shown if the scenario fails.
+    pub fn set_last_log(&self, log: &Path) {
+        LAST_LOG.with(|l| *l.borrow_mut() = Some(log.to_path_buf()));
+    }
+}
+
+/// Scenarios that continue from another's machine, and which one: they are
+/// started only after it ended (when both run).
+const NEEDS: &[(&str, &str)] = &[("manual-rollback", "seed-sequence")];
 
 /// One scenario's machine and its boot counter.
 pub struct Scenario<'a> {
@@ -91,10 +108,19 @@ impl<'a> Scenario<'a> {
         })
     }
 
+    /// Boots once to power off and expects `v` healthy on `slot`, committed
+    /// there: BootOrder starts with it and BootNext is unset.
+    pub fn boot_expect_committed(&mut self, v: &Variant, slot: char) -> anyhow::Result<Boot> {
+        let (b, vars) = self.boot("poweroff")?;
+        expect_healthy(&b, v, slot)?;
+        vars.expect(slot, None)?;
+        Ok(b)
+    }
+
     pub fn boot_with(&mut self, spec: BootSpec) -> anyhow::Result<(Boot, BootVars)> {
         self.boots += 1;
         let log = self.dir.join(format!("boot-{}.log", self.boots));
-        *self.suite.last_log.borrow_mut() = Some(log.clone());
+        self.suite.set_last_log(&log);
         let boot = self.machine.boot(&spec, &log)?;
         self.boot_time += boot.took;
         let vars = self.vars()?;
@@ -113,7 +139,8 @@ impl<'a> Scenario<'a> {
             (Ending::Unknown, _) => "no ending line".into(),
         };
         eprintln!(
-            "    boot {} {:>6.1} s  {os}{}  {}  [{ending}]  -> {}",
+            "    {} boot {} {:>6.1} s  {os}{}  {}  [{ending}]  -> {}",
+            self.dir.file_name().unwrap_or_default().to_string_lossy(),
             self.boots,
             boot.took.as_secs_f64(),
             if r.health_bad { " (health FAILED)" } else { "" },
@@ -132,6 +159,21 @@ impl<'a> Scenario<'a> {
         }
         Ok((boot, vars))
     }
+}
+
+/// Checks that the firmware started `slot`'s own boot entry.
+pub fn expect_started(boot: &Boot, vars: &BootVars, slot: char) -> anyhow::Result<()> {
+    let entry = if slot == 'A' {
+        vars.slot_a
+    } else {
+        vars.slot_b
+    };
+    ensure!(
+        boot.report.firmware_entry == entry,
+        "firmware started {:?}, not slot {slot}'s entry {entry:?}",
+        boot.report.firmware_entry
+    );
+    Ok(())
 }
 
 /// Checks the booted OS: TESTOS line, loader slot and the system partition's
@@ -254,6 +296,16 @@ pub type ScenarioFn = fn(&Suite) -> anyhow::Result<Scenario<'_>>;
 /// Name, what it proves, and the test.
 pub const SCENARIOS: &[(&str, &str, ScenarioFn)] = &[
     (
+        "loader-paths",
+        "one UKI as boot-a.efi, boot-b.efi, BOOTX64.EFI and stamped: file name or stamp picks the slot",
+        crate::loader_scenarios::loader_paths,
+    ),
+    (
+        "loader-bare-stub",
+        "a stub without a kernel says why and hands control back to the firmware",
+        crate::loader_scenarios::loader_bare_stub,
+    ),
+    (
         "boot",
         "the base image boots X on slot A and marks it good",
         boot_base,
@@ -336,11 +388,7 @@ fn boot_base(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     before.expect('A', None).context("the built VARS file")?;
     let (b, vars) = s.boot("status; poweroff")?;
     expect_healthy(&b, &X, 'A')?;
-    ensure!(
-        b.report.firmware_entry == vars.slot_a,
-        "firmware started {:?}, not slot A's entry",
-        b.report.firmware_entry
-    );
+    expect_started(&b, &vars, 'A')?;
     vars.expect('A', None)?;
     let st = status(&b)?;
     expect_status(st, 'A', 'A', &[('A', X.version)])?;
@@ -360,11 +408,7 @@ fn seed_steps(s: &mut Scenario<'_>) -> anyhow::Result<()> {
     // Y's trial boot on B: marks good (B first), installs Z into A.
     let (b, vars) = s.boot(&format!("install {}; status; reboot", on_disk(&Z)))?;
     expect_healthy(&b, &Y, 'B')?;
-    ensure!(
-        b.report.firmware_entry == vars.slot_b,
-        "firmware started {:?}, not slot B's entry (BootNext)",
-        b.report.firmware_entry
-    );
+    expect_started(&b, &vars, 'B')?;
     expect_result(&b, "install", true)?;
     vars.expect('B', Some('A'))
         .context("after Y marked good and installed Z")?;
@@ -386,7 +430,7 @@ fn seed_sequence(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     let offline = offline_status(suite, &s.machine, 'A')?;
     expect_status(&offline, 'A', 'A', &[('A', Z.version), ('B', Y.version)])
         .context("offline status")?;
-    *suite.after_seed.borrow_mut() = Some((s.machine.disk.clone(), s.machine.vars.clone()));
+    *suite.after_seed.lock().unwrap() = Some((s.machine.disk.clone(), s.machine.vars.clone()));
     Ok(s)
 }
 
@@ -410,22 +454,12 @@ fn auto_rollback(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     );
     ensure!(b.report.ending == Ending::Reboot, "Ybroken did not reboot");
     vars.expect('A', None).context("after the failed trial")?;
-    ensure!(
-        vars.boot_order == order,
-        "BootOrder changed: {:?} -> {:?}",
-        order,
-        vars.boot_order
-    );
+    vars.expect_order(&order)?;
     // The firmware follows BootOrder back to X.
     let (b, vars) = s.boot("status; poweroff")?;
     expect_healthy(&b, &X, 'A')?;
     vars.expect('A', None)?;
-    ensure!(
-        vars.boot_order == order,
-        "BootOrder changed: {:?} -> {:?}",
-        order,
-        vars.boot_order
-    );
+    vars.expect_order(&order)?;
     expect_status(status(&b)?, 'A', 'A', &[('A', X.version)])?;
     Ok(s)
 }
@@ -468,14 +502,8 @@ fn power_cut(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     );
     expect_result(&b, "install", true)?;
     vars.expect('A', Some('B'))?;
-    ensure!(
-        vars.boot_order == order,
-        "BootOrder changed: {order:?} -> {:?}",
-        vars.boot_order
-    );
-    let (b, vars) = s.boot("poweroff")?;
-    expect_healthy(&b, &Y, 'B')?;
-    vars.expect('B', None)?;
+    vars.expect_order(&order)?;
+    s.boot_expect_committed(&Y, 'B')?;
     Ok(s)
 }
 
@@ -603,15 +631,9 @@ fn power_cut_loader(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
         "expected boot-b.efi in place and the temporary loader gone: {files:?}"
     );
     vars.expect('A', Some('B'))?;
-    ensure!(
-        vars.boot_order == order,
-        "BootOrder changed: {order:?} -> {:?}",
-        vars.boot_order
-    );
+    vars.expect_order(&order)?;
     // The trial boot goes to B.
-    let (b, vars) = s.boot("poweroff")?;
-    expect_healthy(&b, &Y, 'B')?;
-    vars.expect('B', None)?;
+    s.boot_expect_committed(&Y, 'B')?;
     Ok(s)
 }
 
@@ -659,19 +681,11 @@ fn power_cut_mark_good(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     // it asks for Y once more (B is good, so a rollback trial may).
     let (b, vars) = s.boot("status; rollback; reboot")?;
     expect_healthy(&b, &X, 'A')?;
-    ensure!(
-        b.report.firmware_entry == vars.slot_a,
-        "firmware started {:?}, not slot A's entry",
-        b.report.firmware_entry
-    );
+    expect_started(&b, &vars, 'A')?;
     expect_status(status(&b)?, 'A', 'A', &[('A', X.version), ('B', Y.version)])?;
     expect_result(&b, "rollback", true)?;
     vars.expect('A', Some('B')).context("after rollback")?;
-    ensure!(
-        vars.boot_order == order,
-        "BootOrder changed: {order:?} -> {:?}",
-        vars.boot_order
-    );
+    vars.expect_order(&order)?;
 
     // 3. Y's second trial: the power goes after mark-good committed B.
     let (b, vars) = cut_at_checkpoint(&mut s, "mark-good:boot-order-written", "poweroff")?;
@@ -692,11 +706,7 @@ fn power_cut_mark_good(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     // 4. BootOrder points at B: Y boots, healthy; mark-good completes again.
     let (b, vars) = s.boot("status; poweroff")?;
     expect_healthy(&b, &Y, 'B')?;
-    ensure!(
-        b.report.firmware_entry == vars.slot_b,
-        "firmware started {:?}, not slot B's entry",
-        b.report.firmware_entry
-    );
+    expect_started(&b, &vars, 'B')?;
     vars.expect('B', None)?;
     expect_status(status(&b)?, 'B', 'B', &[('A', X.version), ('B', Y.version)])?;
     let offline = offline_status(suite, &s.machine, 'B')?;
@@ -706,7 +716,7 @@ fn power_cut_mark_good(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
 }
 
 fn manual_rollback(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
-    let seeded = suite.after_seed.borrow().clone();
+    let seeded = suite.after_seed.lock().unwrap().clone();
     let mut s = match seeded {
         Some((disk, vars)) => Scenario::from_files(suite, "manual-rollback", &disk, &vars)?,
         None => {
@@ -733,7 +743,7 @@ fn manual_rollback(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     let (b, vars) = s.boot("poweroff")?;
     expect_healthy(&b, &Z, 'A')?;
     vars.expect('A', None)?;
-    ensure!(vars.boot_order == order, "BootOrder changed");
+    vars.expect_order(&order)?;
     Ok(s)
 }
 
@@ -753,9 +763,7 @@ fn http_download(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
         "the server sent {served} bytes of a {size}-byte bundle"
     );
     vars.expect('A', Some('B'))?;
-    let (b, vars) = s.boot("poweroff")?;
-    expect_healthy(&b, &Y, 'B')?;
-    vars.expect('B', None)?;
+    s.boot_expect_committed(&Y, 'B')?;
     Ok(s)
 }
 
@@ -803,9 +811,7 @@ fn tampered_bundle(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
         "trial pending after a refused bundle: {st}"
     );
     // And the machine still boots X.
-    let (b, vars) = s.boot("poweroff")?;
-    expect_healthy(&b, &X, 'A')?;
-    vars.expect('A', None)?;
+    s.boot_expect_committed(&X, 'A')?;
     Ok(s)
 }
 
@@ -820,9 +826,10 @@ fn print_tail(log: &Path, lines: usize) {
     }
 }
 
-/// Runs the named scenarios (all if empty), printing per-test timings and a
-/// summary; returns how many failed.
-pub fn run_all(suite: &Suite, only: &[String]) -> anyhow::Result<usize> {
+/// Runs the named scenarios (all if empty) on `jobs` worker threads (one
+/// QEMU each), printing per-test timings and a summary; returns how many
+/// failed.
+pub fn run_all(suite: &Suite, only: &[String], jobs: usize) -> anyhow::Result<usize> {
     for name in only {
         ensure!(
             SCENARIOS.iter().any(|(n, _, _)| n == name),
@@ -838,31 +845,89 @@ pub fn run_all(suite: &Suite, only: &[String]) -> anyhow::Result<usize> {
         .iter()
         .filter(|(n, _, _)| only.is_empty() || only.iter().any(|o| o == n))
         .collect();
-    let mut rows = Vec::new();
-    for (i, (name, what, test)) in chosen.iter().enumerate() {
-        eprintln!("vm-e2e: [{}/{}] {name}: {what}", i + 1, chosen.len());
-        let t = Instant::now();
-        let outcome = test(suite);
-        let took = t.elapsed();
-        match &outcome {
-            Ok(s) => eprintln!(
-                "vm-e2e: ok   {name} ({} boots, {:.1} s)",
-                s.boots,
-                took.as_secs_f64()
-            ),
-            Err(e) => {
-                if let Some(log) = suite.last_log.borrow().as_ref() {
-                    print_tail(log, 25);
-                }
-                eprintln!("vm-e2e: FAIL {name} ({:.1} s): {e:#}", took.as_secs_f64())
-            }
-        }
-        let boots = outcome
-            .as_ref()
-            .map(|s| s.boots.to_string())
-            .unwrap_or("-".into());
-        rows.push((name.to_string(), outcome.is_ok(), boots, took));
+    struct Queue {
+        waiting: Vec<usize>,
+        done: Vec<&'static str>,
+        started: usize,
+        rows: Vec<Option<(bool, String, Duration)>>,
     }
+    let queue = Mutex::new(Queue {
+        waiting: (0..chosen.len()).collect(),
+        done: Vec::new(),
+        started: 0,
+        rows: vec![None; chosen.len()],
+    });
+    let changed = Condvar::new();
+    // Ready: nothing it needs is among the chosen and not yet done.
+    let ready = |i: usize, done: &[&str]| {
+        NEEDS.iter().all(|(who, needs)| {
+            *who != chosen[i].0
+                || done.contains(needs)
+                || !chosen.iter().any(|(n, _, _)| n == needs)
+        })
+    };
+    let worker = || {
+        loop {
+            let (i, n) = {
+                let mut q = queue.lock().unwrap();
+                loop {
+                    if q.waiting.is_empty() {
+                        return;
+                    }
+                    if let Some(pos) = q.waiting.iter().position(|&i| ready(i, &q.done)) {
+                        q.started += 1;
+                        break (q.waiting.remove(pos), q.started);
+                    }
+                    q = changed.wait(q).unwrap();
+                }
+            };
+            let (name, what, test) = chosen[i];
+            eprintln!("vm-e2e: [{n}/{}] {name}: {what}", chosen.len());
+            LAST_LOG.with(|l| l.borrow_mut().take());
+            let t = Instant::now();
+            let outcome = test(suite);
+            let took = t.elapsed();
+            match &outcome {
+                Ok(s) => eprintln!(
+                    "vm-e2e: ok   {name} ({} boots, {:.1} s)",
+                    s.boots,
+                    took.as_secs_f64()
+                ),
+                Err(e) => {
+                    if let Some(log) = LAST_LOG.with(|l| l.borrow().clone()) {
+                        print_tail(&log, 25);
+                    }
+                    eprintln!("vm-e2e: FAIL {name} ({:.1} s): {e:#}", took.as_secs_f64())
+                }
+            }
+            let boots = outcome
+                .as_ref()
+                .map(|s| s.boots.to_string())
+                .unwrap_or("-".into());
+            let ok = outcome.is_ok();
+            drop(outcome);
+            let mut q = queue.lock().unwrap();
+            q.done.push(name);
+            q.rows[i] = Some((ok, boots, took));
+            changed.notify_all();
+        }
+    };
+    let wall = Instant::now();
+    let workers = jobs.clamp(1, chosen.len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(worker);
+        }
+    });
+    let q = queue.into_inner().unwrap();
+    let rows: Vec<_> = chosen
+        .iter()
+        .zip(q.rows)
+        .map(|((name, _, _), row)| {
+            let (ok, boots, took) = row.unwrap_or((false, "-".into(), Duration::ZERO));
+            (name.to_string(), ok, boots, took)
+        })
+        .collect();
     eprintln!("\nvm-e2e: summary ({})", suite.accel.name());
     eprintln!(
         "  {:<20} {:<6} {:>5} {:>9}",
@@ -884,11 +949,14 @@ pub fn run_all(suite: &Suite, only: &[String]) -> anyhow::Result<usize> {
         );
     }
     eprintln!(
-        "  {:<20} {:<6} {:>5} {:>7.1} s",
+        "  {:<20} {:<6} {:>5} {:>7.1} s  ({:.1} s wall on {} worker{})",
         "total",
         if failed == 0 { "ok" } else { "FAIL" },
         "",
-        total.as_secs_f64()
+        total.as_secs_f64(),
+        wall.elapsed().as_secs_f64(),
+        workers,
+        if workers == 1 { "" } else { "s" }
     );
     Ok(failed)
 }

@@ -76,6 +76,14 @@ impl BootVars {
         Ok(vars)
     }
 
+    /// Checks that BootOrder is still `order` (only mark-good changes it).
+    pub fn expect_order(&self, order: &[u16]) -> anyhow::Result<()> {
+        if self.boot_order != order {
+            bail!("BootOrder changed: {order:?} -> {:?}", self.boot_order);
+        }
+        Ok(())
+    }
+
     /// The slot a Boot#### number belongs to.
     pub fn slot_of(&self, number: u16) -> Option<char> {
         if Some(number) == self.slot_a {

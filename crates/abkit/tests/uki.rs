@@ -1,6 +1,7 @@
 //! `abkit uki build`, `stamp` and `inspect` as a user runs them, checked
 //! against binutils' `objdump -h`, on a minimal stub made by
-//! `abkit_uki::fixture` (the real stub is covered by tests/vm/loader.sh).
+//! `abkit_uki::fixture` (the real stub is covered by the
+//! `loader-paths` VM scenario, crates/abkit-vmtest/src/loader_scenarios.rs).
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = abkit_disk::pe::check_efi_application(data);
+    let _ = abkit_loader_core::check_efi_application(data);
 });
