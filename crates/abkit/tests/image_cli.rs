@@ -110,7 +110,7 @@ fn errors_are_reported_clearly() {
     let cases: [(&[&str], &str); 4] = [
         (
             &["--loader", "notes.txt", "--system", "system.img"],
-            "not a PE/COFF EFI application: no MZ",
+            "not a PE/COFF EFI application: not a PE image: no MZ",
         ),
         (
             &[
