@@ -17,6 +17,8 @@
 
 extern crate alloc;
 
+mod preloader;
+
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::ffi::c_void;
@@ -134,6 +136,12 @@ struct SelfImage {
 
 fn boot_own_kernel() -> Result<core::convert::Infallible, Failure> {
     let me = read_self()?;
+    // Started under any other name than a slot's loader file: the
+    // pre-loader role (returns when there is no state file to follow).
+    let slot_loader = Slot::of_slot_loader_ucs2(me.path.to_u16_slice());
+    if slot_loader.is_none() {
+        preloader::run(me.device);
+    }
     let (slot, source) = match read_own_stamp(&me) {
         Ok(Some(slot)) => (slot, "stamp"),
         Ok(None) => (
@@ -151,6 +159,9 @@ fn boot_own_kernel() -> Result<core::convert::Infallible, Failure> {
     // The line starts `abkit: booting slot X` whatever the source: serial
     // parsers (tests/vm, abkit-vmtest) match that prefix.
     println!("abkit: booting slot {slot} ({source})");
+    if slot_loader == Some(slot) {
+        preloader::count_direct_trial(me.device, slot);
+    }
 
     let pe = PeImage::parse(me.image).map_err(|e| Failure {
         what: "cannot read the loader's own PE headers",

@@ -22,6 +22,9 @@
 //! | `agent [ARG...]` | `abkit agent [ARG...]`, echoed as it runs, until it exits (it normally reboots the machine). The agent owns the health gate of this boot: the init neither marks good nor reboots for a variant built unhealthy; the agent's check is [`crate::initrd::HEALTH_CHECK`] |
 //! | `halt-at NAME` | every abkit run of this boot, `mark-good` included, gets `ABKIT_HALT_AT=NAME`: it halts at that checkpoint (`abkit_update::halt`) for the test to cut the power (anywhere in the list) |
 //! | `reboot` / `poweroff` | how the boot ends (default `poweroff`); must be last |
+//!
+//! A step written `@VARIANT step` runs only on that variant (one QEMU run
+//! may boot several kernels through kexec, all reading the same action).
 
 use thiserror::Error;
 
@@ -230,6 +233,25 @@ pub enum PlanError {
 }
 
 impl Plan {
+    /// [`Plan::parse`] of the steps for `variant`: a step `@NAME step` is
+    /// kept (as `step`) only when `NAME` is `variant`.
+    pub fn parse_for(action: &str, variant: &str) -> Result<Plan, PlanError> {
+        let steps: Vec<&str> = action
+            .split(';')
+            .filter_map(|step| {
+                let step = step.trim();
+                match step.strip_prefix('@') {
+                    Some(rest) => {
+                        let (name, step) = rest.split_once(char::is_whitespace)?;
+                        (name == variant).then_some(step)
+                    }
+                    None => Some(step),
+                }
+            })
+            .collect();
+        Plan::parse(&steps.join(";"))
+    }
+
     /// Parses an action string (see the module docs); empty means mark good
     /// and power off.
     pub fn parse(action: &str) -> Result<Plan, PlanError> {
@@ -495,6 +517,18 @@ mod tests {
 
     #[test]
     fn data_steps() {
+        let plan = Plan::parse_for("@X abkit a; @Y abkit b; status; poweroff", "Y").unwrap();
+        assert_eq!(
+            plan.steps,
+            vec![
+                Step::Abkit {
+                    name: "b".into(),
+                    args: vec!["b".into()]
+                },
+                Step::Status
+            ]
+        );
+        assert_eq!(plan.finish, Finish::PowerOff);
         let plan = Plan::parse("data-write note hello world; data-read note").unwrap();
         assert_eq!(
             plan.steps,

@@ -170,6 +170,7 @@ impl Agent {
             h.started_at = Some(now());
         });
         let started = Instant::now();
+        let switched = self.check_boot_control();
         let read = self.with_machine(false, |m| {
             let s = abkit_update::status(m)?;
             Ok((s.running_slot, s.on_trial))
@@ -315,6 +316,17 @@ impl Agent {
                 ));
                 self.reboot(&why);
             }
+            _ if outcome.passed && switched => {
+                // The install before this boot asked for a trial that the
+                // firmware skipped; the pre-loader runs it now.
+                let why = format!(
+                    "slot {} is healthy; the firmware ignored BootNext, so the trial the last install asked for runs now through the pre-loader",
+                    slot.letter()
+                );
+                log::warn!("health gate: {why}");
+                notify("STATUS=rebooting into the pending trial (state file)");
+                self.reboot(&why);
+            }
             _ => {
                 let text = if outcome.passed {
                     "healthy".to_string()
@@ -330,6 +342,33 @@ impl Agent {
         }
     }
 
+    /// Applies the configured boot control, then `auto`'s check of the
+    /// last trial reboot. Returns whether `auto` just switched to the state
+    /// file with a trial pending (the gate then reboots into it).
+    fn check_boot_control(&self) -> bool {
+        if let Some(mode) = self.settings.boot_control {
+            match self.with_machine(true, |m| abkit_update::boot_control::configure(m, mode)) {
+                Ok(changes) => {
+                    for c in changes {
+                        log::info!("boot control: {c}");
+                    }
+                }
+                Err(e) => log::error!("cannot set the boot control to {mode}: {}", e.message),
+            }
+        }
+        match self.with_machine(true, abkit_update::boot_control::observe) {
+            Ok(abkit_update::boot_policy::Observation::SwitchedToStateFile(reason)) => {
+                log::warn!("boot control switched to the state file: {reason}");
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                log::error!("boot control check failed: {}", e.message);
+                false
+            }
+        }
+    }
+
     /// mark-good, retried while another abkit command holds the lock.
     fn commit(&self, within: Duration) -> Result<(), OpError> {
         let end = Instant::now() + within.max(Duration::from_secs(1));
@@ -340,6 +379,37 @@ impl Agent {
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// kexec activation of the freshly installed `slot` (live only): loads
+    /// its kernel and jumps; returns when that cannot be done (the caller
+    /// then reboots through the firmware, the trial armed again).
+    fn activate_by_kexec(&self, slot: abkit_update::Slot) {
+        if !self.live {
+            log::warn!("kexec activation needs the running system: rebooting instead");
+            return;
+        }
+        match self.with_machine(true, |m| abkit_update::kexec::load(m, slot)) {
+            Ok(loaded) => {
+                log::warn!("kexec into slot {}: {}", slot.letter(), loaded.cmdline);
+                let err = {
+                    let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+                    abkit_update::kexec::jump()
+                };
+                log::error!("{err}; rebooting through the firmware instead");
+                if let Err(e) = self.with_machine(true, |m| {
+                    abkit_update::boot_policy::arm_trial(
+                        m,
+                        slot,
+                        abkit_update::boot_policy::Trial::Install,
+                    )
+                    .map(|_| ())
+                }) {
+                    log::error!("cannot arm the trial again: {}", e.message);
+                }
+            }
+            Err(e) => log::error!("{}; rebooting through the firmware instead", e.message),
         }
     }
 
@@ -372,7 +442,14 @@ impl Agent {
 
     /// Installs `source` (operation `id`, already started), then reboots if
     /// asked.
-    pub fn run_update(&self, id: &str, source: &str, reboot: bool, allow_downgrade: bool) {
+    pub fn run_update(
+        &self,
+        id: &str,
+        source: &str,
+        reboot: bool,
+        allow_downgrade: bool,
+        kexec: bool,
+    ) {
         let outcome = (|| {
             let keyring =
                 abkit_bundle::Keyring::load_dir(&self.settings.keyring).map_err(|e| OpError {
@@ -410,6 +487,9 @@ impl Agent {
                 );
                 let value = serde_json::to_value(&report).unwrap_or(Value::Null);
                 self.ops.finish(id, Ok(value));
+                if reboot && kexec {
+                    self.activate_by_kexec(report.target_slot);
+                }
                 if reboot {
                     self.reboot_into_trial(&format!("update {} installed", report.version));
                 }

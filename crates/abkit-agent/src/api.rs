@@ -1,7 +1,8 @@
 //! The node API, version 1 (docs/agent.md):
 //! - `GET /v1/status`: `abkit status --json` plus `"agent"`: the health
 //!   gate and the current operation;
-//! - `POST /v1/update` `{"source", "reboot", "allow_downgrade"}`: `202`
+//! - `POST /v1/update` `{"source", "reboot", "allow_downgrade", "activate"}`
+//!   (`activate`: `"reboot"` or `"kexec"`): `202`
 //!   `{"operation": id}`, `409` while another operation runs, `400` for bad
 //!   input;
 //! - `GET /v1/operations/<id>`: state, progress events, result or error;
@@ -30,6 +31,9 @@ struct UpdateRequest {
     reboot: bool,
     #[serde(default)]
     allow_downgrade: bool,
+    /// `"reboot"` (default) or `"kexec"`: how the new version starts.
+    #[serde(default)]
+    activate: Option<String>,
 }
 
 fn yes() -> bool {
@@ -116,6 +120,17 @@ fn update(agent: &Arc<Agent>, body: &[u8]) -> Response {
     if let Err((code, message)) = check_source(&req.source, agent.settings.allow_http) {
         return Response::error(400, code, message);
     }
+    let kexec = match req.activate.as_deref() {
+        None | Some("reboot") => false,
+        Some("kexec") => true,
+        Some(other) => {
+            return Response::error(
+                400,
+                "bad-activate",
+                format!("activate {other:?} is not \"reboot\" or \"kexec\""),
+            );
+        }
+    };
     let id = match agent.ops.start("update", Some(req.source.clone())) {
         Ok(id) => id,
         Err(running) => return busy(running),
@@ -125,7 +140,7 @@ fn update(agent: &Arc<Agent>, body: &[u8]) -> Response {
     let op = id.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("update-{id}"))
-        .spawn(move || a.run_update(&op, &req.source, req.reboot, req.allow_downgrade));
+        .spawn(move || a.run_update(&op, &req.source, req.reboot, req.allow_downgrade, kexec));
     if let Err(e) = spawned {
         agent.ops.finish(
             &id,

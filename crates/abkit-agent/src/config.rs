@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use abkit_update::boot_control::BootControl;
 use serde::Deserialize;
 
 use crate::error::{AgentError, Result};
@@ -37,6 +38,9 @@ pub struct Config {
     /// Accept plain `http://` bundle URLs in `POST /v1/update` (bundles are
     /// signed either way; https hides what is downloaded).
     pub allow_http: Option<bool>,
+    /// `bootnext`, `state-file` or `auto` (docs/update.md, "Boot control"):
+    /// applied to the machine when the agent starts.
+    pub boot_control: Option<String>,
     #[serde(default)]
     pub tls: TlsConfig,
     #[serde(default)]
@@ -131,6 +135,7 @@ impl Config {
             keyring: over.keyring.or(self.keyring),
             reboot_command: over.reboot_command.or(self.reboot_command),
             allow_http: over.allow_http.or(self.allow_http),
+            boot_control: over.boot_control.or(self.boot_control),
             tls: TlsConfig {
                 listen: over.tls.listen.or(self.tls.listen),
                 cert: over.tls.cert.or(self.tls.cert),
@@ -204,8 +209,17 @@ impl Config {
         let allow_http = self.allow_http.unwrap_or(false);
         let poll = resolve_poll(self.poll, allow_http)?;
         let fleet = self.fleet.resolve(live)?;
+        let boot_control = match self.boot_control.as_deref() {
+            None => None,
+            Some(text) => Some(BootControl::parse(text).ok_or_else(|| {
+                AgentError::BadOption(format!(
+                    "boot_control {text:?} is not one of bootnext, state-file, auto"
+                ))
+            })?),
+        };
         Ok(Settings {
             fleet,
+            boot_control,
             socket: self.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
             keyring: self.keyring.unwrap_or_else(|| DEFAULT_KEYRING.into()),
             reboot_command: self.reboot_command,
@@ -259,6 +273,8 @@ fn resolve_poll(p: PollConfig, allow_http: bool) -> Result<Option<PollSettings>>
 /// Everything the agent runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The boot control to set on the machine at start (`None`: keep).
+    pub boot_control: Option<BootControl>,
     pub socket: PathBuf,
     pub keyring: PathBuf,
     pub reboot_command: Option<String>,

@@ -171,7 +171,7 @@ impl Agent {
                 Err(_) => std::thread::sleep(Duration::from_secs(1)),
             }
         };
-        self.run_update(&id, source, false, false);
+        self.run_update(&id, source, false, false, false);
         match self.ops.get(&id) {
             Some(op) if op.state == OpState::Succeeded => Ok(op
                 .result

@@ -299,7 +299,7 @@ pub fn check_once(agent: &Arc<Agent>) {
                     s.outcome = Some("install".into());
                     s.detail = Some(format!("operation {id}"));
                 });
-                agent.run_update(&id, &p.url, p.reboot, false);
+                agent.run_update(&id, &p.url, p.reboot, false, false);
                 return;
             }
         },
@@ -369,6 +369,16 @@ mod tests {
             problems: Vec::new(),
             slots: [("A".to_string(), slot(a)), ("B".to_string(), slot(b))].into(),
             entries: Vec::new(),
+            boot_control: abkit_update::status::BootControlStatus {
+                mode: abkit_update::boot_control::BootControl::BootNext,
+                active: abkit_update::boot_control::Mechanism::BootNext,
+                reason: None,
+                changed_at: None,
+                probe: None,
+                loader_state: None,
+                preloader_entry: None,
+                booted_by_preloader: None,
+            },
         }
     }
 

@@ -36,6 +36,25 @@ pub fn slot_load_option(esp: &EspLocation, slot: Slot, active: bool) -> LoadOpti
     option
 }
 
+/// Description of the pre-loader's boot entry (state-file boot control).
+pub const PRELOADER_DESCRIPTION: &str = "abkit pre-loader";
+
+/// The load option that starts the removable-media loader
+/// `\EFI\BOOT\BOOTX64.EFI` as the pre-loader (state-file boot control:
+/// it reads `\EFI\abkit\loader-state` and starts the chosen slot).
+pub fn preloader_load_option(esp: &EspLocation) -> LoadOption {
+    let hd = HardDrive {
+        partition_number: esp.partition_number,
+        partition_start: esp.start_lba,
+        partition_size: esp.size_lba,
+        signature: PartitionSignature::Gpt(esp.partition_guid),
+    };
+    LoadOption::new(
+        PRELOADER_DESCRIPTION,
+        DevicePath::hard_drive_file(hd, crate::FALLBACK_LOADER_PATH),
+    )
+}
+
 /// The entries abkit-update's factory wrote for a fresh disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InstalledEntries {

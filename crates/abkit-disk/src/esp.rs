@@ -28,8 +28,9 @@ use crate::{DiskError, Result};
 const MAX_LIST_DEPTH: usize = 16;
 const MAX_LIST_ENTRIES: usize = 100_000;
 
-/// Suffix of the temporary file `write_file` writes before renaming it.
-pub const TEMP_SUFFIX: &str = ".abkit-new";
+/// Suffix of the temporary file `write_file` writes before renaming it
+/// (owned by abkit-loader-core: the loader writes its state file the same way).
+pub const TEMP_SUFFIX: &str = abkit_loader_core::TEMP_SUFFIX;
 
 /// What the ESP's file system sits on: the disk file, or the builder's
 /// in-memory disk (shared, so that `Esp` can also reach raw bytes).

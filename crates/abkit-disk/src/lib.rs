@@ -20,7 +20,10 @@ mod fat_time;
 mod gpt_read;
 mod sys;
 
-pub use boot_entries::{InstalledEntries, entry_description, slot_load_option};
+pub use boot_entries::{
+    InstalledEntries, PRELOADER_DESCRIPTION, entry_description, preloader_load_option,
+    slot_load_option,
+};
 pub use build::{BuildOptions, BuildReport, EspFile, build};
 pub use error::{ChainProblem, DiskError};
 pub use esp::{Esp, EspEntry, TEMP_SUFFIX};

@@ -9,6 +9,7 @@
 
 pub mod cmdline;
 pub mod guid;
+pub mod loader_state;
 pub mod measure;
 pub mod pe;
 pub mod slot;
@@ -17,6 +18,7 @@ pub mod vars;
 
 pub use cmdline::{CmdlineError, rewrite_slot_placeholder, trim_cmdline};
 pub use guid::{ABKIT_VENDOR_GUID, ABKIT_VENDOR_GUID_EFI, ABKIT_VENDOR_GUID_STR};
+pub use loader_state::{LoaderState, StateError};
 pub use pe::{Layout, PeError, PeImage, SectionHeader, SectionName, check_efi_application};
 pub use slot::Slot;
 pub use stamp::StampError;
@@ -33,3 +35,19 @@ pub const STUB_MARKER_PREFIX: &str = "abkit-stub ";
 /// The UKI sections the stub reads, in the order `abkit uki build` appends them
 /// (the order systemd's ukify uses: the kernel last).
 pub const UKI_SECTIONS: [&str; 4] = [".osrel", ".cmdline", ".initrd", ".linux"];
+
+/// The suffix of the name every file abkit replaces on the ESP is first
+/// written under, before it is renamed into place (host and loader alike;
+/// abkit-disk re-exports it).
+pub const TEMP_SUFFIX: &str = ".abkit-new";
+
+#[cfg(test)]
+mod temp_name_tests {
+    #[test]
+    fn the_state_temp_name_follows_the_convention() {
+        assert_eq!(
+            crate::loader_state::STATE_TEMP_PATH,
+            format!("{}{}", crate::loader_state::STATE_PATH, crate::TEMP_SUFFIX)
+        );
+    }
+}

@@ -66,31 +66,65 @@ impl Slot {
     /// `boot-b.efi` (any case), otherwise A: `boot-a.efi` and every other name,
     /// the fallback `\EFI\BOOT\BOOTX64.EFI` included. Trailing NULs are ignored.
     pub fn from_loader_path(path: &str) -> Slot {
-        let path = path.trim_end_matches('\0').as_bytes();
-        let is_b = path.len() >= SLOT_B_SUFFIX.len()
-            && path[path.len() - SLOT_B_SUFFIX.len()..]
-                .eq_ignore_ascii_case(SLOT_B_SUFFIX.as_bytes());
-        if is_b { Slot::B } else { Slot::A }
+        let units = path.trim_end_matches('\0').bytes().map(u16::from);
+        if ends_with(units, SLOT_B_SUFFIX) {
+            Slot::B
+        } else {
+            Slot::A
+        }
     }
 
     /// Same as [`Slot::from_loader_path`] for a UCS-2 path, as the firmware
     /// hands it over (with or without its terminating NUL).
     pub fn from_loader_path_ucs2(path: &[u16]) -> Slot {
-        let end = path.iter().rposition(|&u| u != 0).map_or(0, |i| i + 1);
-        let path = &path[..end];
-        let Some(tail) = path
-            .len()
-            .checked_sub(SLOT_B_SUFFIX.len())
-            .map(|start| &path[start..])
-        else {
-            return Slot::A;
-        };
-        let is_b = tail
-            .iter()
-            .zip(SLOT_B_SUFFIX.bytes())
-            .all(|(&unit, want)| u8::try_from(unit).is_ok_and(|b| b.eq_ignore_ascii_case(&want)));
-        if is_b { Slot::B } else { Slot::A }
+        if ends_with(trim_nuls(path).iter().copied(), SLOT_B_SUFFIX) {
+            Slot::B
+        } else {
+            Slot::A
+        }
     }
+
+    /// The slot whose own loader file `path` names (`boot-a.efi` or
+    /// `boot-b.efi`, any case); `None` for every other name, such as the
+    /// fallback `\EFI\BOOT\BOOTX64.EFI` (which may act as the pre-loader).
+    pub fn of_slot_loader_ucs2(path: &[u16]) -> Option<Slot> {
+        let path = trim_nuls(path);
+        [Slot::A, Slot::B]
+            .into_iter()
+            .find(|s| ends_with(path.iter().copied(), s.loader_file_name()))
+    }
+
+    /// Same as [`Slot::of_slot_loader_ucs2`] for a `str` path.
+    pub fn of_slot_loader(path: &str) -> Option<Slot> {
+        let path = path.trim_end_matches('\0');
+        [Slot::A, Slot::B]
+            .into_iter()
+            .find(|s| ends_with(path.bytes().map(u16::from), s.loader_file_name()))
+    }
+
+    /// This slot's loader file name, `boot-a.efi` or `boot-b.efi`.
+    pub const fn loader_file_name(self) -> &'static str {
+        match self {
+            Slot::A => "boot-a.efi",
+            Slot::B => SLOT_B_SUFFIX,
+        }
+    }
+}
+
+/// `path` without its trailing NULs.
+fn trim_nuls(path: &[u16]) -> &[u16] {
+    let end = path.iter().rposition(|&u| u != 0).map_or(0, |i| i + 1);
+    &path[..end]
+}
+
+/// Whether the code units end in `suffix`, ASCII case ignored.
+fn ends_with(units: impl DoubleEndedIterator<Item = u16>, suffix: &str) -> bool {
+    let mut units = units.rev();
+    suffix.bytes().rev().all(|want| {
+        units
+            .next()
+            .is_some_and(|u| u8::try_from(u).is_ok_and(|b| b.eq_ignore_ascii_case(&want)))
+    })
 }
 
 impl fmt::Display for Slot {
@@ -159,6 +193,20 @@ mod tests {
         // "boot-b.efi" NUL "x": the name does not end in boot-b.efi.
         units[11] = u16::from(b'x');
         assert_eq!(Slot::from_loader_path_ucs2(&units), Slot::A);
+    }
+
+    #[test]
+    fn only_the_slot_file_names_are_slot_loaders() {
+        for (path, want) in [
+            (r"\EFI\abkit\boot-a.efi", Some(Slot::A)),
+            (r"\EFI\ABKIT\BOOT-B.EFI", Some(Slot::B)),
+            (r"\EFI\BOOT\BOOTX64.EFI", None),
+            (r"\EFI\abkit\xboot-a.efi.old", None),
+            ("", None),
+        ] {
+            assert_eq!(Slot::of_slot_loader(path), want, "{path}");
+            assert_eq!(Slot::of_slot_loader_ucs2(&ucs2(path)), want, "{path}");
+        }
     }
 
     #[test]

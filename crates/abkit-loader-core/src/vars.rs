@@ -15,3 +15,9 @@ pub const LOADER_IMAGE_IDENTIFIER: &str = "LoaderImageIdentifier";
 /// The slot the loader booted, `A` or `B` (vendor
 /// [`crate::guid::ABKIT_VENDOR_GUID_STR`]).
 pub const ABKIT_BOOTED_SLOT: &str = "AbkitBootedSlot";
+/// Set by the loader acting as the pre-loader (state-file boot control)
+/// before it starts a slot's loader: `<slot> <why>`, e.g. `B trial`,
+/// `A committed`, `A tries-exhausted` (vendor
+/// [`crate::guid::ABKIT_VENDOR_GUID_STR`]). A slot loader that sees it does
+/// not count the trial again.
+pub const ABKIT_PRELOADER: &str = "AbkitPreloader";

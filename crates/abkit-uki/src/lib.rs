@@ -68,6 +68,8 @@ pub enum UkiError {
     StubBadAlignment { section: u32, file: u32 },
     #[error("the stub's headers have no room for {needed} more section headers")]
     StubNoHeaderRoom { needed: usize },
+    #[error("the loader carries no kernel (.linux section)")]
+    NoKernel,
     #[error("the kernel (.linux) is empty")]
     EmptyKernel,
     #[error("the {0} section would grow the image past 4 GiB")]
@@ -322,6 +324,38 @@ pub fn pe_checksum(bytes: &[u8], checksum_offset: usize) -> u32 {
     }
     sum = (sum & 0xffff) + (sum >> 16);
     sum.wrapping_add(bytes.len() as u32)
+}
+
+/// What a UKI boots, as its stub would boot it for `slot`: the kernel, the
+/// initrd and the command line with every `SYSTEM-X` rewritten to the slot
+/// (kexec activation starts exactly this).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootParts<'a> {
+    pub kernel: &'a [u8],
+    pub initrd: Option<&'a [u8]>,
+    /// Without a trailing NUL or newline.
+    pub cmdline: Vec<u8>,
+}
+
+/// The kernel, initrd and command line `image` (a UKI file) boots on `slot`.
+pub fn boot_parts(image: &[u8], slot: Slot) -> Result<BootParts<'_>, UkiError> {
+    let pe = PeImage::parse(image).map_err(UkiError::NotPe)?;
+    let data = |name: &str| {
+        pe.find_section_data(name, Layout::File)
+            .map_err(UkiError::Corrupt)
+    };
+    let kernel = data(".linux")?.ok_or(UkiError::NoKernel)?;
+    if kernel.is_empty() {
+        return Err(UkiError::EmptyKernel);
+    }
+    let mut cmdline =
+        abkit_loader_core::trim_cmdline(data(".cmdline")?.unwrap_or_default()).to_vec();
+    abkit_loader_core::rewrite_slot_placeholder(&mut cmdline, slot);
+    Ok(BootParts {
+        kernel,
+        initrd: data(".initrd")?,
+        cmdline,
+    })
 }
 
 /// Reads the section table and the UKI sections of `image` (a UKI or a bare

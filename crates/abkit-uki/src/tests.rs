@@ -379,3 +379,33 @@ fn pcr11_is_systemd_stubs_chain_over_the_sections_and_ignores_the_stamp() {
     // A bare stub predicts nothing.
     assert_eq!(inspect(&minimal_stub()).unwrap().pcr11_sha256, None);
 }
+
+#[test]
+fn boot_parts_are_what_the_stub_would_boot_on_the_slot() {
+    let uki = build(
+        &minimal_stub(),
+        &UkiParts {
+            linux: b"KERNEL",
+            initrd: Some(b"INITRD"),
+            cmdline: Some(b"root=PARTLABEL=ABKIT-SYSTEM-X ro\n\0"),
+            osrel: None,
+        },
+    )
+    .unwrap();
+    let p = boot_parts(&uki, Slot::B).unwrap();
+    assert_eq!(p.kernel, b"KERNEL");
+    assert_eq!(p.initrd, Some(&b"INITRD"[..]));
+    assert_eq!(p.cmdline, b"root=PARTLABEL=ABKIT-SYSTEM-B ro");
+    assert_eq!(
+        boot_parts(&uki, Slot::A).unwrap().cmdline,
+        b"root=PARTLABEL=ABKIT-SYSTEM-A ro"
+    );
+    assert!(matches!(
+        boot_parts(&minimal_stub(), Slot::A),
+        Err(UkiError::NoKernel)
+    ));
+    assert!(matches!(
+        boot_parts(b"MZ garbage", Slot::A),
+        Err(UkiError::NotPe(_))
+    ));
+}

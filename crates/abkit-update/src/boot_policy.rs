@@ -10,13 +10,20 @@
 //! undecodable or non-compliant entry is reported, never a reason to fail,
 //! and [`commit`] repairs what is ours to repair.
 
-use abkit_disk::{EspLocation, FALLBACK_LOADER_PATH, Slot, slot_load_option};
+use abkit_disk::{
+    EspLocation, FALLBACK_LOADER_PATH, Slot, preloader_load_option, slot_load_option,
+};
 use abkit_efi::boot::{BootManager, entry_boots};
 use abkit_efi::boot_vars::{BOOT_NEXT, BOOT_ORDER};
-use abkit_efi::{VarName, VarStore};
+use abkit_efi::{LoadOption, VarName, VarStore};
+use abkit_loader_core::loader_state::{DEFAULT_TRIES, LoaderState};
 
+use crate::boot_control::{
+    BootControl, ControlRecord, Mechanism, Probe, read_control, read_loader_state,
+    remove_loader_state, slot_of, write_control, write_loader_state,
+};
 use crate::machine::{Machine, write_atomically};
-use crate::record::{SlotState, read_record};
+use crate::record::{SlotState, now, read_record};
 use crate::{Result, UpdateError};
 
 /// What the boot variables say, read leniently: everything the policy's
@@ -45,6 +52,14 @@ pub struct BootState {
     /// The slot the removable-media fallback loader boots (its stamp, else
     /// its file name: A); `None` when there is no fallback loader.
     pub fallback: Option<Slot>,
+    /// Our entries that start the pre-loader (`\EFI\BOOT\BOOTX64.EFI` on
+    /// our ESP): state-file boot control keeps one, first in BootOrder.
+    pub preloader: Vec<u16>,
+    /// The boot control record (the default when there is none or it does
+    /// not parse: see `problems`).
+    pub control: ControlRecord,
+    /// The loader-state file, if there is one that parses.
+    pub loader_state: Option<LoaderState>,
 }
 
 impl BootState {
@@ -109,6 +124,12 @@ pub fn read_vars(vars: &mut dyn VarStore, esp: &EspLocation) -> Result<BootState
             .map(|e| e.number)
             .collect();
     }
+    state.preloader = all
+        .entries
+        .iter()
+        .filter(|e| entry_boots(&e.option, esp.partition_guid, FALLBACK_LOADER_PATH))
+        .map(|e| e.number)
+        .collect();
     state.active = all
         .entries
         .iter()
@@ -159,6 +180,14 @@ pub fn read_state(m: &mut dyn Machine) -> Result<BootState> {
         .esp()
         .read(FALLBACK_LOADER_PATH)?
         .map(|bytes| loader_slot(&bytes, FALLBACK_LOADER_PATH));
+    match read_control(m.esp()) {
+        Ok(control) => state.control = control,
+        Err(e) => state.problems.push(e.to_string()),
+    }
+    match read_loader_state(m.esp()) {
+        Ok(loader_state) => state.loader_state = loader_state,
+        Err(e) => state.problems.push(e.to_string()),
+    }
     Ok(state)
 }
 
@@ -223,36 +252,66 @@ fn ensure_entry(
     active: bool,
 ) -> Result<(u16, bool)> {
     let wanted = slot_load_option(esp, slot, active);
-    let found = state.slot_entries(slot).to_vec();
+    let what = format!("slot {}", slot.letter());
+    ensure_option(vars, state, state.slot_entries(slot), &wanted, &what)
+}
+
+/// One entry among `found` that is exactly `wanted` (created when there
+/// is none), the others deleted and dropped from BootOrder.
+fn ensure_option(
+    vars: &mut dyn VarStore,
+    state: &BootState,
+    found: &[u16],
+    wanted: &LoadOption,
+    what: &str,
+) -> Result<(u16, bool)> {
     let mut bm = BootManager::new(vars);
     let mut changed = false;
     let number = match found.first() {
         Some(&n) => {
-            changed |= bm.set_entry(n, &wanted)?;
+            changed |= bm.set_entry(n, wanted)?;
             n
         }
         None => {
             changed = true;
-            bm.add_entry(&wanted)?
+            bm.add_entry(wanted)?
         }
     };
+    let mut order = state.boot_order.clone();
     for &dup in found.iter().skip(1) {
-        log::info!(
-            "deleting duplicate boot entry Boot{dup:04X} of slot {}",
-            slot.letter()
-        );
-        if state.boot_order.contains(&dup) {
-            let order: Vec<u16> = state
-                .boot_order
-                .iter()
-                .copied()
-                .filter(|&n| n != dup)
-                .collect();
+        log::info!("deleting duplicate boot entry Boot{dup:04X} of {what}");
+        if order.contains(&dup) {
+            order.retain(|&n| n != dup);
             changed |= bm.set_boot_order(&order)?;
         }
         changed |= bm.delete_entry(dup)?;
     }
     Ok((number, changed))
+}
+
+/// State-file boot control: one pre-loader entry (returned). BootNext
+/// control: none (every one deleted and dropped from BootOrder).
+fn ensure_preloader_entry(m: &mut dyn Machine, wanted: bool) -> Result<(Option<u16>, bool)> {
+    let loc = m.esp_location();
+    let state = read_state(m)?;
+    if wanted {
+        let option = preloader_load_option(&loc);
+        let (n, changed) = ensure_option(
+            m.vars(),
+            &state,
+            &state.preloader,
+            &option,
+            "the pre-loader",
+        )?;
+        return Ok((Some(n), changed));
+    }
+    let mut bm = BootManager::new(m.vars());
+    let mut changed = false;
+    for &n in &state.preloader {
+        changed |= bm.remove_from_boot_order(n)?;
+        changed |= bm.delete_entry(n)?;
+    }
+    Ok((None, changed))
 }
 
 /// Deletes BootNext (whatever it holds).
@@ -305,6 +364,39 @@ pub fn make_unbootable(m: &mut dyn Machine, slot: Slot) -> Result<()> {
         let running = m.running_slot();
         point_fallback_at(m, running)?;
     }
+    forget_trial_in_state_file(m, slot)?;
+    Ok(())
+}
+
+/// The pre-loader must not start `slot` either: a trial of it in the
+/// loader state is dropped (a state naming it committed, or one that does
+/// not parse, is rewritten to the running slot), and an `auto` probe of it
+/// is forgotten.
+fn forget_trial_in_state_file(m: &mut dyn Machine, slot: Slot) -> Result<()> {
+    let running = m.running_slot();
+    let new = match read_loader_state(m.esp()) {
+        Ok(None) => None,
+        Ok(Some(st)) if st.committed == slot => Some(LoaderState::committed(running)),
+        Ok(Some(st)) if st.trial == Some(slot) => Some(LoaderState::committed(st.committed)),
+        Ok(Some(_)) => None,
+        Err(UpdateError::BootControl { message }) => {
+            log::warn!("{message}: rewriting it");
+            Some(LoaderState::committed(running))
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(new) = new {
+        write_loader_state(m.esp(), &new)?;
+    }
+    let mut control = read_control(m.esp())?;
+    if control
+        .probe
+        .as_ref()
+        .is_some_and(|p| slot_of(p.slot) == Some(slot))
+    {
+        control.probe = None;
+        write_control(m.esp(), &control)?;
+    }
     Ok(())
 }
 
@@ -344,8 +436,57 @@ pub fn arm_trial(m: &mut dyn Machine, slot: Slot, why: Trial) -> Result<u16> {
         return refuse(format!("its loader {} is missing", slot.loader_path()));
     }
     let loc = m.esp_location();
+    let control = read_control(m.esp())?;
     let state = read_state(m)?;
     let (entry, _) = ensure_entry(m.vars(), &loc, &state, slot, true)?;
+    // The slot that boots when the trial is over: the state file's, else
+    // the running one (a trial is armed from the committed slot). Arming
+    // the committed slot itself (a rollback from a failing trial) just
+    // makes it the default again: no trial, nothing else pending.
+    let existing = read_loader_state(m.esp()).ok().flatten();
+    let base = existing.map_or(slot.other(), |st| st.committed);
+    let trial_state = if base == slot {
+        LoaderState::committed(slot)
+    } else {
+        LoaderState::with_trial(base, slot, DEFAULT_TRIES)
+    };
+    if control.active == Mechanism::StateFile {
+        // The pre-loader starts the trial: its entry first, then the state
+        // file (the last change, as BootNext is otherwise). A BootNext of
+        // ours is not used in this mode.
+        arrange_preloader_first(m)?;
+        let state = read_state(m)?;
+        if state.boot_next_malformed || state.boot_next_slot().is_some() {
+            clear_boot_next(m.vars())?;
+        }
+        write_loader_state(m.esp(), &trial_state)?;
+        return Ok(entry);
+    }
+    let probe_id = m
+        .boot_id()
+        .filter(|_| control.configured == BootControl::Auto && why == Trial::Install);
+    if let Some(boot_id) = probe_id {
+        // The probe: the next boot's BootCurrent and the state file (which
+        // the trial slot's loader counts down when it runs) tell whether
+        // the firmware honoured BootNext.
+        write_loader_state(m.esp(), &trial_state)?;
+        let probe = Probe {
+            slot: slot.letter(),
+            entry,
+            boot_id,
+            tries: DEFAULT_TRIES,
+        };
+        write_control(
+            m.esp(),
+            &ControlRecord {
+                probe: Some(probe),
+                ..control
+            },
+        )?;
+    } else if existing.is_some() {
+        // Keep an existing loader state in step (the fallback path reads it).
+        write_loader_state(m.esp(), &trial_state)?;
+    }
     if let Some(n) = state.boot_next {
         if n != entry && !state.slot_entries(slot.other()).contains(&n) {
             log::warn!(
@@ -355,6 +496,34 @@ pub fn arm_trial(m: &mut dyn Machine, slot: Slot, why: Trial) -> Result<u16> {
     }
     BootManager::new(m.vars()).set_boot_next(entry)?;
     Ok(entry)
+}
+
+/// State-file boot control: the pre-loader's entry exists and is first
+/// among ours in BootOrder (the slots' entries follow, committed first).
+fn arrange_preloader_first(m: &mut dyn Machine) -> Result<bool> {
+    let (pre, mut changed) = ensure_preloader_entry(m, true)?;
+    let state = read_state(m)?;
+    // The slots' entries keep their order (BootOrder's, else committed first).
+    let committed = default_boot_slot(&state);
+    let mut slots: Vec<u16> = state
+        .boot_order
+        .iter()
+        .copied()
+        .filter(|n| state.entries.iter().any(|e| e.first() == Some(n)))
+        .collect();
+    for slot in [committed, committed.other()] {
+        if let Some(&n) = state.slot_entries(slot).first()
+            && !slots.contains(&n)
+        {
+            slots.push(n);
+        }
+    }
+    let ours: Vec<u16> = pre.into_iter().chain(slots).collect();
+    let order = abkit_efi::boot::arrange_ours(&state.boot_order, &ours);
+    if order != state.boot_order {
+        changed |= BootManager::new(m.vars()).set_boot_order(&order)?;
+    }
+    Ok(changed)
 }
 
 /// Makes the running slot the committed one and repairs what is ours:
@@ -406,7 +575,19 @@ pub fn commit(m: &mut dyn Machine, other_bootable: bool) -> Result<Vec<String>> 
         clear_boot_next(m.vars())?;
         changes.push("stale BootNext cleared".into());
     }
-    let order = abkit_efi::boot::arrange_ours(&state.boot_order, &[mine, theirs]);
+    let control = read_control(m.esp())?;
+    let state_file = control.active == Mechanism::StateFile;
+    let (pre, changed) = ensure_preloader_entry(m, state_file)?;
+    if changed {
+        changes.push(if state_file {
+            "pre-loader boot entry repaired".into()
+        } else {
+            "pre-loader boot entry removed (BootNext boot control)".into()
+        });
+    }
+    let state = read_state(m)?;
+    let ours: Vec<u16> = pre.into_iter().chain([mine, theirs]).collect();
+    let order = abkit_efi::boot::arrange_ours(&state.boot_order, &ours);
     if state.boot_order_malformed || order != state.boot_order {
         let mut bm = BootManager::new(m.vars());
         if state.boot_order_malformed {
@@ -420,6 +601,35 @@ pub fn commit(m: &mut dyn Machine, other_bootable: bool) -> Result<Vec<String>> 
             "BootOrder: slot {} committed (Boot{mine:04X} first of ours)",
             running.letter()
         ));
+    }
+    // The loader state (state-file control, or an `auto` probe) names the
+    // running slot committed; a pending trial of the other slot stays only
+    // while that slot is bootable.
+    let loader_state = match read_loader_state(m.esp()) {
+        Ok(st) => st,
+        Err(UpdateError::BootControl { message }) => {
+            log::warn!("{message}: rewriting it");
+            Some(LoaderState::committed(running))
+        }
+        Err(e) => return Err(e),
+    };
+    if state_file || loader_state.is_some() {
+        let wanted = match loader_state.and_then(|st| st.pending_trial().map(|t| (t, st))) {
+            Some((t, st)) if t == other && other_bootable => {
+                LoaderState::with_trial(running, t, st.tries_left)
+            }
+            _ => LoaderState::committed(running),
+        };
+        if write_loader_state(m.esp(), &wanted)? {
+            changes.push(format!(
+                "loader state: slot {} committed{}",
+                running.letter(),
+                wanted
+                    .trial
+                    .map(|t| format!(", trial of slot {} pending", t.letter()))
+                    .unwrap_or_default()
+            ));
+        }
     }
     crate::halt::checkpoint("mark-good:boot-order-written");
     if point_fallback_at(m, running)? {
@@ -483,4 +693,205 @@ pub fn factory_entries(
         slot_b: b,
         boot_order: order,
     })
+}
+
+/// What [`observe_boot`] concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    /// Nothing to check (not `auto`, no probe, or the same boot).
+    Nothing,
+    /// The trial reboot happened as asked: the probe is done.
+    Honoured,
+    /// The firmware ignored BootNext: `auto` switched to the state file
+    /// (the reason, as recorded). The trial is pending there: it runs on
+    /// the next boot.
+    SwitchedToStateFile(String),
+}
+
+/// `auto` boot control, on the first run after a reboot (mark-good and the
+/// agent call it): if a trial was armed by BootNext in an earlier boot and
+/// this boot is not it (BootCurrent is not the trial entry) and the trial
+/// slot's loader never ran (the loader state still holds every attempt),
+/// the firmware ignored BootNext: switch to the state file, record why,
+/// delete a BootNext the firmware kept, put the pre-loader first. The
+/// trial stays pending in the state file, for the next boot.
+pub fn observe_boot(m: &mut dyn Machine) -> Result<Observation> {
+    let mut control = read_control(m.esp())?;
+    if control.configured != BootControl::Auto || control.active != Mechanism::BootNext {
+        return Ok(Observation::Nothing);
+    }
+    let (Some(probe), Some(boot_id)) = (control.probe.clone(), m.boot_id()) else {
+        return Ok(Observation::Nothing);
+    };
+    if probe.boot_id == boot_id {
+        return Ok(Observation::Nothing);
+    }
+    let bm = BootManager::new(m.vars());
+    let current = bm.boot_current().ok().flatten();
+    let (next, _) = bm.boot_next_lenient()?;
+    let trial = slot_of(probe.slot);
+    let loader_state = read_loader_state(m.esp()).ok().flatten();
+    let uncounted = loader_state
+        .is_some_and(|st| st.trial.is_some() && st.trial == trial && st.tries_left >= probe.tries);
+    if current == Some(probe.entry) || !uncounted {
+        control.probe = None;
+        write_control(m.esp(), &control)?;
+        return Ok(Observation::Honoured);
+    }
+    let reason = format!(
+        "after the trial reboot into slot {} (BootNext = Boot{:04X}), the firmware started {} and {}, and slot {}'s loader never ran: the firmware ignores BootNext",
+        probe.slot,
+        probe.entry,
+        current.map_or("no Boot#### entry (BootCurrent unset)".into(), |c| format!(
+            "Boot{c:04X} (BootCurrent)"
+        )),
+        match next {
+            Some(n) if n == probe.entry => "kept BootNext set".to_string(),
+            Some(n) => format!("BootNext is Boot{n:04X}"),
+            None => "BootNext is gone".to_string(),
+        },
+        probe.slot,
+    );
+    log::warn!("boot control auto: {reason}; switching to the state file");
+    control.active = Mechanism::StateFile;
+    control.reason = Some(reason.clone());
+    control.changed_at = Some(now());
+    control.probe = None;
+    write_control(m.esp(), &control)?;
+    if next == Some(probe.entry) {
+        clear_boot_next(m.vars())?;
+    }
+    arrange_preloader_first(m)?;
+    Ok(Observation::SwitchedToStateFile(reason))
+}
+
+/// The operator's choice of boot control (`--boot-control`), persisted on
+/// the ESP. `bootnext`: the seed's way (the loader state and the
+/// pre-loader's entry are removed; a trial pending there is dropped, with
+/// a line saying so). `state-file`: the pre-loader's entry first, the
+/// loader state naming the committed slot (a pending BootNext trial moves
+/// into it). `auto`: BootNext until a trial shows the firmware ignores it
+/// (an earlier `auto` keeps what it found). Returns one line per change.
+pub fn set_boot_control(m: &mut dyn Machine, mode: BootControl) -> Result<Vec<String>> {
+    let mut control = read_control(m.esp())?;
+    let mut changes = Vec::new();
+    let active = match mode {
+        BootControl::BootNext => Mechanism::BootNext,
+        BootControl::StateFile => Mechanism::StateFile,
+        BootControl::Auto if control.configured == BootControl::Auto => control.active,
+        BootControl::Auto => Mechanism::BootNext,
+    };
+    let state = read_state(m)?;
+    match active {
+        Mechanism::BootNext => {
+            if let Some(t) = state.loader_state.and_then(|st| st.pending_trial()) {
+                changes.push(format!(
+                    "the pending trial of slot {} in the loader state was dropped: rerun the install or rollback to arm it by BootNext",
+                    t.letter()
+                ));
+            }
+            if mode != BootControl::Auto && remove_loader_state(m.esp())? {
+                changes.push("loader state removed".into());
+            }
+            if ensure_preloader_entry(m, false)?.1 {
+                changes.push("pre-loader boot entry removed".into());
+            }
+        }
+        Mechanism::StateFile => {
+            let committed = default_boot_slot(&state);
+            let pending = state
+                .boot_next_slot()
+                .filter(|&t| t != committed)
+                .or(state.loader_state.and_then(|st| st.pending_trial()));
+            let wanted = match pending {
+                Some(t) => LoaderState::with_trial(committed, t, DEFAULT_TRIES),
+                None => LoaderState::committed(committed),
+            };
+            if !m.esp().exists(committed.loader_path())? {
+                return Err(UpdateError::BootControl {
+                    message: format!(
+                        "cannot use the state file: the committed slot {}'s loader is missing",
+                        committed.letter()
+                    ),
+                });
+            }
+            point_fallback_at(m, committed)?;
+            if arrange_preloader_first(m)? {
+                changes.push("pre-loader boot entry first in BootOrder".into());
+            }
+            if state.boot_next_slot().is_some() || state.boot_next_malformed {
+                clear_boot_next(m.vars())?;
+            }
+            if write_loader_state(m.esp(), &wanted)? {
+                changes.push(format!(
+                    "loader state: slot {} committed{}",
+                    committed.letter(),
+                    pending
+                        .map(|t| format!(", trial of slot {} pending", t.letter()))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+    }
+    let reason = match (mode, active) {
+        (BootControl::Auto, Mechanism::StateFile) => control.reason.clone(),
+        (BootControl::Auto, Mechanism::BootNext) => {
+            Some("auto: BootNext until a trial reboot shows the firmware ignores it".into())
+        }
+        _ => Some(format!("chosen by the operator (--boot-control {mode})")),
+    };
+    let new = ControlRecord {
+        configured: mode,
+        active,
+        changed_at: if active != control.active || mode != control.configured {
+            Some(now())
+        } else {
+            control.changed_at
+        },
+        reason,
+        probe: if active == Mechanism::BootNext && mode == BootControl::Auto {
+            control.probe.take()
+        } else {
+            None
+        },
+    };
+    if write_control(m.esp(), &new)? {
+        changes.push(format!("boot control: {mode} (in use: {})", active.name()));
+    }
+    Ok(changes)
+}
+
+/// kexec activation: the jump into `slot`'s kernel (already loaded) is its
+/// trial's one attempt. BootNext at it is deleted and the loader state's
+/// attempt is counted, so a trial that fails and reboots through the
+/// firmware comes back to the committed slot (BootOrder was never
+/// changed); an `auto` probe of it is dropped (the firmware is not asked).
+/// Preconditions: `slot` is not running and is recorded `installed`.
+pub fn start_kexec_trial(m: &mut dyn Machine, slot: Slot) -> Result<()> {
+    if slot == m.running_slot() {
+        return Err(UpdateError::Policy(format!(
+            "refusing to kexec into the running slot {}",
+            slot.letter()
+        )));
+    }
+    let record = read_record(m.esp(), slot)?;
+    if record.state != SlotState::Installed {
+        return Err(UpdateError::Policy(format!(
+            "refusing to kexec into slot {}: its record says {}, not installed",
+            slot.letter(),
+            record.state
+        )));
+    }
+    let state = read_state(m)?;
+    if state.boot_next_slot() == Some(slot) {
+        clear_boot_next(m.vars())?;
+    }
+    if let Some(next) = state.loader_state.and_then(|st| st.counted_by(slot)) {
+        write_loader_state(m.esp(), &next)?;
+    }
+    let mut control = read_control(m.esp())?;
+    if control.probe.take().is_some() {
+        write_control(m.esp(), &control)?;
+    }
+    Ok(())
 }

@@ -76,6 +76,13 @@ pub enum UpdateError {
     Oci(#[from] abkit_oci::OciError),
     #[error("{0}")]
     Policy(String),
+    /// The boot-control record or the loader-state file is damaged, or the
+    /// boot control cannot do what was asked.
+    #[error("boot control: {message}")]
+    BootControl { message: String },
+    /// kexec activation failed (the trial is still armed for a reboot).
+    #[error("kexec: {0}")]
+    Kexec(String),
     #[error("refusing to commit slot {slot}: {reason}")]
     NotCommittable { slot: Slot, reason: String },
     #[error(
@@ -131,6 +138,8 @@ impl UpdateError {
             UpdateError::Fetch(_) => "fetch",
             UpdateError::Oci(e) => e.code(),
             UpdateError::Policy(_) => "boot-policy",
+            UpdateError::BootControl { .. } => "boot-control",
+            UpdateError::Kexec(_) => "kexec",
             UpdateError::NotCommittable { .. } => "not-committable",
             UpdateError::Locked { .. } => "locked",
             UpdateError::UnrecordedBase { .. } => "unrecorded-base",

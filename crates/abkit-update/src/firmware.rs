@@ -14,12 +14,17 @@
 //! 18): it ignores BootNext, deletes entries whose partition it cannot
 //! find, forgets every entry of ours, or reorders BootOrder. A full NVRAM
 //! is a variable store that refuses writes: [`crate::fault::NvramFull`].
+//! The loader that runs is modelled too: a slot's loader counts its pending
+//! trial in the loader state, and the removable-media loader acts as the
+//! pre-loader when there is one (state-file boot control, docs/loader.md);
+//! BootCurrent is set to the entry started.
 use abkit_disk::{FALLBACK_LOADER_PATH, Slot};
 use abkit_efi::boot::{BootManager, entry_boots};
 use abkit_efi::{LoadOption, LoadOptionAttributes, VarName, VarStore};
 use uuid::Uuid;
 
 use crate::Result;
+use crate::boot_control::read_loader_state;
 use crate::boot_policy::loader_slot;
 use crate::machine::Machine;
 
@@ -30,6 +35,9 @@ pub enum BootVia {
     Fallback,
 }
 
+/// How the pre-loader chose, when one ran (state-file boot control).
+pub use abkit_loader_core::loader_state::ChoiceReason;
+
 /// The outcome of one simulated boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimulatedBoot {
@@ -38,6 +46,10 @@ pub struct SimulatedBoot {
     pub loader: String,
     pub slot: Slot,
     pub via: BootVia,
+    /// The loader that ran first was the pre-loader (the removable-media
+    /// loader, by its entry or the fallback path) and it followed the
+    /// loader state: why it chose `slot`.
+    pub preloader: Option<ChoiceReason>,
 }
 
 /// The loader file an entry starts, if it is on our ESP (by partition GUID).
@@ -178,21 +190,20 @@ impl FirmwareModel {
                     order.insert(0, n);
                     bm.set_boot_order(&order)?;
                 }
-                return Ok(Some(SimulatedBoot {
-                    entry: Some(n),
-                    slot: loader_slot(&bytes, &loader),
-                    loader,
-                    via,
-                }));
+                set_boot_current(m.vars(), Some(n))?;
+                return run_loader(m, Some(n), loader, &bytes, via).map(Some);
             }
         }
         if let Some(bytes) = m.esp().read(FALLBACK_LOADER_PATH)? {
-            return Ok(Some(SimulatedBoot {
-                entry: None,
-                loader: FALLBACK_LOADER_PATH.to_string(),
-                slot: loader_slot(&bytes, FALLBACK_LOADER_PATH),
-                via: BootVia::Fallback,
-            }));
+            set_boot_current(m.vars(), None)?;
+            return run_loader(
+                m,
+                None,
+                FALLBACK_LOADER_PATH.to_string(),
+                &bytes,
+                BootVia::Fallback,
+            )
+            .map(Some);
         }
         Ok(None)
     }
@@ -202,9 +213,13 @@ impl FirmwareModel {
         let mut bm = BootManager::new(vars);
         let entries = bm.entries()?.entries;
         let ours = |o: &LoadOption| {
-            [Slot::A, Slot::B]
-                .iter()
-                .any(|s| entry_boots(o, esp_guid, s.loader_path()))
+            [
+                Slot::A.loader_path(),
+                Slot::B.loader_path(),
+                FALLBACK_LOADER_PATH,
+            ]
+            .iter()
+            .any(|p| entry_boots(o, esp_guid, p))
         };
         let mut doomed = Vec::new();
         for e in &entries {
@@ -269,4 +284,84 @@ impl FirmwareModel {
 /// nothing was bootable. Like firmware, this deletes BootNext.
 pub fn simulate_boot(m: &mut dyn Machine) -> Result<Option<SimulatedBoot>> {
     FirmwareModel::default().boot(m)
+}
+
+/// Firmware sets BootCurrent (volatile) to the entry it starts.
+fn set_boot_current(vars: &mut dyn VarStore, entry: Option<u16>) -> Result<()> {
+    let name = VarName::global("BootCurrent");
+    match entry {
+        Some(n) => {
+            let var = abkit_efi::Variable {
+                attributes: abkit_efi::store::attributes::BOOTSERVICE_ACCESS
+                    | abkit_efi::store::attributes::RUNTIME_ACCESS,
+                data: n.to_le_bytes().to_vec(),
+            };
+            vars.set(&name, &var)?;
+        }
+        None => {
+            vars.delete(&name)?;
+        }
+    }
+    Ok(())
+}
+
+/// What the loader at `loader` does, by the real loader's rules: a slot's
+/// own loader file counts its pending trial in the loader state and boots
+/// its slot (stamp, else file name); any other name acts as the pre-loader
+/// when there is a loader state (stores the decremented state, starts the
+/// chosen slot's loader, the committed one if that is missing), else boots
+/// its own slot.
+fn run_loader(
+    m: &mut dyn Machine,
+    entry: Option<u16>,
+    loader: String,
+    bytes: &[u8],
+    via: BootVia,
+) -> Result<SimulatedBoot> {
+    let own = loader_slot(bytes, &loader);
+    let mut boot = SimulatedBoot {
+        entry,
+        slot: own,
+        loader: loader.clone(),
+        via,
+        preloader: None,
+    };
+    // A loader state that does not parse is ignored by the loader.
+    let state = read_loader_state(m.esp()).ok().flatten();
+    match Slot::of_slot_loader(&loader) {
+        Some(file_slot) => {
+            if file_slot == own
+                && let Some(next) = state.and_then(|st| st.counted_by(own))
+            {
+                store_or_lose(m, &next)?;
+            }
+        }
+        None => {
+            let Some(state) = state else {
+                return Ok(boot);
+            };
+            let choice = state.next_boot();
+            if let Some(next) = choice.store {
+                store_or_lose(m, &next)?;
+            }
+            for slot in [choice.slot, state.committed] {
+                if m.esp().exists(slot.loader_path())? {
+                    boot.slot = slot;
+                    boot.loader = slot.loader_path().to_string();
+                    boot.preloader = Some(if slot == choice.slot {
+                        choice.reason
+                    } else {
+                        ChoiceReason::Committed
+                    });
+                    return Ok(boot);
+                }
+            }
+        }
+    }
+    Ok(boot)
+}
+
+/// The loader's write of the state (through the same code the host uses).
+fn store_or_lose(m: &mut dyn Machine, state: &abkit_loader_core::LoaderState) -> Result<()> {
+    crate::boot_control::write_loader_state(m.esp(), state).map(|_| ())
 }

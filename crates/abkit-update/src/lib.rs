@@ -9,6 +9,7 @@
 //! the entries' ACTIVE flags. [`firmware`] models how firmware picks what
 //! to boot, for tests.
 
+pub mod boot_control;
 pub mod boot_policy;
 mod copy;
 pub mod delta;
@@ -21,6 +22,7 @@ pub mod firmware;
 pub mod halt;
 pub mod image_report;
 pub mod install;
+pub mod kexec;
 pub mod live;
 pub mod lock;
 pub mod machine;

@@ -120,8 +120,13 @@ pub fn running_slot(cmdline: &str, vars: &dyn VarStore) -> Result<Slot> {
             cmdline.trim()
         ))
     })?;
+    // A kernel started by kexec (`abkit install --activate kexec`) was not
+    // booted by the loader: its AbkitBootedSlot names the slot before.
+    let kexeced = cmdline
+        .split_whitespace()
+        .any(|w| w == crate::kexec::KEXEC_WORD);
     match loader_booted_slot(vars) {
-        Some(loader) if loader != slot.letter().to_string() => {
+        Some(loader) if !kexeced && loader != slot.letter().to_string() => {
             Err(UpdateError::UnknownRunningSlot(format!(
                 "the kernel command line says slot {} but the loader says it booted slot {loader:?} (AbkitBootedSlot)",
                 slot.letter()
@@ -322,6 +327,14 @@ impl Machine for LiveMachine {
             size,
         }))
     }
+
+    fn boot_id(&self) -> Option<String> {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    }
+
     fn is_live(&self) -> bool {
         true
     }
@@ -598,6 +611,9 @@ mod tests {
         set(&mut vars, "A");
         let err = running_slot(cmdline, &vars).unwrap_err();
         assert!(err.to_string().contains("AbkitBootedSlot"), "{err}");
+        // After a kexec the loader's variable is the old boot's.
+        let kexeced = format!("{cmdline} {}", crate::kexec::KEXEC_WORD);
+        assert_eq!(running_slot(&kexeced, &vars).unwrap(), Slot::B);
         assert!(running_slot("root=/dev/sda1", &vars).is_err());
     }
 

@@ -83,6 +83,12 @@ pub trait Machine {
     fn is_live(&self) -> bool {
         false
     }
+    /// An id of the current boot (Linux's `/proc/sys/kernel/random/boot_id`
+    /// live; what a test set offline): the `auto` boot control compares
+    /// it to tell a reboot happened since a trial was armed. `None`: unknown.
+    fn boot_id(&self) -> Option<String> {
+        None
+    }
     /// Takes the machine's exclusive operation lock (held until the machine
     /// is dropped, released by the kernel if the process dies): two
     /// commands that change one machine never interleave. Taking it twice

@@ -29,6 +29,12 @@ pub fn mark_good(m: &mut dyn Machine) -> Result<MarkGoodReport> {
         slot: Some(running),
         ..Default::default()
     };
+    // `auto` boot control: did the firmware honour the last BootNext?
+    if let boot_policy::Observation::SwitchedToStateFile(reason) = boot_policy::observe_boot(m)? {
+        report
+            .changes
+            .push(format!("boot control switched to the state file: {reason}"));
+    }
 
     // 1. The running slot's record says good; a slot whose record says it
     // holds nothing verified is never committed.
@@ -70,7 +76,11 @@ pub fn mark_good(m: &mut dyn Machine) -> Result<MarkGoodReport> {
     let other_state = read_record(m.esp(), other)?.state;
     let other_bootable = match other_state {
         SlotState::Good | SlotState::Unknown => true,
-        SlotState::Installed => boot_policy::read_state(m)?.boot_next_slot() == Some(other),
+        SlotState::Installed => {
+            let state = boot_policy::read_state(m)?;
+            state.boot_next_slot() == Some(other)
+                || state.loader_state.and_then(|st| st.pending_trial()) == Some(other)
+        }
         SlotState::Empty => false,
     } && m.esp().exists(other.loader_path())?;
     report

@@ -31,9 +31,17 @@ pub struct OfflineMachine {
     power: Option<Arc<PowerCut>>,
     path: PathBuf,
     lock: Option<OperationLock>,
+    boot_id: Option<String>,
 }
 
 impl OfflineMachine {
+    /// Says which boot this is (tests of the `auto` boot control: a new
+    /// id is a reboot).
+    pub fn with_boot_id(mut self, id: impl Into<String>) -> OfflineMachine {
+        self.boot_id = Some(id.into());
+        self
+    }
+
     /// Opens `disk` read-write, with `vars` as its firmware variables and
     /// `running` as the slot it runs.
     pub fn open(disk: &Path, vars: Box<dyn VarStore>, running: Slot) -> Result<OfflineMachine> {
@@ -49,6 +57,7 @@ impl OfflineMachine {
             power: None,
             path,
             lock: None,
+            boot_id: None,
         })
     }
 
@@ -85,6 +94,7 @@ impl OfflineMachine {
             power,
             path,
             lock: None,
+            boot_id: None,
         })
     }
 
@@ -94,6 +104,10 @@ impl OfflineMachine {
 }
 
 impl Machine for OfflineMachine {
+    fn boot_id(&self) -> Option<String> {
+        self.boot_id.clone()
+    }
+
     fn running_slot(&self) -> Slot {
         self.running
     }

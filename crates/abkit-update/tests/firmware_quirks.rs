@@ -11,9 +11,11 @@ mod common;
 use abkit_disk::Slot;
 use abkit_efi::boot::BootManager;
 use abkit_efi::{DevicePath, HardDrive, LoadOption, PartitionSignature, StoreError};
+use abkit_update::boot_control::{BootControl, Mechanism, read_control};
 use abkit_update::boot_policy::read_vars;
+use abkit_update::boot_policy::set_boot_control;
 use abkit_update::fault::{NvramFull, NvramSpace, PowerCut};
-use abkit_update::firmware::{BootVia, FirmwareModel, Reorder, SimulatedBoot};
+use abkit_update::firmware::{BootVia, ChoiceReason, FirmwareModel, Reorder, SimulatedBoot};
 use abkit_update::progress::Silent;
 use abkit_update::record::{SlotState, read_record};
 use abkit_update::{
@@ -125,6 +127,8 @@ struct World<'a> {
     /// reboots and relies on the firmware returning to BootOrder.
     rollback_on_failure: bool,
     boots: Vec<(Slot, BootVia)>,
+    /// Each boot gets a new boot id (what `auto` boot control compares).
+    boot_id: usize,
 }
 
 impl<'a> World<'a> {
@@ -139,7 +143,15 @@ impl<'a> World<'a> {
             last_trial: None,
             rollback_on_failure,
             boots: Vec::new(),
+            boot_id: 0,
         }
+    }
+
+    /// The running machine in this boot.
+    fn machine(&self, running: Slot) -> abkit_update::offline::OfflineMachine {
+        self.rig
+            .machine(running)
+            .with_boot_id(format!("boot-{}", self.boot_id))
     }
 
     fn state(&self, slot: Slot) -> SlotState {
@@ -176,6 +188,7 @@ impl<'a> World<'a> {
         }
         self.running = booted.slot;
         self.boots.push((booted.slot, booted.via));
+        self.boot_id += 1;
         booted
     }
 
@@ -183,10 +196,10 @@ impl<'a> World<'a> {
     fn boot_and_check_health(&mut self) -> SimulatedBoot {
         let booted = self.boot();
         if self.broken != Some(booted.slot) {
-            mark_good(&mut self.rig.machine(booted.slot))
+            mark_good(&mut self.machine(booted.slot))
                 .unwrap_or_else(|e| panic!("{}: mark-good on {:?}: {e}", self.name, booted.slot));
         } else if self.rollback_on_failure {
-            rollback(&mut self.rig.machine(booted.slot))
+            rollback(&mut self.machine(booted.slot))
                 .unwrap_or_else(|e| panic!("{}: rollback from {:?}: {e}", self.name, booted.slot));
         }
         booted
@@ -204,14 +217,23 @@ impl<'a> World<'a> {
     /// Returns whether the trial boot happened.
     fn update(&mut self, version: &str, tag: u8, healthy: bool) -> bool {
         let bundle = self.rig.bundle(version, tag);
-        let report = install_from(self.rig, self.running, &bundle)
-            .unwrap_or_else(|e| panic!("{}: install {version}: {e}", self.name));
+        let report = install(
+            &mut self.machine(self.running),
+            std::fs::File::open(&bundle).unwrap(),
+            &self.rig.keyring,
+            &InstallOptions::default(),
+            &mut Silent,
+        )
+        .unwrap_or_else(|e| panic!("{}: install {version}: {e}", self.name));
         let target = report.target_slot;
         self.broken = (!healthy)
             .then_some(target)
             .or(self.broken.filter(|&b| b != target));
         let first = self.boot_and_check_health();
-        let tried = first.slot == target && first.via == BootVia::BootNext;
+        // The trial: by BootNext, or by the pre-loader (state file).
+        let tried = first.slot == target
+            && (first.via == BootVia::BootNext
+                || matches!(first.preloader, Some(ChoiceReason::Trial { .. })));
         for _ in 0..3 {
             self.boot_and_check_health();
         }
@@ -602,4 +624,256 @@ fn a_full_nvram_fails_an_install_into_an_active_slot_before_it_changes() {
         install_from(&rig, Slot::B, &bundle).unwrap();
         assert_eq!(rig.boot().slot, Slot::A, "room {room}");
     }
+}
+
+/// The models under which BootNext never starts a trial.
+fn trial_less_quirks() -> Vec<(&'static str, FirmwareModel)> {
+    vec![
+        (
+            "ignores BootNext, deletes it",
+            FirmwareModel::ignoring_boot_next(true),
+        ),
+        (
+            "ignores BootNext, keeps it",
+            FirmwareModel::ignoring_boot_next(false),
+        ),
+        (
+            "deletes all our entries",
+            FirmwareModel::forgetting_our_entries(),
+        ),
+    ]
+}
+
+/// Updates Y (healthy) and Z (healthy), then a broken W: every trial
+/// happens, a good slot boots every time, the broken one at most once.
+fn seed_sequence_with_trials(w: &mut World<'_>) {
+    let name = w.name;
+    assert!(
+        w.update("1.1.0", b'Y', true),
+        "{name}: Y untried {:?}",
+        w.boots
+    );
+    assert!(
+        w.update("1.2.0", b'Z', true),
+        "{name}: Z untried {:?}",
+        w.boots
+    );
+    assert_eq!(w.state(Slot::A), SlotState::Good, "{name}");
+    assert_eq!(w.state(Slot::B), SlotState::Good, "{name}");
+    let before = w.boots.len();
+    assert!(w.update("1.3.0", b'W', false), "{name}: W untried");
+    let broken = w.broken.unwrap();
+    let after = &w.boots[before..];
+    assert_eq!(
+        after.iter().filter(|(s, _)| *s == broken).count(),
+        1,
+        "{name}: {after:?}"
+    );
+    assert_ne!(w.running, broken, "{name}");
+    assert_eq!(w.state(w.running), SlotState::Good, "{name}");
+    assert_eq!(w.version(w.running), "1.2.0", "{name}");
+}
+
+/// State-file boot control: where BootNext never works (ignored, or the
+/// entries it names are deleted), the pre-loader still gives every update
+/// its trial, and a failed trial falls back by itself.
+#[test]
+fn the_state_file_gives_trials_where_boot_next_does_not() {
+    for (name, model) in trial_less_quirks()
+        .into_iter()
+        .chain([("follows the spec", FirmwareModel::default())])
+    {
+        let rig = Rig::new();
+        let mut w = World::new(&rig, name, model);
+        w.boot_and_check_health();
+        set_boot_control(&mut w.machine(Slot::A), BootControl::StateFile).unwrap();
+        seed_sequence_with_trials(&mut w);
+        let mut m = rig.machine(w.running);
+        let state = abkit_update::boot_policy::read_state(&mut m).unwrap();
+        assert_eq!(state.control.active, Mechanism::StateFile, "{name}");
+        let ls = state.loader_state.unwrap();
+        assert_eq!(ls.committed, w.running, "{name}");
+        println!("{name}: boots {:?}", w.boots);
+    }
+}
+
+/// `auto`: on firmware that ignores BootNext the first trial reboot comes
+/// back on the old slot; mark-good sees it (BootCurrent is not the trial
+/// entry, the trial loader never counted its attempt), switches to the
+/// state file, records why, and the next boot is the trial. On conforming
+/// firmware (and on firmware that loses every entry: the fallback path is
+/// the pre-loader, which starts the trial) it stays with BootNext.
+#[test]
+fn auto_switches_to_the_state_file_only_when_boot_next_is_ignored() {
+    for (name, model) in trial_less_quirks()
+        .into_iter()
+        .chain([("follows the spec", FirmwareModel::default())])
+    {
+        let rig = Rig::new();
+        let mut w = World::new(&rig, name, model.clone());
+        w.boot_and_check_health();
+        set_boot_control(&mut w.machine(Slot::A), BootControl::Auto).unwrap();
+        let ignores = model.boot_next != abkit_update::firmware::BootNextRule::Honour;
+        if ignores {
+            // The first update costs one reboot: the detection.
+            assert!(!w.update("1.1.0", b'Y', true), "{name}: {:?}", w.boots);
+            let control = read_control(w.machine(Slot::A).esp()).unwrap();
+            assert_eq!(control.active, Mechanism::StateFile, "{name}");
+            let reason = control.reason.unwrap();
+            assert!(reason.contains("ignores BootNext"), "{name}: {reason}");
+            assert_eq!(w.state(Slot::B), SlotState::Good, "{name}: {:?}", w.boots);
+            assert!(w.boots.iter().any(|&(s, _)| s == Slot::B), "{name}");
+        } else {
+            assert!(w.update("1.1.0", b'Y', true), "{name}: {:?}", w.boots);
+        }
+        seed_sequence_tail(&mut w);
+        let control = read_control(w.machine(w.running).esp()).unwrap();
+        let want = if ignores {
+            Mechanism::StateFile
+        } else {
+            Mechanism::BootNext
+        };
+        assert_eq!(control.active, want, "{name}: {control:?}");
+        println!("{name}: boots {:?}; {control:?}", w.boots);
+    }
+}
+
+/// Z healthy, then a broken W, after Y is on B.
+fn seed_sequence_tail(w: &mut World<'_>) {
+    let name = w.name;
+    assert!(
+        w.update("1.2.0", b'Z', true),
+        "{name}: Z untried {:?}",
+        w.boots
+    );
+    assert!(
+        w.update("1.3.0", b'W', false),
+        "{name}: W untried {:?}",
+        w.boots
+    );
+    assert_ne!(Some(w.running), w.broken, "{name}");
+    assert_eq!(w.state(w.running), SlotState::Good, "{name}");
+    assert_eq!(w.version(w.running), "1.2.0", "{name}");
+}
+
+/// State-file boot control on firmware that ignores BootNext: a power cut
+/// before every mutation of an install and of a mark-good (the loader
+/// state's new file, the removal of the old one, the rename, and all the
+/// rest) leaves a machine that boots a good slot, or the new one once.
+#[test]
+fn the_state_file_survives_a_power_cut_at_every_mutation() {
+    let model = FirmwareModel::ignoring_boot_next(true);
+    let name = "state file, ignores BootNext";
+    let rig = Rig::new();
+    let mut w = World::new(&rig, name, model.clone());
+    w.boot_and_check_health();
+    set_boot_control(&mut w.machine(Slot::A), BootControl::StateFile).unwrap();
+    let bundle = rig.bundle_with("1.1.0", COMPATIBLE, b'Y', 2 << 20);
+    let start = tempfile::tempdir().unwrap();
+    rig.save(start.path());
+
+    let counter = PowerCut::counter();
+    install(
+        &mut rig.machine_with_power(Slot::A, Some(counter.clone())),
+        std::fs::File::open(&bundle).unwrap(),
+        &rig.keyring,
+        &InstallOptions::default(),
+        &mut Silent,
+    )
+    .unwrap();
+    let install_points = counter.count();
+    let trial = tempfile::tempdir().unwrap();
+    let trial_boot = w.boot();
+    assert_eq!(trial_boot.slot, Slot::B, "the pre-loader starts the trial");
+    rig.save(trial.path());
+
+    for k in 1..=install_points {
+        rig.restore(start.path());
+        let mut w = World::new(&rig, name, model.clone());
+        let err = install(
+            &mut rig.machine_with_power(Slot::A, Some(PowerCut::at(k))),
+            std::fs::File::open(&bundle).unwrap(),
+            &rig.keyring,
+            &InstallOptions::default(),
+            &mut Silent,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("power cut"), "cut at {k}: {err}");
+        for _ in 0..2 {
+            w.boot_and_check_health();
+        }
+        if w.state(w.running) == SlotState::Good && w.running == Slot::A {
+            install_from(&rig, Slot::A, &bundle)
+                .unwrap_or_else(|e| panic!("rerun after cut at {k}: {e}"));
+            let b = w.boot_and_check_health();
+            assert_eq!(b.slot, Slot::B, "cut at {k}: the rerun's trial");
+        }
+    }
+
+    rig.restore(trial.path());
+    let counter = PowerCut::counter();
+    mark_good(&mut rig.machine_with_power(Slot::B, Some(counter.clone()))).unwrap();
+    let mark_points = counter.count();
+    for k in 1..=mark_points {
+        rig.restore(trial.path());
+        let mut w = World::new(&rig, name, model.clone());
+        w.running = Slot::B;
+        w.last_trial = Some(Slot::B);
+        let err =
+            mark_good(&mut rig.machine_with_power(Slot::B, Some(PowerCut::at(k)))).unwrap_err();
+        assert!(err.to_string().contains("power cut"), "cut at {k}: {err}");
+        for _ in 0..2 {
+            w.boot_and_check_health();
+        }
+    }
+    println!("state file: install {install_points} and mark-good {mark_points} crash points");
+}
+
+/// A damaged loader state (garbage, torn, another version) is never
+/// followed: the pre-loader boots its own slot (the committed one, by its
+/// stamp), `status` names the problem, and mark-good rewrites the file. A
+/// damaged boot-control record is refused by name before anything changes.
+#[test]
+fn damaged_boot_control_files_are_named_and_never_followed() {
+    use abkit_loader_core::loader_state::STATE_PATH;
+    let rig = Rig::new();
+    let model = FirmwareModel::ignoring_boot_next(true);
+    mark_good(&mut rig.machine(Slot::A)).unwrap();
+    set_boot_control(&mut rig.machine(Slot::A), BootControl::StateFile).unwrap();
+    install_from(&rig, Slot::A, &rig.bundle("1.1.0", b'Y')).unwrap();
+    for garbage in [&b"abkL"[..], &[0xff; 16][..], b"not a state file at all"] {
+        rig.machine(Slot::A)
+            .esp()
+            .write(STATE_PATH, &mut &garbage[..])
+            .unwrap();
+        let booted = rig.boot_with(&model).unwrap();
+        assert_eq!(booted.slot, Slot::A, "{garbage:?}");
+        assert_eq!(booted.preloader, None, "{garbage:?}");
+        let st = status(&mut rig.machine(Slot::A)).unwrap();
+        assert!(
+            st.problems.iter().any(|p| p.contains("loader-state")),
+            "{:?}",
+            st.problems
+        );
+        mark_good(&mut rig.machine(Slot::A)).unwrap();
+        let st = status(&mut rig.machine(Slot::A)).unwrap();
+        assert_eq!(st.boot_control.loader_state.unwrap().committed, Slot::A);
+    }
+    // The trial was lost with the damaged file: installing again arms it.
+    install_from(&rig, Slot::A, &rig.bundle("1.1.0", b'Y')).unwrap();
+    assert_eq!(rig.boot_with(&model).unwrap().slot, Slot::B);
+
+    let mut m = rig.machine(Slot::B);
+    m.esp()
+        .write(abkit_update::boot_control::CONTROL_PATH, &mut &b"{oops"[..])
+        .unwrap();
+    drop(m);
+    let before = rig.snapshot();
+    let err = mark_good(&mut rig.machine(Slot::B)).unwrap_err();
+    assert_eq!(err.code(), "boot-control", "{err}");
+    assert!(err.to_string().contains("boot-control.json"), "{err}");
+    assert!(
+        rig.snapshot() == before,
+        "a refused mark-good changed bytes"
+    );
 }

@@ -10,6 +10,7 @@ pub mod http;
 pub mod loader_scenarios;
 pub mod oci_scenarios;
 pub mod qemu;
+pub mod quirk_scenarios;
 pub mod root_scenarios;
 pub mod scenarios;
 pub mod secure_boot_scenarios;

@@ -422,6 +422,21 @@ pub const SCENARIOS: &[(&str, &str, ScenarioFn)] = &[
         "X installs Y as a delta over HTTP (Range), then commits it",
         crate::delta_scenarios::delta_update,
     ),
+    (
+        "ignores-bootnext",
+        "firmware drops BootNext: auto switches to the state file; the pre-loader runs the trials",
+        crate::quirk_scenarios::ignores_boot_next,
+    ),
+    (
+        "entries-lost",
+        "every boot entry deleted: the fallback path boots the committed slot; mark-good recreates them",
+        crate::quirk_scenarios::entries_lost,
+    ),
+    (
+        "kexec-update",
+        "Y activated by kexec without the firmware, committed; a broken Z by kexec falls back to Y",
+        crate::quirk_scenarios::kexec_update,
+    ),
 ];
 
 fn boot_base(suite: &Suite) -> anyhow::Result<Scenario<'_>> {

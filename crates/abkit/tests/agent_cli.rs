@@ -141,6 +141,16 @@ impl World {
             .unwrap_or(0)
     }
 
+    /// Waits (up to 10 s) until the agent ran its reboot command `n` times
+    /// in all: the gate reports its outcome before it reboots.
+    fn wait_reboots(&self, n: usize) -> usize {
+        let end = Instant::now() + Duration::from_secs(10);
+        while self.reboots() < n && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.reboots()
+    }
+
     fn openssl(&self, args: &[&str]) {
         let out = Command::new("openssl")
             .args(args)
@@ -400,6 +410,10 @@ fn an_update_over_the_socket_installs_arms_the_trial_and_reboots() {
             "insecure-source",
         ),
         (r#"{"source": "/dev/null", "rebot": true}"#, "bad-json"),
+        (
+            r#"{"source": "/dev/null", "activate": "teleport"}"#,
+            "bad-activate",
+        ),
     ] {
         let (status, v) = agent.call("POST", "/v1/update", Some(body));
         assert_eq!(
@@ -685,6 +699,7 @@ fn the_health_gate_reboots_a_failing_or_hanging_trial_and_commits_a_passing_one(
         assert_eq!(h["action"], "reboot");
         assert_eq!(h["failed_check"], "command:echo boom >&2; exit 1");
         assert_eq!(h["checks"].as_array().unwrap().len(), 2);
+        assert_eq!(w.wait_reboots(1), 1);
     }
     assert_eq!(w.reboots(), 1);
     let st = w.status("b");
@@ -712,6 +727,7 @@ fn the_health_gate_reboots_a_failing_or_hanging_trial_and_commits_a_passing_one(
         let h = agent.health_done();
         assert_eq!(h["phase"], "failed", "{h}");
         assert_eq!(h["checks"][0]["timed_out"], true);
+        assert_eq!(w.wait_reboots(2), 2);
     }
     assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(w.reboots(), 2);
@@ -745,6 +761,7 @@ fn the_health_gate_reboots_a_failing_or_hanging_trial_and_commits_a_passing_one(
             ],
         );
         assert_eq!(agent.health_done()["failed_check"], "deadline");
+        assert_eq!(w.wait_reboots(3), 3);
     }
     assert_eq!(w.reboots(), 3);
     assert_eq!(

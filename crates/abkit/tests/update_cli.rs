@@ -779,3 +779,106 @@ fn an_https_registry_with_basic_auth_needs_its_ca_and_the_credentials() {
     );
     assert_eq!(w.status("a")["slots"]["B"]["version"], "1.1.0");
 }
+
+/// `--boot-control`: a wrong mode is refused before anything changes; a
+/// good one is remembered for the machine, shown by `status`, and the
+/// install's trial goes through the loader state.
+#[test]
+fn boot_control_is_chosen_per_machine_and_shown_by_status() {
+    let w = world();
+    w.on("a", &["mark-good"]);
+    let y = w.bundle("1.1.0", b'Y');
+    let keyring = w.s("keyring");
+    let before = (
+        std::fs::read(w.p("disk.img")).unwrap(),
+        std::fs::read(w.p("vars.fd")).unwrap(),
+    );
+    let out = w.on(
+        "a",
+        &[
+            "install",
+            &y,
+            "--keyring",
+            &keyring,
+            "--boot-control",
+            "sometimes",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bootnext, state-file or auto"), "{err}");
+    assert!(
+        before
+            == (
+                std::fs::read(w.p("disk.img")).unwrap(),
+                std::fs::read(w.p("vars.fd")).unwrap(),
+            ),
+        "a refused flag changed the machine"
+    );
+    let st = w.status("a");
+    assert_eq!(st["boot_control"]["mode"], "bootnext");
+    assert_eq!(st["boot_control"]["active"], "bootnext");
+
+    let out = w.on(
+        "a",
+        &[
+            "install",
+            &y,
+            "--keyring",
+            &keyring,
+            "--boot-control",
+            "state-file",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = w.status("a");
+    let bc = &st["boot_control"];
+    assert_eq!(bc["mode"], "state-file", "{st}");
+    assert_eq!(bc["active"], "state-file", "{st}");
+    assert!(bc["reason"].as_str().unwrap().contains("operator"), "{st}");
+    assert_eq!(bc["loader_state"]["committed"], "A", "{st}");
+    assert_eq!(bc["loader_state"]["trial"], "B", "{st}");
+    assert_eq!(bc["loader_state"]["tries_left"], 1, "{st}");
+    assert!(bc["preloader_entry"].is_number(), "{st}");
+    assert_eq!(st["trial_pending"], true, "{st}");
+    assert_eq!(st["boot_order"][0], bc["preloader_entry"], "{st}");
+    assert!(
+        st["boot_next"].is_null(),
+        "no BootNext in state-file mode: {st}"
+    );
+    // The text form says it too.
+    let text = String::from_utf8_lossy(&w.on("a", &["status"]).stdout).into_owned();
+    assert!(text.contains("boot control:   state-file"), "{text}");
+    assert!(
+        text.contains("loader state:   committed A, trial B, tries left 1"),
+        "{text}"
+    );
+
+    // Back to BootNext (installing again): the loader state and the
+    // pre-loader entry go, BootNext arms the trial.
+    let out = w.on(
+        "a",
+        &[
+            "install",
+            &y,
+            "--keyring",
+            &keyring,
+            "--boot-control",
+            "bootnext",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = w.status("a");
+    assert_eq!(st["boot_control"]["active"], "bootnext", "{st}");
+    assert!(st["boot_control"]["loader_state"].is_null(), "{st}");
+    assert!(st["boot_control"]["preloader_entry"].is_null(), "{st}");
+    assert!(st["boot_next"].is_number(), "{st}");
+}

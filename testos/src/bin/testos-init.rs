@@ -412,7 +412,7 @@ fn boot() -> io::Result<Finish> {
         Err(_) => String::new(),
     };
     println!("testos: action={action}");
-    let plan = match Plan::parse(&action) {
+    let plan = match Plan::parse_for(&action, &params.variant) {
         Ok(plan) => plan,
         Err(e) => {
             println!("testos: error: action: {e}");

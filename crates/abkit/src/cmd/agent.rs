@@ -90,6 +90,11 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DURATION", value_parser = duration, help_heading = "Health gate")]
     deadline: Option<Duration>,
 
+    /// Set the machine's boot control at start: bootnext, state-file or
+    /// auto (`abkit install --help` explains them).
+    #[arg(long, value_name = "MODE", value_parser = super::install::boot_control)]
+    boot_control: Option<abkit_update::boot_control::BootControl>,
+
     /// Reboot with this shell command instead of reboot(2) (offline: the
     /// only way the agent "reboots").
     #[arg(long, value_name = "CMD", help_heading = "Health gate")]
@@ -159,6 +164,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         keyring: args.keyring,
         reboot_command: args.reboot_command,
         allow_http: args.allow_http.then_some(true),
+        boot_control: args.boot_control.map(|m| m.name().to_string()),
         tls: TlsConfig {
             listen: args.listen,
             cert: args.tls_cert,

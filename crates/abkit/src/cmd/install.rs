@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use abkit_bundle::Keyring;
 use abkit_update::InstallOptions;
+use abkit_update::boot_control::{BootControl, Mechanism};
 use anyhow::Context;
 use clap::Args;
 
@@ -35,8 +36,19 @@ pub struct InstallArgs {
 
     /// Do not reboot into the new version at the end (live system only;
     /// an offline image never reboots).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "activate")]
     no_reboot: bool,
+
+    /// How the new version starts at the end (live system only): `reboot`
+    /// (through the firmware, the default) or `kexec` (the new slot's
+    /// kernel, initrd and command line are started with kexec_file_load,
+    /// skipping the firmware: for machines that take minutes to reboot).
+    /// Either way it is a trial: BootOrder still names the old slot until
+    /// `mark-good`. If the kernel refuses the kexec (Secure Boot lockdown,
+    /// kexec disabled) abkit says why and reboots through the firmware
+    /// instead. Limits: docs/update.md.
+    #[arg(long, value_name = "HOW", value_parser = ["reboot", "kexec"])]
+    activate: Option<String>,
 
     /// Install even if the bundle's version is older than the committed one.
     #[arg(long)]
@@ -56,6 +68,17 @@ pub struct InstallArgs {
     /// default when stdout is not a terminal).
     #[arg(long)]
     json: bool,
+
+    /// How this machine asks its firmware for the trial boot, remembered
+    /// for the machine (on its ESP) before the install: `bootnext` (the
+    /// default: BootNext, no pre-loader), `state-file` (the removable-media
+    /// loader runs as a pre-loader and follows \EFI\abkit\loader-state:
+    /// for firmware that ignores BootNext or loses its entries), or `auto`
+    /// (BootNext until a trial reboot shows the firmware ignores it, then
+    /// the state file; `abkit status` says why). Without it the machine
+    /// keeps what it had.
+    #[arg(long, value_name = "MODE", value_parser = boot_control)]
+    boot_control: Option<BootControl>,
 
     /// Minimum download speed: an attempt that brings fewer bytes per second
     /// than this, averaged over --speed-time seconds of waiting for the
@@ -86,6 +109,12 @@ pub struct InstallArgs {
     registry: super::registry::RegistryArgs,
 }
 
+/// Parses `--boot-control`.
+pub fn boot_control(text: &str) -> Result<BootControl, String> {
+    BootControl::parse(text)
+        .ok_or_else(|| format!("{text:?} is not a boot control: bootnext, state-file or auto"))
+}
+
 pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     let keyring_dir = args
         .keyring
@@ -94,13 +123,27 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     let keyring = Keyring::load_dir(&keyring_dir)
         .with_context(|| format!("cannot load the keyring {}", keyring_dir.display()))?;
     super::agent::refuse_if_agent_runs(&args.machine)?;
+    let kexec = args.activate.as_deref() == Some("kexec");
     let mut m = args.machine.open()?;
+    if kexec && !m.is_live() {
+        return Err(abkit_update::UpdateError::Kexec(
+            "--activate kexec needs the running system, not an offline disk image".into(),
+        )
+        .into());
+    }
     let policy = abkit_fetch::RetryPolicy {
         speed_limit: args.speed_limit,
         speed_time: Duration::from_secs(args.speed_time),
         ..abkit_fetch::RetryPolicy::default()
     };
     let mut out = Output::choose(args.json);
+    if let Some(mode) = args.boot_control {
+        for change in abkit_update::boot_control::configure(m.as_mut(), mode)
+            .context("cannot set the boot control")?
+        {
+            eprintln!("abkit: {change}");
+        }
+    }
     // Each retry or resume of a download is a warning in the same output.
     let opener = abkit_fetch::Opener::new(&policy).observe(out.retry_observer());
     let registry = args.registry.options(&policy)?;
@@ -122,27 +165,72 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     if out.is_json() {
         Output::json_line(&serde_json::json!({"event": "done", "report": report}));
     } else {
-        let how = if report.transfer.delta {
+        let transfer = if report.transfer.delta {
             "delta install"
         } else {
             "full install"
         };
+        let how = match abkit_update::boot_control::read_control(m.esp()).map(|c| c.active) {
+            Ok(Mechanism::StateFile) => {
+                "through the pre-loader and \\EFI\\abkit\\loader-state".to_string()
+            }
+            _ => format!("BootNext = Boot{:04X}", report.boot_next),
+        };
         println!(
-            "Installed {} {} into slot {} ({how}: {} bytes fetched, {} bytes reused). \
-             The next boot tries it once (BootNext = Boot{:04X}); \
+            "Installed {} {} into slot {} ({transfer}: {} bytes fetched, {} bytes reused). \
+             The next boot tries it once ({how}); \
              run `abkit mark-good` there once it is healthy.",
             report.compatible,
             report.version,
             report.target_slot.letter(),
             report.transfer.bytes_fetched,
             report.transfer.bytes_reused,
-            report.boot_next
         );
     }
     if m.is_live() && !args.no_reboot {
-        drop(m);
+        if kexec {
+            activate_by_kexec(&args.machine, m, report.target_slot)?;
+        } else {
+            drop(m);
+        }
         reboot()?;
     }
+    Ok(())
+}
+
+/// Loads the new slot's kernel and jumps into it. Returns (for an ordinary
+/// reboot) only when the kernel refused: the trial is then armed for the
+/// firmware again.
+fn activate_by_kexec(
+    args: &MachineArgs,
+    mut m: Box<dyn abkit_update::Machine>,
+    slot: abkit_update::Slot,
+) -> anyhow::Result<()> {
+    let loaded = match abkit_update::kexec::load(m.as_mut(), slot) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("abkit: warning: {e}; rebooting through the firmware instead");
+            return Ok(());
+        }
+    };
+    eprintln!(
+        "abkit: kexec into slot {} (kernel {} bytes, initrd {} bytes): {}",
+        loaded.slot.letter(),
+        loaded.kernel_bytes,
+        loaded.initrd_bytes,
+        loaded.cmdline
+    );
+    // Releases the lock and unmounts a private ESP mount before the jump.
+    drop(m);
+    let err = abkit_update::kexec::jump();
+    eprintln!("abkit: warning: {err}; rebooting through the firmware instead");
+    let mut m = args.open()?;
+    abkit_update::boot_policy::arm_trial(
+        m.as_mut(),
+        slot,
+        abkit_update::boot_policy::Trial::Install,
+    )
+    .context("cannot arm the trial again for the firmware")?;
     Ok(())
 }
 

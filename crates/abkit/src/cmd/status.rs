@@ -41,6 +41,27 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     if s.on_trial {
         println!("on trial:       yes, this boot is not marked good yet");
     }
+    let bc = &s.boot_control;
+    println!(
+        "boot control:   {} (in use: {}){}",
+        bc.mode,
+        bc.active.name(),
+        bc.reason
+            .as_deref()
+            .map(|r| format!("; {r}"))
+            .unwrap_or_default()
+    );
+    if let Some(st) = &bc.loader_state {
+        println!(
+            "loader state:   committed {}, trial {}, tries left {}",
+            st.committed.letter(),
+            st.trial.map_or('-', |t| t.letter()),
+            st.tries_left
+        );
+    }
+    if let Some(how) = &bc.booted_by_preloader {
+        println!("this boot:      started by the pre-loader ({how})");
+    }
     for problem in &s.problems {
         println!("warning:        {problem}");
     }
