@@ -58,6 +58,50 @@ pub fn refuse_if_running(socket: &Path) -> Result<()> {
     }
 }
 
+/// One request to the agent on `socket` (HTTP/1.1, one request per
+/// connection, as the server answers): the status code and the JSON body.
+pub fn request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, serde_json::Value)> {
+    use std::io::{Read, Write};
+    let io = |what: &str| {
+        let context = format!("{what} the agent on {}", socket.display());
+        move |source| AgentError::Io { context, source }
+    };
+    let mut stream = UnixStream::connect(socket).map_err(io("connect to"))?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body.as_bytes()))
+        .map_err(io("send a request to"))?;
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .map_err(io("read the answer of"))?;
+    let text = String::from_utf8_lossy(&answer);
+    let bad = |why: &str| AgentError::Io {
+        context: format!("the agent on {} answered {why}", socket.display()),
+        source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+    };
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad("without a header"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| bad("without a status"))?;
+    let json = serde_json::from_str(body).map_err(|_| bad("with a body that is not JSON"))?;
+    Ok((status, json))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

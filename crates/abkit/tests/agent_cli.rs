@@ -483,6 +483,94 @@ fn an_update_over_the_socket_installs_arms_the_trial_and_reboots() {
     assert_eq!(w.reboots(), 1, "reboot: true reboots once the update is in");
 }
 
+/// With an agent running, `abkit install` and `abkit rollback` become its
+/// operations: the CLI follows them and shows their events and errors
+/// (with the agent's codes); options the API cannot carry are refused.
+#[test]
+fn the_cli_goes_through_a_running_agent() {
+    let w = world();
+    let y = w.bundle("1.1.0", 2);
+    let agent = w.agent("a", &["--health-check", "true"]);
+    agent.health_done();
+    let cli = |words: &[&str]| {
+        let mut args: Vec<String> = words.iter().map(|s| s.to_string()).collect();
+        args.extend(w.machine("a"));
+        Command::new(env!("CARGO_BIN_EXE_abkit"))
+            .args(&args)
+            .env("ABKIT_AGENT_SOCKET", &agent.socket)
+            .output()
+            .unwrap()
+    };
+    let lines = |out: &std::process::Output| -> Vec<Value> {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(json)
+            .collect()
+    };
+
+    let out = cli(&["install", &y, "--no-reboot", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
+    );
+    let events = lines(&out);
+    assert!(
+        events.iter().any(|e| e["event"] == "progress"),
+        "{events:?}"
+    );
+    let done = events.last().unwrap();
+    assert_eq!(done["event"], "done", "{done}");
+    assert_eq!(done["report"]["target_slot"], "B");
+    assert_eq!(done["report"]["version"], "1.1.0");
+    // The agent did it (its operation), and rebooted nothing.
+    let (_, st) = agent.call("GET", "/v1/status", None);
+    assert_eq!(st["agent"]["operation"]["kind"], "update", "{st}");
+    assert_eq!(st["slots"]["B"]["state"], "installed");
+    assert_eq!(st["trial_pending"], true);
+    assert_eq!(w.reboots(), 0);
+
+    // The agent's refusal comes back with its code.
+    std::fs::write(w.p("garbage.abb"), b"this is not a bundle").unwrap();
+    let garbage = w.s("garbage.abb");
+    let out = cli(&["install", &garbage, "--no-reboot", "--json"]);
+    assert!(!out.status.success());
+    let err = lines(&out).pop().unwrap();
+    assert_eq!(err["error"]["code"], "truncated", "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the agent reports"),
+        "{err}"
+    );
+    let out = cli(&["rollback", "--json"]);
+    assert!(!out.status.success());
+    let err = json(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the agent reports"),
+        "{err}"
+    );
+
+    // What the API cannot carry is refused, not dropped.
+    let out = cli(&["install", &y, "--no-delta", "--json"]);
+    assert!(!out.status.success());
+    let err = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(err["error"]["code"], "agent-running", "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--no-delta"),
+        "{err}"
+    );
+}
+
 #[test]
 fn mutual_tls_admits_only_clients_of_the_operator_ca() {
     let w = world();

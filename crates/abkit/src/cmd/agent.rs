@@ -215,3 +215,96 @@ pub fn refuse_if_agent_runs(machine: &MachineArgs) -> anyhow::Result<()> {
     abkit_agent::client::refuse_if_running(&socket)?;
     Ok(())
 }
+
+/// The socket of an agent that owns this machine, if one answers: the
+/// running system's socket, or $ABKIT_AGENT_SOCKET when set (also offline).
+pub fn running_agent_socket(machine: &MachineArgs) -> Option<PathBuf> {
+    let socket = match std::env::var_os(SOCKET_ENV) {
+        Some(p) => PathBuf::from(p),
+        None if machine.disk.is_none() => PathBuf::from(DEFAULT_SOCKET),
+        None => return None,
+    };
+    abkit_agent::client::running_agent(&socket).map(|_| socket)
+}
+
+/// A failure the agent reported for an operation it ran for this command,
+/// with the agent's own error code.
+#[derive(Debug)]
+pub struct AgentReported {
+    pub code: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for AgentReported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the agent reports: {}", self.message)
+    }
+}
+
+impl std::error::Error for AgentReported {}
+
+impl AgentReported {
+    /// From an answer's or an operation's `{"error": {"code", "message"}}`.
+    pub fn from_body(body: &serde_json::Value) -> AgentReported {
+        let error = &body["error"];
+        AgentReported {
+            code: error["code"].as_str().unwrap_or("agent").to_string(),
+            message: error["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| body.to_string()),
+        }
+    }
+}
+
+fn reported(body: &serde_json::Value) -> AgentReported {
+    AgentReported::from_body(body)
+}
+
+/// Runs an update through the agent on `socket` (`POST /v1/update`, then
+/// `GET /v1/operations/<id>` until it ends), printing the operation's
+/// events as `install --json` does (with `json`) or one line per step;
+/// returns the install report. The agent, not this process, writes the
+/// machine: two writers never race.
+pub fn update_through_agent(
+    socket: &std::path::Path,
+    request: &serde_json::Value,
+    json: bool,
+) -> anyhow::Result<serde_json::Value> {
+    use abkit_agent::client::request as call;
+    let (status, body) = call(socket, "POST", "/v1/update", Some(request))?;
+    if status != 202 {
+        return Err(reported(&body).into());
+    }
+    let id = body["operation"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("the agent answered 202 without an operation id: {body}"))?
+        .to_string();
+    if !json {
+        eprintln!(
+            "abkit: an agent runs on {}: it installs (operation {id})",
+            socket.display()
+        );
+    }
+    let mut shown = 0;
+    loop {
+        let (status, op) = call(socket, "GET", &format!("/v1/operations/{id}"), None)?;
+        if status != 200 {
+            return Err(reported(&op).into());
+        }
+        let events = op["events"].as_array().cloned().unwrap_or_default();
+        for event in events.iter().skip(shown) {
+            if json {
+                println!("{event}");
+            } else if let Some(message) = event["message"].as_str() {
+                eprintln!("abkit: {message}");
+            }
+        }
+        shown = shown.max(events.len());
+        match op["state"].as_str() {
+            Some("succeeded") => return Ok(op["result"].clone()),
+            Some("failed") => return Err(reported(&op).into()),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}

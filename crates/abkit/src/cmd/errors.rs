@@ -9,7 +9,11 @@ use super::bundle::Coded;
 /// The stable code of a failure: the library's own code (docs/update.md,
 /// docs/bundle-format.md), `io` for a file that cannot be read, `error` for
 /// anything else (a wrong flag, say).
-pub fn error_code(err: &anyhow::Error) -> &'static str {
+pub fn error_code(err: &anyhow::Error) -> String {
+    code_of(err).into()
+}
+
+fn code_of(err: &anyhow::Error) -> &str {
     // A registry's blob that fails its digest check does so inside a read
     // of the bundle stream: its code is the one to report, not `io`.
     for cause in err.chain() {
@@ -20,6 +24,9 @@ pub fn error_code(err: &anyhow::Error) -> &'static str {
         }
     }
     for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<super::agent::AgentReported>() {
+            return &e.code;
+        }
         if let Some(e) = cause.downcast_ref::<abkit_oci::OciError>() {
             return e.code();
         }

@@ -116,6 +116,9 @@ pub fn boot_control(text: &str) -> Result<BootControl, String> {
 }
 
 pub fn run(args: InstallArgs) -> anyhow::Result<()> {
+    if let Some(socket) = super::agent::running_agent_socket(&args.machine) {
+        return install_through_agent(&args, &socket);
+    }
     let keyring_dir = args
         .keyring
         .clone()
@@ -245,5 +248,64 @@ fn reboot() -> anyhow::Result<()> {
         "reboot failed: {} (the update is installed; reboot by hand)",
         std::io::Error::last_os_error()
     );
+    Ok(())
+}
+
+/// An agent owns this machine: the install is its operation (`POST
+/// /v1/update`), followed here. Options the API does not carry are
+/// refused rather than silently dropped.
+fn install_through_agent(args: &InstallArgs, socket: &std::path::Path) -> anyhow::Result<()> {
+    let unsupported = [
+        (
+            args.keyring.is_some(),
+            "--keyring (the agent uses its own keyring)",
+        ),
+        (args.allow_unrecorded, "--allow-unrecorded"),
+        (args.no_delta, "--no-delta"),
+        (
+            args.boot_control.is_some(),
+            "--boot-control (the agent's boot_control setting)",
+        ),
+    ];
+    if let Some((_, flag)) = unsupported.iter().find(|(given, _)| *given) {
+        return Err(abkit_agent::AgentError::Running {
+            socket: socket.to_path_buf(),
+            pid: abkit_agent::client::running_agent(socket).flatten(),
+        })
+        .with_context(|| format!("{flag} cannot be passed through the agent's API"));
+    }
+    // The agent resolves paths from its own working folder: send absolute ones.
+    let source = if args.source.contains("://") {
+        args.source.clone()
+    } else {
+        std::fs::canonicalize(&args.source)
+            .with_context(|| format!("bundle {}", args.source))?
+            .display()
+            .to_string()
+    };
+    let request = serde_json::json!({
+        "source": source,
+        "reboot": !args.no_reboot,
+        "allow_downgrade": args.allow_downgrade,
+        "activate": args.activate.as_deref().unwrap_or("reboot"),
+    });
+    let json = args.json || !std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let report = super::agent::update_through_agent(socket, &request, json)?;
+    if json {
+        Output::json_line(&serde_json::json!({"event": "done", "report": report}));
+    } else {
+        println!(
+            "Installed {} {} into slot {} through the agent on {}{}.",
+            report["compatible"].as_str().unwrap_or("?"),
+            report["version"].as_str().unwrap_or("?"),
+            report["target_slot"].as_str().unwrap_or("?"),
+            socket.display(),
+            if args.no_reboot {
+                ""
+            } else {
+                "; it reboots into the trial"
+            }
+        );
+    }
     Ok(())
 }

@@ -15,7 +15,27 @@ pub struct RollbackArgs {
 }
 
 pub fn run(args: RollbackArgs) -> anyhow::Result<()> {
-    super::agent::refuse_if_agent_runs(&args.machine)?;
+    if let Some(socket) = super::agent::running_agent_socket(&args.machine) {
+        // The agent owns the machine: it arms the rollback.
+        let (status, body) = abkit_agent::client::request(&socket, "POST", "/v1/rollback", None)?;
+        if status != 200 {
+            return Err(super::agent::AgentReported::from_body(&body).into());
+        }
+        let r = &body["result"];
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(r)?);
+        } else {
+            println!(
+                "Through the agent on {}: the next boot runs slot {} ({}) once (BootNext = \
+                 Boot{:04X}). It becomes permanent only if it is marked good there.",
+                socket.display(),
+                r["slot"].as_str().unwrap_or("?"),
+                r["version"].as_str().unwrap_or("unknown version"),
+                r["boot_next"].as_u64().unwrap_or(0)
+            );
+        }
+        return Ok(());
+    }
     let mut m = args.machine.open()?;
     let report = abkit_update::rollback(m.as_mut())?;
     if args.json {
