@@ -19,9 +19,8 @@ cd "$(dirname "$0")/.."
 SECONDS_IDLE=${SECONDS_IDLE:-30}
 N_STATUS=${N_STATUS:-20}
 POLL_INTERVAL=${POLL_INTERVAL:-10s}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-cargo build --release -q -p abkit
-ABKIT=$CARGO_TARGET_DIR/release/abkit
+. bench/lib.sh
+build_abkit
 for tool in curl openssl; do
   command -v "$tool" >/dev/null || { echo "bench: needs $tool (make deps)" >&2; exit 1; }
 done
@@ -44,14 +43,7 @@ cp /usr/share/OVMF/OVMF_VARS_4M.fd vars.fd
 mkdir keyring && cp release.pub keyring/
 head -c 1M /dev/urandom >sys.img
 # A tiny PE/COFF EFI application as the bundle's loader (as in install.sh).
-python3 - boot.efi <<'PY'
-import sys
-img = bytearray(0x200)
-img[0:2] = b"MZ"; img[0x3c:0x40] = (0x40).to_bytes(4, "little"); img[0x40:0x44] = b"PE\0\0"
-img[0x44:0x46] = (0x8664).to_bytes(2, "little"); img[0x54:0x56] = (240).to_bytes(2, "little")
-img[0x58:0x5a] = (0x20b).to_bytes(2, "little"); img[0x58 + 68:0x58 + 70] = (10).to_bytes(2, "little")
-open(sys.argv[1], "wb").write(bytes(img))
-PY
+tiny_efi boot.efi
 "$ABKIT" bundle create --efi boot.efi --system sys.img --version 1.0.0 \
   --compatible bench-os --key release.key -o os.abb >/dev/null 2>&1 ||
   { echo "bench: bundle create failed" >&2; exit 1; }

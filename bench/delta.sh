@@ -36,9 +36,8 @@ RUNS=${RUNS:-3}
 for tool in lighttpd casync python3 /usr/bin/time fallocate; do
   command -v "$tool" >/dev/null || { echo "bench: needs $tool (bash scripts/deps.sh)" >&2; exit 1; }
 done
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-cargo build --release -q -p abkit
-ABKIT=$CARGO_TARGET_DIR/release/abkit
+. bench/lib.sh
+build_abkit
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/abkit-bench-delta.XXXXXX")
 SERVER_PID=
@@ -53,14 +52,7 @@ trap cleanup EXIT
 mkdir -p "$WORK/www"
 
 # A tiny PE/COFF EFI application as the bundles' loader.
-python3 - "$WORK/boot.efi" <<'PY'
-import sys
-img = bytearray(0x200)
-img[0:2] = b"MZ"; img[0x3c:0x40] = (0x40).to_bytes(4, "little"); img[0x40:0x44] = b"PE\0\0"
-img[0x44:0x46] = (0x8664).to_bytes(2, "little"); img[0x54:0x56] = (240).to_bytes(2, "little")
-img[0x58:0x5a] = (0x20b).to_bytes(2, "little"); img[0x58 + 68:0x58 + 70] = (10).to_bytes(2, "little")
-open(sys.argv[1], "wb").write(bytes(img))
-PY
+tiny_efi "$WORK/boot.efi"
 "$ABKIT" keygen --out "$WORK/rel" >/dev/null
 mkdir "$WORK/ring" && cp "$WORK/rel.pub" "$WORK/ring/"
 

@@ -289,16 +289,9 @@ impl Follower {
     fn settle(&self, store: &Store, local: &Local) {
         let id = &self.fs.machine_id;
         let old = self.retry("read my record", || rollout::read_machine(store, id));
-        let mut rec = old.clone().unwrap_or(MachineRecord {
-            id: id.clone(),
-            group: self.fs.group.clone(),
-            phase: Phase::Idle,
-            rollout: None,
-            version: None,
-            target_version: None,
-            error: None,
-            updated_at: 0,
-        });
+        let mut rec = old
+            .clone()
+            .unwrap_or(MachineRecord::new(id, &self.fs.group));
         rec.group = self.fs.group.clone();
         rec.version = local.version.clone();
         match rec.phase {
@@ -394,16 +387,7 @@ impl Follower {
         }
         let mut rec = self
             .retry("read my record", || rollout::read_machine(store, id))
-            .unwrap_or(MachineRecord {
-                id: id.clone(),
-                group: self.fs.group.clone(),
-                phase: Phase::Idle,
-                rollout: None,
-                version: None,
-                target_version: None,
-                error: None,
-                updated_at: 0,
-            });
+            .unwrap_or(MachineRecord::new(id, &self.fs.group));
         rec.rollout = Some(plan.id.clone());
         rec.phase = Phase::Installing;
         rec.error = None;

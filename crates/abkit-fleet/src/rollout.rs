@@ -84,6 +84,19 @@ impl Plan {
             .unwrap_or(self.waves.len().saturating_sub(1))
     }
 
+    /// Every machine the plan assigned, then those that registered since
+    /// (they go to the last wave).
+    pub fn machines<'a>(&'a self, records: &'a [MachineRecord]) -> Vec<&'a str> {
+        let mut ids: Vec<&str> = self.assignment.keys().map(String::as_str).collect();
+        ids.extend(
+            records
+                .iter()
+                .map(|r| r.id.as_str())
+                .filter(|id| !self.assignment.contains_key(*id)),
+        );
+        ids
+    }
+
     /// Whether `machine` may start installing this release now. A
     /// completed rollout's release stays the desired one: a machine that
     /// registers later installs it too (through FleetLock, as any other).
@@ -141,6 +154,22 @@ pub struct MachineRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub updated_at: u64,
+}
+
+impl MachineRecord {
+    /// A machine that has not said anything yet: idle, in `group`.
+    pub fn new(id: &str, group: &str) -> MachineRecord {
+        MachineRecord {
+            id: id.to_string(),
+            group: group.to_string(),
+            phase: Phase::Idle,
+            rollout: None,
+            version: None,
+            target_version: None,
+            error: None,
+            updated_at: 0,
+        }
+    }
 }
 
 pub fn now() -> u64 {
@@ -402,14 +431,7 @@ pub fn summarize(plan: &Plan, records: &[MachineRecord]) -> Status {
             ..Default::default()
         })
         .collect();
-    let mut ids: Vec<&str> = plan.assignment.keys().map(String::as_str).collect();
-    ids.extend(
-        records
-            .iter()
-            .map(|r| r.id.as_str())
-            .filter(|id| !plan.assignment.contains_key(*id)),
-    );
-    for id in ids {
+    for id in plan.machines(records) {
         let w = &mut waves[plan.wave_of(id)];
         w.machines += 1;
         match phase_in(plan, by_id.get(id).copied()) {
@@ -457,14 +479,7 @@ pub fn advance(store: &Store) -> Result<Plan> {
             records.iter().map(|r| (r.id.as_str(), r)).collect();
         let mut per_wave_failures = vec![0u32; plan.waves.len()];
         let mut per_wave_unfinished = vec![0u32; plan.waves.len()];
-        let mut ids: Vec<&str> = plan.assignment.keys().map(String::as_str).collect();
-        ids.extend(
-            records
-                .iter()
-                .map(|r| r.id.as_str())
-                .filter(|id| !plan.assignment.contains_key(*id)),
-        );
-        for id in ids {
+        for id in plan.machines(&records) {
             let w = plan.wave_of(id);
             let phase = phase_in(plan, by_id.get(id).copied());
             if phase.failed() && !plan.accepted_failures.iter().any(|a| a == id) {

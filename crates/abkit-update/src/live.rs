@@ -278,6 +278,31 @@ impl LiveMachine {
     }
 }
 
+impl LiveMachine {
+    /// Slot `slot`'s whole partition, for writing or only for reading.
+    fn open_slot(&self, slot: Slot, write: bool) -> Result<FileRange> {
+        let path = &self.slots[if slot == Slot::A { 0 } else { 1 }];
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(path)
+            .map_err(UpdateError::io(format!(
+                "open slot {} ({}){}",
+                slot.letter(),
+                path.display(),
+                if write { "" } else { " for reading" }
+            )))?;
+        let size = file
+            .seek(SeekFrom::End(0))
+            .map_err(UpdateError::io(format!("size of {}", path.display())))?;
+        Ok(FileRange {
+            file,
+            start: 0,
+            size,
+        })
+    }
+}
+
 impl Machine for LiveMachine {
     fn running_slot(&self) -> Slot {
         self.running
@@ -292,40 +317,10 @@ impl Machine for LiveMachine {
         &mut self.esp
     }
     fn slot_device(&mut self, slot: Slot) -> Result<Box<dyn SlotDevice + '_>> {
-        let path = &self.slots[if slot == Slot::A { 0 } else { 1 }];
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(UpdateError::io(format!(
-                "open slot {} ({})",
-                slot.letter(),
-                path.display()
-            )))?;
-        let size = file
-            .seek(SeekFrom::End(0))
-            .map_err(UpdateError::io(format!("size of {}", path.display())))?;
-        Ok(Box::new(FileRange {
-            file,
-            start: 0,
-            size,
-        }))
+        Ok(Box::new(self.open_slot(slot, true)?))
     }
     fn slot_reader(&self, slot: Slot) -> Result<Box<dyn SlotDevice>> {
-        let path = &self.slots[if slot == Slot::A { 0 } else { 1 }];
-        let mut file = std::fs::File::open(path).map_err(UpdateError::io(format!(
-            "open slot {} ({}) for reading",
-            slot.letter(),
-            path.display()
-        )))?;
-        let size = file
-            .seek(SeekFrom::End(0))
-            .map_err(UpdateError::io(format!("size of {}", path.display())))?;
-        Ok(Box::new(FileRange {
-            file,
-            start: 0,
-            size,
-        }))
+        Ok(Box::new(self.open_slot(slot, false)?))
     }
 
     fn boot_id(&self) -> Option<String> {

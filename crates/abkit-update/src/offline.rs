@@ -103,6 +103,23 @@ impl OfflineMachine {
     }
 }
 
+impl OfflineMachine {
+    /// Slot `slot`'s byte range of the disk image, on its own handle.
+    fn slot_range(&self, slot: Slot) -> Result<FileRange> {
+        let range = self.disk.slot_range(slot);
+        let file = self
+            .disk
+            .file()
+            .try_clone()
+            .map_err(UpdateError::io("duplicate the disk handle"))?;
+        Ok(FileRange {
+            file,
+            start: range.start,
+            size: range.end - range.start,
+        })
+    }
+}
+
 impl Machine for OfflineMachine {
     fn boot_id(&self) -> Option<String> {
         self.boot_id.clone()
@@ -121,17 +138,7 @@ impl Machine for OfflineMachine {
         self.esp.as_mut()
     }
     fn slot_device(&mut self, slot: Slot) -> Result<Box<dyn SlotDevice + '_>> {
-        let range = self.disk.slot_range(slot);
-        let file = self
-            .disk
-            .file()
-            .try_clone()
-            .map_err(UpdateError::io("duplicate the disk handle"))?;
-        let dev = Box::new(FileRange {
-            file,
-            start: range.start,
-            size: range.end - range.start,
-        });
+        let dev = Box::new(self.slot_range(slot)?);
         #[cfg(feature = "testing")]
         if let Some(power) = &self.power {
             return Ok(Box::new(FaultySlot {
@@ -142,17 +149,7 @@ impl Machine for OfflineMachine {
         Ok(dev)
     }
     fn slot_reader(&self, slot: Slot) -> Result<Box<dyn SlotDevice>> {
-        let range = self.disk.slot_range(slot);
-        let file = self
-            .disk
-            .file()
-            .try_clone()
-            .map_err(UpdateError::io("duplicate the disk handle"))?;
-        Ok(Box::new(FileRange {
-            file,
-            start: range.start,
-            size: range.end - range.start,
-        }))
+        Ok(Box::new(self.slot_range(slot)?))
     }
     fn lock(&mut self) -> Result<()> {
         if self.lock.is_none() {
