@@ -36,7 +36,9 @@ use abkit_loader_core::vars::{
     ABKIT_BOOTED_SLOT, LOADER_DEVICE_PART_UUID, LOADER_IMAGE_IDENTIFIER, VOLATILE_BS_RT,
 };
 use abkit_loader_core::{STUB_MARKER_PREFIX, Slot};
-use uefi::boot::{self, LoadImageSource, OpenProtocolAttributes, OpenProtocolParams};
+use uefi::boot::{
+    self, LoadImageSource, OpenProtocolAttributes, OpenProtocolParams, ScopedProtocol,
+};
 use uefi::prelude::*;
 use uefi::proto::device_path::media::PartitionSignature;
 use uefi::proto::device_path::text::{AllowShortcuts, DisplayOnly};
@@ -46,7 +48,7 @@ use uefi::proto::media::file::{File, FileAttribute, FileInfo, FileMode, RegularF
 use uefi::proto::media::fs::SimpleFileSystem;
 use uefi::proto::tcg::v2::{HashLogExtendEventFlags, PcrEventInputs, Tcg};
 use uefi::proto::tcg::{EventType, PcrIndex};
-use uefi::proto::unsafe_protocol;
+use uefi::proto::{ProtocolPointer, unsafe_protocol};
 use uefi::runtime::{self, VariableAttributes, VariableVendor};
 use uefi::{CString16, Guid, println};
 use uefi_raw::Boolean;
@@ -275,17 +277,8 @@ fn read_own_stamp(me: &SelfImage) -> Result<Option<Slot>, alloc::string::String>
     // SAFETY: GetProtocol does not take the file system from its driver (an
     // exclusive open would disconnect it); we use it only within this
     // function, while the device handle exists.
-    let mut fs = unsafe {
-        boot::open_protocol::<SimpleFileSystem>(
-            OpenProtocolParams {
-                handle: device,
-                agent: boot::image_handle(),
-                controller: None,
-            },
-            OpenProtocolAttributes::GetProtocol,
-        )
-    }
-    .map_err(|e| format!("no file system on the loader's device: {:?}", e.status()))?;
+    let mut fs = unsafe { open_shared::<SimpleFileSystem>(device) }
+        .map_err(|e| format!("no file system on the loader's device: {:?}", e.status()))?;
     let mut volume = fs
         .open_volume()
         .map_err(|e| format!("cannot open the volume: {:?}", e.status()))?;
@@ -364,6 +357,29 @@ fn set_text_variable(name: &str, vendor: &VariableVendor, value: &[u16]) {
     }
 }
 
+/// Opens protocol `P` on `handle` for reading without taking it from the
+/// driver that installed it (GET_PROTOCOL): an exclusive open would
+/// disconnect the FAT, partition or security drivers the firmware still needs.
+///
+/// # Safety
+/// The caller must stop using the protocol before the handle or the
+/// protocol goes away (for the loader: before it exits or starts a kernel).
+unsafe fn open_shared<P: ProtocolPointer + ?Sized>(
+    handle: Handle,
+) -> uefi::Result<ScopedProtocol<P>> {
+    // SAFETY: passed on to the caller (see above).
+    unsafe {
+        boot::open_protocol::<P>(
+            OpenProtocolParams {
+                handle,
+                agent: boot::image_handle(),
+                controller: None,
+            },
+            OpenProtocolAttributes::GetProtocol,
+        )
+    }
+}
+
 /// The GPT partition GUID (EFI byte order) from the HD() node of the device
 /// the loader was loaded from.
 fn esp_partition_guid(device: Option<Handle>) -> Option<[u8; 16]> {
@@ -371,17 +387,7 @@ fn esp_partition_guid(device: Option<Handle>) -> Option<[u8; 16]> {
     // SAFETY: GetProtocol does not take the protocol from its drivers (an
     // exclusive open would disconnect the FAT and partition drivers); we only
     // read the path while the handle exists, which it does until we exit.
-    let path = unsafe {
-        boot::open_protocol::<DevicePath>(
-            OpenProtocolParams {
-                handle: device,
-                agent: boot::image_handle(),
-                controller: None,
-            },
-            OpenProtocolAttributes::GetProtocol,
-        )
-    }
-    .ok()?;
+    let path = unsafe { open_shared::<DevicePath>(device) }.ok()?;
     path.node_iter().find_map(|node| match node.as_enum() {
         Ok(DevicePathNodeEnum::MediaHardDrive(hd)) => match hd.partition_signature() {
             PartitionSignature::Guid(guid) => Some(guid.to_bytes()),
@@ -610,16 +616,7 @@ fn load_own_kernel(kernel: &[u8]) -> uefi::Result<Handle> {
     };
     // SAFETY: GetProtocol does not disconnect the firmware's own driver; the
     // interface lives as long as the firmware's boot services.
-    let Ok(mut security) = (unsafe {
-        boot::open_protocol::<Security2Arch>(
-            OpenProtocolParams {
-                handle,
-                agent: boot::image_handle(),
-                controller: None,
-            },
-            OpenProtocolAttributes::GetProtocol,
-        )
-    }) else {
+    let Ok(mut security) = (unsafe { open_shared::<Security2Arch>(handle) }) else {
         return load();
     };
     OWN_KERNEL

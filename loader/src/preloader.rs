@@ -15,9 +15,7 @@ use abkit_loader_core::Slot;
 use abkit_loader_core::guid::ABKIT_VENDOR_GUID_EFI;
 use abkit_loader_core::loader_state::{self, ChoiceReason, StateFiles};
 use abkit_loader_core::vars::{ABKIT_PRELOADER, VOLATILE_BS_RT};
-use uefi::boot::{
-    self, LoadImageSource, OpenProtocolAttributes, OpenProtocolParams, ScopedProtocol,
-};
+use uefi::boot::{self, LoadImageSource, ScopedProtocol};
 use uefi::proto::BootPolicy;
 use uefi::proto::device_path::build::{self, DevicePathBuilder};
 use uefi::proto::device_path::{DevicePath, DeviceType};
@@ -25,6 +23,8 @@ use uefi::proto::media::file::{Directory, File, FileAttribute, FileInfo, FileMod
 use uefi::proto::media::fs::SimpleFileSystem;
 use uefi::runtime::{self, VariableAttributes, VariableVendor};
 use uefi::{CString16, Guid, Handle, Status, println};
+
+use crate::open_shared;
 
 /// The ESP the loader was started from, through the firmware's FAT driver.
 struct Esp {
@@ -40,17 +40,8 @@ impl Esp {
         // SAFETY: GetProtocol leaves the file system with its driver (an
         // exclusive open would disconnect it); the protocol is used only
         // while the device handle exists, which it does until we exit.
-        let mut fs: ScopedProtocol<SimpleFileSystem> = unsafe {
-            boot::open_protocol(
-                OpenProtocolParams {
-                    handle: device,
-                    agent: boot::image_handle(),
-                    controller: None,
-                },
-                OpenProtocolAttributes::GetProtocol,
-            )
-        }
-        .map_err(|e| e.status())?;
+        let mut fs: ScopedProtocol<SimpleFileSystem> =
+            unsafe { open_shared(device) }.map_err(|e| e.status())?;
         let root = fs.open_volume().map_err(|e| e.status())?;
         Ok(Esp { root })
     }
@@ -218,17 +209,7 @@ fn chain(device: Handle, slot: Slot, why: &str) {
 /// path plus the file), so the child knows its own file name and device.
 fn load_slot_loader(device: Handle, slot: Slot) -> Result<Handle, Status> {
     // SAFETY: GetProtocol, read only while the handle exists (see Esp::open).
-    let partition = unsafe {
-        boot::open_protocol::<DevicePath>(
-            OpenProtocolParams {
-                handle: device,
-                agent: boot::image_handle(),
-                controller: None,
-            },
-            OpenProtocolAttributes::GetProtocol,
-        )
-    }
-    .map_err(|e| e.status())?;
+    let partition = unsafe { open_shared::<DevicePath>(device) }.map_err(|e| e.status())?;
     let file = path16(slot.loader_path())?;
     let mut buf = Vec::new();
     let mut builder = DevicePathBuilder::with_vec(&mut buf);

@@ -8,6 +8,7 @@ use abkit_update::record::{HealthRecord, HealthResult, now, read_record, write_r
 use abkit_update::{Machine, Slot, UpdateError};
 use serde::Serialize;
 use serde_json::Value;
+use serde_with::skip_serializing_none;
 
 use crate::config::Settings;
 use crate::health::{self, CheckResult};
@@ -33,24 +34,18 @@ pub enum HealthPhase {
 }
 
 /// The health gate as `GET /v1/status` shows it.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize)]
 pub struct HealthState {
     pub phase: HealthPhase,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub slot: Option<Slot>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub on_trial: Option<bool>,
     pub checks: Vec<CheckResult>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub failed_check: Option<String>,
     /// What the gate did: `committed`, `reboot`, `reported`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<u64>,
 }
 

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use abkit_update::{Event, Reporter};
 use serde::Serialize;
 use serde_json::Value;
+use serde_with::skip_serializing_none;
 
 /// Finished operations kept for `GET /v1/operations/<id>`.
 pub const KEEP: usize = 16;
@@ -27,24 +28,21 @@ pub struct OpError {
     pub message: String,
 }
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize)]
 pub struct Operation {
     pub id: String,
     /// `update`, `rollback` or `reboot`.
     pub kind: &'static str,
     pub state: OpState,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// Seconds since the Unix epoch.
     pub started_at: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<u64>,
     /// The engine's progress events (consecutive `progress` events of one
     /// step are kept as the latest).
     pub events: Vec<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<OpError>,
 }
 

@@ -14,6 +14,7 @@ use abkit_bundle::reader::BundleReader;
 use abkit_update::record::{HealthResult, SlotState, now};
 use abkit_update::{Slot, Status};
 use serde::Serialize;
+use serde_with::skip_serializing_none;
 
 use crate::Agent;
 use crate::ops::OpError;
@@ -78,22 +79,18 @@ impl Window {
 }
 
 /// What a check found, as `GET /v1/status` shows it under `agent.poll`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PollState {
     pub url: String,
     /// Seconds since the epoch of the last check's end.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_check_at: Option<u64>,
     /// The version the channel offered at the last check.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub offered: Option<String>,
     /// `install`, `skip` or `error`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
     /// Why (a skip's reason, an error's message, the operation started).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub next_check_at: Option<u64>,
 }
 

@@ -1,5 +1,6 @@
 //! Test fixtures shared with other crates' tests: the smallest PE/COFF file
-//! our loader check accepts. Not meant for production use.
+//! our loader check accepts, and deterministic noise for images. Not meant
+//! for production use.
 
 /// A minimal PE32+ x86_64 image with Subsystem 10 (EFI application) and no
 /// sections and the 16 data directories real loaders have (all empty, so a
@@ -26,4 +27,18 @@ pub fn tiny_efi_application(payload: &[u8]) -> Vec<u8> {
     image[optional + 108..optional + 112].copy_from_slice(&16u32.to_le_bytes()); // NumberOfRvaAndSizes
     image.extend_from_slice(payload);
     image
+}
+
+/// Deterministic pseudo-random bytes (xorshift), different per seed: images
+/// that do not compress and whose blocks differ.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
 }

@@ -206,12 +206,18 @@ impl<'a> BootManager<'a> {
     /// Numbers of every compliant `Boot####` variable, decodable or not,
     /// ascending. Non-compliant names such as `Boot001a` are not included.
     pub fn entry_numbers(&self) -> Result<Vec<u16>, BootError> {
+        self.global_numbers(boot_vars::parse_boot_entry_name)
+    }
+
+    /// The numbers `parse` finds in the names of global variables, ascending
+    /// and without repeats.
+    fn global_numbers(&self, parse: fn(&str) -> Option<u16>) -> Result<Vec<u16>, BootError> {
         let mut numbers: Vec<u16> = self
             .store
             .list()?
             .iter()
             .filter(|n| n.vendor == boot_vars::EFI_GLOBAL_VARIABLE)
-            .filter_map(|n| boot_vars::parse_boot_entry_name(&n.name))
+            .filter_map(|n| parse(&n.name))
             .collect();
         numbers.sort_unstable();
         numbers.dedup();
@@ -293,15 +299,7 @@ impl<'a> BootManager<'a> {
     /// entry, even an undecodable one, nor by a non-compliant name in
     /// another case (`Boot001a` keeps 0x1A taken). BootOrder is not changed.
     pub fn add_entry(&mut self, option: &LoadOption) -> Result<u16, BootError> {
-        let mut used: Vec<u16> = self
-            .store
-            .list()?
-            .iter()
-            .filter(|n| n.vendor == boot_vars::EFI_GLOBAL_VARIABLE)
-            .filter_map(|n| boot_vars::boot_entry_number_any_case(&n.name))
-            .collect();
-        used.sort_unstable();
-        used.dedup();
+        let used = self.global_numbers(boot_vars::boot_entry_number_any_case)?;
         let number = (0..=u16::MAX)
             .find(|n| used.binary_search(n).is_err())
             .ok_or(BootError::NoFreeNumber)?;

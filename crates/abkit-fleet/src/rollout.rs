@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_with::skip_serializing_none;
 use sha2::{Digest, Sha256};
 
 use crate::error::{FleetError, Result};
@@ -47,6 +48,7 @@ impl std::fmt::Display for RolloutState {
 }
 
 /// The desired release and how it reaches the fleet.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     /// Unique per `rollout start`: machine records name the rollout they
@@ -67,7 +69,6 @@ pub struct Plan {
     /// the last wave.
     pub assignment: BTreeMap<String, usize>,
     pub started_at: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Failures an operator accepted with `rollout resume`: not counted
     /// towards `halt_after` again.
@@ -137,21 +138,18 @@ impl Phase {
 }
 
 /// What a machine says about itself (written only by its own agent).
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineRecord {
     pub id: String,
     pub group: String,
     pub phase: Phase,
     /// The rollout the phase is about.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<String>,
     /// The committed version the machine runs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     /// The version being tried (phase `rebooting`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub updated_at: u64,
 }
@@ -395,6 +393,7 @@ pub struct WaveCounts {
 }
 
 /// A rollout's progress.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub id: String,
@@ -403,7 +402,6 @@ pub struct Status {
     pub open_wave: usize,
     pub max_unavailable: u64,
     pub halt_after: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub waves: Vec<WaveCounts>,
     pub machines: u64,

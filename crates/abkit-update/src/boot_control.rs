@@ -10,6 +10,7 @@
 
 use abkit_loader_core::loader_state::{self, LoaderState, StateFiles};
 use serde::{Deserialize, Serialize};
+use serde_with::skip_serializing_none;
 
 use crate::boot_policy::{self, Observation};
 use crate::machine::{EspFiles, Machine, write_atomically};
@@ -96,6 +97,7 @@ pub struct Probe {
 }
 
 /// `\EFI\abkit\boot-control.json`. No file: `bootnext`, as the seed.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlRecord {
     /// What the operator chose.
@@ -104,13 +106,10 @@ pub struct ControlRecord {
     pub active: Mechanism,
     /// Why `active` is what it is (the auto switch's evidence, or the
     /// operator's choice).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// When `active` last changed (Unix seconds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed_at: Option<u64>,
     /// `auto`: the `BootNext` trial whose reboot is still to be checked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<Probe>,
 }
 

@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::copy::{self, SparseFile};
 use crate::machine::{EspFiles, SlotDevice};
 use crate::offline::{FileRange, ImageEsp};
-use crate::payloads::Payload;
+use crate::payloads::{self, Payload};
 use crate::progress::{Reporter, Step, step};
 use crate::record::{SlotRecord, SlotState, record_path, write_record};
 use crate::{Result, Slot, UpdateError};
@@ -75,7 +75,7 @@ fn scratch_parent(output: &Path, block_device: bool) -> PathBuf {
 /// the copy pipeline (all-zero 4 KiB blocks left as holes, every block read
 /// back as written), and checks its size and SHA-256.
 fn extract<R: Read>(
-    mut p: PayloadReader<'_, R>,
+    p: &mut PayloadReader<'_, R>,
     path: &Path,
     rep: &mut dyn Reporter,
     progress_step: Step,
@@ -90,8 +90,7 @@ fn extract<R: Read>(
         .open(path)
         .map_err(UpdateError::io(context))?;
     let mut sink = SparseFile::new(file);
-    copy::copy_payload(&mut p, &mut sink, Slot::A, progress_step, rep)?;
-    p.finish()?;
+    copy::copy_payload(p, &mut sink, Slot::A, progress_step, rep)?;
     Ok(())
 }
 
@@ -219,34 +218,16 @@ pub fn build_from_bundle(
         ))?;
     let efi_path = scratch.path().join(Payload::Efi.name());
     let system_path = scratch.path().join(Payload::System.name());
-    let (mut efi_done, mut system_done) = (false, false);
-    while let Some(p) = bundle.next_payload()? {
-        match Payload::from_name(&p.entry().name) {
-            Some(Payload::System) => {
-                step(rep, Step::WriteSystem, "verifying the system payload");
-                extract(p, &system_path, rep, Step::WriteSystem)?;
-                system_done = true;
-            }
-            Some(Payload::Efi) => {
-                step(rep, Step::WriteLoader, "verifying the efi payload");
-                extract(p, &efi_path, rep, Step::WriteLoader)?;
-                efi_done = true;
-            }
-            None => {
-                log::info!(
-                    "skipping payload {:?} that this version does not use",
-                    p.entry().name
-                );
-                p.finish()?;
-            }
+    payloads::stream_payloads(&mut bundle, |kind, p| match kind {
+        Payload::System => {
+            step(rep, Step::WriteSystem, "verifying the system payload");
+            extract(p, &system_path, rep, Step::WriteSystem)
         }
-    }
-    if !system_done {
-        return Err(UpdateError::MissingPayload(Payload::System.name()));
-    }
-    if !efi_done {
-        return Err(UpdateError::MissingPayload(Payload::Efi.name()));
-    }
+        Payload::Efi => {
+            step(rep, Step::WriteLoader, "verifying the efi payload");
+            extract(p, &efi_path, rep, Step::WriteLoader)
+        }
+    })?;
 
     // 3. Build the disk: into a scratch file renamed over the output at the
     //    end, or (a block device) in place.

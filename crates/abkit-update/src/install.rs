@@ -139,36 +139,13 @@ pub fn install(
 
     // 3. and 4. Stream the payloads in bundle order; only verified chunks
     // come out of the reader.
-    let mut system_written = false;
-    let mut efi_written = false;
-    while let Some(mut p) = bundle.next_payload()? {
-        match Payload::from_name(&p.entry().name) {
-            Some(Payload::System) => {
-                let mut dev = m.slot_device(prep.target)?;
-                write_system(&mut *dev, &mut p, prep.target, rep)?;
-                p.finish()?;
-                system_written = true;
-            }
-            Some(Payload::Efi) => {
-                write_loader(m, &prep, &mut p, rep)?;
-                p.finish()?;
-                efi_written = true;
-            }
-            None => {
-                log::info!(
-                    "skipping payload {:?} that this version does not use",
-                    p.entry().name
-                );
-                p.finish()?;
-            }
+    payloads::stream_payloads(&mut bundle, |kind, p| match kind {
+        Payload::System => {
+            let mut dev = m.slot_device(prep.target)?;
+            write_system(&mut *dev, p, prep.target, rep)
         }
-    }
-    if !system_written {
-        return Err(UpdateError::MissingPayload(Payload::System.name()));
-    }
-    if !efi_written {
-        return Err(UpdateError::MissingPayload(Payload::Efi.name()));
-    }
+        Payload::Efi => write_loader(m, &prep, p, rep),
+    })?;
     let signed_sha256 = bundle.signed_sha256();
     drop(bundle);
     let transfer = Transfer {
@@ -289,10 +266,8 @@ pub fn install_delta(
         stats.bytes_reused += got.bytes_reused;
         stats.requests += got.requests;
     }
-    for (name, kind) in [("system", Payload::System), ("efi", Payload::Efi)] {
-        if manifest.payload(name).is_none() {
-            return Err(UpdateError::MissingPayload(kind.name()));
-        }
+    for kind in Payload::ALL {
+        kind.entry(&manifest)?;
     }
     step(
         rep,

@@ -3,7 +3,9 @@
 //! payload that is a PE/COFF EFI application, and a `system` payload with
 //! dm-verity parameters.
 
-use abkit_bundle::{Manifest, PayloadEntry};
+use std::io::Read;
+
+use abkit_bundle::{BundleReader, Manifest, PayloadEntry, PayloadReader};
 
 use crate::{Result, UpdateError};
 
@@ -17,6 +19,9 @@ pub enum Payload {
 }
 
 impl Payload {
+    /// Every payload abkit writes.
+    pub const ALL: [Payload; 2] = [Payload::System, Payload::Efi];
+
     /// The payload's name in the manifest.
     pub const fn name(self) -> &'static str {
         match self {
@@ -27,9 +32,7 @@ impl Payload {
 
     /// The payload named `name`, if abkit uses it.
     pub fn from_name(name: &str) -> Option<Payload> {
-        [Payload::System, Payload::Efi]
-            .into_iter()
-            .find(|p| p.name() == name)
+        Payload::ALL.into_iter().find(|p| p.name() == name)
     }
 
     /// This payload's entry in `manifest`.
@@ -37,6 +40,33 @@ impl Payload {
         manifest
             .payload(self.name())
             .ok_or(UpdateError::MissingPayload(self.name()))
+    }
+}
+
+/// Reads every payload of `bundle` in bundle order: `write` gets each one
+/// abkit uses, the others are read through (verified all the same) and
+/// skipped. Fails when the bundle lacks a payload abkit needs.
+pub fn stream_payloads<R: Read>(
+    bundle: &mut BundleReader<R>,
+    mut write: impl FnMut(Payload, &mut PayloadReader<'_, R>) -> Result<()>,
+) -> Result<()> {
+    let mut seen = Vec::new();
+    while let Some(mut p) = bundle.next_payload()? {
+        match Payload::from_name(&p.entry().name) {
+            Some(kind) => {
+                write(kind, &mut p)?;
+                seen.push(kind);
+            }
+            None => log::info!(
+                "skipping payload {:?} that this version does not use",
+                p.entry().name
+            ),
+        }
+        p.finish()?;
+    }
+    match Payload::ALL.into_iter().find(|kind| !seen.contains(kind)) {
+        Some(missing) => Err(UpdateError::MissingPayload(missing.name())),
+        None => Ok(()),
     }
 }
 

@@ -12,6 +12,7 @@
 //! (an image built from raw files) is `unknown`.
 
 use serde::{Deserialize, Serialize};
+use serde_with::skip_serializing_none;
 
 use crate::machine::{EspFiles, write_atomically};
 use crate::payloads::Payload;
@@ -38,33 +39,24 @@ impl std::fmt::Display for SlotState {
 }
 
 /// The identity of what a slot holds and how far it got.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotRecord {
     pub state: SlotState,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compatible: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<semver::Version>,
     /// SHA-256 of the bundle's signed bytes (header and manifest, exactly
     /// as the signatures cover them): names the bundle exactly.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_sha256: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_size: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_sha256: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verity_root_hash: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub efi_sha256: Option<String>,
     /// Seconds since the Unix epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installed_at: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub good_at: Option<u64>,
     /// The last health-gate result on this slot (written by `abkit agent`):
     /// why a trial boot was not committed survives the reboot that follows.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthRecord>,
 }
 
@@ -77,16 +69,15 @@ pub enum HealthResult {
 }
 
 /// The last health-gate result of a slot, as recorded in its record.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthRecord {
     pub result: HealthResult,
     /// Seconds since the Unix epoch.
     pub at: u64,
     /// The name of the first check that failed (or `deadline`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_check: Option<String>,
     /// The last bytes of that check's output (stdout and stderr).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_tail: Option<String>,
 }
 

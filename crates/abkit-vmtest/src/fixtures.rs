@@ -35,6 +35,21 @@ pub struct Variant {
 }
 
 impl Variant {
+    const fn healthy(name: &'static str, version: &'static str) -> Variant {
+        Variant {
+            name,
+            version,
+            healthy: true,
+        }
+    }
+    /// The same version, built to fail its health check.
+    const fn broken(self, name: &'static str) -> Variant {
+        Variant {
+            name,
+            healthy: false,
+            ..self
+        }
+    }
     /// File stem: `x`, `y-broken`.
     pub fn stem(&self) -> String {
         self.name.to_ascii_lowercase().replace("broken", "-broken")
@@ -51,33 +66,13 @@ impl Variant {
     }
 }
 
-pub const X: Variant = Variant {
-    name: "X",
-    version: "1.0.0",
-    healthy: true,
-};
-pub const Y: Variant = Variant {
-    name: "Y",
-    version: "1.1.0",
-    healthy: true,
-};
-pub const Z: Variant = Variant {
-    name: "Z",
-    version: "1.2.0",
-    healthy: true,
-};
+pub const X: Variant = Variant::healthy("X", "1.0.0");
+pub const Y: Variant = Variant::healthy("Y", "1.1.0");
+pub const Z: Variant = Variant::healthy("Z", "1.2.0");
 /// Y that fails its health check.
-pub const Y_BROKEN: Variant = Variant {
-    name: "Ybroken",
-    version: "1.1.0",
-    healthy: false,
-};
+pub const Y_BROKEN: Variant = Y.broken("Ybroken");
 /// Z that fails its health check (the demo's bad update).
-pub const Z_BROKEN: Variant = Variant {
-    name: "Zbroken",
-    version: "1.2.0",
-    healthy: false,
-};
+pub const Z_BROKEN: Variant = Z.broken("Zbroken");
 pub const VARIANTS: [Variant; 5] = [X, Y, Z, Y_BROKEN, Z_BROKEN];
 
 /// Y's bundle with one manifest byte changed: the signature no longer matches.

@@ -50,43 +50,12 @@ impl World {
 
     /// A bundle of product `compatible` signed with `key` (`KEY.key`).
     fn bundle_of(&self, compatible: &str, key: &str, version: &str, seed: u32) -> String {
-        let sys = self.p(&format!("sys-{version}.img"));
-        let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-        let bytes: Vec<u8> = (0..2 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect();
-        std::fs::write(&sys, bytes).unwrap();
-        let efi = self.p(&format!("boot-{version}.efi"));
-        std::fs::write(
-            &efi,
-            abkit_disk::fixtures::tiny_efi_application(&[seed as u8]),
-        )
-        .unwrap();
-        let out = self.s(&format!("{compatible}-{key}-{version}.abb"));
-        self.ok(&[
-            "bundle",
-            "create",
-            "--efi",
-            efi.to_str().unwrap(),
-            "--system",
-            sys.to_str().unwrap(),
-            "--version",
-            version,
-            "--compatible",
-            compatible,
-            "--key",
-            &self.s(&format!("{key}.key")),
-            "--chunk-kib",
-            "64",
-            "-o",
-            &out,
-        ]);
-        out
+        let system = abkit_disk::fixtures::noise(2 << 20, u64::from(seed));
+        self.release(version, &system, &[seed as u8])
+            .compatible(compatible)
+            .key(&format!("{key}.key"))
+            .args(&["--chunk-kib", "64"])
+            .create(&format!("{compatible}-{key}-{version}.abb"))
     }
 
     /// Starts the agent on the disk, `slot` taken as running; its log goes

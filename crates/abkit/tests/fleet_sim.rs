@@ -96,37 +96,9 @@ impl Fleet {
 
 /// A bundle with a small system image of `version`.
 fn bundle(w: &common::Workdir, version: &str, seed: u8) -> String {
-    let sys = w.p(&format!("sys-{version}.img"));
-    let mut x = 0x9e37_79b9u32 ^ u32::from(seed);
-    let bytes: Vec<u8> = (0..256 << 10)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect();
-    std::fs::write(&sys, bytes).unwrap();
-    let efi = w.p(&format!("boot-{version}.efi"));
-    std::fs::write(&efi, abkit_disk::fixtures::tiny_efi_application(&[seed])).unwrap();
-    let out = w.s(&format!("os-{version}.abb"));
-    w.ok(&[
-        "bundle",
-        "create",
-        "--efi",
-        efi.to_str().unwrap(),
-        "--system",
-        sys.to_str().unwrap(),
-        "--version",
-        version,
-        "--compatible",
-        "demo-os",
-        "--key",
-        &w.s("release.key"),
-        "-o",
-        &out,
-    ]);
-    out
+    let system = abkit_disk::fixtures::noise(256 << 10, u64::from(seed));
+    w.release(version, &system, &[seed])
+        .create(&format!("os-{version}.abb"))
 }
 
 /// `abkit fleetlock serve`, killed on drop.

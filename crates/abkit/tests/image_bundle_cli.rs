@@ -21,35 +21,11 @@ impl std::ops::Deref for World {
 impl World {
     /// A bundle for `compatible` whose loader and system image carry `tag`.
     fn bundle(&self, compatible: &str, version: &str, tag: u8) -> String {
-        let sys = format!("sys-{compatible}-{version}.img");
         let system: Vec<u8> = (0..(1usize << 20)).map(|i| (i % 251) as u8 ^ tag).collect();
-        std::fs::write(self.p(&sys), system).unwrap();
-        let efi = format!("boot-{compatible}-{version}.efi");
-        std::fs::write(
-            self.p(&efi),
-            abkit_disk::fixtures::tiny_efi_application(&[tag]),
-        )
-        .unwrap();
-        let out = format!("{compatible}-{version}.abb");
-        self.ok(&[
-            "bundle",
-            "create",
-            "--efi",
-            &efi,
-            "--system",
-            &sys,
-            "--version",
-            version,
-            "--compatible",
-            compatible,
-            "--key",
-            "release.key",
-            "--chunk-kib",
-            "64",
-            "-o",
-            &out,
-        ]);
-        out
+        self.release(version, &system, &[tag])
+            .compatible(compatible)
+            .args(&["--chunk-kib", "64"])
+            .create(&format!("{compatible}-{version}.abb"))
     }
 
     /// `image build --bundle` with small partitions; extra args appended.

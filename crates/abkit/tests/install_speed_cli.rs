@@ -66,25 +66,7 @@ fn world() -> (World, Vec<u8>) {
     std::fs::copy(w.p("release.pub"), w.p("keyring/release.pub")).unwrap();
     let out = w.on_a(&["mark-good"]);
     assert!(out.status.success(), "{out:?}");
-    std::fs::write(w.p("y.img"), vec![b'Y'; 1 << 20]).unwrap();
-    let efi = abkit_disk::fixtures::tiny_efi_application(b"Y");
-    std::fs::write(w.p("y.efi"), efi).unwrap();
-    w.ok(&[
-        "bundle",
-        "create",
-        "--efi",
-        &w.s("y.efi"),
-        "--system",
-        &w.s("y.img"),
-        "--version",
-        "1.1.0",
-        "--compatible",
-        "demo-os",
-        "--key",
-        &w.s("release.key"),
-        "-o",
-        &w.s("os.abb"),
-    ]);
+    w.release("1.1.0", &[b'Y'; 1 << 20], b"Y").create("os.abb");
     let bundle = std::fs::read(w.p("os.abb")).unwrap();
     (w, bundle)
 }

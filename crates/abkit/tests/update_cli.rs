@@ -43,30 +43,9 @@ impl World {
     }
 
     fn bundle(&self, version: &str, tag: u8) -> String {
-        let sys = self.p(&format!("sys-{version}.img"));
-        std::fs::write(&sys, vec![tag; 1 << 20]).unwrap();
-        let efi = self.p(&format!("boot-{version}.efi"));
-        std::fs::write(&efi, abkit_disk::fixtures::tiny_efi_application(&[tag])).unwrap();
-        let out = self.s(&format!("os-{version}.abb"));
-        self.ok(&[
-            "bundle",
-            "create",
-            "--efi",
-            efi.to_str().unwrap(),
-            "--system",
-            sys.to_str().unwrap(),
-            "--version",
-            version,
-            "--compatible",
-            "demo-os",
-            "--key",
-            &self.s("release.key"),
-            "--chunk-kib",
-            "64",
-            "-o",
-            &out,
-        ]);
-        out
+        self.release(version, &vec![tag; 1 << 20], &[tag])
+            .args(&["--chunk-kib", "64"])
+            .create(&format!("os-{version}.abb"))
     }
 }
 

@@ -18,18 +18,7 @@ pub struct Fixture {
     pub system_bytes: Vec<u8>,
 }
 
-/// Deterministic pseudo-random bytes (xorshift), so images differ from zeros.
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+pub use abkit_disk::fixtures::noise;
 
 /// A 3 MiB system image: 1 MiB noise, 1 MiB zeros, 1 MiB noise (its last
 /// 4 KiB block is not zero, so its used part is the whole file).

@@ -28,15 +28,7 @@ pub struct Rig {
 
 /// Deterministic, non-repeating bytes that identify a version.
 pub fn system_image(tag: u8, len: usize) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(tag);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    abkit_disk::fixtures::noise(len, u64::from(tag))
 }
 
 pub fn loader(tag: &str) -> Vec<u8> {

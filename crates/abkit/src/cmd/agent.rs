@@ -58,11 +58,7 @@ pub struct AgentArgs {
     allow_http: bool,
 
     /// A health check: a shell command that must exit 0 (repeatable).
-    #[arg(
-        long = "health-check",
-        value_name = "CMD",
-        help_heading = "Health gate"
-    )]
+    #[arg(long, value_name = "CMD", help_heading = "Health gate")]
     health_check: Vec<String>,
 
     /// Every executable in DIR is a health check [default: /etc/abkit/health.d
@@ -71,15 +67,11 @@ pub struct AgentArgs {
     health_dir: Option<PathBuf>,
 
     /// A systemd unit that must be active (repeatable).
-    #[arg(
-        long = "health-unit",
-        value_name = "UNIT",
-        help_heading = "Health gate"
-    )]
+    #[arg(long, value_name = "UNIT", help_heading = "Health gate")]
     health_unit: Vec<String>,
 
     /// An http(s) URL that must answer 2xx (repeatable).
-    #[arg(long = "rejoin-url", value_name = "URL", help_heading = "Health gate")]
+    #[arg(long, value_name = "URL", help_heading = "Health gate")]
     rejoin_url: Vec<String>,
 
     /// Time for one check ("60s", "2m", or seconds) [default: 60s].

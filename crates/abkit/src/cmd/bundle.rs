@@ -11,6 +11,7 @@ use abkit_bundle::{
     SecretKey, SignatureStatus,
 };
 use abkit_update::Step;
+use abkit_update::payloads::Payload;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
@@ -51,26 +52,21 @@ pub enum BundleCommand {
 pub struct CreateArgs {
     /// The EFI payload: the loader with its kernel (a UKI). With --rootfs the
     /// UKI is built instead (--kernel, --initrd, --cmdline).
-    #[arg(
-        long,
-        value_name = "FILE",
-        required_unless_present = "rootfs",
-        conflicts_with = "rootfs"
-    )]
+    #[arg(long, value_name = "FILE", required_unless_present = "rootfs")]
     efi: Option<PathBuf>,
     /// The system image (a read-only filesystem image).
-    #[arg(
-        long,
-        value_name = "FILE",
-        required_unless_present = "rootfs",
-        conflicts_with = "rootfs"
-    )]
+    #[arg(long, value_name = "FILE", required_unless_present = "rootfs")]
     system: Option<PathBuf>,
     /// Build the release from a root filesystem folder: an erofs image of
     /// DIR (mkfs.erofs, reproducible: fixed timestamps and UUID) becomes the
     /// system payload, and the UKI is built with its dm-verity root hash on
     /// the command line (roothash=, systemd.verity_root_*; docs/release.md).
-    #[arg(long, value_name = "DIR", requires = "kernel")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "kernel",
+        conflicts_with_all = ["efi", "system"]
+    )]
     rootfs: Option<PathBuf>,
     /// With --rootfs: the kernel for the UKI (an EFI-stub bzImage).
     #[arg(long, value_name = "FILE", requires = "rootfs")]
@@ -428,12 +424,12 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         .with_context(|| format!("--chunk-kib {} is too large", a.chunk_kib))?;
     let specs = [
         PayloadSpec {
-            name: "efi".into(),
+            name: Payload::Efi.name().into(),
             path: efi,
             verity: false,
         },
         PayloadSpec {
-            name: "system".into(),
+            name: Payload::System.name().into(),
             path: system,
             verity: true,
         },
@@ -540,7 +536,7 @@ fn verify_payloads<R: Read>(mut reader: BundleReader<R>) -> abkit_bundle::Result
     let mut cmdline = None;
     while let Some(payload) = reader.next_payload()? {
         let name = payload.entry().name.clone();
-        let digest = if name == "efi" {
+        let digest = if Payload::from_name(&name) == Some(Payload::Efi) {
             let mut catcher = abkit_uki::root::CmdlineCatcher::new();
             let digest = payload.write_to(&mut catcher)?;
             cmdline = catcher.finish();
@@ -558,7 +554,7 @@ fn verify_payloads<R: Read>(mut reader: BundleReader<R>) -> abkit_bundle::Result
         let system = manifest
             .payloads
             .iter()
-            .find(|p| p.name == "system")
+            .find(|p| p.name == Payload::System.name())
             .and_then(|p| p.verity.as_ref())
             .map(|v| hex::encode(v.root_hash.0))
             .unwrap_or_else(|| "none".into());

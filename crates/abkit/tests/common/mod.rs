@@ -47,3 +47,83 @@ impl Workdir {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
+
+/// A release to sign with `abkit bundle create` in a [`Workdir`]: a system
+/// image and a tiny EFI application as the loader (see [`Workdir::release`]).
+pub struct Release<'a> {
+    w: &'a Workdir,
+    version: &'a str,
+    system: &'a [u8],
+    efi_tag: &'a [u8],
+    compatible: &'a str,
+    key: String,
+    extra: Vec<&'a str>,
+}
+
+impl Workdir {
+    /// Version `version` with `system` as its system image and a tiny EFI
+    /// application tagged `efi_tag` as its loader; compatible `demo-os`,
+    /// signed by `release.key` unless told otherwise.
+    pub fn release<'a>(
+        &'a self,
+        version: &'a str,
+        system: &'a [u8],
+        efi_tag: &'a [u8],
+    ) -> Release<'a> {
+        Release {
+            w: self,
+            version,
+            system,
+            efi_tag,
+            compatible: "demo-os",
+            key: self.s("release.key"),
+            extra: Vec::new(),
+        }
+    }
+}
+
+impl<'a> Release<'a> {
+    pub fn compatible(mut self, compatible: &'a str) -> Self {
+        self.compatible = compatible;
+        self
+    }
+    /// Signs with the secret key at `path` (relative to the folder).
+    pub fn key(mut self, path: &str) -> Self {
+        self.key = self.w.s(path);
+        self
+    }
+    /// More `bundle create` arguments (`--chunk-kib 64`, `--zstd`, ...).
+    pub fn args(mut self, args: &[&'a str]) -> Self {
+        self.extra.extend_from_slice(args);
+        self
+    }
+    /// Writes the inputs beside `out` and creates the bundle `out` (relative
+    /// to the folder); returns its full path.
+    pub fn create(self, out: &str) -> String {
+        let (system, efi) = (format!("{out}.system.img"), format!("{out}.efi"));
+        std::fs::write(self.w.p(&system), self.system).unwrap();
+        let loader = abkit_disk::fixtures::tiny_efi_application(self.efi_tag);
+        std::fs::write(self.w.p(&efi), loader).unwrap();
+        let out = self.w.s(out);
+        let (system, efi) = (self.w.s(&system), self.w.s(&efi));
+        let mut args = vec![
+            "bundle",
+            "create",
+            "--efi",
+            &efi,
+            "--system",
+            &system,
+            "--version",
+            self.version,
+            "--compatible",
+            self.compatible,
+            "--key",
+            &self.key,
+            "-o",
+            &out,
+        ];
+        args.extend_from_slice(&self.extra);
+        self.w.ok(&args);
+        out
+    }
+}
