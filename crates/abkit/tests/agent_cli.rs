@@ -309,32 +309,9 @@ impl Agent {
 /// and is committed.
 fn world() -> World {
     let w = World(common::Workdir::new());
-    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", w.p("vars.fd"))
-        .expect("Debian's OVMF is needed: run `make deps`");
-    w.ok(&["keygen", "--out", &w.s("release")]);
-    std::fs::create_dir(w.p("keyring")).unwrap();
-    std::fs::copy(w.p("release.pub"), w.p("keyring/release.pub")).unwrap();
+    w.release_key();
     let x = w.bundle("1.0.0", 1);
-    w.ok(&[
-        "image",
-        "build",
-        "--bundle",
-        &x,
-        "--keyring",
-        &w.s("keyring"),
-        "-o",
-        &w.s("disk.img"),
-        "--esp-size",
-        "33M",
-        "--system-size",
-        "4M",
-        "--data-size",
-        "1M",
-        "--seed",
-        "3",
-        "--ovmf-vars",
-        &w.s("vars.fd"),
-    ]);
+    w.factory_disk(&["--bundle", &x, "--keyring", &w.s("keyring")]);
     w
 }
 

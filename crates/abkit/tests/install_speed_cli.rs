@@ -7,7 +7,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -22,49 +21,15 @@ impl std::ops::Deref for World {
     }
 }
 
-impl World {
-    /// An offline command on the disk, slot A taken as running.
-    fn on_a(&self, args: &[&str]) -> Output {
-        let disk = self.s("disk.img");
-        let vars = self.s("vars.fd");
-        let mut all = args.to_vec();
-        all.extend(["--disk", &disk, "--ovmf-vars", &vars, "--booted-slot", "a"]);
-        self.abkit(&all)
-    }
-}
-
 /// A disk image with slot A marked good, a keyring, and a signed bundle.
 fn world() -> (World, Vec<u8>) {
     let w = World(common::Workdir::new());
     std::fs::write(w.p("x.img"), vec![b'X'; 1 << 20]).unwrap();
     let efi = abkit_disk::fixtures::tiny_efi_application(b"X");
     std::fs::write(w.p("x.efi"), efi).unwrap();
-    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", w.p("vars.fd"))
-        .expect("Debian's OVMF is needed: run `make deps`");
-    w.ok(&[
-        "image",
-        "build",
-        "--loader",
-        &w.s("x.efi"),
-        "--system",
-        &w.s("x.img"),
-        "-o",
-        &w.s("disk.img"),
-        "--esp-size",
-        "33M",
-        "--system-size",
-        "4M",
-        "--data-size",
-        "1M",
-        "--seed",
-        "3",
-        "--ovmf-vars",
-        &w.s("vars.fd"),
-    ]);
-    w.ok(&["keygen", "--out", &w.s("release")]);
-    std::fs::create_dir(w.p("keyring")).unwrap();
-    std::fs::copy(w.p("release.pub"), w.p("keyring/release.pub")).unwrap();
-    let out = w.on_a(&["mark-good"]);
+    w.factory_disk(&["--loader", &w.s("x.efi"), "--system", &w.s("x.img")]);
+    w.release_key();
+    let out = w.on("a", &["mark-good"]);
     assert!(out.status.success(), "{out:?}");
     w.release("1.1.0", &[b'Y'; 1 << 20], b"Y").create("os.abb");
     let bundle = std::fs::read(w.p("os.abb")).unwrap();
@@ -145,21 +110,24 @@ fn speed_flags_reach_the_download_and_a_dripping_server_is_resumed() {
     let (port, seen) = drip_once_server(bundle);
     let url = format!("http://127.0.0.1:{port}/os.abb");
     let started = Instant::now();
-    let out = w.on_a(&[
-        "install",
-        &url,
-        "--keyring",
-        &w.s("keyring"),
-        "--json",
-        "--allow-unrecorded",
-        // The streaming download is under test (a delta install would
-        // start with a range request).
-        "--no-delta",
-        "--speed-limit",
-        "1000",
-        "--speed-time",
-        "1",
-    ]);
+    let out = w.on(
+        "a",
+        &[
+            "install",
+            &url,
+            "--keyring",
+            &w.s("keyring"),
+            "--json",
+            "--allow-unrecorded",
+            // The streaming download is under test (a delta install would
+            // start with a range request).
+            "--no-delta",
+            "--speed-limit",
+            "1000",
+            "--speed-time",
+            "1",
+        ],
+    );
     let elapsed = started.elapsed();
     assert!(
         out.status.success(),
@@ -196,21 +164,24 @@ fn a_resumed_download_is_a_warning_in_install_json() {
     let (w, bundle) = world();
     let (port, _) = drip_once_server(bundle);
     let url = format!("http://127.0.0.1:{port}/os.abb");
-    let out = w.on_a(&[
-        "install",
-        &url,
-        "--keyring",
-        &w.s("keyring"),
-        "--json",
-        "--allow-unrecorded",
-        // The streaming download is under test (a delta install would
-        // start with a range request).
-        "--no-delta",
-        "--speed-limit",
-        "1000",
-        "--speed-time",
-        "1",
-    ]);
+    let out = w.on(
+        "a",
+        &[
+            "install",
+            &url,
+            "--keyring",
+            &w.s("keyring"),
+            "--json",
+            "--allow-unrecorded",
+            // The streaming download is under test (a delta install would
+            // start with a range request).
+            "--no-delta",
+            "--speed-limit",
+            "1000",
+            "--speed-time",
+            "1",
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{out:?}");
     // Every line is one JSON event; the resume is one of them, before the end.

@@ -17,21 +17,6 @@ impl std::ops::Deref for World {
 }
 
 impl World {
-    /// Runs an offline command on the disk, `slot` taken as running.
-    fn on(&self, slot: &str, args: &[&str]) -> Output {
-        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        all.extend([
-            "--disk".to_string(),
-            self.s("disk.img"),
-            "--ovmf-vars".into(),
-            self.s("vars.fd"),
-            "--booted-slot".into(),
-            slot.into(),
-        ]);
-        let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        self.abkit(&all)
-    }
-
     fn status(&self, slot: &str) -> serde_json::Value {
         let out = self.on(slot, &["status", "--json"]);
         assert!(
@@ -53,32 +38,9 @@ impl World {
 /// and is recorded as an install records it.
 fn world() -> World {
     let w = World(common::Workdir::new());
-    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", w.p("vars.fd"))
-        .expect("Debian's OVMF is needed: run `make deps`");
-    w.ok(&["keygen", "--out", &w.s("release")]);
-    std::fs::create_dir(w.p("keyring")).unwrap();
-    std::fs::copy(w.p("release.pub"), w.p("keyring/release.pub")).unwrap();
+    w.release_key();
     let x = w.bundle("1.0.0", b'X');
-    w.ok(&[
-        "image",
-        "build",
-        "--bundle",
-        &x,
-        "--keyring",
-        &w.s("keyring"),
-        "-o",
-        &w.s("disk.img"),
-        "--esp-size",
-        "33M",
-        "--system-size",
-        "4M",
-        "--data-size",
-        "1M",
-        "--seed",
-        "3",
-        "--ovmf-vars",
-        &w.s("vars.fd"),
-    ]);
+    w.factory_disk(&["--bundle", &x, "--keyring", &w.s("keyring")]);
     w
 }
 

@@ -48,6 +48,52 @@ impl Workdir {
     }
 }
 
+/// The disk of [`Workdir::factory_disk`]: `disk.img` with `vars.fd`.
+impl Workdir {
+    /// `keygen` of `release.key`/`release.pub` and `keyring/` holding the
+    /// public key.
+    pub fn release_key(&self) {
+        self.ok(&["keygen", "--out", &self.s("release")]);
+        std::fs::create_dir(self.p("keyring")).unwrap();
+        std::fs::copy(self.p("release.pub"), self.p("keyring/release.pub")).unwrap();
+    }
+
+    /// `disk.img` (33 MiB ESP, 4 MiB slots, 1 MiB DATA) and `vars.fd` (a
+    /// copy of Debian's OVMF VARS) built by `abkit image build` with
+    /// `source` (`--bundle FILE --keyring DIR`, or `--loader --system`).
+    pub fn factory_disk(&self, source: &[&str]) {
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", self.p("vars.fd"))
+            .expect("Debian's OVMF is needed: run `make deps`");
+        let (disk, vars) = (self.s("disk.img"), self.s("vars.fd"));
+        let mut args = vec!["image", "build"];
+        args.extend_from_slice(source);
+        args.extend([
+            "-o",
+            &disk,
+            "--esp-size",
+            "33M",
+            "--system-size",
+            "4M",
+            "--data-size",
+            "1M",
+            "--seed",
+            "3",
+            "--ovmf-vars",
+            &vars,
+        ]);
+        self.ok(&args);
+    }
+
+    /// Runs an offline machine command on [`Workdir::factory_disk`]'s disk,
+    /// `slot` (`a`/`b`) taken as running.
+    pub fn on(&self, slot: &str, args: &[&str]) -> Output {
+        let (disk, vars) = (self.s("disk.img"), self.s("vars.fd"));
+        let mut all = args.to_vec();
+        all.extend(["--disk", &disk, "--ovmf-vars", &vars, "--booted-slot", slot]);
+        self.abkit(&all)
+    }
+}
+
 /// A release to sign with `abkit bundle create` in a [`Workdir`]: a system
 /// image and a tiny EFI application as the loader (see [`Workdir::release`]).
 pub struct Release<'a> {
