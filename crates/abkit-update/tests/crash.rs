@@ -8,9 +8,8 @@ mod common;
 
 use abkit_disk::Slot;
 use abkit_update::fault::PowerCut;
-use abkit_update::progress::Silent;
 use abkit_update::record::{SlotState, read_record};
-use abkit_update::{InstallOptions, Machine, install, mark_good};
+use abkit_update::{Machine, mark_good};
 use common::*;
 
 fn booted_slot_was_good(rig: &Rig) -> Slot {
@@ -27,22 +26,6 @@ fn booted_slot_was_good(rig: &Rig) -> Slot {
     booted.slot
 }
 
-fn run_install(
-    rig: &Rig,
-    bundle: &std::path::Path,
-    power: Option<std::sync::Arc<PowerCut>>,
-) -> Result<(), abkit_update::UpdateError> {
-    let mut m = rig.machine_with_power(Slot::A, power);
-    install(
-        &mut m,
-        std::fs::File::open(bundle).unwrap(),
-        &rig.keyring,
-        &InstallOptions::default(),
-        &mut Silent,
-    )
-    .map(|_| ())
-}
-
 #[test]
 fn i2_power_cut_at_every_mutation_of_install_and_mark_good() {
     let rig = Rig::new();
@@ -54,7 +37,8 @@ fn i2_power_cut_at_every_mutation_of_install_and_mark_good() {
 
     // Count the mutations of a clean install.
     let counter = PowerCut::counter();
-    run_install(&rig, &bundle, Some(counter.clone())).unwrap();
+    rig.install(Slot::A, &bundle, Some(counter.clone()))
+        .unwrap();
     let install_points = counter.count();
     assert!(
         install_points >= 10,
@@ -66,12 +50,15 @@ fn i2_power_cut_at_every_mutation_of_install_and_mark_good() {
 
     for k in 1..=install_points {
         rig.restore(start.path());
-        let err = run_install(&rig, &bundle, Some(PowerCut::at(k))).unwrap_err();
+        let err = rig
+            .install(Slot::A, &bundle, Some(PowerCut::at(k)))
+            .unwrap_err();
         assert!(err.to_string().contains("power cut"), "cut at {k}: {err}");
         assert_eq!(booted_slot_was_good(&rig), Slot::A, "cut at {k}");
         // After that boot (on A), rerunning the install completes and the
         // trial boot goes to B.
-        run_install(&rig, &bundle, None).unwrap_or_else(|e| panic!("rerun after cut at {k}: {e}"));
+        rig.install(Slot::A, &bundle, None)
+            .unwrap_or_else(|e| panic!("rerun after cut at {k}: {e}"));
         assert_eq!(rig.boot().slot, Slot::B, "cut at {k}");
     }
 

@@ -101,13 +101,7 @@ fn install_from(
     running: Slot,
     bundle: &std::path::Path,
 ) -> Result<InstallReport, UpdateError> {
-    install(
-        &mut rig.machine(running),
-        std::fs::File::open(bundle).unwrap(),
-        &rig.keyring,
-        &InstallOptions::default(),
-        &mut Silent,
-    )
+    rig.install(running, bundle, None)
 }
 
 /// A machine under one firmware model, with an agent that marks every
@@ -340,14 +334,8 @@ fn every_quirk_survives_a_power_cut_at_every_mutation() {
         rig.save(start.path());
 
         let counter = PowerCut::counter();
-        install(
-            &mut rig.machine_with_power(Slot::A, Some(counter.clone())),
-            std::fs::File::open(&bundle).unwrap(),
-            &rig.keyring,
-            &InstallOptions::default(),
-            &mut Silent,
-        )
-        .unwrap();
+        rig.install(Slot::A, &bundle, Some(counter.clone()))
+            .unwrap();
         let install_points = counter.count();
         let trial = tempfile::tempdir().unwrap();
         let trial_boot = w.boot();
@@ -356,14 +344,9 @@ fn every_quirk_survives_a_power_cut_at_every_mutation() {
         for k in 1..=install_points {
             rig.restore(start.path());
             let mut w = World::new(&rig, name, model.clone());
-            let err = install(
-                &mut rig.machine_with_power(Slot::A, Some(PowerCut::at(k))),
-                std::fs::File::open(&bundle).unwrap(),
-                &rig.keyring,
-                &InstallOptions::default(),
-                &mut Silent,
-            )
-            .unwrap_err();
+            let err = rig
+                .install(Slot::A, &bundle, Some(PowerCut::at(k)))
+                .unwrap_err();
             assert!(
                 err.to_string().contains("power cut"),
                 "{name}: cut at {k}: {err}"
@@ -773,14 +756,8 @@ fn the_state_file_survives_a_power_cut_at_every_mutation() {
     rig.save(start.path());
 
     let counter = PowerCut::counter();
-    install(
-        &mut rig.machine_with_power(Slot::A, Some(counter.clone())),
-        std::fs::File::open(&bundle).unwrap(),
-        &rig.keyring,
-        &InstallOptions::default(),
-        &mut Silent,
-    )
-    .unwrap();
+    rig.install(Slot::A, &bundle, Some(counter.clone()))
+        .unwrap();
     let install_points = counter.count();
     let trial = tempfile::tempdir().unwrap();
     let trial_boot = w.boot();
@@ -790,14 +767,9 @@ fn the_state_file_survives_a_power_cut_at_every_mutation() {
     for k in 1..=install_points {
         rig.restore(start.path());
         let mut w = World::new(&rig, name, model.clone());
-        let err = install(
-            &mut rig.machine_with_power(Slot::A, Some(PowerCut::at(k))),
-            std::fs::File::open(&bundle).unwrap(),
-            &rig.keyring,
-            &InstallOptions::default(),
-            &mut Silent,
-        )
-        .unwrap_err();
+        let err = rig
+            .install(Slot::A, &bundle, Some(PowerCut::at(k)))
+            .unwrap_err();
         assert!(err.to_string().contains("power cut"), "cut at {k}: {err}");
         for _ in 0..2 {
             w.boot_and_check_health();

@@ -13,14 +13,7 @@ use abkit_update::{InstallOptions, Machine, UpdateError, install, mark_good, rol
 use common::*;
 
 fn install_file(rig: &Rig, running: Slot, bundle: &std::path::Path) -> Result<(), UpdateError> {
-    install(
-        &mut rig.machine(running),
-        std::fs::File::open(bundle).unwrap(),
-        &rig.keyring,
-        &InstallOptions::default(),
-        &mut Silent,
-    )
-    .map(|_| ())
+    rig.install(running, bundle, None).map(|_| ())
 }
 
 fn boot_order(rig: &Rig) -> Vec<u16> {
@@ -43,14 +36,9 @@ fn f1_mark_good_refuses_a_slot_left_empty_by_a_killed_install() {
     on_b(&rig);
     // An install from B into A, killed half-way through the system write.
     let bundle = rig.bundle_with("1.2.0", COMPATIBLE, b'Z', 3 << 20);
-    let err = install(
-        &mut rig.machine_with_power(Slot::B, Some(PowerCut::at(8))),
-        std::fs::File::open(&bundle).unwrap(),
-        &rig.keyring,
-        &InstallOptions::default(),
-        &mut Silent,
-    )
-    .unwrap_err();
+    let err = rig
+        .install(Slot::B, &bundle, Some(PowerCut::at(8)))
+        .unwrap_err();
     assert!(err.to_string().contains("power cut"), "{err}");
     let mut m = rig.machine(Slot::A);
     assert_eq!(
@@ -369,26 +357,14 @@ fn f11_the_fallback_path_boots_the_committed_slot_at_every_crash_point() {
     rig.save(start.path());
     let bundle = rig.bundle_with("1.2.0", COMPATIBLE, b'Z', 3 << 20);
     let counter = PowerCut::counter();
-    install(
-        &mut rig.machine_with_power(Slot::B, Some(counter.clone())),
-        std::fs::File::open(&bundle).unwrap(),
-        &rig.keyring,
-        &InstallOptions::default(),
-        &mut Silent,
-    )
-    .unwrap();
+    rig.install(Slot::B, &bundle, Some(counter.clone()))
+        .unwrap();
     let points = counter.count();
     // Cut the power before every mutation of an install into A, then lose
     // every boot entry: the fallback path must boot B, never half-written A.
     for k in 1..=points + 1 {
         rig.restore(start.path());
-        let _ = install(
-            &mut rig.machine_with_power(Slot::B, Some(PowerCut::at(k))),
-            std::fs::File::open(&bundle).unwrap(),
-            &rig.keyring,
-            &InstallOptions::default(),
-            &mut Silent,
-        );
+        let _ = rig.install(Slot::B, &bundle, Some(PowerCut::at(k)));
         lose_all_entries(&rig);
         let booted = rig.boot();
         assert_eq!(booted.via, BootVia::Fallback, "cut at {k}");

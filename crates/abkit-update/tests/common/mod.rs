@@ -9,11 +9,12 @@ use std::sync::Arc;
 use abkit_bundle::{CreateOptions, Keyring, PayloadSpec, SecretKey, create_bundle};
 use abkit_disk::{BuildOptions, LayoutOptions, Slot};
 use abkit_efi::{OvmfVarsFile, VarStore};
-use abkit_update::Machine;
 use abkit_update::fault::PowerCut;
 use abkit_update::firmware::{FirmwareModel, SimulatedBoot, simulate_boot};
 use abkit_update::offline::OfflineMachine;
+use abkit_update::progress::Silent;
 use abkit_update::record::{SlotRecord, SlotState, record_copy_path, record_path, write_record};
+use abkit_update::{InstallOptions, InstallReport, Machine};
 
 pub const COMPATIBLE: &str = "abkit-test";
 pub const SLOT_SIZE: u64 = 4 << 20;
@@ -177,6 +178,23 @@ impl Rig {
         OfflineMachine::open_with_power_cut(&self.disk, vars, running, power).unwrap()
     }
 
+    /// Installs `bundle` offline on a machine running `running` (with
+    /// default options), the power cut as `power` says.
+    pub fn install(
+        &self,
+        running: Slot,
+        bundle: &Path,
+        power: Option<Arc<PowerCut>>,
+    ) -> abkit_update::Result<InstallReport> {
+        abkit_update::install(
+            &mut self.machine_with_power(running, power),
+            std::fs::File::open(bundle).unwrap(),
+            &self.keyring,
+            &InstallOptions::default(),
+            &mut Silent,
+        )
+    }
+
     /// Powers on: the firmware model picks what boots.
     pub fn boot(&self) -> SimulatedBoot {
         let mut m = self.machine(Slot::A);
@@ -225,13 +243,25 @@ impl Rig {
     }
 }
 
+/// Copies `from` to `to`, leaving holes where `from` has zero blocks.
+/// In-process on purpose: a `cp` child forked by one test thread inherits
+/// (until it execs) the flock of a machine another thread just dropped, and
+/// that thread's next operation is then refused as locked.
 fn copy_sparse(from: &Path, to: &Path) {
-    let ok = std::process::Command::new("cp")
-        .arg("--sparse=always")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "cp {} {}", from.display(), to.display());
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut src = std::fs::File::open(from).unwrap();
+    let mut dst = std::fs::File::create(to).unwrap();
+    let mut block = vec![0u8; 64 << 10];
+    loop {
+        let n = src.read(&mut block).unwrap();
+        if n == 0 {
+            break;
+        }
+        if block[..n].iter().all(|&b| b == 0) {
+            dst.seek(SeekFrom::Current(n as i64)).unwrap();
+        } else {
+            dst.write_all(&block[..n]).unwrap();
+        }
+    }
+    dst.set_len(src.metadata().unwrap().len()).unwrap();
 }
