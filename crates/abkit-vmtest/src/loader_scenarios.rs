@@ -17,7 +17,8 @@ use crate::qemu::{BootSpec, Cut, Machine, OVMF_VARS};
 use crate::scenarios::{Scenario, Suite};
 
 /// The command line the UKI carries; the loader rewrites `SYSTEM-X`.
-const CMDLINE: &str = "console=ttyS0 root=PARTLABEL=ABKIT-SYSTEM-X ro panic=-1 quiet";
+const CMDLINE: &str =
+    "console=ttyS0 root=PARTLABEL=ABKIT-SYSTEM-X ro panic=-1 quiet no_timer_check";
 const PATH_A: &str = r"\EFI\abkit\boot-a.efi";
 const PATH_B: &str = r"\EFI\abkit\boot-b.efi";
 const PATH_FALLBACK: &str = r"\EFI\BOOT\BOOTX64.EFI";
