@@ -437,6 +437,11 @@ pub const SCENARIOS: &[(&str, &str, ScenarioFn)] = &[
         "Y activated by kexec without the firmware, committed; a broken Z by kexec falls back to Y",
         crate::quirk_scenarios::kexec_update,
     ),
+    (
+        "debian-systemd",
+        "stock Debian (mmdebstrap) with systemd: abkit-agent.service commits a healthy Y after a crash, rolls back a Z whose unit fails",
+        crate::debian_scenarios::debian_systemd,
+    ),
 ];
 
 fn boot_base(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
