@@ -92,9 +92,11 @@ deadline = "2m"
 "#;
 
 /// The unit the gate checks: active for a healthy release, failed for a
-/// bad one, after a few seconds either way (the agent is up before it).
+/// bad one, six seconds after the agent is up either way, so the gate
+/// always finds it still starting and has to wait for it.
 const DEMO_UNIT_FILE: &str = "[Unit]
 Description=abkit demo: the service whose health the agent checks
+After=abkit-agent.service
 [Service]
 Type=oneshot
 RemainAfterExit=yes
@@ -107,7 +109,7 @@ const DEMO_HEALTH: &str = "#!/bin/sh
 # The demo service of the debian-systemd VM scenario: it starts for a few
 # seconds, then succeeds in a healthy release and fails in a bad one
 # (/etc/abkit-demo/health says which).
-sleep 4
+sleep 6
 case $(cat /etc/abkit-demo/health) in
   good) echo 'abkit-demo: up'; exit 0 ;;
   *) echo 'abkit-demo: built to fail'; exit 1 ;;
@@ -745,8 +747,15 @@ pub fn debian_systemd(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
             && rec["health"]["failed_check"] == format!("unit:{DEMO_UNIT}")
             && rec["health"]["output_tail"]
                 .as_str()
-                .is_some_and(|t| t.contains("failed")),
+                .is_some_and(|t| t.contains(&format!("{DEMO_UNIT}: failed"))),
         "slot A's record after Z's failed trial: {rec}"
+    );
+    // The check saw the unit starting first and waited for its outcome.
+    let tail = rec["health"]["output_tail"].as_str().unwrap_or_default();
+    let first = tail.lines().next().unwrap_or_default();
+    ensure!(
+        first == format!("{DEMO_UNIT}: activating") || first == format!("{DEMO_UNIT}: inactive"),
+        "the unit check did not wait for the starting unit: {tail:?}"
     );
 
     // 4. Y again, committed; the gate reports and the machine powers off.
