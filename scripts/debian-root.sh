@@ -56,16 +56,30 @@ echo "debian-root: building $out with mmdebstrap ($suite, minbase + $packages)" 
 start=$(date +%s)
 # Documentation, manual pages and translations are left out (a smaller
 # erofs image, a faster verity read at boot); copyright files stay.
-mmdebstrap --quiet --variant=minbase --include="$packages" \
-  --dpkgopt='path-exclude=/usr/share/man/*' \
-  --dpkgopt='path-exclude=/usr/share/doc/*' \
-  --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-  --dpkgopt='path-exclude=/usr/share/locale/*' \
-  --dpkgopt='path-exclude=/usr/share/info/*' \
-  --customize-hook='echo debian-abkit >"$1/etc/hostname"' \
-  --customize-hook=': >"$1/etc/resolv.conf"' \
-  "$suite" "$tmp/root.tar.zst" "${mirrors[@]}" >&2
+# A second try after a pause: a mirror's passing failure should not fail
+# a test run.
+build() {
+  mmdebstrap --quiet --variant=minbase --include="$packages" \
+    --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt='path-exclude=/usr/share/info/*' \
+    --customize-hook='echo debian-abkit >"$1/etc/hostname"' \
+    --customize-hook=': >"$1/etc/resolv.conf"' \
+    "$suite" "$tmp/root.tar.zst" "${mirrors[@]}" >&2
+}
+if ! build; then
+  echo "debian-root: mmdebstrap failed; trying once more in 10 s" >&2
+  sleep 10
+  rm -f "$tmp/root.tar.zst"
+  build
+fi
 mv "$tmp/root.tar.zst" "$out.new"
 mv "$out.new" "$out"
+# Trees of an older recipe are not used again.
+for old in "$cache"/debian-"$suite"-*.tar.zst; do
+  [ "$old" = "$out" ] || rm -f "$old"
+done
 echo "debian-root: built in $(($(date +%s) - start)) s ($(du -h "$out" | cut -f1))" >&2
 echo "$out"

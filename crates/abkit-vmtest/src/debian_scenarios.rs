@@ -168,6 +168,9 @@ report() {
   say "uptime $(cut -d' ' -f1 /proc/uptime)"
   t=$(systemctl show -p ExecMainStartTimestampMonotonic --value abkit-agent.service)
   say "agent-started-at $((t / 1000000)).$((t / 100000 % 10))"
+  # Where the guest's boot time went (for the log; not checked).
+  say "kernel-done $(systemd-analyze 2>/dev/null | head -n 1)"
+  systemd-analyze blame --no-pager 2>/dev/null | head -n 6 | while read -r l; do say "blame $l"; done
 }
 trap 'report; say "end stopped by the shutdown"; exit 0' TERM
 i=0
