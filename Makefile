@@ -24,7 +24,7 @@ BINDIR ?= $(PREFIX)/bin
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 
 .PHONY: all help deps build test lint unit demo clean \
-	stub lint-loader e2e-bins vm-e2e stub-next-to-abkit install deb \
+	stub lint-loader e2e-bins vm-e2e debian-root stub-next-to-abkit install deb \
 	bench bench-image bench-bundle bench-install bench-agent bench-oci bench-delta fuzz-bundle fleet-sim
 
 ## all: the same as build
@@ -81,6 +81,10 @@ e2e-bins: deps
 ## vm-e2e: the end-to-end scenarios on OVMF under QEMU (SCENARIOS="boot power-cut" for some)
 vm-e2e: stub e2e-bins
 	$(E2E_BIN)/abkit-vmtest --abkit $(E2E_BIN)/abkit --init $(E2E_BIN)/testos-init run $(SCENARIOS)
+
+## debian-root: build (or find in build/debian-root) the stock Debian tree of the debian-systemd scenario
+debian-root: deps
+	bash scripts/debian-root.sh build/debian-root
 
 ## stub-next-to-abkit: the loader stub next to the release abkit, where `abkit uki build` finds it
 stub-next-to-abkit: stub

@@ -42,6 +42,9 @@ declare -A need=(
   # bench/delta.sh compares with casync.
   [/usr/sbin/lighttpd]=lighttpd
   [/usr/bin/casync]=casync
+  # The debian-systemd VM scenario builds a stock Debian root
+  # (scripts/debian-root.sh).
+  [/usr/bin/mmdebstrap]=mmdebstrap
 )
 missing=()
 for f in "${!need[@]}"; do

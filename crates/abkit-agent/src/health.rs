@@ -193,11 +193,7 @@ pub fn run_one(check: &Check, timeout: Duration, env: &[(&str, String)]) -> Chec
             c.arg("-c").arg(&check.target);
             run_process(c, timeout, env)
         }
-        CheckKind::Unit => {
-            let mut c = Command::new("systemctl");
-            c.args(["is-active", "--", &check.target]);
-            run_process(c, timeout, env)
-        }
+        CheckKind::Unit => run_process(unit_check("systemctl", &check.target), timeout, env),
         CheckKind::Rejoin => probe(&check.target, timeout),
     };
     let result = CheckResult {
@@ -219,6 +215,44 @@ pub fn run_one(check: &Check, timeout: Duration, env: &[(&str, String)]) -> Chec
         );
     }
     result
+}
+
+/// The unit check as a shell loop (`$1` is systemctl, `$2` the unit): a
+/// unit still starting is waited for (the agent starts early in the boot,
+/// often before the units it checks are up), so the check's own timeout is
+/// what bounds "never becomes active". Passes on `active`; fails at once on
+/// `failed`, on a unit systemd does not know, and on a unit that is
+/// inactive with no job queued once the boot is over (nothing will start
+/// it). Prints each state it sees, for the output tail.
+const UNIT_CHECK: &str = r#"
+command -v "$1" >/dev/null 2>&1 || { echo "$1 not found: unit checks need systemd"; exit 127; }
+last=
+while :; do
+  s=$("$1" is-active -- "$2" 2>&1)
+  [ "$s" = "$last" ] || echo "$2: $s"
+  last=$s
+  case $s in
+    active) exit 0 ;;
+    failed) "$1" status --no-pager --lines=5 -- "$2" 2>&1 | tail -n 8; exit 3 ;;
+  esac
+  if [ "$("$1" show -p LoadState --value -- "$2" 2>&1)" = not-found ]; then
+    echo "$2: no such unit"; exit 4
+  fi
+  if [ "$s" = inactive ] && [ -z "$("$1" list-jobs --no-legend -- "$2" 2>/dev/null)" ]; then
+    case $("$1" is-system-running 2>/dev/null) in
+      initializing|starting) ;;
+      *) echo "$2: inactive and nothing queued to start it"; exit 3 ;;
+    esac
+  fi
+  sleep 0.5
+done
+"#;
+
+/// `sh -c UNIT_CHECK sh SYSTEMCTL UNIT`.
+fn unit_check(systemctl: &str, unit: &str) -> Command {
+    let mut c = Command::new("/bin/sh");
+    c.args(["-c", UNIT_CHECK, "sh", systemctl, unit]);
+    c
 }
 
 /// `(ok, timed_out, output tail)` of a process: ok is exit status 0.
@@ -411,6 +445,104 @@ mod tests {
             !marker.exists(),
             "a child of the check outlived the timeout"
         );
+    }
+
+    /// A stand-in for systemctl whose answers come from files in `dir`:
+    /// `state` (is-active), `load` (LoadState), `job` (list-jobs), `system`
+    /// (is-system-running).
+    fn fake_systemctl(dir: &Path) -> PathBuf {
+        let path = dir.join("systemctl");
+        let d = dir.display();
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\ncase $1 in\n  is-active) cat {d}/state ;;\n  show) cat {d}/load ;;\n  \
+                 list-jobs) cat {d}/job 2>/dev/null ;;\n  is-system-running) cat {d}/system ;;\n  \
+                 status) echo \"demo.service - failed for a test\" ;;\nesac\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for (file, text) in [
+            ("state", "activating"),
+            ("load", "loaded"),
+            ("system", "running"),
+        ] {
+            std::fs::write(dir.join(file), text).unwrap();
+        }
+        path
+    }
+
+    fn unit_run(systemctl: &Path, timeout_ms: u64) -> (bool, bool, String, Duration) {
+        let t = Instant::now();
+        let (ok, timed_out, out) = run_process(
+            unit_check(systemctl.to_str().unwrap(), "demo.service"),
+            Duration::from_millis(timeout_ms),
+            &[],
+        );
+        (ok, timed_out, out, t.elapsed())
+    }
+
+    #[test]
+    fn a_unit_check_waits_for_a_starting_unit() {
+        let dir = tempfile::tempdir().unwrap();
+        let sc = fake_systemctl(dir.path());
+        let state = dir.path().join("state");
+        let flip = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1200));
+            std::fs::write(state, "active").unwrap();
+        });
+        let (ok, timed_out, out, took) = unit_run(&sc, 10_000);
+        flip.join().unwrap();
+        assert!(ok && !timed_out, "{out}");
+        assert!(took >= Duration::from_millis(1000), "{took:?}");
+        assert_eq!(out, "demo.service: activating\ndemo.service: active\n");
+    }
+
+    #[test]
+    fn a_unit_that_never_becomes_active_fails_at_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let sc = fake_systemctl(dir.path());
+        let (ok, timed_out, out, took) = unit_run(&sc, 1500);
+        assert!(!ok && timed_out, "{out}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        assert!(out.contains("demo.service: activating"), "{out}");
+    }
+
+    #[test]
+    fn a_failed_missing_or_idle_unit_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sc = fake_systemctl(dir.path());
+        let d = dir.path();
+        std::fs::write(d.join("state"), "failed").unwrap();
+        let (ok, timed_out, out, took) = unit_run(&sc, 10_000);
+        assert!(!ok && !timed_out && took < Duration::from_secs(5), "{out}");
+        assert!(out.contains("demo.service: failed") && out.contains("failed for a test"));
+
+        std::fs::write(d.join("state"), "inactive").unwrap();
+        std::fs::write(d.join("load"), "not-found").unwrap();
+        let (ok, _, out, took) = unit_run(&sc, 10_000);
+        assert!(!ok && took < Duration::from_secs(5), "{out}");
+        assert!(out.contains("no such unit"), "{out}");
+
+        // Inactive, nothing queued, boot over: nothing will start it.
+        std::fs::write(d.join("load"), "loaded").unwrap();
+        let (ok, _, out, took) = unit_run(&sc, 10_000);
+        assert!(!ok && took < Duration::from_secs(5), "{out}");
+        assert!(out.contains("nothing queued"), "{out}");
+
+        // The same while the boot is still starting, or with a job queued:
+        // waited for (here until the timeout).
+        std::fs::write(d.join("system"), "starting").unwrap();
+        let (ok, timed_out, out, _) = unit_run(&sc, 1200);
+        assert!(!ok && timed_out, "{out}");
+        std::fs::write(d.join("system"), "running").unwrap();
+        std::fs::write(d.join("job"), "42 demo.service start waiting").unwrap();
+        let (ok, timed_out, out, _) = unit_run(&sc, 1200);
+        assert!(!ok && timed_out, "{out}");
+
+        let (ok, _, out, _) = unit_run(&d.join("no-systemctl"), 10_000);
+        assert!(!ok && out.contains("not found"), "{out}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! firmware's VARS file read offline. docs/vm-tests.md explains the setup.
 
 pub mod agent_scenarios;
+pub mod debian_scenarios;
 pub mod delta_scenarios;
 pub mod fixtures;
 pub mod http;

@@ -89,6 +89,8 @@ pub struct BootSpec {
     /// `(name, file)`: files the guest reads at
     /// `/sys/firmware/qemu_fw_cfg/by_name/<name>/raw` (names start `opt/`).
     pub fw_cfg_files: Vec<(String, PathBuf)>,
+    /// Guest memory in MiB instead of the default 1024.
+    pub memory_mib: Option<u32>,
 }
 
 /// The outcome of one boot.
@@ -188,6 +190,9 @@ impl Machine {
         let timeout = spec.timeout.unwrap_or_else(default_timeout);
         let _ = std::fs::remove_file(log);
         let mut args = self.qemu_args(spec.write_limit, &spec.forwards);
+        if let (Some(mib), Some(at)) = (spec.memory_mib, args.iter().position(|a| a == "-m")) {
+            args[at + 1] = mib.to_string();
+        }
         args.extend([
             "-display".into(),
             "none".into(),

@@ -46,6 +46,10 @@ impl Suite {
     }
 }
 
+/// Scenarios started before the others (they take the longest: about 5
+/// minutes, part of it building their own releases).
+const START_FIRST: &[&str] = &["debian-systemd"];
+
 /// Scenarios that continue from another's machine, and which one: they are
 /// started only after it ended (when both run).
 const NEEDS: &[(&str, &str)] = &[("manual-rollback", "seed-sequence")];
@@ -436,6 +440,11 @@ pub const SCENARIOS: &[(&str, &str, ScenarioFn)] = &[
         "kexec-update",
         "Y activated by kexec without the firmware, committed; a broken Z by kexec falls back to Y",
         crate::quirk_scenarios::kexec_update,
+    ),
+    (
+        "debian-systemd",
+        "stock Debian (mmdebstrap) with systemd: abkit-agent.service commits a healthy Y after a crash, rolls back a Z whose unit fails",
+        crate::debian_scenarios::debian_systemd,
     ),
 ];
 
@@ -894,8 +903,12 @@ pub fn run_all(suite: &Suite, only: &[String], jobs: usize) -> anyhow::Result<us
         started: usize,
         rows: Vec<Option<(bool, String, Duration)>>,
     }
+    // The longest scenarios first, the rest in list order: a long one
+    // started last would run alone at the end while the other workers idle.
+    let mut waiting: Vec<usize> = (0..chosen.len()).collect();
+    waiting.sort_by_key(|&i| !START_FIRST.contains(&chosen[i].0));
     let queue = Mutex::new(Queue {
-        waiting: (0..chosen.len()).collect(),
+        waiting,
         done: Vec::new(),
         started: 0,
         rows: vec![None; chosen.len()],

@@ -183,7 +183,9 @@ fn try_switch(root: &RootParams) -> io::Result<std::convert::Infallible> {
     );
     std::fs::create_dir_all("/sysroot")?;
     mount("/dev/mapper/root", "/sysroot", "erofs", libc::MS_RDONLY)?;
-    if !std::path::Path::new(&format!("/sysroot/{ROOT_INIT}")).exists() {
+    // symlink_metadata: a stock root's /sbin/init is an absolute link
+    // (Debian: /lib/systemd/systemd) that only resolves after the chroot.
+    if std::fs::symlink_metadata(format!("/sysroot/{ROOT_INIT}")).is_err() {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
             format!("the root has no /{ROOT_INIT}"),

@@ -66,7 +66,9 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DIR", help_heading = "Health gate")]
     health_dir: Option<PathBuf>,
 
-    /// A systemd unit that must be active (repeatable).
+    /// A systemd unit that must become active (repeatable): one still
+    /// starting is waited for, within --health-timeout; failed, unknown or
+    /// idle after the boot fails at once.
     #[arg(long, value_name = "UNIT", help_heading = "Health gate")]
     health_unit: Vec<String>,
 

@@ -1,0 +1,798 @@
+//! Issue 13's proof on a stock distribution: a Debian root with systemd from
+//! Debian's packages (`scripts/debian-root.sh`, mmdebstrap, cached next to
+//! the test kernel) made into three abkit releases, booted from the slot
+//! through dm-verity, where `abkit-agent.service` runs the health gate.
+//!
+//! | name | proves |
+//! | --- | --- |
+//! | `debian-systemd` | Debian X on A installs Y through the agent (the CLI's install becomes the agent's operation; the agent reboots through systemd); on Y's trial boot the agent is SIGKILLed in the middle of its gate, systemd restarts it, the restarted gate waits for Y's checked unit to become active and commits B; Y installs Z, whose checked unit fails: the failure is recorded in A's record, BootOrder still names B (the firmware's fallback had the agent not armed it), the agent reboots, Y comes back committed |
+//!
+//! How the root boots (docs/agent.md, "A stock Debian root"): the UKI
+//! carries the test OS initrd, which maps the slot through dm-verity with
+//! the appended hash tree and `roothash=` from the command line, mounts the
+//! erofs root and DATA, and executes the root's `/sbin/init`: systemd.
+//! Debian 12's own initrd tools cannot open an appended hash tree
+//! (systemd 252 lacks `hash-offset=`; initramfs-tools has no verity).
+//!
+//! The guest reports over the serial console through
+//! `abkit-vmtest-report.service` (a test helper baked into the releases):
+//! it waits for the agent's verdict (its sd_notify `STATUS=`), prints
+//! `debian-test: KEY VALUE` lines, then carries out the test's action
+//! (`install BUNDLE` through the agent, or `poweroff`) from fw_cfg.
+
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use serde_json::Value;
+
+use crate::fixtures::{format_data, make_bundle_disk, run};
+use crate::qemu::{Boot, BootSpec, OVMF_VARS};
+use crate::scenarios::{Scenario, Suite, expect_status, offline_status};
+use crate::vars::BootVars;
+
+/// The tree builder, run from the work folder (its hash keys the cache).
+const DEBIAN_ROOT_SCRIPT: &str = include_str!("../../../scripts/debian-root.sh");
+/// The agent's unit as shipped (`@BINDIR@` is replaced).
+const AGENT_UNIT: &str = include_str!("../../../dist/abkit-agent.service");
+/// The product of the Debian releases (not the test OS's).
+const COMPATIBLE: &str = "abkit-debian";
+/// The unit the agent's gate checks.
+const DEMO_UNIT: &str = "abkit-demo-health.service";
+/// The slot size of the Debian disk (the lz4hc erofs root is about 90 MB).
+const SYSTEM_SIZE: &str = "160M";
+/// Guest memory: what the Debian root needs (notes/debian-root.md: 256 MiB
+/// boots a UKI of this size; less fails in the loader).
+const MEMORY_MIB: u32 = 256;
+/// The prefix of the report unit's lines.
+const REPORT: &str = "debian-test: ";
+
+/// One Debian release: its version and how its demo unit behaves.
+#[derive(Debug, Clone, Copy)]
+struct Release {
+    name: &'static str,
+    version: &'static str,
+    /// `good`: the demo unit becomes active (after a few seconds, so the
+    /// gate has to wait for it); `bad`: it fails.
+    health: &'static str,
+}
+
+const DX: Release = Release {
+    name: "x",
+    version: "1.0.0",
+    health: "good",
+};
+const DY: Release = Release {
+    name: "y",
+    version: "1.1.0",
+    health: "good",
+};
+const DZ: Release = Release {
+    name: "z",
+    version: "1.2.0",
+    health: "bad",
+};
+
+impl Release {
+    fn bundle(&self) -> String {
+        format!("debian-{}.abb", self.name)
+    }
+}
+
+/// Settings of the agent in the releases.
+const AGENT_TOML: &str = r#"# /etc/abkit/agent.toml of the debian-systemd VM scenario
+reboot_command = "systemctl reboot"
+
+[health]
+units = ["abkit-demo-health.service"]
+check_timeout = "60s"
+deadline = "2m"
+"#;
+
+/// The unit the gate checks: active for a healthy release, failed for a
+/// bad one, six seconds after the agent is up either way, so the gate
+/// always finds it still starting and has to wait for it.
+const DEMO_UNIT_FILE: &str = "[Unit]
+Description=abkit demo: the service whose health the agent checks
+After=abkit-agent.service
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/libexec/abkit-demo-health
+[Install]
+WantedBy=multi-user.target
+";
+
+const DEMO_HEALTH: &str = "#!/bin/sh
+# The demo service of the debian-systemd VM scenario: it starts for a few
+# seconds, then succeeds in a healthy release and fails in a bad one
+# (/etc/abkit-demo/health says which).
+sleep 6
+case $(cat /etc/abkit-demo/health) in
+  good) echo 'abkit-demo: up'; exit 0 ;;
+  *) echo 'abkit-demo: built to fail'; exit 1 ;;
+esac
+";
+
+/// A health.d check that crashes the agent once per boot when the test
+/// asks (fw_cfg `opt/abkit/crash-agent-once`): its parent is the agent.
+const CRASH_ONCE: &str = "#!/bin/sh
+# VM test helper (debian-systemd): with fw_cfg opt/abkit/crash-agent-once,
+# SIGKILLs the agent (this check's parent) in the middle of its health gate,
+# once per boot; systemd restarts it (Restart=on-failure) and the gate runs
+# again. Without that file it passes.
+[ -e /sys/firmware/qemu_fw_cfg/by_name/opt/abkit/crash-agent-once ] || exit 0
+[ -e /run/abkit-vmtest-crashed ] && exit 0
+: >/run/abkit-vmtest-crashed
+echo \"debian-test: crash killing the agent (pid $PPID) in its gate\" >/dev/ttyS0
+kill -KILL \"$PPID\"
+sleep 5
+";
+
+const REPORT_UNIT_FILE: &str = "[Unit]
+Description=abkit VM test: report the health gate on the serial console, then act
+After=abkit-agent.service
+[Service]
+Type=simple
+ExecStart=/usr/local/libexec/abkit-vmtest-report
+[Install]
+WantedBy=multi-user.target
+";
+
+const REPORT_SCRIPT: &str = r#"#!/bin/sh
+# VM test helper (debian-systemd): waits for the agent's health gate
+# verdict (its sd_notify STATUS=), prints what the host checks as
+# `debian-test: KEY VALUE` lines on the serial console, then carries out
+# the test's action from fw_cfg: `install BUNDLE` (from the bundle disk,
+# through the running agent) or `poweroff`. When the agent's reboot stops
+# it first (a failed trial), it prints on its way out: the unit is ordered
+# after the agent, so it stops before the agent does.
+exec >/dev/ttyS0 2>&1
+# printf, not dash's echo: status JSON has backslashes (\EFI\abkit).
+say() { printf 'debian-test: %s\n' "$*"; }
+fw=/sys/firmware/qemu_fw_cfg/by_name/opt/abkit
+report() {
+  st=$(systemctl show -p StatusText --value abkit-agent.service)
+  say "gate $st"
+  say "agent-active $(systemctl is-active abkit-agent.service)"
+  say "agent-restarts $(systemctl show -p NRestarts --value abkit-agent.service)"
+  say "demo-unit $(systemctl is-active abkit-demo-health.service)"
+  . /etc/os-release
+  say "os $ID $VERSION_CODENAME image=$IMAGE_ID version=$IMAGE_VERSION"
+  say "pid1 $(readlink /proc/1/exe) $(systemctl --version | head -n 1)"
+  say "root $(findmnt -no SOURCE,FSTYPE,OPTIONS /)"
+  say "failed-units $(systemctl list-units --failed --plain --no-legend | awk '{print $1}' | tr '\n' ' ')"
+  say "status-json $(abkit status --json | tr -d '\n')"
+  say "uptime $(cut -d' ' -f1 /proc/uptime)"
+  t=$(systemctl show -p ExecMainStartTimestampMonotonic --value abkit-agent.service)
+  say "agent-started-at $((t / 1000000)).$((t / 100000 % 10))"
+  # Where the guest's boot time went (for the log; not checked).
+  say "kernel-done $(systemd-analyze 2>/dev/null | head -n 1)"
+  systemd-analyze blame --no-pager 2>/dev/null | head -n 6 | while read -r l; do say "blame $l"; done
+}
+trap 'report; say "end stopped by the shutdown"; exit 0' TERM
+i=0
+while :; do
+  st=$(systemctl show -p StatusText --value abkit-agent.service)
+  # The gate's last STATUS= (crates/abkit-agent/src/agent.rs).
+  case $st in
+    *" healthy and committed"|*" committed, healthy"|*" committed, unhealthy at "*) break ;;
+    *": rebooting"|"rebooting into"*|*"cannot read the machine"*) break ;;
+  esac
+  i=$((i + 1))
+  [ $i -gt 480 ] && { say "gate-timeout $st"; break; }
+  sleep 0.5
+done
+trap - TERM
+report
+case $st in *rebooting*) say "end waiting for the agent's reboot"; exit 0 ;; esac
+action=$(cat $fw/action/raw 2>/dev/null)
+say "action $action"
+case $action in
+  install\ *)
+    mkdir -p /run/bundles
+    mount -o ro -t vfat /dev/vdb /run/bundles
+    abkit install "/run/bundles/${action#install }"
+    say "install-exit $?"
+    ;;
+  *)
+    say "end poweroff"
+    systemctl --no-block poweroff
+    ;;
+esac
+"#;
+
+/// Where the cached Debian tarballs live: next to the test kernel
+/// (`build/kernel` → `build/debian-root`).
+fn cache_dir(suite: &Suite) -> anyhow::Result<PathBuf> {
+    let kernel_dir = suite
+        .fx
+        .kernel
+        .parent()
+        .and_then(Path::parent)
+        .context("the kernel is not in <dir>/boot")?;
+    Ok(kernel_dir.with_file_name("debian-root"))
+}
+
+/// The Debian tarball: built by `scripts/debian-root.sh` or found in its
+/// cache. Returns its path and how long that took.
+fn debian_tarball(suite: &Suite, work: &Path) -> anyhow::Result<PathBuf> {
+    let script = work.join("debian-root.sh");
+    std::fs::write(&script, DEBIAN_ROOT_SCRIPT)?;
+    let out = run(Command::new("bash")
+        .arg(&script)
+        .arg(cache_dir(suite)?)
+        .stderr(std::process::Stdio::inherit()))
+    .context("building the Debian root (scripts/debian-root.sh)")?;
+    let path = out.lines().last().unwrap_or_default().trim();
+    ensure!(!path.is_empty(), "scripts/debian-root.sh printed no path");
+    Ok(PathBuf::from(path))
+}
+
+fn write(root: &Path, path: &str, mode: u32, text: &str) -> anyhow::Result<()> {
+    let p = root.join(path);
+    std::fs::create_dir_all(p.parent().context("no parent")?)?;
+    let _ = std::fs::remove_file(&p);
+    std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// `ln -sf target root/path`.
+fn link(root: &Path, path: &str, target: &str) -> anyhow::Result<()> {
+    let p = root.join(path);
+    std::fs::create_dir_all(p.parent().context("no parent")?)?;
+    let _ = std::fs::remove_file(&p);
+    symlink(target, &p).with_context(|| format!("linking {}", p.display()))
+}
+
+/// The kernel's module folders the root keeps (what systemd and udev load
+/// after switch_root on this machine: filesystems such as autofs4 and
+/// efivarfs, device-mapper, virtio, firmware interfaces, crypto and
+/// library helpers); the rest (sound, most network and GPU drivers) is
+/// left out to keep the image small.
+const MODULE_DIRS: [&str; 12] = [
+    "kernel/fs",
+    "kernel/lib",
+    "kernel/crypto",
+    "kernel/arch",
+    "kernel/block",
+    "kernel/net/core",
+    "kernel/drivers/virtio",
+    "kernel/drivers/md",
+    "kernel/drivers/block",
+    "kernel/drivers/firmware",
+    "kernel/drivers/char",
+    "kernel/drivers/net",
+];
+
+/// Copies the test kernel's modules (the subset above) into the root and
+/// runs depmod there.
+fn add_modules(suite: &Suite, root: &Path) -> anyhow::Result<String> {
+    let kernel_dir = suite
+        .fx
+        .kernel
+        .parent()
+        .and_then(Path::parent)
+        .context("kernel dir")?;
+    let modules = kernel_dir.join("lib/modules");
+    let version = std::fs::read_dir(&modules)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .with_context(|| format!("no kernel version under {}", modules.display()))?;
+    let from = modules.join(&version);
+    let to = root.join("usr/lib/modules").join(&version);
+    std::fs::create_dir_all(&to)?;
+    for f in [
+        "modules.order",
+        "modules.builtin",
+        "modules.builtin.modinfo",
+    ] {
+        std::fs::copy(from.join(f), to.join(f))?;
+    }
+    for dir in MODULE_DIRS {
+        if dir == "kernel/drivers/net" {
+            // Only the virtio NIC and what it needs.
+            let d = to.join(dir);
+            std::fs::create_dir_all(&d)?;
+            for m in ["virtio_net.ko", "net_failover.ko"] {
+                std::fs::copy(from.join(dir).join(m), d.join(m))?;
+            }
+            continue;
+        }
+        std::fs::create_dir_all(to.join(dir).parent().context("parent")?)?;
+        run(Command::new("cp")
+            .arg("-a")
+            .arg(from.join(dir))
+            .arg(to.join(dir)))?;
+    }
+    run(Command::new("depmod").arg("-b").arg(root).arg(&version))
+        .context("depmod (package kmod)")?;
+    Ok(version)
+}
+
+/// Unpacks the tarball and turns it into an abkit Debian root: the static
+/// `abkit`, the test keyring, abkit-agent.service enabled with agent.toml,
+/// the demo unit and the test helpers, masks for what only costs boot time
+/// here, the kernel's modules, tmpfs on /tmp and /var (the root is
+/// read-only erofs), and mount points.
+fn compose_root(suite: &Suite, tarball: &Path, root: &Path) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(root);
+    std::fs::create_dir_all(root)?;
+    run(Command::new("tar")
+        .args(["--numeric-owner", "-xf"])
+        .arg(tarball)
+        .arg("-C")
+        .arg(root))
+    .context("unpacking the Debian tarball")?;
+    let abkit = std::fs::read(&suite.fx.abkit)?;
+    std::fs::write(root.join("usr/bin/abkit"), abkit)?;
+    std::fs::set_permissions(
+        root.join("usr/bin/abkit"),
+        std::fs::Permissions::from_mode(0o755),
+    )?;
+    let key = std::fs::read_to_string(suite.fx.dir.join("keyring/testkey.pub"))?;
+    write(root, "etc/abkit/keyring/testkey.pub", 0o644, &key)?;
+    write(root, "etc/abkit/agent.toml", 0o644, AGENT_TOML)?;
+    write(
+        root,
+        "etc/systemd/system/abkit-agent.service",
+        0o644,
+        &AGENT_UNIT.replace("@BINDIR@", "/usr/bin"),
+    )?;
+    write(
+        root,
+        &format!("etc/systemd/system/{DEMO_UNIT}"),
+        0o644,
+        DEMO_UNIT_FILE,
+    )?;
+    write(
+        root,
+        "usr/local/libexec/abkit-demo-health",
+        0o755,
+        DEMO_HEALTH,
+    )?;
+    write(
+        root,
+        "etc/systemd/system/abkit-vmtest-report.service",
+        0o644,
+        REPORT_UNIT_FILE,
+    )?;
+    write(
+        root,
+        "usr/local/libexec/abkit-vmtest-report",
+        0o755,
+        REPORT_SCRIPT,
+    )?;
+    write(
+        root,
+        "etc/abkit/health.d/10-vmtest-crash-once",
+        0o755,
+        CRASH_ONCE,
+    )?;
+    for unit in [
+        "abkit-agent.service",
+        DEMO_UNIT,
+        "abkit-vmtest-report.service",
+    ] {
+        link(
+            root,
+            &format!("etc/systemd/system/multi-user.target.wants/{unit}"),
+            &format!("/etc/systemd/system/{unit}"),
+        )?;
+    }
+    // Boot time only, on a test machine: e2scrub_reap costs 5-11 s
+    // (notes/debian-root.md); periodic jobs; the serial getty (the report
+    // unit owns the console).
+    for unit in [
+        "e2scrub_reap.service",
+        "e2scrub_all.timer",
+        "apt-daily.timer",
+        "apt-daily-upgrade.timer",
+        "dpkg-db-backup.timer",
+        "fstrim.timer",
+        "serial-getty@ttyS0.service",
+    ] {
+        link(root, &format!("etc/systemd/system/{unit}"), "/dev/null")?;
+    }
+    // The initrd already mapped and mounted the verified root: systemd's
+    // veritysetup generator would act on roothash= again (and fail on
+    // hash-offset=, which 252 does not know); gpt-auto would mount the ESP,
+    // which abkit mounts itself when it needs it.
+    for generator in [
+        "systemd-veritysetup-generator",
+        "systemd-gpt-auto-generator",
+    ] {
+        link(
+            root,
+            &format!("etc/systemd/system-generators/{generator}"),
+            "/dev/null",
+        )?;
+    }
+    write(
+        root,
+        "etc/fstab",
+        0o644,
+        "# / is the slot's erofs (read-only, dm-verity), mounted by the initrd;\n\
+         # /data is DATA. Writable scratch space:\n\
+         tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0\n\
+         tmpfs /var tmpfs mode=0755,nosuid,nodev 0 0\n",
+    )?;
+    for dir in ["data", "run/bundles", "mnt"] {
+        std::fs::create_dir_all(root.join(dir))?;
+    }
+    add_modules(suite, root)?;
+    Ok(())
+}
+
+/// Writes `r`'s own files into the composed root and builds its bundle.
+fn release_bundle(suite: &Suite, root: &Path, r: &Release, out: &Path) -> anyhow::Result<()> {
+    write(
+        root,
+        "etc/abkit-demo/health",
+        0o644,
+        &format!("{}\n", r.health),
+    )?;
+    let osrel = root.join("usr/lib/os-release");
+    let base: String = std::fs::read_to_string(&osrel)?
+        .lines()
+        .filter(|l| !l.starts_with("IMAGE_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(
+        &osrel,
+        format!("{base}IMAGE_ID={COMPATIBLE}\nIMAGE_VERSION={}\n", r.version),
+    )?;
+    let fx = &suite.fx;
+    run(Command::new(&fx.abkit)
+        .args(["bundle", "create", "--rootfs"])
+        .arg(root)
+        .args(["--erofs-compress", "lz4hc", "--stub"])
+        .arg(&fx.stub)
+        .arg("--kernel")
+        .arg(&fx.kernel)
+        .arg("--initrd")
+        .arg(fx.dir.join("initrd.cpio"))
+        .arg("--osrel")
+        .arg(&osrel)
+        .arg("--cmdline")
+        .arg("console=ttyS0 ro panic=-1 quiet no_timer_check")
+        .args(["--created", "1700000000"])
+        .args(["--version", r.version, "--compatible", COMPATIBLE, "--key"])
+        .arg(fx.dir.join("testkey.key"))
+        .arg("-o")
+        .arg(out))
+    .with_context(|| format!("bundle create for Debian {}", r.version))?;
+    Ok(())
+}
+
+/// The guest's `debian-test:` lines as (key, rest), in order.
+type Lines = Vec<(String, String)>;
+
+/// The guest's `debian-test:` lines of a boot.
+fn report(boot: &Boot) -> anyhow::Result<Lines> {
+    let text = std::fs::read(&boot.log).with_context(|| format!("{}", boot.log.display()))?;
+    Ok(String::from_utf8_lossy(&text)
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_end_matches('\r');
+            let at = l.find(REPORT)?;
+            let rest = &l[at + REPORT.len()..];
+            let (k, v) = rest.split_once(' ').unwrap_or((rest, ""));
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect())
+}
+
+fn value(lines: &[(String, String)], key: &str, boot: &Boot) -> anyhow::Result<String> {
+    lines
+        .iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .with_context(|| {
+            format!(
+                "the guest printed no `{REPORT}{key}` line (log {})",
+                boot.log.display()
+            )
+        })
+}
+
+/// One boot of the Debian machine; prints where the time went.
+fn debian_boot(
+    s: &mut Scenario<'_>,
+    what: &str,
+    action: &str,
+    crash_agent: bool,
+) -> anyhow::Result<(Boot, BootVars, Lines)> {
+    s.boots += 1;
+    let log = s.dir.join(format!("boot-{}.log", s.boots));
+    s.suite.set_last_log(&log);
+    let mut spec = BootSpec {
+        action: action.to_string(),
+        memory_mib: Some(MEMORY_MIB),
+        ..BootSpec::default()
+    };
+    if crash_agent {
+        let flag = s.dir.join("crash-agent-once");
+        std::fs::write(&flag, "1\n")?;
+        spec.fw_cfg_files
+            .push(("opt/abkit/crash-agent-once".into(), flag));
+    }
+    let boot = s.machine.boot(&spec, &log)?;
+    s.boot_time += boot.took;
+    let vars = s.vars()?;
+    let lines = report(&boot)?;
+    let uptime = value(&lines, "uptime", &boot).unwrap_or_else(|_| "?".into());
+    let agent = value(&lines, "agent-started-at", &boot).unwrap_or_else(|_| "?".into());
+    let gate = value(&lines, "gate", &boot).unwrap_or_else(|_| "no verdict".into());
+    eprintln!(
+        "    debian-systemd boot {} ({what}) {:>6.1} s: agent started at {agent} s, gate verdict at {uptime} s of guest uptime: {gate}  -> {}",
+        s.boots,
+        boot.took.as_secs_f64(),
+        vars.summary()
+    );
+    Ok((boot, vars, lines))
+}
+
+/// The checks every boot of a release shares: systemd from Debian is PID
+/// 1, / is the read-only erofs on the verity device, the release is `r`,
+/// the agent ran (active) and no unit failed except the expected ones.
+fn expect_debian(
+    boot: &Boot,
+    lines: &[(String, String)],
+    r: &Release,
+    failed_units: &str,
+) -> anyhow::Result<()> {
+    let log = boot.log.display();
+    let os = value(lines, "os", boot)?;
+    ensure!(
+        os == format!("debian bookworm image={COMPATIBLE} version={}", r.version),
+        "the guest runs {os:?}, expected Debian {} (log {log})",
+        r.version
+    );
+    let pid1 = value(lines, "pid1", boot)?;
+    ensure!(
+        pid1.starts_with("/usr/lib/systemd/systemd systemd 252"),
+        "PID 1 is not Debian's systemd: {pid1} (log {log})"
+    );
+    let root = value(lines, "root", boot)?;
+    let f: Vec<&str> = root.split_whitespace().collect();
+    ensure!(
+        f.len() == 3
+            && f[0] == "/dev/mapper/root"
+            && f[1] == "erofs"
+            && f[2].split(',').next() == Some("ro"),
+        "/ is not the read-only erofs on /dev/mapper/root: {root} (log {log})"
+    );
+    let failed = value(lines, "failed-units", boot)?;
+    ensure!(
+        failed.trim() == failed_units,
+        "failed units: {failed:?}, expected {failed_units:?} (log {log})"
+    );
+    Ok(())
+}
+
+/// The boot ended in a reboot (systemd's shutdown said so), not a poweroff.
+fn expect_reboot(boot: &Boot) -> anyhow::Result<()> {
+    let text = std::fs::read(&boot.log)?;
+    ensure!(
+        String::from_utf8_lossy(&text).contains("reboot: Restarting system"),
+        "the boot did not end in a reboot (log {})",
+        boot.log.display()
+    );
+    Ok(())
+}
+
+fn status_json(lines: &[(String, String)], boot: &Boot) -> anyhow::Result<Value> {
+    serde_json::from_str(&value(lines, "status-json", boot)?)
+        .with_context(|| format!("status-json (log {})", boot.log.display()))
+}
+
+pub fn debian_systemd(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
+    let started = Instant::now();
+    let mut s = Scenario::new(suite, "debian-systemd")?;
+    let dir = s.dir.clone();
+
+    // The tree (cached), the root, three releases, their bundle disk.
+    let t = Instant::now();
+    let tarball = debian_tarball(suite, &dir)?;
+    let t_tree = t.elapsed();
+    let t = Instant::now();
+    let root = dir.join("root");
+    compose_root(suite, &tarball, &root)?;
+    let bundles = dir.join("bundles");
+    std::fs::create_dir_all(&bundles)?;
+    for r in [DX, DY, DZ] {
+        release_bundle(suite, &root, &r, &bundles.join(r.bundle()))?;
+    }
+    std::fs::remove_dir_all(&root)?;
+    let disk_img = dir.join("bundles.img");
+    make_bundle_disk(&bundles, &disk_img)?;
+    let t_releases = t.elapsed();
+    let sizes: Vec<String> = [DX, DY, DZ]
+        .iter()
+        .map(|r| {
+            let n = std::fs::metadata(bundles.join(r.bundle()))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            format!("{} {} MB", r.bundle(), n >> 20)
+        })
+        .collect();
+    eprintln!(
+        "    debian-systemd: tree {:.1} s ({}), 3 releases {:.1} s ({})",
+        t_tree.as_secs_f64(),
+        tarball.display(),
+        t_releases.as_secs_f64(),
+        sizes.join(", ")
+    );
+
+    // The machine: X on slot A (factory path), DATA formatted.
+    std::fs::copy(OVMF_VARS, &s.machine.vars)?;
+    let _ = std::fs::remove_file(&s.machine.disk);
+    run(Command::new(&suite.fx.abkit)
+        .args(["image", "build", "--bundle"])
+        .arg(bundles.join(DX.bundle()))
+        .arg("--keyring")
+        .arg(suite.fx.dir.join("keyring"))
+        .arg("-o")
+        .arg(&s.machine.disk)
+        .arg("--ovmf-vars")
+        .arg(&s.machine.vars)
+        .args([
+            "--esp-size",
+            "96M",
+            "--system-size",
+            SYSTEM_SIZE,
+            "--data-size",
+            "8M",
+            "--seed",
+            "1",
+        ]))?;
+    format_data(&s.machine.disk)?;
+    s.machine.bundles = Some(disk_img);
+    let ours = s.vars()?.our_order();
+
+    // 1. X (committed from the factory): the gate reports; the CLI's
+    // install becomes the agent's operation; the agent reboots.
+    let (b, vars, lines) = debian_boot(
+        &mut s,
+        "X committed, installs Y",
+        &format!("install {}", DY.bundle()),
+        false,
+    )?;
+    let log = b.log.display().to_string();
+    expect_debian(&b, &lines, &DX, "")?;
+    let gate = value(&lines, "gate", &b)?;
+    ensure!(
+        gate == "slot A committed, healthy",
+        "X's gate: {gate:?} (log {log})"
+    );
+    ensure!(
+        value(&lines, "agent-active", &b)? == "active",
+        "the agent is not active (log {log})"
+    );
+    expect_status(&status_json(&lines, &b)?, 'A', 'A', &[('A', DX.version)])?;
+    ensure!(
+        value(&lines, "install-exit", &b)? == "0",
+        "the install through the agent failed (log {log})"
+    );
+    expect_reboot(&b)?;
+    vars.expect('A', Some('B')).context("after X installed Y")?;
+    ensure!(vars.our_order() == ours, "our BootOrder changed");
+
+    // 2. Y's trial boot: the agent is killed in its gate, systemd restarts
+    // it, the new gate waits for the demo unit and commits B.
+    let (b, vars, lines) = debian_boot(
+        &mut s,
+        "Y trial, agent killed once",
+        &format!("install {}", DZ.bundle()),
+        true,
+    )?;
+    let log = b.log.display().to_string();
+    expect_debian(&b, &lines, &DY, "")?;
+    ensure!(
+        lines
+            .iter()
+            .any(|(k, v)| k == "crash" && v.contains("killing the agent")),
+        "the agent was not killed in its gate (log {log})"
+    );
+    let restarts = value(&lines, "agent-restarts", &b)?;
+    ensure!(
+        restarts == "1",
+        "systemd restarted the agent {restarts} times, expected 1 (log {log})"
+    );
+    let gate = value(&lines, "gate", &b)?;
+    ensure!(
+        gate == "slot B healthy and committed",
+        "Y's gate after the restart: {gate:?} (log {log})"
+    );
+    ensure!(value(&lines, "agent-active", &b)? == "active");
+    ensure!(value(&lines, "demo-unit", &b)? == "active");
+    expect_status(
+        &status_json(&lines, &b)?,
+        'B',
+        'B',
+        &[('A', DX.version), ('B', DY.version)],
+    )?;
+    expect_reboot(&b)?;
+    // Y committed, then Z installed into A: BootOrder names B, BootNext A.
+    vars.expect('B', Some('A')).context("after Y installed Z")?;
+
+    // 3. Z's trial boot: the demo unit fails; the agent records it, arms
+    // B and reboots.
+    let (b, vars, lines) = debian_boot(&mut s, "Z trial, unit fails", "poweroff", false)?;
+    let log = b.log.display().to_string();
+    expect_debian(&b, &lines, &DZ, DEMO_UNIT)?;
+    let gate = value(&lines, "gate", &b)?;
+    ensure!(
+        gate == format!("health failed at unit:{DEMO_UNIT}: rebooting"),
+        "Z's gate: {gate:?} (log {log})"
+    );
+    ensure!(
+        !lines.iter().any(|(k, v)| k == "end" && v == "poweroff"),
+        "Z's boot went on to the test's poweroff (log {log})"
+    );
+    expect_reboot(&b)?;
+    // BootOrder still starts with B: without the agent's BootNext (or had
+    // the agent never run) the firmware would come back to Y all the same.
+    vars.expect('B', Some('B'))
+        .context("after Z's failed trial")?;
+    let st = offline_status(suite, &s.machine, 'B')?;
+    let rec = &st["slots"]["A"];
+    ensure!(
+        rec["state"] == "installed"
+            && rec["version"] == DZ.version
+            && rec["health"]["result"] == "failed"
+            && rec["health"]["failed_check"] == format!("unit:{DEMO_UNIT}")
+            && rec["health"]["output_tail"]
+                .as_str()
+                .is_some_and(|t| t.contains(&format!("{DEMO_UNIT}: failed"))),
+        "slot A's record after Z's failed trial: {rec}"
+    );
+    // The check saw the unit starting first and waited for its outcome.
+    let tail = rec["health"]["output_tail"].as_str().unwrap_or_default();
+    let first = tail.lines().next().unwrap_or_default();
+    ensure!(
+        first == format!("{DEMO_UNIT}: activating") || first == format!("{DEMO_UNIT}: inactive"),
+        "the unit check did not wait for the starting unit: {tail:?}"
+    );
+
+    // 4. Y again, committed; the gate reports and the machine powers off.
+    let (b, vars, lines) = debian_boot(&mut s, "Y back", "poweroff", false)?;
+    let log = b.log.display().to_string();
+    expect_debian(&b, &lines, &DY, "")?;
+    let gate = value(&lines, "gate", &b)?;
+    ensure!(
+        gate == "slot B committed, healthy",
+        "Y's gate after the rollback: {gate:?} (log {log})"
+    );
+    expect_status(
+        &status_json(&lines, &b)?,
+        'B',
+        'B',
+        &[('A', DZ.version), ('B', DY.version)],
+    )?;
+    vars.expect('B', None)?;
+    let st = offline_status(suite, &s.machine, 'B')?;
+    let rec = &st["slots"]["B"];
+    ensure!(
+        rec["state"] == "good" && rec["health"]["result"] == "passed",
+        "slot B's record: {rec}"
+    );
+    eprintln!(
+        "    debian-systemd: {} boots {:.1} s of VM time; tree {:.1} s, releases {:.1} s; {:.1} s in all",
+        s.boots,
+        s.boot_time.as_secs_f64(),
+        t_tree.as_secs_f64(),
+        t_releases.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    if s.boot_time > Duration::from_secs(300) {
+        eprintln!("    debian-systemd: warning: more than 5 min of VM time");
+    }
+    Ok(s)
+}
