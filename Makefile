@@ -25,7 +25,7 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 
 .PHONY: all help deps build test lint unit demo clean \
 	stub lint-loader e2e-bins vm-e2e debian-root stub-next-to-abkit install deb \
-	bench bench-image bench-bundle bench-install bench-agent bench-oci bench-delta fuzz-bundle fleet-sim
+	bench bench-image bench-bundle bench-install bench-agent bench-oci bench-delta bench-size fuzz-bundle fleet-sim
 
 ## all: the same as build
 all: build
@@ -109,7 +109,7 @@ deb: build
 	$(CARGO) deb -p abkit --no-build --output build/
 
 ## bench: every benchmark (prints tables; not part of make test)
-bench: bench-image bench-bundle bench-install bench-agent bench-oci bench-delta
+bench: bench-image bench-bundle bench-install bench-agent bench-oci bench-delta bench-size
 
 ## bench-image: time `abkit image build` against cp --sparse=always (not part of test)
 bench-image: deps
@@ -134,6 +134,10 @@ bench-oci: deps
 ## fleet-sim: 100 offline agents, 3-member etcd, two FleetLock servers: three rollout scenarios, JSON reports (FLEET_SIM_NODES)
 fleet-sim: deps
 	FLEET_SIM_REPORTS=$(CURDIR)/build/fleet-sim $(CARGO) test --release -p abkit --test fleet_sim -- --ignored --nocapture --test-threads 1 fleet_sim_full
+
+## bench-size: the stripped static (device) and dynamic abkit binaries against the 8 MiB budget
+bench-size:
+	bash bench/size.sh
 
 ## bench-delta: delta install vs full install vs casync, bytes fetched (512 MiB image)
 bench-delta: deps

@@ -32,12 +32,10 @@ declare -A need=(
   [/usr/bin/docker-registry]=docker-registry
   [/usr/bin/htpasswd]=apache2-utils
   # The fleet layer (crates/abkit-fleet): etcd 3.4 for its tests and
-  # `make fleet-sim`; the etcd-client crate's build compiles etcd's .proto
-  # files with protoc, which needs the well-known types of libprotobuf-dev.
+  # `make fleet-sim` (abkit talks to its JSON gateway: no protoc needed);
+  # the tests wait for a member with etcdctl.
   [/usr/bin/etcd]=etcd-server
   [/usr/bin/etcdctl]=etcd-client
-  [/usr/bin/protoc]=protobuf-compiler
-  [/usr/include/google/protobuf/descriptor.proto]=libprotobuf-dev
   # Delta installs: tests serve bundles with a real Range-capable server;
   # bench/delta.sh compares with casync.
   [/usr/sbin/lighttpd]=lighttpd

@@ -1,25 +1,36 @@
-//! A small, blocking view of etcd's v3 key-value API (the `etcd-client`
-//! crate on a private tokio runtime), so the threaded agent and the
-//! FleetLock server use etcd without being async themselves.
+//! A small, blocking client of etcd's v3 key-value API through etcd's own
+//! JSON gateway (`POST /v3/kv/range`, `/v3/kv/txn`, `/v3/watch`, base64
+//! keys and values, served on the client URL by etcd 3.4 and newer) over
+//! the `ureq` the agent already links: no gRPC stack, no async runtime.
 //!
 //! Every change the fleet makes is a compare-and-swap on a key's
 //! `mod_revision` ([`Store::cas`]): etcd orders the transactions, so any
 //! number of servers and agents can share one cluster. Transient failures
 //! (a member down, no leader yet) are retried against the other endpoints.
 
+use std::io::{BufRead, BufReader};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, WatchOptions,
-};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
 
 use crate::error::{FleetError, Result};
 
 /// How long one etcd request may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long connecting to one member may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a request is retried (a member restarting, an election).
 const RETRY_FOR: Duration = Duration::from_secs(20);
+/// The largest answer read (a list of every machine of a big fleet).
+const MAX_RESPONSE: u64 = 256 << 20;
+/// The gateway's path prefix: `/v3/` since etcd 3.4 (3.3 had `/v3beta/`).
+const API: &str = "/v3";
 
 /// A key's value and the revision that last changed it (0: no such key).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,9 +42,10 @@ pub struct Versioned {
 /// A connection to an etcd cluster; cheap to clone, usable from any thread.
 #[derive(Clone)]
 pub struct Store {
-    runtime: Arc<tokio::runtime::Runtime>,
-    client: Client,
-    endpoints: Vec<String>,
+    agent: ureq::Agent,
+    endpoints: Arc<Vec<String>>,
+    /// The member asked first: the last one that answered.
+    current: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Store {
@@ -51,11 +63,12 @@ pub fn parse_endpoints(text: &str) -> Result<Vec<String>> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
-            if s.contains("://") {
+            let url = if s.contains("://") {
                 s.to_string()
             } else {
                 format!("http://{s}")
-            }
+            };
+            url.trim_end_matches('/').to_string()
         })
         .collect();
     if eps.is_empty() {
@@ -73,43 +86,149 @@ pub fn parse_endpoints(text: &str) -> Result<Vec<String>> {
     Ok(eps)
 }
 
-/// Whether an etcd error is worth retrying on (possibly) another member.
-fn transient(e: &etcd_client::Error) -> bool {
-    match e {
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        // gRPC codes: CANCELLED 1, UNKNOWN 2, DEADLINE_EXCEEDED 4,
-        // ABORTED 10, UNAVAILABLE 14 (etcd's "no leader" is UNAVAILABLE).
-        etcd_client::Error::GRpcStatus(s) => matches!(s.code() as i32, 1 | 2 | 4 | 10 | 14),
-        _ => false,
+/// Why one request to one member failed.
+enum Failure {
+    /// Worth another try, perhaps on another member.
+    Transient(String),
+    /// The same answer would come again (a bad request, not etcd at all).
+    Fatal(String),
+}
+
+/// etcd's int64 fields arrive as JSON strings ("12"); absent means 0.
+fn int64<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Int {
+        Text(String),
+        Number(i64),
+    }
+    match Int::deserialize(d)? {
+        Int::Number(n) => Ok(n),
+        Int::Text(s) => s.parse().map_err(serde::de::Error::custom),
     }
 }
 
+#[derive(Deserialize, Default)]
+struct Header {
+    #[serde(default, deserialize_with = "int64")]
+    revision: i64,
+}
+
+#[derive(Deserialize)]
+struct KeyValue {
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    value: String,
+    #[serde(default, deserialize_with = "int64")]
+    mod_revision: i64,
+}
+
+#[derive(Deserialize)]
+struct RangeResponse {
+    #[serde(default)]
+    header: Header,
+    #[serde(default)]
+    kvs: Vec<KeyValue>,
+}
+
+#[derive(Deserialize)]
+struct TxnResponse {
+    #[serde(default)]
+    succeeded: bool,
+}
+
+#[derive(Deserialize)]
+struct DeleteRangeResponse {
+    #[serde(default, deserialize_with = "int64")]
+    deleted: i64,
+}
+
+/// An error the gateway returns: gRPC's code and message.
+#[derive(Deserialize)]
+struct GatewayError {
+    #[serde(default)]
+    code: i32,
+    #[serde(default)]
+    message: String,
+}
+
+/// One line of `/v3/watch`'s stream.
+#[derive(Deserialize)]
+struct WatchLine {
+    result: Option<WatchResult>,
+    error: Option<GatewayError>,
+}
+
+#[derive(Deserialize)]
+struct WatchResult {
+    #[serde(default)]
+    events: Vec<Value>,
+    #[serde(default)]
+    canceled: bool,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    B64.encode(bytes)
+}
+
+/// The end of etcd's range holding every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Empty (or all 0xff): every key from `prefix` on.
+    vec![0]
+}
+
+impl KeyValue {
+    fn decode(self) -> Result<(String, Versioned)> {
+        let bad = |what: &str, e: base64::DecodeError| FleetError::Etcd {
+            endpoints: String::new(),
+            message: format!("etcd sent a {what} that is not base64: {e}"),
+        };
+        let key = B64.decode(&self.key).map_err(|e| bad("key", e))?;
+        let value = B64.decode(&self.value).map_err(|e| bad("value", e))?;
+        Ok((
+            String::from_utf8_lossy(&key).into_owned(),
+            Versioned {
+                value,
+                mod_revision: self.mod_revision,
+            },
+        ))
+    }
+}
+
+/// gRPC codes worth retrying: CANCELLED 1, UNKNOWN 2, DEADLINE_EXCEEDED 4,
+/// ABORTED 10, UNAVAILABLE 14 (etcd's "no leader" is UNAVAILABLE).
+fn transient_code(code: i32) -> bool {
+    matches!(code, 1 | 2 | 4 | 10 | 14)
+}
+
 impl Store {
-    /// Connects to the cluster (lazily: a member that is down is skipped).
+    /// Prepares a client of the cluster. Nothing is sent yet: a member that
+    /// is down is only skipped when a request finds it so.
     pub fn connect(endpoints: &[String]) -> Result<Store> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("etcd")
-            .enable_all()
+        if endpoints.is_empty() {
+            return Err(FleetError::BadInput("no etcd endpoint given".into()));
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            // etcd sits on loopback or a trusted network: never a proxy.
+            .proxy(None)
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_global(Some(REQUEST_TIMEOUT))
+            .user_agent(concat!("abkit/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| FleetError::Etcd {
-                endpoints: endpoints.join(","),
-                message: format!("cannot start the etcd client's runtime: {e}"),
-            })?;
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(REQUEST_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(30), Duration::from_secs(10));
-        let client = runtime
-            .block_on(Client::connect(endpoints, Some(options)))
-            .map_err(|e| FleetError::Etcd {
-                endpoints: endpoints.join(","),
-                message: e.to_string(),
-            })?;
+            .into();
         Ok(Store {
-            runtime: Arc::new(runtime),
-            client,
-            endpoints: endpoints.to_vec(),
+            agent,
+            endpoints: Arc::new(endpoints.to_vec()),
+            current: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -117,174 +236,314 @@ impl Store {
         &self.endpoints
     }
 
-    fn error(&self, e: etcd_client::Error) -> FleetError {
+    fn error(&self, message: String) -> FleetError {
         FleetError::Etcd {
             endpoints: self.endpoints.join(","),
-            message: e.to_string(),
+            message,
         }
     }
 
-    /// Runs `op` until it succeeds, fails for good, or [`RETRY_FOR`] passes.
-    fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
-    where
-        F: Fn(Client) -> Fut,
-        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
-    {
+    /// The member to ask next (its index and URL).
+    fn endpoint(&self) -> (usize, &str) {
+        let i = self.current.load(Ordering::Relaxed) % self.endpoints.len();
+        (i, &self.endpoints[i])
+    }
+
+    /// Moves on from member `index`, which did not answer (unless another
+    /// thread already did).
+    fn skip(&self, index: usize) {
+        let next = (index + 1) % self.endpoints.len();
+        let _ = self
+            .current
+            .compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// One POST of `body` to `path` on one member.
+    fn post_once<T: DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        path: &str,
+        body: &Value,
+    ) -> std::result::Result<T, Failure> {
+        let url = format!("{endpoint}{API}{path}");
+        let body = serde_json::to_vec(body).expect("a JSON value serializes");
+        let mut resp = match self
+            .agent
+            .post(&url)
+            .header("content-type", "application/json")
+            .send(&body[..])
+        {
+            Ok(r) => r,
+            Err(e) => return Err(Failure::Transient(format!("{url}: {e}"))),
+        };
+        let status = resp.status().as_u16();
+        let text = match resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE)
+            .read_to_string()
+        {
+            Ok(t) => t,
+            Err(e) => {
+                return Err(Failure::Transient(format!(
+                    "{url}: reading the answer: {e}"
+                )));
+            }
+        };
+        if status == 200 {
+            return serde_json::from_str(&text).map_err(|e| {
+                Failure::Fatal(format!(
+                    "{url}: not an answer of etcd's v3 JSON gateway ({e}): {}",
+                    excerpt(&text)
+                ))
+            });
+        }
+        match serde_json::from_str::<GatewayError>(&text) {
+            Ok(g) if !g.message.is_empty() => {
+                let message = format!("{url}: {} (gRPC code {})", g.message, g.code);
+                if transient_code(g.code) {
+                    Err(Failure::Transient(message))
+                } else {
+                    Err(Failure::Fatal(message))
+                }
+            }
+            _ if status == 404 => Err(Failure::Fatal(format!(
+                "{url}: HTTP 404: no etcd v3 JSON gateway there (etcd 3.4 or newer serves {API}/)"
+            ))),
+            _ if status >= 500 || status == 408 || status == 429 => Err(Failure::Transient(
+                format!("{url}: HTTP {status}: {}", excerpt(&text)),
+            )),
+            _ => Err(Failure::Fatal(format!(
+                "{url}: HTTP {status}: {}",
+                excerpt(&text)
+            ))),
+        }
+    }
+
+    /// POSTs until a member answers, the request fails for good, or
+    /// [`RETRY_FOR`] passes; each transient failure moves on to the next
+    /// member.
+    fn post<T: DeserializeOwned>(&self, what: &str, path: &str, body: Value) -> Result<T> {
         let end = Instant::now() + RETRY_FOR;
         let mut pause = Duration::from_millis(50);
         loop {
-            let client = self.client.clone();
-            let r = self.runtime.block_on(async {
-                match tokio::time::timeout(REQUEST_TIMEOUT, op(client)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(etcd_client::Error::IoError(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "etcd request timed out",
-                    ))),
-                }
-            });
-            match r {
+            let (index, endpoint) = self.endpoint();
+            match self.post_once(endpoint, path, &body) {
                 Ok(v) => return Ok(v),
-                Err(e) if transient(&e) && Instant::now() < end => {
-                    log::debug!("etcd {what}: {e}; retrying");
+                Err(Failure::Transient(m)) if Instant::now() < end => {
+                    log::debug!("etcd {what}: {m}; retrying");
+                    self.skip(index);
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_secs(1));
                 }
-                Err(e) => return Err(self.error(e)),
+                Err(Failure::Transient(m) | Failure::Fatal(m)) => {
+                    return Err(self.error(format!("{what}: {m}")));
+                }
             }
         }
     }
 
     /// The value of `key`, if set.
     pub fn get(&self, key: &str) -> Result<Option<Versioned>> {
-        let key = key.to_string();
-        let resp = self.retry("get", |mut c| {
-            let key = key.clone();
-            async move { c.get(key, None).await }
-        })?;
-        Ok(resp.kvs().first().map(|kv| Versioned {
-            value: kv.value().to_vec(),
-            mod_revision: kv.mod_revision(),
-        }))
+        let resp: RangeResponse =
+            self.post("get", "/kv/range", json!({ "key": b64(key.as_bytes()) }))?;
+        match resp.kvs.into_iter().next() {
+            Some(kv) => Ok(Some(self.decoded(kv)?.1)),
+            None => Ok(None),
+        }
+    }
+
+    fn decoded(&self, kv: KeyValue) -> Result<(String, Versioned)> {
+        kv.decode().map_err(|e| match e {
+            FleetError::Etcd { message, .. } => self.error(message),
+            other => other,
+        })
     }
 
     /// Every key under `prefix`, in key order, with the store's revision.
     pub fn list(&self, prefix: &str) -> Result<(i64, Vec<(String, Versioned)>)> {
-        let prefix = prefix.to_string();
-        let resp = self.retry("list", |mut c| {
-            let prefix = prefix.clone();
-            async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-        })?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let resp: RangeResponse = self.post(
+            "list",
+            "/kv/range",
+            json!({
+                "key": b64(prefix.as_bytes()),
+                "range_end": b64(&prefix_end(prefix.as_bytes())),
+            }),
+        )?;
         let items = resp
-            .kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    String::from_utf8_lossy(kv.key()).into_owned(),
-                    Versioned {
-                        value: kv.value().to_vec(),
-                        mod_revision: kv.mod_revision(),
-                    },
-                )
-            })
-            .collect();
-        Ok((revision, items))
+            .kvs
+            .into_iter()
+            .map(|kv| self.decoded(kv))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((resp.header.revision, items))
+    }
+
+    /// Runs `op` only if `key`'s `mod_revision` is still `expected`.
+    fn txn_if(&self, what: &str, key: &str, expected: i64, op: Value) -> Result<bool> {
+        let resp: TxnResponse = self.post(
+            what,
+            "/kv/txn",
+            json!({
+                "compare": [{
+                    "target": "MOD",
+                    "result": "EQUAL",
+                    "key": b64(key.as_bytes()),
+                    "mod_revision": expected.to_string(),
+                }],
+                "success": [op],
+            }),
+        )?;
+        Ok(resp.succeeded)
     }
 
     /// Writes `value` at `key` only if the key's `mod_revision` is still
     /// `expected` (0: only if the key does not exist). `Ok(false)`: someone
     /// else changed it first; read again and retry.
     pub fn cas(&self, key: &str, expected: i64, value: &[u8]) -> Result<bool> {
-        let (key, value) = (key.to_string(), value.to_vec());
-        let resp = self.retry("compare-and-swap", |mut c| {
-            let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    expected,
-                )])
-                .and_then([TxnOp::put(key.clone(), value.clone(), None)]);
-            async move { c.txn(txn).await }
-        })?;
-        Ok(resp.succeeded())
+        let put = json!({ "request_put": { "key": b64(key.as_bytes()), "value": b64(value) } });
+        self.txn_if("compare-and-swap", key, expected, put)
     }
 
     /// Deletes `key` only if its `mod_revision` is still `expected`.
     pub fn cas_delete(&self, key: &str, expected: i64) -> Result<bool> {
-        let key = key.to_string();
-        let resp = self.retry("compare-and-delete", |mut c| {
-            let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    expected,
-                )])
-                .and_then([TxnOp::delete(key.clone(), None)]);
-            async move { c.txn(txn).await }
-        })?;
-        Ok(resp.succeeded())
+        let delete = json!({ "request_delete_range": { "key": b64(key.as_bytes()) } });
+        self.txn_if("compare-and-delete", key, expected, delete)
     }
 
     /// Writes `value` at `key` whatever was there (a machine's own record).
     pub fn put(&self, key: &str, value: &[u8]) -> Result<()> {
-        let (key, value) = (key.to_string(), value.to_vec());
-        self.retry("put", |mut c| {
-            let (key, value) = (key.clone(), value.clone());
-            async move { c.put(key, value, None).await }
-        })?;
+        let _: Value = self.post(
+            "put",
+            "/kv/put",
+            json!({ "key": b64(key.as_bytes()), "value": b64(value) }),
+        )?;
         Ok(())
     }
 
     /// Deletes every key under `prefix`; returns how many there were.
     pub fn delete_prefix(&self, prefix: &str) -> Result<i64> {
-        let prefix = prefix.to_string();
-        let resp = self.retry("delete", |mut c| {
-            let prefix = prefix.clone();
-            async move {
-                c.delete(
-                    prefix,
-                    Some(etcd_client::DeleteOptions::new().with_prefix()),
-                )
-                .await
-            }
-        })?;
-        Ok(resp.deleted())
+        let resp: DeleteRangeResponse = self.post(
+            "delete",
+            "/kv/deleterange",
+            json!({
+                "key": b64(prefix.as_bytes()),
+                "range_end": b64(&prefix_end(prefix.as_bytes())),
+            }),
+        )?;
+        Ok(resp.deleted)
     }
 
     /// Waits until a key under `prefix` changes after `revision`, or
     /// `timeout` passes; returns whether something changed. Errors are
     /// reported as "changed" after a short pause: the caller reads again.
     pub fn wait_for_change(&self, prefix: &str, revision: i64, timeout: Duration) -> bool {
-        let mut client = self.client.clone();
-        let prefix = prefix.to_string();
-        let r = self.runtime.block_on(async move {
-            let options = WatchOptions::new()
-                .with_prefix()
-                .with_start_revision(revision + 1);
-            let fut = async {
-                let mut stream = client.watch(prefix, Some(options)).await?;
-                loop {
-                    match stream.message().await? {
-                        Some(m) if !m.events().is_empty() => return Ok(true),
-                        Some(m) if m.canceled() => return Ok(true),
-                        Some(_) => continue,
-                        None => return Ok(true),
-                    }
-                }
-            };
-            match tokio::time::timeout(timeout, fut).await {
-                Ok(r) => r,
-                Err(_) => Ok::<bool, etcd_client::Error>(false),
-            }
-        });
-        match r {
+        let start = Instant::now();
+        let (index, endpoint) = self.endpoint();
+        match self.watch_once(endpoint, prefix, revision, timeout) {
             Ok(changed) => changed,
+            // The stream ends with an error when the wait is over.
+            Err(_) if start.elapsed() >= timeout => false,
             Err(e) => {
                 log::debug!("etcd watch: {e}");
-                std::thread::sleep(Duration::from_millis(300).min(timeout));
+                self.skip(index);
+                let left = timeout.saturating_sub(start.elapsed());
+                std::thread::sleep(Duration::from_millis(300).min(left));
                 true
             }
         }
+    }
+
+    /// Streams `/v3/watch` from one member until an event, a cancel, or
+    /// the end of `timeout` (an error then).
+    fn watch_once(
+        &self,
+        endpoint: &str,
+        prefix: &str,
+        revision: i64,
+        timeout: Duration,
+    ) -> std::result::Result<bool, String> {
+        let url = format!("{endpoint}{API}/watch");
+        let body = json!({ "create_request": {
+            "key": b64(prefix.as_bytes()),
+            "range_end": b64(&prefix_end(prefix.as_bytes())),
+            "start_revision": (revision + 1).to_string(),
+        }});
+        let body = serde_json::to_vec(&body).expect("a JSON value serializes");
+        let resp = self
+            .agent
+            .post(&url)
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
+            .header("content-type", "application/json")
+            .send(&body[..])
+            .map_err(|e| format!("{url}: {e}"))?;
+        if resp.status() != 200 {
+            return Err(format!("{url}: HTTP {}", resp.status()));
+        }
+        let reader = BufReader::new(resp.into_body().into_reader());
+        for line in reader.lines() {
+            let line = line.map_err(|e| format!("{url}: {e}"))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let msg: WatchLine = serde_json::from_str(&line)
+                .map_err(|e| format!("{url}: not a watch answer ({e}): {}", excerpt(&line)))?;
+            if let Some(e) = msg.error {
+                return Err(format!("{url}: {} (gRPC code {})", e.message, e.code));
+            }
+            match msg.result {
+                Some(r) if !r.events.is_empty() || r.canceled => return Ok(true),
+                _ => continue,
+            }
+        }
+        // The member closed the stream: let the caller read again.
+        Ok(true)
+    }
+}
+
+/// The start of an answer, for an error message.
+fn excerpt(text: &str) -> String {
+    let t = text.trim();
+    match t.char_indices().nth(200) {
+        Some((i, _)) => format!("{}...", &t[..i]),
+        None => t.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_next_key_after_every_key_with_the_prefix() {
+        assert_eq!(prefix_end(b"abc/"), b"abc0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
+        assert_eq!(prefix_end(b""), b"\0");
+    }
+
+    #[test]
+    fn int64_fields_are_read_from_strings_numbers_or_absence() {
+        let h: RangeResponse = serde_json::from_str(
+            r#"{"header":{"revision":"42"},"kvs":[{"key":"YQ==","mod_revision":7}]}"#,
+        )
+        .unwrap();
+        assert_eq!(h.header.revision, 42);
+        assert_eq!(h.kvs[0].mod_revision, 7);
+        let (k, v) = h.kvs.into_iter().next().unwrap().decode().unwrap();
+        assert_eq!((k.as_str(), v.value.as_slice()), ("a", &b""[..]));
+        let d: DeleteRangeResponse = serde_json::from_str(r#"{"header":{}}"#).unwrap();
+        assert_eq!(d.deleted, 0);
+    }
+
+    #[test]
+    fn endpoints_get_a_scheme_and_lose_a_trailing_slash() {
+        assert_eq!(
+            parse_endpoints("10.0.0.1:2379, http://h:2379/").unwrap(),
+            ["http://10.0.0.1:2379", "http://h:2379"]
+        );
+        assert!(parse_endpoints("https://h:2379").is_err());
+        assert!(parse_endpoints(" , ").is_err());
     }
 }

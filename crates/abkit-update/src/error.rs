@@ -54,9 +54,7 @@ pub enum UpdateError {
     },
     #[error("the ESP has {free} bytes free but the new loader needs {needed}")]
     EspFull { free: u64, needed: u64 },
-    #[error(
-        "slot {slot} does not read back what was written: expected SHA-256 {expected}, read {found}"
-    )]
+    #[error("slot {slot} does not read back what was written: expected {expected}, read {found}")]
     ReadBackMismatch {
         slot: Slot,
         expected: String,
