@@ -12,9 +12,6 @@
 //! goes into the slot (I7); the slot is then read back against the
 //! payload's SHA-256 as in a full install (`crate::copy`).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use abkit_bundle::format::{HEADER_LEN, Header};
 use abkit_bundle::index::block_hash;
 use abkit_bundle::reader::RawHead;
@@ -33,10 +30,13 @@ pub const HEAD_WINDOW: u64 = 64 * 1024;
 /// blocks between them are verified and used like the others): fewer
 /// requests for a few more bytes.
 const MERGE_GAP: u64 = 8 * 1024;
-/// Largest single range request.
-const MAX_REQUEST: u64 = 4 << 20;
-/// Size of the reads that hash a seed (the running slot).
-const SCAN_READ: usize = 4 << 20;
+/// Longest run of zstd frames fetched as one range (stored bytes).
+const MAX_REQUEST: u64 = 1 << 20;
+/// Bytes of missing blocks fetched together: runs are grouped up to this
+/// size (and split at it) and asked for with one `read_ranges` (a few
+/// multi-range requests). With [`FETCH_AHEAD`] and [`FETCH_CONNECTIONS`]
+/// it bounds the memory of fetched blocks to about 1.5 MiB.
+const BATCH_BYTES: u64 = 256 << 10;
 
 /// What a delta install moved, for the report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -45,7 +45,8 @@ pub struct DeltaStats {
     pub bytes_fetched: u64,
     /// Payload bytes taken from what the machine already held.
     pub bytes_reused: u64,
-    /// Range requests for missing blocks (the head and indexes not counted).
+    /// HTTP requests for missing blocks (the head and indexes not counted;
+    /// several ranges go into one request where the server allows).
     pub requests: u64,
 }
 
@@ -136,30 +137,14 @@ fn fetch_error(e: std::io::Error, what: &str) -> UpdateError {
     }
 }
 
-/// Where one block of the new payload comes from.
+/// Where one block of the new payload comes from (8 bytes: a plan holds
+/// one per block).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
-    /// Seed `seed`, at this byte offset.
-    Seed(u8, u64),
+    /// Seed `seed`, its block number `block` (block-aligned in the seed).
+    Seed(u8, u32),
     Fetch,
 }
-
-/// The keys are BLAKE3 digests: their first 8 bytes are already uniform.
-#[derive(Default)]
-struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for (i, b) in bytes.iter().take(8).enumerate() {
-            self.0 ^= u64::from(*b) << (8 * i);
-        }
-    }
-}
-
-type DigestMap<V> = HashMap<[u8; 32], V, BuildHasherDefault<DigestHasher>>;
 
 /// What the machine holds that a payload can be built from.
 pub struct Seed<'a> {
@@ -171,16 +156,61 @@ pub struct Seed<'a> {
     pub scan: u64,
 }
 
+/// The first 8 bytes of a BLAKE3 digest: already uniform.
+fn prefix(hash: &[u8; 32]) -> u64 {
+    u64::from_le_bytes(hash[..8].try_into().unwrap_or_default())
+}
+
+/// The distinct block hashes of an index, sorted by their first 8 bytes,
+/// each with the first block that has it and where a seed holds it: a
+/// sorted table instead of a hash map (16 + 8 bytes per block, not about
+/// 100: issue 14 wants installs in 16 MiB).
+struct Wanted<'a> {
+    index: &'a BlockIndex,
+    /// (prefix, first block with this hash), sorted, one per hash.
+    hashes: Vec<(u64, u32)>,
+    /// Where a seed holds each of `hashes`, once found.
+    found: Vec<Option<Source>>,
+}
+
+impl<'a> Wanted<'a> {
+    fn new(index: &'a BlockIndex) -> Wanted<'a> {
+        let mut hashes: Vec<(u64, u32)> = (0..index.len())
+            .map(|i| (prefix(index.hash(i)), i as u32))
+            .collect();
+        hashes.sort_unstable_by(|a, b| {
+            (a.0, index.hash(a.1 as usize), a.1).cmp(&(b.0, index.hash(b.1 as usize), b.1))
+        });
+        hashes.dedup_by(|b, a| index.hash(a.1 as usize) == index.hash(b.1 as usize));
+        let found = vec![None; hashes.len()];
+        Wanted {
+            index,
+            hashes,
+            found,
+        }
+    }
+
+    /// The entry of `hash`, if the index has it.
+    fn position(&self, hash: &[u8; 32]) -> Option<usize> {
+        let p = prefix(hash);
+        let from = self.hashes.partition_point(|e| e.0 < p);
+        self.hashes[from..]
+            .iter()
+            .take_while(|e| e.0 == p)
+            .position(|e| self.index.hash(e.1 as usize) == hash)
+            .map(|k| from + k)
+    }
+}
+
+/// Size of the reads that hash a seed (the running slot).
+const SCAN_READ: usize = 1 << 20;
+
 /// For every block of `index`, where to take it from: a block of a seed
 /// with the same BLAKE3 (the scanned seeds first, found anywhere), else
 /// the block at the same offset of any seed, else the bundle.
 fn plan(index: &BlockIndex, seeds: &mut [Seed<'_>], rep: &mut dyn Reporter) -> Result<Vec<Source>> {
     let bs = index.block_size() as usize;
-    let mut found: DigestMap<Option<Source>> = DigestMap::default();
-    found.reserve(index.len());
-    for i in 0..index.len() {
-        found.entry(*index.hash(i)).or_insert(None);
-    }
+    let mut wanted = Wanted::new(index);
     let mut buf = vec![0u8; SCAN_READ];
     for (k, seed) in seeds.iter_mut().enumerate() {
         let len = seed.scan.min(seed.dev.size()) / bs as u64 * bs as u64;
@@ -204,10 +234,13 @@ fn plan(index: &BlockIndex, seeds: &mut [Seed<'_>], rep: &mut dyn Reporter) -> R
                 UpdateError::io("hash a seed")(std::io::Error::other("a hashing thread panicked"))
             })?;
             for (j, hash) in a.iter().chain(&b).enumerate() {
-                if let Some(slot) = found.get_mut(hash)
-                    && slot.is_none()
+                if let Some(e) = wanted.position(hash)
+                    && wanted.found[e].is_none()
                 {
-                    *slot = Some(Source::Seed(k as u8, at + (j * bs) as u64));
+                    let block = u32::try_from(at / bs as u64 + j as u64).map_err(|_| {
+                        UpdateError::SizeOverflow(format!("{} of {len} bytes", seed.name))
+                    })?;
+                    wanted.found[e] = Some(Source::Seed(k as u8, block));
                 }
             }
             at += n as u64;
@@ -218,10 +251,11 @@ fn plan(index: &BlockIndex, seeds: &mut [Seed<'_>], rep: &mut dyn Reporter) -> R
             });
         }
     }
+    drop(buf);
     let mut sources = Vec::with_capacity(index.len());
     let mut block = vec![0u8; bs];
     for i in 0..index.len() {
-        let mut source = found.get(index.hash(i)).copied().flatten();
+        let mut source = wanted.position(index.hash(i)).and_then(|e| wanted.found[e]);
         if source.is_none() {
             // The same offset: a short last block, the target's old
             // contents, what an interrupted install wrote.
@@ -231,7 +265,7 @@ fn plan(index: &BlockIndex, seeds: &mut [Seed<'_>], rep: &mut dyn Reporter) -> R
                     && seed.dev.read_at(off, &mut block[..len]).is_ok()
                     && block_hash(&block[..len]) == *index.hash(i)
                 {
-                    source = Some(Source::Seed(k as u8, off));
+                    source = Some(Source::Seed(k as u8, i as u32));
                     break;
                 }
             }
@@ -242,10 +276,10 @@ fn plan(index: &BlockIndex, seeds: &mut [Seed<'_>], rep: &mut dyn Reporter) -> R
 }
 
 /// The missing blocks as ranges of block numbers, runs closer than
-/// [`MERGE_GAP`] merged, none longer than [`MAX_REQUEST`].
+/// [`MERGE_GAP`] merged, none longer than [`BATCH_BYTES`].
 fn fetch_runs(sources: &[Source], block_size: u32) -> Vec<(usize, usize)> {
     let gap = (MERGE_GAP / u64::from(block_size)) as usize;
-    let max = (MAX_REQUEST / u64::from(block_size)).max(1) as usize;
+    let max = (BATCH_BYTES / u64::from(block_size)).max(1) as usize;
     let mut runs: Vec<(usize, usize)> = Vec::new();
     for (i, s) in sources.iter().enumerate() {
         if *s != Source::Fetch {
@@ -353,14 +387,30 @@ fn fetch_frames(
     Ok(plain)
 }
 
-/// A fetched run: its first block and its bytes, or why it failed.
-type Fetched = Result<(usize, Vec<u8>)>;
+/// Runs of blocks fetched together, in order, and their bytes.
+struct Batch {
+    /// (first block, end block, where its bytes start in `bytes`).
+    runs: Vec<(usize, usize, usize)>,
+    bytes: Vec<u8>,
+}
+
+impl Batch {
+    /// Where the bytes of block `i` start, if the batch holds it.
+    fn find(&self, i: usize, block_size: usize) -> Option<usize> {
+        let k = self.runs.partition_point(|&(_, end, _)| end <= i);
+        let &(first, _, at) = self.runs.get(k)?;
+        (first <= i).then(|| at + (i - first) * block_size)
+    }
+}
+
+/// A fetched batch, or why it failed.
+type Fetched = Result<Batch>;
 
 /// Fetched runs held ahead of the writer per connection (each at most
 /// [`MAX_REQUEST`]).
 const FETCH_AHEAD: usize = 2;
 /// Connections used at most for fetching missing blocks.
-const FETCH_CONNECTIONS: usize = 4;
+const FETCH_CONNECTIONS: usize = 2;
 
 /// Builds one payload from `sources`: hands out verified write blocks in
 /// order. Fetched runs arrive, in order, from the fetch thread.
@@ -375,8 +425,8 @@ struct Assembler<'a, 'b> {
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
     home: std::sync::mpsc::Sender<Vec<u8>>,
     next: usize,
-    /// The fetched run being used: first block, bytes.
-    fetched: Option<(usize, Vec<u8>)>,
+    /// The fetched batch being used.
+    fetched: Option<Batch>,
     stats: DeltaStats,
 }
 
@@ -393,12 +443,10 @@ impl Assembler<'_, '_> {
         while self.next < self.index.len() && out.len() < WRITE_BLOCK {
             let i = self.next;
             let len = self.index.block_len(i);
-            if let Some((first, bytes)) = &self.fetched
-                && i >= *first
-                && (i - first) * bs < bytes.len()
+            if let Some(at) = self.fetched_from(i)
+                && let Some(batch) = &self.fetched
             {
-                let at = (i - first) * bs;
-                let block = &bytes[at..at + len];
+                let block = &batch.bytes[at..at + len];
                 self.index.check_block(i, block)?;
                 out.extend_from_slice(block);
                 self.next += 1;
@@ -406,12 +454,13 @@ impl Assembler<'_, '_> {
             }
             match self.sources[i] {
                 Source::Fetch => self.fetch_run(i)?,
-                Source::Seed(k, off) => {
+                Source::Seed(k, block) => {
+                    let off = u64::from(block) * bs as u64;
                     // Consecutive blocks of one seed: one read.
                     let mut n = 1;
                     while i + n < self.index.len()
                         && out.len() + (n + 1) * bs <= WRITE_BLOCK
-                        && self.sources[i + n] == Source::Seed(k, off + (n * bs) as u64)
+                        && self.sources[i + n] == Source::Seed(k, block + n as u32)
                         && self.fetched_from(i + n).is_none()
                     {
                         n += 1;
@@ -438,46 +487,71 @@ impl Assembler<'_, '_> {
         }))
     }
 
-    /// The fetched run covering block `i`, if one is held.
-    fn fetched_from(&self, i: usize) -> Option<()> {
-        let (first, bytes) = self.fetched.as_ref()?;
-        (i >= *first && (i - first) * (self.index.block_size() as usize) < bytes.len())
-            .then_some(())
+    /// Where the fetched bytes of block `i` are in the batch held, if
+    /// it holds them.
+    fn fetched_from(&self, i: usize) -> Option<usize> {
+        self.fetched
+            .as_ref()?
+            .find(i, self.index.block_size() as usize)
     }
 
-    /// Takes the next fetched run, which starts at block `i`.
+    /// Takes the next fetched batch, which must hold block `i`.
     fn fetch_run(&mut self, i: usize) -> Result<()> {
         let queue = &self.runs[self.taken % self.runs.len()];
         self.taken += 1;
-        let (first, bytes) = queue.recv().map_err(|_| {
+        let batch = queue.recv().map_err(|_| {
             UpdateError::io("fetch missing blocks")(std::io::Error::other(
                 "the fetch thread stopped",
             ))
         })??;
-        let bs = self.index.block_size() as usize;
-        if first > i || (i - first) * bs >= bytes.len() {
+        if batch.find(i, self.index.block_size() as usize).is_none() {
             return Err(UpdateError::io("fetch missing blocks")(
-                std::io::Error::other(format!("run at block {first} arrived for block {i}")),
+                std::io::Error::other(format!("the batch fetched next lacks block {i}")),
             ));
         }
-        self.stats.requests += 1;
-        self.fetched = Some((first, bytes));
+        self.fetched = Some(batch);
         Ok(())
     }
 }
 
-/// Fetches `runs` of `index` from `bundle` in order and sends them, a few
-/// ahead of the assembler, so that the network works while the slot does.
-fn fetch_runs_into(
+/// Groups `runs` into batches of at most [`BATCH_BYTES`] (a longer run is
+/// a batch of its own); zstd runs are batches of their own.
+fn batches(index: &BlockIndex, runs: &[(usize, usize)]) -> Vec<Vec<(usize, usize)>> {
+    let mut out: Vec<Vec<(usize, usize)>> = Vec::new();
+    let mut bytes = 0u64;
+    for &(first, end) in runs {
+        let len = index.block_offset(end - 1) + index.block_len(end - 1) as u64
+            - index.block_offset(first);
+        match out.last_mut() {
+            Some(batch)
+                if index.compression() == Compression::None && bytes + len <= BATCH_BYTES =>
+            {
+                batch.push((first, end));
+                bytes += len;
+            }
+            _ => {
+                out.push(vec![(first, end)]);
+                bytes = len;
+            }
+        }
+    }
+    out
+}
+
+/// Fetches `batches` of `index` from `bundle` in order and sends them, a
+/// few ahead of the assembler, so that the network works while the slot
+/// does.
+fn fetch_batches_into(
     index: &BlockIndex,
     entry: &PayloadEntry,
-    runs: impl Iterator<Item = (usize, usize)>,
+    batches: impl Iterator<Item = Vec<(usize, usize)>>,
     bundle: &mut dyn ByteRanges,
     payload_offset: u64,
     tx: &std::sync::mpsc::SyncSender<Fetched>,
 ) {
-    for (first, end) in runs {
+    for runs in batches {
         let got = if index.compression() == Compression::Zstd {
+            let (first, end) = runs[0];
             fetch_frames(
                 index,
                 &entry.chunks,
@@ -486,14 +560,28 @@ fn fetch_runs_into(
                 payload_offset,
                 entry.stored_size,
             )
-            .map(|bytes| (first, bytes))
+            .map(|bytes| Batch {
+                runs: vec![(first, end, 0)],
+                bytes,
+            })
         } else {
-            let from = index.block_offset(first);
-            let to = index.block_offset(end - 1) + index.block_len(end - 1) as u64;
-            let mut bytes = vec![0u8; (to - from) as usize];
+            let mut ranges = Vec::with_capacity(runs.len());
+            let mut placed = Vec::with_capacity(runs.len());
+            let mut at = 0usize;
+            for &(first, end) in &runs {
+                let from = index.block_offset(first);
+                let to = index.block_offset(end - 1) + index.block_len(end - 1) as u64;
+                ranges.push((payload_offset + from, to - from));
+                placed.push((first, end, at));
+                at += (to - from) as usize;
+            }
+            let mut bytes = vec![0u8; at];
             bundle
-                .read_range(payload_offset + from, &mut bytes)
-                .map(|()| (first, bytes))
+                .read_ranges(&ranges, &mut bytes)
+                .map(|()| Batch {
+                    runs: placed,
+                    bytes,
+                })
                 .map_err(|e| fetch_error(e, &format!("payload `{}`", index.payload())))
         };
         let failed = got.is_err();
@@ -518,11 +606,13 @@ fn with_assembler<T>(
         Compression::None => fetch_runs(&sources, index.block_size()),
         Compression::Zstd => frame_runs(index, &sources),
     };
+    let batches = batches(index, &runs);
     let fetched_before = bundle.bytes_read();
-    // More connections when there are many small requests: each request
-    // waits a round trip, and a few in flight hide it.
+    let requests_before = bundle.requests();
+    // More connections when there are many requests: each request waits a
+    // round trip, and a few in flight hide it.
     let mut forks: Vec<Box<dyn ByteRanges>> = Vec::new();
-    if runs.len() > 64 {
+    if batches.len() > 16 {
         forks.extend((1..FETCH_CONNECTIONS).filter_map(|_| bundle.fork()));
     }
     let mut sources_of_bytes: Vec<&mut dyn ByteRanges> = vec![bundle];
@@ -534,12 +624,12 @@ fn with_assembler<T>(
         for (t, src) in sources_of_bytes.into_iter().enumerate() {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Fetched>(FETCH_AHEAD);
             queues.push(rx);
-            let mine = runs.iter().copied().skip(t).step_by(n);
+            let mine = batches.iter().skip(t).step_by(n).cloned();
             fetchers.push(
                 std::thread::Builder::new()
                     .name("abkit-delta-fetch".into())
                     .spawn_scoped(scope, move || {
-                        fetch_runs_into(index, entry, mine, src, payload_offset, &tx);
+                        fetch_batches_into(index, entry, mine, src, payload_offset, &tx);
                     })
                     .map_err(UpdateError::io("start a fetch thread"))?,
             );
@@ -569,6 +659,8 @@ fn with_assembler<T>(
     let mut stats = stats;
     stats.bytes_fetched =
         bundle.bytes_read() - fetched_before + forks.iter().map(|f| f.bytes_read()).sum::<u64>();
+    stats.requests =
+        bundle.requests() - requests_before + forks.iter().map(|f| f.requests()).sum::<u64>();
     Ok((out, stats))
 }
 
@@ -689,8 +781,8 @@ mod tests {
             vec![(0, 6), (9, 10)]
         );
         assert_eq!(fetch_runs(&s(&[0, 0]), 4096), vec![]);
-        let all = vec![Fetch; 2500];
+        let all = vec![Fetch; 150];
         let runs = fetch_runs(&all, 4096);
-        assert_eq!(runs, vec![(0, 1024), (1024, 2048), (2048, 2500)]);
+        assert_eq!(runs, vec![(0, 64), (64, 128), (128, 150)]);
     }
 }
