@@ -17,6 +17,8 @@ use abkit_bundle::index::block_hash;
 use abkit_bundle::reader::RawHead;
 use abkit_bundle::{BlockIndex, Compression, KeyId, Keyring, Layout, Manifest, PayloadEntry};
 use abkit_fetch::ByteRanges;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 
 use crate::copy::{self, Bytes, WRITE_BLOCK};
 use crate::machine::SlotDevice;
@@ -164,13 +166,25 @@ fn prefix(hash: &[u8; 32]) -> u64 {
 /// The distinct block hashes of an index, sorted by their first 8 bytes,
 /// each with the first block that has it and where a seed holds it: a
 /// sorted table instead of a hash map (16 + 8 bytes per block, not about
-/// 100: issue 14 wants installs in 16 MiB).
+/// 100: issue 14 wants installs in 16 MiB). Filled by the scanner while
+/// the planner reads it.
 struct Wanted<'a> {
     index: &'a BlockIndex,
     /// (prefix, first block with this hash), sorted, one per hash.
     hashes: Vec<(u64, u32)>,
-    /// Where a seed holds each of `hashes`, once found.
-    found: Vec<Option<Source>>,
+    /// Where a seed holds each of `hashes` ([`Source::encode`]), 0 until
+    /// found.
+    found: Vec<AtomicU64>,
+}
+
+impl Source {
+    /// A found seed block as a non-zero number (see [`Wanted::found`]).
+    fn encode(seed: u8, block: u32) -> u64 {
+        (u64::from(seed) + 1) << 32 | u64::from(block)
+    }
+    fn decode(v: u64) -> Option<Source> {
+        (v != 0).then(|| Source::Seed(((v >> 32) - 1) as u8, v as u32))
+    }
 }
 
 impl<'a> Wanted<'a> {
@@ -182,7 +196,7 @@ impl<'a> Wanted<'a> {
             (a.0, index.hash(a.1 as usize), a.1).cmp(&(b.0, index.hash(b.1 as usize), b.1))
         });
         hashes.dedup_by(|b, a| index.hash(a.1 as usize) == index.hash(b.1 as usize));
-        let found = vec![None; hashes.len()];
+        let found = (0..hashes.len()).map(|_| AtomicU64::new(0)).collect();
         Wanted {
             index,
             hashes,
@@ -200,26 +214,90 @@ impl<'a> Wanted<'a> {
             .position(|e| self.index.hash(e.1 as usize) == hash)
             .map(|k| from + k)
     }
+
+    /// Where a scanned seed holds block `i`'s bytes, if found so far.
+    fn found(&self, i: usize) -> Option<Source> {
+        let e = self.position(self.index.hash(i))?;
+        Source::decode(self.found[e].load(Ordering::Acquire))
+    }
 }
 
 /// Size of the reads that hash a seed (the running slot).
 const SCAN_READ: usize = 1 << 20;
+/// How far the scan of the running slot runs ahead of the block being
+/// planned: a block moved by less than this (in either direction) is
+/// found before it would be fetched. The scan is about 3x faster than the
+/// slot writer, so it gets ahead quickly.
+const SCAN_LEAD: u64 = 32 << 20;
 
-/// For every block of `index`, where to take it from: a block of a seed
-/// with the same BLAKE3 (the scanned seeds first, found anywhere), else
-/// the block at the same offset of any seed, else the bundle.
-fn plan(index: &BlockIndex, seeds: &mut [Seed<'_>], rep: &mut dyn Reporter) -> Result<Vec<Source>> {
+/// A seed as the scanner, the planner and the assembler share it.
+struct SharedSeed<'a> {
+    name: String,
+    scan: u64,
+    dev: Mutex<&'a mut dyn SlotDevice>,
+}
+
+impl SharedSeed<'_> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.dev
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .read_at(offset, buf)
+            .map_err(UpdateError::io(format!(
+                "read {} at byte {offset}",
+                self.name
+            )))
+    }
+}
+
+/// How far the scan of the seeds got.
+#[derive(Default)]
+struct ScanState {
+    /// The seed being scanned and the bytes of it hashed so far.
+    seed: usize,
+    at: u64,
+    /// Every seed scanned, or the scan failed or was stopped.
+    done: bool,
+    error: Option<UpdateError>,
+}
+
+#[derive(Default)]
+struct Scan {
+    state: Mutex<ScanState>,
+    moved: Condvar,
+    stop: AtomicBool,
+}
+
+impl Scan {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ScanState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+    fn set(&self, f: impl FnOnce(&mut ScanState)) {
+        f(&mut self.lock());
+        self.moved.notify_all();
+    }
+}
+
+/// The scanner: hashes every block of the seeds that have a `scan` length
+/// (the running slot, the running loader), on two cores, and records in
+/// `wanted` where each block the new payload needs was found first.
+fn scan_seeds(index: &BlockIndex, wanted: &Wanted<'_>, seeds: &[SharedSeed<'_>], scan: &Scan) {
     let bs = index.block_size() as usize;
-    let mut wanted = Wanted::new(index);
     let mut buf = vec![0u8; SCAN_READ];
-    for (k, seed) in seeds.iter_mut().enumerate() {
-        let len = seed.scan.min(seed.dev.size()) / bs as u64 * bs as u64;
+    for (k, seed) in seeds.iter().enumerate() {
+        let len = seed.scan.min(seed.dev.lock().map_or(0, |d| d.size())) / bs as u64 * bs as u64;
         let mut at = 0u64;
-        while at < len {
+        while at < len && !scan.stop.load(Ordering::Relaxed) {
             let n = (len - at).min(SCAN_READ as u64) as usize;
-            seed.dev
-                .read_at(at, &mut buf[..n])
-                .map_err(UpdateError::io(format!("read {} at byte {at}", seed.name)))?;
+            if let Err(e) = seed.read_at(at, &mut buf[..n]) {
+                scan.set(|s| {
+                    s.error = Some(e);
+                    s.done = true;
+                });
+                return;
+            }
             // Hashed on two cores: the second half on a thread of its own.
             let blocks = n / bs;
             let (first, second) = buf[..blocks * bs].split_at(blocks / 2 * bs);
@@ -230,39 +308,96 @@ fn plan(index: &BlockIndex, seeds: &mut [Seed<'_>], rep: &mut dyn Reporter) -> R
                 let mine = hash_all(first);
                 (mine, other.join())
             });
-            let b = b.map_err(|_| {
-                UpdateError::io("hash a seed")(std::io::Error::other("a hashing thread panicked"))
-            })?;
+            let Ok(b) = b else {
+                scan.set(|s| {
+                    s.error = Some(UpdateError::io("hash a seed")(std::io::Error::other(
+                        "a hashing thread panicked",
+                    )));
+                    s.done = true;
+                });
+                return;
+            };
+            let first_block = at / bs as u64;
             for (j, hash) in a.iter().chain(&b).enumerate() {
-                if let Some(e) = wanted.position(hash)
-                    && wanted.found[e].is_none()
-                {
-                    let block = u32::try_from(at / bs as u64 + j as u64).map_err(|_| {
-                        UpdateError::SizeOverflow(format!("{} of {len} bytes", seed.name))
-                    })?;
-                    wanted.found[e] = Some(Source::Seed(k as u8, block));
+                if let Some(e) = wanted.position(hash) {
+                    // Blocks of seeds beyond 16 TiB are not looked for.
+                    if let Ok(block) = u32::try_from(first_block + j as u64) {
+                        let _ = wanted.found[e].compare_exchange(
+                            0,
+                            Source::encode(k as u8, block),
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        );
+                    }
                 }
             }
             at += n as u64;
-            rep.event(crate::progress::Event::Progress {
-                step: Step::Delta,
-                done: at,
-                total: len,
+            scan.set(|s| {
+                s.seed = k;
+                s.at = at;
             });
         }
     }
-    drop(buf);
-    let mut sources = Vec::with_capacity(index.len());
+    scan.set(|s| s.done = true);
+}
+
+/// Decisions for the assembler, a chunk at a time, in block order.
+type Decisions = std::sync::mpsc::Sender<Result<Vec<Source>>>;
+
+/// The planner: decides, block by block in order, where each block of the
+/// new payload comes from — a seed block with the same BLAKE3 (found by
+/// the scanner, which runs [`SCAN_LEAD`] ahead), else the block at the
+/// same offset of any seed (a short last block, the target's old
+/// contents, what an interrupted install wrote), else the bundle — and
+/// hands the missing blocks, as merged runs in batches, to the fetchers
+/// (batch k to fetcher k % n) as soon as they are known, so that fetching
+/// and writing start before the scan ends. zstd payloads are planned once
+/// the scan is done (their frames are fetched whole).
+fn plan(
+    index: &BlockIndex,
+    wanted: &Wanted<'_>,
+    seeds: &[SharedSeed<'_>],
+    scan: &Scan,
+    decisions: &Decisions,
+    fetchers: &[std::sync::mpsc::Sender<Vec<(usize, usize)>>],
+) {
+    let bs = index.block_size() as usize;
+    let last_scanned = seeds.iter().rposition(|s| s.scan > 0);
     let mut block = vec![0u8; bs];
+    let mut chunk: Vec<Source> = Vec::new();
+    let mut runs = Runs::new(index, fetchers);
+    let zstd = index.compression() == Compression::Zstd;
+    let mut all: Vec<Source> = Vec::new();
     for i in 0..index.len() {
-        let mut source = wanted.position(index.hash(i)).and_then(|e| wanted.found[e]);
+        // Wait until the scan is far enough ahead (or done).
+        let need = index.block_offset(i) + SCAN_LEAD;
+        let ready =
+            |s: &ScanState| s.done || (!zstd && Some(s.seed) == last_scanned && s.at >= need);
+        if !ready(&scan.lock()) {
+            // Hand on what is decided before waiting.
+            if !chunk.is_empty() && decisions.send(Ok(std::mem::take(&mut chunk))).is_err() {
+                return;
+            }
+            runs.flush();
+            let mut state = scan.lock();
+            while !ready(&state) {
+                state = scan
+                    .moved
+                    .wait(state)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if let Some(e) = state.error.take() {
+                let _ = decisions.send(Err(e));
+                return;
+            }
+        }
+        let mut source = wanted.found(i);
         if source.is_none() {
-            // The same offset: a short last block, the target's old
-            // contents, what an interrupted install wrote.
             let (off, len) = (index.block_offset(i), index.block_len(i));
-            for (k, seed) in seeds.iter_mut().enumerate() {
-                if off + len as u64 <= seed.dev.size()
-                    && seed.dev.read_at(off, &mut block[..len]).is_ok()
+            for (k, seed) in seeds.iter().enumerate() {
+                let size = seed.dev.lock().map_or(0, |d| d.size());
+                if off + len as u64 <= size
+                    && seed.read_at(off, &mut block[..len]).is_ok()
                     && block_hash(&block[..len]) == *index.hash(i)
                 {
                     source = Some(Source::Seed(k as u8, i as u32));
@@ -270,27 +405,112 @@ fn plan(index: &BlockIndex, seeds: &mut [Seed<'_>], rep: &mut dyn Reporter) -> R
                 }
             }
         }
-        sources.push(source.unwrap_or(Source::Fetch));
+        let source = source.unwrap_or(Source::Fetch);
+        if zstd {
+            all.push(source);
+        } else {
+            runs.add(i, source == Source::Fetch);
+        }
+        chunk.push(source);
+        if chunk.len() >= 256 && decisions.send(Ok(std::mem::take(&mut chunk))).is_err() {
+            return;
+        }
     }
-    Ok(sources)
+    if zstd {
+        for run in frame_runs(index, &all) {
+            runs.send(vec![run]);
+        }
+    }
+    runs.finish();
+    if !chunk.is_empty() {
+        let _ = decisions.send(Ok(chunk));
+    }
 }
 
-/// The missing blocks as ranges of block numbers, runs closer than
-/// [`MERGE_GAP`] merged, none longer than [`BATCH_BYTES`].
-fn fetch_runs(sources: &[Source], block_size: u32) -> Vec<(usize, usize)> {
-    let gap = (MERGE_GAP / u64::from(block_size)) as usize;
-    let max = (BATCH_BYTES / u64::from(block_size)).max(1) as usize;
-    let mut runs: Vec<(usize, usize)> = Vec::new();
-    for (i, s) in sources.iter().enumerate() {
-        if *s != Source::Fetch {
-            continue;
-        }
-        match runs.last_mut() {
-            Some((start, end)) if i <= *end + gap && i + 1 - *start <= max => *end = i + 1,
-            _ => runs.push((i, i + 1)),
+/// The runs of missing blocks as the planner finds them: runs closer than
+/// [`MERGE_GAP`] merged, none longer than [`BATCH_BYTES`], grouped into
+/// batches of at most [`BATCH_BYTES`] and sent to the fetchers in turn.
+struct Runs<'a> {
+    index: &'a BlockIndex,
+    fetchers: &'a [std::sync::mpsc::Sender<Vec<(usize, usize)>>],
+    open: Option<(usize, usize)>,
+    batch: Vec<(usize, usize)>,
+    bytes: u64,
+    sent: usize,
+}
+
+impl<'a> Runs<'a> {
+    fn new(
+        index: &'a BlockIndex,
+        fetchers: &'a [std::sync::mpsc::Sender<Vec<(usize, usize)>>],
+    ) -> Runs<'a> {
+        Runs {
+            index,
+            fetchers,
+            open: None,
+            batch: Vec::new(),
+            bytes: 0,
+            sent: 0,
         }
     }
-    runs
+
+    fn gap(&self) -> usize {
+        (MERGE_GAP / u64::from(self.index.block_size())) as usize
+    }
+
+    /// Block `i` is missing (`fetch`) or not; blocks come in order.
+    fn add(&mut self, i: usize, fetch: bool) {
+        let max = (BATCH_BYTES / u64::from(self.index.block_size())).max(1) as usize;
+        let gap = self.gap();
+        match self.open {
+            Some((start, end)) if fetch && i <= end + gap && i + 1 - start <= max => {
+                self.open = Some((start, i + 1));
+            }
+            Some(_) if fetch => {
+                self.close();
+                self.open = Some((i, i + 1));
+            }
+            None if fetch => self.open = Some((i, i + 1)),
+            Some((_, end)) if i >= end + gap => self.close(),
+            _ => {}
+        }
+    }
+
+    /// Ends the open run (no later block can join it) and batches it.
+    fn close(&mut self) {
+        let Some((first, end)) = self.open.take() else {
+            return;
+        };
+        let len = self.index.block_offset(end - 1) + self.index.block_len(end - 1) as u64
+            - self.index.block_offset(first);
+        if !self.batch.is_empty() && self.bytes + len > BATCH_BYTES {
+            self.flush();
+        }
+        self.batch.push((first, end));
+        self.bytes += len;
+        if self.bytes >= BATCH_BYTES {
+            self.flush();
+        }
+    }
+
+    /// Sends the batch gathered so far (the open run stays open).
+    fn flush(&mut self) {
+        if !self.batch.is_empty() {
+            let batch = std::mem::take(&mut self.batch);
+            self.bytes = 0;
+            self.send(batch);
+        }
+    }
+
+    fn send(&mut self, batch: Vec<(usize, usize)>) {
+        let _ = self.fetchers[self.sent % self.fetchers.len()].send(batch);
+        self.sent += 1;
+    }
+
+    fn finish(&mut self) {
+        self.close();
+        self.flush();
+    }
 }
 
 /// zstd: the frames holding missing blocks, as ranges of block numbers
@@ -416,8 +636,12 @@ const FETCH_CONNECTIONS: usize = 2;
 /// order. Fetched runs arrive, in order, from the fetch thread.
 struct Assembler<'a, 'b> {
     index: &'a BlockIndex,
+    /// The planner's decisions so far, for blocks 0.. in order.
     sources: Vec<Source>,
-    seeds: &'a mut [Seed<'b>],
+    decisions: std::sync::mpsc::Receiver<Result<Vec<Source>>>,
+    /// A planner error received while looking ahead.
+    failed: Option<UpdateError>,
+    seeds: &'a [SharedSeed<'b>],
     /// One queue per fetch connection; run k arrives on queue k % n.
     runs: Vec<std::sync::mpsc::Receiver<Fetched>>,
     taken: usize,
@@ -452,7 +676,7 @@ impl Assembler<'_, '_> {
                 self.next += 1;
                 continue;
             }
-            match self.sources[i] {
+            match self.source(i)? {
                 Source::Fetch => self.fetch_run(i)?,
                 Source::Seed(k, block) => {
                     let off = u64::from(block) * bs as u64;
@@ -460,7 +684,7 @@ impl Assembler<'_, '_> {
                     let mut n = 1;
                     while i + n < self.index.len()
                         && out.len() + (n + 1) * bs <= WRITE_BLOCK
-                        && self.sources[i + n] == Source::Seed(k, block + n as u32)
+                        && self.decided(i + n) == Some(Source::Seed(k, block + n as u32))
                         && self.fetched_from(i + n).is_none()
                     {
                         n += 1;
@@ -468,10 +692,7 @@ impl Assembler<'_, '_> {
                     let bytes: usize = (i..i + n).map(|b| self.index.block_len(b)).sum();
                     let start = out.len();
                     out.resize(start + bytes, 0);
-                    let seed = &mut self.seeds[k as usize];
-                    seed.dev
-                        .read_at(off, &mut out[start..])
-                        .map_err(UpdateError::io(format!("read {} at byte {off}", seed.name)))?;
+                    self.seeds[k as usize].read_at(off, &mut out[start..])?;
                     // Checked again: what is written is what was read now.
                     for (j, block) in out[start..].chunks(bs).enumerate() {
                         self.index.check_block(i + j, block)?;
@@ -485,6 +706,36 @@ impl Assembler<'_, '_> {
             buf: out,
             home: self.home.clone(),
         }))
+    }
+
+    /// Where block `i` comes from, waiting for the planner if need be.
+    fn source(&mut self, i: usize) -> Result<Source> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        while self.sources.len() <= i {
+            let chunk = self.decisions.recv().map_err(|_| {
+                UpdateError::io("plan the delta")(std::io::Error::other("the planner stopped"))
+            })??;
+            self.sources.extend(chunk);
+        }
+        Ok(self.sources[i])
+    }
+
+    /// Where block `i` comes from, if the planner said so already.
+    fn decided(&mut self, i: usize) -> Option<Source> {
+        while self.sources.len() <= i {
+            match self.decisions.try_recv() {
+                Ok(Ok(chunk)) => self.sources.extend(chunk),
+                Ok(Err(e)) => {
+                    // For `source` to report.
+                    self.failed = Some(e);
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
+        Some(self.sources[i])
     }
 
     /// Where the fetched bytes of block `i` are in the batch held, if
@@ -512,30 +763,6 @@ impl Assembler<'_, '_> {
         self.fetched = Some(batch);
         Ok(())
     }
-}
-
-/// Groups `runs` into batches of at most [`BATCH_BYTES`] (a longer run is
-/// a batch of its own); zstd runs are batches of their own.
-fn batches(index: &BlockIndex, runs: &[(usize, usize)]) -> Vec<Vec<(usize, usize)>> {
-    let mut out: Vec<Vec<(usize, usize)>> = Vec::new();
-    let mut bytes = 0u64;
-    for &(first, end) in runs {
-        let len = index.block_offset(end - 1) + index.block_len(end - 1) as u64
-            - index.block_offset(first);
-        match out.last_mut() {
-            Some(batch)
-                if index.compression() == Compression::None && bytes + len <= BATCH_BYTES =>
-            {
-                batch.push((first, end));
-                bytes += len;
-            }
-            _ => {
-                out.push(vec![(first, end)]);
-                bytes = len;
-            }
-        }
-    }
-    out
 }
 
 /// Fetches `batches` of `index` from `bundle` in order and sends them, a
@@ -591,54 +818,84 @@ fn fetch_batches_into(
     }
 }
 
-/// Runs `build` with an [`Assembler`] whose fetched runs come from a
-/// thread of their own. Returns what `build` returned and the stats.
+/// Runs `build` with an [`Assembler`] fed by three kinds of threads: the
+/// scanner hashing the seeds, the planner deciding block by block where
+/// each comes from, and the fetchers (one per connection) getting the
+/// missing blocks. Returns what `build` returned and the stats.
 fn with_assembler<T>(
     index: &BlockIndex,
     entry: &PayloadEntry,
-    sources: Vec<Source>,
     seeds: &mut [Seed<'_>],
     bundle: &mut dyn ByteRanges,
     payload_offset: u64,
     build: impl FnOnce(&mut Assembler<'_, '_>) -> Result<T>,
 ) -> Result<(T, DeltaStats)> {
-    let runs = match index.compression() {
-        Compression::None => fetch_runs(&sources, index.block_size()),
-        Compression::Zstd => frame_runs(index, &sources),
-    };
-    let batches = batches(index, &runs);
+    let wanted = Wanted::new(index);
+    let shared: Vec<SharedSeed<'_>> = seeds
+        .iter_mut()
+        .map(|s| SharedSeed {
+            name: s.name.clone(),
+            scan: s.scan,
+            dev: Mutex::new(&mut *s.dev),
+        })
+        .collect();
+    let scan = Scan::default();
     let fetched_before = bundle.bytes_read();
     let requests_before = bundle.requests();
-    // More connections when there are many requests: each request waits a
-    // round trip, and a few in flight hide it.
+    // A second connection hides the round trip of each request.
     let mut forks: Vec<Box<dyn ByteRanges>> = Vec::new();
-    if batches.len() > 16 {
-        forks.extend((1..FETCH_CONNECTIONS).filter_map(|_| bundle.fork()));
-    }
+    forks.extend((1..FETCH_CONNECTIONS).filter_map(|_| bundle.fork()));
     let mut sources_of_bytes: Vec<&mut dyn ByteRanges> = vec![bundle];
     sources_of_bytes.extend(forks.iter_mut().map(|f| &mut **f as &mut dyn ByteRanges));
-    let n = sources_of_bytes.len();
     let (out, stats) = std::thread::scope(|scope| {
+        let spawn_error = |e| UpdateError::io("start a delta thread")(e);
         let mut queues = Vec::new();
-        let mut fetchers = Vec::new();
-        for (t, src) in sources_of_bytes.into_iter().enumerate() {
+        let mut to_fetchers = Vec::new();
+        let mut threads = Vec::new();
+        for src in sources_of_bytes {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Fetched>(FETCH_AHEAD);
+            let (to, batches) = std::sync::mpsc::channel::<Vec<(usize, usize)>>();
             queues.push(rx);
-            let mine = batches.iter().skip(t).step_by(n).cloned();
-            fetchers.push(
+            to_fetchers.push(to);
+            threads.push(
                 std::thread::Builder::new()
                     .name("abkit-delta-fetch".into())
                     .spawn_scoped(scope, move || {
-                        fetch_batches_into(index, entry, mine, src, payload_offset, &tx);
+                        fetch_batches_into(
+                            index,
+                            entry,
+                            batches.into_iter(),
+                            src,
+                            payload_offset,
+                            &tx,
+                        );
                     })
-                    .map_err(UpdateError::io("start a fetch thread"))?,
+                    .map_err(&spawn_error)?,
             );
         }
+        let (wanted, shared, scan) = (&wanted, &shared, &scan);
+        threads.push(
+            std::thread::Builder::new()
+                .name("abkit-delta-scan".into())
+                .spawn_scoped(scope, move || scan_seeds(index, wanted, shared, scan))
+                .map_err(&spawn_error)?,
+        );
+        let (decided, decisions) = std::sync::mpsc::channel();
+        threads.push(
+            std::thread::Builder::new()
+                .name("abkit-delta-plan".into())
+                .spawn_scoped(scope, move || {
+                    plan(index, wanted, shared, scan, &decided, &to_fetchers);
+                })
+                .map_err(&spawn_error)?,
+        );
         let (home, spare) = std::sync::mpsc::channel();
         let mut asm = Assembler {
             index,
-            sources,
-            seeds,
+            sources: Vec::new(),
+            decisions,
+            failed: None,
+            seeds: shared,
             runs: queues,
             taken: 0,
             spare,
@@ -648,11 +905,19 @@ fn with_assembler<T>(
             stats: DeltaStats::default(),
         };
         let out = build(&mut asm);
-        // Unblock the fetchers if the build stopped early.
-        let Assembler { runs, stats, .. } = asm;
+        // Stop the scan and unblock the planner and the fetchers if the
+        // build stopped early.
+        scan.stop.store(true, Ordering::Relaxed);
+        let Assembler {
+            runs,
+            decisions,
+            stats,
+            ..
+        } = asm;
         drop(runs);
-        for f in fetchers {
-            let _ = f.join();
+        drop(decisions);
+        for t in threads {
+            let _ = t.join();
         }
         out.map(|o| (o, stats))
     })?;
@@ -677,28 +942,19 @@ pub(crate) fn write_payload(
     slot: Slot,
     rep: &mut dyn Reporter,
 ) -> Result<DeltaStats> {
-    let sources = plan(index, seeds, rep)?;
     let sha256 = entry.sha256.to_string();
-    let ((), stats) = with_assembler(
-        index,
-        entry,
-        sources,
-        seeds,
-        bundle,
-        payload_offset,
-        |asm| {
-            copy::copy_blocks(
-                &mut || asm.next_bytes(),
-                index.size(),
-                &sha256,
-                dev,
-                slot,
-                Step::WriteSystem,
-                rep,
-            )
-            .map(|_| ())
-        },
-    )?;
+    let ((), stats) = with_assembler(index, entry, seeds, bundle, payload_offset, |asm| {
+        copy::copy_blocks(
+            &mut || asm.next_bytes(),
+            index.size(),
+            &sha256,
+            dev,
+            slot,
+            Step::WriteSystem,
+            rep,
+        )
+        .map(|_| ())
+    })?;
     Ok(stats)
 }
 
@@ -713,22 +969,14 @@ pub(crate) fn assemble_in_memory(
     rep: &mut dyn Reporter,
 ) -> Result<(Vec<u8>, DeltaStats)> {
     use sha2::Digest as _;
-    let sources = plan(index, seeds, rep)?;
-    let (out, stats) = with_assembler(
-        index,
-        entry,
-        sources,
-        seeds,
-        bundle,
-        payload_offset,
-        |asm| {
-            let mut out = Vec::with_capacity(index.size() as usize);
-            while let Some(bytes) = asm.next_bytes()? {
-                out.extend_from_slice(&bytes);
-            }
-            Ok(out)
-        },
-    )?;
+    let _ = rep;
+    let (out, stats) = with_assembler(index, entry, seeds, bundle, payload_offset, |asm| {
+        let mut out = Vec::with_capacity(index.size() as usize);
+        while let Some(bytes) = asm.next_bytes()? {
+            out.extend_from_slice(&bytes);
+        }
+        Ok(out)
+    })?;
     if sha2::Sha256::digest(&out)[..] != entry.sha256.0[..] {
         return Err(abkit_bundle::Error::PayloadHashMismatch {
             payload: index.payload().to_owned(),
@@ -767,22 +1015,64 @@ impl SlotDevice for MemSeed {
 mod tests {
     use super::*;
 
+    /// The batches `Runs` sends for a pattern of missing (1) blocks of
+    /// an index of `pattern.len()` 4 KiB blocks, on two fetchers.
+    fn batches_of(pattern: &[u8]) -> Vec<Vec<(usize, usize)>> {
+        let manifest_json = format!(
+            r#"{{"compatible":"t","version":"1.0.0","created":0,"chunk_size":1048576,"block_size":4096,"payloads":[{{"name":"system","size":{size},"sha256":"{z}","compression":"none","stored_size":{size},"chunks":[{chunks}],"index":{{"size":{isize},"blake3":"{b}"}}}}]}}"#,
+            size = pattern.len() * 4096,
+            z = "0".repeat(64),
+            chunks =
+                vec![format!("\"{}\"", "0".repeat(64)); (pattern.len() * 4096).div_ceil(1 << 20)]
+                    .join(","),
+            isize = pattern.len() * 32,
+            b = hex::encode(blake3_of(&vec![0u8; pattern.len() * 32])),
+        );
+        let manifest = Manifest::parse(manifest_json.as_bytes()).unwrap();
+        let index = BlockIndex::parse(
+            &manifest,
+            &manifest.payloads[0],
+            &vec![0u8; pattern.len() * 32],
+        )
+        .unwrap();
+        let (a, ra) = std::sync::mpsc::channel();
+        let (b, rb) = std::sync::mpsc::channel();
+        let fetchers = [a, b];
+        let mut runs = Runs::new(&index, &fetchers);
+        for (i, &p) in pattern.iter().enumerate() {
+            runs.add(i, p == 1);
+        }
+        runs.finish();
+        drop(fetchers);
+        let (ra, rb): (Vec<_>, Vec<_>) = (ra.into_iter().collect(), rb.into_iter().collect());
+        // Batch k went to fetcher k % 2.
+        let mut all = Vec::new();
+        for k in 0..ra.len() + rb.len() {
+            all.push(if k % 2 == 0 {
+                ra[k / 2].clone()
+            } else {
+                rb[k / 2].clone()
+            });
+        }
+        all
+    }
+
+    fn blake3_of(bytes: &[u8]) -> [u8; 32] {
+        block_hash(bytes)
+    }
+
     #[test]
-    fn runs_merge_small_gaps_and_stop_at_the_request_limit() {
-        use Source::*;
-        let s = |v: &[u8]| -> Vec<Source> {
-            v.iter()
-                .map(|&b| if b == 1 { Fetch } else { Seed(0, 0) })
-                .collect()
-        };
+    fn runs_merge_small_gaps_stop_at_the_batch_size_and_alternate_fetchers() {
         // Gaps of 1 and 2 blocks merge (8 KiB), a gap of 3 does not.
         assert_eq!(
-            fetch_runs(&s(&[1, 0, 1, 0, 0, 1, 0, 0, 0, 1]), 4096),
-            vec![(0, 6), (9, 10)]
+            batches_of(&[1, 0, 1, 0, 0, 1, 0, 0, 0, 1]),
+            vec![vec![(0, 6), (9, 10)]]
         );
-        assert_eq!(fetch_runs(&s(&[0, 0]), 4096), vec![]);
-        let all = vec![Fetch; 150];
-        let runs = fetch_runs(&all, 4096);
-        assert_eq!(runs, vec![(0, 64), (64, 128), (128, 150)]);
+        assert_eq!(batches_of(&[0, 0]), Vec::<Vec<(usize, usize)>>::new());
+        // 256 KiB batches: 64 blocks.
+        assert_eq!(
+            batches_of(&[1; 150]),
+            vec![vec![(0, 64)], vec![(64, 128)], vec![(128, 150)]]
+        );
     }
 }
