@@ -444,7 +444,7 @@ impl HttpSource {
             let batch = self.batch(&pending);
             attempts += 1;
             let (problem, retry_after) = match self.multi_attempt(&pending[..batch], out) {
-                Ok(mut covered) => {
+                Ok((mut covered, whole)) => {
                     let parts = covered.len();
                     let left = multipart::uncovered(&pending[..batch], &mut covered);
                     let wanted = |pieces: &[Piece]| pieces.iter().map(|p| p.len).sum::<u64>();
@@ -459,7 +459,7 @@ impl HttpSource {
                         self.multi = false;
                         continue;
                     }
-                    if !left.is_empty() && parts < batch {
+                    if whole && !left.is_empty() && parts < batch {
                         // Served fewer ranges than asked (lighttpd: 10):
                         // ask for no more than that from now on.
                         self.max_parts = self.max_parts.min(parts).max(2);
@@ -530,12 +530,13 @@ impl HttpSource {
     }
 
     /// One request for the ranges `pieces`; their bytes go to `out`.
-    /// Returns the ranges (start, len) the answer held in full.
+    /// Returns the ranges (start, len) the answer held in full, and
+    /// whether the answer arrived whole (not cut short).
     fn multi_attempt(
         &mut self,
         pieces: &[Piece],
         out: &mut [u8],
-    ) -> Result<Vec<(u64, u64)>, MultiFailure> {
+    ) -> Result<(Vec<(u64, u64)>, bool), MultiFailure> {
         let spec: Vec<String> = pieces
             .iter()
             .map(|p| format!("{}-{}", p.start, p.start + p.len - 1))
@@ -631,12 +632,12 @@ impl HttpSource {
             Ok(()) => {
                 // Read to the end, so that the connection can be reused.
                 let _ = io::copy(&mut body, &mut io::sink());
-                Ok(covered)
+                Ok((covered, true))
             }
             // What arrived whole is kept; the rest is asked for again.
             Err(multipart::PartsError::Truncated(problem)) if !covered.is_empty() => {
                 log::warn!("GET {}: {problem}; asking again for the rest", self.url);
-                Ok(covered)
+                Ok((covered, false))
             }
             Err(multipart::PartsError::Truncated(problem)) => Err(MultiFailure::Retry {
                 problem,
