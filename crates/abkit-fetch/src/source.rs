@@ -516,11 +516,12 @@ impl HttpSource {
     /// How many of `pending` go into the next request: at most
     /// `max_parts`, and a `Range` header of at most [`MAX_RANGE_HEADER`].
     fn batch(&self, pending: &[Piece]) -> usize {
+        let digits = |n: u64| n.checked_ilog10().unwrap_or(0) as usize + 1;
         let mut header = "bytes=".len();
         let mut n = 0;
-        for _ in pending.iter().take(self.max_parts) {
-            // Two numbers of up to 20 digits, a dash and a comma.
-            header += 42;
+        for p in pending.iter().take(self.max_parts) {
+            // `start-end,`
+            header += digits(p.start) + digits(p.start + p.len - 1) + 2;
             if header > MAX_RANGE_HEADER && n > 0 {
                 break;
             }
