@@ -986,6 +986,77 @@ pub(crate) fn assemble_in_memory(
     Ok((out, stats))
 }
 
+/// Below this share of reusable blocks a delta does not pay: it would
+/// fetch nearly everything by ranges and hash the running slot for
+/// nothing, so the bundle is installed in full instead.
+pub const DELTA_PAYS: f64 = 0.10;
+/// Blocks of the running slot sampled to estimate that share.
+const SAMPLES: u64 = 256;
+
+/// About which share of the blocks of `seed` (its first `scan` bytes) the
+/// new payload `index` holds somewhere: [`SAMPLES`] blocks spread evenly
+/// over the seed, each looked up in the index by its BLAKE3 (1 MiB read,
+/// a few milliseconds). Blocks that moved count, as the delta would find
+/// them. 0 for an empty or unreadable seed.
+pub fn reusable_share(index: &BlockIndex, seed: &mut dyn SlotDevice, scan: u64) -> f64 {
+    let bs = u64::from(index.block_size());
+    let blocks = scan.min(seed.size()) / bs;
+    if blocks == 0 || index.is_empty() {
+        return 0.0;
+    }
+    let step = blocks.div_ceil(SAMPLES.min(blocks));
+    let mut buf = vec![0u8; bs as usize];
+    let mut samples = std::collections::HashSet::new();
+    let mut taken = 0u64;
+    for b in (0..blocks).step_by(step as usize) {
+        if seed.read_at(b * bs, &mut buf).is_ok() {
+            samples.insert(block_hash(&buf));
+            taken += 1;
+        }
+    }
+    let mut found = std::collections::HashSet::new();
+    for i in 0..index.len() {
+        if samples.contains(index.hash(i)) {
+            found.insert(*index.hash(i));
+        }
+    }
+    // Distinct hashes found over distinct hashes sampled (a slot of zeros
+    // is one sample, found or not).
+    let distinct = samples.len().max(1) as f64;
+    if taken == 0 {
+        0.0
+    } else {
+        found.len() as f64 / distinct
+    }
+}
+
+/// The whole file behind a [`ByteRanges`] as a `Read` from byte 0 (1 MiB
+/// ranges): how a bundle opened for a delta is installed in full when the
+/// delta does not pay.
+pub struct RangeRead<'a> {
+    src: &'a mut dyn ByteRanges,
+    at: u64,
+    total: u64,
+}
+
+impl<'a> RangeRead<'a> {
+    pub fn new(src: &'a mut dyn ByteRanges, total: u64) -> RangeRead<'a> {
+        RangeRead { src, at: 0, total }
+    }
+}
+
+impl std::io::Read for RangeRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (self.total - self.at).min(buf.len().min(1 << 20) as u64) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.src.read_range(self.at, &mut buf[..n])?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
 /// A loader (or any small payload) in memory as a seed.
 pub struct MemSeed(pub Vec<u8>);
 
