@@ -271,8 +271,11 @@ mod tests {
         out
     }
 
+    /// A part's start and bytes.
+    type Part = (u64, Vec<u8>);
+
     /// (kept parts with their bytes, result)
-    fn parse(data: &[u8], total: Option<u64>) -> (Vec<(u64, Vec<u8>)>, Result<(), PartsError>) {
+    fn parse(data: &[u8], total: Option<u64>) -> (Vec<Part>, Result<(), PartsError>) {
         let mut seen = Vec::new();
         let mut kept = Vec::new();
         let result = read_parts(

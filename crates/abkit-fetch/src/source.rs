@@ -573,6 +573,16 @@ impl HttpSource {
                 pieces.len()
             )));
         }
+        if matches!(code, 400 | 416 | 431 | 501) {
+            // Servers that take only one range refuse several this way
+            // (abkit-vmtest's server: 416); a single range will tell
+            // whether the request itself was wrong.
+            return Err(MultiFailure::Unsupported(format!(
+                "the server refused a request for {} ranges with HTTP {}",
+                pieces.len(),
+                status_text(status)
+            )));
+        }
         if code != 206 {
             return Err(MultiFailure::Fatal(FetchError::Status {
                 url: self.url.clone(),

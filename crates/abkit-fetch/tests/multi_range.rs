@@ -68,6 +68,17 @@ impl Drop for Lighttpd {
     }
 }
 
+/// Waits until `port` accepts connections.
+fn wait_for(port: u16) -> bool {
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
+
 fn lighttpd(file: &[u8]) -> Lighttpd {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("www")).unwrap();
@@ -84,20 +95,19 @@ fn lighttpd(file: &[u8]) -> Lighttpd {
         dir.path().join("error.log").display()
     );
     std::fs::write(dir.path().join("l.conf"), conf).unwrap();
-    let child = Command::new("/usr/sbin/lighttpd")
-        .arg("-D")
-        .arg("-f")
-        .arg(dir.path().join("l.conf"))
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("lighttpd is needed: run `make deps`");
-    for _ in 0..200 {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Lighttpd(child, port, dir);
-        }
-        thread::sleep(Duration::from_millis(25));
-    }
-    panic!("lighttpd did not start");
+    let server = Lighttpd(
+        Command::new("/usr/sbin/lighttpd")
+            .arg("-D")
+            .arg("-f")
+            .arg(dir.path().join("l.conf"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("lighttpd is needed: run `make deps`"),
+        port,
+        dir,
+    );
+    assert!(wait_for(port), "lighttpd did not start");
+    server
 }
 
 #[test]
@@ -132,6 +142,8 @@ enum Answer {
     CutAfter(usize),
     /// 200 and the whole file.
     Whole,
+    /// 416, as a server that takes one range only may answer.
+    Refused,
     /// 206 with a body that is not multipart (no boundary, no Content-Range).
     NotMultipart,
     /// A part one byte longer than its Content-Range says.
@@ -238,6 +250,10 @@ fn answer_one(
             stream.write_all(head("200 OK", "", total).as_bytes())?;
             return stream.write_all(file);
         }
+        Answer::Refused => {
+            let extra = format!("Content-Range: bytes */{total}\r\n");
+            return stream.write_all(head("416 Range Not Satisfiable", &extra, 0).as_bytes());
+        }
         Answer::NotMultipart => {
             let body = b"these are not the bytes you asked for";
             stream.write_all(
@@ -314,10 +330,15 @@ fn a_body_cut_mid_part_is_asked_again_for_what_is_missing() {
 }
 
 #[test]
-fn a_whole_file_or_a_body_that_is_not_multipart_falls_back_to_one_range_per_request() {
+fn a_whole_file_a_refusal_or_a_body_that_is_not_multipart_falls_back_to_one_range_per_request() {
     let file = file_bytes(1 << 20);
     let ranges = scattered(file.len() as u64, 20);
-    for answer in [Answer::Whole, Answer::NotMultipart, Answer::LongPart] {
+    for answer in [
+        Answer::Whole,
+        Answer::Refused,
+        Answer::NotMultipart,
+        Answer::LongPart,
+    ] {
         let server = scripted(file.clone(), answer);
         let mut source = open(&format!("http://127.0.0.1:{}/f", server.port));
         let got = read(&mut source, &ranges).unwrap();
