@@ -130,7 +130,7 @@ URL=http://127.0.0.1:$PORT
 
 wall_of() { awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$1"; }
 rss_of() { awk -F': ' '/Maximum resident set size/ {print $2}' "$1"; }
-served() { awk '{ if ($1 != "-") s += $1 } END { printf "%d\n", s }' "$WORK/access.log"; }
+served() { awk '{ if ($1 != "-") s += $1 } END { printf "%.0f\n", s }' "$WORK/access.log"; }
 
 # reported: bytes_fetched of the last install's report.
 reported() { grep '"event":"done"' "$WORK/out.txt" | python3 -c 'import json,sys; print(json.load(sys.stdin)["report"]["bytes_fetched"])'; }
