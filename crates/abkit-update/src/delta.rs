@@ -404,6 +404,12 @@ fn plan(
             let (off, len) = (index.block_offset(i), index.block_len(i));
             for (k, seed) in seeds.iter().enumerate() {
                 let size = seed.dev.lock().map_or(0, |d| d.size());
+                // A whole block the scan hashed already is not there
+                // (else `found` would say where): no second read.
+                let scanned = seed.scan.min(size) / bs as u64 * bs as u64;
+                if len == bs && off + len as u64 <= scanned {
+                    continue;
+                }
                 if off + len as u64 <= size
                     && seed.read_at(off, &mut block[..len]).is_ok()
                     && block_hash(&block[..len]) == *index.hash(i)
@@ -900,7 +906,7 @@ fn with_assembler<T>(
         let (home, spare) = std::sync::mpsc::channel();
         let mut asm = Assembler {
             index,
-            sources: Vec::new(),
+            sources: Vec::with_capacity(index.len()),
             decisions,
             failed: None,
             seeds: shared,
