@@ -19,8 +19,11 @@
 # bench checks). Wall time and peak RSS from /usr/bin/time -v: for abkit the
 # median of RUNS runs, delta and full alternating (the machine is shared:
 # single runs vary by 50%); casync once (it takes minutes).
+# The last column is the ratio of wall times delta / full (abkit rows) and
+# casync / abkit full (casync rows), from the same run; the load average
+# (`uptime`) is printed before each case, since the machine is shared.
 # Goals: abkit delta fetches <= 8% (scattered), <= 6% (run), <= 1% (same)
-# of the image, and is never slower than the full install.
+# of the image, and is never slower than the full install (ratio <= 1).
 #
 # Usage: bench/delta.sh                 (SIZE_MIB=512)
 #        SIZE_MIB=64 bench/delta.sh     (a quick look)
@@ -32,7 +35,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${SIZE_MIB:-512}
 CASYNC=${CASYNC:-1}
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-5}
 for tool in lighttpd casync python3 /usr/bin/time fallocate; do
   command -v "$tool" >/dev/null || { echo "bench: needs $tool (bash scripts/deps.sh)" >&2; exit 1; }
 done
@@ -127,7 +130,7 @@ URL=http://127.0.0.1:$PORT
 
 wall_of() { awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$1"; }
 rss_of() { awk -F': ' '/Maximum resident set size/ {print $2}' "$1"; }
-served() { awk '{ if ($1 != "-") s += $1 } END { printf "%d\n", s }' "$WORK/access.log"; }
+served() { awk '{ if ($1 != "-") s += $1 } END { printf "%.0f\n", s }' "$WORK/access.log"; }
 
 # reported: bytes_fetched of the last install's report.
 reported() { grep '"event":"done"' "$WORK/out.txt" | python3 -c 'import json,sys; print(json.load(sys.stdin)["report"]["bytes_fetched"])'; }
@@ -154,14 +157,16 @@ measure() {
 wipe_b() { fallocate --punch-hole --keep-size --offset "$B_START" --length "$B_SIZE" "$WORK/disk.img"; }
 
 IMAGE=$((SIZE_MIB << 20))
-printf '| case | tool | bytes fetched | %% of image | wall s | peak RSS MiB |\n'
-printf '| --- | --- | --- | --- | --- | --- |\n'
-row() { # case tool "bytes wall rss"
+printf '| case | tool | bytes fetched | %% of image | wall s | peak RSS MiB | / full |\n'
+printf '| --- | --- | --- | --- | --- | --- | --- |\n'
+row() { # case tool "bytes wall rss" [full_wall]
   read -r bytes wall rss <<<"$3"
-  awk -v c="$1" -v t="$2" -v b="$bytes" -v w="$wall" -v r="$rss" -v i="$IMAGE" \
-    'BEGIN { printf "| %s | %s | %d | %.2f | %.2f | %.1f |\n", c, t, b, 100 * b / i, w, r / 1024 }'
+  awk -v c="$1" -v t="$2" -v b="$bytes" -v w="$wall" -v r="$rss" -v i="$IMAGE" -v f="${4:-}" \
+    'BEGIN { ratio = (f > 0) ? sprintf("%.2f", w / f) : "1.00";
+             printf "| %s | %s | %d | %.2f | %.2f | %.1f | %s |\n", c, t, b, 100 * b / i, w, r / 1024, ratio }'
 }
 for c in scattered run same; do
+  echo "bench: $c: $(uptime)" >&2
   dw=() fw=() drss=0 frss=0
   for ((i = 0; i < RUNS; i++)); do
     wipe_b
@@ -175,10 +180,11 @@ for c in scattered run same; do
     fbytes=$(reported)
     fw+=("$w"); ((r > frss)) && frss=$r
   done
-  row "$c" "abkit delta" "$dbytes $(median "${dw[@]}") $drss"
-  row "$c" "abkit full" "$fbytes $(median "${fw[@]}") $frss"
+  full=$(median "${fw[@]}")
+  row "$c" "abkit delta" "$dbytes $(median "${dw[@]}") $drss" "$full"
+  row "$c" "abkit full" "$fbytes $full $frss"
   [ "$CASYNC" = 1 ] || continue
   rm -f "$WORK/out.img"
-  row "$c" "casync" "$(measure casync casync extract --store="$URL/store" --seed="$WORK/x.img" "$URL/$c.caibx" "$WORK/out.img")"
+  row "$c" "casync" "$(measure casync casync extract --store="$URL/store" --seed="$WORK/x.img" "$URL/$c.caibx" "$WORK/out.img")" "$full"
   cmp -s "$WORK/out.img" "$WORK/$c.img" || { echo "bench: casync extracted the wrong image" >&2; exit 1; }
 done

@@ -5,6 +5,7 @@
 //! ranges for delta installs ([`ByteRanges`]). Rules: docs/fetch.md.
 
 mod error;
+mod multipart;
 mod policy;
 mod source;
 mod speed;

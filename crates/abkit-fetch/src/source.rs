@@ -13,6 +13,7 @@ use ureq::http::{HeaderMap, StatusCode, Uri, header};
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig, parse_pem};
 use ureq::{Agent, BodyReader};
 
+use crate::multipart::{self, Piece};
 use crate::speed::{Metered, Stalled};
 use crate::{FetchError, RetryPolicy};
 
@@ -85,6 +86,38 @@ impl FileIdentity {
     }
 }
 
+/// Most ranges asked for in one request at first.
+const MAX_PARTS: usize = 128;
+/// Longest `Range` header sent (lighttpd refuses header lines beyond 8 KiB
+/// with 431).
+const MAX_RANGE_HEADER: usize = 4000;
+
+/// Why a request for several ranges brought nothing to keep.
+enum MultiFailure {
+    Retry {
+        problem: String,
+        retry_after: Option<Duration>,
+    },
+    /// The server does not answer several ranges as multipart: ask range
+    /// by range.
+    Unsupported(String),
+    Fatal(FetchError),
+}
+
+/// A reader that counts the bytes it hands out into `count`.
+struct Counted<'a, R> {
+    inner: R,
+    count: &'a mut u64,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        *self.count += n as u64;
+        Ok(n)
+    }
+}
+
 /// Why one attempt did not produce a body to read.
 enum Failure {
     /// Worth another attempt after a wait (`retry_after` when the server said so).
@@ -130,6 +163,15 @@ pub struct HttpSource {
     ranged: bool,
     /// Body bytes handed out over all requests.
     received: u64,
+    /// Several ranges may go into one request (multipart/byteranges);
+    /// false once the server answered such a request with the whole file
+    /// or with a body that is not multipart as the RFCs define it.
+    multi: bool,
+    /// Most ranges asked for in one request: lowered to what the server
+    /// answered when it answers fewer than asked (lighttpd: 10).
+    max_parts: usize,
+    /// HTTP requests made (every attempt counted).
+    requests: u64,
 }
 
 impl std::fmt::Debug for HttpSource {
@@ -258,6 +300,9 @@ impl Opener {
             end: first_range,
             ranged: false,
             received: 0,
+            multi: true,
+            max_parts: MAX_PARTS,
+            requests: 0,
         };
         source.connect()?;
         Ok(source)
@@ -340,6 +385,283 @@ impl HttpSource {
         self.end = end;
     }
 
+    /// HTTP requests made so far, over all ranges and retries.
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+
+    /// Whether several ranges still go into one request (false once the
+    /// server showed it does not answer them as multipart/byteranges).
+    pub fn multi_ranges(&self) -> bool {
+        self.multi
+    }
+
+    /// Range mode: fills `out` with the bytes of `ranges` (offset, length;
+    /// sorted, disjoint), one after the other. Several ranges go into one
+    /// request (`Range: bytes=a-b,c-d,...`) answered as
+    /// multipart/byteranges; whatever the answer leaves out (a server that
+    /// serves only the first few ranges, a body that broke off) is asked
+    /// for again. A server that answers with the whole file or with a body
+    /// that is not multipart is asked range by range from then on. See
+    /// docs/fetch.md, "Several ranges in one request".
+    pub fn read_ranges(&mut self, ranges: &[(u64, u64)], out: &mut [u8]) -> io::Result<()> {
+        let mut pending = Vec::with_capacity(ranges.len());
+        let mut out_at = 0usize;
+        for &(start, len) in ranges {
+            if len == 0 {
+                continue;
+            }
+            if pending
+                .last()
+                .is_some_and(|p: &Piece| p.start + p.len > start)
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "ranges must be sorted and disjoint",
+                ));
+            }
+            pending.push(Piece { start, len, out_at });
+            out_at += len as usize;
+        }
+        if out_at != out.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the buffer is not as long as the ranges",
+            ));
+        }
+        if let Some(error) = &self.failure {
+            return Err(error.clone().into_io());
+        }
+        let max_attempts = self.policy.max_attempts();
+        let mut attempts = 0u32;
+        while !pending.is_empty() {
+            if !self.multi || !self.ranged || pending.len() == 1 {
+                for p in std::mem::take(&mut pending) {
+                    self.read_range(p.start, &mut out[p.out_at..p.out_at + p.len as usize])?;
+                }
+                break;
+            }
+            let batch = self.batch(&pending);
+            attempts += 1;
+            let (problem, retry_after) = match self.multi_attempt(&pending[..batch], out) {
+                Ok((mut covered, whole)) => {
+                    let parts = covered.len();
+                    let left = multipart::uncovered(&pending[..batch], &mut covered);
+                    let wanted = |pieces: &[Piece]| pieces.iter().map(|p| p.len).sum::<u64>();
+                    if wanted(&left) == wanted(&pending[..batch]) {
+                        // Nothing of what was asked came back: not a
+                        // server to ask for several ranges at once.
+                        log::warn!(
+                            "GET {}: a request for {batch} ranges brought none of them; \
+                             asking range by range",
+                            self.url
+                        );
+                        self.multi = false;
+                        continue;
+                    }
+                    if whole && !left.is_empty() && parts < batch {
+                        // Served fewer ranges than asked (lighttpd: 10):
+                        // ask for no more than that from now on.
+                        self.max_parts = self.max_parts.min(parts).max(2);
+                    }
+                    pending.splice(..batch, left);
+                    attempts = 0;
+                    continue;
+                }
+                Err(MultiFailure::Unsupported(why)) => {
+                    log::info!("GET {}: {why}; asking range by range", self.url);
+                    self.multi = false;
+                    continue;
+                }
+                Err(MultiFailure::Fatal(error)) => return Err(self.fail(error)),
+                Err(MultiFailure::Retry {
+                    problem,
+                    retry_after,
+                }) => (problem, retry_after),
+            };
+            if attempts >= max_attempts {
+                let error = FetchError::GaveUp {
+                    url: self.url.clone(),
+                    attempts,
+                    last: problem,
+                };
+                return Err(self.fail(error));
+            }
+            let wait = self.policy.wait_before(attempts, retry_after);
+            let event = RetryEvent {
+                attempt: attempts + 1,
+                max_attempts,
+                position: pending[0].start,
+                wait,
+                problem,
+            };
+            log::warn!(
+                "GET {}: {}; attempt {} of {} for {} ranges from byte {} in {:.1} s",
+                self.url,
+                event.problem,
+                event.attempt,
+                event.max_attempts,
+                pending.len(),
+                event.position,
+                wait.as_secs_f64()
+            );
+            if let Some(observer) = self.observer.as_mut() {
+                observer(&event);
+            }
+            thread::sleep(wait);
+        }
+        Ok(())
+    }
+
+    /// How many of `pending` go into the next request: at most
+    /// `max_parts`, and a `Range` header of at most [`MAX_RANGE_HEADER`].
+    fn batch(&self, pending: &[Piece]) -> usize {
+        let digits = |n: u64| n.checked_ilog10().unwrap_or(0) as usize + 1;
+        let mut header = "bytes=".len();
+        let mut n = 0;
+        for p in pending.iter().take(self.max_parts) {
+            // `start-end,`
+            header += digits(p.start) + digits(p.start + p.len - 1) + 2;
+            if header > MAX_RANGE_HEADER && n > 0 {
+                break;
+            }
+            n += 1;
+        }
+        n.max(1)
+    }
+
+    /// One request for the ranges `pieces`; their bytes go to `out`.
+    /// Returns the ranges (start, len) the answer held in full, and
+    /// whether the answer arrived whole (not cut short).
+    fn multi_attempt(
+        &mut self,
+        pieces: &[Piece],
+        out: &mut [u8],
+    ) -> Result<(Vec<(u64, u64)>, bool), MultiFailure> {
+        let spec: Vec<String> = pieces
+            .iter()
+            .map(|p| format!("{}-{}", p.start, p.start + p.len - 1))
+            .collect();
+        let mut request = self
+            .get()
+            .header(header::RANGE, format!("bytes={}", spec.join(",")));
+        if let Some(validator) = self.identity.as_ref().and_then(FileIdentity::if_range) {
+            request = request.header(header::IF_RANGE, validator);
+        }
+        let response = request.call().map_err(|e| match self.classify(e) {
+            Failure::Retry {
+                problem,
+                retry_after,
+            } => MultiFailure::Retry {
+                problem,
+                retry_after,
+            },
+            Failure::Fatal(error) => MultiFailure::Fatal(error),
+        })?;
+        let status = response.status();
+        let code = status.as_u16();
+        if is_retryable_status(code) {
+            return Err(MultiFailure::Retry {
+                problem: format!("HTTP {} for {} ranges", status_text(status), pieces.len()),
+                retry_after: retry_after(response.headers()),
+            });
+        }
+        if code == 200 {
+            // The whole file: do not read it; the connection is dropped.
+            return Err(MultiFailure::Unsupported(format!(
+                "the server answered a request for {} ranges with the whole file",
+                pieces.len()
+            )));
+        }
+        if matches!(code, 400 | 416 | 431 | 501) {
+            // Servers that take only one range refuse several this way
+            // (abkit-vmtest's server: 416); a single range will tell
+            // whether the request itself was wrong.
+            return Err(MultiFailure::Unsupported(format!(
+                "the server refused a request for {} ranges with HTTP {}",
+                pieces.len(),
+                status_text(status)
+            )));
+        }
+        if code != 206 {
+            return Err(MultiFailure::Fatal(FetchError::Status {
+                url: self.url.clone(),
+                status: code,
+                reason: reason(status),
+                context: format!(" (for {} ranges)", pieces.len()),
+            }));
+        }
+        let headers = response.headers();
+        let content_type = header_text(headers, header::CONTENT_TYPE).unwrap_or_default();
+        let single = header_text(headers, header::CONTENT_RANGE);
+        let seen = FileIdentity {
+            total: None,
+            etag: header_text(headers, header::ETAG),
+            last_modified: header_text(headers, header::LAST_MODIFIED),
+        };
+        self.agree(seen).map_err(MultiFailure::Fatal)?;
+        let total = self.content_length();
+        let boundary = multipart::boundary(&content_type);
+        let mut body = io::BufReader::with_capacity(
+            64 * 1024,
+            Counted {
+                inner: Metered::new(response.into_body().into_reader(), self.policy.min_speed()),
+                count: &mut self.received,
+            },
+        );
+        let mut covered = Vec::new();
+        let result = match (boundary, single) {
+            (Some(boundary), _) => multipart::read_parts(
+                &mut body,
+                &boundary,
+                total,
+                &mut |start, len, part| multipart::scatter(pieces, start, len, part, out),
+                &mut |start, len| covered.push((start, len)),
+            ),
+            // The server merged everything into one range.
+            (None, Some(text)) => match ContentRange::parse(&text) {
+                Some(r) if r.total.is_none_or(|t| Some(t) == total) => {
+                    let len = r.end - r.start + 1;
+                    let mut part = (&mut body).take(len);
+                    match multipart::scatter(pieces, r.start, len, &mut part, out) {
+                        Ok(()) => {
+                            covered.push((r.start, len));
+                            Ok(())
+                        }
+                        Err(e) => Err(multipart::PartsError::Truncated(describe_io(&e))),
+                    }
+                }
+                _ => Err(multipart::PartsError::Malformed(format!(
+                    "unreadable Content-Range {text:?}"
+                ))),
+            },
+            (None, None) => Err(multipart::PartsError::Malformed(format!(
+                "206 with neither multipart/byteranges nor Content-Range (Content-Type {content_type:?})"
+            ))),
+        };
+        match result {
+            Ok(()) => {
+                // Read to the end, so that the connection can be reused.
+                let _ = io::copy(&mut body, &mut io::sink());
+                Ok((covered, true))
+            }
+            // What arrived whole is kept; the rest is asked for again.
+            Err(multipart::PartsError::Truncated(problem)) if !covered.is_empty() => {
+                log::warn!("GET {}: {problem}; asking again for the rest", self.url);
+                Ok((covered, false))
+            }
+            Err(multipart::PartsError::Truncated(problem)) => Err(MultiFailure::Retry {
+                problem,
+                retry_after: None,
+            }),
+            Err(multipart::PartsError::Malformed(problem)) => {
+                Err(MultiFailure::Unsupported(format!(
+                    "the answer to a request for several ranges is not multipart/byteranges: {problem}"
+                )))
+            }
+        }
+    }
+
     /// The URL being fetched.
     pub fn url(&self) -> &str {
         &self.url
@@ -400,18 +722,25 @@ impl HttpSource {
         }
     }
 
-    /// One request for the bytes from `self.position` on.
-    fn attempt(&mut self) -> Result<Metered<BodyReader<'static>>, Failure> {
-        let position = self.position;
-        let mut request = self.agent.get(&self.url);
+    /// A GET of the URL with the `Authorization` header, if any; counted.
+    fn get(&mut self) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+        self.requests += 1;
+        let request = self.agent.get(&self.url);
         let authorization = self.authorizer.as_ref().and_then(|authorize| {
             (authorize
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner))()
         });
-        if let Some(value) = authorization {
-            request = request.header(header::AUTHORIZATION, value);
+        match authorization {
+            Some(value) => request.header(header::AUTHORIZATION, value),
+            None => request,
         }
+    }
+
+    /// One request for the bytes from `self.position` on.
+    fn attempt(&mut self) -> Result<Metered<BodyReader<'static>>, Failure> {
+        let position = self.position;
+        let mut request = self.get();
         if let Some(end) = self.end {
             request = request.header(header::RANGE, format!("bytes={position}-{}", end - 1));
             if let Some(validator) = self.identity.as_ref().and_then(FileIdentity::if_range) {
@@ -681,8 +1010,27 @@ pub trait ByteRanges: Send {
     /// Fills `buf` with the bytes at `offset`; a file too short is an
     /// `UnexpectedEof` error.
     fn read_range(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Fills `out` with the bytes of `ranges` (offset, length; sorted and
+    /// disjoint), one after the other; an HTTP source asks for several in
+    /// one request.
+    fn read_ranges(&mut self, ranges: &[(u64, u64)], out: &mut [u8]) -> io::Result<()> {
+        let mut at = 0usize;
+        for &(offset, len) in ranges {
+            let len = usize::try_from(len).map_err(io::Error::other)?;
+            let to = out
+                .get_mut(at..at + len)
+                .ok_or_else(|| io::Error::other("the buffer is shorter than the ranges"))?;
+            self.read_range(offset, to)?;
+            at += len;
+        }
+        Ok(())
+    }
     /// Bytes read so far through this source.
     fn bytes_read(&self) -> u64;
+    /// Requests made so far (0 for a source that makes none).
+    fn requests(&self) -> u64 {
+        0
+    }
     /// Size of the whole file, when known.
     fn total_len(&self) -> Option<u64>;
     /// Another reader of the same file on a connection (or handle) of its
@@ -697,8 +1045,14 @@ impl ByteRanges for HttpSource {
         self.set_range(offset, buf.len() as u64);
         self.read_exact(buf)
     }
+    fn read_ranges(&mut self, ranges: &[(u64, u64)], out: &mut [u8]) -> io::Result<()> {
+        HttpSource::read_ranges(self, ranges, out)
+    }
     fn bytes_read(&self) -> u64 {
         self.received
+    }
+    fn requests(&self) -> u64 {
+        self.requests
     }
     fn total_len(&self) -> Option<u64> {
         self.content_length()
@@ -722,6 +1076,9 @@ impl ByteRanges for HttpSource {
             end: Some(0),
             ranged: true,
             received: 0,
+            multi: self.multi,
+            max_parts: self.max_parts,
+            requests: 0,
         }))
     }
 }

@@ -144,6 +144,34 @@ fn push_then_pull_by_tag_and_by_digest_gives_the_same_bytes() {
     assert_eq!(again.manifest_digest, report.manifest_digest);
 }
 
+/// Delta installs read a blob by many ranges at once: docker-registry
+/// (Go's `ServeContent`) answers them all in one multipart/byteranges body.
+#[test]
+fn many_ranges_of_a_blob_come_in_one_request() {
+    let registry = TestRegistry::start(TestAuth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let (path, bytes) = file(dir.path(), "os.abb", 3 * 1024 * 1024 + 17, 3);
+    let tag = registry.reference("os/demo:1.0.0");
+    push(&tag, &insecure(), &path, None).unwrap();
+    let reference = Reference::parse(&tag).unwrap();
+    let options = insecure();
+    let (_, mut source) =
+        abkit_oci::open_bundle_ranged(&reference, &options, Opener::new(&options.policy), 1000)
+            .unwrap();
+    assert!(source.ranges_honoured());
+    let ranges: Vec<(u64, u64)> = (0..100u64).map(|i| (5000 + i * 31_000, 4096)).collect();
+    let mut out = vec![0u8; 100 * 4096];
+    let before = source.requests();
+    source.read_ranges(&ranges, &mut out).unwrap();
+    let expected: Vec<u8> = ranges
+        .iter()
+        .flat_map(|&(s, l)| bytes[s as usize..(s + l) as usize].iter().copied())
+        .collect();
+    assert!(out == expected, "wrong bytes");
+    assert_eq!(source.requests() - before, 1);
+    assert!(source.multi_ranges());
+}
+
 #[test]
 fn a_chunked_push_stores_the_same_bytes() {
     let registry = TestRegistry::start(TestAuth::None);

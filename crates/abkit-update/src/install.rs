@@ -174,6 +174,39 @@ pub fn install_delta(
     let (running, running_record) = before_open(m)?;
     let head = delta::open_ranged(bundle, keyring)?;
     let manifest = head.manifest.clone();
+    // A delta pays only when the running slot holds a fair share of the
+    // new system; else the bundle is installed in full, from byte 0.
+    if let Some((entry, index)) = manifest
+        .payloads
+        .iter()
+        .zip(&head.indexes)
+        .find(|(e, _)| e.name == Payload::System.name())
+    {
+        let mut running_dev = m.slot_reader(running)?;
+        let scan = running_record.system_size.unwrap_or(entry.size);
+        let share = delta::reusable_share(index, &mut *running_dev, scan);
+        if share < delta::DELTA_PAYS {
+            step(
+                rep,
+                Step::Delta,
+                format!(
+                    "slot {} holds about {:.0}% of the blocks of {}: a delta would fetch \
+                     nearly everything, installing the whole bundle instead",
+                    running.letter(),
+                    share * 100.0,
+                    manifest.version
+                ),
+            );
+            let read_before = bundle.bytes_read();
+            let total = head.layout.total_len;
+            let whole =
+                std::io::BufReader::with_capacity(1 << 20, delta::RangeRead::new(bundle, total));
+            let mut report = install(m, whole, keyring, opts, rep)?;
+            // The head and indexes read to decide count too.
+            report.transfer.bytes_fetched += read_before;
+            return Ok(report);
+        }
+    }
     let prep = check_and_prepare(
         m,
         running,

@@ -440,3 +440,31 @@ fn a_compressed_bundle_is_fetched_by_frames() {
     let fetched = n(&report, "bytes_fetched");
     assert!(fetched < size / 2, "fetched {fetched} of {size}");
 }
+
+#[test]
+fn a_delta_that_would_fetch_nearly_everything_installs_in_full() {
+    let x = noise(IMAGE, 6);
+    let w = world(&x);
+    // Nothing of X in Y: a delta would fetch every block by ranges.
+    let y = noise(IMAGE, 66);
+    w.bundle("y.abb", &y);
+    let server = lighttpd(&w);
+    let (out, report) = w.install(&url(&server, "y.abb"), &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(report["report"]["delta"], false, "{report}");
+    assert_eq!(n(&report, "bytes_reused"), 0);
+    let size = std::fs::metadata(w.p("www/y.abb")).unwrap().len();
+    let fetched = n(&report, "bytes_fetched");
+    // The whole bundle, plus the head and indexes read to decide.
+    assert!(
+        fetched >= size && fetched < size + size / 50,
+        "fetched {fetched} of {size}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("installing the whole bundle instead"),
+        "{stdout}"
+    );
+    let payload = w.system_payload("y.abb");
+    assert_eq!(w.slot_b(payload.len()), payload);
+}
