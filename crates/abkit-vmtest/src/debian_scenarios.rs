@@ -83,7 +83,9 @@ impl Release {
 
 /// Settings of the agent in the releases.
 const AGENT_TOML: &str = r#"# /etc/abkit/agent.toml of the debian-systemd VM scenario
-reboot_command = "systemctl reboot"
+# systemctl reboot, once the test's report is on the console (see
+# abkit-vmtest-reboot).
+reboot_command = "/usr/local/libexec/abkit-vmtest-reboot"
 
 [health]
 units = ["abkit-demo-health.service"]
@@ -129,6 +131,20 @@ const CRASH_ONCE: &str = "#!/bin/sh
 echo \"debian-test: crash killing the agent (pid $PPID) in its gate\" >/dev/ttyS0
 kill -KILL \"$PPID\"
 sleep 5
+";
+
+/// The agent's reboot command in the test releases: tells the report
+/// script the gate asked for a reboot, gives it up to 30 s to print its
+/// report (a report printed from a SIGTERM trap during the shutdown was
+/// lost now and then), then `systemctl reboot` as a real node would.
+const REBOOT_SCRIPT: &str = "#!/bin/sh
+: >/run/abkit-vmtest-reboot-asked
+i=0
+while [ ! -e /run/abkit-vmtest-reported ] && [ $i -lt 60 ]; do
+  sleep 0.5
+  i=$((i + 1))
+done
+exec systemctl reboot
 ";
 
 const REPORT_UNIT_FILE: &str = "[Unit]
@@ -181,12 +197,16 @@ while :; do
     *" healthy and committed"|*" committed, healthy"|*" committed, unhealthy at "*) break ;;
     *": rebooting"|"rebooting into"*|*"cannot read the machine"*) break ;;
   esac
+  # The agent's reboot command (abkit-vmtest-reboot) waits for this report.
+  [ -e /run/abkit-vmtest-reboot-asked ] && break
   i=$((i + 1))
   [ $i -gt 480 ] && { say "gate-timeout $st"; break; }
   sleep 0.5
 done
 trap - TERM
 report
+: >/run/abkit-vmtest-reported
+if [ -e /run/abkit-vmtest-reboot-asked ]; then say "end waiting for the agent's reboot"; exit 0; fi
 case $st in *rebooting*) say "end waiting for the agent's reboot"; exit 0 ;; esac
 action=$(cat $fw/action/raw 2>/dev/null)
 say "action $action"
@@ -366,6 +386,12 @@ fn compose_root(suite: &Suite, tarball: &Path, root: &Path) -> anyhow::Result<()
         "usr/local/libexec/abkit-vmtest-report",
         0o755,
         REPORT_SCRIPT,
+    )?;
+    write(
+        root,
+        "usr/local/libexec/abkit-vmtest-reboot",
+        0o755,
+        REBOOT_SCRIPT,
     )?;
     write(
         root,
