@@ -9,18 +9,7 @@ use abkit_bundle::{
     BundleReader, Compression, CreateOptions, Keyring, PayloadSpec, SecretKey, create_bundle,
 };
 
-/// Deterministic pseudo-random bytes (xorshift), different per seed.
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+pub use abkit_disk::fixtures::noise;
 
 pub fn key(seed: u8) -> SecretKey {
     SecretKey::from_seed(&[seed; 32])
