@@ -21,20 +21,8 @@ N_STATUS=${N_STATUS:-20}
 POLL_INTERVAL=${POLL_INTERVAL:-10s}
 . bench/lib.sh
 build_abkit
-for tool in curl openssl; do
-  command -v "$tool" >/dev/null || { echo "bench: needs $tool (make deps)" >&2; exit 1; }
-done
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/abkit-bench-agent.XXXXXX")
-AGENT_PID=
-cleanup() {
-  if [ -n "$AGENT_PID" ]; then
-    kill "$AGENT_PID" 2>/dev/null || true
-    wait "$AGENT_PID" 2>/dev/null || true
-  fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+need_tools curl openssl
+bench_workdir agent
 cd "$WORK"
 
 # A disk built the factory way from a signed 1 MiB bundle.
@@ -73,6 +61,7 @@ WATCHDOG_USEC=60000000 "$ABKIT" agent --disk disk.img --ovmf-vars vars.fd --boot
   --listen 127.0.0.1:$PORT --tls-cert server.pem --tls-key server.key --client-ca ca.pem \
   "${POLL_ARGS[@]}" 2>agent.log &
 AGENT_PID=$!
+BENCH_PIDS=$AGENT_PID
 for _ in $(seq 100); do
   curl -sf --unix-socket agent.sock http://agent/v1/status 2>/dev/null | grep -q '"phase": "passed"' && break
   sleep 0.1

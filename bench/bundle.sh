@@ -15,8 +15,7 @@ RUNS=${RUNS:-3}
 . bench/lib.sh
 build_abkit
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/abkit-bench.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+bench_workdir bundle
 echo "bench: ${SIZE_MIB} MiB image in $WORK, $RUNS run(s) per step" >&2
 # Half random, half zeros: like a real filesystem image, and gives zstd work.
 head -c $((SIZE_MIB / 2))M /dev/urandom >"$WORK/system.img"

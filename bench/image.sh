@@ -16,8 +16,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/bench/lib.sh"
 build_abkit
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/abkit-bench-image.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+bench_workdir image
 
 # Inputs: a tiny PE/COFF EFI application and a system image of random data
 # with a zero-filled quarter (real images have some).

@@ -31,3 +31,21 @@ img[0x58:0x5a] = (0x20b).to_bytes(2, "little"); img[0x58 + 68:0x58 + 70] = (10).
 open(sys.argv[1], "wb").write(bytes(img))
 PY
 }
+
+# Makes the run's scratch folder: `bench_workdir NAME` sets $WORK
+# (${TMPDIR:-/tmp}/abkit-bench-NAME.XXXXXX) and, on exit, kills every
+# process whose pid the script added to $BENCH_PIDS, then removes $WORK.
+bench_workdir() {
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/abkit-bench-$1.XXXXXX")
+  BENCH_PIDS=
+  trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+  local pid
+  for pid in $BENCH_PIDS; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+}

@@ -24,16 +24,7 @@ build_abkit
 PYTHON=$(python3 -c 'import sys; print(sys.executable)')
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/abkit-bench-oci.XXXXXX")
-PIDS=
-cleanup() {
-  for pid in $PIDS; do
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir oci
 
 REG=127.0.0.1:$(free_port)
 mkdir "$WORK/storage"
@@ -50,10 +41,10 @@ http:
   addr: $REG
 EOF
 docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
-PIDS="$PIDS $!"
+BENCH_PIDS="$BENCH_PIDS $!"
 HTTP_PORT=$(free_port)
 "$PYTHON" -m http.server --bind 127.0.0.1 --directory "$WORK" "$HTTP_PORT" >/dev/null 2>&1 &
-PIDS="$PIDS $!"
+BENCH_PIDS="$BENCH_PIDS $!"
 for _ in $(seq 100); do
   curl -s -o /dev/null "http://$REG/v2/" && curl -s -o /dev/null "http://127.0.0.1:$HTTP_PORT/" && break
   sleep 0.1

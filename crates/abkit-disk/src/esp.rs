@@ -40,26 +40,21 @@ pub(crate) enum Storage {
     Memory(Rc<RefCell<SparseDisk>>),
 }
 
-impl Storage {
-    pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+/// Positional I/O on either storage, so that callers use the same
+/// `read_exact_at` / `write_all_at` (and the stream below the same
+/// `read_at` / `write_at`) on a file and on the in-memory disk.
+impl FileExt for Storage {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         match self {
-            Storage::File(f) => f.read_exact_at(buf, offset),
-            Storage::Memory(m) => {
-                let mut m = m.borrow_mut();
-                m.seek(SeekFrom::Start(offset))?;
-                m.read_exact(buf)
-            }
+            Storage::File(f) => f.read_at(buf, offset),
+            Storage::Memory(m) => m.borrow_mut().read_at(buf, offset),
         }
     }
 
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
         match self {
-            Storage::File(f) => f.write_all_at(buf, offset),
-            Storage::Memory(m) => {
-                let mut m = m.borrow_mut();
-                m.seek(SeekFrom::Start(offset))?;
-                m.write_all(buf)
-            }
+            Storage::File(f) => f.write_at(buf, offset),
+            Storage::Memory(m) => m.borrow_mut().write_at(buf, offset),
         }
     }
 }
@@ -73,14 +68,7 @@ pub(crate) struct StorageStream {
 
 impl Read for StorageStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = match &self.storage {
-            Storage::File(f) => f.read_at(buf, self.pos)?,
-            Storage::Memory(m) => {
-                let mut m = m.borrow_mut();
-                m.seek(SeekFrom::Start(self.pos))?;
-                m.read(buf)?
-            }
-        };
+        let n = self.storage.read_at(buf, self.pos)?;
         self.pos += n as u64;
         Ok(n)
     }
@@ -88,14 +76,7 @@ impl Read for StorageStream {
 
 impl Write for StorageStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = match &self.storage {
-            Storage::File(f) => f.write_at(buf, self.pos)?,
-            Storage::Memory(m) => {
-                let mut m = m.borrow_mut();
-                m.seek(SeekFrom::Start(self.pos))?;
-                m.write(buf)?
-            }
-        };
+        let n = self.storage.write_at(buf, self.pos)?;
         self.pos += n as u64;
         Ok(n)
     }
@@ -205,7 +186,8 @@ impl Esp {
         let len = usize::try_from(geometry.fat_bytes)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "FAT too large"))?;
         let mut fat = vec![0u8; len];
-        self.storage.read_at(&mut fat, geometry.active_fat_offset)?;
+        self.storage
+            .read_exact_at(&mut fat, geometry.active_fat_offset)?;
         Ok(fat)
     }
 
@@ -251,7 +233,7 @@ impl Esp {
         };
         let offset = geometry.data_offset + (cluster - 2) * geometry.cluster_bytes;
         let mut entries = [0u8; 128];
-        self.storage.read_at(&mut entries, offset)?;
+        self.storage.read_exact_at(&mut entries, offset)?;
         const LFN: u8 = 0x0f;
         let (lfn_dot, dot, lfn_dotdot, dotdot) = (
             &entries[..32],
@@ -272,7 +254,7 @@ impl Esp {
                 fixed[32 + 20..32 + 22].fill(0);
                 fixed[32 + 26..32 + 28].fill(0);
             }
-            self.storage.write_at(&fixed, offset)?;
+            self.storage.write_all_at(&fixed, offset)?;
         } else if &entries[..11] != b".          " {
             return Err(io::Error::other(format!(
                 "unexpected layout of new directory {name}"

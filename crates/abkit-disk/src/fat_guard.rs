@@ -24,6 +24,7 @@ use std::cell::RefCell;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::io;
+use std::os::unix::fs::FileExt;
 
 use crate::error::ChainProblem;
 use crate::esp::Storage;
@@ -57,7 +58,7 @@ pub(crate) struct Geometry {
 impl Geometry {
     pub(crate) fn read(storage: &Storage, esp_start: u64) -> io::Result<Geometry> {
         let mut boot = [0u8; 512];
-        storage.read_at(&mut boot, esp_start)?;
+        storage.read_exact_at(&mut boot, esp_start)?;
         let u16_at = |at: usize| u64::from(u16::from_le_bytes([boot[at], boot[at + 1]]));
         let u32_at =
             |at: usize| u32::from_le_bytes([boot[at], boot[at + 1], boot[at + 2], boot[at + 3]]);
@@ -150,7 +151,7 @@ impl<'s> FatGuard<'s> {
                 let len = FAT_BLOCK.min(self.geometry.fat_bytes - start) as usize;
                 let mut bytes = vec![0u8; len];
                 self.storage
-                    .read_at(&mut bytes, self.geometry.active_fat_offset + start)
+                    .read_exact_at(&mut bytes, self.geometry.active_fat_offset + start)
                     .map_err(DiskError::fat("read the FAT"))?;
                 slot.insert(bytes)
             }
@@ -238,7 +239,7 @@ impl<'s> FatGuard<'s> {
         for (chunk, &cluster) in bytes.chunks_mut(g.cluster_bytes as usize).zip(clusters) {
             let at = g.data_offset + u64::from(cluster - 2) * g.cluster_bytes;
             self.storage
-                .read_at(chunk, at)
+                .read_exact_at(chunk, at)
                 .map_err(DiskError::fat("read a directory"))?;
         }
         Ok(bytes)

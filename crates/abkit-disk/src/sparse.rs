@@ -50,6 +50,18 @@ impl SparseDisk {
 }
 
 impl SparseDisk {
+    /// A `read` at `offset` (the stream position moves there).
+    pub(crate) fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.pos = offset;
+        self.read(buf)
+    }
+
+    /// A `write` at `offset` (the stream position moves there).
+    pub(crate) fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        self.pos = offset;
+        self.write(buf)
+    }
+
     /// For an access of `want` bytes at the position (which is before the
     /// end): the block index, the offset in it, and how many bytes of the
     /// access that block serves.

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use serde_json::Value;
 
-use crate::fixtures::{format_data, make_bundle_disk, run};
-use crate::qemu::{Boot, BootSpec, OVMF_VARS};
+use crate::fixtures::{make_bundle_disk, run};
+use crate::qemu::{Boot, BootSpec};
 use crate::scenarios::{Scenario, Suite, expect_status, offline_status};
 use crate::vars::BootVars;
 
@@ -657,28 +657,14 @@ pub fn debian_systemd(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     );
 
     // The machine: X on slot A (factory path), DATA formatted.
-    std::fs::copy(OVMF_VARS, &s.machine.vars)?;
     let _ = std::fs::remove_file(&s.machine.disk);
-    run(Command::new(&suite.fx.abkit)
-        .args(["image", "build", "--bundle"])
-        .arg(bundles.join(DX.bundle()))
-        .arg("--keyring")
-        .arg(suite.fx.dir.join("keyring"))
-        .arg("-o")
-        .arg(&s.machine.disk)
-        .arg("--ovmf-vars")
-        .arg(&s.machine.vars)
-        .args([
-            "--esp-size",
-            "96M",
-            "--system-size",
-            SYSTEM_SIZE,
-            "--data-size",
-            "8M",
-            "--seed",
-            "1",
-        ]))?;
-    format_data(&s.machine.disk)?;
+    suite.fx.release.base_image(
+        &bundles.join(DX.bundle()),
+        &s.machine.disk,
+        &s.machine.vars,
+        SYSTEM_SIZE,
+        &[],
+    )?;
     s.machine.bundles = Some(disk_img);
     let ours = s.vars()?.our_order();
 

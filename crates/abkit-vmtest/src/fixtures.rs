@@ -235,7 +235,13 @@ pub fn build(inputs: &Inputs, dir: &Path, log: &mut dyn FnMut(String)) -> anyhow
     let keyring = dir.join("keyring");
     std::fs::create_dir_all(&keyring)?;
     std::fs::write(keyring.join("testkey.pub"), &pub_key)?;
-    release.base_image(&bundle_dir.join(X.bundle()), &base_disk, &base_vars, &[])?;
+    release.base_image(
+        &bundle_dir.join(X.bundle()),
+        &base_disk,
+        &base_vars,
+        BASE_SYSTEM_SIZE,
+        &[],
+    )?;
     log(format!(
         "base disk: X on slot A, DATA ext4 ({:.1} s in all)",
         t.elapsed().as_secs_f64()
@@ -257,7 +263,11 @@ pub fn build(inputs: &Inputs, dir: &Path, log: &mut dyn FnMut(String)) -> anyhow
 /// What builds a test release and a disk from it: the inputs of `abkit
 /// bundle create --rootfs` and `abkit image build --bundle`, and the work
 /// folder holding the initrd, os-release, root folders, key and keyring.
+/// The slot size of the test OS's base machine (its releases are a few MiB).
+pub const BASE_SYSTEM_SIZE: &str = "40M";
+
 #[derive(Debug, Clone)]
+
 pub struct Release {
     pub abkit: PathBuf,
     pub dir: PathBuf,
@@ -301,13 +311,15 @@ impl Release {
 
     /// A disk with `bundle` on slot A (factory path, verified against the
     /// test keyring) and DATA formatted, its boot entries in `vars` (a
-    /// fresh copy of OVMF's VARS is made there); `extra` goes to `abkit
-    /// image build` (`--secure-boot DIR`).
+    /// fresh copy of OVMF's VARS is made there), slots of `system_size`
+    /// (`BASE_SYSTEM_SIZE` unless the release is larger); `extra` goes to
+    /// `abkit image build` (`--secure-boot DIR`).
     pub fn base_image(
         &self,
         bundle: &Path,
         disk: &Path,
         vars: &Path,
+        system_size: &str,
         extra: &[&std::ffi::OsStr],
     ) -> anyhow::Result<()> {
         std::fs::copy(OVMF_VARS, vars).with_context(|| format!("copying {OVMF_VARS}"))?;
@@ -324,7 +336,7 @@ impl Release {
                 "--esp-size",
                 "96M",
                 "--system-size",
-                "40M",
+                system_size,
                 "--data-size",
                 "8M",
                 "--seed",

@@ -299,10 +299,15 @@ pub fn offline_status(suite: &Suite, m: &Machine, booted: char) -> anyhow::Resul
 /// `abkit install BUNDLE --disk --ovmf-vars --booted-slot a`: a variant
 /// installed into slot B offline, as a factory or provisioning host would.
 pub fn offline_install(s: &Scenario<'_>, v: &Variant) -> anyhow::Result<()> {
+    offline_install_file(s, &s.suite.fx.bundle(&v.bundle()), v.name)
+}
+
+/// [`offline_install`] of a bundle file (`what` names it in errors).
+pub fn offline_install_file(s: &Scenario<'_>, bundle: &Path, what: &str) -> anyhow::Result<()> {
     let fx = &s.suite.fx;
     run(std::process::Command::new(&fx.abkit)
         .arg("install")
-        .arg(fx.bundle(&v.bundle()))
+        .arg(bundle)
         .arg("--keyring")
         .arg(fx.dir.join("keyring"))
         .arg("--no-reboot")
@@ -311,10 +316,10 @@ pub fn offline_install(s: &Scenario<'_>, v: &Variant) -> anyhow::Result<()> {
         .arg("--ovmf-vars")
         .arg(&s.machine.vars)
         .args(["--booted-slot", "a"]))
-    .with_context(|| format!("offline install of {}", v.name))?;
+    .with_context(|| format!("offline install of {what}"))?;
     s.vars()?
         .expect('A', Some('B'))
-        .with_context(|| format!("after installing {} offline", v.name))
+        .with_context(|| format!("after installing {what} offline"))
 }
 
 pub type ScenarioFn = fn(&Suite) -> anyhow::Result<Scenario<'_>>;

@@ -14,11 +14,13 @@ use std::sync::Mutex;
 
 use anyhow::{Context, ensure};
 
-use crate::fixtures::{Fixtures, Variant, X, Y, Z, make_bundle_disk, partition_extent, run};
+use crate::fixtures::{
+    BASE_SYSTEM_SIZE, Fixtures, Variant, X, Y, Z, make_bundle_disk, partition_extent, run,
+};
 use crate::qemu::{Boot, Firmware};
 use crate::scenarios::{
-    Scenario, Suite, expect_healthy, expect_result, expect_started, expect_status, offline_status,
-    status,
+    Scenario, Suite, expect_healthy, expect_result, expect_started, expect_status,
+    offline_install_file, offline_status, status,
 };
 
 /// Slot B's partition number in images `abkit image build` makes.
@@ -83,6 +85,7 @@ fn sb_fixtures(fx: &Fixtures) -> anyhow::Result<SbFixtures> {
         &bundle_dir.join(sb_bundle(&X)),
         &base_disk,
         &base_vars,
+        BASE_SYSTEM_SIZE,
         &["--secure-boot".as_ref(), pki.as_os_str()],
     )?;
     let sb = SbFixtures {
@@ -319,17 +322,7 @@ pub fn measured_boot(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     let from_a = pcrs(&b)?;
 
     // 2: the same release installed into slot B (offline), its trial.
-    run(Command::new(&suite.fx.abkit)
-        .arg("install")
-        .arg(&x)
-        .arg("--keyring")
-        .arg(suite.fx.dir.join("keyring"))
-        .arg("--disk")
-        .arg(&s.machine.disk)
-        .arg("--ovmf-vars")
-        .arg(&s.machine.vars)
-        .args(["--booted-slot", "A", "--no-reboot"]))?;
-    s.vars()?.expect('A', Some('B'))?;
+    offline_install_file(&s, &x, "signed X")?;
     let (b, vars) = s.boot("pcrs; poweroff")?;
     expect_healthy(&b, &X, 'B')?;
     vars.expect('B', None)?;

@@ -4,30 +4,18 @@
 
 use abkit_fleet::semaphore;
 use abkit_fleet::server::{FleetLockServer, ServeOptions};
-use abkit_fleet::{Store, parse_endpoints};
 use clap::{Args, Subcommand};
 
-#[derive(Args)]
-pub struct EtcdArgs {
-    /// etcd client URLs, comma-separated (http://HOST:2379[,...]); every
-    /// server and agent of a fleet names the same cluster.
-    #[arg(long, value_name = "URL[,URL...]")]
-    pub etcd: String,
-}
-
-impl EtcdArgs {
-    pub fn connect(&self) -> anyhow::Result<Store> {
-        Ok(Store::connect(&parse_endpoints(&self.etcd)?)?)
-    }
-}
+use super::etcd::{EtcdArgs, EtcdQueryArgs};
 
 #[derive(Subcommand)]
 pub enum FleetlockCommand {
     /// Serve FleetLock (POST /v1/pre-reboot, /v1/steady-state) with the
     /// semaphores in etcd. Run as many as you like against one cluster.
     Serve(ServeArgs),
-    /// Show each group's reboot slots and who holds them.
-    Status(StatusArgs),
+    /// Show each group's reboot slots and who holds them (--json:
+    /// {"GROUP": {"total_slots", "holders"}}).
+    Status(EtcdQueryArgs),
     /// Release the slot a machine holds (one that died while rebooting).
     Release(ReleaseArgs),
     /// Set how many machines of a group may reboot at once.
@@ -48,15 +36,6 @@ pub struct ServeArgs {
     /// Threads answering requests.
     #[arg(long, value_name = "N", default_value_t = 8)]
     threads: usize,
-}
-
-#[derive(Args)]
-pub struct StatusArgs {
-    #[command(flatten)]
-    etcd: EtcdArgs,
-    /// Print JSON: {"GROUP": {"total_slots", "holders"}}.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args)]

@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod bundle_push;
 pub mod efi;
 pub mod errors;
+pub mod etcd;
 pub mod fleetlock;
 pub mod image;
 pub mod install;

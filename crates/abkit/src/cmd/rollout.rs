@@ -4,19 +4,21 @@
 use abkit_fleet::rollout::{self, Plan, StartOptions, Status};
 use clap::{Args, Subcommand};
 
-use super::fleetlock::EtcdArgs;
+use super::etcd::{EtcdArgs, EtcdQueryArgs};
 
 #[derive(Subcommand)]
 pub enum RolloutCommand {
     /// Write the release and its wave plan into etcd; agents install when
     /// their wave opens and reboot through FleetLock.
     Start(StartArgs),
-    /// Per-wave counts: pending, installing, rebooting, committed, rolled back.
-    Status(StatusArgs),
-    /// Continue a halted rollout (its failures so far are accepted).
-    Resume(SteerArgs),
-    /// Stop: no machine starts an install any more.
-    Abort(SteerArgs),
+    /// Per-wave counts: pending, installing, rebooting, committed, rolled
+    /// back (--json: state, per-wave counts, totals).
+    Status(EtcdQueryArgs),
+    /// Continue a halted rollout (its failures so far are accepted;
+    /// --json prints the plan).
+    Resume(EtcdQueryArgs),
+    /// Stop: no machine starts an install any more (--json prints the plan).
+    Abort(EtcdQueryArgs),
 }
 
 #[derive(Args)]
@@ -39,24 +41,6 @@ pub struct StartArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     halt_after: u32,
     /// Print the plan as JSON (machine → wave in "assignment").
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args)]
-pub struct StatusArgs {
-    #[command(flatten)]
-    etcd: EtcdArgs,
-    /// Print JSON: state, per-wave counts, totals.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args)]
-pub struct SteerArgs {
-    #[command(flatten)]
-    etcd: EtcdArgs,
-    /// Print the plan as JSON.
     #[arg(long)]
     json: bool,
 }
