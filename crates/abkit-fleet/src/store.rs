@@ -172,6 +172,17 @@ fn b64(bytes: &[u8]) -> String {
     B64.encode(bytes)
 }
 
+/// etcd's request fields for every key that starts with `prefix`.
+fn prefix_range(prefix: &str) -> serde_json::Map<String, Value> {
+    let mut range = serde_json::Map::new();
+    range.insert("key".into(), b64(prefix.as_bytes()).into());
+    range.insert(
+        "range_end".into(),
+        b64(&prefix_end(prefix.as_bytes())).into(),
+    );
+    range
+}
+
 /// The end of etcd's range holding every key that starts with `prefix`.
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -362,14 +373,8 @@ impl Store {
 
     /// Every key under `prefix`, in key order, with the store's revision.
     pub fn list(&self, prefix: &str) -> Result<(i64, Vec<(String, Versioned)>)> {
-        let resp: RangeResponse = self.post(
-            "list",
-            "/kv/range",
-            json!({
-                "key": b64(prefix.as_bytes()),
-                "range_end": b64(&prefix_end(prefix.as_bytes())),
-            }),
-        )?;
+        let resp: RangeResponse =
+            self.post("list", "/kv/range", Value::Object(prefix_range(prefix)))?;
         let items = resp
             .kvs
             .into_iter()
@@ -425,10 +430,7 @@ impl Store {
         let resp: DeleteRangeResponse = self.post(
             "delete",
             "/kv/deleterange",
-            json!({
-                "key": b64(prefix.as_bytes()),
-                "range_end": b64(&prefix_end(prefix.as_bytes())),
-            }),
+            Value::Object(prefix_range(prefix)),
         )?;
         Ok(resp.deleted)
     }
@@ -463,11 +465,9 @@ impl Store {
         timeout: Duration,
     ) -> std::result::Result<bool, String> {
         let url = format!("{endpoint}{API}/watch");
-        let body = json!({ "create_request": {
-            "key": b64(prefix.as_bytes()),
-            "range_end": b64(&prefix_end(prefix.as_bytes())),
-            "start_revision": (revision + 1).to_string(),
-        }});
+        let mut request = prefix_range(prefix);
+        request.insert("start_revision".into(), (revision + 1).to_string().into());
+        let body = json!({ "create_request": request });
         let body = serde_json::to_vec(&body).expect("a JSON value serializes");
         let resp = self
             .agent

@@ -279,6 +279,24 @@ impl Registry {
         }
     }
 
+    /// [`Registry::call`] for one `expected` status: any other final answer
+    /// is its [`Registry::failure`] (`what` is what a 404 says is missing).
+    pub(crate) fn call_expecting(
+        &self,
+        expected: u16,
+        what: &'static str,
+        method: Method,
+        url: &str,
+        headers: &[(&str, String)],
+        payload: Payload<'_>,
+    ) -> Result<Response<Body>, OciError> {
+        let response = self.call(method.clone(), url, headers, payload)?;
+        if response.status().as_u16() != expected {
+            return Err(self.failure(method, url, response, what));
+        }
+        Ok(response)
+    }
+
     /// Sends a request whose body streams from `body` (`length` bytes),
     /// once: a large upload is not repeated on failure (a rerun skips blobs
     /// the registry already has). Authorization must already be settled by

@@ -31,20 +31,19 @@ pub struct Artifact {
 pub fn resolve(registry: &Registry) -> Result<Artifact, OciError> {
     let reference = &registry.reference;
     let url = registry.url(&format!("manifests/{}", reference.target()));
-    let response = registry.call(
+    let what = if reference.digest.is_some() {
+        "manifest"
+    } else {
+        "tag"
+    };
+    let response = registry.call_expecting(
+        200,
+        what,
         Method::GET,
         &url,
         &[("Accept", MANIFEST_MEDIA_TYPE.to_owned())],
         Payload::Empty,
     )?;
-    if response.status().as_u16() != 200 {
-        let what = if reference.digest.is_some() {
-            "manifest"
-        } else {
-            "tag"
-        };
-        return Err(registry.failure(Method::GET, &url, response, what));
-    }
     let announced = header_text(&response, CONTENT_DIGEST);
     let content_type = header_text(&response, ureq::http::header::CONTENT_TYPE);
     let bytes = response

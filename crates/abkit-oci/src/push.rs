@@ -152,15 +152,14 @@ pub fn push_bundle(
     let bytes = manifest.to_bytes();
     let manifest_digest = Digest::of(&bytes);
     let url = registry.url(&format!("manifests/{tag}"));
-    let response = registry.call(
+    let response = registry.call_expecting(
+        201,
+        "repository",
         Method::PUT,
         &url,
         &[("Content-Type", MANIFEST_MEDIA_TYPE.to_owned())],
         Payload::Bytes(&bytes),
     )?;
-    if response.status().as_u16() != 201 {
-        return Err(registry.failure(Method::PUT, &url, response, "repository"));
-    }
     if let Some(announced) = header_text(&response, CONTENT_DIGEST)
         && announced != manifest_digest.as_str()
     {
@@ -200,15 +199,14 @@ fn blob_exists(registry: &Registry, digest: &Digest) -> Result<bool, OciError> {
 /// and the registry's minimum chunk size, if it has one.
 fn start_upload(registry: &Registry) -> Result<(String, Option<u64>), OciError> {
     let url = registry.url("blobs/uploads/");
-    let response = registry.call(
+    let response = registry.call_expecting(
+        202,
+        "repository",
         Method::POST,
         &url,
         &[("Content-Length", "0".to_owned())],
         Payload::Empty,
     )?;
-    if response.status().as_u16() != 202 {
-        return Err(registry.failure(Method::POST, &url, response, "repository"));
-    }
     let location = next_location(registry, &url, &response)?;
     let min_chunk = header_text(&response, CHUNK_MIN_LENGTH).and_then(|v| v.parse().ok());
     Ok((location, min_chunk))
@@ -236,15 +234,14 @@ fn upload_small(registry: &Registry, bytes: &[u8]) -> Result<(), OciError> {
     }
     let (location, _) = start_upload(registry)?;
     let url = with_query(&location, "digest", digest.as_str());
-    let response = registry.call(
+    registry.call_expecting(
+        201,
+        "repository",
         Method::PUT,
         &url,
         &[("Content-Type", "application/octet-stream".to_owned())],
         Payload::Bytes(bytes),
     )?;
-    if response.status().as_u16() != 201 {
-        return Err(registry.failure(Method::PUT, &url, response, "repository"));
-    }
     Ok(())
 }
 
@@ -340,25 +337,28 @@ fn upload_file(
         };
     }
     let url = with_query(&location, "digest", digest.as_str());
-    let response = registry.call(
+    registry.call_expecting(
+        201,
+        "repository",
         Method::PUT,
         &url,
         &[("Content-Length", "0".to_owned())],
         Payload::Empty,
     )?;
-    if response.status().as_u16() != 201 {
-        return Err(registry.failure(Method::PUT, &url, response, "repository"));
-    }
     Ok(())
 }
 
 /// Where an upload session stands (`GET <location>` → 204 with
 /// `Range: 0-<last byte>`): its URL and the next offset to send.
 fn upload_status(registry: &Registry, location: &str) -> Result<(String, u64), OciError> {
-    let response = registry.call(Method::GET, location, &[], Payload::Empty)?;
-    if response.status().as_u16() != 204 {
-        return Err(registry.failure(Method::GET, location, response, "upload session"));
-    }
+    let response = registry.call_expecting(
+        204,
+        "upload session",
+        Method::GET,
+        location,
+        &[],
+        Payload::Empty,
+    )?;
     let next = match header_text(&response, header::RANGE) {
         None => 0,
         Some(range) => range

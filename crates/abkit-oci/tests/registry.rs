@@ -50,11 +50,16 @@ fn with_credentials(user: &str, password: &str) -> RegistryOptions {
     }
 }
 
+/// An empty docker auth file, written once per test run into cargo's
+/// scratch folder for integration tests (not /tmp: nothing is left behind).
 fn empty_auth_file() -> PathBuf {
-    let path =
-        std::env::temp_dir().join(format!("abkit-oci-empty-auth-{}.json", std::process::id()));
-    std::fs::write(&path, "{}").unwrap();
-    path
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("abkit-oci-empty-auth.json");
+        std::fs::write(&path, "{}").unwrap();
+        path
+    })
+    .clone()
 }
 
 /// A file of `size` bytes of a fixed pattern (the registry does not care
