@@ -28,15 +28,7 @@ impl OperationLock {
     /// Locks `path` (which must exist: a disk image) exclusively, without
     /// waiting.
     pub fn on_file(path: &Path) -> Result<OperationLock> {
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-            .map_err(UpdateError::io(format!(
-                "open {} to lock it",
-                path.display()
-            )))?;
-        lock(file, path)
+        lock(OpenOptions::new().read(true), path)
     }
 
     /// Creates (if needed) and locks the live system's lock file at `path`,
@@ -46,19 +38,15 @@ impl OperationLock {
             std::fs::create_dir_all(dir)
                 .map_err(UpdateError::io(format!("create {}", dir.display())))?;
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-            .map_err(UpdateError::io(format!(
-                "open lock file {}",
-                path.display()
-            )))?;
-        let mut held = lock(file, path)?;
+        let mut held = lock(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600),
+            path,
+        )?;
         let pid = std::process::id().to_string();
         (|| -> io::Result<()> {
             held._file.set_len(0)?;
@@ -74,7 +62,16 @@ impl OperationLock {
     }
 }
 
-fn lock(file: File, path: &Path) -> Result<OperationLock> {
+/// Opens `path` with `options` (never through a symbolic link, never
+/// blocking on a FIFO) and takes the exclusive lock without waiting.
+fn lock(options: &mut OpenOptions, path: &Path) -> Result<OperationLock> {
+    let file = options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(UpdateError::io(format!(
+            "open {} to lock it",
+            path.display()
+        )))?;
     // SAFETY: flock only reads its integer arguments; the fd is open.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {

@@ -68,43 +68,8 @@ pub struct CreateArgs {
         conflicts_with_all = ["efi", "system"]
     )]
     rootfs: Option<PathBuf>,
-    /// With --rootfs: the kernel for the UKI (an EFI-stub bzImage).
-    #[arg(long, value_name = "FILE", requires = "rootfs")]
-    kernel: Option<PathBuf>,
-    /// With --rootfs: the initrd for the UKI; it must set up the verity root.
-    #[arg(long, value_name = "FILE", requires = "rootfs")]
-    initrd: Option<PathBuf>,
-    /// With --rootfs: the kernel command line; abkit appends
-    /// root=/dev/mapper/root (unless given) and the verity parameters.
-    #[arg(long, value_name = "TEXT", requires = "rootfs", default_value = "")]
-    cmdline: String,
-    /// With --rootfs: an os-release file for the UKI's .osrel section.
-    #[arg(long, value_name = "FILE", requires = "rootfs")]
-    osrel: Option<PathBuf>,
-    /// With --rootfs: the loader stub (default: $ABKIT_STUB, else
-    /// abkit-stub.efi next to abkit).
-    #[arg(long, value_name = "FILE", requires = "rootfs")]
-    stub: Option<PathBuf>,
-    /// With --rootfs: the partition label prefix of the slots
-    /// (PARTLABEL=<PREFIX>-SYSTEM-X on the command line).
-    #[arg(
-        long,
-        value_name = "PREFIX",
-        default_value = "ABKIT",
-        requires = "rootfs"
-    )]
-    label_prefix: String,
-    /// With --rootfs: Authenticode-sign the UKI for Secure Boot with this
-    /// RSA key (named --uki-key because --key is the bundle's release key).
-    /// Needs --uki-cert.
-    #[arg(long, value_name = "FILE", requires_all = ["rootfs", "uki_cert"])]
-    uki_key: Option<PathBuf>,
-    /// With --rootfs: the UKI signing key's X.509 certificate (the one in db).
-    #[arg(long, value_name = "FILE", requires_all = ["rootfs", "uki_key"])]
-    uki_cert: Option<PathBuf>,
-    /// With --rootfs: compress the erofs image (lz4 or lz4hc).
-    #[arg(long, value_name = "ALGORITHM", requires = "rootfs")]
-    erofs_compress: Option<String>,
+    #[command(flatten)]
+    uki: RootfsUkiArgs,
     /// Version of the OS in this bundle (semver, e.g. 1.2.0).
     #[arg(long)]
     version: semver::Version,
@@ -286,11 +251,55 @@ struct BuiltRelease {
     uuid: [u8; 16],
 }
 
+/// What `--rootfs` builds the UKI from: each only with --rootfs, shown
+/// under their own heading in `--help`.
+#[derive(Args)]
+#[command(next_help_heading = "With --rootfs: the UKI")]
+pub struct RootfsUkiArgs {
+    /// The kernel for the UKI (an EFI-stub bzImage).
+    #[arg(long, value_name = "FILE", requires = "rootfs")]
+    kernel: Option<PathBuf>,
+    /// The initrd for the UKI; it must set up the verity root.
+    #[arg(long, value_name = "FILE", requires = "rootfs")]
+    initrd: Option<PathBuf>,
+    /// The kernel command line; abkit appends root=/dev/mapper/root (unless
+    /// given) and the verity parameters.
+    #[arg(long, value_name = "TEXT", default_value = "", requires = "rootfs")]
+    cmdline: String,
+    /// An os-release file for the UKI's .osrel section.
+    #[arg(long, value_name = "FILE", requires = "rootfs")]
+    osrel: Option<PathBuf>,
+    /// The loader stub (default: $ABKIT_STUB, else abkit-stub.efi next to
+    /// abkit).
+    #[arg(long, value_name = "FILE", requires = "rootfs")]
+    stub: Option<PathBuf>,
+    /// The partition label prefix of the slots (PARTLABEL=<PREFIX>-SYSTEM-X
+    /// on the command line).
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        default_value = "ABKIT",
+        requires = "rootfs"
+    )]
+    label_prefix: String,
+    /// Authenticode-sign the UKI for Secure Boot with this RSA key (named
+    /// --uki-key because --key is the bundle's release key). Needs
+    /// --uki-cert.
+    #[arg(long, value_name = "FILE", requires_all = ["rootfs", "uki_cert"])]
+    uki_key: Option<PathBuf>,
+    /// The UKI signing key's X.509 certificate (the one in db).
+    #[arg(long, value_name = "FILE", requires_all = ["rootfs", "uki_key"])]
+    uki_cert: Option<PathBuf>,
+    /// Compress the erofs image (lz4 or lz4hc).
+    #[arg(long, value_name = "ALGORITHM", requires = "rootfs")]
+    erofs_compress: Option<String>,
+}
+
 fn build_release(a: &CreateArgs, rootfs: &Path, out_dir: &Path) -> anyhow::Result<BuiltRelease> {
     use abkit_bundle::rootfs;
-    let kernel_path = a.kernel.as_deref().context("--rootfs needs --kernel")?;
+    let kernel_path = a.uki.kernel.as_deref().context("--rootfs needs --kernel")?;
     // A bad signing key fails before the filesystem is made.
-    let signing_key = match (&a.uki_key, &a.uki_cert) {
+    let signing_key = match (&a.uki.uki_key, &a.uki.uki_cert) {
         (Some(key), Some(cert)) => Some(super::uki::sign::load_signing_key(key, cert)?),
         _ => None,
     };
@@ -302,26 +311,32 @@ fn build_release(a: &CreateArgs, rootfs: &Path, out_dir: &Path) -> anyhow::Resul
     let fs = rootfs::ErofsOptions {
         timestamp: a.created.unwrap_or(0),
         uuid: rootfs::fs_uuid_for(&a.compatible, &a.version.to_string()),
-        compressor: a.erofs_compress.clone(),
+        compressor: a.uki.erofs_compress.clone(),
     };
     rootfs::mkfs_erofs(rootfs, &system, &fs).map_err(coded)?;
     let salt = rootfs::verity_salt_for(&system).map_err(coded)?;
     let uuid = rootfs::verity_uuid_for(&salt);
     let tree = rootfs::verity_tree(&system, &salt, uuid).map_err(coded)?;
     let cmdline = abkit_uki::root::with_verity_root(
-        &a.cmdline,
-        &a.label_prefix,
+        &a.uki.cmdline,
+        &a.uki.label_prefix,
         &hex::encode(tree.root_hash),
         tree.data_size(),
     )?;
-    let stub_path = super::uki::find_stub(a.stub.clone())?;
+    let stub_path = super::uki::find_stub(a.uki.stub.clone())?;
     let read = |p: &Path, what: &str| {
         std::fs::read(p).with_context(|| format!("cannot read the {what} {}", p.display()))
     };
     let stub = read(&stub_path, "stub")?;
     let kernel = read(kernel_path, "kernel")?;
-    let initrd = a.initrd.as_deref().map(|p| read(p, "initrd")).transpose()?;
+    let initrd = a
+        .uki
+        .initrd
+        .as_deref()
+        .map(|p| read(p, "initrd"))
+        .transpose()?;
     let osrel = a
+        .uki
         .osrel
         .as_deref()
         .map(|p| read(p, "os-release"))
@@ -357,11 +372,11 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
     let mut inputs: Vec<&Path> = [
         &a.efi,
         &a.system,
-        &a.kernel,
-        &a.initrd,
-        &a.osrel,
-        &a.uki_key,
-        &a.uki_cert,
+        &a.uki.kernel,
+        &a.uki.initrd,
+        &a.uki.osrel,
+        &a.uki.uki_key,
+        &a.uki.uki_cert,
     ]
     .into_iter()
     .flatten()
