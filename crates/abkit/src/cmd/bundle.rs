@@ -68,8 +68,6 @@ pub struct CreateArgs {
         conflicts_with_all = ["efi", "system"]
     )]
     rootfs: Option<PathBuf>,
-    #[command(flatten)]
-    uki: RootfsUkiArgs,
     /// Version of the OS in this bundle (semver, e.g. 1.2.0).
     #[arg(long)]
     version: semver::Version,
@@ -113,6 +111,8 @@ pub struct CreateArgs {
     /// folder and renamed at the end). Must not be one of the inputs.
     #[arg(short, long, value_name = "FILE.abb")]
     out: PathBuf,
+    #[command(flatten)]
+    uki: RootfsUkiArgs,
 }
 
 #[derive(Args)]
