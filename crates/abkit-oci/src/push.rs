@@ -233,15 +233,26 @@ fn upload_small(registry: &Registry, bytes: &[u8]) -> Result<(), OciError> {
         return Ok(());
     }
     let (location, _) = start_upload(registry)?;
-    let url = with_query(&location, "digest", digest.as_str());
-    registry.call_expecting(
-        201,
-        "repository",
-        Method::PUT,
-        &url,
-        &[("Content-Type", "application/octet-stream".to_owned())],
-        Payload::Bytes(bytes),
-    )?;
+    finish_upload(registry, &location, &digest, Some(bytes))
+}
+
+/// Closes the upload session at `location` as the blob `digest`
+/// (`PUT <location>?digest=`), carrying the `last` bytes if any.
+fn finish_upload(
+    registry: &Registry,
+    location: &str,
+    digest: &Digest,
+    last: Option<&[u8]>,
+) -> Result<(), OciError> {
+    let url = with_query(location, "digest", digest.as_str());
+    let (header, payload) = match last {
+        Some(bytes) => (
+            ("Content-Type", "application/octet-stream".to_owned()),
+            Payload::Bytes(bytes),
+        ),
+        None => (("Content-Length", "0".to_owned()), Payload::Empty),
+    };
+    registry.call_expecting(201, "repository", Method::PUT, &url, &[header], payload)?;
     Ok(())
 }
 
@@ -336,16 +347,7 @@ fn upload_file(
             Err(e) => return Err(e),
         };
     }
-    let url = with_query(&location, "digest", digest.as_str());
-    registry.call_expecting(
-        201,
-        "repository",
-        Method::PUT,
-        &url,
-        &[("Content-Length", "0".to_owned())],
-        Payload::Empty,
-    )?;
-    Ok(())
+    finish_upload(registry, &location, digest, None)
 }
 
 /// Where an upload session stands (`GET <location>` → 204 with
