@@ -21,7 +21,7 @@ use fatfs::{FileSystem, FsOptions, TimeProvider};
 use serde::Serialize;
 
 use crate::fat_guard::{FatGuard, Geometry, RawEntry};
-use crate::sparse::{Slice, SparseDisk};
+use crate::sparse::{Slice, SparseDisk, seek_position};
 use crate::{DiskError, Result};
 
 /// `list` refuses deeper trees and more entries (a damaged FAT can loop).
@@ -87,18 +87,7 @@ impl Write for StorageStream {
 
 impl Seek for StorageStream {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        let target = match pos {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-            SeekFrom::End(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "seek from the end of the disk",
-                ));
-            }
-        };
-        self.pos = target
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before byte 0"))?;
+        self.pos = seek_position(self.pos, None, pos)?;
         Ok(self.pos)
     }
 }

@@ -11,11 +11,19 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 /// Granularity of the sparse map and of zero-block skipping.
 pub(crate) const BLOCK: usize = 4096;
 
-fn seek_position(base: u64, len: u64, pos: SeekFrom) -> io::Result<u64> {
-    let target = match pos {
-        SeekFrom::Start(p) => Some(p),
-        SeekFrom::Current(d) => base.checked_add_signed(d),
-        SeekFrom::End(d) => len.checked_add_signed(d),
+/// Where a seek from `base` lands; `len` is the stream's length, when it
+/// has one (without, a seek from the end is refused).
+pub(crate) fn seek_position(base: u64, len: Option<u64>, pos: SeekFrom) -> io::Result<u64> {
+    let target = match (pos, len) {
+        (SeekFrom::Start(p), _) => Some(p),
+        (SeekFrom::Current(d), _) => base.checked_add_signed(d),
+        (SeekFrom::End(d), Some(len)) => len.checked_add_signed(d),
+        (SeekFrom::End(_), None) => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "seek from the end of a stream without a length",
+            ));
+        }
     };
     target.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before byte 0"))
 }
@@ -118,7 +126,7 @@ impl Write for SparseDisk {
 
 impl Seek for SparseDisk {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        self.pos = seek_position(self.pos, self.len, pos)?;
+        self.pos = seek_position(self.pos, Some(self.len), pos)?;
         Ok(self.pos)
     }
 }
@@ -194,7 +202,7 @@ impl<T: Write + Seek> Write for Slice<T> {
 
 impl<T: Seek> Seek for Slice<T> {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        self.pos = seek_position(self.pos, self.len, pos)?;
+        self.pos = seek_position(self.pos, Some(self.len), pos)?;
         Ok(self.pos)
     }
 }

@@ -63,13 +63,23 @@ fn store_cut(k: usize) -> StoreError {
     }
 }
 
-/// A variable store that loses power on cue.
-pub struct FaultyVars {
-    pub inner: Box<dyn VarStore>,
-    pub power: Arc<PowerCut>,
+/// What decides whether a variable write that changes something may
+/// happen: a power cut, a full NVRAM.
+pub trait VarGate {
+    /// Before a write that changes `name`.
+    fn set(&self, name: &VarName, value: &Variable) -> std::result::Result<(), StoreError>;
+    /// Before deleting a variable that exists.
+    fn delete(&self) -> std::result::Result<(), StoreError>;
 }
 
-impl VarStore for FaultyVars {
+/// A variable store whose changing writes and deletes pass `gate` first;
+/// reads, and writes that change nothing, go straight through.
+pub struct GatedVars<G> {
+    pub inner: Box<dyn VarStore>,
+    pub gate: G,
+}
+
+impl<G: VarGate> VarStore for GatedVars<G> {
     fn get(&self, name: &VarName) -> std::result::Result<Option<Variable>, StoreError> {
         self.inner.get(name)
     }
@@ -77,18 +87,30 @@ impl VarStore for FaultyVars {
         if self.inner.get(name)?.as_ref() == Some(value) {
             return Ok(false);
         }
-        self.power.tick().map_err(store_cut)?;
+        self.gate.set(name, value)?;
         self.inner.set(name, value)
     }
     fn delete(&mut self, name: &VarName) -> std::result::Result<bool, StoreError> {
         if self.inner.get(name)?.is_none() {
             return Ok(false);
         }
-        self.power.tick().map_err(store_cut)?;
+        self.gate.delete()?;
         self.inner.delete(name)
     }
     fn list(&self) -> std::result::Result<Vec<VarName>, StoreError> {
         self.inner.list()
+    }
+}
+
+/// A variable store that loses power on cue.
+pub type FaultyVars = GatedVars<Arc<PowerCut>>;
+
+impl VarGate for Arc<PowerCut> {
+    fn set(&self, _: &VarName, _: &Variable) -> std::result::Result<(), StoreError> {
+        self.tick().map_err(store_cut)
+    }
+    fn delete(&self) -> std::result::Result<(), StoreError> {
+        self.tick().map_err(store_cut)
     }
 }
 
@@ -172,10 +194,7 @@ impl SlotDevice for FaultySlot<'_> {
 /// [`StoreError::Full`], as a full store does when even compaction finds no
 /// room. Deleting always works (it frees space). Shared, so a test can
 /// free space again ([`NvramSpace::set`]) on the store it gave a machine.
-pub struct NvramFull {
-    pub inner: Box<dyn VarStore>,
-    pub space: Arc<NvramSpace>,
-}
+pub type NvramFull = GatedVars<Arc<NvramSpace>>;
 
 /// How many more variable writes fit; shared by [`NvramFull`] stores.
 #[derive(Debug, Default)]
@@ -221,31 +240,23 @@ impl NvramSpace {
 
 impl NvramFull {
     pub fn new(inner: Box<dyn VarStore>, space: Arc<NvramSpace>) -> NvramFull {
-        NvramFull { inner, space }
+        GatedVars { inner, gate: space }
     }
 }
 
-impl VarStore for NvramFull {
-    fn get(&self, name: &VarName) -> std::result::Result<Option<Variable>, StoreError> {
-        self.inner.get(name)
-    }
-    fn set(&mut self, name: &VarName, value: &Variable) -> std::result::Result<bool, StoreError> {
-        if self.inner.get(name)?.as_ref() == Some(value) {
-            return Ok(false);
+impl VarGate for Arc<NvramSpace> {
+    fn set(&self, name: &VarName, value: &Variable) -> std::result::Result<(), StoreError> {
+        if self.take() {
+            return Ok(());
         }
-        if !self.space.take() {
-            return Err(StoreError::Full {
-                name: name.to_string(),
-                needed: value.data.len(),
-                free: 0,
-            });
-        }
-        self.inner.set(name, value)
+        Err(StoreError::Full {
+            name: name.to_string(),
+            needed: value.data.len(),
+            free: 0,
+        })
     }
-    fn delete(&mut self, name: &VarName) -> std::result::Result<bool, StoreError> {
-        self.inner.delete(name)
-    }
-    fn list(&self) -> std::result::Result<Vec<VarName>, StoreError> {
-        self.inner.list()
+    /// Deleting always works (it frees space).
+    fn delete(&self) -> std::result::Result<(), StoreError> {
+        Ok(())
     }
 }

@@ -77,7 +77,7 @@ impl OfflineMachine {
             Some(power) => (
                 Box::new(FaultyVars {
                     inner: vars,
-                    power: power.clone(),
+                    gate: power.clone(),
                 }),
                 Box::new(FaultyEsp {
                     inner: esp,
