@@ -362,7 +362,7 @@ impl FrameSink {
 
 /// Where the stored bytes go during analysis.
 enum StoredSink {
-    Plain(ChunkHasher),
+    Plain(Box<ChunkHasher>),
     Zstd(Box<FrameSink>),
 }
 
@@ -513,7 +513,7 @@ fn analyze(
         None
     };
     let mut sink = match opts.compression {
-        Compression::None => StoredSink::Plain(ChunkHasher::new(opts.chunk_size)),
+        Compression::None => StoredSink::Plain(Box::new(ChunkHasher::new(opts.chunk_size))),
         Compression::Zstd => {
             let file = tempfile::tempfile_in(tmp_dir)?;
             let out = ChunkHashingWriter {
