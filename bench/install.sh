@@ -14,10 +14,15 @@
 #     service's.
 # Prints a table: median wall time of RUNS runs, MB/s of system image, peak
 # RSS (from /usr/bin/time -v) and the ratios.
+# ABKIT_BEFORE=PATH times a second abkit (e.g. main's build, before a
+# change) in the same run, installing a bundle made by itself: its rows
+# say "(before)" and the ratio after/before is printed.
+# ABKIT_BIN=PATH times that abkit instead of building one (bench/lib.sh).
 # Goals: local <= 1.15 x dd; HTTP <= 1.15 x max(curl, dd); peak RSS <= 16 MiB.
 #
 # Usage: bench/install.sh              (SIZES_MIB="512 2048" RUNS=3 CACHES="cold warm")
 #        SIZES_MIB=256 RUNS=1 CACHES=warm RAUC=0 bench/install.sh
+#        ABKIT_BEFORE=old/abkit ABKIT_BIN=new/abkit SIZES_MIB=512 bench/install.sh
 # Needs about 6 x the largest size of free space in $TMPDIR, curl, python3,
 # and for RAUC rauc, mksquashfs, openssl, dbus-daemon (scripts/deps.sh).
 # Every writer flushes to disk at the end.
@@ -186,6 +191,10 @@ for SIZE in $SIZES_MIB; do
   head -c $((SIZE - SIZE * 3 / 4))M /dev/zero >>"$WORK/system.img"
   "$ABKIT" bundle create --efi "$WORK/boot.efi" --system "$WORK/system.img" \
     --version 1.0.0 --compatible bench --key "$WORK/rel.key" -o "$WORK/bundle.abb" >/dev/null
+  if [ -n "${ABKIT_BEFORE:-}" ]; then
+    "$ABKIT_BEFORE" bundle create --efi "$WORK/boot.efi" --system "$WORK/system.img" \
+      --version 1.0.0 --compatible bench --key "$WORK/rel.key" -o "$WORK/before.abb" >/dev/null
+  fi
   cp /usr/share/OVMF/OVMF_VARS_4M.fd "$WORK/vars.fd"
   "$ABKIT" image build --loader "$WORK/boot.efi" --system "$WORK/system.img" \
     --system-size $((SIZE + 64))M --ovmf-vars "$WORK/vars.fd" -o "$WORK/disk.img" \
@@ -216,9 +225,15 @@ for SIZE in $SIZES_MIB; do
     run "dd/$K" "$WORK/system.img" dd if="$WORK/system.img" of="$WORK/disk.img" bs=4M seek="$SLOT_B" \
       oflag=seek_bytes conv=fsync,notrunc status=none
     run "local/$K" "$WORK/bundle.abb" "$ABKIT" install "${MACHINE[@]}" "$WORK/bundle.abb"
+    if [ -n "${ABKIT_BEFORE:-}" ]; then
+      run "blocal/$K" "$WORK/before.abb" "$ABKIT_BEFORE" install "${MACHINE[@]}" "$WORK/before.abb"
+    fi
     run "curl/$K" "$WORK/bundle.abb" curl -sS --fail -o /dev/null "http://127.0.0.1:$PORT/bundle.abb"
     if [ "$HTTP" = 1 ]; then
       run "http/$K" "$WORK/bundle.abb" "$ABKIT" install "${MACHINE[@]}" "http://127.0.0.1:$PORT/bundle.abb"
+      if [ -n "${ABKIT_BEFORE:-}" ]; then
+        run "bhttp/$K" "$WORK/before.abb" "$ABKIT_BEFORE" install "${MACHINE[@]}" "http://127.0.0.1:$PORT/before.abb"
+      fi
     fi
     if [ "$RAUC" = 1 ]; then
       run_rauc "rauc/$K" "$WORK/bundle.raucb" rauc install "$WORK/bundle.raucb"
@@ -256,6 +271,14 @@ for SIZE in $SIZES_MIB; do
     row "$SIZE" "$CACHE" "curl/$K" "curl -o /dev/null" 0 ""
     row "$SIZE" "$CACHE" "local/$K" "abkit install FILE" "$DD" "dd (goal <= 1.15)"
     row "$SIZE" "$CACHE" "http/$K" "abkit install http://" "$SLOWER" "max(curl,dd) (goal <= 1.15)"
+    row "$SIZE" "$CACHE" "blocal/$K" "abkit install FILE (before)" "$DD" "dd"
+    row "$SIZE" "$CACHE" "bhttp/$K" "abkit install http:// (before)" "$SLOWER" "max(curl,dd)"
+    if [ -n "${WALL[blocal/$K]:-}" ]; then
+      awk -v s="$SIZE MiB" -v c="$CACHE" -v a="${WALL[local/$K]}" -v b="${WALL[blocal/$K]}" \
+          -v ah="${WALL[http/$K]:-0}" -v bh="${WALL[bhttp/$K]:-0}" 'BEGIN {
+        printf "| %-8s | %-5s | %-30s | %8s | %8s | %9s | %-28s |\n", s, c, "  after / before", "", "", "",
+          sprintf("%.2fx local, %.2fx http", a / b, (bh > 0) ? ah / bh : 0) }'
+    fi
     row "$SIZE" "$CACHE" "rauc/$K" "rauc install FILE" "$DD" "dd"
     row "$SIZE" "$CACHE" "rauchttp/$K" "curl + rauc install" "$SLOWER" "max(curl,dd)"
     if [ -n "${WALL[rauc/$K]:-}" ]; then

@@ -2,8 +2,13 @@
 # abkit and the tiny loader every bundle needs.
 
 # Builds the release abkit (with $CARGO_TARGET_DIR, default the project's
-# target/) and sets ABKIT to it.
+# target/) and sets ABKIT to it; ABKIT_BIN=PATH uses that binary instead
+# (e.g. the static device build of bench/size.sh) and builds nothing.
 build_abkit() {
+  if [ -n "${ABKIT_BIN:-}" ]; then
+    ABKIT=$ABKIT_BIN
+    return
+  fi
   local root
   root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}

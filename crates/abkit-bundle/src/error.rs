@@ -19,7 +19,7 @@ pub enum Error {
     #[error("unsupported bundle format version {found} (this abkit reads version {supported})")]
     UnsupportedFormatVersion { found: u32, supported: u32 },
     #[error(
-        "bundle format version {found} was written by abkit before 0.3; this abkit reads version {supported}: rebuild the bundle with `abkit bundle create` of this version"
+        "bundle format version {found} was written by an older abkit (1: no block index, 2: SHA-256 chunk hashes); this abkit reads only version {supported} (BLAKE3 chunk hashes): rebuild the bundle with `abkit bundle create` of this version"
     )]
     OldFormatVersion { found: u32, supported: u32 },
     #[error("payload `{payload}`: block index does not match its BLAKE3 in the manifest")]
@@ -46,9 +46,9 @@ pub enum Error {
     NoTrustedSignature { signers: Vec<String> },
     #[error("signature by trusted key {key_id} does not match the bundle header and manifest")]
     BadSignature { key_id: String },
-    #[error("payload `{payload}` chunk {chunk}: SHA-256 does not match the manifest")]
+    #[error("payload `{payload}` chunk {chunk}: BLAKE3 does not match the manifest")]
     ChunkHashMismatch { payload: String, chunk: u64 },
-    #[error("payload `{payload}`: SHA-256 of the whole payload does not match the manifest")]
+    #[error("payload `{payload}`: BLAKE3 of the whole payload does not match the manifest")]
     PayloadHashMismatch { payload: String },
     #[error("payload `{payload}`: size is {actual} bytes, the manifest says {expected}")]
     PayloadSizeMismatch {

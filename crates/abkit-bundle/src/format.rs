@@ -4,7 +4,7 @@
 //! ```text
 //! offset  size  field
 //! 0       8     magic "ABKITBDL"
-//! 8       4     format version, u32 LE (= 2)
+//! 8       4     format version, u32 LE (= 3)
 //! 12      4     flags, u32 LE (must be 0)
 //! 16      8     manifest length in bytes, u64 LE (1..=1 MiB)
 //! 24      4     signature count, u32 LE (0..=16; 0 is refused by readers)
@@ -16,8 +16,9 @@
 //! ```
 //!
 //! Version 2 (abkit 0.3) added the block indexes ([`crate::index`]) that
-//! delta installs fetch ranges by; version 1 bundles are refused with
-//! [`Error::OldFormatVersion`].
+//! delta installs fetch ranges by; version 3 (issue 14) made the chunk
+//! hashes and the whole-payload hash BLAKE3 instead of SHA-256. Versions 1
+//! and 2 are refused with [`Error::OldFormatVersion`] (rebuild the bundle).
 //!
 //! Each signature covers [`signed_message`]: a context string, header bytes
 //! 0..24 (everything but the signature count) and the manifest bytes.
@@ -27,7 +28,10 @@ use crate::{Error, Result};
 /// First eight bytes of every bundle.
 pub const MAGIC: [u8; 8] = *b"ABKITBDL";
 /// The format version this crate writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+/// Versions this crate knows it no longer reads: refused as
+/// [`Error::OldFormatVersion`] (rebuild the bundle), not as unknown.
+pub const OLD_FORMAT_VERSIONS: [u32; 2] = [1, 2];
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 32;
 /// Largest manifest a reader accepts (checked before allocating) and a
@@ -76,7 +80,7 @@ impl Header {
             return Err(Error::BadMagic { found: magic });
         }
         let format_version = le_u32(&b[8..12]);
-        if format_version == 1 {
+        if OLD_FORMAT_VERSIONS.contains(&format_version) {
             return Err(Error::OldFormatVersion {
                 found: format_version,
                 supported: FORMAT_VERSION,
@@ -153,13 +157,13 @@ mod tests {
     #[test]
     fn header_round_trips_and_has_documented_bytes() {
         let h = Header {
-            format_version: 2,
+            format_version: FORMAT_VERSION,
             manifest_len: 0x0102,
             signature_count: 2,
         };
         let b = h.encode();
         assert_eq!(&b[..8], b"ABKITBDL");
-        assert_eq!(&b[8..12], &[2, 0, 0, 0]);
+        assert_eq!(&b[8..12], &[3, 0, 0, 0]);
         assert_eq!(&b[16..24], &[2, 1, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&b[24..28], &[2, 0, 0, 0]);
         assert_eq!(Header::decode(&b).unwrap(), h);
@@ -168,7 +172,7 @@ mod tests {
     #[test]
     fn header_rejects_each_bad_field() {
         let good = Header {
-            format_version: 2,
+            format_version: FORMAT_VERSION,
             manifest_len: 10,
             signature_count: 1,
         }
@@ -177,17 +181,19 @@ mod tests {
         b[0] = b'X';
         assert!(matches!(Header::decode(&b), Err(Error::BadMagic { .. })));
         let mut b = good;
-        b[8] = 3;
+        b[8] = 4;
         assert!(matches!(
             Header::decode(&b),
-            Err(Error::UnsupportedFormatVersion { found: 3, .. })
+            Err(Error::UnsupportedFormatVersion { found: 4, .. })
         ));
-        let mut b = good;
-        b[8] = 1;
-        assert!(matches!(
-            Header::decode(&b),
-            Err(Error::OldFormatVersion { found: 1, .. })
-        ));
+        for old in [1u8, 2] {
+            let mut b = good;
+            b[8] = old;
+            assert!(matches!(
+                Header::decode(&b),
+                Err(Error::OldFormatVersion { found, supported: 3 }) if found == u32::from(old)
+            ));
+        }
         let mut b = good;
         b[12] = 1;
         assert!(matches!(
@@ -226,7 +232,7 @@ mod tests {
     #[test]
     fn signed_message_excludes_signature_count() {
         let a = Header {
-            format_version: 2,
+            format_version: FORMAT_VERSION,
             manifest_len: 3,
             signature_count: 1,
         };

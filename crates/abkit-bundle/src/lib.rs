@@ -16,10 +16,10 @@
 //! println!("version {}", bundle.manifest().version);
 //! while let Some(mut payload) = bundle.next_payload()? {
 //!     let name = payload.entry().name.clone();
-//!     // Every byte read here belongs to a chunk whose SHA-256 was checked.
+//!     // Every byte read here belongs to a chunk whose BLAKE3 was checked.
 //!     let mut sink = std::io::sink();
 //!     std::io::copy(&mut payload, &mut sink)?;
-//!     // Size and whole-payload SHA-256: only now is the payload final.
+//!     // Size and whole-payload BLAKE3: only now is the payload final.
 //!     let digest = payload.finish()?;
 //!     println!("{name}: {}", hex::encode(digest));
 //! }

@@ -28,7 +28,8 @@ pub const MAX_PAYLOADS: usize = 64;
 /// The only dm-verity block size (data and hash) abkit writes and accepts.
 pub const VERITY_BLOCK_SIZE: u32 = 4096;
 
-/// A SHA-256 digest, written in JSON as 64 lowercase hex digits.
+/// A 32-byte digest (BLAKE3 or SHA-256, as the field that holds it says),
+/// written in JSON as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Digest(pub [u8; 32]);
 
@@ -57,6 +58,13 @@ impl<'de> Deserialize<'de> for Digest {
         hex::decode_to_slice(s, &mut out).map_err(serde::de::Error::custom)?;
         Ok(Digest(out))
     }
+}
+
+/// The hash of a stored chunk (`payloads[].chunks`) and of a whole payload
+/// (`payloads[].blake3`) in format 3: BLAKE3-256, key-less. Every reader
+/// that checks chunks calls this, so the algorithm has one owner.
+pub fn content_hash(bytes: &[u8]) -> Digest {
+    Digest(*blake3::hash(bytes).as_bytes())
 }
 
 /// Bytes written in JSON as lowercase hex (the dm-verity salt).
@@ -127,12 +135,13 @@ pub struct PayloadEntry {
     pub name: String,
     /// Size of the payload once decompressed (what lands on disk).
     pub size: u64,
-    /// SHA-256 of the decompressed payload.
-    pub sha256: Digest,
+    /// BLAKE3 of the decompressed payload (format 3; SHA-256 in format 2).
+    pub blake3: Digest,
     pub compression: Compression,
     /// Number of bytes the payload occupies in the bundle.
     pub stored_size: u64,
-    /// SHA-256 of each `chunk_size` piece of the stored bytes, in order.
+    /// BLAKE3 of each `chunk_size` piece of the stored bytes, in order
+    /// (format 3; SHA-256 in format 2).
     pub chunks: Vec<Digest>,
     /// The payload's block index (placed after the signatures): its length
     /// and BLAKE3, so the signature covers every block hash in it.
@@ -344,7 +353,7 @@ mod tests {
             payloads: vec![PayloadEntry {
                 name: "efi".into(),
                 size: 3,
-                sha256: Digest([7; 32]),
+                blake3: Digest([7; 32]),
                 compression: Compression::None,
                 stored_size: 3,
                 chunks: vec![Digest([1; 32])],
@@ -362,7 +371,8 @@ mod tests {
         let m = sample();
         let json = m.to_json().unwrap();
         let text = String::from_utf8(json.clone()).unwrap();
-        assert!(text.contains(r#""sha256":"0707070707"#), "{text}");
+        assert!(text.contains(r#""blake3":"0707070707"#), "{text}");
+        assert!(!text.contains("sha256"), "{text}");
         assert!(text.contains(r#""compression":"none""#), "{text}");
         assert!(text.contains(r#""version":"1.2.0""#), "{text}");
         assert_eq!(Manifest::parse(&json).unwrap(), m);

@@ -1,8 +1,8 @@
 //! Reading bundles from any `Read` (a file, a pipe, an HTTP body): the head
 //! (header, manifest, signatures) is read and its signature checked before
 //! anything is handed out; then each payload is a [`PayloadReader`] that
-//! yields only bytes of chunks whose SHA-256 matched the signed manifest, and
-//! reports end of file only after the payload's size and SHA-256 matched.
+//! yields only bytes of chunks whose BLAKE3 matched the signed manifest, and
+//! reports end of file only after the payload's size and BLAKE3 matched.
 //! Memory stays bounded: a few chunk buffers, the manifest, the zstd window.
 
 use std::io::{self, Read};
@@ -296,7 +296,7 @@ impl<R: Read> BundleReader<R> {
     }
 
     /// Reads and verifies every remaining payload, dropping the bytes, and
-    /// checks the end of the bundle. Returns each payload's SHA-256.
+    /// checks the end of the bundle. Returns each payload's BLAKE3.
     pub fn verify_all(mut self) -> Result<Vec<(String, [u8; 32])>> {
         let mut out = Vec::new();
         while let Some(payload) = self.next_payload()? {
@@ -329,8 +329,9 @@ impl<R: Read> BundleReader<R> {
     }
 }
 
-/// Hashes handed-out blocks on another core while the next chunk is read
-/// and checked, so verifying costs about one SHA-256 pass of wall time.
+/// Hashes handed-out blocks (whole-payload BLAKE3) on another core while
+/// the next chunk is read and checked, so verifying costs about one BLAKE3
+/// pass of wall time.
 struct HashWorker {
     tx: Option<SyncSender<Arc<Vec<u8>>>>,
     handle: Option<JoinHandle<[u8; 32]>>,
@@ -340,13 +341,13 @@ impl HashWorker {
     fn start() -> Result<HashWorker> {
         let (tx, rx) = sync_channel::<Arc<Vec<u8>>>(2);
         let handle = std::thread::Builder::new()
-            .name("abkit-payload-sha256".into())
+            .name("abkit-payload-blake3".into())
             .spawn(move || {
-                let mut h = Sha256::new();
+                let mut h = blake3::Hasher::new();
                 for block in rx {
                     h.update(&block[..]);
                 }
-                h.finalize().into()
+                *h.finalize().as_bytes()
             })?;
         Ok(HashWorker {
             tx: Some(tx),
@@ -402,7 +403,7 @@ enum State {
 
 /// The bytes of one payload, verified chunk by chunk. `read` returns only
 /// bytes of verified chunks (decompressed after verification for zstd); it
-/// returns end of file only after size and whole-payload SHA-256 matched,
+/// returns end of file only after size and whole-payload BLAKE3 matched,
 /// and an `InvalidData` error carrying an [`Error`] otherwise (`?` into this
 /// crate's `Result` recovers the typed error).
 pub struct PayloadReader<'a, R: Read> {
@@ -416,7 +417,7 @@ pub struct PayloadReader<'a, R: Read> {
     compressed: Vec<u8>,
     compressed_pos: usize,
     frame_open: bool,
-    /// The whole-payload SHA-256, unless [`PayloadReader::rely_on_chunk_hashes`]
+    /// The whole-payload BLAKE3, unless [`PayloadReader::rely_on_chunk_hashes`]
     /// turned it off.
     hasher: Option<HashWorker>,
     produced: u64,
@@ -457,11 +458,11 @@ impl<'a, R: Read> PayloadReader<'a, R> {
         &self.entry
     }
 
-    /// Stops computing the whole-payload SHA-256 of a payload stored
+    /// Stops computing the whole-payload BLAKE3 of a payload stored
     /// uncompressed, whose bytes are then checked by the signed chunk hashes
     /// alone: they cover every byte handed out, so the second hash adds no
-    /// guarantee about the bytes, only a second SHA-256 pass. What is left
-    /// unchecked is the manifest's `sha256` field itself (that it agrees
+    /// guarantee about the bytes, only a second hash pass. What is left
+    /// unchecked is the manifest's `blake3` field itself (that it agrees
     /// with the chunks): a caller that records it checks it on its own
     /// (the update engine compares the slot it wrote with the verified
     /// blocks it read back). Returns `false` and changes nothing for a
@@ -479,9 +480,9 @@ impl<'a, R: Read> PayloadReader<'a, R> {
     }
 
     /// The next verified block, handed out without a copy: the rest of the
-    /// current block, or the next chunk once its SHA-256 matched (for zstd,
+    /// current block, or the next chunk once its BLAKE3 matched (for zstd,
     /// up to 1 MiB decompressed from verified chunks). `None` only at the
-    /// verified end (size and, unless turned off, SHA-256 matched). The
+    /// verified end (size and, unless turned off, BLAKE3 matched). The
     /// buffer goes back to the reader's pool when the last clone of the
     /// block is dropped. Mixing with `read` is allowed.
     pub fn next_block(&mut self) -> Result<Option<VerifiedBlock>> {
@@ -511,7 +512,7 @@ impl<'a, R: Read> PayloadReader<'a, R> {
     }
 
     /// Reads (and drops) whatever is left, then returns the payload's
-    /// SHA-256 once size and hash matched the manifest (after
+    /// BLAKE3 once size and hash matched the manifest (after
     /// [`rely_on_chunk_hashes`](PayloadReader::rely_on_chunk_hashes): once
     /// the size and every chunk matched, the manifest's value).
     pub fn finish(mut self) -> Result<[u8; 32]> {
@@ -535,7 +536,7 @@ impl<'a, R: Read> PayloadReader<'a, R> {
     }
 
     /// Writes the whole payload to `sink` in verified blocks (one `write_all`
-    /// per chunk, no extra copy), then returns its SHA-256 as [`finish`]
+    /// per chunk, no extra copy), then returns its BLAKE3 as [`finish`]
     /// does. On error, `sink` may hold verified bytes of an unfinished
     /// payload: treat them as not final.
     ///
@@ -651,7 +652,7 @@ impl<'a, R: Read> PayloadReader<'a, R> {
         self.end_checks()
     }
 
-    /// Reads the next stored chunk into `buf` and checks its SHA-256.
+    /// Reads the next stored chunk into `buf` and checks its BLAKE3.
     fn read_verified_chunk(&mut self, buf: &mut Vec<u8>) -> Result<()> {
         let index = self.next_chunk;
         let start = index as u64 * self.chunk_size;
@@ -661,8 +662,7 @@ impl<'a, R: Read> PayloadReader<'a, R> {
             Error::from_read(e, format!("payload `{}` chunk {index}", self.entry.name))
         })?;
         self.bundle.unread -= len as u64;
-        let digest: [u8; 32] = Sha256::digest(&buf[..]).into();
-        if self.entry.chunks.get(index).map(|d| d.0) != Some(digest) {
+        if self.entry.chunks.get(index) != Some(&crate::manifest::content_hash(buf)) {
             return Err(Error::ChunkHashMismatch {
                 payload: self.entry.name.clone(),
                 chunk: index as u64,
@@ -703,12 +703,12 @@ impl<'a, R: Read> PayloadReader<'a, R> {
                 actual: self.produced,
             });
         }
-        if digest.is_some_and(|d| d != self.entry.sha256.0) {
+        if digest.is_some_and(|d| d != self.entry.blake3.0) {
             return Err(Error::PayloadHashMismatch {
                 payload: self.entry.name.clone(),
             });
         }
-        self.state = State::Done(digest.unwrap_or(self.entry.sha256.0));
+        self.state = State::Done(digest.unwrap_or(self.entry.blake3.0));
         Ok(())
     }
 }

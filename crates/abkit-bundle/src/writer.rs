@@ -1,5 +1,5 @@
 //! Writing bundles: [`create_bundle`] reads each input once to compute the
-//! dm-verity tree, the payload SHA-256, the block index and the chunk hashes
+//! dm-verity tree, the payload BLAKE3, the block index and the chunk hashes
 //! (on separate threads), writes header, manifest, signatures and block
 //! indexes, then copies the payload bytes (`copy_file_range` for
 //! uncompressed inputs) into the output.
@@ -10,8 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
-
-use sha2::{Digest as _, Sha256};
 
 use crate::format::{self, FORMAT_VERSION, Header, MAX_MANIFEST_LEN, MAX_SIGNATURES};
 use crate::index::BlockHasher;
@@ -264,10 +262,10 @@ impl StoredSource {
     }
 }
 
-/// SHA-256 of every `chunk_size` piece of a byte stream.
+/// BLAKE3 of every `chunk_size` piece of a byte stream.
 struct ChunkHasher {
     chunk_size: u64,
-    current: Sha256,
+    current: blake3::Hasher,
     filled: u64,
     total: u64,
     chunks: Vec<Digest>,
@@ -277,7 +275,7 @@ impl ChunkHasher {
     fn new(chunk_size: u32) -> ChunkHasher {
         ChunkHasher {
             chunk_size: chunk_size.into(),
-            current: Sha256::new(),
+            current: blake3::Hasher::new(),
             filled: 0,
             total: 0,
             chunks: Vec::new(),
@@ -292,7 +290,8 @@ impl ChunkHasher {
             self.total += take as u64;
             if self.filled == self.chunk_size {
                 self.chunks
-                    .push(Digest(self.current.finalize_reset().into()));
+                    .push(Digest(*self.current.finalize().as_bytes()));
+                self.current.reset();
                 self.filled = 0;
             }
             data = &data[take..];
@@ -301,7 +300,8 @@ impl ChunkHasher {
 
     fn finish(mut self) -> (u64, Vec<Digest>) {
         if self.filled > 0 {
-            self.chunks.push(Digest(self.current.finalize().into()));
+            self.chunks
+                .push(Digest(*self.current.finalize().as_bytes()));
         }
         (self.total, self.chunks)
     }
@@ -362,7 +362,7 @@ impl FrameSink {
 
 /// Where the stored bytes go during analysis.
 enum StoredSink {
-    Plain(ChunkHasher),
+    Plain(Box<ChunkHasher>),
     Zstd(Box<FrameSink>),
 }
 
@@ -470,12 +470,12 @@ fn analyze(
             spec.path.display()
         ))
     })?;
-    let whole = Worker::start("abkit-sha256", |rx| {
-        let mut h = Sha256::new();
+    let whole = Worker::start("abkit-payload-blake3", |rx| {
+        let mut h = blake3::Hasher::new();
         for block in rx {
             h.update(&block[..]);
         }
-        <[u8; 32]>::from(h.finalize())
+        *h.finalize().as_bytes()
     })?;
     let block_size = opts.block_size;
     let blocks = Worker::start("abkit-blake3", move |rx| {
@@ -513,7 +513,7 @@ fn analyze(
         None
     };
     let mut sink = match opts.compression {
-        Compression::None => StoredSink::Plain(ChunkHasher::new(opts.chunk_size)),
+        Compression::None => StoredSink::Plain(Box::new(ChunkHasher::new(opts.chunk_size))),
         Compression::Zstd => {
             let file = tempfile::tempfile_in(tmp_dir)?;
             let out = ChunkHashingWriter {
@@ -569,7 +569,7 @@ fn analyze(
         sink.update(&tail_block)?;
         tail = Arc::try_unwrap(tail_block).unwrap_or_else(|shared| shared.as_ref().clone());
     }
-    let sha256 = Digest(whole.finish()?);
+    let whole_hash = Digest(whole.finish()?);
     let mut index = blocks.finish()?;
     let (stored_size, chunks, source) = match sink {
         StoredSink::Plain(h) => {
@@ -606,7 +606,7 @@ fn analyze(
     let entry = PayloadEntry {
         name: spec.name.clone(),
         size,
-        sha256,
+        blake3: whole_hash,
         compression: opts.compression,
         stored_size,
         chunks,
@@ -633,6 +633,6 @@ mod tests {
         let (tb, cb) = b.finish();
         assert_eq!((ta, &ca), (tb, &cb));
         assert_eq!(ca.len(), 3);
-        assert_eq!(ca[2].0, <[u8; 32]>::from(Sha256::digest(&data[8192..])));
+        assert_eq!(&ca[2].0, blake3::hash(&data[8192..]).as_bytes());
     }
 }

@@ -13,7 +13,6 @@ use abkit_bundle::manifest::Digest;
 use abkit_bundle::writer::write_head;
 use abkit_bundle::{BundleHead, Compression, Error, IndexRef, Manifest, PayloadEntry, SecretKey};
 use common::*;
-use sha2::{Digest as _, Sha256};
 
 struct Fixture {
     bytes: Vec<u8>,
@@ -99,12 +98,12 @@ fn craft(manifest: &Manifest, stored: &[&[u8]], keys: &[SecretKey]) -> Vec<u8> {
     out
 }
 
-fn sha(data: &[u8]) -> Digest {
-    Digest(Sha256::digest(data).into())
+fn hash(data: &[u8]) -> Digest {
+    abkit_bundle::manifest::content_hash(data)
 }
 
 fn chunks(data: &[u8], chunk_size: usize) -> Vec<Digest> {
-    data.chunks(chunk_size).map(sha).collect()
+    data.chunks(chunk_size).map(hash).collect()
 }
 
 /// A signed manifest for one payload; its block index is all zero bytes
@@ -113,7 +112,7 @@ fn single_payload(name: &str, data: &[u8], compression: Compression, stored: &[u
     let mut entry = PayloadEntry {
         name: name.into(),
         size: data.len() as u64,
-        sha256: sha(data),
+        blake3: hash(data),
         compression,
         stored_size: stored.len() as u64,
         chunks: chunks(stored, 4096),
@@ -196,9 +195,15 @@ fn a_flipped_bit_in_each_region_is_caught_by_name() {
     check(0, 0, &|e| matches!(e, Error::BadMagic { .. }), "magic");
     check(
         8,
-        0,
-        &|e| matches!(e, Error::UnsupportedFormatVersion { found: 3, .. }),
+        2,
+        &|e| matches!(e, Error::UnsupportedFormatVersion { found: 7, .. }),
         "version",
+    );
+    check(
+        8,
+        0,
+        &|e| matches!(e, Error::OldFormatVersion { found: 2, .. }),
+        "version 2",
     );
     check(
         f.indexes_start() + 7,
@@ -335,29 +340,27 @@ fn keys_signatures_versions_and_trailing_data() {
     assert!(matches!(f.error(&b), Error::NoSignature));
     // Unknown format version.
     let mut b = f.bytes.clone();
-    b[8..12].copy_from_slice(&3u32.to_le_bytes());
+    b[8..12].copy_from_slice(&4u32.to_le_bytes());
     assert!(matches!(
         f.error(&b),
         Error::UnsupportedFormatVersion {
-            found: 3,
-            supported: 2
+            found: 4,
+            supported: 3
         }
     ));
-    // A bundle of the old format 1: named as such.
-    let mut b = f.bytes.clone();
-    b[8..12].copy_from_slice(&1u32.to_le_bytes());
-    let err = f.error(&b);
-    assert!(
-        matches!(
-            err,
-            Error::OldFormatVersion {
-                found: 1,
-                supported: 2
-            }
-        ),
-        "{err}"
-    );
-    assert_eq!(err.code(), "old-format-version");
+    // Bundles of the old formats 1 and 2 (SHA-256 chunk hashes): named as
+    // such, with the way out in the message.
+    for old in [1u32, 2] {
+        let mut b = f.bytes.clone();
+        b[8..12].copy_from_slice(&old.to_le_bytes());
+        let err = f.error(&b);
+        assert!(
+            matches!(err, Error::OldFormatVersion { found, supported: 3 } if found == old),
+            "{err}"
+        );
+        assert_eq!(err.code(), "old-format-version");
+        assert!(err.to_string().contains("rebuild the bundle"), "{err}");
+    }
     // Trailing garbage after a fully valid bundle: payloads verified, then refused.
     let mut b = f.bytes.clone();
     b.extend_from_slice(b"garbage");
@@ -483,10 +486,10 @@ fn zstd_bombs_and_broken_streams() {
 #[test]
 fn whole_payload_hash_is_checked_before_end_of_file() {
     let f = Fixture::new(Compression::None);
-    // Chunks are right, the whole-payload SHA-256 is not: read_to_end must fail.
+    // Chunks are right, the whole-payload BLAKE3 is not: read_to_end must fail.
     let data = noise(10_000, 6);
     let mut m = single_payload("efi", &data, Compression::None, &data);
-    m.payloads[0].sha256 = Digest([0; 32]);
+    m.payloads[0].blake3 = Digest([0; 32]);
     let outcome = f.run(&craft(&m, &[&data], &[key(1)]));
     assert!(
         matches!(outcome.error, Some(Error::PayloadHashMismatch { ref payload }) if payload == "efi")

@@ -1,5 +1,5 @@
 //! `PayloadReader::next_block` (verified blocks handed out without a copy)
-//! and `rely_on_chunk_hashes` (one SHA-256 pass per byte for plain payloads).
+//! and `rely_on_chunk_hashes` (one BLAKE3 pass per byte for plain payloads).
 
 mod common;
 
@@ -22,10 +22,7 @@ fn drain_blocks(bytes: &[u8], rely: bool) -> (Vec<Vec<u8>>, Vec<bool>) {
         }
         let sha = p.finish().unwrap();
         let data: Vec<u8> = held.iter().flat_map(|b| b.iter().copied()).collect();
-        assert_eq!(
-            sha,
-            <[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(&data))
-        );
+        assert_eq!(sha, *blake3::hash(&data).as_bytes());
         out.push(data);
     }
     (out, relied)

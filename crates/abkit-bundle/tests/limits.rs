@@ -22,7 +22,7 @@ fn manifest_with_payloads(count: usize) -> String {
             json.push(',');
         }
         json.push_str(&format!(
-            r#"{{"name":"p{i:06}","size":0,"sha256":"{zero}","compression":"none","stored_size":0,"chunks":[],"index":{{"size":0,"blake3":"{zero}"}}}}"#
+            r#"{{"name":"p{i:06}","size":0,"blake3":"{zero}","compression":"none","stored_size":0,"chunks":[],"index":{{"size":0,"blake3":"{zero}"}}}}"#
         ));
     }
     json.push_str("]}");

@@ -58,6 +58,30 @@ fn plain_and_zstd_bundles_round_trip_and_pass_veritysetup() {
         );
 
         let head = BundleHead::read(&mut &bytes[..]).unwrap();
+        // Format 3: the whole-payload hash and every chunk hash are BLAKE3
+        // (computed here with the blake3 crate, not the reader's code).
+        assert_eq!(head.raw.header.format_version, 3);
+        let mut at = abkit_bundle::format::HEADER_LEN
+            + head.raw.manifest_bytes.len()
+            + 96 * head.raw.signatures.len()
+            + head
+                .manifest
+                .payloads
+                .iter()
+                .map(|p| p.index.size as usize)
+                .sum::<usize>();
+        for (p, (_, plain)) in head.manifest.payloads.iter().zip(&outcome.finished) {
+            assert_eq!(&p.blake3.0, blake3::hash(plain).as_bytes(), "{}", p.name);
+            let stored = &bytes[at..at + p.stored_size as usize];
+            let expected: Vec<[u8; 32]> = stored
+                .chunks(head.manifest.chunk_size as usize)
+                .map(|c| *blake3::hash(c).as_bytes())
+                .collect();
+            let found: Vec<[u8; 32]> = p.chunks.iter().map(|d| d.0).collect();
+            assert_eq!(found, expected, "{} chunks", p.name);
+            at += p.stored_size as usize;
+        }
+        assert_eq!(at, bytes.len());
         let v = head
             .manifest
             .payload("system")
@@ -209,7 +233,7 @@ fn unfinished_payload_is_skipped_and_verify_all_reports_digests() {
     assert_eq!(digests.len(), 2);
     for ((name, digest), entry) in digests.iter().zip(&head.manifest.payloads) {
         assert_eq!(name, &entry.name);
-        assert_eq!(digest, &entry.sha256.0);
+        assert_eq!(digest, &entry.blake3.0);
     }
 }
 
@@ -250,5 +274,5 @@ fn write_to_hands_over_whole_verified_chunks() {
         vec![16384, 16384, 16384, 50_000 - 3 * 16384],
         "one write per chunk"
     );
-    assert_eq!(digest, head.manifest.payloads[0].sha256.0);
+    assert_eq!(digest, head.manifest.payloads[0].blake3.0);
 }

@@ -16,7 +16,7 @@ fn expected(manifest: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(SIGNATURE_CONTEXT);
     h.update(b"ABKITBDL");
-    h.update(2u32.to_le_bytes()); // format version
+    h.update(3u32.to_le_bytes()); // format version
     h.update(0u32.to_le_bytes()); // flags
     h.update((manifest.len() as u64).to_le_bytes());
     h.update(manifest);

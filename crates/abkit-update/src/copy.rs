@@ -3,8 +3,8 @@
 //! the factory (its scratch files), plus the read-back hash of a written
 //! range.
 //!
-//! Per byte: one SHA-256 pass on the reader's core, two BLAKE3 passes
-//! on the writer's. The reader checks every chunk against the signed
+//! Per byte: one BLAKE3 pass on the reader's core (the chunk check of
+//! bundle format 3), two BLAKE3 passes on the writer's. The reader checks every chunk against the signed
 //! manifest on the calling thread; the writer thread gets the reader's own
 //! buffers (no copy), hashes each with BLAKE3 as it writes it, starts
 //! writeback every [`RANGE`] bytes, and reads each range back from the
@@ -14,10 +14,10 @@
 //! overlaps the writing. A bounded queue keeps the source (a file, or an
 //! HTTP socket) busy while the disk writes. Memory: a few 1 MiB blocks.
 //! [`copy_blocks`] (delta installs) reads back against the whole
-//! payload's SHA-256 instead.
+//! payload's BLAKE3 from the manifest instead.
 //!
 //! Invariant I7 holds because only blocks from `PayloadReader::next_block`
-//! (chunks whose SHA-256 matched the signed manifest) are ever written;
+//! (chunks whose BLAKE3 matched the signed manifest) are ever written;
 //! slot writes and flushes go through the `SlotDevice`, so the power-cut
 //! test sees each of them.
 
@@ -28,7 +28,6 @@ use std::os::unix::fs::FileExt;
 use std::sync::mpsc;
 
 use abkit_bundle::{PayloadReader, VerifiedBlock};
-use sha2::{Digest, Sha256};
 
 use crate::machine::SlotDevice;
 use crate::progress::{Event, Reporter, Step};
@@ -86,7 +85,7 @@ enum Msg {
 }
 
 /// Streams payload `p` into `dev` from byte 0, checks that what it reads
-/// back has the manifest's SHA-256, and flushes `dev` at the end. Returns the bytes
+/// back has the manifest's BLAKE3, and flushes `dev` at the end. Returns the bytes
 /// written. On error `dev` may hold verified bytes of an unfinished
 /// payload; nothing unverified is ever written.
 pub(crate) fn copy_payload<R: Read>(
@@ -132,7 +131,7 @@ pub(crate) fn copy_payload<R: Read>(
 
 /// The pipeline behind [`copy_payload`]: writes the verified blocks `next`
 /// hands out (in order, from byte 0; `None` at the verified end) into
-/// `dev`, reads them back against the SHA-256 `expected` (hex) and flushes
+/// `dev`, reads them back against the BLAKE3 `expected` (hex) and flushes
 /// `dev` at the end. Returns the bytes written.
 pub(crate) fn copy_blocks(
     next: &mut dyn FnMut() -> Result<Option<Bytes>>,
@@ -196,7 +195,7 @@ fn pipeline(
 /// What the read-back compares the media with.
 #[derive(Clone, Copy)]
 enum Check<'a> {
-    /// The SHA-256 (hex) of the whole payload: a second SHA-256 pass, for
+    /// The BLAKE3 (hex) of the whole payload (the manifest's `blake3`), for
     /// producers whose blocks were not all checked on their way in.
     Whole(&'a str),
     /// Each writeback range against the BLAKE3 of the verified bytes the
@@ -229,7 +228,7 @@ fn write_and_check(
 ) -> Result<()> {
     let mut ranges: VecDeque<Range> = VecDeque::new();
     let (mut kicked, mut written) = (0u64, 0u64);
-    let mut whole = Sha256::new();
+    let mut whole = blake3::Hasher::new();
     let mut range_hash = blake3::Hasher::new();
     let mut scratch = vec![0u8; BLOCK];
     // Ranges settled (their read from the media under way), not yet read.
@@ -319,12 +318,12 @@ fn write_and_check(
                 read_back(dev, range)?;
             }
             if let Check::Whole(expected) = check {
-                let found = hex::encode(std::mem::take(&mut whole).finalize());
+                let found = hex::encode(whole.finalize().as_bytes());
                 if found != expected {
                     return Err(UpdateError::ReadBackMismatch {
                         slot,
-                        expected: format!("SHA-256 {expected}"),
-                        found: format!("SHA-256 {found}"),
+                        expected: format!("BLAKE3 {expected}"),
+                        found: format!("BLAKE3 {found}"),
                     });
                 }
             }
@@ -335,30 +334,13 @@ fn write_and_check(
     }
 }
 
-/// Something the read-back feeds: SHA-256 or BLAKE3.
-trait Sink {
-    fn feed(&mut self, bytes: &[u8]);
-}
-
-impl Sink for Sha256 {
-    fn feed(&mut self, bytes: &[u8]) {
-        self.update(bytes);
-    }
-}
-
-impl Sink for blake3::Hasher {
-    fn feed(&mut self, bytes: &[u8]) {
-        self.update(bytes);
-    }
-}
-
 /// Reads bytes `start..stop` of `dev` into `hasher`.
 fn read_range(
     dev: &mut dyn SlotDevice,
     start: u64,
     stop: u64,
     scratch: &mut [u8],
-    hasher: &mut dyn Sink,
+    hasher: &mut blake3::Hasher,
     slot: Slot,
 ) -> Result<()> {
     let mut at = start;
@@ -369,15 +351,16 @@ fn read_range(
                 "read back slot {} at byte {at}",
                 slot.letter()
             )))?;
-        hasher.feed(&scratch[..n]);
+        hasher.update(&scratch[..n]);
         at += n as u64;
     }
     Ok(())
 }
 
-/// Reads the first `size` bytes of `dev` and checks their SHA-256 against
-/// `expected` (hex); the hashing overlaps the reads on a thread of its own.
-pub(crate) fn check_sha256(
+/// Reads the first `size` bytes of `dev` and checks their BLAKE3 against
+/// `expected` (hex, the manifest's `blake3`); the hashing overlaps the
+/// reads on a thread of its own.
+pub(crate) fn check_blake3(
     dev: &mut dyn SlotDevice,
     size: u64,
     expected: &str,
@@ -391,14 +374,14 @@ pub(crate) fn check_sha256(
     }
     let found = std::thread::scope(|scope| -> Result<String> {
         let hasher = scope.spawn(move || {
-            let mut hasher = Sha256::new();
+            let mut hasher = blake3::Hasher::new();
             for buf in full_rx {
                 hasher.update(&buf);
                 if free_tx.send(buf).is_err() {
                     break;
                 }
             }
-            hex::encode(hasher.finalize())
+            hex::encode(hasher.finalize().as_bytes())
         });
         let read = (|| -> Result<()> {
             let mut offset = 0u64;
@@ -622,9 +605,9 @@ mod tests {
     }
 
     #[test]
-    fn the_whole_payload_check_still_compares_with_the_sha256_it_is_given() {
+    fn the_whole_payload_check_still_compares_with_the_blake3_it_is_given() {
         let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
-        let good = hex::encode(Sha256::digest(&data));
+        let good = hex::encode(blake3::hash(&data).as_bytes());
         for (expected, ok) in [(good.as_str(), true), (&"0".repeat(64)[..], false)] {
             let mut blocks = data
                 .chunks(WRITE_BLOCK)

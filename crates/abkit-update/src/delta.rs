@@ -12,7 +12,7 @@
 //! fetch threads at once; the assembler writes as decisions arrive. Every
 //! block, reused or fetched, is checked against the index before it goes
 //! into the slot (I7); the slot is then read back against the payload's
-//! SHA-256 as in a full install (`crate::copy`).
+//! BLAKE3 (the manifest's `blake3`) as in a full install (`crate::copy`).
 
 use abkit_bundle::format::{HEADER_LEN, Header};
 use abkit_bundle::index::block_hash;
@@ -554,7 +554,7 @@ fn frame_runs(index: &BlockIndex, sources: &[Source]) -> Vec<(usize, usize)> {
 }
 
 /// zstd: fetches the stored chunks around the frames of blocks
-/// `first..end`, checks each chunk's SHA-256 against the signed manifest
+/// `first..end`, checks each chunk's BLAKE3 against the signed manifest
 /// (so the decoder only ever sees verified input), and decompresses the
 /// frames (each bounded by its declared size). Returns the blocks' bytes.
 fn fetch_frames(
@@ -565,7 +565,6 @@ fn fetch_frames(
     payload_offset: u64,
     stored_size: u64,
 ) -> Result<Vec<u8>> {
-    use sha2::Digest as _;
     let name = index.payload().to_owned();
     let cs = u64::from(index.chunk_size());
     let (f0, f1) = (
@@ -584,7 +583,7 @@ fn fetch_frames(
         .map_err(|e| fetch_error(e, &format!("payload `{name}`")))?;
     for (k, chunk) in stored.chunks(cs as usize).enumerate() {
         let c = c0 as usize + k;
-        if chunks.get(c).map(|d| d.0) != Some(sha2::Sha256::digest(chunk).into()) {
+        if chunks.get(c) != Some(&abkit_bundle::manifest::content_hash(chunk)) {
             return Err(abkit_bundle::Error::ChunkHashMismatch {
                 payload: name,
                 chunk: c as u64,
@@ -944,7 +943,7 @@ fn with_assembler<T>(
 }
 
 /// Builds payload `index` into `dev` from `seeds` and ranges of `bundle`,
-/// through the verified copy pipeline (read back against `sha256`).
+/// through the verified copy pipeline (read back against its `blake3`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn write_payload(
     index: &BlockIndex,
@@ -956,12 +955,12 @@ pub(crate) fn write_payload(
     slot: Slot,
     rep: &mut dyn Reporter,
 ) -> Result<DeltaStats> {
-    let sha256 = entry.sha256.to_string();
+    let whole = entry.blake3.to_string();
     let ((), stats) = with_assembler(index, entry, seeds, bundle, payload_offset, |asm| {
         copy::copy_blocks(
             &mut || asm.next_bytes(),
             index.size(),
-            &sha256,
+            &whole,
             dev,
             slot,
             Step::WriteSystem,
@@ -973,7 +972,7 @@ pub(crate) fn write_payload(
 }
 
 /// Builds payload `index` in memory (the loader: small, written to the ESP
-/// as one file) and checks its SHA-256.
+/// as one file) and checks its BLAKE3.
 pub(crate) fn assemble_in_memory(
     index: &BlockIndex,
     entry: &PayloadEntry,
@@ -982,7 +981,6 @@ pub(crate) fn assemble_in_memory(
     seeds: &mut [Seed<'_>],
     rep: &mut dyn Reporter,
 ) -> Result<(Vec<u8>, DeltaStats)> {
-    use sha2::Digest as _;
     let _ = rep;
     let (out, stats) = with_assembler(index, entry, seeds, bundle, payload_offset, |asm| {
         let mut out = Vec::with_capacity(index.size() as usize);
@@ -991,7 +989,7 @@ pub(crate) fn assemble_in_memory(
         }
         Ok(out)
     })?;
-    if sha2::Sha256::digest(&out)[..] != entry.sha256.0[..] {
+    if abkit_bundle::manifest::content_hash(&out) != entry.blake3 {
         return Err(abkit_bundle::Error::PayloadHashMismatch {
             payload: index.payload().to_owned(),
         }
@@ -1104,7 +1102,7 @@ mod tests {
     /// an index of `pattern.len()` 4 KiB blocks, on two fetchers.
     fn batches_of(pattern: &[u8]) -> Vec<Vec<(usize, usize)>> {
         let manifest_json = format!(
-            r#"{{"compatible":"t","version":"1.0.0","created":0,"chunk_size":1048576,"block_size":4096,"payloads":[{{"name":"system","size":{size},"sha256":"{z}","compression":"none","stored_size":{size},"chunks":[{chunks}],"index":{{"size":{isize},"blake3":"{b}"}}}}]}}"#,
+            r#"{{"compatible":"t","version":"1.0.0","created":0,"chunk_size":1048576,"block_size":4096,"payloads":[{{"name":"system","size":{size},"blake3":"{z}","compression":"none","stored_size":{size},"chunks":[{chunks}],"index":{{"size":{isize},"blake3":"{b}"}}}}]}}"#,
             size = pattern.len() * 4096,
             z = "0".repeat(64),
             chunks =

@@ -73,7 +73,7 @@ fn scratch_parent(output: &Path, block_device: bool) -> PathBuf {
 
 /// Streams a payload's verified bytes into a new file at `path` through
 /// the copy pipeline (all-zero 4 KiB blocks left as holes, every block read
-/// back as written), and checks its size and SHA-256.
+/// back as written), and checks its size and BLAKE3.
 fn extract<R: Read>(
     p: &mut PayloadReader<'_, R>,
     path: &Path,
@@ -94,7 +94,7 @@ fn extract<R: Read>(
     Ok(())
 }
 
-/// Checks the first `size` bytes of slot A against the expected SHA-256,
+/// Checks the first `size` bytes of slot A against the expected BLAKE3,
 /// with the read-back hash an install's callers share (`crate::copy`).
 fn check_slot_a(disk: &DiskImage, size: u64, expected: &str, rep: &mut dyn Reporter) -> Result<()> {
     let range = disk.slot_range(Slot::A);
@@ -107,7 +107,7 @@ fn check_slot_a(disk: &DiskImage, size: u64, expected: &str, rep: &mut dyn Repor
         size: range.end - range.start,
     };
     dev.drop_cache();
-    copy::check_sha256(&mut dev, size, expected, Slot::A, rep)
+    copy::check_blake3(&mut dev, size, expected, Slot::A, rep)
 }
 
 /// Refuses an output that is the bundle itself, before anything is written.
@@ -255,7 +255,7 @@ pub fn build_from_bundle(
     let system = Payload::System.entry(&manifest)?;
     let disk = DiskImage::open(&built)?;
     step(rep, Step::CheckSystem, "reading slot A back");
-    check_slot_a(&disk, system.size, &system.sha256.to_string(), rep)?;
+    check_slot_a(&disk, system.size, &system.blake3.to_string(), rep)?;
     let mut record = SlotRecord::for_bundle(&manifest, signed_sha256, SlotState::Installed);
     let esp = if options.seed.is_some() {
         record.installed_at = Some(manifest.created);

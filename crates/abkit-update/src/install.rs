@@ -41,7 +41,8 @@ pub struct InstallReport {
     pub compatible: String,
     /// The entry BootNext now points at.
     pub boot_next: u16,
-    pub system_sha256: String,
+    /// BLAKE3 of the system payload (the manifest's `blake3`), hex.
+    pub system_blake3: String,
     /// Bytes fetched and reused, and whether it was a delta install.
     #[serde(flatten)]
     pub transfer: Transfer,
@@ -163,7 +164,7 @@ pub fn install(
 /// against the signed block index before it is written (`crate::delta`).
 /// The checks, the order of changes and the report are those of
 /// [`install`]. A compressed payload is fetched by whole zstd frames,
-/// each checked by its stored chunks' SHA-256 before it is decompressed.
+/// each checked by its stored chunks' BLAKE3 before it is decompressed.
 pub fn install_delta(
     m: &mut dyn Machine,
     bundle: &mut dyn ByteRanges,
@@ -502,7 +503,7 @@ fn finish_install(
         version: manifest.version.to_string(),
         compatible: manifest.compatible.clone(),
         boot_next: entry,
-        system_sha256: prep.system.sha256.to_string(),
+        system_blake3: prep.system.blake3.to_string(),
         transfer,
     })
 }

@@ -49,8 +49,18 @@ pub struct SlotRecord {
     /// as the signatures cover them): names the bundle exactly.
     pub bundle_sha256: Option<String>,
     pub system_size: Option<u64>,
+    /// BLAKE3 of the system payload (the manifest's `blake3`, bundle
+    /// format 3).
+    pub system_blake3: Option<String>,
+    /// SHA-256 of the system payload, as abkit wrote it before bundle
+    /// format 3 (issue 14): read and kept, so a record written by an older
+    /// version loses nothing when it is rewritten; never set for a new
+    /// install.
     pub system_sha256: Option<String>,
     pub verity_root_hash: Option<String>,
+    /// BLAKE3 of the efi payload (bundle format 3).
+    pub efi_blake3: Option<String>,
+    /// SHA-256 of the efi payload, from before format 3 (see `system_sha256`).
     pub efi_sha256: Option<String>,
     /// Seconds since the Unix epoch.
     pub installed_at: Option<u64>,
@@ -90,8 +100,10 @@ impl SlotRecord {
             version: None,
             bundle_sha256: None,
             system_size: None,
+            system_blake3: None,
             system_sha256: None,
             verity_root_hash: None,
+            efi_blake3: None,
             efi_sha256: None,
             installed_at: None,
             good_at: None,
@@ -114,13 +126,15 @@ impl SlotRecord {
             version: Some(manifest.version.clone()),
             bundle_sha256: Some(hex::encode(signed_sha256)),
             system_size: system.map(|p| p.size),
-            system_sha256: system.map(|p| p.sha256.to_string()),
+            system_blake3: system.map(|p| p.blake3.to_string()),
+            system_sha256: None,
             verity_root_hash: system
                 .and_then(|p| p.verity.as_ref())
                 .map(|v| v.root_hash.to_string()),
-            efi_sha256: manifest
+            efi_blake3: manifest
                 .payload(Payload::Efi.name())
-                .map(|p| p.sha256.to_string()),
+                .map(|p| p.blake3.to_string()),
+            efi_sha256: None,
             installed_at: Some(now()),
             good_at: None,
             health: None,
@@ -220,4 +234,37 @@ pub fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record as abkit wrote it before bundle format 3 (SHA-256 payload
+    /// hashes) still reads, and keeps those hashes when written again.
+    #[test]
+    fn a_record_from_before_format_3_reads_and_keeps_its_sha256() {
+        let old = r#"{"state":"good","compatible":"demo-os","version":"1.1.0","bundle_sha256":"aa","system_size":4096,"system_sha256":"bb","verity_root_hash":"cc","efi_sha256":"dd","installed_at":1,"good_at":2}"#;
+        let record: SlotRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.state, SlotState::Good);
+        assert_eq!(record.version, Some("1.1.0".parse().unwrap()));
+        assert_eq!(record.system_sha256.as_deref(), Some("bb"));
+        assert_eq!(record.efi_sha256.as_deref(), Some("dd"));
+        assert_eq!((&record.system_blake3, &record.efi_blake3), (&None, &None));
+        let again: serde_json::Value =
+            serde_json::from_slice(&serde_json::to_vec(&record).unwrap()).unwrap();
+        assert_eq!(
+            again,
+            serde_json::from_str::<serde_json::Value>(old).unwrap()
+        );
+    }
+
+    /// A new record names its payloads by BLAKE3 only.
+    #[test]
+    fn a_new_record_has_blake3_and_no_sha256() {
+        let mut record = SlotRecord::bare(SlotState::Installed);
+        record.system_blake3 = Some("ee".into());
+        let json = serde_json::to_string(&record).unwrap();
+        assert_eq!(json, r#"{"state":"installed","system_blake3":"ee"}"#);
+    }
 }

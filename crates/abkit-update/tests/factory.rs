@@ -148,13 +148,14 @@ fn slot_a_holds_what_an_install_of_the_bundle_writes_and_says_so() {
     assert_eq!(record.bundle_sha256, Some(hex::encode(signed)));
     assert_eq!(record.system_size, Some(system.len() as u64));
     assert_eq!(
-        record.system_sha256,
-        Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(system)))
+        record.system_blake3,
+        Some(blake3::hash(system).to_hex().to_string())
     );
     assert_eq!(
-        record.efi_sha256,
-        Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(efi)))
+        record.efi_blake3,
+        Some(blake3::hash(efi).to_hex().to_string())
     );
+    assert_eq!((&record.system_sha256, &record.efi_sha256), (&None, &None));
     assert!(record.verity_root_hash.is_some());
     assert_eq!(record.installed_at, Some(manifest.created), "seeded build");
     assert_eq!(

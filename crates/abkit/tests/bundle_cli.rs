@@ -156,7 +156,10 @@ fn create_verify_inspect_extract_round_trip() {
         ]);
         assert!(o.status.success(), "{:?}", text(&o));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        assert_eq!(v["format_version"], 2);
+        assert_eq!(v["format_version"], 3);
+        let payload = &v["manifest"]["payloads"][0];
+        assert_eq!(payload["blake3"].as_str().map(str::len), Some(64), "{v}");
+        assert!(payload.get("sha256").is_none(), "{v}");
         assert_eq!(v["manifest"]["compatible"], "demo-os");
         assert_eq!(v["manifest"]["version"], "1.2.0");
         assert_eq!(v["signatures"][0]["status"], "valid");
@@ -565,7 +568,7 @@ fn json_failures_are_a_json_error_object_with_a_stable_code() {
     std::fs::write(s.p("bad.abb"), &bad).unwrap();
     // A 16 MB manifest in an unsigned head: refused from the header alone.
     let mut huge = b"ABKITBDL".to_vec();
-    huge.extend_from_slice(&2u32.to_le_bytes());
+    huge.extend_from_slice(&3u32.to_le_bytes());
     huge.extend_from_slice(&0u32.to_le_bytes());
     huge.extend_from_slice(&(16_000_000u64).to_le_bytes());
     huge.extend_from_slice(&[0; 8]);
@@ -627,4 +630,43 @@ fn json_failures_are_a_json_error_object_with_a_stable_code() {
     let o = abkit(&["bundle", "inspect", &s.s("b.abb"), "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["ok"], true);
+}
+
+/// A real bundle of format 2 (SHA-256 chunk hashes), made by abkit before
+/// bundle format 3 (`tests/fixtures/format2.abb`, signed by
+/// `format2.pub`): every command that reads it refuses it as
+/// `old-format-version` and says to rebuild it; `extract` creates nothing.
+#[test]
+fn a_format_2_bundle_is_refused_as_old_format_version() {
+    let s = Setup::new();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let old = fixtures.join("format2.abb");
+    let old = old.to_str().unwrap();
+    std::fs::create_dir(s.p("old-ring")).unwrap();
+    std::fs::copy(fixtures.join("format2.pub"), s.p("old-ring/old.pub")).unwrap();
+    let out = s.s("out");
+    let cases: [&[&str]; 4] = [
+        &["verify", old, "--keyring", &s.s("old-ring"), "--json"],
+        &["inspect", old, "--json"],
+        &["inspect", old, "--keyring", &s.s("old-ring"), "--json"],
+        &["extract", old, "--keyring", &s.s("old-ring"), "--out", &out],
+    ];
+    for args in cases {
+        let mut full = vec!["bundle"];
+        full.extend_from_slice(args);
+        let o = abkit(&full);
+        let (stdout, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {stdout}{stderr}");
+        assert!(
+            stderr.contains("[old-format-version]"),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains("rebuild the bundle"), "{args:?}: {stderr}");
+        if stdout.is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(v["error"]["code"], "old-format-version", "{args:?}");
+    }
+    assert!(!s.p("out").exists());
 }

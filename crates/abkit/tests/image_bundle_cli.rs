@@ -159,15 +159,12 @@ fn a_disk_built_from_a_bundle_is_an_installed_slot_a_the_engine_updates() {
         .unwrap();
     let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(record, built["slot_a"]);
-    let out = Command::new("sha256sum")
-        .arg(w.p("payloads/system"))
-        .output()
-        .unwrap();
-    let sum = String::from_utf8_lossy(&out.stdout);
+    let system = std::fs::read(w.p("payloads/system")).unwrap();
     assert_eq!(
-        record["system_sha256"].as_str(),
-        sum.split_whitespace().next()
+        record["system_blake3"].as_str(),
+        Some(blake3::hash(&system).to_hex().as_str())
     );
+    assert!(record.get("system_sha256").is_none(), "{record}");
 
     // inspect shows slot A's bundle; slot B has no record.
     let report = json(&w.abkit(&["image", "inspect", "--json", "disk.img"]));
@@ -233,7 +230,7 @@ fn bad_bundles_are_refused_by_name_and_leave_no_file() {
         (
             "flipped.abb",
             "keyring",
-            "SHA-256 does not match the manifest",
+            "BLAKE3 does not match the manifest",
         ),
         ("truncated.abb", "keyring", "bundle is truncated"),
     ];

@@ -159,6 +159,23 @@ fn bad_inputs_are_named_and_change_nothing() {
         "a rejected bundle changed the machine"
     );
 
+    // A real bundle of format 2 (SHA-256 chunk hashes, abkit before bundle
+    // format 3): refused by name, with the way out, and nothing changed.
+    let old = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/format2.abb");
+    let out = w.on(
+        "a",
+        &["install", old, "--keyring", &w.s("keyring"), "--json"],
+    );
+    assert!(!out.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["error"]["code"], "old-format-version", "{doc}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rebuild the bundle"), "{err}");
+    assert!(
+        snapshot() == before,
+        "a format 2 bundle changed the machine"
+    );
+
     // A keyring that does not exist.
     let out = w.on("a", &["install", &y, "--keyring", "/nonexistent/keys"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/keys"));

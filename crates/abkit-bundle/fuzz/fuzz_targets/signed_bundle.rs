@@ -2,7 +2,7 @@
 //! input is `manifest length (u16 LE) || manifest || payload bytes`. Drives
 //! manifest validation, chunk verification and zstd decoding past the
 //! signature check, and asserts that a payload read to a verified end has the
-//! signed size and SHA-256.
+//! signed size and BLAKE3 (bundle format 3).
 #![no_main]
 
 use std::io::Read;
@@ -36,7 +36,9 @@ fuzz_target!(|data: &[u8]| {
         let entry = &entries[index];
         assert_eq!(bytes.len() as u64, entry.size, "verified EOF with the wrong size");
         let digest = payload.finish().expect("finish after verified EOF");
-        assert_eq!(digest, entry.sha256.0);
+        assert_eq!(digest, entry.blake3.0);
+        let hash = abkit_bundle::manifest::content_hash(&bytes);
+        assert_eq!(digest, hash.0, "the digest is the BLAKE3 of the bytes");
         index += 1;
     }
 });

@@ -507,7 +507,7 @@ fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     if a.json {
         let payloads: Vec<_> = digests
             .iter()
-            .map(|(name, d)| serde_json::json!({"name": name, "sha256": hex::encode(d)}))
+            .map(|(name, d)| serde_json::json!({"name": name, "blake3": hex::encode(d)}))
             .collect();
         let doc = serde_json::json!({
             "ok": true,
@@ -524,7 +524,7 @@ fn verify(a: VerifyArgs) -> anyhow::Result<()> {
             manifest.compatible, manifest.version
         );
         for (name, d) in &digests {
-            println!("  {name}: sha256 {}", hex::encode(d));
+            println!("  {name}: blake3 {}", hex::encode(d));
         }
         if let Some(root) = &uki_root {
             println!("  root hash: {root} (UKI command line = system payload's verity root)");
@@ -661,12 +661,12 @@ fn print_payloads(m: &Manifest) {
             Compression::Zstd => "zstd",
         };
         println!(
-            "  {}: {} bytes ({} stored, {compression}, {} chunks) sha256 {}",
+            "  {}: {} bytes ({} stored, {compression}, {} chunks) blake3 {}",
             p.name,
             p.size,
             p.stored_size,
             p.chunks.len(),
-            p.sha256
+            p.blake3
         );
         if let Some(v) = &p.verity {
             println!(
