@@ -344,14 +344,16 @@ impl Pool {
             home,
         }
     }
-    /// A spare buffer (empty), or a new one.
-    fn take(&self) -> Vec<u8> {
+    /// A buffer of `len` bytes: a spare one (its old bytes left in it,
+    /// not zeroed again: whoever takes it overwrites all of them), or a
+    /// new one.
+    fn take(&self, len: usize) -> Vec<u8> {
         let mut buf = self
             .spare
             .lock()
             .map(|s| s.try_recv().unwrap_or_default())
             .unwrap_or_default();
-        buf.clear();
+        buf.resize(len, 0);
         buf
     }
 }
@@ -412,8 +414,7 @@ fn scan_seeds(
             let mut at = 0u64;
             while at < len && !scan.stop.load(Ordering::Relaxed) {
                 let n = (len - at).min(read as u64) as usize;
-                let mut buf = pool.take();
-                buf.resize(n, 0);
+                let mut buf = pool.take(n);
                 if let Err(e) = seed.read_at(at, &mut buf) {
                     return fail(e);
                 }
@@ -838,7 +839,8 @@ impl Assembler<'_, '_> {
             + self.index.block_len(last - 1);
         let (mut out, own) = match self.piece_at(self.index.block_offset(first)) {
             Some(Piece { bytes, own, .. }) => (bytes, own),
-            None => (self.pool.take(), Vec::new()),
+            // Every block of `out` is overwritten below.
+            None => (self.pool.take(size), Vec::new()),
         };
         out.resize(size, 0);
         let own = |i: usize| own.get(i - first).copied().unwrap_or(false);
