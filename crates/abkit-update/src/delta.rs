@@ -9,10 +9,12 @@
 //! same hash, anywhere; else the block at its own offset in the target
 //! slot: its old contents, or what an interrupted install wrote, which is
 //! how a rerun resumes; else the bundle) and hands missing runs to the
-//! fetch threads at once; the assembler writes as decisions arrive. Every
-//! block, reused or fetched, is checked against the index before it goes
-//! into the slot (I7); the slot is then read back against the payload's
-//! SHA-256 as in a full install (`crate::copy`).
+//! fetch threads at once; the assembler writes as decisions arrive, each
+//! write block being the scanner's read of the same bytes, so that a block
+//! still at its own offset is read and hashed once. Every block, reused or
+//! fetched, is checked against the index before it goes into the slot
+//! (I7); the slot is then read back against the payload's SHA-256
+//! (`crate::copy`).
 
 use abkit_bundle::format::{HEADER_LEN, Header};
 use abkit_bundle::index::block_hash;
@@ -259,10 +261,10 @@ impl<'a> Wanted<'a> {
 
 /// Pieces of the running slot (each [`WRITE_BLOCK`] bytes) queued,
 /// hashed, ahead of the writer: the planner decides one piece less than
-/// this ahead of the writer, so a block moved backwards by more than that
-/// is fetched instead of found (one moved forwards is found, its old
-/// place being scanned first), and fetches start that far ahead of the
-/// writer: 3 MiB, about 5 ms of the writer here, a loopback request
+/// this ahead of the writer, so a block whose old place is further than
+/// that after its new one is fetched instead of found (one whose old
+/// place is before its new one is found: scanned first), and fetches
+/// start that far ahead of the writer: 3 MiB, about 5 ms of the writer here, a loopback request
 /// takes about 1 ms. The pieces cost 4 MiB of memory.
 const PIECES_AHEAD: usize = 4;
 
