@@ -9,10 +9,12 @@
 //! same hash, anywhere; else the block at its own offset in the target
 //! slot: its old contents, or what an interrupted install wrote, which is
 //! how a rerun resumes; else the bundle) and hands missing runs to the
-//! fetch threads at once; the assembler writes as decisions arrive. Every
-//! block, reused or fetched, is checked against the index before it goes
-//! into the slot (I7); the slot is then read back against the payload's
-//! BLAKE3 (the manifest's `blake3`) as in a full install (`crate::copy`).
+//! fetch threads at once; the assembler writes as decisions arrive, each
+//! write block being the scanner's read of the same bytes, so that a block
+//! still at its own offset is read and hashed once. Every block, reused or
+//! fetched, is checked against the index before it goes into the slot
+//! (I7); the slot is then read back against the payload's BLAKE3 (the
+//! manifest's `blake3`) as in a full install (`crate::copy`).
 
 use abkit_bundle::format::{HEADER_LEN, Header};
 use abkit_bundle::index::block_hash;
@@ -166,23 +168,33 @@ pub struct Seed<'a> {
     pub scan: u64,
 }
 
-/// The first 8 bytes of a BLAKE3 digest: already uniform.
-fn prefix(hash: &[u8; 32]) -> u64 {
-    u64::from_le_bytes(hash[..8].try_into().unwrap_or_default())
+/// Buckets of [`Wanted::buckets`]: one per value of a hash's first two
+/// bytes (BLAKE3 digests are uniform).
+const BUCKETS: usize = 1 << 16;
+
+fn bucket_of(hash: &[u8; 32]) -> usize {
+    usize::from(u16::from_be_bytes([hash[0], hash[1]]))
 }
 
-/// The distinct block hashes of an index, sorted by their first 8 bytes,
-/// each with the first block that has it and where a seed holds it: a
-/// sorted table instead of a hash map (16 + 8 bytes per block, not about
-/// 100: issue 14 wants installs in 16 MiB). Filled by the scanner while
-/// the planner reads it.
+/// The distinct block hashes of an index, as the first block that has
+/// each, sorted by hash and bucketed by its first two bytes, with where a
+/// seed holds it: a sorted table instead of a hash map (4 + 8 bytes per
+/// block, not about 100: issue 14 wants installs in 16 MiB). Filled by
+/// the scanner while the planner reads it.
 struct Wanted<'a> {
     index: &'a BlockIndex,
-    /// (prefix, first block with this hash), sorted, one per hash.
-    hashes: Vec<(u64, u32)>,
+    /// The first block with each hash, sorted by hash, one per hash.
+    hashes: Vec<u32>,
     /// Where a seed holds each of `hashes` ([`Source::encode`]), 0 until
     /// found.
     found: Vec<AtomicU64>,
+    /// `hashes[buckets[t]..buckets[t + 1]]` are the hashes whose first two
+    /// bytes are `t`: a lookup compares a few hashes instead of searching
+    /// the whole table (256 KiB).
+    buckets: Vec<u32>,
+    /// Bit `i`: the aligned seed (the running slot) holds block `i` at its
+    /// own offset, as the scanner found; the planner needs no lookup.
+    own: Vec<AtomicU64>,
 }
 
 impl Source {
@@ -197,30 +209,47 @@ impl Source {
 
 impl<'a> Wanted<'a> {
     fn new(index: &'a BlockIndex) -> Wanted<'a> {
-        let mut hashes: Vec<(u64, u32)> = (0..index.len())
-            .map(|i| (prefix(index.hash(i)), i as u32))
-            .collect();
-        hashes.sort_unstable_by(|a, b| {
-            (a.0, index.hash(a.1 as usize), a.1).cmp(&(b.0, index.hash(b.1 as usize), b.1))
-        });
-        hashes.dedup_by(|b, a| index.hash(a.1 as usize) == index.hash(b.1 as usize));
+        let hash = |b: u32| index.hash(b as usize);
+        let mut hashes: Vec<u32> = (0..index.len() as u32).collect();
+        hashes.sort_unstable_by(|&a, &b| (hash(a), a).cmp(&(hash(b), b)));
+        hashes.dedup_by(|b, a| hash(*a) == hash(*b));
         let found = (0..hashes.len()).map(|_| AtomicU64::new(0)).collect();
+        let mut buckets = Vec::with_capacity(BUCKETS + 1);
+        let mut e = 0;
+        for t in 0..=BUCKETS {
+            while e < hashes.len() && bucket_of(hash(hashes[e])) < t {
+                e += 1;
+            }
+            buckets.push(e as u32);
+        }
+        let own = (0..index.len().div_ceil(64))
+            .map(|_| AtomicU64::new(0))
+            .collect();
         Wanted {
             index,
             hashes,
             found,
+            buckets,
+            own,
         }
     }
 
     /// The entry of `hash`, if the index has it.
     fn position(&self, hash: &[u8; 32]) -> Option<usize> {
-        let p = prefix(hash);
-        let from = self.hashes.partition_point(|e| e.0 < p);
-        self.hashes[from..]
+        let t = bucket_of(hash);
+        let (lo, hi) = (self.buckets[t] as usize, self.buckets[t + 1] as usize);
+        self.hashes[lo..hi]
             .iter()
-            .take_while(|e| e.0 == p)
-            .position(|e| self.index.hash(e.1 as usize) == hash)
-            .map(|k| from + k)
+            .position(|&b| self.index.hash(b as usize) == hash)
+            .map(|k| lo + k)
+    }
+
+    fn set_own(&self, i: usize) {
+        self.own[i / 64].fetch_or(1 << (i % 64), Ordering::Release);
+    }
+
+    fn is_own(&self, i: usize) -> bool {
+        self.own[i / 64].load(Ordering::Acquire) & (1 << (i % 64)) != 0
     }
 
     /// Where a scanned seed holds block `i`'s bytes, if found so far.
@@ -230,13 +259,14 @@ impl<'a> Wanted<'a> {
     }
 }
 
-/// Size of the reads that hash a seed (the running slot).
-const SCAN_READ: usize = 1 << 20;
-/// How far the scan of the running slot runs ahead of the block being
-/// planned: a block moved by less than this (in either direction) is
-/// found before it would be fetched. The scan is about 3x faster than the
-/// slot writer, so it gets ahead quickly.
-const SCAN_LEAD: u64 = 32 << 20;
+/// Pieces of the running slot (each [`WRITE_BLOCK`] bytes) queued,
+/// hashed, ahead of the writer: the planner decides one piece less than
+/// this ahead of the writer, so a block whose old place is further than
+/// that after its new one is fetched instead of found (one whose old
+/// place is before its new one is found: scanned first), and fetches
+/// start that far ahead of the writer: 3 MiB, about 5 ms of the writer here, a loopback request
+/// takes about 1 ms. The pieces cost 4 MiB of memory.
+const PIECES_AHEAD: usize = 4;
 
 /// A seed as the scanner, the planner and the assembler share it.
 struct SharedSeed<'a> {
@@ -288,65 +318,177 @@ impl Scan {
     }
 }
 
-/// The scanner: hashes every block of the seeds that have a `scan` length
-/// (the running slot, the running loader), on two cores, and records in
-/// `wanted` where each block the new payload needs was found first.
-fn scan_seeds(index: &BlockIndex, wanted: &Wanted<'_>, seeds: &[SharedSeed<'_>], scan: &Scan) {
-    let bs = index.block_size() as usize;
-    let mut buf = vec![0u8; SCAN_READ];
-    for (k, seed) in seeds.iter().enumerate() {
-        let len = seed.scan.min(seed.dev.lock().map_or(0, |d| d.size())) / bs as u64 * bs as u64;
-        let mut at = 0u64;
-        while at < len && !scan.stop.load(Ordering::Relaxed) {
-            let n = (len - at).min(SCAN_READ as u64) as usize;
-            if let Err(e) = seed.read_at(at, &mut buf[..n]) {
-                scan.set(|s| {
-                    s.error = Some(e);
-                    s.done = true;
-                });
-                return;
-            }
-            // Hashed on two cores: the second half on a thread of its own.
-            let blocks = n / bs;
-            let (first, second) = buf[..blocks * bs].split_at(blocks / 2 * bs);
-            let hash_all =
-                |part: &[u8]| -> Vec<[u8; 32]> { part.chunks_exact(bs).map(block_hash).collect() };
-            let (a, b) = std::thread::scope(|scope| {
-                let other = scope.spawn(|| hash_all(second));
-                let mine = hash_all(first);
-                (mine, other.join())
-            });
-            let Ok(b) = b else {
-                scan.set(|s| {
-                    s.error = Some(UpdateError::io("hash a seed")(std::io::Error::other(
-                        "a hashing thread panicked",
-                    )));
-                    s.done = true;
-                });
-                return;
-            };
-            let first_block = at / bs as u64;
-            for (j, hash) in a.iter().chain(&b).enumerate() {
-                if let Some(e) = wanted.position(hash) {
-                    // Blocks of seeds beyond 16 TiB are not looked for.
-                    if let Ok(block) = u32::try_from(first_block + j as u64) {
-                        let _ = wanted.found[e].compare_exchange(
-                            0,
-                            Source::encode(k as u8, block),
-                            Ordering::AcqRel,
-                            Ordering::Relaxed,
-                        );
-                    }
-                }
-            }
-            at += n as u64;
-            scan.set(|s| {
-                s.seed = k;
-                s.at = at;
-            });
+/// A read of the aligned seed (the running slot: its block `j` is where
+/// the new payload's block `j` would be) as the scanner hashed it, handed
+/// to the assembler so that a block still at its own offset is read and
+/// hashed once: the bytes written are the very bytes hashed (I7).
+struct Piece {
+    /// Byte offset in the seed, and so in the payload.
+    at: u64,
+    bytes: Vec<u8>,
+    /// `own[j]`: block `j` of the piece hashed to the index's hash of the
+    /// block at the same offset.
+    own: Vec<bool>,
+}
+
+/// Buffers of one piece or write block, going round between the scanner,
+/// the assembler and the slot writer instead of being allocated anew.
+struct Pool {
+    spare: Mutex<std::sync::mpsc::Receiver<Vec<u8>>>,
+    home: std::sync::mpsc::Sender<Vec<u8>>,
+}
+
+impl Pool {
+    fn new() -> Pool {
+        let (home, spare) = std::sync::mpsc::channel();
+        Pool {
+            spare: Mutex::new(spare),
+            home,
         }
     }
-    scan.set(|s| s.done = true);
+    /// A buffer of `len` bytes: a spare one (its old bytes left in it,
+    /// not zeroed again: whoever takes it overwrites all of them), or a
+    /// new one.
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut buf = self
+            .spare
+            .lock()
+            .map(|s| s.try_recv().unwrap_or_default())
+            .unwrap_or_default();
+        buf.resize(len, 0);
+        buf
+    }
+}
+
+/// Blocks per piece and per write block: pieces and write blocks cover
+/// the same bytes, so a piece becomes a write block without a copy.
+fn blocks_per_write(index: &BlockIndex) -> usize {
+    (WRITE_BLOCK / index.block_size() as usize).max(1)
+}
+
+/// The scanner: hashes every block of the seeds that have a `scan` length
+/// (the running slot, the running loader), on two cores (its own and one
+/// helper thread, started once), and records in `wanted` where each block
+/// the new payload needs was found first. Reads of the seed `aligned`
+/// inside the payload go on to the assembler as [`Piece`]s through
+/// `pieces`, whose bound keeps the scan at most [`PIECES_AHEAD`] pieces
+/// ahead of the writer.
+fn scan_seeds(
+    index: &BlockIndex,
+    wanted: &Wanted<'_>,
+    seeds: &[SharedSeed<'_>],
+    scan: &Scan,
+    aligned: Option<(usize, std::sync::mpsc::SyncSender<Piece>)>,
+    pool: &Pool,
+) {
+    let bs = index.block_size() as usize;
+    let read = blocks_per_write(index) * bs;
+    let fail = |e: UpdateError| {
+        scan.set(|s| {
+            s.error = Some(e);
+            s.done = true;
+        });
+    };
+    std::thread::scope(|scope| {
+        // The helper hashes the second half of each read; it drops its
+        // share of the buffer before it answers, so the scanner owns the
+        // buffer again once the hashes are back.
+        let (to_helper, jobs) = std::sync::mpsc::channel::<(std::sync::Arc<Vec<u8>>, usize)>();
+        let (answer, answers) = std::sync::mpsc::channel::<Vec<[u8; 32]>>();
+        let helper = std::thread::Builder::new()
+            .name("abkit-delta-hash".into())
+            .spawn_scoped(scope, move || {
+                for (buf, from) in jobs {
+                    let hashes = buf[from..].chunks_exact(bs).map(block_hash).collect();
+                    drop(buf);
+                    if answer.send(hashes).is_err() {
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = helper {
+            return fail(UpdateError::io("start a delta thread")(e));
+        }
+        let mut aligned = aligned;
+        for (k, seed) in seeds.iter().enumerate() {
+            let len =
+                seed.scan.min(seed.dev.lock().map_or(0, |d| d.size())) / bs as u64 * bs as u64;
+            let mut at = 0u64;
+            while at < len && !scan.stop.load(Ordering::Relaxed) {
+                let n = (len - at).min(read as u64) as usize;
+                let mut buf = pool.take(n);
+                if let Err(e) = seed.read_at(at, &mut buf) {
+                    return fail(e);
+                }
+                let blocks = n / bs;
+                let half = blocks / 2 * bs;
+                let shared = std::sync::Arc::new(buf);
+                let sent = to_helper.send((shared.clone(), half)).is_ok();
+                let mut hashes: Vec<[u8; 32]> =
+                    shared[..half].chunks_exact(bs).map(block_hash).collect();
+                let theirs = if sent { answers.recv().ok() } else { None };
+                let (Some(theirs), Ok(buf)) = (theirs, std::sync::Arc::try_unwrap(shared)) else {
+                    return fail(UpdateError::io("hash a seed")(std::io::Error::other(
+                        "the hashing thread stopped",
+                    )));
+                };
+                hashes.extend(theirs);
+                let first_block = at / bs as u64;
+                for (j, hash) in hashes.iter().enumerate() {
+                    if let Some(e) = wanted.position(hash) {
+                        // Blocks of seeds beyond 16 TiB are not looked for.
+                        if let Ok(block) = u32::try_from(first_block + j as u64) {
+                            let _ = wanted.found[e].compare_exchange(
+                                0,
+                                Source::encode(k as u8, block),
+                                Ordering::AcqRel,
+                                Ordering::Relaxed,
+                            );
+                        }
+                    }
+                }
+                let is_aligned = aligned.as_ref().is_some_and(|(a, _)| *a == k);
+                let own: Vec<bool> = hashes
+                    .iter()
+                    .enumerate()
+                    .map(|(j, hash)| {
+                        let b = first_block as usize + j;
+                        is_aligned
+                            && b < index.len()
+                            && index.block_len(b) == bs
+                            && index.hash(b) == hash
+                    })
+                    .collect();
+                for (j, _) in own.iter().enumerate().filter(|(_, o)| **o) {
+                    wanted.set_own(first_block as usize + j);
+                }
+                let piece_at = at;
+                at += n as u64;
+                scan.set(|s| {
+                    s.seed = k;
+                    s.at = at;
+                });
+                if let Some((_, to_assembler)) = &aligned
+                    && is_aligned
+                    && piece_at < index.size()
+                {
+                    let piece = Piece {
+                        at: piece_at,
+                        bytes: buf,
+                        own,
+                    };
+                    // The assembler gone: the build ended, the scan stops.
+                    if to_assembler.send(piece).is_err() {
+                        aligned = None;
+                    }
+                } else {
+                    let _ = pool.home.send(buf);
+                }
+            }
+        }
+        drop(aligned);
+        scan.set(|s| s.done = true);
+    });
 }
 
 /// Decisions for the assembler, a chunk at a time, in block order.
@@ -354,7 +496,7 @@ type Decisions = std::sync::mpsc::Sender<Result<Vec<Source>>>;
 
 /// The planner: decides, block by block in order, where each block of the
 /// new payload comes from — a seed block with the same BLAKE3 (found by
-/// the scanner, which runs [`SCAN_LEAD`] ahead), else the block at the
+/// the scanner, which runs [`PIECES_AHEAD`] pieces ahead), else the block at the
 /// same offset of any seed (a short last block, the target's old
 /// contents, what an interrupted install wrote), else the bundle — and
 /// hands the missing blocks, as merged runs in batches, to the fetchers
@@ -371,6 +513,15 @@ fn plan(
 ) {
     let bs = index.block_size() as usize;
     let last_scanned = seeds.iter().rposition(|s| s.scan > 0);
+    // The seed whose blocks the scanner marks when found at their own
+    // offset (as in `with_assembler`).
+    let aligned = last_scanned.filter(|_| index.compression() != Compression::Zstd);
+    // Less than the scan gets ahead of the writer: with the writer waiting
+    // for a fetch in write block w, the scan reaches the end of piece
+    // w + PIECES_AHEAD + 1, so the planner decides at least two pieces
+    // past w and closes any run of w (at most BATCH_BYTES + MERGE_GAP
+    // long), which is then sent: no deadlock.
+    let lead = ((PIECES_AHEAD - 1) * blocks_per_write(index) * bs) as u64;
     let mut block = vec![0u8; bs];
     let mut chunk: Vec<Source> = Vec::new();
     let mut runs = Runs::new(index, fetchers);
@@ -378,7 +529,7 @@ fn plan(
     let mut all: Vec<Source> = Vec::new();
     for i in 0..index.len() {
         // Wait until the scan is far enough ahead (or done).
-        let need = index.block_offset(i) + SCAN_LEAD;
+        let need = index.block_offset(i) + lead;
         let ready =
             |s: &ScanState| s.done || (!zstd && Some(s.seed) == last_scanned && s.at >= need);
         if !ready(&scan.lock()) {
@@ -399,7 +550,10 @@ fn plan(
                 return;
             }
         }
-        let mut source = wanted.found(i);
+        let mut source = match aligned {
+            Some(k) if wanted.is_own(i) => Some(Source::Seed(k as u8, i as u32)),
+            _ => wanted.found(i),
+        };
         if source.is_none() {
             let (off, len) = (index.block_offset(i), index.block_len(i));
             for (k, seed) in seeds.iter().enumerate() {
@@ -658,9 +812,12 @@ struct Assembler<'a, 'b> {
     /// One queue per fetch connection; run k arrives on queue k % n.
     runs: Vec<std::sync::mpsc::Receiver<Fetched>>,
     taken: usize,
-    /// Write blocks back from the writer, for reuse.
-    spare: std::sync::mpsc::Receiver<Vec<u8>>,
-    home: std::sync::mpsc::Sender<Vec<u8>>,
+    /// Write blocks back from the writer, for reuse (by the scanner too).
+    pool: &'a Pool,
+    /// The scanner's pieces of the running slot, in order, while it sends
+    /// them, and the next one not yet used.
+    pieces: Option<std::sync::mpsc::Receiver<Piece>>,
+    pending: Option<Piece>,
     next: usize,
     /// The fetched batch being used.
     fetched: Option<Batch>,
@@ -669,23 +826,41 @@ struct Assembler<'a, 'b> {
 
 impl Assembler<'_, '_> {
     /// The next write block of verified bytes, `None` after the last block.
+    /// It is the scanner's piece of the same bytes when there is one: its
+    /// blocks found at their own offset stay as they were hashed, the
+    /// others are overwritten with verified blocks from elsewhere.
     fn next_bytes(&mut self) -> Result<Option<Bytes>> {
         if self.next >= self.index.len() {
             return Ok(None);
         }
         let bs = self.index.block_size() as usize;
-        let mut out = self.spare.try_recv().unwrap_or_default();
-        out.clear();
-        out.reserve(WRITE_BLOCK);
-        while self.next < self.index.len() && out.len() < WRITE_BLOCK {
+        let first = self.next;
+        let last = (first + blocks_per_write(self.index)).min(self.index.len());
+        let size = (self.index.block_offset(last - 1) - self.index.block_offset(first)) as usize
+            + self.index.block_len(last - 1);
+        let (mut out, own) = match self.piece_at(self.index.block_offset(first)) {
+            Some(Piece { bytes, own, .. }) => (bytes, own),
+            // Every block of `out` is overwritten below.
+            None => (self.pool.take(size), Vec::new()),
+        };
+        out.resize(size, 0);
+        let own = |i: usize| own.get(i - first).copied().unwrap_or(false);
+        while self.next < last {
             let i = self.next;
             let len = self.index.block_len(i);
+            let pos = (i - first) * bs;
             if let Some(at) = self.fetched_from(i)
                 && let Some(batch) = &self.fetched
             {
                 let block = &batch.bytes[at..at + len];
                 self.index.check_block(i, block)?;
-                out.extend_from_slice(block);
+                out[pos..pos + len].copy_from_slice(block);
+                self.next += 1;
+                continue;
+            }
+            if own(i) {
+                // Hashed by the scanner in this very buffer.
+                self.stats.bytes_reused += len as u64;
                 self.next += 1;
                 continue;
             }
@@ -695,19 +870,18 @@ impl Assembler<'_, '_> {
                     let off = u64::from(block) * bs as u64;
                     // Consecutive blocks of one seed: one read.
                     let mut n = 1;
-                    while i + n < self.index.len()
-                        && out.len() + (n + 1) * bs <= WRITE_BLOCK
+                    while i + n < last
                         && self.decided(i + n) == Some(Source::Seed(k, block + n as u32))
                         && self.fetched_from(i + n).is_none()
+                        && !own(i + n)
                     {
                         n += 1;
                     }
                     let bytes: usize = (i..i + n).map(|b| self.index.block_len(b)).sum();
-                    let start = out.len();
-                    out.resize(start + bytes, 0);
-                    self.seeds[k as usize].read_at(off, &mut out[start..])?;
+                    let dst = &mut out[pos..pos + bytes];
+                    self.seeds[k as usize].read_at(off, dst)?;
                     // Checked again: what is written is what was read now.
-                    for (j, block) in out[start..].chunks(bs).enumerate() {
+                    for (j, block) in dst.chunks(bs).enumerate() {
                         self.index.check_block(i + j, block)?;
                     }
                     self.stats.bytes_reused += bytes as u64;
@@ -717,8 +891,32 @@ impl Assembler<'_, '_> {
         }
         Ok(Some(Bytes::Recycled {
             buf: out,
-            home: self.home.clone(),
+            home: self.pool.home.clone(),
         }))
+    }
+
+    /// The scanner's piece starting at byte `at`, if it sends one (waiting
+    /// for it: the scan is ahead of the planner, which is ahead of this).
+    fn piece_at(&mut self, at: u64) -> Option<Piece> {
+        loop {
+            if let Some(piece) = self.pending.take() {
+                if piece.at == at {
+                    return Some(piece);
+                }
+                if piece.at > at {
+                    self.pending = Some(piece);
+                    return None;
+                }
+                let _ = self.pool.home.send(piece.bytes);
+            }
+            match self.pieces.as_ref()?.recv() {
+                Ok(piece) => self.pending = Some(piece),
+                Err(_) => {
+                    self.pieces = None;
+                    return None;
+                }
+            }
+        }
     }
 
     /// Where block `i` comes from, waiting for the planner if need be.
@@ -853,6 +1051,7 @@ fn with_assembler<T>(
         })
         .collect();
     let scan = Scan::default();
+    let pool = Pool::new();
     let fetched_before = bundle.bytes_read();
     let requests_before = bundle.requests();
     // A second connection hides the round trip of each request.
@@ -886,11 +1085,23 @@ fn with_assembler<T>(
                     .map_err(&spawn_error)?,
             );
         }
-        let (wanted, shared, scan) = (&wanted, &shared, &scan);
+        let (wanted, shared, scan, pool) = (&wanted, &shared, &scan, &pool);
+        // Pieces of the last seed scanned (the running slot), for blocks
+        // at their own offset; not for zstd payloads, planned only once
+        // the scan is done.
+        let (to_assembler, pieces) = std::sync::mpsc::sync_channel::<Piece>(PIECES_AHEAD);
+        let aligned = shared
+            .iter()
+            .rposition(|s| s.scan > 0)
+            .filter(|_| index.compression() != Compression::Zstd)
+            .map(|k| (k, to_assembler));
+        let pieces = aligned.is_some().then_some(pieces);
         threads.push(
             std::thread::Builder::new()
                 .name("abkit-delta-scan".into())
-                .spawn_scoped(scope, move || scan_seeds(index, wanted, shared, scan))
+                .spawn_scoped(scope, move || {
+                    scan_seeds(index, wanted, shared, scan, aligned, pool);
+                })
                 .map_err(&spawn_error)?,
         );
         let (decided, decisions) = std::sync::mpsc::channel();
@@ -902,7 +1113,6 @@ fn with_assembler<T>(
                 })
                 .map_err(&spawn_error)?,
         );
-        let (home, spare) = std::sync::mpsc::channel();
         let mut asm = Assembler {
             index,
             sources: Vec::with_capacity(index.len()),
@@ -911,8 +1121,9 @@ fn with_assembler<T>(
             seeds: shared,
             runs: queues,
             taken: 0,
-            spare,
-            home,
+            pool,
+            pieces,
+            pending: None,
             next: 0,
             fetched: None,
             stats: DeltaStats::default(),
@@ -924,11 +1135,13 @@ fn with_assembler<T>(
         let Assembler {
             runs,
             decisions,
+            pieces,
             stats,
             ..
         } = asm;
         drop(runs);
         drop(decisions);
+        drop(pieces);
         for t in threads {
             let _ = t.join();
         }
@@ -1142,6 +1355,175 @@ mod tests {
 
     fn blake3_of(bytes: &[u8]) -> [u8; 32] {
         block_hash(bytes)
+    }
+
+    /// Bytes that do not repeat (xorshift), `seed` picks which.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    const MIB: usize = 1 << 20;
+    const BS: usize = 4096;
+
+    /// A slot in memory.
+    struct MemDev(Vec<u8>);
+
+    impl SlotDevice for MemDev {
+        fn size(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn write_at(&mut self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+            let at = offset as usize;
+            self.0[at..at + buf.len()].copy_from_slice(buf);
+            Ok(())
+        }
+        fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            let at = offset as usize;
+            buf.copy_from_slice(&self.0[at..at + buf.len()]);
+            Ok(())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A running slot whose bytes change once the scanner has read them:
+    /// reads of a whole piece (the scanner's) see the old bytes, shorter
+    /// reads (the copy of a block found elsewhere) see them changed.
+    struct ChangingSeed(Vec<u8>);
+
+    impl SlotDevice for ChangingSeed {
+        fn size(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn write_at(&mut self, _: u64, _: &[u8]) -> std::io::Result<()> {
+            Err(std::io::Error::other("read-only"))
+        }
+        fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            let at = offset as usize;
+            buf.copy_from_slice(&self.0[at..at + buf.len()]);
+            if buf.len() != WRITE_BLOCK {
+                buf.iter_mut().for_each(|b| *b ^= 0x5a);
+            }
+            Ok(())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Installs `new` as a delta over `old` (the running slot) into an
+    /// empty slot: the result, the slot and the stats.
+    fn delta_install(old: &mut dyn SlotDevice, new: &[u8]) -> (Result<DeltaStats>, Vec<u8>) {
+        use abkit_bundle::{CreateOptions, PayloadSpec, SecretKey};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("system.img"), new).unwrap();
+        let key = SecretKey::from_seed(&[9; 32]);
+        let ring = Keyring::from_keys(vec![key.public_key()]);
+        let opts = CreateOptions::new("demo-os", "1.1.0".parse().unwrap());
+        let spec = PayloadSpec {
+            name: "system".into(),
+            path: dir.path().join("system.img"),
+            verity: false,
+        };
+        let out = dir.path().join("b.abb");
+        abkit_bundle::create_bundle(&out, &[spec], &opts, &[key], &mut |_| {}).unwrap();
+        let mut src = abkit_fetch::FileRanges {
+            file: std::fs::File::open(&out).unwrap(),
+            read: 0,
+        };
+        let head = open_ranged(&mut src, &ring).unwrap();
+        let mut target_old = MemDev(vec![0; new.len()]);
+        let scan = old.size();
+        let mut seeds = [
+            Seed {
+                name: "slot A".into(),
+                dev: old,
+                scan,
+            },
+            Seed {
+                name: "slot B".into(),
+                dev: &mut target_old,
+                scan: 0,
+            },
+        ];
+        let mut dev = MemDev(vec![0; new.len()]);
+        let got = write_payload(
+            &head.indexes[0],
+            &head.manifest.payloads[0],
+            head.layout.payload_offsets[0],
+            &mut src,
+            &mut seeds,
+            &mut dev,
+            Slot::B,
+            &mut crate::progress::Silent,
+        );
+        (got, dev.0)
+    }
+
+    /// Copies block `from` of `src` to block `to` of `dst`.
+    fn put_block(dst: &mut [u8], to: usize, src: &[u8], from: usize) {
+        dst[to * BS..(to + 1) * BS].copy_from_slice(&src[from * BS..(from + 1) * BS]);
+    }
+
+    #[test]
+    fn blocks_at_their_own_offset_and_moved_ones_are_reused_and_the_slot_is_the_new_image() {
+        let old = noise(8 * MIB, 1);
+        let mut new = old.clone();
+        let fresh = noise(3 * BS, 2);
+        // Changed: fetched.
+        for (k, b) in [5usize, 700, 1500].into_iter().enumerate() {
+            put_block(&mut new, b, &fresh, k);
+        }
+        // Moved forwards by 3 MiB (its old place scanned long before) and
+        // backwards by 1 MiB (scanned ahead of the planner): reused.
+        put_block(&mut new, 1000, &old, 1000 - 768);
+        put_block(&mut new, 1200, &old, 1200 + 256);
+        let (got, slot) = delta_install(&mut MemSeed(old), &new);
+        let stats = got.unwrap();
+        assert!(slot == new, "the slot differs from the new image");
+        assert_eq!(stats.bytes_reused, (new.len() - 3 * BS) as u64);
+        assert!(
+            stats.bytes_fetched < (new.len() / 20) as u64,
+            "fetched {} bytes",
+            stats.bytes_fetched
+        );
+    }
+
+    #[test]
+    fn a_running_slot_changed_between_scan_and_copy_is_never_written_unverified() {
+        // At their own offset: written from the bytes the scan hashed, so
+        // a later change of the slot does not matter.
+        let old = noise(4 * MIB, 3);
+        let (got, slot) = delta_install(&mut ChangingSeed(old.clone()), &old);
+        got.unwrap();
+        assert!(slot == old, "the slot differs from the new image");
+        // A moved block is read again when it is copied: the change is
+        // found and the block refused, not written.
+        let mut new = old.clone();
+        put_block(&mut new, 300, &old, 900);
+        let (got, slot) = delta_install(&mut ChangingSeed(old.clone()), &new);
+        let err = got.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                UpdateError::Bundle(abkit_bundle::Error::BlockHashMismatch { block: 300, .. })
+            ),
+            "{err:?}"
+        );
+        let changed: Vec<u8> = old[900 * BS..901 * BS].iter().map(|b| b ^ 0x5a).collect();
+        assert!(
+            slot.chunks(BS).all(|b| b != &changed[..]),
+            "the changed block reached the slot"
+        );
     }
 
     #[test]

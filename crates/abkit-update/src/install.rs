@@ -248,6 +248,9 @@ pub fn install_delta(
                 );
                 let mut running_dev = m.slot_reader(running)?;
                 let mut target_old = m.slot_reader(prep.target)?;
+                // Only single blocks that must be fetched otherwise are
+                // looked for there.
+                target_old.expect_scattered_reads();
                 let scan = running_record.system_size.unwrap_or(entry.size);
                 let mut seeds = [
                     delta::Seed {

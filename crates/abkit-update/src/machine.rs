@@ -61,6 +61,11 @@ pub trait SlotDevice: Send {
     /// the cache (a file or block device also starts that read in the
     /// background). Best effort.
     fn settle(&mut self, _offset: u64, _len: u64) {}
+    /// The reads that follow are single blocks far apart (a delta looking
+    /// at the target slot's old contents): no readahead, which would read
+    /// (or, in a sparse image, zero) 128 KiB around each. Affects this
+    /// handle only. Best effort.
+    fn expect_scattered_reads(&mut self) {}
 }
 
 /// One machine with two slots.

@@ -149,7 +149,18 @@ impl Machine for OfflineMachine {
         Ok(dev)
     }
     fn slot_reader(&self, slot: Slot) -> Result<Box<dyn SlotDevice>> {
-        Ok(Box::new(self.slot_range(slot)?))
+        // Opened again (not a duplicate of the disk handle): read advice
+        // given to it (`expect_scattered_reads`) stays its own.
+        let range = self.disk.slot_range(slot);
+        let file = File::open(&self.path).map_err(UpdateError::io(format!(
+            "open {} for reading",
+            self.path.display()
+        )))?;
+        Ok(Box::new(FileRange {
+            file,
+            start: range.start,
+            size: range.end - range.start,
+        }))
     }
     fn lock(&mut self) -> Result<()> {
         if self.lock.is_none() {
@@ -235,6 +246,16 @@ impl SlotDevice for FileRange {
     }
     fn start_writeback(&mut self, offset: u64, len: u64) {
         self.sync_range(offset, len, libc::SYNC_FILE_RANGE_WRITE, false);
+    }
+    fn expect_scattered_reads(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: posix_fadvise only reads its integer arguments; the fd is
+        // open for the duration of the call. Advice failing is harmless.
+        // Linux applies it to the whole open file: `slot_reader` opens one
+        // of its own.
+        unsafe {
+            libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM);
+        }
     }
     fn settle(&mut self, offset: u64, len: u64) {
         let all = libc::SYNC_FILE_RANGE_WAIT_BEFORE
