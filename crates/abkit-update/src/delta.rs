@@ -944,7 +944,8 @@ fn with_assembler<T>(
 }
 
 /// Builds payload `index` into `dev` from `seeds` and ranges of `bundle`,
-/// through the verified copy pipeline (read back against `sha256`).
+/// through the verified copy pipeline (read back against its SHA-256, or
+/// checked by mark-good when it has a verity tree: `copy::ReadBack`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn write_payload(
     index: &BlockIndex,
@@ -956,12 +957,11 @@ pub(crate) fn write_payload(
     slot: Slot,
     rep: &mut dyn Reporter,
 ) -> Result<DeltaStats> {
-    let sha256 = entry.sha256.to_string();
     let ((), stats) = with_assembler(index, entry, seeds, bundle, payload_offset, |asm| {
         copy::copy_blocks(
             &mut || asm.next_bytes(),
             index.size(),
-            &sha256,
+            entry,
             dev,
             slot,
             Step::WriteSystem,

@@ -61,6 +61,10 @@ pub trait SlotDevice: Send {
     /// the cache (a file or block device also starts that read in the
     /// background). Best effort.
     fn settle(&mut self, _offset: u64, _len: u64) {}
+    /// Like [`settle`](SlotDevice::settle) for a range that will not be
+    /// read back now: waits until it reached the media and drops it from
+    /// the page cache, without reading it again. Best effort.
+    fn retire(&mut self, _offset: u64, _len: u64) {}
 }
 
 /// One machine with two slots.
