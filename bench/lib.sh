@@ -4,6 +4,9 @@
 # Builds the release abkit (with $CARGO_TARGET_DIR, default the project's
 # target/) and sets ABKIT to it.
 build_abkit() {
+  # ABKIT=/path/to/abkit: time that binary (another build, for a before/after
+  # in one session) instead of building this tree's.
+  if [ -n "${ABKIT:-}" ]; then return 0; fi
   local root
   root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
