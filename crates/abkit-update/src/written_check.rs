@@ -19,7 +19,7 @@ use crate::record::SlotRecord;
 use crate::{Result, Slot, UpdateError};
 
 /// Size of one read.
-const READ: usize = 4 << 20;
+const READ: usize = 2 << 20;
 /// Reads queued ahead of the hashing.
 const AHEAD: usize = 2;
 
