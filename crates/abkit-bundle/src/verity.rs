@@ -274,7 +274,10 @@ impl std::fmt::Display for ImageMismatch {
 /// Reads the image once, in order, with bounded memory apart from the tree
 /// itself. `Ok(Some(..))` names the first place that disagrees.
 pub fn check_image(mut image: impl Read, params: &VerityParams) -> Result<Option<ImageMismatch>> {
-    let mut builder = VerityBuilder::new(&params.salt.0)?;
+    // A fixed UUID: the stored one is taken as it is, and a random one
+    // would make an early-boot check (mark-good on a trial boot) wait for
+    // the kernel's entropy pool, minutes on a VM without a hardware RNG.
+    let mut builder = VerityBuilder::new(&params.salt.0)?.with_uuid([0; 16]);
     let mut buf = vec![0u8; 1 << 20];
     let mut left = params.data_size;
     while left > 0 {
