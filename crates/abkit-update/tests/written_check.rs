@@ -203,3 +203,31 @@ fn a_record_without_the_field_is_committed_as_before() {
     assert_eq!(record.state, SlotState::Good);
     assert_eq!(record.written_check, None);
 }
+
+#[test]
+fn a_pending_record_without_usable_verity_parameters_is_not_committed() {
+    // A record edited by hand (or damaged and restored from a bad copy):
+    // the check cannot be done, so the slot is not committed and nothing
+    // changes; the trial falls back at the next boot.
+    for damage in ["salt", "data size", "root hash"] {
+        let rig = Rig::new();
+        on_trial(&rig);
+        let mut m = rig.machine(Slot::B);
+        let mut record = read_record(m.esp(), Slot::B).unwrap();
+        match damage {
+            "salt" => record.verity_salt = Some("not hex".into()),
+            "data size" => record.verity_data_size = Some(4096 * 3),
+            _ => record.verity_root_hash = None,
+        }
+        abkit_update::record::write_record(m.esp(), Slot::B, &record).unwrap();
+        drop(m);
+        let before = rig.snapshot();
+        let err = mark_good(&mut rig.machine(Slot::B)).unwrap_err();
+        assert!(
+            matches!(err, UpdateError::NotCommittable { slot: Slot::B, .. }),
+            "{damage}: {err}"
+        );
+        assert!(rig.snapshot() == before, "{damage}: changed the machine");
+        assert_eq!(rig.boot().slot, Slot::A, "{damage}");
+    }
+}
