@@ -12,6 +12,10 @@
 #     script, raw slots in plain files); over HTTP, curl to a file + install
 #     (this kernel has no NBD, so RAUC cannot stream). Its peak RSS is the
 #     service's.
+#   - `abkit mark-good` on slot B's trial boot: the check of the written
+#     data the install leaves to the commit (issue 14: the whole slot read
+#     from the media against the signed verity root hash); the ESP and the
+#     VARS file are put back to "B installed, trial pending" before each run.
 # Prints a table: median wall time of RUNS runs, MB/s of system image, peak
 # RSS (from /usr/bin/time -v) and the ratios.
 # ABKIT_BEFORE=PATH times a second abkit (e.g. main's build, before a
@@ -103,6 +107,7 @@ run() {
   local key=$1 warm=$2; shift 2
   local walls=() rss=0 i r
   for ((i = 0; i < RUNS; i++)); do
+    [ -z "${BEFORE_EACH:-}" ] || $BEFORE_EACH
     prepare $warm
     /usr/bin/time -v -o "$WORK/time.txt" "$@" >/dev/null 2>"$WORK/stderr.txt" || {
       cat "$WORK/stderr.txt" >&2; echo "bench: $key failed: $*" >&2; exit 1; }
@@ -110,6 +115,19 @@ run() {
     r=$(rss_of "$WORK/time.txt"); ((r > rss)) && rss=$r
   done
   record "$key" "${walls[@]}" "$rss"
+}
+
+# The ESP's bytes and the VARS file: the machine's state apart from its
+# slots, saved after an install and put back before each timed mark-good.
+save_esp() {
+  dd if="$WORK/disk.img" of="$WORK/esp.saved" bs=1M iflag=skip_bytes,count_bytes \
+    skip="${ESP[0]}" count="${ESP[1]}" status=none
+  cp "$WORK/vars.fd" "$WORK/vars.saved"
+}
+restore_esp() {
+  dd if="$WORK/esp.saved" of="$WORK/disk.img" bs=1M oflag=seek_bytes seek="${ESP[0]}" \
+    conv=notrunc status=none
+  cp "$WORK/vars.saved" "$WORK/vars.fd"
 }
 
 # RAUC: keys, system.conf with two raw slots in plain files and a custom
@@ -199,8 +217,10 @@ for SIZE in $SIZES_MIB; do
   "$ABKIT" image build --loader "$WORK/boot.efi" --system "$WORK/system.img" \
     --system-size $((SIZE + 64))M --ovmf-vars "$WORK/vars.fd" -o "$WORK/disk.img" \
     --json >"$WORK/layout.json" 2>/dev/null
+  ESP=($(python3 -c 'import json,sys; print(*next((p["start"], p["size"]) for p in json.load(open(sys.argv[1]))["partitions"] if p["role"] == "esp"))' "$WORK/layout.json"))
   SLOT_B=$(python3 -c 'import json,sys; print(next(p["start"] for p in json.load(open(sys.argv[1]))["partitions"] if p["role"] == "slot-b"))' "$WORK/layout.json")
   MACHINE=(--disk "$WORK/disk.img" --ovmf-vars "$WORK/vars.fd" --booted-slot a --keyring "$WORK/ring" --allow-unrecorded --no-reboot --json)
+  ON_B=(--disk "$WORK/disk.img" --ovmf-vars "$WORK/vars.fd" --booted-slot b --json)
   if [ "$RAUC" = 1 ]; then
     rm -rf "$R/bundle" "$R"/*.raucb "$R"/slot-*.img
     mkdir "$R/bundle"
@@ -228,6 +248,11 @@ for SIZE in $SIZES_MIB; do
     if [ -n "${ABKIT_BEFORE:-}" ]; then
       run "blocal/$K" "$WORK/before.abb" "$ABKIT_BEFORE" install "${MACHINE[@]}" "$WORK/before.abb"
     fi
+    # B is installed, its trial pending: time mark-good's check there,
+    # from that same state every run (and leave it so for the next steps).
+    save_esp
+    BEFORE_EACH=restore_esp run "commit/$K" "$WORK/boot.efi" "$ABKIT" mark-good "${ON_B[@]}"
+    restore_esp
     run "curl/$K" "$WORK/bundle.abb" curl -sS --fail -o /dev/null "http://127.0.0.1:$PORT/bundle.abb"
     if [ "$HTTP" = 1 ]; then
       run "http/$K" "$WORK/bundle.abb" "$ABKIT" install "${MACHINE[@]}" "http://127.0.0.1:$PORT/bundle.abb"
@@ -279,6 +304,7 @@ for SIZE in $SIZES_MIB; do
         printf "| %-8s | %-5s | %-30s | %8s | %8s | %9s | %-28s |\n", s, c, "  after / before", "", "", "",
           sprintf("%.2fx local, %.2fx http", a / b, (bh > 0) ? ah / bh : 0) }'
     fi
+    row "$SIZE" "$CACHE" "commit/$K" "abkit mark-good (slot check)" "$DD" "dd (at the trial boot)"
     row "$SIZE" "$CACHE" "rauc/$K" "rauc install FILE" "$DD" "dd"
     row "$SIZE" "$CACHE" "rauchttp/$K" "curl + rauc install" "$SLOWER" "max(curl,dd)"
     if [ -n "${WALL[rauc/$K]:-}" ]; then

@@ -233,11 +233,51 @@ pub fn encode_superblock(data_blocks: u64, salt: &[u8], uuid: &[u8; 16]) -> [u8;
     sb
 }
 
+/// Where an image laid out as `data || hash area` first disagrees with its
+/// signed verity parameters ([`check_image`]). Offsets are from the start
+/// of the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageMismatch {
+    /// Data block `index` (bytes `offset..offset + 4096`) does not hash to
+    /// its digest in the stored tree, and the data's root hash is not the
+    /// signed one: the data was damaged.
+    DataBlock { index: u64, offset: u64 },
+    /// The data is intact (its root hash is the signed one) but the stored
+    /// hash area differs from the tree of that data, first at `offset`.
+    HashArea { offset: u64 },
+    /// The data's root hash is not the signed one, yet each data block
+    /// matches the stored tree: data and tree were both replaced.
+    RootHash,
+}
+
+impl std::fmt::Display for ImageMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageMismatch::DataBlock { index, offset } => write!(
+                f,
+                "data block {index} (bytes {offset}..{}) does not match the signed hash tree",
+                offset + BLOCK as u64
+            ),
+            ImageMismatch::HashArea { offset } => write!(
+                f,
+                "the hash tree or superblock is damaged from byte {offset} (the data itself matches the signed root hash)"
+            ),
+            ImageMismatch::RootHash => f.write_str(
+                "data and hash tree agree with each other but not with the signed root hash",
+            ),
+        }
+    }
+}
+
 /// Recomputes the tree of an image laid out as `data || hash area` and checks
 /// it against `params`: root hash, superblock fields and every tree byte.
-/// Reads the image once with bounded memory apart from the tree itself.
-pub fn verify_image(mut image: impl Read, params: &VerityParams) -> Result<()> {
-    let mut builder = VerityBuilder::new(&params.salt.0)?;
+/// Reads the image once, in order, with bounded memory apart from the tree
+/// itself. `Ok(Some(..))` names the first place that disagrees.
+pub fn check_image(mut image: impl Read, params: &VerityParams) -> Result<Option<ImageMismatch>> {
+    // A fixed UUID: the stored one is taken as it is, and a random one
+    // would make an early-boot check (mark-good on a trial boot) wait for
+    // the kernel's entropy pool, minutes on a VM without a hardware RNG.
+    let mut builder = VerityBuilder::new(&params.salt.0)?.with_uuid([0; 16]);
     let mut buf = vec![0u8; 1 << 20];
     let mut left = params.data_size;
     while left > 0 {
@@ -249,24 +289,69 @@ pub fn verify_image(mut image: impl Read, params: &VerityParams) -> Result<()> {
         left -= n as u64;
     }
     let tree = builder.finish()?;
-    if tree.root_hash != params.root_hash.0 {
-        return Err(Error::Verity("root hash of the data does not match".into()));
-    }
     let mut stored = vec![0u8; tree.hash_area.len()];
     image
         .read_exact(&mut stored)
         .map_err(|e| Error::from_read(e, "verity hash area"))?;
+    let hash_offset = params.data_size;
+    if tree.root_hash != params.root_hash.0 {
+        if tree.data_blocks == 1 {
+            // One block and no tree: the root hash is that block's digest.
+            return Ok(Some(ImageMismatch::DataBlock {
+                index: 0,
+                offset: 0,
+            }));
+        }
+        // The data is not what was signed: name the first data block whose
+        // digest differs from the stored level 0 (the last level of the
+        // hash area).
+        let level0 = tree.data_blocks as usize * DIGEST_LEN;
+        let start = tree.hash_area.len() - level0.div_ceil(BLOCK) * BLOCK;
+        let first = tree.hash_area[start..start + level0]
+            .chunks_exact(DIGEST_LEN)
+            .zip(stored[start..start + level0].chunks_exact(DIGEST_LEN))
+            .position(|(mine, theirs)| mine != theirs);
+        return Ok(Some(match first {
+            Some(i) => ImageMismatch::DataBlock {
+                index: i as u64,
+                offset: i as u64 * BLOCK as u64,
+            },
+            None => ImageMismatch::RootHash,
+        }));
+    }
     let mut expected_sb = encode_superblock(tree.data_blocks, &params.salt.0, &[0; 16]);
     expected_sb[16..32].copy_from_slice(&stored[16..32]); // the uuid is free
-    if stored[..SUPERBLOCK_LEN] != expected_sb[..] {
-        return Err(Error::Verity(
-            "superblock does not match the parameters".into(),
-        ));
+    let mut expected = tree.hash_area;
+    expected[..SUPERBLOCK_LEN].copy_from_slice(&expected_sb);
+    // The rest of the superblock's block is not checked (as before).
+    expected[SUPERBLOCK_LEN..BLOCK].copy_from_slice(&stored[SUPERBLOCK_LEN..BLOCK]);
+    Ok(expected
+        .iter()
+        .zip(&stored)
+        .position(|(a, b)| a != b)
+        .map(|at| ImageMismatch::HashArea {
+            offset: hash_offset + at as u64,
+        }))
+}
+
+/// [`check_image`] as an error: `Error::Verity` saying what disagrees.
+pub fn verify_image(image: impl Read, params: &VerityParams) -> Result<()> {
+    match check_image(image, params)? {
+        None => Ok(()),
+        Some(m @ ImageMismatch::HashArea { offset })
+            if offset < params.data_size + SUPERBLOCK_LEN as u64 =>
+        {
+            Err(Error::Verity(format!(
+                "superblock does not match the parameters: {m}"
+            )))
+        }
+        Some(m @ ImageMismatch::HashArea { .. }) => Err(Error::Verity(format!(
+            "hash tree does not match the data: {m}"
+        ))),
+        Some(m) => Err(Error::Verity(format!(
+            "root hash of the data does not match: {m}"
+        ))),
     }
-    if stored[BLOCK..] != tree.hash_area[BLOCK..] {
-        return Err(Error::Verity("hash tree does not match the data".into()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -340,7 +425,22 @@ mod tests {
                 .to_string()
                 .contains("hash tree")
         );
+        assert_eq!(
+            check_image(&image[..], &tree.params()).unwrap(),
+            Some(ImageMismatch::HashArea {
+                offset: 4096 * 200 + 4096 + 5
+            })
+        );
         image[4096 * 200 + 4096 + 5] ^= 1;
+        image[4096 * 7 + 9] ^= 1;
+        assert_eq!(
+            check_image(&image[..], &tree.params()).unwrap(),
+            Some(ImageMismatch::DataBlock {
+                index: 7,
+                offset: 4096 * 7
+            })
+        );
+        image[4096 * 7 + 9] ^= 1;
         image[0] ^= 1;
         assert!(
             verify_image(&image[..], &tree.params())

@@ -16,6 +16,13 @@
 //! [`copy_blocks`] (delta installs) reads back against the whole
 //! payload's BLAKE3 from the manifest instead.
 //!
+//! A payload with a dm-verity tree (every system payload `bundle create`
+//! makes) is not read back at all when it goes into a slot
+//! ([`ReadBack::for_payload`], issue 14): mark-good checks the whole slot
+//! against the signed root hash before it commits (`crate::written_check`),
+//! so the read-back is off the install's critical path and every byte is
+//! still checked on the media before the slot can become the default.
+//!
 //! Invariant I7 holds because only blocks from `PayloadReader::next_block`
 //! (chunks whose BLAKE3 matched the signed manifest) are ever written;
 //! slot writes and flushes go through the `SlotDevice`, so the power-cut
@@ -27,7 +34,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc;
 
-use abkit_bundle::{PayloadReader, VerifiedBlock};
+use abkit_bundle::{PayloadEntry, PayloadReader, VerifiedBlock};
 
 use crate::machine::SlotDevice;
 use crate::progress::{Event, Reporter, Step};
@@ -84,15 +91,40 @@ enum Msg {
     End,
 }
 
-/// Streams payload `p` into `dev` from byte 0, checks that what it reads
-/// back has the manifest's BLAKE3, and flushes `dev` at the end. Returns the bytes
-/// written. On error `dev` may hold verified bytes of an unfinished
-/// payload; nothing unverified is ever written.
+/// Whether the writer reads what it wrote back from the media.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadBack {
+    /// Read every range back while later ones are written (the factory's
+    /// scratch files, payloads without a verity tree).
+    Now,
+    /// No read-back: the payload has a verity tree and goes into a slot
+    /// whose record says `written_check: pending`; mark-good checks it.
+    AtCommit,
+}
+
+impl ReadBack {
+    /// The one rule for slots (full and delta installs): a payload with a
+    /// signed verity tree is checked at commit, any other now.
+    pub(crate) fn for_payload(entry: &PayloadEntry) -> ReadBack {
+        if entry.verity.is_some() {
+            ReadBack::AtCommit
+        } else {
+            ReadBack::Now
+        }
+    }
+}
+
+/// Streams payload `p` into `dev` from byte 0, checks what it reads back
+/// against what it wrote (unless `read_back` defers that to the commit),
+/// and flushes `dev` at the end. Returns the bytes written. On error `dev`
+/// may hold verified bytes of an unfinished payload; nothing unverified is
+/// ever written.
 pub(crate) fn copy_payload<R: Read>(
     p: &mut PayloadReader<'_, R>,
     dev: &mut dyn SlotDevice,
     slot: Slot,
     step: Step,
+    read_back: ReadBack,
     rep: &mut dyn Reporter,
 ) -> Result<u64> {
     let total = p.entry().size;
@@ -126,23 +158,33 @@ pub(crate) fn copy_payload<R: Read>(
     };
     // Every block is verified (I7) and the blocks come in order from byte
     // 0: the read-back checks the media against what was written.
-    pipeline(&mut next, total, Check::Written, dev, slot, step, rep)
+    let check = match read_back {
+        ReadBack::Now => Check::Written,
+        ReadBack::AtCommit => Check::AtCommit,
+    };
+    pipeline(&mut next, total, check, dev, slot, step, rep)
 }
 
 /// The pipeline behind [`copy_payload`]: writes the verified blocks `next`
-/// hands out (in order, from byte 0; `None` at the verified end) into
-/// `dev`, reads them back against the BLAKE3 `expected` (hex) and flushes
+/// hands out (in order, from byte 0; `None` at the verified end) of
+/// payload `entry` into `dev`, reads them back against its BLAKE3 (unless
+/// [`ReadBack::for_payload`] defers the check to the commit) and flushes
 /// `dev` at the end. Returns the bytes written.
 pub(crate) fn copy_blocks(
     next: &mut dyn FnMut() -> Result<Option<Bytes>>,
     total: u64,
-    expected: &str,
+    entry: &PayloadEntry,
     dev: &mut dyn SlotDevice,
     slot: Slot,
     step: Step,
     rep: &mut dyn Reporter,
 ) -> Result<u64> {
-    pipeline(next, total, Check::Whole(expected), dev, slot, step, rep)
+    let expected = entry.blake3.to_string();
+    let check = match ReadBack::for_payload(entry) {
+        ReadBack::Now => Check::Whole(&expected),
+        ReadBack::AtCommit => Check::AtCommit,
+    };
+    pipeline(next, total, check, dev, slot, step, rep)
 }
 
 /// Writes what `next` hands out into `dev` on a writer thread, read back
@@ -193,7 +235,7 @@ fn pipeline(
 }
 
 /// What the read-back compares the media with.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Check<'a> {
     /// The BLAKE3 (hex) of the whole payload (the manifest's `blake3`), for
     /// producers whose blocks were not all checked on their way in.
@@ -202,6 +244,9 @@ enum Check<'a> {
     /// writer was given for it (issue 14): BLAKE3 is 2.5-3x faster than
     /// SHA-256 here, and a mismatch names its range.
     Written,
+    /// No read-back ([`ReadBack::AtCommit`]): ranges are still flushed
+    /// steadily and dropped from the cache, not read.
+    AtCommit,
 }
 
 /// A range on its way to the media: bytes `start..stop`, and under
@@ -235,6 +280,7 @@ fn write_and_check(
     let mut settled: VecDeque<Range> = VecDeque::new();
     let mut read_back = |dev: &mut dyn SlotDevice, r: Range| -> Result<()> {
         match r.written {
+            None if check == Check::AtCommit => Ok(()),
             None => read_range(dev, r.start, r.stop, &mut scratch, &mut whole, slot),
             Some(expected) => {
                 let mut h = blake3::Hasher::new();
@@ -283,7 +329,7 @@ fn write_and_check(
             dev.start_writeback(kicked, written - kicked);
             let hash = match check {
                 Check::Written => Some(*range_hash.finalize().as_bytes()),
-                Check::Whole(_) => None,
+                Check::Whole(_) | Check::AtCommit => None,
             };
             range_hash.reset();
             ranges.push_back(Range {
@@ -301,6 +347,10 @@ fn write_and_check(
                 break;
             }
             ranges.pop_front();
+            if check == Check::AtCommit {
+                dev.retire(range.start, range.stop - range.start);
+                continue;
+            }
             dev.settle(range.start, range.stop - range.start);
             settled.push_back(range);
             // Read the range settled before this one: its read from the
@@ -482,6 +532,8 @@ mod tests {
         /// A byte the "disk" changes on its way (silent corruption).
         flip_byte: Option<u64>,
         flushed: bool,
+        /// Bytes read back.
+        read: u64,
     }
 
     impl MemSlot {
@@ -491,6 +543,7 @@ mod tests {
                 lose_write_at,
                 flip_byte,
                 flushed: false,
+                read: 0,
             }
         }
     }
@@ -514,6 +567,7 @@ mod tests {
         fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
             let at = offset as usize;
             buf.copy_from_slice(&self.data[at..at + buf.len()]);
+            self.read += buf.len() as u64;
             Ok(())
         }
         fn flush(&mut self) -> io::Result<()> {
@@ -547,9 +601,25 @@ mod tests {
     }
 
     fn copy(bytes: &[u8], ring: &Keyring, slot: &mut MemSlot) -> Result<u64> {
+        copy_with(bytes, ring, slot, ReadBack::Now)
+    }
+
+    fn copy_with(
+        bytes: &[u8],
+        ring: &Keyring,
+        slot: &mut MemSlot,
+        read_back: ReadBack,
+    ) -> Result<u64> {
         let mut b = BundleReader::open(bytes, ring).unwrap();
         let mut p = b.next_payload().unwrap().unwrap();
-        let n = copy_payload(&mut p, slot, Slot::B, Step::WriteSystem, &mut Silent)?;
+        let n = copy_payload(
+            &mut p,
+            slot,
+            Slot::B,
+            Step::WriteSystem,
+            read_back,
+            &mut Silent,
+        )?;
         p.finish()?;
         Ok(n)
     }
@@ -565,6 +635,26 @@ mod tests {
             let system = std::fs::read(dir.path().join("system.img")).unwrap();
             assert_eq!(&slot.data[..9 << 20], &system[..]);
         }
+    }
+
+    #[test]
+    fn at_commit_the_writer_reads_nothing_back_and_still_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bytes, ring) = bundle(dir.path(), 1 << 20);
+        // A good copy, and a lost write: neither is read back (mark-good's
+        // verity check finds the lost write, tests/written_check.rs).
+        for lost in [None, Some(5 << 20)] {
+            let mut slot = MemSlot::new(lost, None);
+            assert_eq!(
+                copy_with(&bytes, &ring, &mut slot, ReadBack::AtCommit).unwrap(),
+                9 << 20
+            );
+            assert_eq!(slot.read, 0, "read back although deferred");
+            assert!(slot.flushed);
+        }
+        let mut slot = MemSlot::new(None, None);
+        copy(&bytes, &ring, &mut slot).unwrap();
+        assert_eq!(slot.read, 9 << 20, "ReadBack::Now reads every byte");
     }
 
     #[test]
@@ -614,10 +704,10 @@ mod tests {
                 .map(|c| Bytes::Gathered(c.to_vec()));
             let mut next = || Ok(blocks.next());
             let mut slot = MemSlot::new(None, None);
-            let r = copy_blocks(
+            let r = pipeline(
                 &mut next,
                 3 << 20,
-                expected,
+                Check::Whole(expected),
                 &mut slot,
                 Slot::A,
                 Step::WriteSystem,

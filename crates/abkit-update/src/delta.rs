@@ -1156,7 +1156,8 @@ fn with_assembler<T>(
 }
 
 /// Builds payload `index` into `dev` from `seeds` and ranges of `bundle`,
-/// through the verified copy pipeline (read back against its `blake3`).
+/// through the verified copy pipeline (read back against its BLAKE3, or
+/// checked by mark-good when it has a verity tree: `copy::ReadBack`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn write_payload(
     index: &BlockIndex,
@@ -1168,12 +1169,11 @@ pub(crate) fn write_payload(
     slot: Slot,
     rep: &mut dyn Reporter,
 ) -> Result<DeltaStats> {
-    let whole = entry.blake3.to_string();
     let ((), stats) = with_assembler(index, entry, seeds, bundle, payload_offset, |asm| {
         copy::copy_blocks(
             &mut || asm.next_bytes(),
             index.size(),
-            &whole,
+            entry,
             dev,
             slot,
             Step::WriteSystem,

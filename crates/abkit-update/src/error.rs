@@ -60,6 +60,12 @@ pub enum UpdateError {
         expected: String,
         found: String,
     },
+    /// mark-good's check of the written system data (issue 14) found the
+    /// slot's bytes on the media differ from the signed verity tree.
+    #[error(
+        "slot {slot}'s written system data does not match its signed verity root hash: {detail}; nothing was committed, the slot is recorded empty and the next boot returns to the committed slot"
+    )]
+    WrittenDataMismatch { slot: Slot, detail: String },
     #[error(
         "slot {slot} holds no version that was ever marked good ({state}): nothing to roll back to"
     )]
@@ -130,6 +136,7 @@ impl UpdateError {
             UpdateError::SlotTooSmall { .. } => "slot-too-small",
             UpdateError::EspFull { .. } => "esp-full",
             UpdateError::ReadBackMismatch { .. } => "read-back-mismatch",
+            UpdateError::WrittenDataMismatch { .. } => "written-data-mismatch",
             UpdateError::NothingToRollBack { .. } => "nothing-to-roll-back",
             UpdateError::UnknownRunningSlot(_) => "unknown-running-slot",
             UpdateError::NoBootDisk(_) => "no-boot-disk",

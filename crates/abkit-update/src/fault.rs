@@ -187,6 +187,9 @@ impl SlotDevice for FaultySlot<'_> {
     fn settle(&mut self, offset: u64, len: u64) {
         self.inner.settle(offset, len)
     }
+    fn retire(&mut self, offset: u64, len: u64) {
+        self.inner.retire(offset, len)
+    }
 }
 
 /// A variable store whose NVRAM fills up: after `writes_left` variable

@@ -278,10 +278,7 @@ pub fn install_delta(
                 step(
                     rep,
                     Step::CheckSystem,
-                    format!(
-                        "slot {} read back as written and flushed",
-                        prep.target.letter()
-                    ),
+                    checked_message(copy::ReadBack::for_payload(entry), prep.target),
                 );
                 got
             }
@@ -512,9 +509,9 @@ fn finish_install(
 }
 
 /// Streams the verified system payload into the slot through the copy
-/// pipeline (`crate::copy`): each range is read back from the media and
-/// compared with the verified blocks while later ones are written; the
-/// slot is flushed at the end.
+/// pipeline (`crate::copy`) and flushes the slot. A payload with a verity
+/// tree is checked on the media by mark-good (the record says
+/// `written_check: pending`); any other is read back while it is written.
 fn write_system<R: Read>(
     dev: &mut dyn SlotDevice,
     p: &mut PayloadReader<'_, R>,
@@ -527,13 +524,22 @@ fn write_system<R: Read>(
         Step::WriteSystem,
         format!("writing {total} bytes into slot {}", target.letter()),
     );
-    copy::copy_payload(p, dev, target, Step::WriteSystem, rep)?;
-    step(
-        rep,
-        Step::CheckSystem,
-        format!("slot {} read back as written and flushed", target.letter()),
-    );
+    let read_back = copy::ReadBack::for_payload(p.entry());
+    copy::copy_payload(p, dev, target, Step::WriteSystem, read_back, rep)?;
+    step(rep, Step::CheckSystem, checked_message(read_back, target));
     Ok(())
+}
+
+/// What the install says about the check of the slot it wrote.
+fn checked_message(read_back: copy::ReadBack, target: Slot) -> String {
+    match read_back {
+        copy::ReadBack::Now => format!("slot {} read back as written and flushed", target.letter()),
+        copy::ReadBack::AtCommit => format!(
+            "slot {} written and flushed; mark-good reads it back and checks it against \
+             the signed verity root hash before it commits",
+            target.letter()
+        ),
+    }
 }
 
 #[cfg(test)]

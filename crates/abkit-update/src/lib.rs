@@ -34,14 +34,15 @@ pub mod record;
 pub mod rollback;
 pub mod source;
 pub mod status;
+pub mod written_check;
 
 pub use abkit_disk::Slot;
 pub use error::UpdateError;
 pub use install::{InstallOptions, InstallReport, Transfer, install, install_delta};
 pub use machine::{EspFiles, Machine, SlotDevice};
-pub use mark_good::{MarkGoodReport, mark_good};
+pub use mark_good::{MarkGoodReport, mark_good, mark_good_with};
 pub use progress::{Event, Reporter, Step};
-pub use record::{SlotRecord, SlotState};
+pub use record::{SlotRecord, SlotState, WrittenCheck};
 pub use rollback::rollback;
 pub use status::{Status, status};
 

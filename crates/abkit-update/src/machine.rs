@@ -66,6 +66,10 @@ pub trait SlotDevice: Send {
     /// (or, in a sparse image, zero) 128 KiB around each. Affects this
     /// handle only. Best effort.
     fn expect_scattered_reads(&mut self) {}
+    /// Like [`settle`](SlotDevice::settle) for a range that will not be
+    /// read back now: waits until it reached the media and drops it from
+    /// the page cache, without reading it again. Best effort.
+    fn retire(&mut self, _offset: u64, _len: u64) {}
 }
 
 /// One machine with two slots.

@@ -2,7 +2,12 @@
 //! committed slot.
 //!
 //! Order (each step is safe to be interrupted, and a rerun completes it):
-//! refuse a slot that holds nothing verified; record the slot `good` first,
+//! refuse a slot that holds nothing verified; check the slot's written
+//! system data against its signed verity root hash when its record says
+//! that check is pending (issue 14: install no longer reads the slot back;
+//! a mismatch records the slot `empty` and commits nothing; the check
+//! writes nothing, so a cut during it is redone by a rerun); record the
+//! slot `good` first,
 //! so that BootOrder never points at a slot that was not marked good (I2),
 //! keeping every field of its record; then [`boot_policy::commit`] repairs
 //! our entries and BootOrder and refreshes the fallback loader. Nothing is
@@ -10,7 +15,10 @@
 
 use crate::boot_policy;
 use crate::machine::Machine;
-use crate::record::{SlotState, now, read_record, write_record};
+use crate::progress::{Reporter, Silent, Step, step};
+use crate::record::{
+    HealthRecord, HealthResult, SlotState, WrittenCheck, now, read_record, write_record,
+};
 use crate::{Result, Slot, UpdateError};
 
 /// What mark-good changed (empty when everything already was right).
@@ -21,7 +29,14 @@ pub struct MarkGoodReport {
     pub changes: Vec<String>,
 }
 
+/// [`mark_good_with`] without progress.
 pub fn mark_good(m: &mut dyn Machine) -> Result<MarkGoodReport> {
+    mark_good_with(m, &mut Silent)
+}
+
+/// Commits the running slot; the check of its written data (when pending)
+/// reports its progress to `rep`.
+pub fn mark_good_with(m: &mut dyn Machine, rep: &mut dyn Reporter) -> Result<MarkGoodReport> {
     m.lock()?;
     let running = m.running_slot();
     let other = running.other();
@@ -56,6 +71,50 @@ pub fn mark_good(m: &mut dyn Machine) -> Result<MarkGoodReport> {
         s => s,
     };
     boot_policy::check_committable(m, recorded)?;
+    // The written data, when the install left its check to the commit:
+    // read back from the media against the signed verity root hash before
+    // anything changes. Records without the field (older installs read the
+    // slot back) are committed as before.
+    if record.written_check == Some(WrittenCheck::Pending) {
+        step(
+            rep,
+            Step::CheckSystem,
+            format!(
+                "checking slot {}'s written system data against its signed verity root hash",
+                running.letter()
+            ),
+        );
+        let checked = {
+            let mut dev = m.slot_reader(running)?;
+            crate::written_check::check(&mut *dev, &record, running, rep)
+        };
+        match checked {
+            Ok(()) => record.written_check = Some(WrittenCheck::Passed),
+            Err(e @ UpdateError::WrittenDataMismatch { .. }) => {
+                // Never commit, boot or roll back to these bytes: `empty`.
+                // The trial falls back as after a failed health check.
+                record.state = SlotState::Empty;
+                record.written_check = Some(WrittenCheck::Failed);
+                record.health = Some(HealthRecord {
+                    result: HealthResult::Failed,
+                    at: now(),
+                    failed_check: Some("written-data".into()),
+                    output_tail: Some(e.to_string()),
+                });
+                write_record(m.esp(), running, &record)?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
+        step(
+            rep,
+            Step::CheckSystem,
+            format!(
+                "slot {} holds exactly the signed system data",
+                running.letter()
+            ),
+        );
+    }
     if record.state != SlotState::Good {
         record.state = SlotState::Good;
         record.good_at = Some(now());

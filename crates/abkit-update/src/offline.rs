@@ -196,7 +196,10 @@ impl FileRange {
     /// `sync_file_range(2)` on a range of the partition, then (if `drop`)
     /// `POSIX_FADV_DONTNEED` on it. Best effort: failures are ignored (the
     /// final flush reports what matters).
-    fn sync_range(&self, offset: u64, len: u64, flags: libc::c_uint, drop: bool) {
+    /// `sync_file_range` of a range; with `drop` its pages are dropped from
+    /// the cache, and with `reread` read again from the media in the
+    /// background.
+    fn sync_range(&self, offset: u64, len: u64, flags: libc::c_uint, drop: bool, reread: bool) {
         use std::os::fd::AsRawFd;
         let Ok(n) = usize::try_from(len) else { return };
         let Ok(at) = self.check(offset, n) else {
@@ -210,13 +213,19 @@ impl FileRange {
         unsafe {
             libc::sync_file_range(self.file.as_raw_fd(), at, len, flags);
             if drop {
-                // Dropped, then read again from the media in the background.
                 libc::posix_fadvise(self.file.as_raw_fd(), at, len, libc::POSIX_FADV_DONTNEED);
+            }
+            if reread {
                 libc::posix_fadvise(self.file.as_raw_fd(), at, len, libc::POSIX_FADV_WILLNEED);
             }
         }
     }
 }
+
+/// `sync_file_range` flags that wait until a range is on the media.
+const SYNC_ALL: libc::c_uint = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+    | libc::SYNC_FILE_RANGE_WRITE
+    | libc::SYNC_FILE_RANGE_WAIT_AFTER;
 
 impl SlotDevice for FileRange {
     fn size(&self) -> u64 {
@@ -245,7 +254,7 @@ impl SlotDevice for FileRange {
         }
     }
     fn start_writeback(&mut self, offset: u64, len: u64) {
-        self.sync_range(offset, len, libc::SYNC_FILE_RANGE_WRITE, false);
+        self.sync_range(offset, len, libc::SYNC_FILE_RANGE_WRITE, false, false);
     }
     fn expect_scattered_reads(&mut self) {
         use std::os::fd::AsRawFd;
@@ -258,10 +267,10 @@ impl SlotDevice for FileRange {
         }
     }
     fn settle(&mut self, offset: u64, len: u64) {
-        let all = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-            | libc::SYNC_FILE_RANGE_WRITE
-            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-        self.sync_range(offset, len, all, true);
+        self.sync_range(offset, len, SYNC_ALL, true, true);
+    }
+    fn retire(&mut self, offset: u64, len: u64) {
+        self.sync_range(offset, len, SYNC_ALL, true, false);
     }
 }
 

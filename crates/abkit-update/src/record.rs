@@ -58,6 +58,16 @@ pub struct SlotRecord {
     /// install.
     pub system_sha256: Option<String>,
     pub verity_root_hash: Option<String>,
+    /// The signed verity salt (hex) and data size of the system payload:
+    /// with `verity_root_hash`, what mark-good checks the slot against.
+    pub verity_salt: Option<String>,
+    pub verity_data_size: Option<u64>,
+    /// Whether the system payload's bytes on the slot were checked after
+    /// they were written (issue 14). `pending`: install wrote them without
+    /// reading them back; mark-good checks them against the signed verity
+    /// root hash before it commits. Absent in records written before this
+    /// field (their install read the slot back).
+    pub written_check: Option<WrittenCheck>,
     /// BLAKE3 of the efi payload (bundle format 3).
     pub efi_blake3: Option<String>,
     /// SHA-256 of the efi payload, from before format 3 (see `system_sha256`).
@@ -68,6 +78,29 @@ pub struct SlotRecord {
     /// The last health-gate result on this slot (written by `abkit agent`):
     /// why a trial boot was not committed survives the reboot that follows.
     pub health: Option<HealthRecord>,
+}
+
+/// How far the check of a slot's written system data got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WrittenCheck {
+    /// Written and flushed, not yet read back: mark-good checks it.
+    Pending,
+    /// Read from the media and matched the signed verity root hash.
+    Passed,
+    /// Read from the media and did not match (the slot is recorded
+    /// `empty`; the reason is in `health`).
+    Failed,
+}
+
+impl std::fmt::Display for WrittenCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WrittenCheck::Pending => "pending",
+            WrittenCheck::Passed => "passed",
+            WrittenCheck::Failed => "failed",
+        })
+    }
 }
 
 /// The outcome of the health checks of one boot.
@@ -104,6 +137,9 @@ impl SlotRecord {
             system_sha256: None,
             verity_root_hash: None,
             efi_blake3: None,
+            verity_salt: None,
+            verity_data_size: None,
+            written_check: None,
             efi_sha256: None,
             installed_at: None,
             good_at: None,
@@ -131,6 +167,15 @@ impl SlotRecord {
             verity_root_hash: system
                 .and_then(|p| p.verity.as_ref())
                 .map(|v| v.root_hash.to_string()),
+            verity_salt: system
+                .and_then(|p| p.verity.as_ref())
+                .map(|v| hex::encode(&v.salt.0)),
+            verity_data_size: system.and_then(|p| p.verity.as_ref()).map(|v| v.data_size),
+            // The system payload is checked at commit when it has a verity
+            // tree (`copy::ReadBack::for_payload`); else it was read back.
+            written_check: system
+                .and_then(|p| p.verity.as_ref())
+                .map(|_| WrittenCheck::Pending),
             efi_blake3: manifest
                 .payload(Payload::Efi.name())
                 .map(|p| p.blake3.to_string()),

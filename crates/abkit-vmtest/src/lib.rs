@@ -17,3 +17,4 @@ pub mod scenarios;
 pub mod secure_boot_scenarios;
 pub mod serial;
 pub mod vars;
+pub mod verify_scenarios;

@@ -51,7 +51,7 @@ fn read_range(disk: &Path, offset: u64, len: u64) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Flips the low bit of one byte of the disk image, between boots.
-fn flip_byte(disk: &Path, at: u64) -> anyhow::Result<()> {
+pub(crate) fn flip_byte(disk: &Path, at: u64) -> anyhow::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -451,6 +451,11 @@ pub const SCENARIOS: &[(&str, &str, ScenarioFn)] = &[
         "stock Debian (mmdebstrap) with systemd: abkit-agent.service commits a healthy Y after a crash, rolls back a Z whose unit fails",
         crate::debian_scenarios::debian_systemd,
     ),
+    (
+        "written-data-check",
+        "a byte of Y's verity superblock changes after the install: Y's trial boots, mark-good refuses (written-data-mismatch), X stays committed",
+        crate::verify_scenarios::written_data_check,
+    ),
 ];
 
 fn boot_base(suite: &Suite) -> anyhow::Result<Scenario<'_>> {

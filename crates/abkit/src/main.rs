@@ -25,7 +25,8 @@ struct Cli {
 enum Command {
     /// Install a bundle into the inactive slot and boot it once (trial boot).
     Install(cmd::install::InstallArgs),
-    /// Mark the running slot good: repair boot entries and commit it in BootOrder.
+    /// Mark the running slot good: check its written data (after an install),
+    /// repair boot entries and commit it in BootOrder.
     MarkGood(cmd::mark_good::MarkGoodArgs),
     /// Boot the other slot once (it must have been good before).
     Rollback(cmd::rollback::RollbackArgs),

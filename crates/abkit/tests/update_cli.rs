@@ -840,3 +840,119 @@ fn boot_control_is_chosen_per_machine_and_shown_by_status() {
     assert!(st["boot_control"]["preloader_entry"].is_null(), "{st}");
     assert!(st["boot_next"].is_number(), "{st}");
 }
+
+#[test]
+fn mark_good_killed_during_its_written_data_check_is_completed_by_a_rerun() {
+    let w = world();
+    w.on("a", &["mark-good"]);
+    let y = w.bundle("1.1.0", b'Y');
+    let out = w.on("a", &["install", &y, "--keyring", &w.s("keyring")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(w.status("a")["slots"]["B"]["written_check"], "pending");
+    let text = String::from_utf8_lossy(&w.on("a", &["status"]).stdout).into_owned();
+    assert!(text.contains("written data not yet checked"), "{text}");
+    let before = (
+        std::fs::read(w.p("disk.img")).unwrap(),
+        std::fs::read(w.p("vars.fd")).unwrap(),
+    );
+    // mark-good on B's trial boot, stopped dead in the middle of its
+    // check, then kill -9 (a power cut there: nothing is written yet).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_abkit"))
+        .args([
+            "mark-good",
+            "--disk",
+            &w.s("disk.img"),
+            "--ovmf-vars",
+            &w.s("vars.fd"),
+            "--booted-slot",
+            "b",
+        ])
+        .env("ABKIT_HALT_AT", "mark-good:checking-written-data")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(n > 0, "mark-good ended before the checkpoint");
+        if line.contains("halted at mark-good:checking-written-data") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        (
+            std::fs::read(w.p("disk.img")).unwrap(),
+            std::fs::read(w.p("vars.fd")).unwrap(),
+        ) == before,
+        "mark-good changed the machine before its check finished"
+    );
+    assert_eq!(w.status("a")["committed_slot"], "A");
+    let out = w.on("b", &["mark-good", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = w.status("b");
+    assert_eq!(st["committed_slot"], "B");
+    assert_eq!(st["slots"]["B"]["state"], "good");
+    assert_eq!(st["slots"]["B"]["written_check"], "passed");
+}
+
+#[test]
+fn mark_good_refuses_a_slot_whose_written_data_changed() {
+    let w = world();
+    w.on("a", &["mark-good"]);
+    let y = w.bundle("1.1.0", b'Y');
+    let out = w.on("a", &["install", &y, "--keyring", &w.s("keyring")]);
+    assert!(out.status.success());
+    // One byte of B's system data changes on the media after the install.
+    let inspect: serde_json::Value =
+        serde_json::from_str(&w.ok(&["image", "inspect", &w.s("disk.img"), "--json"])).unwrap();
+    let start = inspect["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str().unwrap_or("").ends_with("SYSTEM-B"))
+        .unwrap()["first_lba"]
+        .as_u64()
+        .unwrap()
+        * 512;
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(w.p("disk.img"))
+            .unwrap();
+        let at = start + 5 * 4096 + 17;
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 1], at).unwrap();
+    }
+    let out = w.on("b", &["mark-good", "--json"]);
+    assert!(!out.status.success());
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["error"]["code"], "written-data-mismatch", "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("data block 5 (bytes 20480..24576)"),
+        "{err}"
+    );
+    let st = w.status("a");
+    assert_eq!(st["committed_slot"], "A");
+    assert_eq!(st["slots"]["B"]["state"], "empty");
+    assert_eq!(st["slots"]["B"]["written_check"], "failed");
+    assert_eq!(st["slots"]["B"]["health"]["failed_check"], "written-data");
+}

@@ -1,8 +1,11 @@
-//! `abkit mark-good`: the running slot passed its health checks.
+//! `abkit mark-good`: the running slot passed its health checks. Before it
+//! commits a trial slot it checks the slot's written data against the
+//! signed verity root hash (issue 14).
 
 use clap::Args;
 
 use super::machine::MachineArgs;
+use super::progress::Output;
 
 #[derive(Args)]
 pub struct MarkGoodArgs {
@@ -17,7 +20,12 @@ pub struct MarkGoodArgs {
 pub fn run(args: MarkGoodArgs) -> anyhow::Result<()> {
     super::agent::refuse_if_agent_runs(&args.machine)?;
     let mut m = args.machine.open()?;
-    let report = abkit_update::mark_good(m.as_mut())?;
+    // The check of a trial slot's written data takes a while: its progress
+    // goes to stderr, stdout keeps only the report.
+    let mut out = Output::on_stderr();
+    let report = abkit_update::mark_good_with(m.as_mut(), &mut out);
+    out.finish();
+    let report = report?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

@@ -80,6 +80,15 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
                 " (no loader on the ESP)"
             }
         );
+        match r.written_check {
+            Some(abkit_update::WrittenCheck::Pending) => println!(
+                "        written data not yet checked: mark-good reads it back and checks it before it commits"
+            ),
+            Some(abkit_update::WrittenCheck::Failed) => println!(
+                "        written data did not match its signed verity root hash (see its record's health)"
+            ),
+            _ => {}
+        }
     }
     for e in &s.entries {
         println!(
