@@ -36,22 +36,11 @@ cd "$(dirname "$0")/.."
 SIZE_MIB=${SIZE_MIB:-512}
 CASYNC=${CASYNC:-1}
 RUNS=${RUNS:-5}
-for tool in lighttpd casync python3 /usr/bin/time fallocate; do
-  command -v "$tool" >/dev/null || { echo "bench: needs $tool (bash scripts/deps.sh)" >&2; exit 1; }
-done
 . bench/lib.sh
+need_tools lighttpd casync python3 /usr/bin/time fallocate
 build_abkit
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/abkit-bench-delta.XXXXXX")
-SERVER_PID=
-cleanup() {
-  if [ -n "$SERVER_PID" ]; then
-    kill "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir delta
 mkdir -p "$WORK/www"
 
 # A tiny PE/COFF EFI application as the bundles' loader.
@@ -116,6 +105,7 @@ EOF
 start_server() {
   lighttpd -D -f "$WORK/lighttpd.conf" &
   SERVER_PID=$!
+  BENCH_PIDS=$SERVER_PID
   for _ in $(seq 100); do
     python3 -c "import socket; socket.create_connection(('127.0.0.1', $PORT))" 2>/dev/null && break
     sleep 0.1
@@ -125,6 +115,7 @@ stop_server() {
   kill "$SERVER_PID" 2>/dev/null || true
   wait "$SERVER_PID" 2>/dev/null || true
   SERVER_PID=
+  BENCH_PIDS=
 }
 URL=http://127.0.0.1:$PORT
 

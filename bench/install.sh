@@ -53,17 +53,7 @@ need_tools curl python3 dd /usr/bin/time
 # server's pid stops it.
 PYTHON=$(python3 -c 'import sys; print(sys.executable)')
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/abkit-bench-install.XXXXXX")
-SERVER_PID=
-BUS_PID=
-cleanup() {
-  for pid in $SERVER_PID $BUS_PID; do
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir install
 
 # A tiny PE/COFF EFI application as the bundle's loader.
 tiny_efi "$WORK/boot.efi"
@@ -73,7 +63,7 @@ mkdir "$WORK/ring" && cp "$WORK/rel.pub" "$WORK/ring/"
 # A free port for the HTTP server.
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$PYTHON" -m http.server --bind 127.0.0.1 --directory "$WORK" "$PORT" >/dev/null 2>&1 &
-SERVER_PID=$!
+BENCH_PIDS="$BENCH_PIDS $!"
 for _ in $(seq 100); do
   curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break
   sleep 0.1
@@ -171,7 +161,7 @@ bootname=B
 CONF
   export DBUS_SESSION_BUS_ADDRESS=unix:path=$R/bus DBUS_STARTER_BUS_TYPE=session
   dbus-daemon --session --address="$DBUS_SESSION_BUS_ADDRESS" --nofork --nopidfile >/dev/null 2>&1 &
-  BUS_PID=$!
+  BENCH_PIDS="$BENCH_PIDS $!"
   for _ in $(seq 50); do [ -S "$R/bus" ] && break; sleep 0.1; done
 fi
 

@@ -16,10 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${SIZE_MIB:-512}
 RUNS=${RUNS:-3}
-for tool in docker-registry curl python3 /usr/bin/time; do
-  command -v "$tool" >/dev/null || { echo "bench: needs $tool (bash scripts/deps.sh)" >&2; exit 1; }
-done
 . bench/lib.sh
+need_tools docker-registry curl python3 /usr/bin/time
 build_abkit
 PYTHON=$(python3 -c 'import sys; print(sys.executable)')
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
