@@ -278,7 +278,9 @@ pub fn check_image(mut image: impl Read, params: &VerityParams) -> Result<Option
     // would make an early-boot check (mark-good on a trial boot) wait for
     // the kernel's entropy pool, minutes on a VM without a hardware RNG.
     let mut builder = VerityBuilder::new(&params.salt.0)?.with_uuid([0; 16]);
-    let mut buf = vec![0u8; 1 << 20];
+    // Unit tests read in single blocks, so that their small trees still
+    // stream through several pieces.
+    let mut buf = vec![0u8; if cfg!(test) { BLOCK } else { 1 << 20 }];
     let mut left = params.data_size;
     while left > 0 {
         let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
@@ -289,49 +291,68 @@ pub fn check_image(mut image: impl Read, params: &VerityParams) -> Result<Option
         left -= n as u64;
     }
     let tree = builder.finish()?;
-    let mut stored = vec![0u8; tree.hash_area.len()];
-    image
-        .read_exact(&mut stored)
-        .map_err(|e| Error::from_read(e, "verity hash area"))?;
     let hash_offset = params.data_size;
+    let level0 = tree.data_blocks as usize * DIGEST_LEN;
+    let level0_start = tree.hash_area.len() - level0.div_ceil(BLOCK) * BLOCK;
+    let mut expected = tree.hash_area;
+    // The stored hash area streams through `buf` (it is 8 MiB per GiB of
+    // data: never held twice): the first byte that differs anywhere, and
+    // the first one in level 0 (the data blocks' own digests).
+    let (mut first_diff, mut first_level0_diff) = (None, None);
+    let mut pos = 0;
+    while pos < expected.len() {
+        let n = buf.len().min(expected.len() - pos);
+        let piece = &mut buf[..n];
+        image
+            .read_exact(piece)
+            .map_err(|e| Error::from_read(e, "verity hash area"))?;
+        if pos == 0 {
+            // The superblock's uuid is free, and the rest of its block is
+            // not checked (as before).
+            let mut sb = encode_superblock(tree.data_blocks, &params.salt.0, &[0; 16]);
+            sb[16..32].copy_from_slice(&piece[16..32]);
+            expected[..SUPERBLOCK_LEN].copy_from_slice(&sb);
+            expected[SUPERBLOCK_LEN..BLOCK].copy_from_slice(&piece[SUPERBLOCK_LEN..BLOCK]);
+        }
+        let differs = |from: usize, to: usize| {
+            expected[from..to]
+                .iter()
+                .zip(&piece[from - pos..to - pos])
+                .position(|(a, b)| a != b)
+                .map(|i| from + i)
+        };
+        first_diff = first_diff.or_else(|| differs(pos, pos + n));
+        let (lo, hi) = (level0_start.max(pos), (level0_start + level0).min(pos + n));
+        if lo < hi {
+            first_level0_diff = first_level0_diff.or_else(|| differs(lo, hi));
+        }
+        pos += n;
+    }
     if tree.root_hash != params.root_hash.0 {
+        // The data is not what was signed: name the first data block whose
+        // digest differs from the stored level 0 (the last level of the
+        // hash area). One block and no tree: the root hash is that block's
+        // digest.
         if tree.data_blocks == 1 {
-            // One block and no tree: the root hash is that block's digest.
             return Ok(Some(ImageMismatch::DataBlock {
                 index: 0,
                 offset: 0,
             }));
         }
-        // The data is not what was signed: name the first data block whose
-        // digest differs from the stored level 0 (the last level of the
-        // hash area).
-        let level0 = tree.data_blocks as usize * DIGEST_LEN;
-        let start = tree.hash_area.len() - level0.div_ceil(BLOCK) * BLOCK;
-        let first = tree.hash_area[start..start + level0]
-            .chunks_exact(DIGEST_LEN)
-            .zip(stored[start..start + level0].chunks_exact(DIGEST_LEN))
-            .position(|(mine, theirs)| mine != theirs);
-        return Ok(Some(match first {
-            Some(i) => ImageMismatch::DataBlock {
-                index: i as u64,
-                offset: i as u64 * BLOCK as u64,
-            },
+        return Ok(Some(match first_level0_diff {
+            Some(at) => {
+                let i = ((at - level0_start) / DIGEST_LEN) as u64;
+                ImageMismatch::DataBlock {
+                    index: i,
+                    offset: i * BLOCK as u64,
+                }
+            }
             None => ImageMismatch::RootHash,
         }));
     }
-    let mut expected_sb = encode_superblock(tree.data_blocks, &params.salt.0, &[0; 16]);
-    expected_sb[16..32].copy_from_slice(&stored[16..32]); // the uuid is free
-    let mut expected = tree.hash_area;
-    expected[..SUPERBLOCK_LEN].copy_from_slice(&expected_sb);
-    // The rest of the superblock's block is not checked (as before).
-    expected[SUPERBLOCK_LEN..BLOCK].copy_from_slice(&stored[SUPERBLOCK_LEN..BLOCK]);
-    Ok(expected
-        .iter()
-        .zip(&stored)
-        .position(|(a, b)| a != b)
-        .map(|at| ImageMismatch::HashArea {
-            offset: hash_offset + at as u64,
-        }))
+    Ok(first_diff.map(|at| ImageMismatch::HashArea {
+        offset: hash_offset + at as u64,
+    }))
 }
 
 /// [`check_image`] as an error: `Error::Verity` saying what disagrees.
