@@ -235,14 +235,15 @@ for SIZE in $SIZES_MIB; do
     run "dd/$K" "$WORK/system.img" dd if="$WORK/system.img" of="$WORK/disk.img" bs=4M seek="$SLOT_B" \
       oflag=seek_bytes conv=fsync,notrunc status=none
     run "local/$K" "$WORK/bundle.abb" "$ABKIT" install "${MACHINE[@]}" "$WORK/bundle.abb"
-    if [ -n "${ABKIT_BEFORE:-}" ]; then
-      run "blocal/$K" "$WORK/before.abb" "$ABKIT_BEFORE" install "${MACHINE[@]}" "$WORK/before.abb"
-    fi
     # B is installed, its trial pending: time mark-good's check there,
-    # from that same state every run (and leave it so for the next steps).
+    # from that same state every run (and leave it so for the next steps); the
+    # before binary installs only after that, its record has no such check.
     save_esp
     BEFORE_EACH=restore_esp run "commit/$K" "$WORK/boot.efi" "$ABKIT" mark-good "${ON_B[@]}"
     restore_esp
+    if [ -n "${ABKIT_BEFORE:-}" ]; then
+      run "blocal/$K" "$WORK/before.abb" "$ABKIT_BEFORE" install "${MACHINE[@]}" "$WORK/before.abb"
+    fi
     run "curl/$K" "$WORK/bundle.abb" curl -sS --fail -o /dev/null "http://127.0.0.1:$PORT/bundle.abb"
     if [ "$HTTP" = 1 ]; then
       run "http/$K" "$WORK/bundle.abb" "$ABKIT" install "${MACHINE[@]}" "http://127.0.0.1:$PORT/bundle.abb"

@@ -188,13 +188,19 @@ impl VerityBuilder {
             let top = levels.last().map(Vec::as_slice).unwrap_or_default();
             (self.digest(top), levels)
         };
-        let tree_len: usize = levels.iter().map(Vec::len).sum();
-        let mut hash_area = Vec::with_capacity(BLOCK + tree_len);
-        hash_area.extend_from_slice(&encode_superblock(self.data_blocks, &self.salt, &uuid));
-        hash_area.resize(BLOCK, 0);
-        for level in levels.iter().rev() {
-            hash_area.extend_from_slice(level);
+        // The hash area is the superblock's block, then the levels from the
+        // top down: level 0 (all but 1/127 of the tree) is last, so its
+        // buffer becomes the area and only the small rest is put in front
+        // (one tree in memory, not two: 8 MiB per GiB of data).
+        let mut head = encode_superblock(self.data_blocks, &self.salt, &uuid).to_vec();
+        head.resize(BLOCK, 0);
+        let mut levels = levels.into_iter();
+        let level0 = levels.next().unwrap_or_default();
+        for level in levels.rev() {
+            head.extend_from_slice(&level);
         }
+        let mut hash_area = level0;
+        hash_area.splice(0..0, head);
         debug_assert_eq!(hash_area.len() as u64, hash_area_size(self.data_blocks));
         Ok(VerityTree {
             root_hash,
