@@ -277,6 +277,18 @@ row() { # size, cache, key, label, reference seconds, reference name
     ratio = (ref > 0) ? sprintf("%.2fx %s", w / ref, rn) : "";
     printf "| %-8s | %-5s | %-30s | %8.2f | %8.0f | %9.1f | %-28s |\n", s, c, l, w, mb / 1e6 / w, r / 1024, ratio }'
 }
+
+# A row of abkit's wall time over another tool's, local and over HTTP:
+# ratio_row LABEL LOCAL_KEY HTTP_KEY (keys without the /size-cache suffix;
+# nothing when the other tool did not run). Uses $SIZE, $CACHE and $K.
+ratio_row() {
+  local label=$1 other=${WALL[$2/$K]:-} other_http=${WALL[$3/$K]:-0}
+  [ -n "$other" ] || return 0
+  awk -v s="$SIZE MiB" -v c="$CACHE" -v label="$label" -v a="${WALL[local/$K]}" -v b="$other" \
+      -v ah="${WALL[http/$K]:-0}" -v bh="$other_http" 'BEGIN {
+    printf "| %-8s | %-5s | %-30s | %8s | %8s | %9s | %-28s |\n", s, c, label, "", "", "",
+      sprintf("%.2fx local, %.2fx http", a / b, (bh > 0) ? ah / bh : 0) }'
+}
 for SIZE in $SIZES_MIB; do
   for CACHE in $CACHES; do
     K=$SIZE/$CACHE
@@ -289,21 +301,11 @@ for SIZE in $SIZES_MIB; do
     row "$SIZE" "$CACHE" "http/$K" "abkit install http://" "$SLOWER" "max(curl,dd) (goal <= 1.15)"
     row "$SIZE" "$CACHE" "blocal/$K" "abkit install FILE (before)" "$DD" "dd"
     row "$SIZE" "$CACHE" "bhttp/$K" "abkit install http:// (before)" "$SLOWER" "max(curl,dd)"
-    if [ -n "${WALL[blocal/$K]:-}" ]; then
-      awk -v s="$SIZE MiB" -v c="$CACHE" -v a="${WALL[local/$K]}" -v b="${WALL[blocal/$K]}" \
-          -v ah="${WALL[http/$K]:-0}" -v bh="${WALL[bhttp/$K]:-0}" 'BEGIN {
-        printf "| %-8s | %-5s | %-30s | %8s | %8s | %9s | %-28s |\n", s, c, "  after / before", "", "", "",
-          sprintf("%.2fx local, %.2fx http", a / b, (bh > 0) ? ah / bh : 0) }'
-    fi
+    ratio_row "  after / before" blocal bhttp
     row "$SIZE" "$CACHE" "commit/$K" "abkit mark-good (slot check)" "$DD" "dd (at the trial boot)"
     row "$SIZE" "$CACHE" "rauc/$K" "rauc install FILE" "$DD" "dd"
     row "$SIZE" "$CACHE" "rauchttp/$K" "curl + rauc install" "$SLOWER" "max(curl,dd)"
-    if [ -n "${WALL[rauc/$K]:-}" ]; then
-      awk -v s="$SIZE MiB" -v c="$CACHE" -v a="${WALL[local/$K]}" -v r="${WALL[rauc/$K]}" \
-          -v ah="${WALL[http/$K]:-0}" -v rh="${WALL[rauchttp/$K]}" 'BEGIN {
-        printf "| %-8s | %-5s | %-30s | %8s | %8s | %9s | %-28s |\n", s, c, "  abkit / RAUC", "", "", "",
-          sprintf("%.2fx local, %.2fx http", a / r, ah / rh) }'
-    fi
+    ratio_row "  abkit / RAUC" rauc rauchttp
   done
 done
 echo

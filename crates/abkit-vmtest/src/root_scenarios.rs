@@ -246,6 +246,32 @@ pub fn data_persists(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     Ok(s)
 }
 
+/// Y installed into slot B by X on A (the install boot, checked): what a
+/// scenario that then changes B's bytes on the disk needs.
+pub(crate) struct YOnB {
+    /// BootOrder after the install.
+    pub order: Vec<u16>,
+    /// Y's signed verity parameters.
+    pub sys: SystemPayload,
+    /// Slot B's first byte on the disk.
+    pub b_start: u64,
+}
+
+/// X on A installs Y into slot B and reboots; the trial is still to come.
+pub(crate) fn install_y_on_b(s: &mut Scenario<'_>) -> anyhow::Result<YOnB> {
+    let (b, vars) = s.boot(&format!("install {}; reboot", on_disk(&Y)))?;
+    expect_healthy(&b, &X, 'A')?;
+    expect_result(&b, "install", true)?;
+    vars.expect('A', Some('B'))?;
+    let sys = system_verity(&s.suite.fx.abkit, &s.suite.fx.bundle(&Y.bundle()))?;
+    let (b_start, _) = partition_extent(&s.machine.disk, SLOT_B)?;
+    Ok(YOnB {
+        order: vars.boot_order,
+        sys,
+        b_start,
+    })
+}
+
 /// Installs Y from X, flips one byte of slot B at `offset` (from the start
 /// of the partition), and checks: the trial boot fails in the initrd with a
 /// verity error and reboots; the next boot is X on A, committed, and slot
@@ -255,16 +281,14 @@ fn tampered_trial(
     what: &str,
     offset_of: fn(&SystemPayload) -> u64,
 ) -> anyhow::Result<()> {
-    let (b, vars) = s.boot(&format!("install {}; reboot", on_disk(&Y)))?;
-    expect_healthy(&b, &X, 'A')?;
-    expect_result(&b, "install", true)?;
-    vars.expect('A', Some('B'))?;
-    let order = vars.boot_order.clone();
+    let YOnB {
+        order,
+        sys,
+        b_start,
+    } = install_y_on_b(s)?;
     let disk = s.machine.disk.clone();
     let (a_start, a_len) = partition_extent(&disk, SLOT_A)?;
     let slot_a = read_range(&disk, a_start, a_len)?;
-    let sys = system_verity(&s.suite.fx.abkit, &s.suite.fx.bundle(&Y.bundle()))?;
-    let (b_start, _) = partition_extent(&disk, SLOT_B)?;
     flip_byte(&disk, b_start + offset_of(&sys))?;
 
     // The trial boot of B never reaches Y's init.

@@ -7,28 +7,21 @@
 
 use anyhow::{Context, ensure};
 
-use crate::fixtures::{X, Y, partition_extent, system_verity};
-use crate::root_scenarios::flip_byte;
-use crate::scenarios::{
-    Scenario, Suite, expect_healthy, expect_os, expect_result, on_disk, status,
-};
-
-/// Slot B's partition number on the test disk.
-const SLOT_B: u32 = 3;
+use crate::fixtures::{X, Y};
+use crate::root_scenarios::{YOnB, flip_byte, install_y_on_b};
+use crate::scenarios::{Scenario, Suite, expect_healthy, expect_os, expect_result, status};
 
 /// X on A installs Y; a byte of Y's verity superblock changes on the disk;
 /// Y's trial boots, but its mark-good refuses with `written-data-mismatch`
 /// and commits nothing; the next boot is X on A, committed.
 pub fn written_data_check(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     let mut s = Scenario::new(suite, "written-data-check")?;
-    let (b, vars) = s.boot(&format!("install {}; reboot", on_disk(&Y)))?;
-    expect_healthy(&b, &X, 'A')?;
-    expect_result(&b, "install", true)?;
-    vars.expect('A', Some('B'))?;
-    let order = vars.boot_order.clone();
+    let YOnB {
+        order,
+        sys,
+        b_start,
+    } = install_y_on_b(&mut s)?;
     let disk = s.machine.disk.clone();
-    let sys = system_verity(&s.suite.fx.abkit, &s.suite.fx.bundle(&Y.bundle()))?;
-    let (b_start, _) = partition_extent(&disk, SLOT_B)?;
     // A padding byte of the superblock (82..88, after the salt size): no
     // reader of the root uses it, so the trial boots; mark-good compares
     // the whole superblock with the one the signed parameters give.
