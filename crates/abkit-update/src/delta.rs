@@ -1310,6 +1310,7 @@ impl SlotDevice for MemSeed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use abkit_disk::fixtures::noise;
 
     /// The batches `Runs` sends for a pattern of missing (1) blocks of
     /// an index of `pattern.len()` 4 KiB blocks, on two fetchers.
@@ -1355,19 +1356,6 @@ mod tests {
 
     fn blake3_of(bytes: &[u8]) -> [u8; 32] {
         block_hash(bytes)
-    }
-
-    /// Bytes that do not repeat (xorshift), `seed` picks which.
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
     }
 
     const MIB: usize = 1 << 20;

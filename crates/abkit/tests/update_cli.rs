@@ -51,6 +51,20 @@ fn lines(out: &Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `args` (a mark-good) on slot B succeeds and commits it: B is the
+/// committed slot and recorded good. Returns that status.
+fn mark_good_commits_b(w: &World, args: &[&str]) -> serde_json::Value {
+    let out = w.on("b", args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = w.status("b");
+    assert_eq!(st["committed_slot"], "B");
+    assert_eq!(st["slots"]["B"]["state"], "good");
+    st
+}
 #[test]
 fn install_then_status_then_mark_good_offline() {
     let w = world();
@@ -101,15 +115,7 @@ fn install_then_status_then_mark_good_offline() {
 
     // Taken as the trial boot of B (no firmware ran: BootNext is still
     // set, and mark-good clears it as stale).
-    let out = w.on("b", &["mark-good"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let st = w.status("b");
-    assert_eq!(st["committed_slot"], "B");
-    assert_eq!(st["slots"]["B"]["state"], "good");
+    mark_good_commits_b(&w, &["mark-good"]);
 
     // A rollback to A is now possible, one-shot.
     let out = w.on("b", &["rollback", "--json"]);
@@ -896,15 +902,7 @@ fn mark_good_killed_during_its_written_data_check_is_completed_by_a_rerun() {
         "mark-good changed the machine before its check finished"
     );
     assert_eq!(w.status("a")["committed_slot"], "A");
-    let out = w.on("b", &["mark-good", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let st = w.status("b");
-    assert_eq!(st["committed_slot"], "B");
-    assert_eq!(st["slots"]["B"]["state"], "good");
+    let st = mark_good_commits_b(&w, &["mark-good", "--json"]);
     assert_eq!(st["slots"]["B"]["written_check"], "passed");
 }
 
