@@ -53,3 +53,48 @@ impl AgentError {
 
 /// `Result` with this crate's error.
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The codes are a public contract (docs/agent.md, `--json`, the API):
+    /// this pins every one of them, and that an update error keeps its own.
+    #[test]
+    fn every_code_is_pinned() {
+        let s = || String::from("x");
+        let all = [
+            (
+                AgentError::Io {
+                    context: s(),
+                    source: std::io::Error::other("x"),
+                },
+                "io",
+            ),
+            (
+                AgentError::Config {
+                    path: PathBuf::from("c"),
+                    message: s(),
+                },
+                "config",
+            ),
+            (AgentError::BadOption(s()), "bad-option"),
+            (AgentError::Tls(s()), "tls"),
+            (
+                AgentError::Running {
+                    socket: PathBuf::from("s"),
+                    pid: None,
+                },
+                "agent-running",
+            ),
+            (AgentError::Machine(s()), "machine"),
+            (
+                AgentError::Update(abkit_update::UpdateError::EspFull { free: 0, needed: 1 }),
+                "esp-full",
+            ),
+        ];
+        for (err, code) in all {
+            assert_eq!(err.code(), code, "{err:?}");
+        }
+    }
+}

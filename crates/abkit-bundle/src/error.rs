@@ -149,3 +149,162 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The codes are a public contract (docs/bundle-format.md, `--json`):
+    /// this pins every one of them.
+    #[test]
+    fn every_code_is_pinned() {
+        let p = || PathBuf::from("k");
+        let s = || String::from("x");
+        let json = serde_json::from_str::<u8>("x").unwrap_err();
+        let all: Vec<(Error, &str)> = vec![
+            (Error::Io(std::io::Error::other("x")), "io"),
+            (Error::Truncated { section: s() }, "truncated"),
+            (Error::BadMagic { found: [0; 8] }, "bad-magic"),
+            (
+                Error::UnsupportedFormatVersion {
+                    found: 9,
+                    supported: 3,
+                },
+                "unsupported-format-version",
+            ),
+            (
+                Error::OldFormatVersion {
+                    found: 1,
+                    supported: 3,
+                },
+                "old-format-version",
+            ),
+            (
+                Error::IndexHashMismatch { payload: s() },
+                "index-hash-mismatch",
+            ),
+            (
+                Error::IndexInvalid {
+                    payload: s(),
+                    reason: s(),
+                },
+                "index-invalid",
+            ),
+            (
+                Error::BlockHashMismatch {
+                    payload: s(),
+                    block: 0,
+                },
+                "block-hash-mismatch",
+            ),
+            (
+                Error::ReservedFieldSet {
+                    field: "f",
+                    value: 1,
+                },
+                "reserved-field-set",
+            ),
+            (Error::ManifestSize { len: 0, max: 1 }, "manifest-size"),
+            (
+                Error::TooManySignatures { count: 9, max: 1 },
+                "too-many-signatures",
+            ),
+            (Error::ManifestJson(json), "manifest-json"),
+            (Error::ManifestInvalid(s()), "manifest-invalid"),
+            (
+                Error::TooManyPayloads { count: 9, max: 1 },
+                "too-many-payloads",
+            ),
+            (Error::NoSignature, "no-signature"),
+            (
+                Error::NoTrustedSignature { signers: vec![] },
+                "no-trusted-signature",
+            ),
+            (Error::BadSignature { key_id: s() }, "bad-signature"),
+            (
+                Error::ChunkHashMismatch {
+                    payload: s(),
+                    chunk: 0,
+                },
+                "chunk-hash-mismatch",
+            ),
+            (
+                Error::PayloadHashMismatch { payload: s() },
+                "payload-hash-mismatch",
+            ),
+            (
+                Error::PayloadSizeMismatch {
+                    payload: s(),
+                    expected: 1,
+                    actual: 2,
+                },
+                "payload-size-mismatch",
+            ),
+            (
+                Error::DecompressedTooLarge {
+                    payload: s(),
+                    limit: 1,
+                },
+                "decompressed-too-large",
+            ),
+            (
+                Error::Decompress {
+                    payload: s(),
+                    reason: s(),
+                },
+                "decompress",
+            ),
+            (Error::TrailingData, "trailing-data"),
+            (
+                Error::KeyFile {
+                    path: p(),
+                    reason: s(),
+                },
+                "key-file",
+            ),
+            (Error::EmptyKeyring { path: p() }, "empty-keyring"),
+            (Error::KeyringMissing { path: p() }, "keyring-missing"),
+            (
+                Error::KeyringDir {
+                    path: p(),
+                    reason: s(),
+                },
+                "keyring-dir",
+            ),
+            (
+                Error::UnsafeKeyFile {
+                    path: p(),
+                    reason: s(),
+                },
+                "unsafe-key-file",
+            ),
+            (Error::Verity(s()), "verity"),
+            (Error::InvalidInput(s()), "invalid-input"),
+            (
+                Error::OutputIsInput {
+                    output: p(),
+                    input: p(),
+                },
+                "output-is-input",
+            ),
+            (
+                Error::PayloadFailed {
+                    payload: s(),
+                    reason: s(),
+                },
+                "payload-failed",
+            ),
+            (
+                Error::RootHashMismatch {
+                    uki: s(),
+                    system: s(),
+                },
+                "root-hash-mismatch",
+            ),
+        ];
+        assert_eq!(all.len(), 33);
+        for (err, code) in all {
+            assert_eq!(err.code(), code, "{err:?}");
+        }
+    }
+}

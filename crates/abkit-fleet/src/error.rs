@@ -46,3 +46,59 @@ impl FleetError {
 
 /// `Result` with this crate's error.
 pub type Result<T, E = FleetError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The codes are a public contract (docs/fleet.md, `--json`): this pins
+    /// every one of them.
+    #[test]
+    fn every_code_is_pinned() {
+        let s = || String::from("x");
+        let all = [
+            (
+                FleetError::Etcd {
+                    endpoints: s(),
+                    message: s(),
+                },
+                "etcd",
+            ),
+            (FleetError::BadInput(s()), "bad-input"),
+            (
+                FleetError::Corrupt {
+                    key: s(),
+                    message: s(),
+                },
+                "etcd-corrupt",
+            ),
+            (FleetError::NoRollout, "no-rollout"),
+            (FleetError::NoMachines, "no-machines"),
+            (
+                FleetError::RolloutState {
+                    id: s(),
+                    state: s(),
+                    message: s(),
+                },
+                "rollout-state",
+            ),
+            (
+                FleetError::Contended {
+                    what: s(),
+                    tries: 1,
+                },
+                "contended",
+            ),
+            (
+                FleetError::Listen {
+                    addr: s(),
+                    message: s(),
+                },
+                "listen",
+            ),
+        ];
+        for (err, code) in all {
+            assert_eq!(err.code(), code, "{err:?}");
+        }
+    }
+}

@@ -145,3 +145,132 @@ impl OciError {
         move |source| OciError::Io { context, source }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The codes are a public contract (docs/oci.md, `--json`): this pins
+    /// every one of them.
+    #[test]
+    fn every_code_is_pinned() {
+        let s = || String::from("x");
+        let all = [
+            (
+                OciError::BadReference {
+                    reference: s(),
+                    reason: s(),
+                },
+                "oci-bad-reference",
+            ),
+            (
+                OciError::NotFound {
+                    reference: s(),
+                    what: "tag",
+                    detail: s(),
+                },
+                "oci-not-found",
+            ),
+            (
+                OciError::AuthRequired {
+                    registry: s(),
+                    scheme: "Basic",
+                },
+                "oci-auth-required",
+            ),
+            (
+                OciError::Unauthorized {
+                    registry: s(),
+                    detail: s(),
+                },
+                "oci-unauthorized",
+            ),
+            (
+                OciError::DigestMismatch {
+                    reference: s(),
+                    expected: s(),
+                    actual: s(),
+                },
+                "oci-digest-mismatch",
+            ),
+            (
+                OciError::BlobDigestMismatch {
+                    expected: s(),
+                    actual: s(),
+                },
+                "oci-blob-digest-mismatch",
+            ),
+            (
+                OciError::BlobSize {
+                    digest: s(),
+                    detail: s(),
+                },
+                "oci-blob-size-mismatch",
+            ),
+            (
+                OciError::NotABundle {
+                    reference: s(),
+                    reason: s(),
+                },
+                "oci-not-a-bundle",
+            ),
+            (
+                OciError::Registry {
+                    method: "GET",
+                    url: s(),
+                    status: 500,
+                    detail: s(),
+                },
+                "oci-registry",
+            ),
+            (
+                OciError::Connection {
+                    method: "GET",
+                    url: s(),
+                    problem: s(),
+                },
+                "oci-connection",
+            ),
+            (
+                OciError::Tls {
+                    method: "GET",
+                    url: s(),
+                    problem: s(),
+                },
+                "oci-tls",
+            ),
+            (
+                OciError::Protocol {
+                    method: "GET",
+                    url: s(),
+                    problem: s(),
+                },
+                "oci-protocol",
+            ),
+            (
+                OciError::Credentials {
+                    path: s(),
+                    problem: s(),
+                },
+                "oci-credentials",
+            ),
+            (
+                OciError::Fetch(abkit_fetch::FetchError::BadUrl {
+                    url: s(),
+                    reason: s(),
+                }),
+                "fetch",
+            ),
+            (
+                OciError::Io {
+                    context: s(),
+                    source: io::Error::other("x"),
+                },
+                "io",
+            ),
+        ];
+        for (err, code) in all {
+            assert_eq!(err.code(), code, "{err:?}");
+        }
+    }
+}

@@ -161,3 +161,155 @@ impl UpdateError {
         move |source| UpdateError::Io { context, source }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The codes are a public contract (docs/update.md, `--json`, the
+    /// agent's API): this pins every one of them, and that a bundle or
+    /// registry error keeps its own.
+    #[test]
+    fn every_code_is_pinned() {
+        let s = || String::from("x");
+        let io = || io::Error::other("x");
+        let store = || abkit_efi::StoreError::Malformed {
+            path: "v".into(),
+            reason: s(),
+        };
+        let all = [
+            (UpdateError::Boot(store().into()), "boot-variables"),
+            (UpdateError::Store(store()), "variable-store"),
+            (
+                UpdateError::Disk(abkit_disk::DiskError::BadEspPath(s())),
+                "disk",
+            ),
+            (
+                UpdateError::Bundle(abkit_bundle::Error::NoSignature),
+                "no-signature",
+            ),
+            (
+                UpdateError::Io {
+                    context: s(),
+                    source: io(),
+                },
+                "io",
+            ),
+            (
+                UpdateError::Incompatible {
+                    bundle: s(),
+                    machine: s(),
+                },
+                "incompatible",
+            ),
+            (
+                UpdateError::Downgrade {
+                    bundle: s(),
+                    committed: s(),
+                },
+                "downgrade",
+            ),
+            (
+                UpdateError::BelowMinVersion {
+                    bundle: s(),
+                    min: s(),
+                    current: s(),
+                },
+                "below-min-version",
+            ),
+            (
+                UpdateError::RunningSlotNotCommitted {
+                    running: Slot::B,
+                    committed: s(),
+                },
+                "running-slot-on-trial",
+            ),
+            (UpdateError::MissingPayload("system"), "missing-payload"),
+            (
+                UpdateError::SlotTooSmall {
+                    payload: s(),
+                    slot: Slot::B,
+                    size: 2,
+                    capacity: 1,
+                },
+                "slot-too-small",
+            ),
+            (UpdateError::EspFull { free: 0, needed: 1 }, "esp-full"),
+            (
+                UpdateError::ReadBackMismatch {
+                    slot: Slot::B,
+                    expected: s(),
+                    found: s(),
+                },
+                "read-back-mismatch",
+            ),
+            (
+                UpdateError::WrittenDataMismatch {
+                    slot: Slot::B,
+                    detail: s(),
+                },
+                "written-data-mismatch",
+            ),
+            (
+                UpdateError::NothingToRollBack {
+                    slot: Slot::A,
+                    state: s(),
+                },
+                "nothing-to-roll-back",
+            ),
+            (UpdateError::UnknownRunningSlot(s()), "unknown-running-slot"),
+            (UpdateError::NoBootDisk(s()), "no-boot-disk"),
+            (
+                UpdateError::Fetch(abkit_fetch::FetchError::BadUrl {
+                    url: s(),
+                    reason: s(),
+                }),
+                "fetch",
+            ),
+            (
+                UpdateError::Oci(abkit_oci::OciError::Credentials {
+                    path: s(),
+                    problem: s(),
+                }),
+                "oci-credentials",
+            ),
+            (UpdateError::Policy(s()), "boot-policy"),
+            (UpdateError::BootControl { message: s() }, "boot-control"),
+            (UpdateError::Kexec(s()), "kexec"),
+            (
+                UpdateError::NotCommittable {
+                    slot: Slot::B,
+                    reason: s(),
+                },
+                "not-committable",
+            ),
+            (
+                UpdateError::Locked {
+                    path: "l".into(),
+                    pid: None,
+                },
+                "locked",
+            ),
+            (
+                UpdateError::UnrecordedBase {
+                    missing: "product",
+                    bundle: s(),
+                },
+                "unrecorded-base",
+            ),
+            (
+                UpdateError::BadPayload {
+                    payload: "efi",
+                    reason: s(),
+                },
+                "bad-payload",
+            ),
+            (UpdateError::SizeOverflow(s()), "size-overflow"),
+            #[cfg(feature = "testing")]
+            (UpdateError::InjectedFault(1), "injected-fault"),
+        ];
+        for (err, code) in all {
+            assert_eq!(err.code(), code, "{err:?}");
+        }
+    }
+}
