@@ -4,7 +4,11 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-#[derive(Debug, Error)]
+/// Each variant's stable code ([`AgentError::code`]) is its name in
+/// kebab-case unless a `strum` attribute says otherwise; an update error
+/// keeps its own code.
+#[derive(Debug, Error, strum::IntoStaticStr)]
+#[strum(serialize_all = "kebab-case")]
 pub enum AgentError {
     #[error("{context}: {source}")]
     Io {
@@ -23,25 +27,19 @@ pub enum AgentError {
         pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
         socket.display()
     )]
+    #[strum(serialize = "agent-running")]
     Running { socket: PathBuf, pid: Option<u32> },
     #[error("cannot open the machine: {0}")]
     Machine(String),
     #[error(transparent)]
+    #[strum(transparent)]
     Update(#[from] abkit_update::UpdateError),
 }
 
 impl AgentError {
     /// A stable, machine-readable name of the error (docs/agent.md).
     pub fn code(&self) -> &'static str {
-        match self {
-            AgentError::Io { .. } => "io",
-            AgentError::Config { .. } => "config",
-            AgentError::BadOption(_) => "bad-option",
-            AgentError::Tls(_) => "tls",
-            AgentError::Running { .. } => "agent-running",
-            AgentError::Machine(_) => "machine",
-            AgentError::Update(e) => e.code(),
-        }
+        self.into()
     }
 
     /// Wraps an I/O error with what was being done.

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong while reading, verifying or writing bundles.
-#[derive(Debug, thiserror::Error)]
+/// Each variant's stable code ([`Error::code`]) is its name in kebab-case.
+#[derive(Debug, thiserror::Error, strum::IntoStaticStr)]
+#[strum(serialize_all = "kebab-case")]
 #[non_exhaustive]
 pub enum Error {
     #[error("I/O error: {0}")]
@@ -101,41 +103,7 @@ impl Error {
     /// A stable short name for the kind of error, for scripts and logs
     /// (`abkit bundle verify` prints it): e.g. `chunk-hash-mismatch`.
     pub fn code(&self) -> &'static str {
-        match self {
-            Error::Io(_) => "io",
-            Error::Truncated { .. } => "truncated",
-            Error::BadMagic { .. } => "bad-magic",
-            Error::UnsupportedFormatVersion { .. } => "unsupported-format-version",
-            Error::OldFormatVersion { .. } => "old-format-version",
-            Error::IndexHashMismatch { .. } => "index-hash-mismatch",
-            Error::IndexInvalid { .. } => "index-invalid",
-            Error::BlockHashMismatch { .. } => "block-hash-mismatch",
-            Error::ReservedFieldSet { .. } => "reserved-field-set",
-            Error::ManifestSize { .. } => "manifest-size",
-            Error::TooManySignatures { .. } => "too-many-signatures",
-            Error::ManifestJson(_) => "manifest-json",
-            Error::ManifestInvalid(_) => "manifest-invalid",
-            Error::TooManyPayloads { .. } => "too-many-payloads",
-            Error::NoSignature => "no-signature",
-            Error::NoTrustedSignature { .. } => "no-trusted-signature",
-            Error::BadSignature { .. } => "bad-signature",
-            Error::ChunkHashMismatch { .. } => "chunk-hash-mismatch",
-            Error::PayloadHashMismatch { .. } => "payload-hash-mismatch",
-            Error::PayloadSizeMismatch { .. } => "payload-size-mismatch",
-            Error::DecompressedTooLarge { .. } => "decompressed-too-large",
-            Error::Decompress { .. } => "decompress",
-            Error::TrailingData => "trailing-data",
-            Error::KeyFile { .. } => "key-file",
-            Error::EmptyKeyring { .. } => "empty-keyring",
-            Error::KeyringMissing { .. } => "keyring-missing",
-            Error::KeyringDir { .. } => "keyring-dir",
-            Error::UnsafeKeyFile { .. } => "unsafe-key-file",
-            Error::Verity(_) => "verity",
-            Error::InvalidInput(_) => "invalid-input",
-            Error::OutputIsInput { .. } => "output-is-input",
-            Error::PayloadFailed { .. } => "payload-failed",
-            Error::RootHashMismatch { .. } => "root-hash-mismatch",
-        }
+        self.into()
     }
 
     /// Maps an `UnexpectedEof` from `read_exact` to [`Error::Truncated`] naming `section`.

@@ -2,13 +2,17 @@
 
 use thiserror::Error;
 
-#[derive(Debug, Error)]
+/// Each variant's stable code ([`FleetError::code`]) is its name in
+/// kebab-case unless a `strum` attribute says otherwise.
+#[derive(Debug, Error, strum::IntoStaticStr)]
+#[strum(serialize_all = "kebab-case")]
 pub enum FleetError {
     #[error("etcd ({endpoints}): {message}")]
     Etcd { endpoints: String, message: String },
     #[error("{0}")]
     BadInput(String),
     #[error("etcd key {key} holds something that is not ours: {message}")]
+    #[strum(serialize = "etcd-corrupt")]
     Corrupt { key: String, message: String },
     #[error("no rollout in etcd (start one with `abkit rollout start`)")]
     NoRollout,
@@ -31,16 +35,7 @@ pub enum FleetError {
 impl FleetError {
     /// A stable, machine-readable name of the error (docs/fleet.md).
     pub fn code(&self) -> &'static str {
-        match self {
-            FleetError::Etcd { .. } => "etcd",
-            FleetError::BadInput(_) => "bad-input",
-            FleetError::Corrupt { .. } => "etcd-corrupt",
-            FleetError::NoRollout => "no-rollout",
-            FleetError::NoMachines => "no-machines",
-            FleetError::RolloutState { .. } => "rollout-state",
-            FleetError::Contended { .. } => "contended",
-            FleetError::Listen { .. } => "listen",
-        }
+        self.into()
     }
 }
 

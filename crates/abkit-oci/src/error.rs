@@ -5,7 +5,12 @@
 use std::io;
 
 /// A failed push or pull.
-#[derive(Debug, thiserror::Error)]
+///
+/// Each variant's stable code ([`OciError::code`]) is `oci-` and its name in
+/// kebab-case, except `Fetch` and `Io`: those are not the registry's own
+/// problems and carry the codes every crate uses for them.
+#[derive(Debug, thiserror::Error, strum::IntoStaticStr)]
+#[strum(serialize_all = "kebab-case", prefix = "oci-")]
 #[non_exhaustive]
 pub enum OciError {
     /// The `oci://` reference does not follow the grammar.
@@ -54,6 +59,7 @@ pub enum OciError {
 
     /// The bundle blob is not as long as the manifest says.
     #[error("blob {digest}: {detail}")]
+    #[strum(serialize = "blob-size-mismatch")]
     BlobSize { digest: String, detail: String },
 
     /// The manifest is not an abkit bundle artifact.
@@ -116,21 +122,9 @@ impl OciError {
     /// A stable, machine-readable name of the error (docs/oci.md).
     pub fn code(&self) -> &'static str {
         match self {
-            OciError::BadReference { .. } => "oci-bad-reference",
-            OciError::NotFound { .. } => "oci-not-found",
-            OciError::AuthRequired { .. } => "oci-auth-required",
-            OciError::Unauthorized { .. } => "oci-unauthorized",
-            OciError::DigestMismatch { .. } => "oci-digest-mismatch",
-            OciError::BlobDigestMismatch { .. } => "oci-blob-digest-mismatch",
-            OciError::BlobSize { .. } => "oci-blob-size-mismatch",
-            OciError::NotABundle { .. } => "oci-not-a-bundle",
-            OciError::Registry { .. } => "oci-registry",
-            OciError::Connection { .. } => "oci-connection",
-            OciError::Tls { .. } => "oci-tls",
-            OciError::Protocol { .. } => "oci-protocol",
-            OciError::Credentials { .. } => "oci-credentials",
             OciError::Fetch(_) => "fetch",
             OciError::Io { .. } => "io",
+            registry => registry.into(),
         }
     }
 

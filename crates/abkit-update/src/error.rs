@@ -7,15 +7,22 @@ use thiserror::Error;
 
 use crate::Slot;
 
-#[derive(Debug, Error)]
+/// Each variant's stable code ([`UpdateError::code`]) is its name in
+/// kebab-case unless a `strum` attribute says otherwise; a bundle's or a
+/// registry's error keeps its own code.
+#[derive(Debug, Error, strum::IntoStaticStr)]
+#[strum(serialize_all = "kebab-case")]
 pub enum UpdateError {
     #[error(transparent)]
+    #[strum(serialize = "boot-variables")]
     Boot(#[from] abkit_efi::BootError),
     #[error(transparent)]
+    #[strum(serialize = "variable-store")]
     Store(#[from] abkit_efi::StoreError),
     #[error(transparent)]
     Disk(#[from] abkit_disk::DiskError),
     #[error(transparent)]
+    #[strum(transparent)]
     Bundle(#[from] abkit_bundle::Error),
     #[error("{context}: {source}")]
     Io {
@@ -42,6 +49,7 @@ pub enum UpdateError {
     #[error(
         "the running slot {running} is on its trial boot and not yet marked good (the committed slot is {committed}): installing now would overwrite the last good version; run `abkit mark-good` once it is healthy, or reboot to go back"
     )]
+    #[strum(serialize = "running-slot-on-trial")]
     RunningSlotNotCommitted { running: Slot, committed: String },
     #[error("bundle has no {0:?} payload")]
     MissingPayload(&'static str),
@@ -77,8 +85,10 @@ pub enum UpdateError {
     #[error(transparent)]
     Fetch(#[from] abkit_fetch::FetchError),
     #[error(transparent)]
+    #[strum(transparent)]
     Oci(#[from] abkit_oci::OciError),
     #[error("{0}")]
+    #[strum(serialize = "boot-policy")]
     Policy(String),
     /// The boot-control record or the loader-state file is damaged, or the
     /// boot control cannot do what was asked.
@@ -122,37 +132,7 @@ impl UpdateError {
     /// A stable, machine-readable name of the error (for `--json` output
     /// and scripts); documented in docs/update.md.
     pub fn code(&self) -> &'static str {
-        match self {
-            UpdateError::Boot(_) => "boot-variables",
-            UpdateError::Store(_) => "variable-store",
-            UpdateError::Disk(_) => "disk",
-            UpdateError::Bundle(e) => e.code(),
-            UpdateError::Io { .. } => "io",
-            UpdateError::Incompatible { .. } => "incompatible",
-            UpdateError::Downgrade { .. } => "downgrade",
-            UpdateError::BelowMinVersion { .. } => "below-min-version",
-            UpdateError::RunningSlotNotCommitted { .. } => "running-slot-on-trial",
-            UpdateError::MissingPayload(_) => "missing-payload",
-            UpdateError::SlotTooSmall { .. } => "slot-too-small",
-            UpdateError::EspFull { .. } => "esp-full",
-            UpdateError::ReadBackMismatch { .. } => "read-back-mismatch",
-            UpdateError::WrittenDataMismatch { .. } => "written-data-mismatch",
-            UpdateError::NothingToRollBack { .. } => "nothing-to-roll-back",
-            UpdateError::UnknownRunningSlot(_) => "unknown-running-slot",
-            UpdateError::NoBootDisk(_) => "no-boot-disk",
-            UpdateError::Fetch(_) => "fetch",
-            UpdateError::Oci(e) => e.code(),
-            UpdateError::Policy(_) => "boot-policy",
-            UpdateError::BootControl { .. } => "boot-control",
-            UpdateError::Kexec(_) => "kexec",
-            UpdateError::NotCommittable { .. } => "not-committable",
-            UpdateError::Locked { .. } => "locked",
-            UpdateError::UnrecordedBase { .. } => "unrecorded-base",
-            UpdateError::BadPayload { .. } => "bad-payload",
-            UpdateError::SizeOverflow(_) => "size-overflow",
-            #[cfg(feature = "testing")]
-            UpdateError::InjectedFault(_) => "injected-fault",
-        }
+        self.into()
     }
 
     /// Wraps an I/O error with what was being done.
