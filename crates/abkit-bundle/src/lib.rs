@@ -36,6 +36,7 @@ pub mod verity;
 pub mod writer;
 
 mod error;
+mod pool;
 
 pub use error::{Error, Result};
 pub use index::{BlockIndex, Layout};

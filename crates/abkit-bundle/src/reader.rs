@@ -15,6 +15,7 @@ use sha2::{Digest as _, Sha256};
 use crate::format::{self, HEADER_LEN, Header, SIGNATURE_ENTRY_LEN};
 use crate::keys::{KeyId, Keyring, PublicKey, key_id_of};
 use crate::manifest::{Compression, Manifest, PayloadEntry};
+use crate::pool::BufferPool;
 use crate::{Error, Result};
 
 /// Largest zstd window a reader accepts (2^23 = 8 MiB), so a bundle cannot
@@ -216,7 +217,7 @@ pub struct BundleReader<R: Read> {
     /// Stored bytes of the current payload not yet read from `source`.
     unread: u64,
     end_checked: bool,
-    pool: Vec<Arc<Vec<u8>>>,
+    pool: BufferPool,
 }
 
 impl<R: Read> BundleReader<R> {
@@ -235,7 +236,7 @@ impl<R: Read> BundleReader<R> {
             next_index: 0,
             unread: 0,
             end_checked: false,
-            pool: Vec::new(),
+            pool: BufferPool::new(POOL_LIMIT),
         })
     }
 
@@ -304,28 +305,6 @@ impl<R: Read> BundleReader<R> {
             out.push((name, payload.finish()?));
         }
         Ok(out)
-    }
-
-    fn take_buffer(&mut self, len: usize) -> Arc<Vec<u8>> {
-        let reusable = self
-            .pool
-            .iter()
-            .position(|b| Arc::strong_count(b) == 1 && Arc::weak_count(b) == 0);
-        let mut buf = match reusable {
-            Some(i) => self.pool.swap_remove(i),
-            None => Arc::new(Vec::new()),
-        };
-        match Arc::get_mut(&mut buf) {
-            Some(v) => v.resize(len, 0),
-            None => buf = Arc::new(vec![0; len]),
-        }
-        buf
-    }
-
-    fn give_back(&mut self, buf: Arc<Vec<u8>>) {
-        if self.pool.len() < POOL_LIMIT {
-            self.pool.push(buf);
-        }
     }
 }
 
@@ -507,7 +486,7 @@ impl<'a, R: Read> PayloadReader<'a, R> {
             return Ok(None);
         };
         let start = std::mem::take(&mut self.out_pos);
-        self.bundle.give_back(Arc::clone(&buf));
+        self.bundle.pool.give_back(Arc::clone(&buf));
         Ok(Some(VerifiedBlock { buf, start }))
     }
 
@@ -527,7 +506,7 @@ impl<'a, R: Read> PayloadReader<'a, R> {
                 }
                 State::Streaming => {
                     if let Some(block) = self.out.take() {
-                        self.bundle.give_back(block);
+                        self.bundle.pool.give_back(block);
                     }
                     self.step_guarded()?;
                 }
@@ -573,7 +552,7 @@ impl<'a, R: Read> PayloadReader<'a, R> {
 
     fn step_plain(&mut self) -> Result<()> {
         if self.next_chunk < self.entry.chunks.len() {
-            let mut block = self.bundle.take_buffer(0);
+            let mut block = self.bundle.pool.take(0);
             let Some(buf) = Arc::get_mut(&mut block) else {
                 return Err(Error::Io(io::Error::other("chunk buffer still shared")));
             };
@@ -585,7 +564,7 @@ impl<'a, R: Read> PayloadReader<'a, R> {
     }
 
     fn step_zstd(&mut self) -> Result<()> {
-        let mut block = self.bundle.take_buffer(ZSTD_OUT_BLOCK);
+        let mut block = self.bundle.pool.take(ZSTD_OUT_BLOCK);
         let mut written = 0;
         let Some(out) = Arc::get_mut(&mut block) else {
             return Err(Error::Io(io::Error::other("chunk buffer still shared")));
@@ -642,7 +621,7 @@ impl<'a, R: Read> PayloadReader<'a, R> {
         if written > 0 {
             return self.emit(block);
         }
-        self.bundle.give_back(block);
+        self.bundle.pool.give_back(block);
         if self.frame_open {
             return Err(Error::Decompress {
                 payload: self.entry.name.clone(),
@@ -685,7 +664,7 @@ impl<'a, R: Read> PayloadReader<'a, R> {
             hasher.send(Arc::clone(&block))?;
         }
         if let Some(old) = self.out.replace(block) {
-            self.bundle.give_back(old);
+            self.bundle.pool.give_back(old);
         }
         self.out_pos = 0;
         Ok(())

@@ -17,11 +17,14 @@ use crate::keys::SecretKey;
 use crate::manifest::{
     Compression, DEFAULT_BLOCK_SIZE, DEFAULT_CHUNK_SIZE, Digest, IndexRef, Manifest, PayloadEntry,
 };
+use crate::pool::BufferPool;
 use crate::verity::{VerityBuilder, VerityTree};
 use crate::{Error, Result};
 
 /// Size of the blocks the input is read in.
 const READ_BLOCK: usize = 1 << 20;
+/// Read buffers kept for reuse while the workers hash and compress them.
+const POOL_LIMIT: usize = 12;
 /// Bytes copied between two progress reports in the write pass.
 const COPY_STEP: u64 = 64 << 20;
 
@@ -412,34 +415,6 @@ impl<T: Send + 'static> Worker<T> {
     }
 }
 
-/// Reuses read buffers once every worker let go of them.
-#[derive(Default)]
-struct BufferPool(Vec<Arc<Vec<u8>>>);
-
-impl BufferPool {
-    fn take(&mut self) -> Arc<Vec<u8>> {
-        let free = self
-            .0
-            .iter()
-            .position(|b| Arc::strong_count(b) == 1 && Arc::weak_count(b) == 0);
-        let mut buf = match free {
-            Some(i) => self.0.swap_remove(i),
-            None => Arc::new(Vec::new()),
-        };
-        match Arc::get_mut(&mut buf) {
-            Some(v) => v.resize(READ_BLOCK, 0),
-            None => buf = Arc::new(vec![0; READ_BLOCK]),
-        }
-        buf
-    }
-
-    fn give_back(&mut self, buf: Arc<Vec<u8>>) {
-        if self.0.len() < 12 {
-            self.0.push(buf);
-        }
-    }
-}
-
 /// Reads into `buf` until it is full or the input ends; returns the count.
 fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
@@ -530,10 +505,10 @@ fn analyze(
             }))
         }
     };
-    let mut pool = BufferPool::default();
+    let mut pool = BufferPool::new(POOL_LIMIT);
     let mut size = 0u64;
     loop {
-        let mut block = pool.take();
+        let mut block = pool.take(READ_BLOCK);
         let n = match Arc::get_mut(&mut block) {
             Some(buf) => {
                 let n = read_full(&mut input, buf)?;
