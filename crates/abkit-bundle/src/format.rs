@@ -92,13 +92,7 @@ impl Header {
                 supported: FORMAT_VERSION,
             });
         }
-        let flags = le_u32(&b[12..16]);
-        if flags != 0 {
-            return Err(Error::ReservedFieldSet {
-                field: "flags",
-                value: flags.into(),
-            });
-        }
+        expect_zero("flags", &b[12..16])?;
         let manifest_len = le_u64(&b[16..24]);
         if manifest_len == 0 || manifest_len > MAX_MANIFEST_LEN {
             return Err(Error::ManifestSize {
@@ -113,18 +107,24 @@ impl Header {
                 max: MAX_SIGNATURES,
             });
         }
-        let reserved = le_u32(&b[28..32]);
-        if reserved != 0 {
-            return Err(Error::ReservedFieldSet {
-                field: "reserved",
-                value: reserved.into(),
-            });
-        }
+        expect_zero("reserved", &b[28..32])?;
         Ok(Header {
             format_version,
             manifest_len,
             signature_count,
         })
+    }
+}
+
+/// Refuses a header field that must be zero (the flags, the reserved
+/// word): a later format may give it a meaning this reader would ignore.
+fn expect_zero(field: &'static str, bytes: &[u8]) -> Result<()> {
+    match le_u32(bytes) {
+        0 => Ok(()),
+        value => Err(Error::ReservedFieldSet {
+            field,
+            value: value.into(),
+        }),
     }
 }
 
