@@ -472,25 +472,12 @@ fn release_bundle(suite: &Suite, root: &Path, r: &Release, out: &Path) -> anyhow
         &osrel,
         format!("{base}IMAGE_ID={COMPATIBLE}\nIMAGE_VERSION={}\n", r.version),
     )?;
-    let fx = &suite.fx;
-    run(Command::new(&fx.abkit)
-        .args(["bundle", "create", "--rootfs"])
-        .arg(root)
-        .args(["--erofs-compress", "lz4hc", "--stub"])
-        .arg(&fx.stub)
-        .arg("--kernel")
-        .arg(&fx.kernel)
-        .arg("--initrd")
-        .arg(fx.dir.join("initrd.cpio"))
-        .arg("--osrel")
-        .arg(&osrel)
-        .arg("--cmdline")
-        .arg("console=ttyS0 ro panic=-1 quiet no_timer_check")
-        .args(["--created", "1700000000"])
-        .args(["--version", r.version, "--compatible", COMPATIBLE, "--key"])
-        .arg(fx.dir.join("testkey.key"))
-        .arg("-o")
-        .arg(out))
+    let cmdline = "console=ttyS0 ro panic=-1 quiet no_timer_check";
+    run(suite
+        .fx
+        .release
+        .rootfs_bundle(root, &osrel, cmdline, r.version, COMPATIBLE, out)
+        .args(["--erofs-compress", "lz4hc"]))
     .with_context(|| format!("bundle create for Debian {}", r.version))?;
     Ok(())
 }
@@ -562,6 +549,23 @@ fn debian_boot(
         vars.summary()
     );
     Ok((boot, vars, lines))
+}
+
+/// Checks the agent's health-gate verdict of this boot (its `gate` line);
+/// `boot` names the boot in the error.
+fn expect_gate(
+    b: &Boot,
+    lines: &[(String, String)],
+    expected: &str,
+    boot: &str,
+) -> anyhow::Result<()> {
+    let gate = value(lines, "gate", b)?;
+    ensure!(
+        gate == expected,
+        "the gate of {boot}: {gate:?}, expected {expected:?} (log {})",
+        b.log.display()
+    );
+    Ok(())
 }
 
 /// The checks every boot of a release shares: systemd from Debian is PID
@@ -678,11 +682,7 @@ pub fn debian_systemd(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     )?;
     let log = b.log.display().to_string();
     expect_debian(&b, &lines, &DX, "")?;
-    let gate = value(&lines, "gate", &b)?;
-    ensure!(
-        gate == "slot A committed, healthy",
-        "X's gate: {gate:?} (log {log})"
-    );
+    expect_gate(&b, &lines, "slot A committed, healthy", "X")?;
     ensure!(
         value(&lines, "agent-active", &b)? == "active",
         "the agent is not active (log {log})"
@@ -717,11 +717,12 @@ pub fn debian_systemd(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
         restarts == "1",
         "systemd restarted the agent {restarts} times, expected 1 (log {log})"
     );
-    let gate = value(&lines, "gate", &b)?;
-    ensure!(
-        gate == "slot B healthy and committed",
-        "Y's gate after the restart: {gate:?} (log {log})"
-    );
+    expect_gate(
+        &b,
+        &lines,
+        "slot B healthy and committed",
+        "Y after the restart",
+    )?;
     ensure!(value(&lines, "agent-active", &b)? == "active");
     ensure!(value(&lines, "demo-unit", &b)? == "active");
     expect_status(
@@ -739,11 +740,12 @@ pub fn debian_systemd(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     let (b, vars, lines) = debian_boot(&mut s, "Z trial, unit fails", "poweroff", false)?;
     let log = b.log.display().to_string();
     expect_debian(&b, &lines, &DZ, DEMO_UNIT)?;
-    let gate = value(&lines, "gate", &b)?;
-    ensure!(
-        gate == format!("health failed at unit:{DEMO_UNIT}: rebooting"),
-        "Z's gate: {gate:?} (log {log})"
-    );
+    expect_gate(
+        &b,
+        &lines,
+        &format!("health failed at unit:{DEMO_UNIT}: rebooting"),
+        "Z",
+    )?;
     ensure!(
         !lines.iter().any(|(k, v)| k == "end" && v == "poweroff"),
         "Z's boot went on to the test's poweroff (log {log})"
@@ -775,13 +777,13 @@ pub fn debian_systemd(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
 
     // 4. Y again, committed; the gate reports and the machine powers off.
     let (b, vars, lines) = debian_boot(&mut s, "Y back", "poweroff", false)?;
-    let log = b.log.display().to_string();
     expect_debian(&b, &lines, &DY, "")?;
-    let gate = value(&lines, "gate", &b)?;
-    ensure!(
-        gate == "slot B committed, healthy",
-        "Y's gate after the rollback: {gate:?} (log {log})"
-    );
+    expect_gate(
+        &b,
+        &lines,
+        "slot B committed, healthy",
+        "Y after the rollback",
+    )?;
     expect_status(
         &status_json(&lines, &b)?,
         'B',

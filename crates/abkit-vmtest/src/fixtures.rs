@@ -260,14 +260,13 @@ pub fn build(inputs: &Inputs, dir: &Path, log: &mut dyn FnMut(String)) -> anyhow
     })
 }
 
-/// What builds a test release and a disk from it: the inputs of `abkit
-/// bundle create --rootfs` and `abkit image build --bundle`, and the work
-/// folder holding the initrd, os-release, root folders, key and keyring.
 /// The slot size of the test OS's base machine (its releases are a few MiB).
 pub const BASE_SYSTEM_SIZE: &str = "40M";
 
+/// What builds a test release and a disk from it: the inputs of `abkit
+/// bundle create --rootfs` and `abkit image build --bundle`, and the work
+/// folder holding the initrd, os-release, root folders, key and keyring.
 #[derive(Debug, Clone)]
-
 pub struct Release {
     pub abkit: PathBuf,
     pub dir: PathBuf,
@@ -288,9 +287,31 @@ impl Release {
             v.version,
             if v.healthy { "good" } else { "bad" }
         );
+        self.rootfs_bundle(
+            &self.dir.join(format!("root-{}", v.stem())),
+            &self.dir.join("os-release"),
+            &cmdline,
+            v.version,
+            COMPATIBLE,
+            out,
+        )
+    }
+
+    /// `abkit bundle create --rootfs ROOT` with this release's stub, kernel,
+    /// initrd and test key and a fixed creation time: the release of any
+    /// root folder (the test OS's, Debian's).
+    pub fn rootfs_bundle(
+        &self,
+        root: &Path,
+        osrel: &Path,
+        cmdline: &str,
+        version: &str,
+        compatible: &str,
+        out: &Path,
+    ) -> Command {
         let mut cmd = Command::new(&self.abkit);
         cmd.args(["bundle", "create", "--rootfs"])
-            .arg(self.dir.join(format!("root-{}", v.stem())))
+            .arg(root)
             .arg("--stub")
             .arg(&self.stub)
             .arg("--kernel")
@@ -298,11 +319,11 @@ impl Release {
             .arg("--initrd")
             .arg(self.dir.join("initrd.cpio"))
             .arg("--osrel")
-            .arg(self.dir.join("os-release"))
+            .arg(osrel)
             .arg("--cmdline")
-            .arg(&cmdline)
+            .arg(cmdline)
             .args(["--created", "1700000000"])
-            .args(["--version", v.version, "--compatible", COMPATIBLE, "--key"])
+            .args(["--version", version, "--compatible", compatible, "--key"])
             .arg(self.dir.join("testkey.key"))
             .arg("-o")
             .arg(out);
