@@ -11,13 +11,14 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{Context, ensure};
 
 use crate::fixtures::{SystemPayload, X, Y, partition_extent, run, system_verity};
-use crate::qemu::{Boot, BootSpec, Cut};
-use crate::scenarios::{Scenario, Suite, expect_healthy, expect_result, on_disk, status};
+use crate::qemu::{Boot, BootSpec};
+use crate::scenarios::{
+    Scenario, Suite, cut_in_system_write, expect_healthy, expect_result, on_disk, status,
+};
 use crate::serial::Ending;
 use crate::vars::BootVars;
 
@@ -217,26 +218,17 @@ pub fn data_persists(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     expect_result(&b, "rollback", true)?;
     vars.expect('B', Some('A'))?;
     // X after the rollback sees both; installs Y again and loses power.
-    let (b, _) = s.boot_with(BootSpec {
-        action: format!(
+    let (b, _) = cut_in_system_write(
+        &mut s,
+        2 << 20,
+        &format!(
             "data-read note; data-read from-y; install {}; reboot",
             on_disk(&Y)
         ),
-        write_limit: Some(4 << 20),
-        cut: Some(Cut::SystemBytes {
-            min: 2 << 20,
-            fallback: Duration::from_secs(8),
-        }),
-        ..BootSpec::default()
-    })?;
+    )?;
     expect_healthy(&b, &X, 'A')?;
     expect_data(&b, "note", "written-by-X-1.0.0")?;
     expect_data(&b, "from-y", "hello-from-Y")?;
-    ensure!(
-        b.cut_at.is_some(),
-        "the install ended before the power cut (log {})",
-        b.log.display()
-    );
     // After the power cut: X again, /data intact.
     let (b, vars) = s.boot("data-read note; data-read from-y; poweroff")?;
     expect_healthy(&b, &X, 'A')?;

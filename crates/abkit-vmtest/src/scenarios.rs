@@ -541,20 +541,8 @@ fn auto_rollback(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
 
 fn power_cut(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     let mut s = Scenario::new(suite, "power-cut")?;
-    let (b, vars) = s.boot_with(BootSpec {
-        action: format!("install {}; reboot", on_disk(&Y)),
-        write_limit: Some(4 << 20),
-        cut: Some(Cut::SystemBytes {
-            min: 4 << 20,
-            fallback: Duration::from_secs(8),
-        }),
-        ..BootSpec::default()
-    })?;
-    ensure!(
-        b.cut_at.is_some(),
-        "the install ended before the power cut (log {})",
-        b.log.display()
-    );
+    let (b, vars) =
+        cut_in_system_write(&mut s, 4 << 20, &format!("install {}; reboot", on_disk(&Y)))?;
     expect_healthy(&b, &X, 'A')?;
     vars.expect('A', None).context("after the power cut")?;
     // (OVMF adds its own entries on a machine's first boot: compare from here.)
@@ -580,6 +568,32 @@ fn power_cut(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     vars.expect_order(&order)?;
     s.boot_expect_committed(&Y, 'B')?;
     Ok(s)
+}
+
+/// Boots with `action` (an install), the disk's writes throttled to 4 MiB/s,
+/// and cuts the power once the install reports `min` bytes of the system
+/// payload written (8 s after it started if it reports none); fails if the
+/// install finished first.
+pub fn cut_in_system_write(
+    s: &mut Scenario<'_>,
+    min: u64,
+    action: &str,
+) -> anyhow::Result<(Boot, BootVars)> {
+    let (b, vars) = s.boot_with(BootSpec {
+        action: action.to_string(),
+        write_limit: Some(4 << 20),
+        cut: Some(Cut::SystemBytes {
+            min,
+            fallback: Duration::from_secs(8),
+        }),
+        ..BootSpec::default()
+    })?;
+    ensure!(
+        b.cut_at.is_some(),
+        "the install ended before the power cut (log {})",
+        b.log.display()
+    );
+    Ok((b, vars))
 }
 
 /// Boots with `action` and `halt-at CHECKPOINT`, and cuts the power as soon
