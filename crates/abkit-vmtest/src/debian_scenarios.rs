@@ -552,18 +552,18 @@ fn debian_boot(
 }
 
 /// Checks the agent's health-gate verdict of this boot (its `gate` line);
-/// `boot` names the boot in the error.
+/// `which` names the boot in the error.
 fn expect_gate(
-    b: &Boot,
+    boot: &Boot,
     lines: &[(String, String)],
     expected: &str,
-    boot: &str,
+    which: &str,
 ) -> anyhow::Result<()> {
-    let gate = value(lines, "gate", b)?;
+    let gate = value(lines, "gate", boot)?;
     ensure!(
         gate == expected,
-        "the gate of {boot}: {gate:?}, expected {expected:?} (log {})",
-        b.log.display()
+        "the gate of {which}: {gate:?}, expected {expected:?} (log {})",
+        boot.log.display()
     );
     Ok(())
 }
