@@ -229,6 +229,7 @@ esac
 fn cache_dir(suite: &Suite) -> anyhow::Result<PathBuf> {
     let kernel_dir = suite
         .fx
+        .release
         .kernel
         .parent()
         .and_then(Path::parent)
@@ -293,6 +294,7 @@ const MODULE_DIRS: [&str; 12] = [
 fn add_modules(suite: &Suite, root: &Path) -> anyhow::Result<String> {
     let kernel_dir = suite
         .fx
+        .release
         .kernel
         .parent()
         .and_then(Path::parent)
@@ -348,13 +350,13 @@ fn compose_root(suite: &Suite, tarball: &Path, root: &Path) -> anyhow::Result<()
         .arg("-C")
         .arg(root))
     .context("unpacking the Debian tarball")?;
-    let abkit = std::fs::read(&suite.fx.abkit)?;
+    let abkit = std::fs::read(&suite.fx.release.abkit)?;
     std::fs::write(root.join("usr/bin/abkit"), abkit)?;
     std::fs::set_permissions(
         root.join("usr/bin/abkit"),
         std::fs::Permissions::from_mode(0o755),
     )?;
-    let key = std::fs::read_to_string(suite.fx.dir.join("keyring/testkey.pub"))?;
+    let key = std::fs::read_to_string(suite.fx.release.dir.join("keyring/testkey.pub"))?;
     write(root, "etc/abkit/keyring/testkey.pub", 0o644, &key)?;
     write(root, "etc/abkit/agent.toml", 0o644, AGENT_TOML)?;
     write(

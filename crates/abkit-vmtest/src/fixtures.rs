@@ -96,8 +96,6 @@ pub struct Inputs {
 /// What [`build`] made.
 #[derive(Debug, Clone)]
 pub struct Fixtures {
-    pub dir: PathBuf,
-    pub abkit: PathBuf,
     /// Folder with every bundle (also what the HTTP server serves).
     pub bundle_dir: PathBuf,
     /// FAT image of `bundle_dir`, the guest's second disk.
@@ -105,11 +103,8 @@ pub struct Fixtures {
     /// Fresh disk with X on slot A, and its VARS file: copy before booting.
     pub base_disk: PathBuf,
     pub base_vars: PathBuf,
-    /// The loader stub and Debian's kernel the UKIs were built from (the
-    /// test OS initrd is `dir/initrd.cpio`, its os-release `dir/os-release`).
-    pub stub: PathBuf,
-    pub kernel: PathBuf,
-    /// How the bundles and the base disk were made (to make more).
+    /// How the bundles and the base disk were made (to make more): the
+    /// abkit binary, the work folder, the stub and the kernel.
     pub release: Release,
 }
 
@@ -248,14 +243,10 @@ pub fn build(inputs: &Inputs, dir: &Path, log: &mut dyn FnMut(String)) -> anyhow
     ));
 
     Ok(Fixtures {
-        dir: dir.to_path_buf(),
-        abkit: abkit.clone(),
         bundle_dir,
         bundle_disk,
         base_disk,
         base_vars,
-        stub: inputs.stub.clone(),
-        kernel,
         release,
     })
 }
@@ -269,7 +260,10 @@ pub const BASE_SYSTEM_SIZE: &str = "40M";
 #[derive(Debug, Clone)]
 pub struct Release {
     pub abkit: PathBuf,
+    /// The work folder: the test OS's initrd is `dir/initrd.cpio`, its
+    /// os-release `dir/os-release`.
     pub dir: PathBuf,
+    /// The loader stub and Debian's kernel the UKIs are built from.
     pub stub: PathBuf,
     pub kernel: PathBuf,
 }

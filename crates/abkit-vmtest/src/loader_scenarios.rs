@@ -27,18 +27,18 @@ const PATH_FALLBACK: &str = r"\EFI\BOOT\BOOTX64.EFI";
 /// `abkit uki inspect`; returns (plain, stamped A, stamped B).
 fn build_loaders(suite: &Suite, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
     let fx = &suite.fx;
-    let abkit = &fx.abkit;
+    let abkit = &fx.release.abkit;
     let uki = dir.join("boot.efi");
-    let initrd = fx.dir.join("initrd.cpio");
+    let initrd = fx.release.dir.join("initrd.cpio");
     run(Command::new(abkit)
         .args(["uki", "build", "--stub"])
-        .arg(&fx.stub)
+        .arg(&fx.release.stub)
         .arg("--kernel")
-        .arg(&fx.kernel)
+        .arg(&fx.release.kernel)
         .arg("--initrd")
         .arg(&initrd)
         .arg("--osrel")
-        .arg(fx.dir.join("os-release"))
+        .arg(fx.release.dir.join("os-release"))
         .args(["--cmdline", CMDLINE, "-o"])
         .arg(&uki))?;
 
@@ -67,7 +67,7 @@ fn build_loaders(suite: &Suite, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf,
         info["cmdline"]
     );
     ensure!(
-        info["initrd_size"] == size(&initrd)? && info["linux_size"] == size(&fx.kernel)?,
+        info["initrd_size"] == size(&initrd)? && info["linux_size"] == size(&fx.release.kernel)?,
         "inspect sizes disagree with the inputs: {info}"
     );
     ensure!(
@@ -81,7 +81,7 @@ fn build_loaders(suite: &Suite, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf,
     ensure!(info["os_pretty_name"] == "abkit test OS", "{info}");
     expect_checksum(&info, &uki)?;
     // Our PE checksum agrees with the one Debian's signing tools stored.
-    expect_checksum(&inspect(abkit, &fx.kernel)?, &fx.kernel)?;
+    expect_checksum(&inspect(abkit, &fx.release.kernel)?, &fx.release.kernel)?;
 
     // Stamped copies: the stamp shows, the Authenticode digest does not move.
     let stamped_a = dir.join("stamped-a.efi");
@@ -358,7 +358,7 @@ pub fn loader_bare_stub(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     esp_disk(
         &disk,
         &new_guid()?,
-        &[(&suite.fx.stub, "/EFI/BOOT/BOOTX64.EFI")],
+        &[(&suite.fx.release.stub, "/EFI/BOOT/BOOTX64.EFI")],
         56,
     )?;
     s.machine = Machine {

@@ -305,7 +305,7 @@ fn demo(inputs: &Inputs, work: &Path, accel: AccelChoice) -> anyhow::Result<i32>
         ("", "data-read demo-note; poweroff".into()),
         ("", "data-read demo-note; poweroff".into()),
     ];
-    let mut before = BootVars::read(&fx.abkit, &vars)?;
+    let mut before = BootVars::read(&fx.release.abkit, &vars)?;
     for (i, (what, action)) in steps.iter().enumerate() {
         let log = work.join(format!("boot-{}.log", i + 1));
         let how = match before.next_slot() {
@@ -319,7 +319,7 @@ fn demo(inputs: &Inputs, work: &Path, accel: AccelChoice) -> anyhow::Result<i32>
             },
             &log,
         )?;
-        let after = BootVars::read(&fx.abkit, &vars)?;
+        let after = BootVars::read(&fx.release.abkit, &vars)?;
         let r = &b.report;
         let Some(t) = r.testos.first() else {
             bail!(
@@ -376,7 +376,7 @@ fn demo(inputs: &Inputs, work: &Path, accel: AccelChoice) -> anyhow::Result<i32>
         disk.display(),
         vars.display()
     );
-    let out = std::process::Command::new(&fx.abkit)
+    let out = std::process::Command::new(&fx.release.abkit)
         .args(["status", "--disk"])
         .arg(&disk)
         .arg("--ovmf-vars")
@@ -389,7 +389,7 @@ fn demo(inputs: &Inputs, work: &Path, accel: AccelChoice) -> anyhow::Result<i32>
         String::from_utf8_lossy(&out.stderr)
     );
     println!("\n$ abkit efi list --ovmf-vars {}", vars.display());
-    let out = std::process::Command::new(&fx.abkit)
+    let out = std::process::Command::new(&fx.release.abkit)
         .args(["efi", "list", "--ovmf-vars"])
         .arg(&vars)
         .output()?;

@@ -27,7 +27,7 @@ pub fn oci_install(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
         .rsplit_once(':')
         .map(|(_, p)| p.to_owned())
         .context("the registry's port")?;
-    let digest = run(Command::new(&suite.fx.abkit)
+    let digest = run(Command::new(&suite.fx.release.abkit)
         .arg("bundle")
         .arg("push")
         .arg(suite.fx.bundle(&Y.bundle()))

@@ -96,17 +96,18 @@ fn boot_may_fail(s: &mut Scenario<'_>, action: &str) -> anyhow::Result<(Boot, Bo
 fn uki_root_hash(suite: &Suite, bundle: &Path, dir: &Path) -> anyhow::Result<String> {
     let out = dir.join("extracted");
     let _ = std::fs::remove_dir_all(&out);
-    let keyring = suite.fx.dir.join("keyring");
-    run(Command::new(&suite.fx.abkit)
+    let keyring = suite.fx.release.dir.join("keyring");
+    run(Command::new(&suite.fx.release.abkit)
         .args(["bundle", "extract"])
         .arg(bundle)
         .arg("--keyring")
         .arg(&keyring)
         .arg("--out")
         .arg(&out))?;
-    let info: serde_json::Value = serde_json::from_str(&run(Command::new(&suite.fx.abkit)
-        .args(["uki", "inspect", "--json"])
-        .arg(out.join("efi")))?)?;
+    let info: serde_json::Value =
+        serde_json::from_str(&run(Command::new(&suite.fx.release.abkit)
+            .args(["uki", "inspect", "--json"])
+            .arg(out.join("efi")))?)?;
     let cmdline = info["cmdline"].as_str().unwrap_or_default();
     let word = cmdline
         .split_whitespace()
@@ -175,7 +176,7 @@ pub fn verity_root(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
 
     // On the host: veritysetup accepts slot A, as the machine left it, with
     // the root hash from X's UKI.
-    let sys: SystemPayload = system_verity(&suite.fx.abkit, &suite.fx.bundle(&X.bundle()))?;
+    let sys: SystemPayload = system_verity(&suite.fx.release.abkit, &suite.fx.bundle(&X.bundle()))?;
     let (start, _) = partition_extent(&s.machine.disk, SLOT_A)?;
     let slot = s.dir.join("slot-a.img");
     std::fs::write(&slot, read_range(&s.machine.disk, start, sys.size)?)?;
@@ -255,7 +256,7 @@ pub(crate) fn install_y_on_b(s: &mut Scenario<'_>) -> anyhow::Result<YOnB> {
     expect_healthy(&b, &X, 'A')?;
     expect_result(&b, "install", true)?;
     vars.expect('A', Some('B'))?;
-    let sys = system_verity(&s.suite.fx.abkit, &s.suite.fx.bundle(&Y.bundle()))?;
+    let sys = system_verity(&s.suite.fx.release.abkit, &s.suite.fx.bundle(&Y.bundle()))?;
     let (b_start, _) = partition_extent(&s.machine.disk, SLOT_B)?;
     Ok(YOnB {
         order: vars.boot_order,

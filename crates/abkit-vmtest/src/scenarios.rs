@@ -102,7 +102,7 @@ impl<'a> Scenario<'a> {
     }
 
     pub fn vars(&self) -> anyhow::Result<BootVars> {
-        BootVars::read(&self.suite.fx.abkit, &self.machine.vars)
+        BootVars::read(&self.suite.fx.release.abkit, &self.machine.vars)
     }
 
     /// Boots once with `action`; checks there is exactly one TESTOS line.
@@ -287,7 +287,7 @@ pub fn expect_status(
 
 /// `abkit status --json --disk D --ovmf-vars V --booted-slot S`, offline.
 pub fn offline_status(suite: &Suite, m: &Machine, booted: char) -> anyhow::Result<Value> {
-    let out = run(std::process::Command::new(&suite.fx.abkit)
+    let out = run(std::process::Command::new(&suite.fx.release.abkit)
         .args(["status", "--json", "--disk"])
         .arg(&m.disk)
         .arg("--ovmf-vars")
@@ -305,11 +305,11 @@ pub fn offline_install(s: &Scenario<'_>, v: &Variant) -> anyhow::Result<()> {
 /// [`offline_install`] of a bundle file (`what` names it in errors).
 pub fn offline_install_file(s: &Scenario<'_>, bundle: &Path, what: &str) -> anyhow::Result<()> {
     let fx = &s.suite.fx;
-    run(std::process::Command::new(&fx.abkit)
+    run(std::process::Command::new(&fx.release.abkit)
         .arg("install")
         .arg(bundle)
         .arg("--keyring")
-        .arg(fx.dir.join("keyring"))
+        .arg(fx.release.dir.join("keyring"))
         .arg("--no-reboot")
         .arg("--disk")
         .arg(&s.machine.disk)

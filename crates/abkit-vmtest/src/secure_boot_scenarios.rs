@@ -52,7 +52,7 @@ fn sb_fixtures(fx: &Fixtures) -> anyhow::Result<SbFixtures> {
     if let Some(sb) = cached.as_ref() {
         return Ok(sb.clone());
     }
-    let dir = fx.dir.join("secure-boot");
+    let dir = fx.release.dir.join("secure-boot");
     let _ = std::fs::remove_dir_all(&dir);
     let bundle_dir = dir.join("bundles");
     std::fs::create_dir_all(&bundle_dir)?;
@@ -292,16 +292,17 @@ fn hex_bytes(text: &str) -> anyhow::Result<Vec<u8>> {
 fn uki_measures(suite: &Suite, bundle: &Path, dir: &Path) -> anyhow::Result<(String, String)> {
     let out = dir.join("extracted");
     let _ = std::fs::remove_dir_all(&out);
-    run(Command::new(&suite.fx.abkit)
+    run(Command::new(&suite.fx.release.abkit)
         .args(["bundle", "extract"])
         .arg(bundle)
         .arg("--keyring")
-        .arg(suite.fx.dir.join("keyring"))
+        .arg(suite.fx.release.dir.join("keyring"))
         .arg("--out")
         .arg(&out))?;
-    let info: serde_json::Value = serde_json::from_str(&run(Command::new(&suite.fx.abkit)
-        .args(["uki", "inspect", "--json"])
-        .arg(out.join("efi")))?)?;
+    let info: serde_json::Value =
+        serde_json::from_str(&run(Command::new(&suite.fx.release.abkit)
+            .args(["uki", "inspect", "--json"])
+            .arg(out.join("efi")))?)?;
     let field = |name: &str| {
         info[name]
             .as_str()
