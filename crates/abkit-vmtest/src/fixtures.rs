@@ -291,6 +291,24 @@ impl Release {
         )
     }
 
+    /// `abkit uki inspect --json` of the UKI in `bundle`, extracted into
+    /// `dir/extracted` (checked against the test keyring).
+    pub fn uki_info(&self, bundle: &Path, dir: &Path) -> anyhow::Result<serde_json::Value> {
+        let out = dir.join("extracted");
+        let _ = std::fs::remove_dir_all(&out);
+        run(Command::new(&self.abkit)
+            .args(["bundle", "extract"])
+            .arg(bundle)
+            .arg("--keyring")
+            .arg(self.dir.join("keyring"))
+            .arg("--out")
+            .arg(&out))?;
+        let info = run(Command::new(&self.abkit)
+            .args(["uki", "inspect", "--json"])
+            .arg(out.join("efi")))?;
+        serde_json::from_str(&info).context("abkit uki inspect --json printed no JSON")
+    }
+
     /// `abkit bundle create --rootfs ROOT` with this release's stub, kernel,
     /// initrd and test key and a fixed creation time: the release of any
     /// root folder (the test OS's, Debian's).

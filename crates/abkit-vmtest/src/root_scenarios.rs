@@ -94,20 +94,7 @@ fn boot_may_fail(s: &mut Scenario<'_>, action: &str) -> anyhow::Result<(Boot, Bo
 /// X's root hash, from the `roothash=` of the UKI in X's bundle (`abkit
 /// bundle extract`, `abkit uki inspect --json`).
 fn uki_root_hash(suite: &Suite, bundle: &Path, dir: &Path) -> anyhow::Result<String> {
-    let out = dir.join("extracted");
-    let _ = std::fs::remove_dir_all(&out);
-    let keyring = suite.fx.release.dir.join("keyring");
-    run(Command::new(&suite.fx.release.abkit)
-        .args(["bundle", "extract"])
-        .arg(bundle)
-        .arg("--keyring")
-        .arg(&keyring)
-        .arg("--out")
-        .arg(&out))?;
-    let info: serde_json::Value =
-        serde_json::from_str(&run(Command::new(&suite.fx.release.abkit)
-            .args(["uki", "inspect", "--json"])
-            .arg(out.join("efi")))?)?;
+    let info = suite.fx.release.uki_info(bundle, dir)?;
     let cmdline = info["cmdline"].as_str().unwrap_or_default();
     let word = cmdline
         .split_whitespace()

@@ -290,19 +290,7 @@ fn hex_bytes(text: &str) -> anyhow::Result<Vec<u8>> {
 /// `abkit uki inspect --json` of the UKI in `bundle`: its predicted PCR 11
 /// and its Authenticode digest.
 fn uki_measures(suite: &Suite, bundle: &Path, dir: &Path) -> anyhow::Result<(String, String)> {
-    let out = dir.join("extracted");
-    let _ = std::fs::remove_dir_all(&out);
-    run(Command::new(&suite.fx.release.abkit)
-        .args(["bundle", "extract"])
-        .arg(bundle)
-        .arg("--keyring")
-        .arg(suite.fx.release.dir.join("keyring"))
-        .arg("--out")
-        .arg(&out))?;
-    let info: serde_json::Value =
-        serde_json::from_str(&run(Command::new(&suite.fx.release.abkit)
-            .args(["uki", "inspect", "--json"])
-            .arg(out.join("efi")))?)?;
+    let info = suite.fx.release.uki_info(bundle, dir)?;
     let field = |name: &str| {
         info[name]
             .as_str()
