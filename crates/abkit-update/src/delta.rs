@@ -17,7 +17,7 @@
 //! manifest's `blake3`) as in a full install (`crate::copy`).
 
 use abkit_bundle::format::{HEADER_LEN, Header};
-use abkit_bundle::index::block_hash;
+use abkit_bundle::index::{block_hash, block_hashes};
 use abkit_bundle::reader::RawHead;
 use abkit_bundle::{BlockIndex, Compression, KeyId, Keyring, Layout, Manifest, PayloadEntry};
 use abkit_fetch::ByteRanges;
@@ -399,7 +399,8 @@ fn scan_seeds(
             .name("abkit-delta-hash".into())
             .spawn_scoped(scope, move || {
                 for (buf, from) in jobs {
-                    let hashes = buf[from..].chunks_exact(bs).map(block_hash).collect();
+                    let mut hashes = Vec::with_capacity((buf.len() - from) / bs);
+                    block_hashes(&buf[from..], bs, &mut hashes);
                     drop(buf);
                     if answer.send(hashes).is_err() {
                         return;
@@ -424,8 +425,8 @@ fn scan_seeds(
                 let half = blocks / 2 * bs;
                 let shared = std::sync::Arc::new(buf);
                 let sent = to_helper.send((shared.clone(), half)).is_ok();
-                let mut hashes: Vec<[u8; 32]> =
-                    shared[..half].chunks_exact(bs).map(block_hash).collect();
+                let mut hashes = Vec::with_capacity(blocks);
+                block_hashes(&shared[..half], bs, &mut hashes);
                 let theirs = if sent { answers.recv().ok() } else { None };
                 let (Some(theirs), Ok(buf)) = (theirs, std::sync::Arc::try_unwrap(shared)) else {
                     return fail(UpdateError::io("hash a seed")(std::io::Error::other(
