@@ -528,6 +528,7 @@ fn plan(
     let mut runs = Runs::new(index, fetchers);
     let zstd = index.compression() == Compression::Zstd;
     let mut all: Vec<Source> = Vec::new();
+    let mut dropper = CacheDropper::default();
     for i in 0..index.len() {
         // Wait until the scan is far enough ahead (or done).
         let need = index.block_offset(i) + lead;
@@ -565,6 +566,9 @@ fn plan(
                 if len == bs && off + len as u64 <= scanned {
                     continue;
                 }
+                if seed.scan == 0 {
+                    dropper.read(seeds, k, off);
+                }
                 if off + len as u64 <= size
                     && seed.read_at(off, &mut block[..len]).is_ok()
                     && block_hash(&block[..len]) == *index.hash(i)
@@ -590,9 +594,47 @@ fn plan(
             runs.send(vec![run]);
         }
     }
+    dropper.flush(seeds);
     runs.finish();
     if !chunk.is_empty() {
         let _ = decisions.send(Ok(chunk));
+    }
+}
+
+/// Drops from the page cache the write blocks of the target slot in which
+/// the planner read single blocks (its old contents), once it is past
+/// them. Left cached, those scattered 4 KiB pages split the range the
+/// slot writer fills next into small pages: measured on bench/delta.sh's
+/// scattered case (6,300 such reads), the writer's `pwrite` took twice
+/// the CPU of a full install's for the same bytes, and the delta 0.43-0.68 s
+/// against 0.39-0.45 s with the drop.
+#[derive(Default)]
+struct CacheDropper {
+    /// The seed and the write block read last.
+    last: Option<(usize, u64)>,
+}
+
+impl CacheDropper {
+    /// The planner reads seed `k` at byte `off`.
+    fn read(&mut self, seeds: &[SharedSeed<'_>], k: usize, off: u64) {
+        let region = off / WRITE_BLOCK as u64 * WRITE_BLOCK as u64;
+        if self.last != Some((k, region)) {
+            self.flush(seeds);
+            self.last = Some((k, region));
+        }
+    }
+
+    /// Drops the write block read last. The writer is behind the planner
+    /// (it writes only what the planner decided), so it has seldom written
+    /// there yet; if it has, `retire` only waits for that range's
+    /// writeback.
+    fn flush(&mut self, seeds: &[SharedSeed<'_>]) {
+        if let Some((k, region)) = self.last.take()
+            && let Ok(mut dev) = seeds[k].dev.lock()
+        {
+            let len = (WRITE_BLOCK as u64).min(dev.size().saturating_sub(region));
+            dev.retire(region, len);
+        }
     }
 }
 
@@ -1412,6 +1454,15 @@ mod tests {
     /// Installs `new` as a delta over `old` (the running slot) into an
     /// empty slot: the result, the slot and the stats.
     fn delta_install(old: &mut dyn SlotDevice, new: &[u8]) -> (Result<DeltaStats>, Vec<u8>) {
+        delta_install_over(old, &mut MemDev(vec![0; new.len()]), new)
+    }
+
+    /// [`delta_install`] with the target slot's old contents.
+    fn delta_install_over(
+        old: &mut dyn SlotDevice,
+        target_old: &mut dyn SlotDevice,
+        new: &[u8],
+    ) -> (Result<DeltaStats>, Vec<u8>) {
         use abkit_bundle::{CreateOptions, PayloadSpec, SecretKey};
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("system.img"), new).unwrap();
@@ -1430,7 +1481,6 @@ mod tests {
             read: 0,
         };
         let head = open_ranged(&mut src, &ring).unwrap();
-        let mut target_old = MemDev(vec![0; new.len()]);
         let scan = old.size();
         let mut seeds = [
             Seed {
@@ -1440,7 +1490,7 @@ mod tests {
             },
             Seed {
                 name: "slot B".into(),
-                dev: &mut target_old,
+                dev: target_old,
                 scan: 0,
             },
         ];
@@ -1512,6 +1562,67 @@ mod tests {
         assert!(
             slot.chunks(BS).all(|b| b != &changed[..]),
             "the changed block reached the slot"
+        );
+    }
+
+    /// Offsets read and ranges retired.
+    type Log = std::sync::Arc<Mutex<(Vec<u64>, Vec<(u64, u64)>)>>;
+
+    /// A target slot that logs the offsets read and the ranges retired.
+    struct Logged(MemDev, Log);
+
+    impl SlotDevice for Logged {
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+        fn write_at(&mut self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+            self.0.write_at(offset, buf)
+        }
+        fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            self.1.lock().unwrap().0.push(offset);
+            self.0.read_at(offset, buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn retire(&mut self, offset: u64, len: u64) {
+            self.1.lock().unwrap().1.push((offset, len));
+        }
+    }
+
+    #[test]
+    fn the_target_slots_pages_read_for_missing_blocks_are_dropped_and_its_blocks_still_used() {
+        let old = noise(4 * MIB, 5);
+        let mut new = old.clone();
+        let fresh = noise(6 * BS, 6);
+        for (k, b) in [3usize, 4, 300, 700, 701, 1023].into_iter().enumerate() {
+            put_block(&mut new, b, &fresh, k);
+        }
+        // The target slot holds block 700 of the new image already (an
+        // interrupted install): read, used, not fetched.
+        let mut target = vec![0; new.len()];
+        put_block(&mut target, 700, &new, 700);
+        let log = std::sync::Arc::new(Mutex::new((Vec::new(), Vec::new())));
+        let mut target = Logged(MemDev(target), log.clone());
+        let (got, slot) = delta_install_over(&mut MemSeed(old), &mut target, &new);
+        let stats = got.unwrap();
+        assert!(slot == new, "the slot differs from the new image");
+        assert_eq!(stats.bytes_reused, (new.len() - 5 * BS) as u64);
+        let (reads, retired) = &*log.lock().unwrap();
+        assert!(!reads.is_empty());
+        for r in reads {
+            assert!(
+                retired
+                    .iter()
+                    .any(|&(at, len)| at <= *r && r + BS as u64 <= at + len),
+                "the page read at {r} stays cached; retired {retired:?}"
+            );
+        }
+        // Whole write blocks, each once: 0, 1 (block 300), 2 (700, 701), 3.
+        let mib = MIB as u64;
+        assert_eq!(
+            retired,
+            &[(0, mib), (mib, mib), (2 * mib, mib), (3 * mib, mib)]
         );
     }
 
