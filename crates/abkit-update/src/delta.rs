@@ -285,13 +285,20 @@ impl<'a> Wanted<'a> {
 }
 
 /// Pieces of the running slot (each [`WRITE_BLOCK`] bytes) queued,
-/// hashed, ahead of the writer: the planner decides one piece less than
-/// this ahead of the writer, so a block whose old place is further than
-/// that after its new one is fetched instead of found (one whose old
-/// place is before its new one is found: scanned first), and fetches
-/// start that far ahead of the writer: 3 MiB, about 5 ms of the writer here, a loopback request
-/// takes about 1 ms. The pieces cost 4 MiB of memory.
+/// hashed, ahead of the writer: the planner decides up to
+/// `PIECES_AHEAD - LEAD_PIECES` pieces ahead of the writer, and fetches
+/// start that far ahead of it (3 MiB, about 2.5 ms of the writer here; a
+/// loopback request takes about 1 ms). The pieces cost 4 MiB of memory.
 const PIECES_AHEAD: usize = 4;
+
+/// Pieces the scan must be past a block before the planner decides where
+/// it comes from: a block whose old place is further than this after its
+/// new one is fetched, not found (one whose old place is before its new
+/// one is always found). Measured on bench/delta.sh's scattered case, the
+/// assembler waited 80-120 ms for the planner with 3 pieces (the planner,
+/// and so the fetches it starts, only 1-2 MiB ahead of the writer), 25-55
+/// ms with 1, and the delta took 0.41-0.45 s against 0.42-0.77 s.
+const LEAD_PIECES: usize = 1;
 
 /// A seed as the scanner, the planner and the assembler share it.
 struct SharedSeed<'a> {
@@ -522,9 +529,10 @@ type Decisions = std::sync::mpsc::Sender<Result<Vec<Source>>>;
 
 /// The planner: decides, block by block in order, where each block of the
 /// new payload comes from — a seed block with the same BLAKE3 (found by
-/// the scanner, which runs [`PIECES_AHEAD`] pieces ahead), else the block at the
-/// same offset of any seed (a short last block, the target's old
-/// contents, what an interrupted install wrote), else the bundle — and
+/// the scanner, [`LEAD_PIECES`] ahead), else the block at the same offset
+/// of any seed (a short last block; for zstd payloads the target's old
+/// contents, what an interrupted install wrote: for others the fetchers
+/// look there, `fetch_runs`), else the bundle — and
 /// hands the missing blocks, as merged runs in batches, to the fetchers
 /// (batch k to fetcher k % n) as soon as they are known, so that fetching
 /// and writing start before the scan ends. zstd payloads are planned once
@@ -542,12 +550,14 @@ fn plan(
     // The seed whose blocks the scanner marks when found at their own
     // offset (as in `with_assembler`).
     let aligned = last_scanned.filter(|_| index.compression() != Compression::Zstd);
-    // Less than the scan gets ahead of the writer: with the writer waiting
-    // for a fetch in write block w, the scan reaches the end of piece
-    // w + PIECES_AHEAD + 1, so the planner decides at least two pieces
-    // past w and closes any run of w (at most BATCH_BYTES + MERGE_GAP
-    // long), which is then sent: no deadlock.
-    let lead = ((PIECES_AHEAD - 1) * blocks_per_write(index) * bs) as u64;
+    // How far the scan must be past a block before the planner decides
+    // it: [`LEAD_PIECES`] pieces, less than the scan gets ahead of the
+    // writer (with the writer waiting for a fetch in write block w, the
+    // scan reaches the end of piece w + PIECES_AHEAD + 1, so the planner
+    // decides at least PIECES_AHEAD - LEAD_PIECES pieces past w and closes
+    // any run of w (at most BATCH_BYTES + MERGE_GAP long), which is then
+    // sent: no deadlock).
+    let lead = (LEAD_PIECES * blocks_per_write(index) * bs) as u64;
     let mut block = vec![0u8; bs];
     let mut chunk: Vec<Source> = Vec::new();
     let mut runs = Runs::new(index, fetchers);
@@ -1722,17 +1732,17 @@ mod tests {
         // A moved block is read again when it is copied: the change is
         // found and the block refused, not written.
         let mut new = old.clone();
-        put_block(&mut new, 300, &old, 900);
+        put_block(&mut new, 900, &old, 300);
         let (got, slot) = delta_install(&mut ChangingSeed(old.clone()), &new);
         let err = got.unwrap_err();
         assert!(
             matches!(
                 err,
-                UpdateError::Bundle(abkit_bundle::Error::BlockHashMismatch { block: 300, .. })
+                UpdateError::Bundle(abkit_bundle::Error::BlockHashMismatch { block: 900, .. })
             ),
             "{err:?}"
         );
-        let changed: Vec<u8> = old[900 * BS..901 * BS].iter().map(|b| b ^ 0x5a).collect();
+        let changed: Vec<u8> = old[300 * BS..301 * BS].iter().map(|b| b ^ 0x5a).collect();
         assert!(
             slot.chunks(BS).all(|b| b != &changed[..]),
             "the changed block reached the slot"
@@ -1803,7 +1813,10 @@ mod tests {
                 1023 * BS as u64
             ]
         );
-        assert_eq!(retired.len(), 1, "one batch, one drop: {retired:?}");
+        assert!(
+            retired.len() <= 4,
+            "at most one drop per batch: {retired:?}"
+        );
     }
 
     #[test]
