@@ -4,17 +4,19 @@
 //!
 //! The bundle's signed block index (BLAKE3 of every 4 KiB block, format 2)
 //! says what every block of a payload must be. A scanner thread hashes the
-//! running slot; a planner thread decides, block by block and a little
-//! behind the scan, where each block comes from (a seed block with the
-//! same hash, anywhere; else the block at its own offset in the target
-//! slot: its old contents, or what an interrupted install wrote, which is
-//! how a rerun resumes; else the bundle) and hands missing runs to the
-//! fetch threads at once; the assembler writes as decisions arrive, each
+//! running slot (many blocks side by side: `block_hashes`); a planner
+//! thread decides, block by block and a little behind the scan, where each
+//! block comes from (a seed block with the same hash, anywhere; else the
+//! bundle) and hands missing runs to the fetch threads at once, which
+//! first take what the target slot holds at the same offset (its old
+//! contents, or what an interrupted install wrote, which is how a rerun
+//! resumes) and fetch the rest; the assembler writes as decisions arrive, each
 //! write block being the scanner's read of the same bytes, so that a block
 //! still at its own offset is read and hashed once. Every block, reused or
 //! fetched, is checked against the index before it goes into the slot
-//! (I7); the slot is then read back against the payload's BLAKE3 (the
-//! manifest's `blake3`) as in a full install (`crate::copy`).
+//! (I7); the written slot is then checked as after a full install
+//! (`copy::ReadBack::for_payload`: by mark-good against the signed verity
+//! root hash, or read back now without a verity tree).
 
 use abkit_bundle::format::{HEADER_LEN, Header};
 use abkit_bundle::index::{block_hash, block_hashes};
