@@ -4,20 +4,22 @@
 //!
 //! The bundle's signed block index (BLAKE3 of every 4 KiB block, format 2)
 //! says what every block of a payload must be. A scanner thread hashes the
-//! running slot; a planner thread decides, block by block and a little
-//! behind the scan, where each block comes from (a seed block with the
-//! same hash, anywhere; else the block at its own offset in the target
-//! slot: its old contents, or what an interrupted install wrote, which is
-//! how a rerun resumes; else the bundle) and hands missing runs to the
-//! fetch threads at once; the assembler writes as decisions arrive, each
+//! running slot (many blocks side by side: `block_hashes`); a planner
+//! thread decides, block by block and a little behind the scan, where each
+//! block comes from (a seed block with the same hash, anywhere; else the
+//! bundle) and hands missing runs to the fetch threads at once, which
+//! first take what the target slot holds at the same offset (its old
+//! contents, or what an interrupted install wrote, which is how a rerun
+//! resumes) and fetch the rest; the assembler writes as decisions arrive, each
 //! write block being the scanner's read of the same bytes, so that a block
 //! still at its own offset is read and hashed once. Every block, reused or
 //! fetched, is checked against the index before it goes into the slot
-//! (I7); the slot is then read back against the payload's BLAKE3 (the
-//! manifest's `blake3`) as in a full install (`crate::copy`).
+//! (I7); the written slot is then checked as after a full install
+//! (`copy::ReadBack::for_payload`: by mark-good against the signed verity
+//! root hash, or read back now without a verity tree).
 
 use abkit_bundle::format::{HEADER_LEN, Header};
-use abkit_bundle::index::block_hash;
+use abkit_bundle::index::{block_hash, block_hashes};
 use abkit_bundle::reader::RawHead;
 use abkit_bundle::{BlockIndex, Compression, KeyId, Keyring, Layout, Manifest, PayloadEntry};
 use abkit_fetch::ByteRanges;
@@ -208,20 +210,45 @@ impl Source {
 }
 
 impl<'a> Wanted<'a> {
+    /// A counting sort by the bucket, then each bucket (2 hashes on
+    /// average for 131,072 blocks) sorted: 4.3 ms for a 512 MiB payload
+    /// here, where sorting the whole table by 32-byte hashes took 12.6 ms,
+    /// all of it before the first block could be written.
     fn new(index: &'a BlockIndex) -> Wanted<'a> {
         let hash = |b: u32| index.hash(b as usize);
-        let mut hashes: Vec<u32> = (0..index.len() as u32).collect();
-        hashes.sort_unstable_by(|&a, &b| (hash(a), a).cmp(&(hash(b), b)));
-        hashes.dedup_by(|b, a| hash(*a) == hash(*b));
-        let found = (0..hashes.len()).map(|_| AtomicU64::new(0)).collect();
-        let mut buckets = Vec::with_capacity(BUCKETS + 1);
-        let mut e = 0;
-        for t in 0..=BUCKETS {
-            while e < hashes.len() && bucket_of(hash(hashes[e])) < t {
-                e += 1;
-            }
-            buckets.push(e as u32);
+        let blocks = index.len() as u32;
+        let mut starts = vec![0u32; BUCKETS + 1];
+        for b in 0..blocks {
+            starts[bucket_of(hash(b)) + 1] += 1;
         }
+        for t in 0..BUCKETS {
+            starts[t + 1] += starts[t];
+        }
+        // Every block in its bucket, in block order.
+        let mut placed = vec![0u32; blocks as usize];
+        let mut fill = starts.clone();
+        for b in 0..blocks {
+            let t = bucket_of(hash(b));
+            placed[fill[t] as usize] = b;
+            fill[t] += 1;
+        }
+        drop(fill);
+        let mut hashes = Vec::with_capacity(blocks as usize);
+        let mut buckets = Vec::with_capacity(BUCKETS + 1);
+        for t in 0..BUCKETS {
+            buckets.push(hashes.len() as u32);
+            let bucket = &mut placed[starts[t] as usize..starts[t + 1] as usize];
+            // Stable: of equal hashes, the first block comes first and stays.
+            bucket.sort_by(|&a, &b| hash(a).cmp(hash(b)));
+            let first = hashes.len();
+            for &b in bucket.iter() {
+                if hashes.len() == first || hash(hashes[hashes.len() - 1]) != hash(b) {
+                    hashes.push(b);
+                }
+            }
+        }
+        buckets.push(hashes.len() as u32);
+        let found = (0..hashes.len()).map(|_| AtomicU64::new(0)).collect();
         let own = (0..index.len().div_ceil(64))
             .map(|_| AtomicU64::new(0))
             .collect();
@@ -260,13 +287,20 @@ impl<'a> Wanted<'a> {
 }
 
 /// Pieces of the running slot (each [`WRITE_BLOCK`] bytes) queued,
-/// hashed, ahead of the writer: the planner decides one piece less than
-/// this ahead of the writer, so a block whose old place is further than
-/// that after its new one is fetched instead of found (one whose old
-/// place is before its new one is found: scanned first), and fetches
-/// start that far ahead of the writer: 3 MiB, about 5 ms of the writer here, a loopback request
-/// takes about 1 ms. The pieces cost 4 MiB of memory.
+/// hashed, ahead of the writer: the planner decides up to
+/// `PIECES_AHEAD - LEAD_PIECES` pieces ahead of the writer, and fetches
+/// start that far ahead of it (3 MiB, about 2.5 ms of the writer here; a
+/// loopback request takes about 1 ms). The pieces cost 4 MiB of memory.
 const PIECES_AHEAD: usize = 4;
+
+/// Pieces the scan must be past a block before the planner decides where
+/// it comes from: a block whose old place is further than this after its
+/// new one is fetched, not found (one whose old place is before its new
+/// one is always found). Measured on bench/delta.sh's scattered case, the
+/// assembler waited 80-120 ms for the planner with 3 pieces (the planner,
+/// and so the fetches it starts, only 1-2 MiB ahead of the writer), 25-55
+/// ms with 1, and the delta took 0.41-0.45 s against 0.42-0.77 s.
+const LEAD_PIECES: usize = 1;
 
 /// A seed as the scanner, the planner and the assembler share it.
 struct SharedSeed<'a> {
@@ -367,8 +401,10 @@ fn blocks_per_write(index: &BlockIndex) -> usize {
 }
 
 /// The scanner: hashes every block of the seeds that have a `scan` length
-/// (the running slot, the running loader), on two cores (its own and one
-/// helper thread, started once), and records in `wanted` where each block
+/// (the running slot, the running loader), 256 blocks side by side
+/// (`block_hashes`: one core hashes 4.6 GB/s, ahead of the writer; a
+/// second hashing thread measured no faster, the writer and the fetchers
+/// need that core), and records in `wanted` where each block
 /// the new payload needs was found first. Reads of the seed `aligned`
 /// inside the payload go on to the assembler as [`Piece`]s through
 /// `pieces`, whose bound keeps the scan at most [`PIECES_AHEAD`] pieces
@@ -389,26 +425,7 @@ fn scan_seeds(
             s.done = true;
         });
     };
-    std::thread::scope(|scope| {
-        // The helper hashes the second half of each read; it drops its
-        // share of the buffer before it answers, so the scanner owns the
-        // buffer again once the hashes are back.
-        let (to_helper, jobs) = std::sync::mpsc::channel::<(std::sync::Arc<Vec<u8>>, usize)>();
-        let (answer, answers) = std::sync::mpsc::channel::<Vec<[u8; 32]>>();
-        let helper = std::thread::Builder::new()
-            .name("abkit-delta-hash".into())
-            .spawn_scoped(scope, move || {
-                for (buf, from) in jobs {
-                    let hashes = buf[from..].chunks_exact(bs).map(block_hash).collect();
-                    drop(buf);
-                    if answer.send(hashes).is_err() {
-                        return;
-                    }
-                }
-            });
-        if let Err(e) = helper {
-            return fail(UpdateError::io("start a delta thread")(e));
-        }
+    {
         let mut aligned = aligned;
         for (k, seed) in seeds.iter().enumerate() {
             let len =
@@ -420,19 +437,8 @@ fn scan_seeds(
                 if let Err(e) = seed.read_at(at, &mut buf) {
                     return fail(e);
                 }
-                let blocks = n / bs;
-                let half = blocks / 2 * bs;
-                let shared = std::sync::Arc::new(buf);
-                let sent = to_helper.send((shared.clone(), half)).is_ok();
-                let mut hashes: Vec<[u8; 32]> =
-                    shared[..half].chunks_exact(bs).map(block_hash).collect();
-                let theirs = if sent { answers.recv().ok() } else { None };
-                let (Some(theirs), Ok(buf)) = (theirs, std::sync::Arc::try_unwrap(shared)) else {
-                    return fail(UpdateError::io("hash a seed")(std::io::Error::other(
-                        "the hashing thread stopped",
-                    )));
-                };
-                hashes.extend(theirs);
+                let mut hashes = Vec::with_capacity(n / bs);
+                block_hashes(&buf, bs, &mut hashes);
                 let first_block = at / bs as u64;
                 for (j, hash) in hashes.iter().enumerate() {
                     if let Some(e) = wanted.position(hash) {
@@ -488,7 +494,7 @@ fn scan_seeds(
         }
         drop(aligned);
         scan.set(|s| s.done = true);
-    });
+    }
 }
 
 /// Decisions for the assembler, a chunk at a time, in block order.
@@ -496,9 +502,10 @@ type Decisions = std::sync::mpsc::Sender<Result<Vec<Source>>>;
 
 /// The planner: decides, block by block in order, where each block of the
 /// new payload comes from — a seed block with the same BLAKE3 (found by
-/// the scanner, which runs [`PIECES_AHEAD`] pieces ahead), else the block at the
-/// same offset of any seed (a short last block, the target's old
-/// contents, what an interrupted install wrote), else the bundle — and
+/// the scanner, [`LEAD_PIECES`] ahead), else the block at the same offset
+/// of any seed (a short last block; for zstd payloads the target's old
+/// contents, what an interrupted install wrote: for others the fetchers
+/// look there, `fetch_runs`), else the bundle — and
 /// hands the missing blocks, as merged runs in batches, to the fetchers
 /// (batch k to fetcher k % n) as soon as they are known, so that fetching
 /// and writing start before the scan ends. zstd payloads are planned once
@@ -516,17 +523,20 @@ fn plan(
     // The seed whose blocks the scanner marks when found at their own
     // offset (as in `with_assembler`).
     let aligned = last_scanned.filter(|_| index.compression() != Compression::Zstd);
-    // Less than the scan gets ahead of the writer: with the writer waiting
-    // for a fetch in write block w, the scan reaches the end of piece
-    // w + PIECES_AHEAD + 1, so the planner decides at least two pieces
-    // past w and closes any run of w (at most BATCH_BYTES + MERGE_GAP
-    // long), which is then sent: no deadlock.
-    let lead = ((PIECES_AHEAD - 1) * blocks_per_write(index) * bs) as u64;
+    // How far the scan must be past a block before the planner decides
+    // it: [`LEAD_PIECES`] pieces, less than the scan gets ahead of the
+    // writer (with the writer waiting for a fetch in write block w, the
+    // scan reaches the end of piece w + PIECES_AHEAD + 1, so the planner
+    // decides at least PIECES_AHEAD - LEAD_PIECES pieces past w and closes
+    // any run of w (at most BATCH_BYTES + MERGE_GAP long), which is then
+    // sent: no deadlock).
+    let lead = (LEAD_PIECES * blocks_per_write(index) * bs) as u64;
     let mut block = vec![0u8; bs];
     let mut chunk: Vec<Source> = Vec::new();
     let mut runs = Runs::new(index, fetchers);
     let zstd = index.compression() == Compression::Zstd;
     let mut all: Vec<Source> = Vec::new();
+    let mut dropper = CacheDropper::default();
     for i in 0..index.len() {
         // Wait until the scan is far enough ahead (or done).
         let need = index.block_offset(i) + lead;
@@ -557,12 +567,21 @@ fn plan(
         if source.is_none() {
             let (off, len) = (index.block_offset(i), index.block_len(i));
             for (k, seed) in seeds.iter().enumerate() {
+                // The target slot (not scanned) is looked at by the
+                // fetchers, just before they fetch (`fetch_runs`); zstd
+                // payloads, planned once the scan is done, look here.
+                if seed.scan == 0 && !zstd {
+                    continue;
+                }
                 let size = seed.dev.lock().map_or(0, |d| d.size());
                 // A whole block the scan hashed already is not there
                 // (else `found` would say where): no second read.
                 let scanned = seed.scan.min(size) / bs as u64 * bs as u64;
                 if len == bs && off + len as u64 <= scanned {
                     continue;
+                }
+                if seed.scan == 0 {
+                    dropper.read(seeds, k, off);
                 }
                 if off + len as u64 <= size
                     && seed.read_at(off, &mut block[..len]).is_ok()
@@ -589,9 +608,48 @@ fn plan(
             runs.send(vec![run]);
         }
     }
+    dropper.flush(seeds);
     runs.finish();
     if !chunk.is_empty() {
         let _ = decisions.send(Ok(chunk));
+    }
+}
+
+/// Drops from the page cache the write blocks of the target slot in which
+/// the planner read single blocks (its old contents: zstd payloads, whose
+/// target blocks are looked for by the planner; others by `fetch_runs`),
+/// once it is past them. Left cached, those scattered 4 KiB pages split the range the
+/// slot writer fills next into small pages: measured on bench/delta.sh's
+/// scattered case (6,300 such reads), the writer's `pwrite` took twice
+/// the CPU of a full install's for the same bytes, and the delta 0.43-0.68 s
+/// against 0.39-0.45 s with the drop.
+#[derive(Default)]
+struct CacheDropper {
+    /// The seed and the write block read last.
+    last: Option<(usize, u64)>,
+}
+
+impl CacheDropper {
+    /// The planner reads seed `k` at byte `off`.
+    fn read(&mut self, seeds: &[SharedSeed<'_>], k: usize, off: u64) {
+        let region = off / WRITE_BLOCK as u64 * WRITE_BLOCK as u64;
+        if self.last != Some((k, region)) {
+            self.flush(seeds);
+            self.last = Some((k, region));
+        }
+    }
+
+    /// Drops the write block read last. The writer is behind the planner
+    /// (it writes only what the planner decided), so it has seldom written
+    /// there yet; if it has, `retire` only waits for that range's
+    /// writeback.
+    fn flush(&mut self, seeds: &[SharedSeed<'_>]) {
+        if let Some((k, region)) = self.last.take()
+            && let Ok(mut dev) = seeds[k].dev.lock()
+        {
+            let len = (WRITE_BLOCK as u64).min(dev.size().saturating_sub(region));
+            dev.retire(region, len);
+        }
     }
 }
 
@@ -776,9 +834,12 @@ fn fetch_frames(
 
 /// Runs of blocks fetched together, in order, and their bytes.
 struct Batch {
-    /// (first block, end block, where its bytes start in `bytes`).
+    /// (first block, end block, where its bytes start in `bytes`), in
+    /// block order.
     runs: Vec<(usize, usize, usize)>,
     bytes: Vec<u8>,
+    /// Bytes of it read from the target slot, not fetched.
+    reused: u64,
 }
 
 impl Batch {
@@ -971,6 +1032,7 @@ impl Assembler<'_, '_> {
                 std::io::Error::other(format!("the batch fetched next lacks block {i}")),
             ));
         }
+        self.stats.bytes_reused += batch.reused;
         self.fetched = Some(batch);
         Ok(())
     }
@@ -983,6 +1045,7 @@ fn fetch_batches_into(
     index: &BlockIndex,
     entry: &PayloadEntry,
     batches: impl Iterator<Item = Vec<(usize, usize)>>,
+    seeds: &[SharedSeed<'_>],
     bundle: &mut dyn ByteRanges,
     payload_offset: u64,
     tx: &std::sync::mpsc::SyncSender<Fetched>,
@@ -1001,32 +1064,134 @@ fn fetch_batches_into(
             .map(|bytes| Batch {
                 runs: vec![(first, end, 0)],
                 bytes,
+                reused: 0,
             })
         } else {
-            let mut ranges = Vec::with_capacity(runs.len());
-            let mut placed = Vec::with_capacity(runs.len());
-            let mut at = 0usize;
-            for &(first, end) in &runs {
-                let from = index.block_offset(first);
-                let to = index.block_offset(end - 1) + index.block_len(end - 1) as u64;
-                ranges.push((payload_offset + from, to - from));
-                placed.push((first, end, at));
-                at += (to - from) as usize;
-            }
-            let mut bytes = vec![0u8; at];
-            bundle
-                .read_ranges(&ranges, &mut bytes)
-                .map(|()| Batch {
-                    runs: placed,
-                    bytes,
-                })
-                .map_err(|e| fetch_error(e, &format!("payload `{}`", index.payload())))
+            fetch_runs(index, &runs, seeds, bundle, payload_offset)
         };
         let failed = got.is_err();
         if tx.send(got).is_err() || failed {
             return;
         }
     }
+}
+
+/// The blocks of `runs` (block ranges, in order) of a payload stored
+/// uncompressed: those a seed that is not scanned (the target slot: its
+/// old contents, or what an interrupted install wrote, which is how a rerun
+/// resumes) holds at their own offset are read from it, one read per run,
+/// the others fetched from the bundle. Looking here, on a fetch thread just
+/// before the fetch, keeps those reads off the planner, which the writer
+/// waits for: 6,300 single-block reads were 120-140 ms of the planner's
+/// time on bench/delta.sh's scattered case. The assembler checks every
+/// block of a batch against the index before it is written (I7), wherever
+/// it came from.
+fn fetch_runs(
+    index: &BlockIndex,
+    runs: &[(usize, usize)],
+    seeds: &[SharedSeed<'_>],
+    bundle: &mut dyn ByteRanges,
+    payload_offset: u64,
+) -> Result<Batch> {
+    let bs = index.block_size() as usize;
+    let span = |first: usize, end: usize| {
+        let from = index.block_offset(first);
+        (
+            from,
+            (index.block_offset(end - 1) + index.block_len(end - 1) as u64 - from) as usize,
+        )
+    };
+    let mut placed = Vec::with_capacity(runs.len());
+    let mut at = 0usize;
+    for &(first, end) in runs {
+        placed.push((first, end, at));
+        at += span(first, end).1;
+    }
+    let mut bytes = vec![0u8; at];
+    // Blocks of the batch a seed holds already.
+    let mut local = vec![false; runs.iter().map(|(f, e)| e - f).sum()];
+    let mut reused = 0u64;
+    let mut hashes = Vec::new();
+    for seed in seeds.iter().filter(|s| s.scan == 0) {
+        let Ok(mut dev) = seed.dev.lock() else {
+            continue;
+        };
+        let size = dev.size();
+        let mut k = 0;
+        for &(first, end, at) in &placed {
+            let (from, len) = span(first, end);
+            let n = end - first;
+            let dst = &mut bytes[at..at + len];
+            if from + len as u64 > size
+                || local[k..k + n].iter().all(|l| *l)
+                || dev.read_at(from, dst).is_err()
+            {
+                // Not there: whatever was read is fetched over below.
+                k += n;
+                continue;
+            }
+            hashes.clear();
+            block_hashes(dst, bs, &mut hashes);
+            if hashes.len() < n {
+                hashes.push(block_hash(&dst[(n - 1) * bs..]));
+            }
+            for (j, hash) in hashes.iter().enumerate() {
+                if !local[k + j] && hash == index.hash(first + j) {
+                    local[k + j] = true;
+                    reused += index.block_len(first + j) as u64;
+                }
+            }
+            k += n;
+        }
+        // Out of the page cache again: left there, these scattered pages
+        // split the range the slot writer fills next into small pages
+        // (measured: its `pwrite` took twice the CPU of a full install's).
+        // The writer is behind the assembler, which is behind this batch.
+        if let (Some(&(first, _, _)), Some(&(_, end, _))) = (placed.first(), placed.last()) {
+            let (from, _) = span(first, first + 1);
+            let (last, len) = span(end - 1, end);
+            dev.retire(from, last + len as u64 - from);
+        }
+    }
+    // The rest from the bundle: the blocks not held, as ranges.
+    let mut ranges = Vec::new();
+    let mut into = Vec::new();
+    let mut k = 0;
+    for &(first, end, at) in &placed {
+        let mut j = first;
+        while j < end {
+            if local[k + j - first] {
+                j += 1;
+                continue;
+            }
+            let start = j;
+            while j < end && !local[k + j - first] {
+                j += 1;
+            }
+            let (from, len) = span(start, j);
+            ranges.push((payload_offset + from, len as u64));
+            into.push((at + (start - first) * bs, len));
+        }
+        k += end - first;
+    }
+    let failed = |e| fetch_error(e, &format!("payload `{}`", index.payload()));
+    if reused == 0 {
+        // Nothing held (the usual case): straight into the batch.
+        bundle.read_ranges(&ranges, &mut bytes).map_err(failed)?;
+    } else if !ranges.is_empty() {
+        let mut fetched = vec![0u8; into.iter().map(|(_, len)| len).sum()];
+        bundle.read_ranges(&ranges, &mut fetched).map_err(failed)?;
+        let mut from = 0;
+        for (at, len) in into {
+            bytes[at..at + len].copy_from_slice(&fetched[from..from + len]);
+            from += len;
+        }
+    }
+    Ok(Batch {
+        runs: placed,
+        bytes,
+        reused,
+    })
 }
 
 /// Runs `build` with an [`Assembler`] fed by three kinds of threads: the
@@ -1064,6 +1229,7 @@ fn with_assembler<T>(
         let mut queues = Vec::new();
         let mut to_fetchers = Vec::new();
         let mut threads = Vec::new();
+        let seeds_of_fetchers = &shared;
         for src in sources_of_bytes {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Fetched>(FETCH_AHEAD);
             let (to, batches) = std::sync::mpsc::channel::<Vec<(usize, usize)>>();
@@ -1077,6 +1243,7 @@ fn with_assembler<T>(
                             index,
                             entry,
                             batches.into_iter(),
+                            seeds_of_fetchers,
                             src,
                             payload_offset,
                             &tx,
@@ -1315,23 +1482,7 @@ mod tests {
     /// The batches `Runs` sends for a pattern of missing (1) blocks of
     /// an index of `pattern.len()` 4 KiB blocks, on two fetchers.
     fn batches_of(pattern: &[u8]) -> Vec<Vec<(usize, usize)>> {
-        let manifest_json = format!(
-            r#"{{"compatible":"t","version":"1.0.0","created":0,"chunk_size":1048576,"block_size":4096,"payloads":[{{"name":"system","size":{size},"blake3":"{z}","compression":"none","stored_size":{size},"chunks":[{chunks}],"index":{{"size":{isize},"blake3":"{b}"}}}}]}}"#,
-            size = pattern.len() * 4096,
-            z = "0".repeat(64),
-            chunks =
-                vec![format!("\"{}\"", "0".repeat(64)); (pattern.len() * 4096).div_ceil(1 << 20)]
-                    .join(","),
-            isize = pattern.len() * 32,
-            b = hex::encode(blake3_of(&vec![0u8; pattern.len() * 32])),
-        );
-        let manifest = Manifest::parse(manifest_json.as_bytes()).unwrap();
-        let index = BlockIndex::parse(
-            &manifest,
-            &manifest.payloads[0],
-            &vec![0u8; pattern.len() * 32],
-        )
-        .unwrap();
+        let index = index_of(&vec![0u8; pattern.len() * 32]);
         let (a, ra) = std::sync::mpsc::channel();
         let (b, rb) = std::sync::mpsc::channel();
         let fetchers = [a, b];
@@ -1352,6 +1503,55 @@ mod tests {
             });
         }
         all
+    }
+
+    /// The signed-looking index of a payload whose block hashes are
+    /// `hashes` (32 bytes each, 4 KiB blocks).
+    fn index_of(hashes: &[u8]) -> BlockIndex {
+        let blocks = hashes.len() / 32;
+        let manifest_json = format!(
+            r#"{{"compatible":"t","version":"1.0.0","created":0,"chunk_size":1048576,"block_size":4096,"payloads":[{{"name":"system","size":{size},"blake3":"{z}","compression":"none","stored_size":{size},"chunks":[{chunks}],"index":{{"size":{isize},"blake3":"{b}"}}}}]}}"#,
+            size = blocks * 4096,
+            z = "0".repeat(64),
+            chunks = vec![format!("\"{}\"", "0".repeat(64)); (blocks * 4096).div_ceil(1 << 20)]
+                .join(","),
+            isize = hashes.len(),
+            b = hex::encode(blake3_of(hashes)),
+        );
+        let manifest = Manifest::parse(manifest_json.as_bytes()).unwrap();
+        BlockIndex::parse(&manifest, &manifest.payloads[0], hashes).unwrap()
+    }
+
+    #[test]
+    fn the_table_of_wanted_hashes_finds_each_hash_at_its_first_block() {
+        // 3,000 blocks, 700 distinct hashes, several per bucket (the
+        // first two bytes take 40 values).
+        let mut hashes = Vec::new();
+        for i in 0..3000u32 {
+            let v = (i * 7919) % 700;
+            let mut h = blake3_of(&v.to_le_bytes());
+            h[0] = 0;
+            h[1] = (v % 40) as u8;
+            hashes.extend_from_slice(&h);
+        }
+        let index = index_of(&hashes);
+        let wanted = Wanted::new(&index);
+        assert_eq!(wanted.hashes.len(), 700);
+        for i in 0..index.len() {
+            let e = wanted.position(index.hash(i)).unwrap();
+            let first = (0..index.len())
+                .find(|&b| index.hash(b) == index.hash(i))
+                .unwrap();
+            assert_eq!(wanted.hashes[e] as usize, first, "block {i}");
+        }
+        assert_eq!(wanted.position(&[1; 32]), None);
+        // Sorted by hash within each bucket, buckets in order.
+        let sorted: Vec<&[u8; 32]> = wanted
+            .hashes
+            .iter()
+            .map(|&b| index.hash(b as usize))
+            .collect();
+        assert!(sorted.windows(2).all(|w| w[0] < w[1]));
     }
 
     fn blake3_of(bytes: &[u8]) -> [u8; 32] {
@@ -1411,6 +1611,15 @@ mod tests {
     /// Installs `new` as a delta over `old` (the running slot) into an
     /// empty slot: the result, the slot and the stats.
     fn delta_install(old: &mut dyn SlotDevice, new: &[u8]) -> (Result<DeltaStats>, Vec<u8>) {
+        delta_install_over(old, &mut MemDev(vec![0; new.len()]), new)
+    }
+
+    /// [`delta_install`] with the target slot's old contents.
+    fn delta_install_over(
+        old: &mut dyn SlotDevice,
+        target_old: &mut dyn SlotDevice,
+        new: &[u8],
+    ) -> (Result<DeltaStats>, Vec<u8>) {
         use abkit_bundle::{CreateOptions, PayloadSpec, SecretKey};
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("system.img"), new).unwrap();
@@ -1429,7 +1638,6 @@ mod tests {
             read: 0,
         };
         let head = open_ranged(&mut src, &ring).unwrap();
-        let mut target_old = MemDev(vec![0; new.len()]);
         let scan = old.size();
         let mut seeds = [
             Seed {
@@ -1439,7 +1647,7 @@ mod tests {
             },
             Seed {
                 name: "slot B".into(),
-                dev: &mut target_old,
+                dev: target_old,
                 scan: 0,
             },
         ];
@@ -1497,20 +1705,90 @@ mod tests {
         // A moved block is read again when it is copied: the change is
         // found and the block refused, not written.
         let mut new = old.clone();
-        put_block(&mut new, 300, &old, 900);
+        put_block(&mut new, 900, &old, 300);
         let (got, slot) = delta_install(&mut ChangingSeed(old.clone()), &new);
         let err = got.unwrap_err();
         assert!(
             matches!(
                 err,
-                UpdateError::Bundle(abkit_bundle::Error::BlockHashMismatch { block: 300, .. })
+                UpdateError::Bundle(abkit_bundle::Error::BlockHashMismatch { block: 900, .. })
             ),
             "{err:?}"
         );
-        let changed: Vec<u8> = old[900 * BS..901 * BS].iter().map(|b| b ^ 0x5a).collect();
+        let changed: Vec<u8> = old[300 * BS..301 * BS].iter().map(|b| b ^ 0x5a).collect();
         assert!(
             slot.chunks(BS).all(|b| b != &changed[..]),
             "the changed block reached the slot"
+        );
+    }
+
+    /// Offsets read and ranges retired.
+    type Log = std::sync::Arc<Mutex<(Vec<u64>, Vec<(u64, u64)>)>>;
+
+    /// A target slot that logs the offsets read and the ranges retired.
+    struct Logged(MemDev, Log);
+
+    impl SlotDevice for Logged {
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+        fn write_at(&mut self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+            self.0.write_at(offset, buf)
+        }
+        fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            self.1.lock().unwrap().0.push(offset);
+            self.0.read_at(offset, buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn retire(&mut self, offset: u64, len: u64) {
+            self.1.lock().unwrap().1.push((offset, len));
+        }
+    }
+
+    #[test]
+    fn the_target_slot_is_read_once_per_missing_run_its_pages_dropped_and_its_blocks_used() {
+        let old = noise(4 * MIB, 5);
+        let mut new = old.clone();
+        let fresh = noise(6 * BS, 6);
+        for (k, b) in [3usize, 4, 300, 700, 701, 1023].into_iter().enumerate() {
+            put_block(&mut new, b, &fresh, k);
+        }
+        // The target slot holds block 700 of the new image already (an
+        // interrupted install): read, used, not fetched.
+        let mut target = vec![0; new.len()];
+        put_block(&mut target, 700, &new, 700);
+        let log = std::sync::Arc::new(Mutex::new((Vec::new(), Vec::new())));
+        let mut target = Logged(MemDev(target), log.clone());
+        let (got, slot) = delta_install_over(&mut MemSeed(old), &mut target, &new);
+        let stats = got.unwrap();
+        assert!(slot == new, "the slot differs from the new image");
+        assert_eq!(stats.bytes_reused, (new.len() - 5 * BS) as u64);
+        let (reads, retired) = &*log.lock().unwrap();
+        assert!(!reads.is_empty());
+        for r in reads {
+            assert!(
+                retired
+                    .iter()
+                    .any(|&(at, len)| at <= *r && r + BS as u64 <= at + len),
+                "the page read at {r} stays cached; retired {retired:?}"
+            );
+        }
+        // One read per run of missing blocks (3-4, 300, 700-701, 1023),
+        // on the fetch thread; block 700 is not read again.
+        assert_eq!(
+            reads,
+            &[
+                3 * BS as u64,
+                300 * BS as u64,
+                700 * BS as u64,
+                1023 * BS as u64
+            ]
+        );
+        assert!(
+            retired.len() <= 4,
+            "at most one drop per batch: {retired:?}"
         );
     }
 
