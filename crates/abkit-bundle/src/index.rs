@@ -500,15 +500,7 @@ mod tests {
 
     #[test]
     fn block_hashes_side_by_side_equal_one_by_one_for_every_size_and_count() {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let data: Vec<u8> = (0..(300 * 4096 + 1000))
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = abkit_disk::fixtures::noise(300 * 4096 + 1000, 15);
         // Not whole chunks, one chunk, 2..64 chunks (the batched path).
         for bs in [512, 1024, 3000, 2048, 4096, 8192, 65536] {
             for blocks in [0usize, 1, 3, 15, 16, 17, 255, 256, 257, 300] {
