@@ -458,8 +458,8 @@ fn push_to(w: &World, bundle: &str, reference: &str, extra: &[&str]) -> String {
     digest
 }
 
-/// The bytes of slot B's partition, as long as `len`.
-fn slot_b_bytes(w: &World, len: usize) -> Vec<u8> {
+/// Where slot B's partition starts in disk.img, in bytes (`image inspect`).
+fn slot_b_offset(w: &World) -> u64 {
     let inspect: serde_json::Value =
         serde_json::from_str(&w.ok(&["image", "inspect", &w.s("disk.img"), "--json"])).unwrap();
     let part = inspect["partitions"]
@@ -468,7 +468,12 @@ fn slot_b_bytes(w: &World, len: usize) -> Vec<u8> {
         .iter()
         .find(|p| p["name"].as_str().unwrap_or("").ends_with("SYSTEM-B"))
         .unwrap_or_else(|| panic!("no slot B in {inspect}"));
-    let offset = part["first_lba"].as_u64().unwrap() * 512;
+    part["first_lba"].as_u64().unwrap() * 512
+}
+
+/// The bytes of slot B's partition, as long as `len`.
+fn slot_b_bytes(w: &World, len: usize) -> Vec<u8> {
+    let offset = slot_b_offset(w);
     let disk = std::fs::read(w.p("disk.img")).unwrap();
     disk[offset as usize..offset as usize + len].to_vec()
 }
@@ -914,17 +919,7 @@ fn mark_good_refuses_a_slot_whose_written_data_changed() {
     let out = w.on("a", &["install", &y, "--keyring", &w.s("keyring")]);
     assert!(out.status.success());
     // One byte of B's system data changes on the media after the install.
-    let inspect: serde_json::Value =
-        serde_json::from_str(&w.ok(&["image", "inspect", &w.s("disk.img"), "--json"])).unwrap();
-    let start = inspect["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"].as_str().unwrap_or("").ends_with("SYSTEM-B"))
-        .unwrap()["first_lba"]
-        .as_u64()
-        .unwrap()
-        * 512;
+    let start = slot_b_offset(&w);
     {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new()
