@@ -226,15 +226,8 @@ esac
 
 /// Where the cached Debian tarballs live: next to the test kernel
 /// (`build/kernel` → `build/debian-root`).
-fn cache_dir(suite: &Suite) -> anyhow::Result<PathBuf> {
-    let kernel_dir = suite
-        .fx
-        .release
-        .kernel
-        .parent()
-        .and_then(Path::parent)
-        .context("the kernel is not in <dir>/boot")?;
-    Ok(kernel_dir.with_file_name("debian-root"))
+fn cache_dir(suite: &Suite) -> PathBuf {
+    suite.fx.release.kernel_dir.with_file_name("debian-root")
 }
 
 /// The Debian tarball: built by `scripts/debian-root.sh` or found in its
@@ -244,7 +237,7 @@ fn debian_tarball(suite: &Suite, work: &Path) -> anyhow::Result<PathBuf> {
     std::fs::write(&script, DEBIAN_ROOT_SCRIPT)?;
     let out = run(Command::new("bash")
         .arg(&script)
-        .arg(cache_dir(suite)?)
+        .arg(cache_dir(suite))
         .stderr(std::process::Stdio::inherit()))
     .context("building the Debian root (scripts/debian-root.sh)")?;
     let path = out.lines().last().unwrap_or_default().trim();
@@ -292,14 +285,7 @@ const MODULE_DIRS: [&str; 12] = [
 /// Copies the test kernel's modules (the subset above) into the root and
 /// runs depmod there.
 fn add_modules(suite: &Suite, root: &Path) -> anyhow::Result<String> {
-    let kernel_dir = suite
-        .fx
-        .release
-        .kernel
-        .parent()
-        .and_then(Path::parent)
-        .context("kernel dir")?;
-    let modules = kernel_dir.join("lib/modules");
+    let modules = suite.fx.release.kernel_dir.join("lib/modules");
     let version = std::fs::read_dir(&modules)?
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -502,36 +488,162 @@ fn report(boot: &Boot) -> anyhow::Result<Lines> {
         .collect())
 }
 
-fn value(lines: &[(String, String)], key: &str, boot: &Boot) -> anyhow::Result<String> {
-    lines
-        .iter()
-        .rev()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.clone())
-        .with_context(|| {
-            format!(
-                "the guest printed no `{REPORT}{key}` line (log {})",
-                boot.log.display()
-            )
-        })
+/// One boot of the Debian machine: what it printed and the boot variables
+/// after it.
+struct DebianBoot {
+    boot: Boot,
+    vars: BootVars,
+    lines: Lines,
 }
 
-/// One boot of the Debian machine; prints where the time went.
-fn debian_boot(
-    s: &mut Scenario<'_>,
-    what: &str,
-    action: &str,
+impl DebianBoot {
+    /// The last `debian-test: KEY ...` line's text after the key.
+    fn value(&self, key: &str) -> anyhow::Result<String> {
+        self.lines
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .with_context(|| {
+                format!(
+                    "the guest printed no `{REPORT}{key}` line (log {})",
+                    self.boot.log.display()
+                )
+            })
+    }
+
+    /// The guest's `KEY` line says `expected`.
+    fn expect_value(&self, key: &str, expected: &str) -> anyhow::Result<()> {
+        let found = self.value(key)?;
+        ensure!(
+            found == expected,
+            "{key}: {found:?}, expected {expected:?} (log {})",
+            self.boot.log.display()
+        );
+        Ok(())
+    }
+
+    /// Checks the agent's health-gate verdict of this boot (its `gate`
+    /// line); `which` names the boot in the error.
+    fn expect_gate(&self, expected: &str, which: &str) -> anyhow::Result<()> {
+        let gate = self.value("gate")?;
+        ensure!(
+            gate == expected,
+            "the gate of {which}: {gate:?}, expected {expected:?} (log {})",
+            self.boot.log.display()
+        );
+        Ok(())
+    }
+
+    /// The guest's `abkit status --json` shows this boot from `running`,
+    /// `committed` in BootOrder, and these slots' versions.
+    fn expect_status(
+        &self,
+        running: char,
+        committed: char,
+        versions: &[(char, &str)],
+    ) -> anyhow::Result<()> {
+        let status: Value = serde_json::from_str(&self.value("status-json")?)
+            .with_context(|| format!("status-json (log {})", self.boot.log.display()))?;
+        expect_status(&status, running, committed, versions)
+    }
+
+    /// The checks every boot of a release shares: systemd from Debian is
+    /// PID 1, / is the read-only erofs on the verity device, the release is
+    /// `r`, and no unit failed except the expected ones.
+    fn expect_release(&self, r: &Release, failed_units: &str) -> anyhow::Result<()> {
+        let log = self.boot.log.display();
+        let os = self.value("os")?;
+        ensure!(
+            os == format!("debian bookworm image={COMPATIBLE} version={}", r.version),
+            "the guest runs {os:?}, expected Debian {} (log {log})",
+            r.version
+        );
+        let pid1 = self.value("pid1")?;
+        ensure!(
+            pid1.starts_with("/usr/lib/systemd/systemd systemd 252"),
+            "PID 1 is not Debian's systemd: {pid1} (log {log})"
+        );
+        let root = self.value("root")?;
+        let f: Vec<&str> = root.split_whitespace().collect();
+        ensure!(
+            f.len() == 3
+                && f[0] == "/dev/mapper/root"
+                && f[1] == "erofs"
+                && f[2].split(',').next() == Some("ro"),
+            "/ is not the read-only erofs on /dev/mapper/root: {root} (log {log})"
+        );
+        let failed = self.value("failed-units")?;
+        ensure!(
+            failed.trim() == failed_units,
+            "failed units: {failed:?}, expected {failed_units:?} (log {log})"
+        );
+        Ok(())
+    }
+
+    /// The boot ended in a reboot (systemd's shutdown said so), not a
+    /// poweroff.
+    fn expect_reboot(&self) -> anyhow::Result<()> {
+        let text = std::fs::read(&self.boot.log)?;
+        ensure!(
+            String::from_utf8_lossy(&text).contains("reboot: Restarting system"),
+            "the boot did not end in a reboot (log {})",
+            self.boot.log.display()
+        );
+        Ok(())
+    }
+}
+
+/// What one boot of the Debian machine is asked to do, and the release it
+/// must come up in.
+struct Step<'r> {
+    /// Names the boot in the timing line.
+    what: &'static str,
+    action: String,
+    runs: &'r Release,
+    /// Kill the agent once in its gate (systemd must restart it).
     crash_agent: bool,
-) -> anyhow::Result<(Boot, BootVars, Lines)> {
+    /// The units expected to have failed (space-separated).
+    failed_units: &'static str,
+}
+
+impl<'r> Step<'r> {
+    /// A boot that runs `action` in release `runs`, with no failed unit.
+    fn new(what: &'static str, action: impl Into<String>, runs: &'r Release) -> Self {
+        Step {
+            what,
+            action: action.into(),
+            runs,
+            crash_agent: false,
+            failed_units: "",
+        }
+    }
+    fn killing_the_agent_once(self) -> Self {
+        Step {
+            crash_agent: true,
+            ..self
+        }
+    }
+    fn with_failed_units(self, failed_units: &'static str) -> Self {
+        Step {
+            failed_units,
+            ..self
+        }
+    }
+}
+
+/// One boot of the Debian machine; prints where the time went and checks
+/// [`DebianBoot::expect_release`].
+fn debian_boot(s: &mut Scenario<'_>, step: Step<'_>) -> anyhow::Result<DebianBoot> {
     s.boots += 1;
     let log = s.dir.join(format!("boot-{}.log", s.boots));
     s.suite.set_last_log(&log);
     let mut spec = BootSpec {
-        action: action.to_string(),
+        action: step.action,
         memory_mib: Some(MEMORY_MIB),
         ..BootSpec::default()
     };
-    if crash_agent {
+    if step.crash_agent {
         let flag = s.dir.join("crash-agent-once");
         std::fs::write(&flag, "1\n")?;
         spec.fw_cfg_files
@@ -539,89 +651,25 @@ fn debian_boot(
     }
     let boot = s.machine.boot(&spec, &log)?;
     s.boot_time += boot.took;
-    let vars = s.vars()?;
     let lines = report(&boot)?;
-    let uptime = value(&lines, "uptime", &boot).unwrap_or_else(|_| "?".into());
-    let agent = value(&lines, "agent-started-at", &boot).unwrap_or_else(|_| "?".into());
-    let gate = value(&lines, "gate", &boot).unwrap_or_else(|_| "no verdict".into());
+    let b = DebianBoot {
+        vars: s.vars()?,
+        lines,
+        boot,
+    };
+    let or_unknown = |key, none: &str| b.value(key).unwrap_or_else(|_| none.into());
     eprintln!(
-        "    debian-systemd boot {} ({what}) {:>6.1} s: agent started at {agent} s, gate verdict at {uptime} s of guest uptime: {gate}  -> {}",
+        "    debian-systemd boot {} ({}) {:>6.1} s: agent started at {} s, gate verdict at {} s of guest uptime: {}  -> {}",
         s.boots,
-        boot.took.as_secs_f64(),
-        vars.summary()
+        step.what,
+        b.boot.took.as_secs_f64(),
+        or_unknown("agent-started-at", "?"),
+        or_unknown("uptime", "?"),
+        or_unknown("gate", "no verdict"),
+        b.vars.summary()
     );
-    Ok((boot, vars, lines))
-}
-
-/// Checks the agent's health-gate verdict of this boot (its `gate` line);
-/// `which` names the boot in the error.
-fn expect_gate(
-    boot: &Boot,
-    lines: &[(String, String)],
-    expected: &str,
-    which: &str,
-) -> anyhow::Result<()> {
-    let gate = value(lines, "gate", boot)?;
-    ensure!(
-        gate == expected,
-        "the gate of {which}: {gate:?}, expected {expected:?} (log {})",
-        boot.log.display()
-    );
-    Ok(())
-}
-
-/// The checks every boot of a release shares: systemd from Debian is PID
-/// 1, / is the read-only erofs on the verity device, the release is `r`,
-/// the agent ran (active) and no unit failed except the expected ones.
-fn expect_debian(
-    boot: &Boot,
-    lines: &[(String, String)],
-    r: &Release,
-    failed_units: &str,
-) -> anyhow::Result<()> {
-    let log = boot.log.display();
-    let os = value(lines, "os", boot)?;
-    ensure!(
-        os == format!("debian bookworm image={COMPATIBLE} version={}", r.version),
-        "the guest runs {os:?}, expected Debian {} (log {log})",
-        r.version
-    );
-    let pid1 = value(lines, "pid1", boot)?;
-    ensure!(
-        pid1.starts_with("/usr/lib/systemd/systemd systemd 252"),
-        "PID 1 is not Debian's systemd: {pid1} (log {log})"
-    );
-    let root = value(lines, "root", boot)?;
-    let f: Vec<&str> = root.split_whitespace().collect();
-    ensure!(
-        f.len() == 3
-            && f[0] == "/dev/mapper/root"
-            && f[1] == "erofs"
-            && f[2].split(',').next() == Some("ro"),
-        "/ is not the read-only erofs on /dev/mapper/root: {root} (log {log})"
-    );
-    let failed = value(lines, "failed-units", boot)?;
-    ensure!(
-        failed.trim() == failed_units,
-        "failed units: {failed:?}, expected {failed_units:?} (log {log})"
-    );
-    Ok(())
-}
-
-/// The boot ended in a reboot (systemd's shutdown said so), not a poweroff.
-fn expect_reboot(boot: &Boot) -> anyhow::Result<()> {
-    let text = std::fs::read(&boot.log)?;
-    ensure!(
-        String::from_utf8_lossy(&text).contains("reboot: Restarting system"),
-        "the boot did not end in a reboot (log {})",
-        boot.log.display()
-    );
-    Ok(())
-}
-
-fn status_json(lines: &[(String, String)], boot: &Boot) -> anyhow::Result<Value> {
-    serde_json::from_str(&value(lines, "status-json", boot)?)
-        .with_context(|| format!("status-json (log {})", boot.log.display()))
+    b.expect_release(step.runs, step.failed_units)?;
+    Ok(b)
 }
 
 pub fn debian_systemd(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
@@ -676,86 +724,75 @@ pub fn debian_systemd(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
 
     // 1. X (committed from the factory): the gate reports; the CLI's
     // install becomes the agent's operation; the agent reboots.
-    let (b, vars, lines) = debian_boot(
+    let b = debian_boot(
         &mut s,
-        "X committed, installs Y",
-        &format!("install {}", DY.bundle()),
-        false,
+        Step::new(
+            "X committed, installs Y",
+            format!("install {}", DY.bundle()),
+            &DX,
+        ),
     )?;
-    let log = b.log.display().to_string();
-    expect_debian(&b, &lines, &DX, "")?;
-    expect_gate(&b, &lines, "slot A committed, healthy", "X")?;
-    ensure!(
-        value(&lines, "agent-active", &b)? == "active",
-        "the agent is not active (log {log})"
-    );
-    expect_status(&status_json(&lines, &b)?, 'A', 'A', &[('A', DX.version)])?;
-    ensure!(
-        value(&lines, "install-exit", &b)? == "0",
-        "the install through the agent failed (log {log})"
-    );
-    expect_reboot(&b)?;
-    vars.expect('A', Some('B')).context("after X installed Y")?;
-    ensure!(vars.our_order() == ours, "our BootOrder changed");
+    b.expect_gate("slot A committed, healthy", "X")?;
+    b.expect_value("agent-active", "active")?;
+    b.expect_status('A', 'A', &[('A', DX.version)])?;
+    b.expect_value("install-exit", "0")
+        .context("the install through the agent")?;
+    b.expect_reboot()?;
+    b.vars
+        .expect('A', Some('B'))
+        .context("after X installed Y")?;
+    ensure!(b.vars.our_order() == ours, "our BootOrder changed");
 
     // 2. Y's trial boot: the agent is killed in its gate, systemd restarts
     // it, the new gate waits for the demo unit and commits B.
-    let (b, vars, lines) = debian_boot(
+    let b = debian_boot(
         &mut s,
-        "Y trial, agent killed once",
-        &format!("install {}", DZ.bundle()),
-        true,
+        Step::new(
+            "Y trial, agent killed once",
+            format!("install {}", DZ.bundle()),
+            &DY,
+        )
+        .killing_the_agent_once(),
     )?;
-    let log = b.log.display().to_string();
-    expect_debian(&b, &lines, &DY, "")?;
     ensure!(
-        lines
+        b.lines
             .iter()
             .any(|(k, v)| k == "crash" && v.contains("killing the agent")),
-        "the agent was not killed in its gate (log {log})"
+        "the agent was not killed in its gate (log {})",
+        b.boot.log.display()
     );
-    let restarts = value(&lines, "agent-restarts", &b)?;
-    ensure!(
-        restarts == "1",
-        "systemd restarted the agent {restarts} times, expected 1 (log {log})"
-    );
-    expect_gate(
-        &b,
-        &lines,
-        "slot B healthy and committed",
-        "Y after the restart",
-    )?;
-    ensure!(value(&lines, "agent-active", &b)? == "active");
-    ensure!(value(&lines, "demo-unit", &b)? == "active");
-    expect_status(
-        &status_json(&lines, &b)?,
-        'B',
-        'B',
-        &[('A', DX.version), ('B', DY.version)],
-    )?;
-    expect_reboot(&b)?;
+    b.expect_value("agent-restarts", "1")
+        .context("systemd restarts the agent once")?;
+    b.expect_gate("slot B healthy and committed", "Y after the restart")?;
+    b.expect_value("agent-active", "active")?;
+    b.expect_value("demo-unit", "active")?;
+    b.expect_status('B', 'B', &[('A', DX.version), ('B', DY.version)])?;
+    b.expect_reboot()?;
     // Y committed, then Z installed into A: BootOrder names B, BootNext A.
-    vars.expect('B', Some('A')).context("after Y installed Z")?;
+    b.vars
+        .expect('B', Some('A'))
+        .context("after Y installed Z")?;
 
     // 3. Z's trial boot: the demo unit fails; the agent records it, arms
     // B and reboots.
-    let (b, vars, lines) = debian_boot(&mut s, "Z trial, unit fails", "poweroff", false)?;
-    let log = b.log.display().to_string();
-    expect_debian(&b, &lines, &DZ, DEMO_UNIT)?;
-    expect_gate(
-        &b,
-        &lines,
+    let b = debian_boot(
+        &mut s,
+        Step::new("Z trial, unit fails", "poweroff", &DZ).with_failed_units(DEMO_UNIT),
+    )?;
+    b.expect_gate(
         &format!("health failed at unit:{DEMO_UNIT}: rebooting"),
         "Z",
     )?;
     ensure!(
-        !lines.iter().any(|(k, v)| k == "end" && v == "poweroff"),
-        "Z's boot went on to the test's poweroff (log {log})"
+        !b.lines.iter().any(|(k, v)| k == "end" && v == "poweroff"),
+        "Z's boot went on to the test's poweroff (log {})",
+        b.boot.log.display()
     );
-    expect_reboot(&b)?;
+    b.expect_reboot()?;
     // BootOrder still starts with B: without the agent's BootNext (or had
     // the agent never run) the firmware would come back to Y all the same.
-    vars.expect('B', Some('B'))
+    b.vars
+        .expect('B', Some('B'))
         .context("after Z's failed trial")?;
     let st = offline_status(suite, &s.machine, 'B')?;
     let rec = &st["slots"]["A"];
@@ -778,21 +815,10 @@ pub fn debian_systemd(suite: &Suite) -> anyhow::Result<Scenario<'_>> {
     );
 
     // 4. Y again, committed; the gate reports and the machine powers off.
-    let (b, vars, lines) = debian_boot(&mut s, "Y back", "poweroff", false)?;
-    expect_debian(&b, &lines, &DY, "")?;
-    expect_gate(
-        &b,
-        &lines,
-        "slot B committed, healthy",
-        "Y after the rollback",
-    )?;
-    expect_status(
-        &status_json(&lines, &b)?,
-        'B',
-        'B',
-        &[('A', DZ.version), ('B', DY.version)],
-    )?;
-    vars.expect('B', None)?;
+    let b = debian_boot(&mut s, Step::new("Y back", "poweroff", &DY))?;
+    b.expect_gate("slot B committed, healthy", "Y after the rollback")?;
+    b.expect_status('B', 'B', &[('A', DZ.version), ('B', DY.version)])?;
+    b.vars.expect('B', None)?;
     let st = offline_status(suite, &s.machine, 'B')?;
     let rec = &st["slots"]["B"];
     ensure!(

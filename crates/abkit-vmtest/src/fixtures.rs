@@ -195,6 +195,7 @@ pub fn build(inputs: &Inputs, dir: &Path, log: &mut dyn FnMut(String)) -> anyhow
         dir: dir.to_path_buf(),
         stub: inputs.stub.clone(),
         kernel: kernel.clone(),
+        kernel_dir: inputs.kernel_dir.clone(),
     };
     for v in VARIANTS {
         let root = dir.join(format!("root-{}", v.stem()));
@@ -266,6 +267,9 @@ pub struct Release {
     /// The loader stub and Debian's kernel the UKIs are built from.
     pub stub: PathBuf,
     pub kernel: PathBuf,
+    /// Debian's kernel package unpacked (`build/kernel`): the kernel is in
+    /// its `boot/`, the modules in its `lib/modules/`.
+    pub kernel_dir: PathBuf,
 }
 
 impl Release {
