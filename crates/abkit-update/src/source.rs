@@ -1,11 +1,12 @@
-//! Where a bundle comes from: a file, an http(s) URL streamed as it
+//! Where a bundle comes from: a file or standard input (`-`), an http(s)
+//! URL streamed as it
 //! downloads (abkit-fetch: retries with backoff, resumes with Range) or
 //! read by ranges for a delta install ([`install_from`]), or an OCI
 //! registry (`oci://HOST/REPO:TAG` or `@sha256:...`, abkit-oci: the
 //! manifest's digest checked, the blob streamed through abkit-fetch).
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{self, Read};
 
 use abkit_bundle::Keyring;
 
@@ -13,6 +14,10 @@ use crate::install::{InstallOptions, InstallReport, install, install_delta};
 use crate::machine::Machine;
 use crate::progress::{Event, Reporter};
 use crate::{Result, UpdateError};
+
+/// The source that names standard input (a pipe: installed whole, as a
+/// stream).
+pub const STDIN: &str = "-";
 
 /// Whether SOURCE is a URL (else a path).
 pub fn is_url(source: &str) -> bool {
@@ -114,6 +119,18 @@ pub fn open_source_from(
     if is_url(source) {
         return Ok(Box::new(opener.open(source)?));
     }
-    let file = File::open(source).map_err(UpdateError::io(format!("open bundle {source}")))?;
+    if source == STDIN {
+        return Ok(Box::new(std::io::stdin()));
+    }
+    let context = format!("open bundle {source}");
+    let file = File::open(source).map_err(UpdateError::io(&context))?;
+    // Linux opens a directory for reading; its first read would fail with
+    // a bare "Is a directory".
+    if file.metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(UpdateError::io(context)(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            "a directory, not a bundle file",
+        )));
+    }
     Ok(Box::new(file))
 }

@@ -504,17 +504,20 @@ fn the_cli_goes_through_a_running_agent() {
     );
 
     // What the API cannot carry is refused, not dropped.
-    let out = cli(&["install", &y, "--no-delta", "--json"]);
-    assert!(!out.status.success());
-    let err = json(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(err["error"]["code"], "agent-running", "{err}");
-    assert!(
-        err["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("--no-delta"),
-        "{err}"
-    );
+    for (args, named) in [
+        (["install", &y, "--no-delta", "--json"], "--no-delta"),
+        (["install", "-", "--no-reboot", "--json"], "standard input"),
+    ] {
+        let out = cli(&args);
+        assert!(!out.status.success());
+        let err = json(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(err["error"]["code"], "agent-running", "{err}");
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains(named),
+            "{err}"
+        );
+    }
+    assert_eq!(w.reboots(), 0);
 }
 
 #[test]

@@ -274,6 +274,15 @@ fn verify_failures_exit_nonzero_with_a_named_error() {
     ]);
     assert!(!o.status.success());
     assert!(text(&o).1.contains("keyring"), "{:?}", text(&o));
+
+    // A directory is named as one (Linux opens it; its first read fails).
+    let o = abkit(&["bundle", "inspect", &s.s("ring")]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).1.contains("a directory, not a bundle file"),
+        "{:?}",
+        text(&o)
+    );
 }
 
 #[test]

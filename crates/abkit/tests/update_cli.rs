@@ -232,6 +232,81 @@ fn bad_inputs_are_named_and_change_nothing() {
 }
 
 #[test]
+fn install_reads_a_bundle_piped_into_standard_input_and_names_a_directory() {
+    let w = world();
+    w.on("a", &["mark-good"]);
+    let y = std::fs::read(w.bundle("1.1.0", b'Y')).unwrap();
+    let keyring = w.s("keyring");
+    let snapshot = || {
+        (
+            std::fs::read(w.p("disk.img")).unwrap(),
+            std::fs::read(w.p("vars.fd")).unwrap(),
+        )
+    };
+    let before = snapshot();
+
+    // A directory is named as one, not reported as a failed read.
+    let out = w.on("a", &["install", &keyring, "--keyring", &keyring]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "open bundle {keyring}: a directory, not a bundle file"
+        )),
+        "{err}"
+    );
+    assert!(snapshot() == before, "a directory changed the machine");
+
+    // Nothing on standard input: refused before anything is written.
+    let out = w.on_fed("a", &["install", "-", "--keyring", &keyring], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("install of - failed") && err.contains("truncated"),
+        "{err}"
+    );
+    assert!(snapshot() == before, "an empty pipe changed the machine");
+
+    // A pipe cut inside the system payload: refused as truncated; the
+    // variables and the running slot untouched, slot B recorded empty.
+    let status_before = w.status("a");
+    let out = w.on_fed(
+        "a",
+        &["install", "-", "--keyring", &keyring],
+        &y[..y.len() - 1000],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("install of - failed") && err.contains("truncated"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read(w.p("vars.fd")).unwrap() == before.1,
+        "the variables changed"
+    );
+    let st = w.status("a");
+    assert_eq!(st["slots"]["A"], status_before["slots"]["A"]);
+    assert_eq!(st["slots"]["B"]["state"], "empty", "{st}");
+    assert_eq!(st["trial_pending"], false);
+
+    // The whole bundle through the pipe installs Y into slot B.
+    let out = w.on_fed("a", &["install", "-", "--keyring", &keyring, "--json"], &y);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = lines(&out).pop().unwrap();
+    assert_eq!(done["report"]["target_slot"], "B", "{done}");
+    assert_eq!(done["report"]["delta"], false, "{done}");
+    let st = w.status("a");
+    assert_eq!(st["slots"]["B"]["version"], "1.1.0");
+    assert_eq!(st["trial_pending"], true);
+    assert!(slot_b_bytes(&w, 1 << 20) == vec![b'Y'; 1 << 20]);
+}
+
+#[test]
 fn help_teaches_the_offline_options() {
     let w = World(common::Workdir::new());
     let help = w.ok(&["install", "--help"]);
@@ -322,6 +397,27 @@ fn install_streams_from_an_http_server_and_a_404_changes_nothing() {
     let st = w.status("a");
     assert_eq!(st["trial_pending"], true);
     assert_eq!(st["slots"]["B"]["version"], "1.1.0");
+
+    // `bundle verify` opens the same sources as install: a URL too.
+    let out = w.abkit(&[
+        "bundle",
+        "verify",
+        &url,
+        "--keyring",
+        &w.s("keyring"),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["version"], "1.1.0", "{doc}");
+    let out = w.abkit(&["bundle", "inspect", &missing]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("404") && err.contains("missing.abb"), "{err}");
 }
 
 #[test]

@@ -117,8 +117,9 @@ pub struct CreateArgs {
 
 #[derive(Args)]
 pub struct VerifyArgs {
-    /// Bundle file, `-` to read it from standard input, or a registry
-    /// reference oci://HOST[:PORT]/REPO:TAG or @sha256:DIGEST (docs/oci.md).
+    /// Bundle file, `-` to read it from standard input, an http(s) URL, or a
+    /// registry reference oci://HOST[:PORT]/REPO:TAG or @sha256:DIGEST
+    /// (docs/oci.md).
     bundle: PathBuf,
     /// Folder of trusted public keys (*.pub).
     #[arg(long, value_name = "DIR")]
@@ -133,8 +134,9 @@ pub struct VerifyArgs {
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// Bundle file, `-` to read it from standard input, or a registry
-    /// reference oci://HOST[:PORT]/REPO:TAG or @sha256:DIGEST (docs/oci.md).
+    /// Bundle file, `-` to read it from standard input, an http(s) URL, or a
+    /// registry reference oci://HOST[:PORT]/REPO:TAG or @sha256:DIGEST
+    /// (docs/oci.md).
     bundle: PathBuf,
     /// Also check each signature against this folder of public keys.
     #[arg(long, value_name = "DIR")]
@@ -149,8 +151,9 @@ pub struct InspectArgs {
 
 #[derive(Args)]
 pub struct ExtractArgs {
-    /// Bundle file, `-` to read it from standard input, or a registry
-    /// reference oci://HOST[:PORT]/REPO:TAG or @sha256:DIGEST (docs/oci.md).
+    /// Bundle file, `-` to read it from standard input, an http(s) URL, or a
+    /// registry reference oci://HOST[:PORT]/REPO:TAG or @sha256:DIGEST
+    /// (docs/oci.md).
     bundle: PathBuf,
     /// Folder of trusted public keys (*.pub).
     #[arg(long, value_name = "DIR")]
@@ -207,31 +210,27 @@ pub fn coded(err: abkit_bundle::Error) -> anyhow::Error {
     anyhow::Error::new(Coded(err))
 }
 
+/// The bundle named by `path`, buffered: what `abkit install` opens (a file,
+/// `-` for standard input, an http(s) URL or an `oci://` reference); a path
+/// that is not UTF-8 can only be a file.
 fn open_source(
     path: &Path,
     registry: &super::registry::RegistryArgs,
 ) -> anyhow::Result<Box<dyn Read>> {
-    if let Some(text) = path.to_str()
-        && abkit_oci::is_oci(text)
-    {
-        let policy = abkit_fetch::RetryPolicy::default();
-        let reference = abkit_oci::Reference::parse(text)?;
-        let (_, blob) = abkit_oci::open_bundle(
-            &reference,
-            &registry.options(&policy)?,
-            abkit_fetch::Opener::new(&policy),
-        )?;
-        return Ok(Box::new(io::BufReader::with_capacity(1 << 16, blob)));
-    }
-    if path.as_os_str() == "-" {
-        return Ok(Box::new(io::BufReader::with_capacity(
-            1 << 16,
-            io::stdin().lock(),
-        )));
-    }
-    let file =
-        File::open(path).with_context(|| format!("cannot open bundle {}", path.display()))?;
-    Ok(Box::new(io::BufReader::with_capacity(1 << 16, file)))
+    let source: Box<dyn Read> = match path.to_str() {
+        Some(text) => {
+            let policy = abkit_fetch::RetryPolicy::default();
+            abkit_update::source::open_source_from(
+                text,
+                abkit_fetch::Opener::new(&policy),
+                &registry.options(&policy)?,
+            )?
+        }
+        None => Box::new(
+            File::open(path).with_context(|| format!("cannot open bundle {}", path.display()))?,
+        ),
+    };
+    Ok(Box::new(io::BufReader::with_capacity(1 << 16, source)))
 }
 
 fn load_keyring(dir: &Path) -> anyhow::Result<Keyring> {

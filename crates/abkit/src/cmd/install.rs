@@ -20,7 +20,8 @@ pub struct InstallArgs {
     #[command(flatten)]
     machine: MachineArgs,
 
-    /// The bundle: a file path, an http(s) URL, or a registry reference
+    /// The bundle: a file path, `-` for standard input (a pipe, installed
+    /// whole), an http(s) URL, or a registry reference
     /// oci://HOST[:PORT]/REPO:TAG or oci://HOST[:PORT]/REPO@sha256:DIGEST
     /// (the manifest must hash to that digest). A URL is installed as a
     /// delta: the blocks this machine already holds (running slot, running
@@ -265,6 +266,11 @@ fn install_through_agent(args: &InstallArgs, socket: &std::path::Path) -> anyhow
         (
             args.boot_control.is_some(),
             "--boot-control (the agent's boot_control setting)",
+        ),
+        (
+            args.source == abkit_update::source::STDIN,
+            "a bundle on standard input (the agent opens the source itself: save it to a file \
+             and install that path, or give a URL)",
         ),
     ];
     if let Some((_, flag)) = unsupported.iter().find(|(given, _)| *given) {

@@ -2,8 +2,9 @@
 //! run in it.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 /// A scratch folder for one test.
 pub struct Workdir {
@@ -27,13 +28,35 @@ impl Workdir {
         self.p(name).to_string_lossy().into_owned()
     }
 
-    /// Runs `abkit ARGS` in the folder (relative paths are the folder's).
-    pub fn abkit(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_abkit"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap()
+    /// Runs `abkit ARGS` in the folder (relative paths are the folder's),
+    /// with no standard input.
+    pub fn abkit<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Runs `abkit ARGS` with `stdin` written into its standard input.
+    pub fn abkit_fed<S: AsRef<OsStr>>(&self, args: &[S], stdin: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        let stdin = stdin.to_vec();
+        // Fed from a thread so a child that stops reading cannot block us.
+        let feeder = std::thread::spawn(move || pipe.write_all(&stdin));
+        let out = child.wait_with_output().unwrap();
+        let _ = feeder.join();
+        out
+    }
+
+    fn command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_abkit"));
+        command.args(args).current_dir(self.dir.path());
+        command
     }
 
     /// Runs `abkit ARGS`, which must succeed; returns its stdout.
@@ -87,10 +110,29 @@ impl Workdir {
     /// Runs an offline machine command on [`Workdir::factory_disk`]'s disk,
     /// `slot` (`a`/`b`) taken as running.
     pub fn on(&self, slot: &str, args: &[&str]) -> Output {
-        let (disk, vars) = (self.s("disk.img"), self.s("vars.fd"));
-        let mut all = args.to_vec();
-        all.extend(["--disk", &disk, "--ovmf-vars", &vars, "--booted-slot", slot]);
-        self.abkit(&all)
+        self.abkit(&self.offline(slot, args))
+    }
+
+    /// [`Workdir::on`] with `stdin` written into abkit's standard input.
+    pub fn on_fed(&self, slot: &str, args: &[&str], stdin: &[u8]) -> Output {
+        self.abkit_fed(&self.offline(slot, args), stdin)
+    }
+
+    /// `args` with the options naming the disk, its variables and the slot.
+    fn offline(&self, slot: &str, args: &[&str]) -> Vec<String> {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend(
+            [
+                "--disk",
+                &self.s("disk.img"),
+                "--ovmf-vars",
+                &self.s("vars.fd"),
+                "--booted-slot",
+                slot,
+            ]
+            .map(String::from),
+        );
+        all
     }
 }
 
