@@ -45,6 +45,17 @@ fn code_of(err: &anyhow::Error) -> &str {
         if let Some(e) = cause.downcast_ref::<abkit_fleet::FleetError>() {
             return e.code();
         }
+        // A lower layer's error the CLI met itself (opening a VARS file or
+        // a disk image): the code it has inside an engine error.
+        if cause.is::<abkit_efi::StoreError>() {
+            return "variable-store";
+        }
+        if cause.is::<abkit_efi::BootError>() {
+            return "boot-variables";
+        }
+        if cause.is::<abkit_disk::DiskError>() {
+            return "disk";
+        }
     }
     if err.chain().any(|c| c.is::<io::Error>()) {
         return "io";
@@ -72,4 +83,22 @@ pub fn json_error(err: &anyhow::Error) -> serde_json::Value {
         "ok": false,
         "error": {"code": error_code(err), "message": error_chain(err)},
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abkit_update::UpdateError;
+
+    #[test]
+    fn a_lower_layers_error_has_the_code_it_has_inside_an_engine_error() {
+        let store = || abkit_efi::StoreError::InvalidName("x".into());
+        let boot = || abkit_efi::BootError::from(store());
+        let disk = || abkit_disk::DiskError::BadEspPath("x".into());
+        let bare = |e: anyhow::Error| error_code(&e.context("cannot open it"));
+        assert_eq!(bare(store().into()), UpdateError::Store(store()).code());
+        assert_eq!(bare(boot().into()), UpdateError::Boot(boot()).code());
+        assert_eq!(bare(disk().into()), UpdateError::Disk(disk()).code());
+        assert_eq!(error_code(&anyhow::anyhow!("a wrong flag")), "error");
+    }
 }
