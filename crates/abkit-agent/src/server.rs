@@ -2,17 +2,19 @@
 //! agent's own user, is answered) and, when configured, TCP with TLS where
 //! the handshake itself refuses every client without a certificate signed
 //! by the operator CA (rustls' `WebPkiClientVerifier`). A thread per
-//! connection (at most [`MAX_CONNECTIONS`] at once); listeners block in
-//! `accept`.
+//! connection (at most [`MAX_CONNECTIONS`] at once per listener, so TCP
+//! peers can never crowd out the local socket); listeners block in
+//! `accept`. A client has [`REQUEST_DEADLINE`] in all for its TLS handshake
+//! and request, however it spreads its bytes.
 
-use std::io::Write;
+use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig, ServerConnection, StreamOwned};
@@ -25,28 +27,94 @@ use crate::error::{AgentError, Result};
 use crate::http::{self, Response};
 use crate::{Agent, api};
 
-/// Connections served at once; more are closed at once.
+/// Connections served at once by each listener; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 32;
-/// How long a client may take to send its request.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take, in all, to send its request (and, over TCP,
+/// to finish its TLS handshake first).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// How long one write of the response may wait for the client.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-static OPEN: AtomicUsize = AtomicUsize::new(0);
+/// The connections open on the Unix socket and on TCP, counted apart.
+static UNIX_OPEN: AtomicUsize = AtomicUsize::new(0);
+static TLS_OPEN: AtomicUsize = AtomicUsize::new(0);
 
-struct Slot;
+/// One of a listener's [`MAX_CONNECTIONS`], given back on drop.
+struct Slot(&'static AtomicUsize);
 
 impl Slot {
-    fn take() -> Option<Slot> {
-        if OPEN.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            OPEN.fetch_sub(1, Ordering::SeqCst);
+    fn take(open: &'static AtomicUsize) -> Option<Slot> {
+        if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            open.fetch_sub(1, Ordering::SeqCst);
             return None;
         }
-        Some(Slot)
+        Some(Slot(open))
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        OPEN.fetch_sub(1, Ordering::SeqCst);
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A socket whose reads must all be done by one instant. A timeout per
+/// read alone would let a client that sends a byte every few seconds hold
+/// its connection, and one of the listener's slots, for ever.
+struct Deadline<S> {
+    inner: S,
+    until: Instant,
+}
+
+/// The sockets a [`Deadline`] works on.
+trait ReadTimeout {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+}
+
+impl ReadTimeout for TcpStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_read_timeout(self, timeout)
+    }
+}
+
+impl ReadTimeout for UnixStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_read_timeout(self, timeout)
+    }
+}
+
+impl<S> Deadline<S> {
+    fn new(inner: S) -> Self {
+        Deadline {
+            inner,
+            until: Instant::now() + REQUEST_DEADLINE,
+        }
+    }
+}
+
+impl<S: Read + ReadTimeout> Read for Deadline<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the client took more than {} s to send its request",
+                    REQUEST_DEADLINE.as_secs()
+                ),
+            ));
+        }
+        self.inner.set_read_timeout(Some(left))?;
+        self.inner.read(buf)
+    }
+}
+
+impl<S: Write> Write for Deadline<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -86,14 +154,16 @@ pub fn serve_unix(agent: Arc<Agent>, listener: UnixListener) {
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
     for conn in listener.incoming() {
-        let Ok(mut stream) = conn else { continue };
-        let Some(slot) = Slot::take() else { continue };
+        let Ok(stream) = conn else { continue };
+        let Some(slot) = Slot::take(&UNIX_OPEN) else {
+            continue;
+        };
         let agent = agent.clone();
         std::thread::spawn(move || {
             let _slot = slot;
-            let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-            let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+            let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
             let uid = peer_cred(&stream).map(|c| c.uid);
+            let mut stream = Deadline::new(stream);
             if uid != Some(0) && uid != Some(me) {
                 let _ = http::write_response(
                     &mut stream,
@@ -164,7 +234,9 @@ pub fn bind_tcp(addr: &str) -> Result<TcpListener> {
 pub fn serve_tls(agent: Arc<Agent>, listener: TcpListener, config: Arc<ServerConfig>) {
     for conn in listener.incoming() {
         let Ok(tcp) = conn else { continue };
-        let Some(slot) = Slot::take() else { continue };
+        let Some(slot) = Slot::take(&TLS_OPEN) else {
+            continue;
+        };
         let agent = agent.clone();
         let config = config.clone();
         std::thread::spawn(move || {
@@ -183,10 +255,9 @@ fn serve_tls_one(
     config: Arc<ServerConfig>,
     peer: &str,
 ) -> std::io::Result<()> {
-    tcp.set_read_timeout(Some(IO_TIMEOUT))?;
-    tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+    tcp.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let conn = ServerConnection::new(config).map_err(std::io::Error::other)?;
-    let mut tls = StreamOwned::new(conn, tcp);
+    let mut tls = StreamOwned::new(conn, Deadline::new(tcp));
     // The whole handshake, client certificate included, before any byte of
     // HTTP is read: a client the CA did not sign never reaches the API.
     while tls.conn.is_handshaking() {

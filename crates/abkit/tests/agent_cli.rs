@@ -625,6 +625,90 @@ fn mutual_tls_admits_only_clients_of_the_operator_ca() {
     assert_eq!(w.reboots(), 0, "reboot: false");
 }
 
+/// A TCP peer that sends the start of a TLS ClientHello one byte every
+/// 2 s (a timeout per read never fires). Returns how long the agent kept
+/// the connection open, `None` if still open after 30 s.
+fn drip_tls_hello(addr: &str) -> Option<Duration> {
+    use std::io::Read;
+    // Record header (handshake, TLS 1.0, 512 bytes), ClientHello of 508.
+    let mut hello = [0u8; 64];
+    hello[..11].copy_from_slice(&[0x16, 3, 1, 2, 0, 1, 0, 1, 0xfc, 3, 3]);
+    let started = Instant::now();
+    let mut peer = std::net::TcpStream::connect(addr).unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    for byte in hello {
+        if peer.write_all(&[byte]).is_err() {
+            return Some(started.elapsed());
+        }
+        match peer.read(&mut [0u8; 256]) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            // An alert, the end of the stream, or a reset: cut off.
+            _ => return Some(started.elapsed()),
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            return None;
+        }
+    }
+    None
+}
+
+#[test]
+fn tcp_peers_that_drip_bytes_are_cut_off_and_never_crowd_out_the_local_socket() {
+    let w = world();
+    w.ca("operator");
+    w.leaf(
+        "server",
+        "operator",
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let agent = w.agent(
+        "a",
+        &[
+            "--listen",
+            &listen,
+            "--tls-cert",
+            &w.s("server.pem"),
+            "--tls-key",
+            &w.s("server.key"),
+            "--client-ca",
+            &w.s("operator.pem"),
+        ],
+    );
+    agent.health_done();
+    // More dripping peers than a listener serves at once (32).
+    let peers: Vec<_> = (0..40)
+        .map(|_| {
+            let addr = listen.clone();
+            std::thread::spawn(move || drip_tls_hello(&addr))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    // The local socket has slots of its own: it answers while TCP is full.
+    let (code, st) = agent.call("GET", "/v1/status", None);
+    assert_eq!(code, 200, "{st}");
+    // Each peer is cut off when its 10 s for handshake and request are
+    // up, though it never paused for 10 s.
+    for peer in peers {
+        assert!(
+            peer.join().unwrap().is_some(),
+            "a peer dripping bytes kept its connection for 30 s\n{}",
+            agent.log()
+        );
+    }
+    let (code, _) = agent.call("GET", "/v1/status", None);
+    assert_eq!(code, 200);
+}
+
 #[test]
 fn a_second_update_while_one_runs_gets_409() {
     let w = world();
