@@ -195,6 +195,36 @@ impl World {
     }
 }
 
+/// A TCP port on 127.0.0.1 that nothing listens on, and `127.0.0.1:PORT`.
+fn free_local_port() -> (u16, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    (port, format!("127.0.0.1:{port}"))
+}
+
+impl World {
+    /// An agent on slot A that also serves `listen` over TLS with
+    /// `server.pem`, admitting clients of the `operator` CA.
+    fn tls_agent(&self, listen: &str) -> Agent {
+        self.agent(
+            "a",
+            &[
+                "--listen",
+                listen,
+                "--tls-cert",
+                &self.s("server.pem"),
+                "--tls-key",
+                &self.s("server.key"),
+                "--client-ca",
+                &self.s("operator.pem"),
+            ],
+        )
+    }
+}
+
 struct Agent {
     child: Child,
     socket: PathBuf,
@@ -532,12 +562,7 @@ fn mutual_tls_admits_only_clients_of_the_operator_ca() {
     );
     w.leaf("client", "operator", "extendedKeyUsage=clientAuth\n");
     w.leaf("intruder", "stranger", "extendedKeyUsage=clientAuth\n");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let (port, listen) = free_local_port();
 
     // TCP without client certificates is not offered.
     let mut args = vec![
@@ -562,19 +587,7 @@ fn mutual_tls_admits_only_clients_of_the_operator_ca() {
             .contains("TCP without client certificates is not offered")
     );
 
-    let agent = w.agent(
-        "a",
-        &[
-            "--listen",
-            &listen,
-            "--tls-cert",
-            &w.s("server.pem"),
-            "--tls-key",
-            &w.s("server.key"),
-            "--client-ca",
-            &w.s("operator.pem"),
-        ],
-    );
+    let agent = w.tls_agent(&listen);
     agent.health_done();
     let y = w.bundle("1.1.0", 2);
     let body = serde_json::json!({"source": y, "reboot": false}).to_string();
@@ -665,25 +678,8 @@ fn tcp_peers_that_drip_bytes_are_cut_off_and_never_crowd_out_the_local_socket() 
         "operator",
         "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let agent = w.agent(
-        "a",
-        &[
-            "--listen",
-            &listen,
-            "--tls-cert",
-            &w.s("server.pem"),
-            "--tls-key",
-            &w.s("server.key"),
-            "--client-ca",
-            &w.s("operator.pem"),
-        ],
-    );
+    let (_, listen) = free_local_port();
+    let agent = w.tls_agent(&listen);
     agent.health_done();
     // More dripping peers than a listener serves at once (32).
     let peers: Vec<_> = (0..40)
