@@ -203,6 +203,27 @@ fn open_input(path: &Path, what: &'static str) -> Result<File> {
     Ok(file)
 }
 
+/// Opens a block device for writing, exclusively (`O_EXCL`): the kernel
+/// refuses while a filesystem on it or on one of its partitions is mounted,
+/// or device-mapper, RAID or swap holds it, and no one else can claim it
+/// while the returned handle is open. `--force` allows overwriting a
+/// device, never one that is in use (a typo of `/dev/sda` for `/dev/sdb`
+/// would otherwise overwrite the running system).
+pub fn open_block_device_exclusive(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_EXCL)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                DiskError::BlockDeviceInUse(path.to_path_buf())
+            } else {
+                DiskError::io(format!("open {}", path.display()))(e)
+            }
+        })
+}
+
 /// Checks the output path: returns the target kind and, for a block
 /// device, its size.
 fn check_output(options: &BuildOptions, inputs: &[&File]) -> Result<(Target, Option<u64>)> {
@@ -225,8 +246,7 @@ fn check_output(options: &BuildOptions, inputs: &[&File]) -> Result<(Target, Opt
         if !options.force {
             return Err(DiskError::BlockDeviceWithoutForce(path.clone()));
         }
-        let mut dev =
-            File::open(path).map_err(DiskError::io(format!("open {}", path.display())))?;
+        let mut dev = open_block_device_exclusive(path)?;
         let size = size_of(&mut dev, path)?;
         Ok((Target::BlockDevice, Some(size)))
     } else if kind.is_file() {
@@ -478,10 +498,10 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport> {
             .write(true)
             .create(true)
             .truncate(true)
-            .open(out_path),
-        Target::BlockDevice => OpenOptions::new().write(true).open(out_path),
-    }
-    .map_err(DiskError::io(format!("open {}", out_path.display())))?;
+            .open(out_path)
+            .map_err(DiskError::io(format!("open {}", out_path.display()))),
+        Target::BlockDevice => open_block_device_exclusive(out_path),
+    }?;
     // Write in ascending offsets (GPT and ESP, slot A, backup GPT) so a
     // file output grows like a plain copy; its final length is set last.
     let slot_a = &layout.slot_a;

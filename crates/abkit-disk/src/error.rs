@@ -46,6 +46,12 @@ pub enum DiskError {
     /// The output exists and is a block device, and `force` was not given.
     #[error("{0} is an existing block device: refusing to overwrite it without --force")]
     BlockDeviceWithoutForce(PathBuf),
+    /// The output block device is in use (the kernel refused an exclusive
+    /// open): never overwritten, `force` or not.
+    #[error(
+        "{0} is in use (a filesystem on it or on one of its partitions is mounted, or device-mapper, RAID or swap holds it): refusing to overwrite it, even with --force"
+    )]
+    BlockDeviceInUse(PathBuf),
     /// The output is one of the inputs (building would destroy it).
     #[error("the output {0} is also an input file")]
     OutputIsInput(PathBuf),

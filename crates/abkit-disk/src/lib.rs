@@ -24,7 +24,7 @@ pub use boot_entries::{
     InstalledEntries, PRELOADER_DESCRIPTION, entry_description, preloader_load_option,
     slot_load_option,
 };
-pub use build::{BuildOptions, BuildReport, EspFile, build};
+pub use build::{BuildOptions, BuildReport, EspFile, build, open_block_device_exclusive};
 pub use error::{ChainProblem, DiskError};
 pub use esp::{Esp, EspEntry, TEMP_SUFFIX};
 pub use gpt_read::{DiskWarning, GptCopy, GptDamage};

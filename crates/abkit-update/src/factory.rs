@@ -185,8 +185,13 @@ pub fn build_from_bundle(
     )))?;
     check_output_is_not_bundle(&bundle_file, &options.output)?;
     let block_device = is_block_device(&options.output);
-    if block_device && !options.force {
-        return Err(DiskError::BlockDeviceWithoutForce(options.output.clone()).into());
+    if block_device {
+        if !options.force {
+            return Err(DiskError::BlockDeviceWithoutForce(options.output.clone()).into());
+        }
+        // Refused now, not after the payloads were verified; the build
+        // holds its own exclusive handle while it writes.
+        drop(abkit_disk::open_block_device_exclusive(&options.output)?);
     }
     // On a block device the disk size is the device's: plan only the slots.
     let layout = if block_device {

@@ -247,3 +247,109 @@ fn bad_bundles_are_refused_by_name_and_leave_no_file() {
         assert_eq!(w.names(), before, "{file}: files left behind");
     }
 }
+
+/// A loop device over a 64 MiB file, holding a mounted ext4 with a file in
+/// it; detached and unmounted on drop. `None` (with a message) where loop
+/// devices or mounts are not allowed (no root).
+struct MountedLoop {
+    device: String,
+    mount: tempfile::TempDir,
+}
+
+impl MountedLoop {
+    fn new(backing: &Path) -> Option<MountedLoop> {
+        std::fs::write(backing, vec![0u8; 64 << 20]).unwrap();
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(backing)
+            .output()
+            .ok()
+            .filter(|o| o.status.success());
+        let Some(out) = out else {
+            eprintln!("SKIPPED: cannot attach a loop device (needs root)");
+            return None;
+        };
+        let device = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let mount = tempfile::tempdir().unwrap();
+        let mounted = MountedLoop { device, mount };
+        let ok = |c: &mut Command| c.status().is_ok_and(|s| s.success());
+        assert!(ok(Command::new("mkfs.ext4").args(["-q", &mounted.device])));
+        if !ok(Command::new("mount")
+            .arg(&mounted.device)
+            .arg(mounted.mount.path()))
+        {
+            eprintln!("SKIPPED: cannot mount (needs root)");
+            return None;
+        }
+        std::fs::write(mounted.mount.path().join("precious"), b"kept").unwrap();
+        Some(mounted)
+    }
+}
+
+impl Drop for MountedLoop {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.mount.path()).status();
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
+
+#[test]
+fn a_block_device_in_use_is_never_overwritten_even_with_force() {
+    let w = world();
+    let bundle = w.bundle("demo-os", "1.0.0", 7);
+    let Some(disk) = MountedLoop::new(&w.p("backing.raw")) else {
+        return;
+    };
+    std::fs::write(w.p("x.img"), vec![b'X'; 1 << 20]).unwrap();
+    std::fs::write(
+        w.p("x.efi"),
+        abkit_disk::fixtures::tiny_efi_application(b"X"),
+    )
+    .unwrap();
+    let raw_files = ["image", "build", "--loader", "x.efi", "--system", "x.img"];
+    for (how, out) in [
+        (
+            "from a bundle",
+            w.build(&bundle, "keyring", &disk.device, &["--force"]),
+        ),
+        ("from raw files", {
+            let mut args = raw_files.to_vec();
+            args.extend(["-o", &disk.device, "--force"]);
+            args.extend([
+                "--esp-size",
+                "33M",
+                "--system-size",
+                "4M",
+                "--data-size",
+                "1M",
+            ]);
+            w.abkit(&args)
+        }),
+    ] {
+        assert!(!out.status.success(), "{how}: built onto a mounted device");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{} is in use", disk.device))
+                && err.contains("even with --force"),
+            "{how}: {err}"
+        );
+    }
+    // The filesystem keeps its own writes going (journal, lazy inode
+    // tables): what must not be there is ours, a GPT header at LBA 1.
+    let backing = std::fs::read(w.p("backing.raw")).unwrap();
+    assert!(&backing[512..520] != b"EFI PART", "a GPT was written");
+    let kept = std::fs::read(disk.mount.path().join("precious")).unwrap();
+    assert_eq!(kept, b"kept");
+    // Unmounted, --force builds onto it.
+    drop(
+        std::process::Command::new("umount")
+            .arg(disk.mount.path())
+            .status(),
+    );
+    let out = w.build(&bundle, "keyring", &disk.device, &["--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

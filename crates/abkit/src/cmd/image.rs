@@ -65,6 +65,8 @@ pub struct BuildArgs {
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
     /// Allow overwriting an existing block device (all its data is lost).
+    /// A device in use (a mounted filesystem on it or its partitions,
+    /// device-mapper, RAID, swap) is refused even so.
     #[arg(long)]
     force: bool,
     /// Also write the boot entries "abkit slot A" and "abkit slot B" (HD(...)/\EFI\abkit\boot-a.efi
