@@ -39,13 +39,8 @@ impl World {
             keyring,
             "-o",
             output,
-            "--esp-size",
-            "33M",
-            "--system-size",
-            "4M",
-            "--data-size",
-            "1M",
         ];
+        args.extend(common::SMALL_PARTITIONS);
         args.extend_from_slice(extra);
         self.abkit(&args)
     }
@@ -315,14 +310,7 @@ fn a_block_device_in_use_is_never_overwritten_even_with_force() {
         ("from raw files", {
             let mut args = raw_files.to_vec();
             args.extend(["-o", &disk.device, "--force"]);
-            args.extend([
-                "--esp-size",
-                "33M",
-                "--system-size",
-                "4M",
-                "--data-size",
-                "1M",
-            ]);
+            args.extend(common::SMALL_PARTITIONS);
             w.abkit(&args)
         }),
     ] {

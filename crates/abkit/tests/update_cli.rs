@@ -430,26 +430,7 @@ fn a_disk_built_from_raw_files_installs_only_with_allow_unrecorded() {
         abkit_disk::fixtures::tiny_efi_application(b"X"),
     )
     .unwrap();
-    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", w.p("vars.fd")).unwrap();
-    w.ok(&[
-        "image",
-        "build",
-        "--loader",
-        &w.s("x.efi"),
-        "--system",
-        &w.s("x.img"),
-        "-o",
-        &w.s("raw.img"),
-        "--esp-size",
-        "33M",
-        "--system-size",
-        "4M",
-        "--data-size",
-        "1M",
-        "--ovmf-vars",
-        &w.s("vars.fd"),
-    ]);
-    std::fs::rename(w.p("raw.img"), w.p("disk.img")).unwrap();
+    w.factory_disk(&["--loader", &w.s("x.efi"), "--system", &w.s("x.img")]);
     assert_eq!(w.status("a")["slots"]["A"]["state"], "unknown");
     let y = w.bundle("1.1.0", b'Y');
     let before = std::fs::read(w.p("disk.img")).unwrap();

@@ -6,6 +6,17 @@ use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
+/// The smallest partitions `abkit image build` accepts that hold a test
+/// release: a 33 MiB ESP (the FAT32 minimum), 4 MiB slots, 1 MiB DATA.
+pub const SMALL_PARTITIONS: [&str; 6] = [
+    "--esp-size",
+    "33M",
+    "--system-size",
+    "4M",
+    "--data-size",
+    "1M",
+];
+
 /// A scratch folder for one test.
 pub struct Workdir {
     pub dir: tempfile::TempDir,
@@ -90,20 +101,8 @@ impl Workdir {
         let (disk, vars) = (self.s("disk.img"), self.s("vars.fd"));
         let mut args = vec!["image", "build"];
         args.extend_from_slice(source);
-        args.extend([
-            "-o",
-            &disk,
-            "--esp-size",
-            "33M",
-            "--system-size",
-            "4M",
-            "--data-size",
-            "1M",
-            "--seed",
-            "3",
-            "--ovmf-vars",
-            &vars,
-        ]);
+        args.extend(SMALL_PARTITIONS);
+        args.extend(["-o", &disk, "--seed", "3", "--ovmf-vars", &vars]);
         self.ok(&args);
     }
 
