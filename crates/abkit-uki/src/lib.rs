@@ -16,6 +16,7 @@ use abkit_loader_core::pe::{
 use abkit_loader_core::{STUB_MARKER_PREFIX, STUB_MARKER_SECTION, UKI_SECTIONS};
 use serde::Serialize;
 
+mod boot_protocol;
 pub mod root;
 mod sign;
 mod stamp;
@@ -72,6 +73,13 @@ pub enum UkiError {
     NoKernel,
     #[error("the kernel (.linux) is empty")]
     EmptyKernel,
+    /// The loader would refuse this command line at boot.
+    #[error("the command line cannot be handed to the kernel: {0}")]
+    Cmdline(#[source] abkit_loader_core::CmdlineError),
+    #[error(
+        "the command line is {len} bytes; this kernel reads at most {max} (its setup header's cmdline_size) and would cut the rest"
+    )]
+    CmdlineTooLong { len: usize, max: usize },
     #[error("the {0} section would grow the image past 4 GiB")]
     TooLarge(&'static str),
     #[error("not a PE image: {0}")]
@@ -184,6 +192,21 @@ fn check_stub(stub: &[u8]) -> Result<PeImage<'_>, UkiError> {
     Ok(pe)
 }
 
+/// Refuses a command line the loader would refuse at boot (its own check:
+/// UTF-8, UCS-2, no NUL) or one longer than `kernel` reads (the slot
+/// placeholder keeps its length).
+fn check_cmdline(cmdline: &[u8], kernel: &[u8]) -> Result<(), UkiError> {
+    let text = abkit_loader_core::trim_cmdline(cmdline);
+    let _units = abkit_loader_core::cmdline::ucs2_units(text).map_err(UkiError::Cmdline)?;
+    match boot_protocol::max_cmdline_len(kernel) {
+        Some(max) if text.len() > max => Err(UkiError::CmdlineTooLong {
+            len: text.len(),
+            max,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Appends `parts` to `stub` as the sections `.osrel .cmdline .initrd .linux`
 /// (absent or empty optional parts are left out) the way systemd's ukify
 /// does: each at the next free section-aligned address and file-aligned
@@ -193,6 +216,9 @@ pub fn build(stub: &[u8], parts: &UkiParts<'_>) -> Result<Vec<u8>, UkiError> {
     let pe = check_stub(stub)?;
     if parts.linux.is_empty() {
         return Err(UkiError::EmptyKernel);
+    }
+    if let Some(cmdline) = parts.cmdline {
+        check_cmdline(cmdline, parts.linux)?;
     }
     let new: Vec<(&'static str, &[u8], u32)> = [
         (".osrel", parts.osrel),

@@ -409,3 +409,35 @@ fn boot_parts_are_what_the_stub_would_boot_on_the_slot() {
         Err(UkiError::NotPe(_))
     ));
 }
+
+#[test]
+fn a_command_line_the_loader_or_the_kernel_would_refuse_is_refused_at_build() {
+    let stub = minimal_stub();
+    let kernel = crate::boot_protocol::fake_bzimage(0x020f, 2047);
+    let with = |cmdline: &[u8]| build(&stub, &parts(&kernel, b"initrd", cmdline));
+    // Outside UCS-2: the loader would fail every boot of it.
+    let err = with("console=ttyS0 x=\u{1F600}".as_bytes()).unwrap_err();
+    assert!(matches!(err, UkiError::Cmdline(_)), "{err}");
+    assert!(err.to_string().contains("UCS-2"), "{err}");
+    let err = with(b"console=ttyS0 \xff").unwrap_err();
+    assert!(err.to_string().contains("not UTF-8"), "{err}");
+    // Longer than the kernel's cmdline_size: cut at boot, roothash= lost.
+    let long = format!("root=PARTLABEL=ABKIT-SYSTEM-X {}", "q".repeat(2048 - 30));
+    assert_eq!(long.len(), 2048);
+    let err = with(long.as_bytes()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            UkiError::CmdlineTooLong {
+                len: 2048,
+                max: 2047
+            }
+        ),
+        "{err}"
+    );
+    // At the limit, and with the padding tools leave (trimmed first), fine.
+    with(&long.as_bytes()[..2047]).unwrap();
+    with(format!("{}\n\0\0", &long[..2047]).as_bytes()).unwrap();
+    // A kernel that is no bzImage has no limit to check against.
+    build(&stub, &parts(&[0x4b; 5000], b"i", long.as_bytes())).unwrap();
+}
