@@ -228,18 +228,19 @@ impl Agent {
                 output_tail: Some(format!("cannot read the health checks: {e}")),
             },
         };
-        if outcome.passed && on_trial {
-            if let Err(e) = self.commit(hs.deadline.saturating_sub(started.elapsed())) {
-                log::error!(
-                    "health gate: the checks passed but mark-good failed: {}",
-                    e.message
-                );
-                outcome = health::Outcome {
-                    passed: false,
-                    failed_check: Some("mark-good".into()),
-                    output_tail: Some(format!("[{}] {}", e.code, e.message)),
-                };
-            }
+        if outcome.passed
+            && on_trial
+            && let Err(e) = self.commit(hs.deadline.saturating_sub(started.elapsed()))
+        {
+            log::error!(
+                "health gate: the checks passed but mark-good failed: {}",
+                e.message
+            );
+            outcome = health::Outcome {
+                passed: false,
+                failed_check: Some("mark-good".into()),
+                output_tail: Some(format!("[{}] {}", e.code, e.message)),
+            };
         }
         let record = HealthRecord {
             result: if outcome.passed {

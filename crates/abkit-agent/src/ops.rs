@@ -96,14 +96,13 @@ impl Operations {
             return;
         };
         self.with(id, |op| {
-            if let Some(last) = op.events.last_mut() {
-                if last["event"] == "progress"
-                    && value["event"] == "progress"
-                    && last["step"] == value["step"]
-                {
-                    *last = value;
-                    return;
-                }
+            if let Some(last) = op.events.last_mut()
+                && last["event"] == "progress"
+                && value["event"] == "progress"
+                && last["step"] == value["step"]
+            {
+                *last = value;
+                return;
             }
             op.events.push(value);
         });

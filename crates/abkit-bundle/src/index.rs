@@ -67,7 +67,7 @@ pub fn block_hashes(bytes: &[u8], block_size: usize, out: &mut Vec<[u8; 32]>) {
     /// Blocks hashed together (bounds the scratch space to 32 KiB).
     const BATCH: usize = 256;
     let chunks = block_size / CHUNK_LEN;
-    if block_size % CHUNK_LEN != 0 || chunks < 2 || !chunks.is_power_of_two() {
+    if !block_size.is_multiple_of(CHUNK_LEN) || chunks < 2 || !chunks.is_power_of_two() {
         out.extend(bytes.chunks_exact(block_size.max(1)).map(block_hash));
         return;
     }

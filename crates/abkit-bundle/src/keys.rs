@@ -154,10 +154,10 @@ impl SecretKey {
         comment: Option<&str>,
         overwrite: bool,
     ) -> Result<(PathBuf, PathBuf)> {
-        if let Some(c) = comment {
-            if c.contains(['\n', '\r']) {
-                return Err(Error::InvalidInput("a key comment must be one line".into()));
-            }
+        if let Some(c) = comment
+            && c.contains(['\n', '\r'])
+        {
+            return Err(Error::InvalidInput("a key comment must be one line".into()));
         }
         let key_path = with_suffix(base, ".key");
         let pub_path = with_suffix(base, ".pub");

@@ -219,13 +219,13 @@ impl Manifest {
                 self.block_size, self.chunk_size
             ));
         }
-        if let Some(min) = &self.min_version {
-            if min > &self.version {
-                return bad(format!(
-                    "min_version {min} is newer than version {}",
-                    self.version
-                ));
-            }
+        if let Some(min) = &self.min_version
+            && min > &self.version
+        {
+            return bad(format!(
+                "min_version {min} is newer than version {}",
+                self.version
+            ));
         }
         if self.payloads.is_empty() {
             return bad("no payloads".into());
@@ -299,7 +299,7 @@ impl VerityParams {
         if self.salt.0.len() > crate::verity::MAX_SALT_LEN {
             return bad("salt is longer than 256 bytes");
         }
-        if self.data_size == 0 || self.data_size % u64::from(VERITY_BLOCK_SIZE) != 0 {
+        if self.data_size == 0 || !self.data_size.is_multiple_of(u64::from(VERITY_BLOCK_SIZE)) {
             return bad("data_size must be a positive multiple of 4096");
         }
         if self.hash_offset != self.data_size {
@@ -321,7 +321,8 @@ impl VerityParams {
 /// Chunk sizes are multiples of 4096 in 4 KiB..=4 MiB (readers keep a few
 /// chunks in memory, so this bounds their memory use).
 pub fn check_chunk_size(chunk_size: u32) -> Result<()> {
-    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) || chunk_size % MIN_CHUNK_SIZE != 0
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size)
+        || !chunk_size.is_multiple_of(MIN_CHUNK_SIZE)
     {
         return Err(Error::ManifestInvalid(format!(
             "chunk_size {chunk_size} must be a multiple of {MIN_CHUNK_SIZE} in {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}"

@@ -71,7 +71,7 @@ pub(crate) fn is_noncompliant_boot_entry_name(name: &str) -> bool {
 
 /// Decodes `BootOrder`.
 pub fn decode_boot_order(data: &[u8]) -> Result<Vec<u16>, BootVarError> {
-    if data.len() % 2 != 0 {
+    if !data.len().is_multiple_of(2) {
         return Err(BootVarError::OddArray {
             name: BOOT_ORDER,
             len: data.len(),
@@ -91,7 +91,7 @@ pub fn decode_boot_order_lenient(data: &[u8]) -> (Vec<u16>, Option<BootVarError>
         .chunks_exact(2)
         .map(|c| u16::from_le_bytes([c[0], c[1]]))
         .collect();
-    let problem = (data.len() % 2 != 0).then_some(BootVarError::OddArray {
+    let problem = (!data.len().is_multiple_of(2)).then_some(BootVarError::OddArray {
         name: BOOT_ORDER,
         len: data.len(),
     });

@@ -59,7 +59,7 @@ pub fn decode_nul_terminated(bytes: &[u8]) -> Result<(String, usize), Ucs2Error>
 ///
 /// An odd length, or a NUL before the end, is an error.
 pub fn decode_exact(bytes: &[u8]) -> Result<String, Ucs2Error> {
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err(Ucs2Error::OddLength(bytes.len()));
     }
     let (s, used) = decode_nul_terminated(bytes)?;

@@ -188,7 +188,8 @@ pub fn locate_table(
     let Some((offset, size)) = security_directory.filter(|&(_, size)| size != 0) else {
         return Ok(None);
     };
-    if offset as usize % CERT_ALIGN != 0 || size as usize % CERT_ALIGN != 0 {
+    if !(offset as usize).is_multiple_of(CERT_ALIGN) || !(size as usize).is_multiple_of(CERT_ALIGN)
+    {
         return Err(StampError::TableMisaligned { offset, size });
     }
     let end = u64::from(offset) + u64::from(size);

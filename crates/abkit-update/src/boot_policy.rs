@@ -487,12 +487,13 @@ pub fn arm_trial(m: &mut dyn Machine, slot: Slot, why: Trial) -> Result<u16> {
         // Keep an existing loader state in step (the fallback path reads it).
         write_loader_state(m.esp(), &trial_state)?;
     }
-    if let Some(n) = state.boot_next {
-        if n != entry && !state.slot_entries(slot.other()).contains(&n) {
-            log::warn!(
-                "BootNext pointed at Boot{n:04X}, which is not abkit's: replacing it with Boot{entry:04X}"
-            );
-        }
+    if let Some(n) = state.boot_next
+        && n != entry
+        && !state.slot_entries(slot.other()).contains(&n)
+    {
+        log::warn!(
+            "BootNext pointed at Boot{n:04X}, which is not abkit's: replacing it with Boot{entry:04X}"
+        );
     }
     BootManager::new(m.vars()).set_boot_next(entry)?;
     Ok(entry)
