@@ -6,12 +6,17 @@
 //! Every abkit crate that writes a host file it must not lose (keys,
 //! bundles, OVMF VARS files, efivarfs-format folders, loaders) goes through
 //! here. (The ESP is not a host file: abkit-update writes it through its
-//! `EspFiles` seam, one step per crash point.)
+//! `EspFiles` seam, one step per crash point.) Scratch folders beside an
+//! output, swept when their process was killed, are here too
+//! ([`ScratchDir`]).
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+mod scratch;
+pub use scratch::{ScratchDir, sweep};
 
 /// A new version of `path` being written; [`commit`](AtomicFile::commit)
 /// puts it in place, dropping it leaves `path` untouched and removes the

@@ -222,12 +222,13 @@ pub fn build_from_bundle(
     );
 
     // 2. Stream every payload through the verifying reader into scratch files.
-    let scratch = tempfile::Builder::new()
-        .prefix(".abkit-build-")
-        .tempdir_in(scratch_parent(&options.output, block_device))
-        .map_err(UpdateError::io(
-            "create a temporary folder for the payloads",
-        ))?;
+    let scratch = abkit_atomic::ScratchDir::new_in(
+        &scratch_parent(&options.output, block_device),
+        ".abkit-build-",
+    )
+    .map_err(UpdateError::io(
+        "create a temporary folder for the payloads",
+    ))?;
     let efi_path = scratch.path().join(Payload::Efi.name());
     let system_path = scratch.path().join(Payload::System.name());
     payloads::stream_payloads(&mut bundle, |kind, p| match kind {

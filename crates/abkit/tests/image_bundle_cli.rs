@@ -341,3 +341,65 @@ fn a_block_device_in_use_is_never_overwritten_even_with_force() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_killed_build_leaves_a_scratch_folder_the_next_build_removes() {
+    use std::io::Write;
+    let w = world();
+    let bundle = std::fs::read(w.bundle("demo-os", "1.0.0", 7)).unwrap();
+    // The bundle comes through a FIFO, half of it: the build waits inside
+    // its payload stream, its scratch folder made, until it is killed.
+    let fifo = w.p("bundle.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut build = Command::new(env!("CARGO_BIN_EXE_abkit"))
+        .args([
+            "image",
+            "build",
+            "--bundle",
+            "bundle.fifo",
+            "--keyring",
+            "keyring",
+        ])
+        .args(["-o", "disk.img"])
+        .args(common::SMALL_PARTITIONS)
+        .current_dir(w.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    writer.write_all(&bundle[..bundle.len() / 2]).unwrap();
+    let scratch = |w: &World| -> Vec<String> {
+        w.names()
+            .into_iter()
+            .filter(|n| n.starts_with(".abkit-build-"))
+            .collect()
+    };
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while scratch(&w).is_empty() {
+        assert!(
+            std::time::Instant::now() < end,
+            "no scratch folder: {:?}",
+            w.names()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    build.kill().unwrap();
+    build.wait().unwrap();
+    drop(writer);
+    let left = scratch(&w);
+    assert_eq!(left.len(), 1, "{left:?}");
+    // Folders younger than a minute are spared (their maker may not hold
+    // its lock yet): age this one.
+    std::fs::File::open(w.p(&left[0]))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+
+    std::fs::write(w.p("os.abb"), &bundle).unwrap();
+    json(&w.build("os.abb", "keyring", "disk.img", &["--json"]));
+    assert_eq!(scratch(&w), Vec::<String>::new(), "{:?}", w.names());
+    assert!(w.p("disk.img").exists());
+}

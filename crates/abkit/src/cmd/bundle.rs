@@ -242,7 +242,7 @@ fn load_keyring(dir: &Path) -> anyhow::Result<Keyring> {
 /// A release built from a root filesystem folder: the erofs image, the UKI
 /// with the root hash, in a temporary folder beside the bundle.
 struct BuiltRelease {
-    _dir: tempfile::TempDir,
+    _dir: abkit_atomic::ScratchDir,
     efi: PathBuf,
     system: PathBuf,
     root_hash: [u8; 32],
@@ -302,9 +302,7 @@ fn build_release(a: &CreateArgs, rootfs: &Path, out_dir: &Path) -> anyhow::Resul
         (Some(key), Some(cert)) => Some(super::uki::sign::load_signing_key(key, cert)?),
         _ => None,
     };
-    let dir = tempfile::Builder::new()
-        .prefix(".abkit-rootfs-")
-        .tempdir_in(out_dir)
+    let dir = abkit_atomic::ScratchDir::new_in(out_dir, ".abkit-rootfs-")
         .with_context(|| format!("cannot create a folder in {}", out_dir.display()))?;
     let system = dir.path().join("system.erofs");
     let fs = rootfs::ErofsOptions {
@@ -723,7 +721,7 @@ fn extract(a: ExtractArgs) -> anyhow::Result<()> {
 /// system as the output folder; removed with its contents when dropped, so
 /// a bundle that fails verification leaves nothing behind.
 struct Staging {
-    dir: tempfile::TempDir,
+    dir: abkit_atomic::ScratchDir,
     out: PathBuf,
     /// `out` exists: the staging folder is inside it and its files are
     /// renamed into it; otherwise the staging folder is renamed to `out`.
@@ -751,9 +749,7 @@ impl Staging {
                 .with_context(|| format!("cannot create {}", parent.display()))?;
             parent
         };
-        let dir = tempfile::Builder::new()
-            .prefix(".abkit-extract-")
-            .tempdir_in(&parent)
+        let dir = abkit_atomic::ScratchDir::new_in(&parent, ".abkit-extract-")
             .with_context(|| format!("cannot create a folder in {}", parent.display()))?;
         Ok(Staging {
             dir,
@@ -773,11 +769,9 @@ impl Staging {
             // self.dir (now empty) is removed on drop.
         } else {
             std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755))?;
-            let dir = self.dir.keep();
-            if let Err(e) = std::fs::rename(&dir, &self.out) {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e).with_context(|| format!("cannot create {}", self.out.display()));
-            }
+            self.dir
+                .persist_as(&self.out)
+                .with_context(|| format!("cannot create {}", self.out.display()))?;
         }
         if let Ok(dir) = File::open(&self.out) {
             // Make the renames durable; a failure here changes nothing verified.
