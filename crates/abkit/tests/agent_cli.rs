@@ -713,9 +713,7 @@ fn a_second_update_while_one_runs_gets_409() {
     agent.health_done();
     let pipe = w.p("slow.abb");
     // The FIFO must exist before the request names it.
-    let c = std::ffi::CString::new(pipe.to_str().unwrap()).unwrap();
-    // SAFETY: a NUL-terminated path that outlives the call.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    common::mkfifo(&pipe);
     let (code, v) = agent.update(pipe.to_str().unwrap(), false);
     assert_eq!(code, 202, "{v}");
     let first = v["operation"].as_str().unwrap().to_string();
@@ -750,12 +748,8 @@ fn an_agent_killed_mid_install_restarts_with_the_target_empty_and_takes_a_new_up
     let mut agent = w.agent("a", &[]);
     agent.health_done();
     let pipe = w.p("slow.abb");
-    let (code, v) = {
-        let c = std::ffi::CString::new(pipe.to_str().unwrap()).unwrap();
-        // SAFETY: a NUL-terminated path that outlives the call.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        agent.update(pipe.to_str().unwrap(), false)
-    };
+    common::mkfifo(&pipe);
+    let (code, v) = agent.update(pipe.to_str().unwrap(), false);
     assert_eq!(code, 202, "{v}");
     let id = v["operation"].as_str().unwrap().to_string();
     let bytes = std::fs::read(&y).unwrap();

@@ -350,9 +350,7 @@ fn a_killed_build_leaves_a_scratch_folder_the_next_build_removes() {
     // The bundle comes through a FIFO, half of it: the build waits inside
     // its payload stream, its scratch folder made, until it is killed.
     let fifo = w.p("bundle.fifo");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: a NUL-terminated path that outlives the call.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    common::mkfifo(&fifo);
     let mut build = Command::new(env!("CARGO_BIN_EXE_abkit"))
         .args([
             "image",

@@ -465,9 +465,7 @@ fn a_killed_install_leaves_no_lock_behind() {
     // The install reads its bundle from a FIFO that the test feeds: it takes
     // the lock, then waits for bytes.
     let fifo = w.p("bundle.fifo");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: a NUL-terminated path that outlives the call.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    common::mkfifo(&fifo);
     let mut child = Command::new(env!("CARGO_BIN_EXE_abkit"))
         .args([
             "install",

@@ -17,6 +17,20 @@ pub const SMALL_PARTITIONS: [&str; 6] = [
     "1M",
 ];
 
+/// Makes a FIFO at `path` (mode 0600): a bundle source that delivers only
+/// what the test writes into it, when it writes it.
+pub fn mkfifo(path: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path that outlives the call.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {}",
+        path.display()
+    );
+}
+
 /// A scratch folder for one test.
 pub struct Workdir {
     pub dir: tempfile::TempDir,
